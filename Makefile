@@ -1,0 +1,60 @@
+# jaxsci: `make demo` and `make test` do all set-up themselves (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MPIRUN := $(VENV)/bin/mpirun
+
+# mpi4jax builds from source; on machines where nvcc is on PATH without CUDA
+# headers beside it, the build needs CUDA_PATH pointing at the real toolkit.
+ifneq ($(shell command -v nvcc 2>/dev/null),)
+ifneq ($(wildcard /usr/local/cuda),)
+export CUDA_PATH ?= /usr/local/cuda
+endif
+endif
+
+# One persistent XLA compilation cache shared by every test process.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
+export MPLBACKEND ?= Agg
+
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+# pytest exits 5 when a marker selects no test; every other non-zero code fails.
+ok_or_empty = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no $(1) tests)"; elif [ $$rc -ne 0 ]; then exit $$rc; fi
+
+.PHONY: demo test test-unit test-multidevice test-mpi lint bench cgan clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]' mpich 'mpi4py>=4'
+	MPI4JAX_BUILD_MPICC=$(CURDIR)/$(VENV)/bin/mpicc PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pip install -q 'mpi4jax>=0.8'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.pt_nanoparticles.run
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory test-unit test-multidevice test-mpi
+
+test-unit: $(STAMP)
+	$(PYTEST) -m "not multidevice and not mpi"; $(call ok_or_empty,unit)
+
+test-multidevice: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PYTEST) -m multidevice; $(call ok_or_empty,multidevice)
+
+test-mpi: $(STAMP)
+	timeout 900 $(MPIRUN) -n 2 $(PYTEST) -m mpi -q; $(call ok_or_empty,mpi)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+cgan: $(STAMP)
+	$(PY) -m experiments.cgan_digits.run
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

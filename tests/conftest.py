@@ -1,0 +1,32 @@
+"""Shared pytest configuration.
+
+The multidevice tests need ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
+set before JAX starts (``make test`` does it); the mpi tests need ``mpirun -n 2``.
+Both are skipped with a clear reason when run outside that setting.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _mpi_size() -> int:
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 1
+
+
+def pytest_collection_modifyitems(config, items):
+    import jax
+
+    n_dev = jax.local_device_count()
+    size = _mpi_size()
+    for item in items:
+        if "multidevice" in item.keywords and n_dev < 4:
+            item.add_marker(pytest.mark.skip(reason="needs 4 devices: run via `make test`"))
+        if "mpi" in item.keywords and size < 2:
+            item.add_marker(pytest.mark.skip(reason="needs mpirun -n 2: run via `make test`"))
