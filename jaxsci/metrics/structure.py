@@ -1,0 +1,267 @@
+"""Structure comparison metrics: fingerprint error, best-match RMSD, sorted pair distances.
+
+Host-side (numpy/scipy) functions for judging a reconstructed or generated
+structure against a reference. Positions are in Angstrom, shaped ``[n_atoms, 3]``;
+they may also be given as ``ase.Atoms`` (anything with ``get_positions``), whose
+atomic numbers are then used as species when none are given.
+
+- :func:`fingerprint_error`: relative error between two per-atom fingerprints
+  compared as a set (rows matched by the Hungarian algorithm), or between two
+  pooled fingerprints.
+- :func:`align` / :func:`structure_rmsd`: smallest RMSD over rotations,
+  reflections (optional) and permutations of atoms of the same species
+  (Kabsch + Hungarian, iterated from many starting orientations).
+- :func:`sorted_pair_distances` / :func:`pair_distance_difference`: the sorted
+  pair-distance fingerprint used for uniqueness and novelty checks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.transform import Rotation
+
+__all__ = [
+    "Alignment",
+    "align",
+    "fingerprint_error",
+    "match_rows",
+    "pair_distance_difference",
+    "sorted_pair_distances",
+    "structure_rmsd",
+]
+
+
+def _positions_and_species(x: Any, species: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(x, "get_positions"):
+        pos = np.asarray(x.get_positions(), dtype=np.float64)
+        if species is None:
+            species = x.get_atomic_numbers()
+    else:
+        pos = np.asarray(x, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"{name}: positions must have shape [n_atoms, 3], got {pos.shape}")
+    if pos.shape[0] == 0:
+        raise ValueError(f"{name}: empty structure (no atoms)")
+    if not np.all(np.isfinite(pos)):
+        raise ValueError(f"{name}: positions contain NaN or inf")
+    if species is None:
+        spec = np.zeros(pos.shape[0], dtype=np.int64)
+    else:
+        spec = np.asarray(species)
+        if spec.shape != (pos.shape[0],):
+            raise ValueError(
+                f"{name}: species must have one entry per atom ({pos.shape[0]}), got {spec.shape}"
+            )
+    return pos, spec
+
+
+def match_rows(a: np.ndarray, b: np.ndarray, species: Any | None = None) -> np.ndarray:
+    """Permutation ``perm`` minimising ``sum ||a[perm[i]] - b[i]||^2`` (Hungarian).
+
+    ``a`` and ``b`` are ``[n, d]``; with ``species`` (``[n]``, shared by both
+    sides) rows are only matched within the same species. Returns int ``[n]``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"match_rows: shapes differ or are not 2-D: {a.shape} vs {b.shape}")
+    spec = np.zeros(len(a), np.int64) if species is None else np.asarray(species)
+    perm = np.empty(len(a), dtype=np.int64)
+    for s in np.unique(spec):
+        idx = np.flatnonzero(spec == s)
+        cost = ((b[idx, None, :] - a[None, idx, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        perm[idx[rows]] = idx[cols]
+    return perm
+
+
+def fingerprint_error(fingerprint: Any, target: Any, species: Any | None = None) -> float:
+    """Relative error ``||F - T|| / ||T||`` (Frobenius norm), dimensionless.
+
+    Per-atom fingerprints (``[n_atoms, n_features]``) are compared as a set: the
+    rows of ``fingerprint`` are first matched to the rows of ``target`` by the
+    Hungarian algorithm (within each species when ``species`` is given), so atom
+    order does not matter. Pooled fingerprints (1-D) are compared directly.
+    """
+    f = np.asarray(fingerprint, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if f.shape != t.shape:
+        raise ValueError(f"fingerprint_error: shapes differ: {f.shape} vs {t.shape}")
+    if f.size == 0:
+        raise ValueError("fingerprint_error: empty fingerprint")
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(t))):
+        raise ValueError("fingerprint_error: fingerprint contains NaN or inf")
+    if f.ndim == 2:
+        f = f[match_rows(f, t, species)]
+    elif f.ndim != 1:
+        raise ValueError(f"fingerprint_error: expected 1-D or 2-D arrays, got {f.ndim}-D")
+    norm = np.linalg.norm(t)
+    diff = np.linalg.norm(f - t)
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return float(diff / norm)
+
+
+class Alignment(NamedTuple):
+    """Result of :func:`align`.
+
+    ``positions[permutation] @ rotation.T + translation`` (the ``aligned``
+    field) best overlays ``reference``; ``rotation`` is ``[3, 3]`` orthogonal
+    (determinant -1 when a reflection was used); ``rmsd`` in Angstrom.
+    """
+
+    rmsd: float
+    aligned: np.ndarray
+    rotation: np.ndarray
+    translation: np.ndarray
+    permutation: np.ndarray
+
+
+def _kabsch(p: np.ndarray, q: np.ndarray, allow_reflection: bool) -> np.ndarray:
+    """Orthogonal R minimising ||p @ R.T - q|| for centred p, q."""
+    u, _, vt = np.linalg.svd(p.T @ q)
+    if not allow_reflection and np.linalg.det(u @ vt) < 0:
+        u[:, -1] *= -1
+    return (u @ vt).T
+
+
+def _starting_rotations(
+    p: np.ndarray, q: np.ndarray, n_random: int, seed: int, allow_reflection: bool
+) -> list[np.ndarray]:
+    """Principal-axis frames (all sign/axis choices) plus random rotations."""
+    mats = []
+    _, vp = np.linalg.eigh(p.T @ p)
+    _, vq = np.linalg.eigh(q.T @ q)
+    for perm in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]):
+        for signs in np.ndindex(2, 2, 2):
+            s = np.diag([1.0 if b == 0 else -1.0 for b in signs])
+            r = vq @ s @ np.eye(3)[perm] @ vp.T
+            if allow_reflection or np.linalg.det(r) > 0:
+                mats.append(r)
+    rots = Rotation.random(n_random, random_state=seed).as_matrix()
+    for r in rots:
+        mats.append(r)
+        if allow_reflection:
+            mats.append(r @ np.diag([1.0, 1.0, -1.0]))
+    return mats
+
+
+def align(
+    positions: Any,
+    reference: Any,
+    species: Any | None = None,
+    reference_species: Any | None = None,
+    *,
+    allow_reflection: bool = True,
+    n_random: int = 24,
+    max_iter: int = 30,
+    seed: int = 0,
+) -> Alignment:
+    """Best overlay of ``positions`` on ``reference`` (both ``[n_atoms, 3]``, Angstrom).
+
+    Minimises the RMSD over rigid rotations (and reflections when
+    ``allow_reflection``), translations, and permutations of atoms of the same
+    species: from each starting orientation (principal-axis frames and
+    ``n_random`` random rotations) it alternates the Hungarian assignment on
+    squared distances with the Kabsch rotation until the assignment is stable,
+    and keeps the best. Species default to those of ``ase.Atoms`` inputs, else
+    all atoms are one species. Raises ``ValueError`` when atom counts or species
+    compositions differ.
+    """
+    if reference_species is None and not hasattr(reference, "get_atomic_numbers"):
+        reference_species = species  # one species list for both structures
+    if species is None and not hasattr(positions, "get_atomic_numbers"):
+        species = reference_species
+    p, sp = _positions_and_species(positions, species, "positions")
+    q, sq = _positions_and_species(reference, reference_species, "reference")
+    if p.shape != q.shape:
+        raise ValueError(f"align: atom counts differ: {len(p)} vs {len(q)}")
+    if sorted(sp.tolist()) != sorted(sq.tolist()):
+        raise ValueError("align: species compositions differ")
+    cp, cq = p.mean(0), q.mean(0)
+    p0, q0 = p - cp, q - cq
+    groups = [(np.flatnonzero(sp == s), np.flatnonzero(sq == s)) for s in np.unique(sq)]
+
+    def assign(rot: np.ndarray) -> np.ndarray:
+        pr = p0 @ rot.T
+        perm = np.empty(len(q0), dtype=np.int64)
+        for ip, iq in groups:
+            cost = ((q0[iq, None, :] - pr[None, ip, :]) ** 2).sum(-1)
+            rows, cols = linear_sum_assignment(cost)
+            perm[iq[rows]] = ip[cols]
+        return perm
+
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    seen: set[bytes] = set()
+    for rot in _starting_rotations(p0, q0, n_random, seed, allow_reflection):
+        perm = assign(rot)
+        for _ in range(max_iter):
+            rot = _kabsch(p0[perm], q0, allow_reflection)
+            new = assign(rot)
+            if np.array_equal(new, perm):
+                break
+            perm = new
+        key = perm.tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        rot = _kabsch(p0[perm], q0, allow_reflection)
+        rmsd = float(np.sqrt(((p0[perm] @ rot.T - q0) ** 2).sum(-1).mean()))
+        if best is None or rmsd < best[0]:
+            best = (rmsd, rot, perm)
+        if best[0] < 1e-9:
+            break
+    assert best is not None
+    rmsd, rot, perm = best
+    translation = cq - cp @ rot.T
+    aligned = p[perm] @ rot.T + translation
+    return Alignment(rmsd, aligned, rot, translation, perm)
+
+
+def structure_rmsd(
+    positions: Any,
+    reference: Any,
+    species: Any | None = None,
+    reference_species: Any | None = None,
+    *,
+    allow_reflection: bool = True,
+) -> float:
+    """Smallest RMSD (Angstrom) between two structures; see :func:`align`."""
+    return align(
+        positions, reference, species, reference_species, allow_reflection=allow_reflection
+    ).rmsd
+
+
+def sorted_pair_distances(positions: Any) -> np.ndarray:
+    """All ``n (n - 1) / 2`` interatomic distances (Angstrom), sorted ascending.
+
+    A rotation-, translation-, reflection- and permutation-invariant
+    fingerprint of a finite cluster (species are ignored).
+    """
+    p, _ = _positions_and_species(positions, None, "positions")
+    i, j = np.triu_indices(len(p), k=1)
+    return np.sort(np.linalg.norm(p[i] - p[j], axis=-1))
+
+
+def pair_distance_difference(a: Any, b: Any) -> float:
+    """Mean absolute difference (Angstrom) of the sorted pair distances of two clusters.
+
+    ``a`` and ``b`` are positions ``[n, 3]``, ``ase.Atoms`` or precomputed
+    :func:`sorted_pair_distances` (1-D). Structures with different atom counts
+    are different: the result is ``inf``. One atom each gives ``0.0``.
+    """
+    da = np.asarray(a, dtype=np.float64) if _is_1d(a) else sorted_pair_distances(a)
+    db = np.asarray(b, dtype=np.float64) if _is_1d(b) else sorted_pair_distances(b)
+    if da.shape != db.shape:
+        return math.inf
+    if da.size == 0:
+        return 0.0
+    return float(np.abs(da - db).mean())
+
+
+def _is_1d(x: Any) -> bool:
+    return not hasattr(x, "get_positions") and np.ndim(x) == 1

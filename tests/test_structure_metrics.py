@@ -1,0 +1,102 @@
+"""Tests for jaxsci.metrics.structure: RMSD alignment, fingerprint error, pair distances."""
+
+import math
+
+import numpy as np
+import pytest
+from ase.cluster import Icosahedron
+from scipy.spatial.transform import Rotation
+
+from jaxsci.metrics import (
+    align,
+    fingerprint_error,
+    pair_distance_difference,
+    sorted_pair_distances,
+    structure_rmsd,
+)
+
+
+def _rattled_cluster(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pos = Icosahedron("Pt", 3).get_positions()[:n]
+    return pos + rng.normal(scale=0.15, size=pos.shape)
+
+
+@pytest.mark.parametrize("n", [4, 13, 30, 55])
+def test_rmsd_zero_for_rotated_reflected_permuted_copy(n):
+    rng = np.random.default_rng(n)
+    ref = _rattled_cluster(n, seed=n)
+    rot = Rotation.random(random_state=n).as_matrix() @ np.diag([1.0, -1.0, 1.0])
+    moved = ref[rng.permutation(n)] @ rot.T + np.array([3.0, -1.0, 7.0])
+    res = align(moved, ref)
+    assert res.rmsd < 1e-8
+    np.testing.assert_allclose(res.aligned, ref, atol=1e-7)
+    np.testing.assert_allclose(
+        moved[res.permutation] @ res.rotation.T + res.translation, ref, atol=1e-7
+    )
+
+
+def test_rmsd_without_reflection_sees_the_mirror_image():
+    ref = _rattled_cluster(19, seed=1)
+    mirror = ref * np.array([1.0, 1.0, -1.0])
+    assert structure_rmsd(mirror, ref) < 1e-8
+    assert structure_rmsd(mirror, ref, allow_reflection=False) > 0.05
+
+
+def test_rmsd_known_value_for_uniform_shift_of_one_atom():
+    # Two atoms 1 A apart vs 3 A apart: centred, each atom is 1 A off -> RMSD 1.
+    a = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    b = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert structure_rmsd(a, b) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_rmsd_respects_species():
+    # Swapping two atoms of different species cannot be undone by permutation.
+    ref = np.array([[0.0, 0, 0], [1.5, 0, 0], [0, 2.5, 0]])
+    species = np.array([78, 78, 79])
+    swapped = ref.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]
+    assert structure_rmsd(swapped, ref) < 1e-8  # species ignored: same shape
+    assert structure_rmsd(swapped, ref, species, species) > 0.1
+
+
+def test_rmsd_accepts_ase_atoms_and_rejects_mismatches():
+    atoms = Icosahedron("Pt", 2)
+    other = atoms.copy()
+    other.rotate(37.0, "z")
+    assert structure_rmsd(other, atoms) < 1e-8
+    with pytest.raises(ValueError, match="atom counts"):
+        structure_rmsd(atoms.positions[:5], atoms.positions)
+    with pytest.raises(ValueError, match="NaN"):
+        structure_rmsd(np.full((3, 3), np.nan), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="empty"):
+        structure_rmsd(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_fingerprint_error_is_order_independent_with_known_value():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(10, 6))
+    assert fingerprint_error(t[rng.permutation(10)], t) == 0.0
+    noisy = t + 0.01 * t  # 1% relative change on every entry
+    assert fingerprint_error(noisy[::-1], t) == pytest.approx(0.01, rel=1e-9)
+    assert fingerprint_error(t[0], t[0] * 1.1) == pytest.approx(0.1 / 1.1, rel=1e-9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        fingerprint_error(t[:, :5], t)
+    with pytest.raises(ValueError, match="NaN"):
+        fingerprint_error(np.full_like(t, np.nan), t)
+
+
+def test_sorted_pair_distances_known_values_and_invariances():
+    square = np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    expected = np.array([1, 1, 1, 1, math.sqrt(2), math.sqrt(2)])
+    np.testing.assert_allclose(sorted_pair_distances(square), expected)
+    ref = _rattled_cluster(20, seed=3)
+    rot = Rotation.random(random_state=2).as_matrix()
+    moved = ref[::-1] @ rot.T - 4.0
+    assert pair_distance_difference(moved, ref) < 1e-12
+    assert pair_distance_difference(ref * 1.01, ref) == pytest.approx(
+        0.01 * sorted_pair_distances(ref).mean(), rel=1e-9
+    )
+    assert pair_distance_difference(ref[:10], ref) == math.inf
+    # Precomputed fingerprints are accepted as 1-D arrays.
+    assert pair_distance_difference(sorted_pair_distances(ref), ref) == 0.0
