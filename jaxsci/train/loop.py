@@ -1,0 +1,180 @@
+"""A generic fit loop: epochs, callbacks, a tqdm progress bar and JSON-lines metrics.
+
+The loop owns no numerics. The caller supplies ``epoch_fn(state, epoch) -> (state, metrics)``,
+typically a jitted function whose data order and random keys are a pure function of
+``(seed, epoch)``, so that a run resumed from a checkpoint at epoch ``k`` (``start_epoch=k``)
+continues exactly as the uninterrupted run would have.
+
+Example::
+
+    result = fit(state, epoch_fn, num_epochs=100, metrics_path=run / "metrics.jsonl",
+                 callbacks=[every(10, save_checkpoint)])
+    result.state, result.history
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["Callback", "FitResult", "JsonlLogger", "every", "fit", "read_jsonl"]
+
+
+class Callback(Protocol):
+    """Called after every epoch; return ``True`` to stop training early."""
+
+    def __call__(self, epoch: int, state: Any, metrics: Mapping[str, float]) -> bool | None: ...
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    ``state``: the final state; ``history``: one dict per epoch (``epoch`` is the 0-based
+    epoch index, plus the floats that ``epoch_fn`` returned and ``time_s``), including
+    records logged by an earlier, interrupted run when resuming from the same metrics file;
+    ``epochs_done``: number of completed epochs; ``stopped_early``: a callback asked to stop.
+    """
+
+    state: Any
+    history: list[dict]
+    epochs_done: int
+    stopped_early: bool
+
+
+def _to_float(value: Any) -> float:
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise ValueError(f"metric values must be scalars, got shape {arr.shape}")
+    return float(arr.reshape(()))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file into a list of dicts (an empty list if the file is absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlLogger:
+    """Append one JSON object per line to ``path`` (flushed after every record).
+
+    ``resume_from``: keep only the records of epochs ``< resume_from`` already in the file
+    (the ones a checkpoint at that epoch covers) and drop later ones, so that a resumed run
+    does not log an epoch twice. ``None`` starts a fresh file.
+    """
+
+    def __init__(self, path: str | Path, *, resume_from: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_from is not None:
+            kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) < resume_from]
+        with self.path.open("w") as fh:
+            for record in kept:
+                fh.write(json.dumps(record) + "\n")
+        self.records: list[dict] = kept
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Write one record (values must be JSON-serialisable; NaN/inf become null)."""
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+        self.records.append(clean)
+
+
+def every(n: int, fn: Callable[[int, Any, Mapping[str, float]], Any], *, last: int | None = None):
+    """Wrap ``fn`` so it runs after epochs whose 1-based count is a multiple of ``n``.
+
+    ``last``: also run after the final epoch (pass ``num_epochs``). The wrapper never stops
+    training; ``fn``'s return value is ignored.
+    """
+    if n < 1:
+        raise ValueError(f"every(n): n must be >= 1, got {n}")
+
+    def callback(epoch: int, state: Any, metrics: Mapping[str, float]) -> None:
+        done = epoch + 1
+        if done % n == 0 or (last is not None and done == last):
+            fn(epoch, state, metrics)
+
+    return callback
+
+
+def fit(
+    state: Any,
+    epoch_fn: Callable[[Any, int], tuple[Any, Mapping[str, Any]]],
+    *,
+    num_epochs: int,
+    start_epoch: int = 0,
+    callbacks: Iterable[Callback] = (),
+    metrics_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    postfix_keys: Sequence[str] | None = None,
+) -> FitResult:
+    """Run ``epoch_fn`` for epochs ``start_epoch .. num_epochs - 1``.
+
+    Args:
+      state: any pytree (parameters, optimizer state, step counter...).
+      epoch_fn: ``(state, epoch) -> (new_state, metrics)``; metrics are scalars
+        (JAX or NumPy), converted to Python floats once per epoch.
+      num_epochs: total number of epochs of the full run (not the number still to do).
+      start_epoch: epochs already done (e.g. restored from a checkpoint).
+      callbacks: called as ``cb(epoch, state, metrics)`` after each epoch, in order;
+        any returning ``True`` stops training after that epoch.
+      metrics_path: JSON-lines file; when resuming, records of epochs ``>= start_epoch``
+        already in it are dropped first.
+      progress: show a tqdm bar (with the last metrics as postfix).
+      postfix_keys: metrics shown in the bar (default: all).
+    """
+    if num_epochs < 0 or start_epoch < 0:
+        raise ValueError(f"num_epochs ({num_epochs}) and start_epoch ({start_epoch}) must be >= 0")
+    if start_epoch > num_epochs:
+        raise ValueError(f"start_epoch ({start_epoch}) is past num_epochs ({num_epochs})")
+    callbacks = list(callbacks)
+    logger = (
+        JsonlLogger(metrics_path, resume_from=start_epoch) if metrics_path is not None else None
+    )
+    history: list[dict] = list(logger.records) if logger is not None else []
+    stopped = False
+    epoch = start_epoch - 1
+    bar = tqdm(
+        range(start_epoch, num_epochs),
+        total=num_epochs,
+        initial=start_epoch,
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for epoch in bar:
+        t0 = time.perf_counter()
+        state, raw = epoch_fn(state, epoch)
+        metrics = {k: _to_float(v) for k, v in raw.items()}
+        record = {"epoch": epoch, **metrics, "time_s": time.perf_counter() - t0}
+        history.append(record)
+        if logger is not None:
+            logger.log(record)
+        if progress:
+            keys = postfix_keys if postfix_keys is not None else list(metrics)
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics})
+        for cb in callbacks:
+            if cb(epoch, state, metrics):
+                stopped = True
+        if stopped:
+            break
+    bar.close()
+    return FitResult(state=state, history=history, epochs_done=epoch + 1, stopped_early=stopped)

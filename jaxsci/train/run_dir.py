@@ -1,0 +1,149 @@
+"""Run folders: creation, ``metrics.json`` writing and small headless plotting helpers.
+
+A run folder is ``<root>/<name>-<UTC timestamp>[-k]``; it is never reused, so two runs
+started in the same second get different folders. Plots use ``matplotlib.figure.Figure``
+directly (no pyplot global state, no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "make_run_dir",
+    "plot_curves",
+    "plot_scatter",
+    "to_jsonable",
+    "write_json",
+    "write_metrics",
+]
+
+
+def make_run_dir(root: str | Path = "runs", name: str = "run", *, timestamp: bool = True) -> Path:
+    """Create and return a fresh run folder ``root/name-YYYYmmdd-HHMMSS`` (suffix if taken)."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"run name must be a plain folder name, got {name!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}" if timestamp else name
+    for k in range(1000):
+        path = root / (base if k == 0 else f"{base}-{k}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"could not create a fresh run folder under {root}")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert NumPy/JAX scalars and arrays, tuples and paths to JSON types; NaN/inf -> None."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool | str) or obj is None:
+        return obj
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj
+    if hasattr(obj, "__array__") or isinstance(obj, float | np.generic):
+        arr = np.asarray(obj)
+        if arr.dtype == bool:
+            return arr.tolist()
+        if np.issubdtype(arr.dtype, np.integer):
+            return arr.tolist()
+        if np.issubdtype(arr.dtype, np.floating):
+            if arr.ndim == 0:
+                v = float(arr)
+                return v if math.isfinite(v) else None
+            return [to_jsonable(v) for v in arr]
+        return arr.tolist()
+    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON; returns the path."""
+    path = Path(path)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Write ``run_dir/metrics.json``."""
+    return write_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def _new_axes(figsize: tuple[float, float] = (5.0, 4.0)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    path: str | Path,
+    *,
+    x_key: str = "epoch",
+    logy: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Plot ``keys`` of a list of per-epoch records against ``x_key``; save a PNG."""
+    fig, ax = _new_axes()
+    for key in keys:
+        pts = [(r[x_key], r[key]) for r in history if r.get(key) is not None]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.plot(x, y, label=key)
+    ax.set_xlabel(x_key)
+    if logy:
+        ax.set_yscale("symlog", linthresh=1e-3)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_scatter(
+    x: Any,
+    y: Any,
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    color: Any = None,
+    color_label: str | None = None,
+    diagonal: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Scatter ``y`` against ``x`` (optionally coloured, with a y = x line); save a PNG."""
+    fig, ax = _new_axes()
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sc = ax.scatter(x, y, c=color, s=18, cmap="viridis" if color is not None else None)
+    if color is not None:
+        fig.colorbar(sc, ax=ax, label=color_label)
+    if diagonal and x.size:
+        finite = np.isfinite(x) & np.isfinite(y)
+        lo = min(x[finite].min(), y[finite].min()) if finite.any() else 0.0
+        hi = max(x[finite].max(), y[finite].max()) if finite.any() else 1.0
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=110)
+    return Path(path)

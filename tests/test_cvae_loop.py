@@ -1,0 +1,71 @@
+"""Tests for the generic fit loop and run-folder helpers (jaxsci.train.loop / run_dir)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxsci.train.loop import every, fit, read_jsonl
+from jaxsci.train.run_dir import make_run_dir, plot_curves, plot_scatter, write_metrics
+
+
+def _epoch_fn(state, epoch):
+    # deterministic, depends on (state, epoch) only
+    new = state * 0.5 + epoch
+    return new, {"loss": new, "half": np.float32(0.5)}
+
+
+def test_fit_runs_logs_and_resumes_exactly(tmp_path):
+    log = tmp_path / "m.jsonl"
+    full = fit(1.0, _epoch_fn, num_epochs=6, metrics_path=log, progress=False)
+    assert full.epochs_done == 6 and not full.stopped_early
+    assert [r["epoch"] for r in read_jsonl(log)] == list(range(6))
+
+    # interrupted after epoch 4 was logged, but the "checkpoint" holds epoch 3's state
+    part = fit(1.0, _epoch_fn, num_epochs=4, metrics_path=log, progress=False)
+    resumed = fit(
+        part.state, _epoch_fn, num_epochs=6, start_epoch=4, metrics_path=log, progress=False
+    )
+    assert resumed.state == full.state
+    records = read_jsonl(log)
+    assert [r["epoch"] for r in records] == list(range(6))
+    assert [r["loss"] for r in records] == [r["loss"] for r in full.history]
+
+
+def test_callbacks_every_and_early_stop(tmp_path):
+    seen = []
+    stop = lambda epoch, state, m: epoch == 4
+    res = fit(
+        0.0,
+        _epoch_fn,
+        num_epochs=10,
+        progress=False,
+        callbacks=[every(2, lambda e, s, m: seen.append(e)), stop],
+    )
+    assert res.stopped_early and res.epochs_done == 5
+    assert seen == [1, 3]
+    with pytest.raises(ValueError, match="start_epoch"):
+        fit(0.0, _epoch_fn, num_epochs=3, start_epoch=5, progress=False)
+    with pytest.raises(ValueError, match="scalars"):
+        fit(0.0, lambda s, e: (s, {"v": np.ones(3)}), num_epochs=1, progress=False)
+
+
+def test_run_dir_and_plots(tmp_path):
+    a = make_run_dir(tmp_path, "demo")
+    b = make_run_dir(tmp_path, "demo")
+    assert a != b and a.is_dir() and b.is_dir()
+    path = write_metrics(
+        a, {"x": np.float32(1.5), "nan": float("nan"), "v": np.arange(3), "nested": {"t": (1, 2)}}
+    )
+    data = json.loads(path.read_text())
+    assert data == {"x": 1.5, "nan": None, "v": [0, 1, 2], "nested": {"t": [1, 2]}}
+    hist = [{"epoch": i, "loss": 1.0 / (i + 1)} for i in range(5)]
+    assert plot_curves(hist, ["loss"], a / "c.png").stat().st_size > 1000
+    assert (
+        plot_scatter([1, 2], [1, 3], a / "s.png", xlabel="t", ylabel="o", diagonal=True)
+        .stat()
+        .st_size
+        > 1000
+    )
+    with pytest.raises(ValueError, match="plain folder name"):
+        make_run_dir(tmp_path, "a/b")
