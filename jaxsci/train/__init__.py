@@ -1,5 +1,6 @@
 """jaxsci.train."""
 
+from jaxsci.train.checkpoint import Checkpointer
 from jaxsci.train.loop import Callback, FitResult, JsonlLogger, every, fit, read_jsonl
 from jaxsci.train.run_dir import (
     make_run_dir,
@@ -12,6 +13,7 @@ from jaxsci.train.run_dir import (
 
 __all__ = [
     "Callback",
+    "Checkpointer",
     "FitResult",
     "JsonlLogger",
     "every",

@@ -1,0 +1,276 @@
+"""Orbax checkpointing of a train-state pytree, single- or multi-process.
+
+Convention: ``save(step, state)`` labels ``state`` with the number of updates already applied
+to it, so ``state, step = ckpt.resume(init_state)`` continues with ``for step in range(step,
+n_steps)`` and reproduces an uninterrupted run exactly (provided the data and RNG of step ``s``
+are functions of ``s``, e.g. ``fold_in(key, s)``).
+
+Under MPI the train state is replicated (data parallelism keeps it identical on every rank), so
+one checkpoint is written by rank 0 while the other ranks wait; every rank reads it back. The
+state does not depend on the process count, so a run may resume with a different number of
+ranks as long as its global batch still divides over them (see ``metadata()["process_count"]``).
+Orbax writes into a temporary folder and renames it when complete: a crash never leaves a
+half-written step that ``latest_step`` would return.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+
+__all__ = ["Checkpointer"]
+
+_STATE = "state"
+_META = "meta"
+
+
+class Checkpointer:
+    """Save every ``every`` steps, keep the ``keep`` newest, restore the latest.
+
+    Args:
+      directory: folder holding one sub-folder per saved step (created by rank 0).
+      every: save only when ``step % every == 0`` (``force=True`` overrides).
+      keep: number of newest checkpoints kept on disk (``None``: all).
+      info: process info from :func:`jaxsci.parallel.bootstrap` (default: ``bootstrap()``).
+
+    Use as a context manager or call :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        every: int = 1,
+        keep: int | None = 3,
+        info: ProcessInfo | None = None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.every = every
+        self.keep = keep
+        self.info = info if info is not None else bootstrap()
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=1,  # the interval is decided here, identically on every rank
+            max_to_keep=keep,
+            create=self.info.is_root,
+            enable_async_checkpointing=False,
+        )
+        if self.info.is_root:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=_handlers()
+            )
+            self._sync(None)
+        else:
+            self._sync(None)  # wait until rank 0 has created the folder
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=_handlers()
+            )
+
+    # -- collective helpers -------------------------------------------------------------
+    def _sync(self, value: Any) -> Any:
+        """Broadcast ``value`` from rank 0; every rank waits for rank 0 to get here."""
+        if self.info.comm is None or self.info.size == 1:
+            return value
+        return self.info.comm.bcast(value, root=0)
+
+    # -- queries --------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        """Saved steps, ascending."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """Newest saved step, or ``None`` if there is no checkpoint yet."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """JSON metadata saved with ``step`` (default: latest): ``process_count``, ``step``, and
+        whatever the caller passed to :meth:`save`."""
+        step = self._resolve(step)
+        args = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+        out = self._manager.restore(step, args=args)
+        return dict(out[_META])
+
+    # -- save / restore -----------------------------------------------------------------
+    def should_save(self, step: int) -> bool:
+        """Whether :meth:`save` at ``step`` writes (same answer on every rank)."""
+        return step % self.every == 0
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metadata: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Write ``state`` as ``step`` if ``step % every == 0`` or ``force``; collective.
+
+        Args:
+          step: number of updates applied to ``state`` (>= 0).
+          state: a pytree of arrays (jax or numpy), scalars and PRNG keys, identical on all ranks.
+          metadata: JSON-serialisable extras stored beside the state (config, data position).
+          force: save even off the interval.
+
+        Returns:
+          True if a checkpoint was written (False off the interval or if ``step`` exists).
+        """
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if not (force or self.should_save(step)):
+            return False
+        saved = False
+        error: str | None = None
+        if self.info.is_root:
+            try:
+                self._manager.reload()
+                if step not in self._manager.all_steps():
+                    meta = {"step": int(step), "process_count": self.info.size}
+                    meta.update(metadata or {})
+                    saved = bool(
+                        self._manager.save(
+                            step,
+                            args=ocp.args.Composite(
+                                **{
+                                    _STATE: ocp.args.StandardSave(state),
+                                    _META: ocp.args.JsonSave(meta),
+                                }
+                            ),
+                            force=True,
+                        )
+                    )
+                    self._manager.wait_until_finished()
+            except Exception as err:  # report on every rank instead of leaving them waiting
+                error = f"{type(err).__name__}: {err}"
+                saved_exc = err
+        saved, error = self._sync((saved, error))
+        if error is not None:
+            if self.info.is_root:
+                raise saved_exc
+            raise RuntimeError(f"rank 0 failed to save checkpoint step {step}: {error}")
+        return saved
+
+    def restore(self, target: Any, step: int | None = None) -> Any:
+        """Read ``step`` (default: latest) into the structure of ``target``.
+
+        Args:
+          target: a pytree with the saved structure: a freshly initialised state, or the same
+            tree of ``jax.ShapeDtypeStruct``. Arrays come back with its dtypes, shapes and
+            shardings.
+          step: which checkpoint; default the newest.
+
+        Raises:
+          FileNotFoundError: no checkpoint (or not that step) in ``directory``.
+          ValueError: the saved tree does not match ``target``'s structure, shapes or dtypes.
+        """
+        step = self._resolve(step)
+        self._check_saved_matches(target, step)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} does not match the target "
+                f"structure: {err}"
+            ) from err
+        restored = out[_STATE]
+        _check_like(restored, target, step)
+        return restored
+
+    def resume(self, init_state: Any) -> tuple[Any, int]:
+        """``(restored state, latest step)`` if a checkpoint exists, else ``(init_state, 0)``."""
+        step = self.latest_step()
+        if step is None:
+            return init_state, 0
+        return self.restore(init_state, step), step
+
+    def close(self) -> None:
+        """Finish pending writes and release the manager."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_saved_matches(self, target: Any, step: int) -> None:
+        """Compare the saved leaves (names, shapes, dtypes) with ``target`` before reading."""
+        saved = {}
+        for leaf in jax.tree.leaves(self._manager.item_metadata(step)[_STATE]):
+            if getattr(leaf, "shape", None) is not None and getattr(leaf, "name", None):
+                saved[leaf.name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+        wanted = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+            name = ".".join(_key_str(k) for k in path)
+            if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.eval_shape(jax.random.key_data, leaf)
+            if hasattr(leaf, "shape"):
+                wanted[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+        where = f"checkpoint step {step} in {self.directory}"
+        missing = sorted(set(wanted) - set(saved))
+        extra = sorted(set(saved) - set(wanted))
+        if missing or extra:
+            raise ValueError(
+                f"{where} does not match the target tree: leaves missing from the checkpoint "
+                f"{missing[:5]}, leaves not in the target {extra[:5]}"
+            )
+        for name, (shape, dtype) in wanted.items():
+            if saved[name] != (shape, dtype):
+                got_shape, got_dtype = saved[name]
+                raise ValueError(
+                    f"{where}: leaf {name!r} was saved as {got_dtype}{list(got_shape)} but the "
+                    f"target wants {dtype}{list(shape)}"
+                )
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}: {steps}")
+        return step
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()}
+
+
+def _key_str(key: Any) -> str:
+    """Orbax's name for one step of a key path (``a.0.mu.w``)."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _check_like(restored: Any, target: Any, step: int) -> None:
+    """Raise ValueError unless ``restored`` has ``target``'s tree, shapes and dtypes."""
+    if jax.tree.structure(restored) != jax.tree.structure(target):
+        raise ValueError(
+            f"checkpoint step {step}: restored tree {jax.tree.structure(restored)} differs from "
+            f"target {jax.tree.structure(target)}"
+        )
+    flat, _ = jax.tree_util.tree_flatten_with_path(restored)
+    for (path, got), want in zip(flat, jax.tree.leaves(target), strict=True):
+        if not hasattr(want, "shape"):
+            continue
+        if (got.shape, got.dtype) != (want.shape, want.dtype):
+            raise ValueError(
+                f"checkpoint step {step}: leaf {jax.tree_util.keystr(path)} has "
+                f"{got.dtype}{list(got.shape)}, target wants {want.dtype}{list(want.shape)}"
+            )
