@@ -1,1 +1,45 @@
-"""jaxsci.geometry."""
+"""jaxsci.geometry: cells, displacements and neighbor lists (free and periodic)."""
+
+from jaxsci.geometry.cell import (
+    image_multipliers,
+    image_shifts,
+    perpendicular_widths,
+    validate_cell,
+    wrap_positions,
+)
+from jaxsci.geometry.displacement import free_displacement, periodic_displacement, safe_norm
+from jaxsci.geometry.neighbors import (
+    CellListSpec,
+    NeighborList,
+    Slots,
+    cell_list_allocate,
+    cell_list_spec,
+    cell_list_update,
+    count_within,
+    dense_slots,
+    image_slots,
+    neighbor_list_slots,
+    prune_slots,
+)
+
+__all__ = [
+    "CellListSpec",
+    "NeighborList",
+    "Slots",
+    "cell_list_allocate",
+    "cell_list_spec",
+    "cell_list_update",
+    "count_within",
+    "dense_slots",
+    "free_displacement",
+    "image_multipliers",
+    "image_shifts",
+    "image_slots",
+    "neighbor_list_slots",
+    "periodic_displacement",
+    "perpendicular_widths",
+    "prune_slots",
+    "safe_norm",
+    "validate_cell",
+    "wrap_positions",
+]

@@ -1,0 +1,352 @@
+"""Atom-centred symmetry functions (Behler), DScribe-compatible and differentiable.
+
+``ACSF(species, r_cut, g2_params, g3_params, g4_params, g5_params, periodic, cutoff)`` takes
+DScribe 2.x's parameters with the same meaning and units (eta 1/A^2, Rs and r_cut in
+Angstrom, kappa 1/A) and returns DScribe's feature layout (see ``acsf_kernel``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers as _ASE_Z
+from ase.data import chemical_symbols as _ASE_SYMBOLS
+
+from jaxsci.descriptors.acsf_kernel import (
+    KernelConfig,
+    acsf_from_slots,
+    chunked_centres,
+    validate_params,
+)
+from jaxsci.descriptors.batching import Batch, bucket_size, pad_structures
+from jaxsci.descriptors.cutoff import CUTOFFS
+from jaxsci.geometry.cell import (
+    image_multipliers,
+    image_shifts,
+    perpendicular_widths,
+    validate_cell,
+    wrap_positions,
+)
+from jaxsci.geometry.neighbors import (
+    cell_list_allocate,
+    dense_slots,
+    neighbor_list_slots,
+)
+
+Array = jnp.ndarray
+
+#: centres processed together; bounds the [chunk, K, K] triplet tensors of large systems.
+CENTRE_CHUNK = 128
+#: structures evaluated together by ``create`` on lists of free clusters.
+STRUCTURE_CHUNK = 32
+#: periodic systems with at least this many atoms (and cells wider than r_cut) use a cell list.
+CELL_LIST_MIN_ATOMS = 128
+
+
+def _to_atomic_number(x) -> int:
+    if isinstance(x, str):
+        if x not in _ASE_Z:
+            raise ValueError(f"unknown chemical element {x!r}")
+        return int(_ASE_Z[x])
+    z = int(x)
+    if z != x or not 0 < z < len(_ASE_SYMBOLS):
+        raise ValueError(f"unknown atomic number {x!r}")
+    return z
+
+
+def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig):
+    """[N, F] features of one structure from dense (all-atoms x images) slots."""
+    slots = dense_slots(positions, cell, shifts, mask)
+    nb_species = species[slots.index]
+    out = chunked_centres(
+        lambda d, s, v: acsf_from_slots(slots._replace(disp=d, valid=v), s, cfg),
+        positions.shape[0],
+        CENTRE_CHUNK,
+        slots.disp,
+        nb_species,
+        slots.valid,
+    )
+    return jnp.where(mask[:, None], out, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _dense_batched(positions, species, mask, cells, shifts, cfg: KernelConfig):
+    fn = lambda p, s, m, c: _dense_features(p, s, m, c, shifts, cfg)
+    return jax.vmap(fn)(positions, species, mask, cells)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _free_batched(positions, species, mask, cfg: KernelConfig):
+    fn = lambda p, s, m: _dense_features(p, s, m, None, None, cfg)
+    return jax.vmap(fn)(positions, species, mask)
+
+
+def _cell_list_features(positions, species, cell, nbrs, cfg: KernelConfig):
+    slots = neighbor_list_slots(positions, cell, nbrs)
+    n = positions.shape[0]
+    nb_species = species[jnp.minimum(slots.index, n - 1)]
+    return chunked_centres(
+        lambda d, s, v: acsf_from_slots(slots._replace(disp=d, valid=v), s, cfg),
+        n,
+        CENTRE_CHUNK,
+        slots.disp,
+        nb_species,
+        slots.valid,
+    )
+
+
+_cell_list_features_jit = jax.jit(_cell_list_features, static_argnames=("cfg",))
+
+
+class ACSF:
+    """Atom-centred symmetry functions G1..G5 with DScribe's parameters and output layout.
+
+    Args:
+        species: chemical symbols or atomic numbers of every element ever encountered.
+        r_cut: cutoff radius (Angstrom), > 0.
+        g2_params: [n, 2] rows (eta [1/A^2], Rs [A]).
+        g3_params: [n] kappa values [1/A].
+        g4_params, g5_params: [n, 3] rows (eta [1/A^2], zeta, lambda).
+        periodic: respect ``atoms.pbc`` / a given cell (an atom's own images are neighbours).
+        cutoff: "cosine" (DScribe) or "polynomial" (1 - 10x^3 + 15x^4 - 6x^5, x = r/r_cut).
+    """
+
+    def __init__(
+        self,
+        species: Sequence[str | int],
+        r_cut: float,
+        g2_params=None,
+        g3_params=None,
+        g4_params=None,
+        g5_params=None,
+        periodic: bool = False,
+        cutoff: str = "cosine",
+    ) -> None:
+        if species is None or len(species) == 0:
+            raise ValueError("species must list at least one element")
+        zs = sorted({_to_atomic_number(x) for x in species})
+        try:
+            r_cut = float(r_cut)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"r_cut must be a number, got {r_cut!r}") from err
+        if not np.isfinite(r_cut) or r_cut <= 0:
+            raise ValueError(f"r_cut must be a positive finite number (Angstrom), got {r_cut}")
+        if cutoff not in CUTOFFS:
+            raise ValueError(f"cutoff must be one of {sorted(CUTOFFS)}, got {cutoff!r}")
+        g2, g3, g4, g5 = validate_params(g2_params, g3_params, g4_params, g5_params)
+        self.species_z: tuple[int, ...] = tuple(zs)
+        self.species: tuple[str, ...] = tuple(_ASE_SYMBOLS[z] for z in zs)
+        self.r_cut = r_cut
+        self.periodic = bool(periodic)
+        self.cutoff = cutoff
+        self.g2_params = np.array(g2, dtype=np.float64).reshape(-1, 2)
+        self.g3_params = np.array(g3, dtype=np.float64).reshape(-1)
+        self.g4_params = np.array(g4, dtype=np.float64).reshape(-1, 3)
+        self.g5_params = np.array(g5, dtype=np.float64).reshape(-1, 3)
+        self.config = KernelConfig(r_cut, len(zs), g2, g3, g4, g5, cutoff)
+        self._lookup = {z: i for i, z in enumerate(zs)}
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def n_features(self) -> int:
+        """Features per atom, equal to DScribe's ``get_number_of_features()``."""
+        return self.config.n_features
+
+    def get_number_of_features(self) -> int:
+        """DScribe-compatible alias of :attr:`n_features`."""
+        return self.n_features
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"ACSF(species={list(self.species)}, r_cut={self.r_cut}, n_g2={len(c.g2)}, "
+            f"n_g3={len(c.g3)}, n_g4={len(c.g4)}, n_g5={len(c.g5)}, periodic={self.periodic}, "
+            f"cutoff={self.cutoff!r}, n_features={self.n_features})"
+        )
+
+    def encode_species(self, symbols_or_numbers: Sequence[str | int]) -> np.ndarray:
+        """Indices [N] int32 into :attr:`species_z`; ValueError names any unknown element."""
+        out = np.empty(len(symbols_or_numbers), dtype=np.int32)
+        for i, x in enumerate(symbols_or_numbers):
+            z = _to_atomic_number(x)
+            if z not in self._lookup:
+                raise ValueError(
+                    f"element {_ASE_SYMBOLS[z]} (Z={z}) is not in this descriptor's species "
+                    f"{list(self.species)}"
+                )
+            out[i] = self._lookup[z]
+        return out
+
+    # ------------------------------------------------------------------ pure functions
+    def fn(
+        self,
+        positions: Array,
+        species: Array,
+        cell: Array | None = None,
+        mask: Array | None = None,
+        pbc: Sequence[bool] = (True, True, True),
+    ) -> Array:
+        """Pure ACSF [N, F] of one structure; jit-, grad- and vmap-able in ``positions``.
+
+        positions: [N, 3] Angstrom; species: [N] int indices (see :meth:`encode_species`);
+        cell: [3, 3] lattice vectors (rows), used when ``periodic`` - it must be concrete
+        (a host array closed over under jit) because the number of periodic images is a
+        shape; mask: [N] bool, False for padding atoms (they contribute nothing and get zero
+        rows). Atoms must lie inside the cell for periodic images to be complete.
+        """
+        positions = jnp.asarray(positions)
+        if positions.ndim != 2 or positions.shape[1] != 3:
+            raise ValueError(f"positions must have shape [N, 3], got {positions.shape}")
+        species = jnp.asarray(species)
+        if species.shape != positions.shape[:1]:
+            raise ValueError(f"species must have shape [{positions.shape[0]}], got {species.shape}")
+        if mask is None:
+            mask = jnp.ones(positions.shape[:1], dtype=bool)
+        if not self.periodic or cell is None:
+            return _dense_features(positions, species, mask, None, None, self.config)
+        shifts = self._shifts_for([cell], pbc)
+        cell = jnp.asarray(cell, dtype=positions.dtype)
+        return _dense_features(positions, species, mask, cell, jnp.asarray(shifts), self.config)
+
+    def _shifts_for(self, cells: Sequence, pbc) -> np.ndarray:
+        mult = np.zeros(3, dtype=np.int64)
+        for cell in cells:
+            if isinstance(cell, jax.core.Tracer):
+                raise ValueError(
+                    "ACSF.fn needs a concrete cell (the number of periodic images is a "
+                    "shape): close over the cell instead of passing it as a traced argument"
+                )
+            c = validate_cell(np.asarray(cell), pbc)
+            mult = np.maximum(mult, image_multipliers(c, self.r_cut, pbc))
+        axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in mult]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+
+    def batch_fn(
+        self,
+        positions: Array,
+        species: Array,
+        mask: Array,
+        cells: Array | None = None,
+        pbc: Sequence[bool] = (True, True, True),
+    ) -> Array:
+        """Batched ACSF [B, N, F] of padded structures [B, N, 3] (see :meth:`batch`)."""
+        positions = jnp.asarray(positions)
+        if not self.periodic or cells is None:
+            return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
+        shifts = self._shifts_for(list(np.asarray(cells)), pbc)
+        return _dense_batched(
+            positions,
+            jnp.asarray(species),
+            jnp.asarray(mask),
+            jnp.asarray(cells, dtype=positions.dtype),
+            jnp.asarray(shifts),
+            self.config,
+        )
+
+    def batch(self, structures: Sequence[Atoms], size: int | None = None) -> Batch:
+        """Pad ``structures`` to a common bucketed size (no recompilation within a bucket)."""
+        prepared = [self._prepare(a) for a in structures]
+        return pad_structures(prepared, size)
+
+    # ------------------------------------------------------------------ DScribe-style API
+    def _prepare(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple]:
+        if not isinstance(atoms, Atoms):
+            raise ValueError(f"expected ase.Atoms, got {type(atoms).__name__}")
+        pos = np.asarray(atoms.get_positions(), dtype=np.float64)
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("atomic positions contain NaN or inf")
+        species = self.encode_species(atoms.get_atomic_numbers())
+        pbc = tuple(bool(p) for p in atoms.get_pbc())
+        if self.periodic and any(pbc):
+            cell = validate_cell(np.asarray(atoms.get_cell()), pbc)
+            pos = wrap_positions(pos, cell, pbc)
+            return pos, species, cell, pbc
+        return pos, species, None, (False, False, False)
+
+    def create(self, system: Atoms | Sequence[Atoms], centers=None):
+        """DScribe-compatible ``create``: [n_centers, F] for one Atoms, or for a list an array
+        [n_systems, n_centers, F] when all have the same number of centres, else a list.
+
+        Values are float64 numpy arrays computed in JAX's default float dtype (float32, or
+        float64 under ``jax.enable_x64(True)``).
+        """
+        single = isinstance(system, Atoms)
+        systems = [system] if single else list(system)
+        if single:
+            centers = [centers]
+        elif centers is None:
+            centers = [None] * len(systems)
+        elif len(centers) != len(systems):
+            raise ValueError("centers must give one index list per system")
+        prepared = [self._prepare(a) for a in systems]
+        outputs: list[np.ndarray | None] = [None] * len(systems)
+
+        free = [i for i, p in enumerate(prepared) if p[2] is None]
+        by_size: dict[int, list[int]] = {}
+        for i in free:
+            by_size.setdefault(bucket_size(len(prepared[i][0])), []).append(i)
+        for size, idx in by_size.items():
+            for start in range(0, len(idx), STRUCTURE_CHUNK):
+                chunk = idx[start : start + STRUCTURE_CHUNK]
+                b = pad_structures([prepared[i] for i in chunk], size)
+                feats = np.asarray(
+                    _free_batched(
+                        jnp.asarray(b.positions),
+                        jnp.asarray(b.species),
+                        jnp.asarray(b.mask),
+                        self.config,
+                    )
+                )
+                for j, i in enumerate(chunk):
+                    outputs[i] = feats[j, : b.n_atoms[j]]
+        for i, (pos, species, cell, pbc) in enumerate(prepared):
+            if cell is None:
+                continue
+            outputs[i] = np.asarray(self._periodic_single(pos, species, cell, pbc))
+
+        result = []
+        for out, cen in zip(outputs, centers, strict=True):
+            out = np.asarray(out, dtype=np.float64)
+            if cen is not None:
+                cen = np.asarray(cen, dtype=np.int64)
+                if cen.ndim != 1 or np.any(cen < 0) or np.any(cen >= len(out)):
+                    raise ValueError("centers must be a list of atom indices within the system")
+                out = out[cen]
+            result.append(out)
+        if single:
+            return result[0]
+        if len({r.shape for r in result}) == 1:
+            return np.stack(result)
+        return result
+
+    def _periodic_single(self, pos, species, cell, pbc):
+        dtype = jnp.zeros(()).dtype
+        widths = perpendicular_widths(cell)
+        use_cell_list = (
+            all(pbc) and len(pos) >= CELL_LIST_MIN_ATOMS and np.all(widths >= self.r_cut)
+        )
+        p = jnp.asarray(pos, dtype=dtype)
+        s = jnp.asarray(species)
+        c = jnp.asarray(cell, dtype=dtype)
+        if use_cell_list:
+            nbrs = cell_list_allocate(p, c, self.r_cut, pbc)
+            return _cell_list_features_jit(p, s, c, nbrs, self.config)
+        shifts = jnp.asarray(image_shifts(cell, self.r_cut, pbc))
+        mask = jnp.ones(len(pos), dtype=bool)
+        return _dense_batched(p[None], s[None], mask[None], c[None], shifts, self.config)[0]
+
+    # ------------------------------------------------------------------ large periodic systems
+    def neighbor_list(self, positions, cell, capacity_multiplier: float = 1.25):
+        """Host side: allocate a cell-list neighbour list for a large periodic system."""
+        return cell_list_allocate(
+            positions, cell, self.r_cut, (True, True, True), capacity_multiplier
+        )
+
+    def neighbor_fn(self, positions: Array, species: Array, cell: Array, nbrs) -> Array:
+        """Pure ACSF [N, F] from a cell-list neighbour list (memory linear in N)."""
+        return _cell_list_features(positions, species, cell, nbrs, self.config)

@@ -1,0 +1,58 @@
+"""Padding structures of different sizes into fixed, bucketed shapes (host side)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+#: padded sizes; a jitted function compiles once per bucket, not once per atom count.
+BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def bucket_size(n_atoms: int) -> int:
+    """Smallest bucket >= n_atoms (multiples of 512 beyond the table)."""
+    for b in BUCKETS:
+        if n_atoms <= b:
+            return b
+    return int(np.ceil(n_atoms / 512) * 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Padded structures. positions [B, N, 3] (Angstrom), species [B, N] int32 indices,
+    mask [B, N] bool (False = padding), cells [B, 3, 3] or None (free clusters),
+    n_atoms [B] true sizes."""
+
+    positions: np.ndarray
+    species: np.ndarray
+    mask: np.ndarray
+    cells: np.ndarray | None
+    n_atoms: np.ndarray
+
+
+def pad_structures(prepared: list, size: int | None = None) -> Batch:
+    """Stack (positions, species, cell|None, pbc) tuples, padding to ``size`` or its bucket."""
+    if not prepared:
+        raise ValueError("no structures to batch")
+    n_atoms = np.array([len(p[0]) for p in prepared])
+    if size is None:
+        size = bucket_size(int(n_atoms.max()))
+    if n_atoms.max() > size:
+        raise ValueError(f"size {size} is smaller than the largest structure ({n_atoms.max()})")
+    has_cell = [p[2] is not None for p in prepared]
+    if any(has_cell) and not all(has_cell):
+        raise ValueError("cannot batch periodic and free structures together")
+    b = len(prepared)
+    pos = np.zeros((b, size, 3))
+    spec = np.zeros((b, size), dtype=np.int32)
+    mask = np.zeros((b, size), dtype=bool)
+    for i, p in enumerate(prepared):
+        n = len(p[0])
+        pos[i, :n] = p[0]
+        # park padding atoms far apart and far away so they never look like neighbours
+        pos[i, n:] = 1e4 * (1.0 + np.arange(size - n))[:, None]
+        spec[i, :n] = p[1]
+        mask[i, :n] = True
+    cells = np.stack([p[2] for p in prepared]) if all(has_cell) else None
+    return Batch(pos, spec, mask, cells, n_atoms)

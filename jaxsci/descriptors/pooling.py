@@ -1,0 +1,40 @@
+"""Structure-level pooling of per-atom features into fixed-length fingerprints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+_OPS = ("max", "min", "mean", "sum")
+
+
+def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max", "min")) -> Array:
+    """Pool per-atom features [..., N, F] over atoms into [..., F * len(ops)].
+
+    ops: any of "max", "min", "mean", "sum", concatenated in the given order. ``mask``
+    [..., N] (bool) excludes padding atoms. Differentiable (max/min route gradients to the
+    arg-extreme atom).
+    """
+    if isinstance(ops, str):
+        ops = (ops,)
+    bad = [o for o in ops if o not in _OPS]
+    if bad or not ops:
+        raise ValueError(f"pool ops must be a non-empty subset of {_OPS}, got {list(ops)}")
+    features = jnp.asarray(features)
+    if mask is None:
+        mask = jnp.ones(features.shape[:-1], dtype=bool)
+    m = jnp.asarray(mask)[..., None]
+    count = jnp.maximum(jnp.sum(m, axis=-2), 1)
+    out = []
+    for op in ops:
+        if op == "max":
+            out.append(jnp.max(jnp.where(m, features, -jnp.inf), axis=-2))
+        elif op == "min":
+            out.append(jnp.min(jnp.where(m, features, jnp.inf), axis=-2))
+        elif op == "mean":
+            out.append(jnp.sum(jnp.where(m, features, 0.0), axis=-2) / count)
+        else:
+            out.append(jnp.sum(jnp.where(m, features, 0.0), axis=-2))
+    return jnp.concatenate(out, axis=-1)

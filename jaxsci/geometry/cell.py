@@ -1,0 +1,97 @@
+"""Simulation cells: validation, perpendicular widths and periodic image shifts (host side).
+
+All lengths are in Angstrom; a cell is a [3, 3] array whose rows are the lattice vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def validate_cell(cell: object, pbc: object = (True, True, True)) -> np.ndarray:
+    """Return ``cell`` as a float64 [3, 3] array, raising ``ValueError`` when it is unusable.
+
+    A cell must be 3x3, finite, and its periodic lattice vectors must be linearly independent
+    (non-zero volume); non-periodic rows may be zero and are then completed orthogonally.
+    """
+    arr = np.asarray(cell, dtype=np.float64)
+    if arr.shape != (3, 3):
+        raise ValueError(f"cell must be a 3x3 matrix of lattice vectors, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("cell contains NaN or inf")
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    arr = _complete_cell(arr)
+    if not np.any(pbc):
+        return arr
+    vol = abs(np.linalg.det(arr))
+    scale = np.prod(np.linalg.norm(arr, axis=1))
+    if scale == 0.0 or vol <= 1e-10 * scale:
+        raise ValueError(f"cell is singular (volume {vol:.3g} A^3): lattice vectors are dependent")
+    return arr
+
+
+def _complete_cell(cell: np.ndarray) -> np.ndarray:
+    """Replace zero lattice vectors by unit vectors orthogonal to the others (as ase does)."""
+    cell = cell.copy()
+    missing = [i for i in range(3) if not np.any(cell[i])]
+    if not missing or len(missing) == 3:
+        if len(missing) == 3:
+            return np.eye(3)
+        return cell
+    present = [i for i in range(3) if i not in missing]
+    if len(present) == 2:
+        n = np.cross(cell[present[0]], cell[present[1]])
+        norm = np.linalg.norm(n)
+        cell[missing[0]] = n / norm if norm > 0 else np.eye(3)[missing[0]]
+    else:
+        v = cell[present[0]] / np.linalg.norm(cell[present[0]])
+        trial = np.eye(3)[np.argmin(np.abs(v))]
+        u1 = np.cross(v, trial)
+        u1 /= np.linalg.norm(u1)
+        u2 = np.cross(v, u1)
+        cell[missing[0]], cell[missing[1]] = u1, u2
+    return cell
+
+
+def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """Distances [3] (Angstrom) between opposite faces of the cell (plane spacing per axis)."""
+    cell = np.asarray(cell, dtype=np.float64)
+    vol = abs(np.linalg.det(cell))
+    cross = np.stack(
+        [np.cross(cell[1], cell[2]), np.cross(cell[2], cell[0]), np.cross(cell[0], cell[1])]
+    )
+    return vol / np.linalg.norm(cross, axis=1)
+
+
+def image_multipliers(
+    cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)
+) -> np.ndarray:
+    """Number of periodic copies [3] (int) per axis that reach ``r_cut``: ceil(r_cut / width).
+
+    Exact for atoms inside the cell (fractional coordinates in [0, 1)); zero for non-periodic
+    axes. Same rule as DScribe's system extension.
+    """
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    widths = perpendicular_widths(cell)
+    n = np.ceil(r_cut / widths).astype(np.int64)
+    return np.where(pbc, n, 0)
+
+
+def image_shifts(cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)) -> np.ndarray:
+    """Integer lattice shifts [M, 3] of all periodic images within reach, (0, 0, 0) first."""
+    n = image_multipliers(cell, r_cut, pbc)
+    axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in n]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid.astype(np.int32)
+
+
+def wrap_positions(
+    positions: np.ndarray, cell: np.ndarray, pbc: object = (True, True, True)
+) -> np.ndarray:
+    """Wrap positions [N, 3] into the cell along periodic axes (host side, float64)."""
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    frac = np.linalg.solve(np.asarray(cell, np.float64).T, np.asarray(positions, np.float64).T).T
+    frac = np.where(pbc, frac - np.floor(frac), frac)
+    # floating point can leave exactly 1.0 after the subtraction
+    frac = np.where(pbc & (frac >= 1.0), 0.0, frac)
+    return frac @ cell

@@ -1,0 +1,250 @@
+"""Neighbor lists (jax-md style): dense masks for small systems, a cell list for large ones.
+
+Every list is expressed as per-atom *neighbour slots*: for atom ``i`` and slot ``n``, the
+neighbour's index ``index[i, n]`` (``N`` marks an empty slot) and its integer lattice shift
+``shift[i, n]`` so that the displacement is ``R[index] + shift @ cell - R[i]``. An atom's own
+periodic images are neighbours (``index == i`` with a non-zero shift), as in DScribe.
+
+* :func:`dense_slots` - every atom (times every periodic image) is a slot: O(N^2 M) memory,
+  no capacity to overflow; right for clusters and small cells.
+* :func:`prune_slots` - keep the ``capacity`` nearest slots within ``r_cut`` (top-k).
+* :func:`cell_list_allocate` / :func:`cell_list_update` - a cell list for large periodic
+  systems. ``allocate`` runs on the host and sizes the buffers; ``update`` is pure and
+  jittable and sets ``did_overflow`` when a buffer was too small; the host checks the flag
+  and answers by calling ``allocate`` again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsci.geometry.cell import image_shifts, perpendicular_widths, validate_cell
+
+Array = jnp.ndarray
+
+_OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.int32)
+
+
+class Slots(NamedTuple):
+    """Neighbour slots of each centre atom.
+
+    disp: [C, K, 3] displacement neighbour - centre (Angstrom); index: [C, K] int32 neighbour
+    atom index (``N`` for an empty slot); valid: [C, K] bool, slot holds a real neighbour
+    candidate (it may still lie beyond ``r_cut``).
+    """
+
+    disp: Array
+    index: Array
+    valid: Array
+
+
+def dense_slots(
+    positions: Array,
+    cell: Array | None = None,
+    shifts: Array | None = None,
+    mask: Array | None = None,
+) -> Slots:
+    """All atoms (and all their periodic images) as slots of every atom.
+
+    positions: [N, 3]; cell: [3, 3] or None (free cluster); shifts: [M, 3] integer lattice
+    shifts with (0, 0, 0) first (see :func:`image_shifts`; may be traced); mask: [N] bool for
+    padding atoms. Returns slots with K = N * M; self (zero shift) and masked atoms are invalid.
+    """
+    n = positions.shape[0]
+    if mask is None:
+        mask = jnp.ones((n,), dtype=bool)
+    diff = positions[None, :, :] - positions[:, None, :]  # [N, N, 3]  R_j - R_i
+    eye = jnp.eye(n, dtype=bool)
+    pair_ok = mask[:, None] & mask[None, :]
+    if cell is None or shifts is None:
+        valid = pair_ok & ~eye
+        index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n))
+        return Slots(diff, index, valid)
+    m = shifts.shape[0]
+    offs = jnp.asarray(shifts).astype(positions.dtype) @ cell  # [M, 3]
+    disp = diff[:, None, :, :] + offs[None, :, None, :]  # [N, M, N, 3]
+    self_pair = (jnp.arange(m) == 0)[None, :, None] & eye[:, None, :]
+    valid = pair_ok[:, None, :] & ~self_pair
+    index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, m, n))
+    return Slots(disp.reshape(n, m * n, 3), index.reshape(n, m * n), valid.reshape(n, m * n))
+
+
+def count_within(slots: Slots, r_cut: float) -> Array:
+    """Number of valid slots within ``r_cut`` [C] per centre."""
+    r2 = jnp.sum(slots.disp**2, axis=-1)
+    return jnp.sum(slots.valid & (r2 <= r_cut * r_cut), axis=-1)
+
+
+def prune_slots(slots: Slots, r_cut: float, capacity: int) -> tuple[Slots, Array]:
+    """Keep the ``capacity`` nearest slots within ``r_cut``; returns (slots, overflowed flag)."""
+    if capacity >= slots.disp.shape[1]:
+        return slots, jnp.asarray(False)
+    r2 = jnp.sum(slots.disp**2, axis=-1)
+    inside = slots.valid & (r2 <= r_cut * r_cut)
+    score = jnp.where(inside, -r2, -jnp.inf)
+    _, idx = jax.lax.top_k(score, capacity)
+    take = lambda a: jnp.take_along_axis(a, idx if a.ndim == 2 else idx[..., None], axis=1)
+    pruned = Slots(take(slots.disp), take(slots.index), take(inside))
+    overflow = jnp.any(jnp.sum(inside, axis=-1) > capacity)
+    return pruned, overflow
+
+
+@dataclasses.dataclass(frozen=True)
+class CellListSpec:
+    """Static (host-chosen) sizes of a cell list; hashable so it can be a jit static argument."""
+
+    r_cut: float
+    n_bins: tuple[int, int, int]
+    bin_capacity: int
+    capacity: int
+    pbc: tuple[bool, bool, bool]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NeighborList:
+    """Neighbour slots from a cell list.
+
+    index: [N, K] int32 (``N`` = empty); shift: [N, K, 3] int32 lattice shifts;
+    did_overflow: bool scalar, True when a bin or the per-atom capacity was too small (the
+    list is then incomplete: reallocate on the host); spec: the static sizes.
+    """
+
+    index: Array
+    shift: Array
+    did_overflow: Array
+    spec: CellListSpec = dataclasses.field(metadata=dict(static=True))
+
+
+def cell_list_spec(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    r_cut: float,
+    pbc: object = (True, True, True),
+    capacity_multiplier: float = 1.25,
+) -> CellListSpec:
+    """Choose bin counts and capacities on the host for ``positions`` [N, 3] in ``cell``.
+
+    Bins are at least ``r_cut`` wide (perpendicular), so neighbours are within +-1 bin.
+    Raises ValueError when a periodic width is below ``r_cut`` (use :func:`dense_slots`).
+    """
+    if r_cut <= 0:
+        raise ValueError(f"r_cut must be positive, got {r_cut}")
+    pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    if not all(pbc):
+        raise ValueError("the cell list needs a fully periodic cell (pbc all True)")
+    cell = validate_cell(cell, pbc)
+    widths = perpendicular_widths(cell)
+    if np.any(widths < r_cut):
+        raise ValueError(
+            f"cell widths {np.round(widths, 3).tolist()} A are below r_cut={r_cut}: "
+            "use dense_slots with image_shifts for such small cells"
+        )
+    n_bins = tuple(int(max(1, np.floor(w / r_cut))) for w in widths)
+    spec0 = CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
+    bins = _bin_ids(jnp.asarray(positions), jnp.asarray(cell), spec0)[0]
+    occupancy = np.bincount(np.asarray(bins), minlength=int(np.prod(n_bins)))
+    bin_cap = int(np.ceil(occupancy.max() * capacity_multiplier)) + 1
+    spec1 = CellListSpec(float(r_cut), n_bins, bin_cap, 27 * bin_cap, pbc)
+    counts = _candidates(jnp.asarray(positions), jnp.asarray(cell), spec1)[3]
+    capacity = int(np.ceil(int(counts.max()) * capacity_multiplier)) + 1
+    return CellListSpec(float(r_cut), n_bins, bin_cap, min(capacity, 27 * bin_cap), pbc)
+
+
+def cell_list_allocate(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    r_cut: float,
+    pbc: object = (True, True, True),
+    capacity_multiplier: float = 1.25,
+) -> NeighborList:
+    """Host side: size the buffers for ``positions`` and build the first list."""
+    spec = cell_list_spec(positions, cell, r_cut, pbc, capacity_multiplier)
+    nbrs = cell_list_update(jnp.asarray(positions), jnp.asarray(cell), spec)
+    if bool(nbrs.did_overflow):  # cannot happen with freshly measured sizes
+        raise RuntimeError("cell list overflowed right after allocation")
+    return nbrs
+
+
+def _bin_ids(positions: Array, cell: Array, spec: CellListSpec) -> tuple[Array, Array, Array]:
+    """Flat bin id [N], 3-d bin index [N, 3] and integer wrap offset [N, 3] of each atom."""
+    frac = positions @ jnp.linalg.inv(cell)
+    wrap = jnp.floor(frac)
+    frac = frac - wrap
+    nb = jnp.asarray(spec.n_bins, dtype=jnp.int32)
+    b3 = jnp.clip(jnp.floor(frac * nb).astype(jnp.int32), 0, nb - 1)
+    flat = (b3[:, 0] * spec.n_bins[1] + b3[:, 1]) * spec.n_bins[2] + b3[:, 2]
+    return flat, b3, wrap.astype(jnp.int32)
+
+
+def _candidates(positions: Array, cell: Array, spec: CellListSpec):
+    """Candidates from the 27 neighbouring bins: (index, shift, inside, count, bin_overflow)."""
+    n = positions.shape[0]
+    n_bins_total = int(np.prod(spec.n_bins))
+    flat, b3, wrap = _bin_ids(positions, cell, spec)
+    order = jnp.argsort(flat, stable=True)
+    sorted_bins = flat[order]
+    first = jnp.searchsorted(sorted_bins, sorted_bins, side="left")
+    rank = jnp.arange(n) - first
+    table = jnp.full((n_bins_total, spec.bin_capacity), n, dtype=jnp.int32)
+    table = table.at[sorted_bins, rank].set(order.astype(jnp.int32), mode="drop")
+    bin_overflow = jnp.any(rank >= spec.bin_capacity)
+
+    nb = jnp.asarray(spec.n_bins, dtype=jnp.int32)
+    nbr3 = b3[:, None, :] + jnp.asarray(_OFFSETS)[None]  # [N, 27, 3]
+    cross = jnp.floor_divide(nbr3, nb)  # lattice wrap of the bin
+    nbr3 = nbr3 - cross * nb
+    nbr_flat = (nbr3[..., 0] * spec.n_bins[1] + nbr3[..., 1]) * spec.n_bins[2] + nbr3[..., 2]
+    cand = table[nbr_flat].reshape(n, -1)  # [N, 27 * cap]
+    cand_cross = jnp.repeat(cross, spec.bin_capacity, axis=1)  # [N, 27 * cap, 3]
+    safe = jnp.minimum(cand, n - 1)
+    # shift such that R[j] + shift @ cell - R[i] is the image found in the neighbouring bin
+    shift = (cand_cross - wrap[safe] + wrap[:, None, :]).astype(jnp.int32)
+    disp = positions[safe] + shift.astype(positions.dtype) @ cell - positions[:, None, :]
+    r2 = jnp.sum(disp * disp, axis=-1)
+    is_self = (cand == jnp.arange(n)[:, None]) & jnp.all(shift == 0, axis=-1)
+    inside = (cand < n) & ~is_self & (r2 <= spec.r_cut**2)
+    return cand, shift, inside, jnp.sum(inside, axis=-1), bin_overflow
+
+
+def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> NeighborList:
+    """Pure, jittable: rebuild the neighbour slots for new ``positions`` [N, 3] and ``cell``.
+
+    ``spec`` must be static under jit (it is hashable). Check ``did_overflow`` on the host.
+    """
+    n = positions.shape[0]
+    cand, shift, inside, count, bin_overflow = _candidates(positions, cell, spec)
+    k = spec.capacity
+    slot = jnp.cumsum(inside, axis=1) - 1
+    slot = jnp.where(inside & (slot < k), slot, k)
+    rows = jnp.broadcast_to(jnp.arange(n)[:, None], slot.shape)
+    index = jnp.full((n, k), n, dtype=jnp.int32).at[rows, slot].set(cand, mode="drop")
+    shifts = jnp.zeros((n, k, 3), dtype=jnp.int32).at[rows, slot].set(shift, mode="drop")
+    overflow = bin_overflow | jnp.any(count > k)
+    return NeighborList(index, shifts, overflow, spec)
+
+
+def neighbor_list_slots(positions: Array, cell: Array, nbrs: NeighborList) -> Slots:
+    """Slots [N, K] of a cell-list neighbour list (differentiable in positions and cell)."""
+    n = positions.shape[0]
+    safe = jnp.minimum(nbrs.index, n - 1)
+    disp = positions[safe] + nbrs.shift.astype(positions.dtype) @ cell - positions[:, None, :]
+    return Slots(disp, nbrs.index, nbrs.index < n)
+
+
+def image_slots(
+    positions: Array,
+    cell: np.ndarray,
+    r_cut: float,
+    pbc: object = (True, True, True),
+    mask: Array | None = None,
+) -> Slots:
+    """Dense slots over every periodic image within reach of ``r_cut`` (cell must be concrete)."""
+    shifts = image_shifts(np.asarray(cell), r_cut, pbc)
+    return dense_slots(positions, jnp.asarray(cell, dtype=positions.dtype), shifts, mask)
