@@ -1,5 +1,14 @@
 """jaxsci.metrics."""
 
+from jaxsci.metrics.generation import (  # issue 4: generated-structure scores
+    PT_NN_DISTANCE,
+    Validity,
+    check_validity,
+    energy_spearman,
+    energy_wasserstein,
+    novelty_mask,
+    uniqueness_mask,
+)
 from jaxsci.metrics.structure import (  # issue 3: structure comparison
     Alignment,
     align,
@@ -12,10 +21,17 @@ from jaxsci.metrics.structure import (  # issue 3: structure comparison
 
 __all__ = [
     "Alignment",
+    "PT_NN_DISTANCE",
+    "Validity",
     "align",
+    "check_validity",
+    "energy_spearman",
+    "energy_wasserstein",
     "fingerprint_error",
     "match_rows",
+    "novelty_mask",
     "pair_distance_difference",
     "sorted_pair_distances",
     "structure_rmsd",
+    "uniqueness_mask",
 ]

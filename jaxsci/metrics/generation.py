@@ -1,0 +1,130 @@
+"""Scores for generated nanoparticles: validity, uniqueness, novelty, energy statistics.
+
+Host-side NumPy/SciPy. Structures are ``ase.Atoms`` or positions ``[n_atoms, 3]``
+(Angstrom). Defaults are for Pt (nearest-neighbour distance ``d_nn = 2.77`` A):
+
+- valid: every interatomic distance > ``0.8 d_nn`` and the atoms form one connected
+  cluster when bonded below ``1.2 d_nn``;
+- unique / novel: two structures are "the same" when they have the same atom count and
+  the mean absolute difference of their sorted pair distances is below ``tol`` (0.02 A);
+  a structure is unique if no earlier generated structure is the same, novel if no
+  reference (training) structure is the same;
+- energies: Spearman rank correlation of obtained vs target, Wasserstein-1 distance
+  between the obtained and the training energy distributions (eV/atom).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.stats import spearmanr, wasserstein_distance
+
+from jaxsci.metrics.structure import pair_distance_difference, sorted_pair_distances
+
+__all__ = [
+    "PT_NN_DISTANCE",
+    "Validity",
+    "check_validity",
+    "energy_spearman",
+    "energy_wasserstein",
+    "novelty_mask",
+    "uniqueness_mask",
+]
+
+PT_NN_DISTANCE = 2.77  # Angstrom, bulk fcc Pt
+
+
+class Validity(NamedTuple):
+    """Per-structure validity: ``valid = min_distance > min_factor d_nn and n_components == 1``."""
+
+    valid: bool
+    min_distance: float  # Angstrom
+    n_components: int
+
+
+def _positions(x: Any) -> np.ndarray:
+    pos = np.asarray(x.get_positions() if hasattr(x, "get_positions") else x, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape [n_atoms, 3], got {pos.shape}")
+    return pos
+
+
+def check_validity(
+    structure: Any,
+    *,
+    d_nn: float = PT_NN_DISTANCE,
+    min_factor: float = 0.8,
+    bond_factor: float = 1.2,
+) -> Validity:
+    """Minimum distance and connectivity test of one cluster (see the module docstring).
+
+    Non-finite positions make a structure invalid; one atom is valid (one component).
+    """
+    pos = _positions(structure)
+    n = len(pos)
+    if n == 0:
+        raise ValueError("empty structure (no atoms)")
+    if not np.all(np.isfinite(pos)):
+        return Validity(False, float("nan"), 0)
+    if n == 1:
+        return Validity(True, float("inf"), 1)
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    min_d = float(d[np.triu_indices(n, 1)].min())
+    adjacency = (d < bond_factor * d_nn) & ~np.eye(n, dtype=bool)
+    n_comp, _ = connected_components(adjacency, directed=False)
+    return Validity(bool(min_d > min_factor * d_nn and n_comp == 1), min_d, int(n_comp))
+
+
+def _fingerprints(structures: Sequence[Any]) -> list[np.ndarray]:
+    return [sorted_pair_distances(_positions(s)) for s in structures]
+
+
+def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarray:
+    """``[n]`` bool: True where no *earlier* structure matches (sorted pair distances < tol A)."""
+    fps = _fingerprints(structures)
+    mask = np.ones(len(fps), dtype=bool)
+    for i in range(len(fps)):
+        for j in range(i):
+            if mask[j] and pair_distance_difference(fps[i], fps[j]) < tol:
+                mask[i] = False
+                break
+    return mask
+
+
+def novelty_mask(
+    structures: Sequence[Any], reference: Sequence[Any], *, tol: float = 0.02
+) -> np.ndarray:
+    """``[n]`` bool: True where no reference structure matches (sorted pair distances < tol A)."""
+    by_size: dict[int, list[np.ndarray]] = {}
+    for fp in _fingerprints(reference):
+        by_size.setdefault(len(fp), []).append(fp)
+    out = np.ones(len(structures), dtype=bool)
+    for i, fp in enumerate(_fingerprints(structures)):
+        refs = by_size.get(len(fp))
+        if refs:
+            diffs = np.abs(np.asarray(refs) - fp[None, :]).mean(axis=1)
+            out[i] = bool(diffs.min() >= tol)
+    return out
+
+
+def energy_spearman(target: Any, obtained: Any) -> float:
+    """Spearman rank correlation between target and obtained energies (NaN pairs dropped)."""
+    t, o = np.asarray(target, float), np.asarray(obtained, float)
+    if t.shape != o.shape:
+        raise ValueError(f"target and obtained shapes differ: {t.shape} vs {o.shape}")
+    ok = np.isfinite(t) & np.isfinite(o)
+    if ok.sum() < 3 or np.ptp(t[ok]) == 0 or np.ptp(o[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(t[ok], o[ok]).statistic)
+
+
+def energy_wasserstein(obtained: Any, reference: Any) -> float:
+    """Wasserstein-1 distance (eV/atom) between two energy samples (NaNs dropped)."""
+    a, b = np.asarray(obtained, float), np.asarray(reference, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    return float(wasserstein_distance(a, b))

@@ -1,0 +1,32 @@
+"""A plain multilayer perceptron (Flax linen)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+
+__all__ = ["MLP"]
+
+
+class MLP(nn.Module):
+    """Dense layers of widths ``features`` with ``activation`` between them.
+
+    ``[..., d_in] -> [..., features[-1]]``; the last layer is linear unless
+    ``activate_final``. Default activation ELU (as in the CVAE of Fung et al. 2022).
+    """
+
+    features: Sequence[int]
+    activation: Callable[[jax.Array], jax.Array] = nn.elu
+    activate_final: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.features:
+            raise ValueError("MLP needs at least one layer width")
+        for i, width in enumerate(self.features):
+            x = nn.Dense(int(width), name=f"dense_{i}")(x)
+            if i < len(self.features) - 1 or self.activate_final:
+                x = self.activation(x)
+        return x
