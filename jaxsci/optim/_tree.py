@@ -1,0 +1,89 @@
+"""Pytree linear algebra for history buffers (leading axis ``m``) used by Anderson.
+
+A *history* is a pytree shaped like the parameters with one extra leading axis
+of length ``m`` on every leaf (a ring buffer of ``m`` vectors). Reductions are
+accumulated in ``acc_dtype`` (float64 when x64 is on), so float32 parameters
+get float64 inner products without a float64 copy of the buffers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+PyTree = object
+
+
+def acc_dtype() -> jnp.dtype:
+    """Accumulation/solve dtype: float64 when x64 is enabled, else float32."""
+    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
+
+
+def _leaves(tree: PyTree) -> list:
+    return jax.tree_util.tree_leaves(tree)
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """Real inner product of two pytrees, accumulated in ``acc_dtype()``."""
+    dt = acc_dtype()
+    terms = [
+        jnp.sum(x.astype(dt) * y.astype(dt)) for x, y in zip(_leaves(a), _leaves(b), strict=True)
+    ]
+    return sum(terms, jnp.zeros((), dt))
+
+
+def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
+    """``[m, k]`` matrix of inner products between the ``m`` rows of ``hist`` and ``k`` vectors."""
+    dt = acc_dtype()
+    out = jnp.zeros((_leaves(hist)[0].shape[0], len(vecs)), dt)
+    for i, h in enumerate(_leaves(hist)):
+        hf = h.reshape(h.shape[0], -1)
+        vs = jnp.stack([_leaves(v)[i].reshape(-1) for v in vecs], axis=1)
+        out = out + jnp.matmul(hf, vs, preferred_element_type=dt).astype(dt)
+    return out
+
+
+def hist_combine(hist: PyTree, coef: jax.Array) -> PyTree:
+    """``sum_i coef[i] * hist[i]`` leaf by leaf, in each leaf's dtype."""
+    return jax.tree_util.tree_map(
+        lambda h: jnp.tensordot(coef.astype(h.dtype), h, axes=1).astype(h.dtype), hist
+    )
+
+
+def hist_set(hist: PyTree, index: jax.Array, vec: PyTree) -> PyTree:
+    """Write ``vec`` into row ``index`` of every leaf of ``hist``."""
+    return jax.tree_util.tree_map(
+        lambda h, v: jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), index, 0),
+        hist,
+        vec,
+    )
+
+
+def stacked_zeros(p: object, m: int) -> jax.Array:
+    """Zeros of shape ``(m, *p.shape)`` in ``p.dtype``, sharded like ``p`` when it is sharded."""
+    shape = (m, *p.shape)
+    sharding = getattr(p, "sharding", None)
+    if isinstance(sharding, NamedSharding) and not isinstance(p, jax.core.Tracer):
+        spec = PartitionSpec(None, *sharding.spec)
+        return jax.device_put(jnp.zeros(shape, p.dtype), NamedSharding(sharding.mesh, spec))
+    return jnp.zeros(shape, p.dtype)
+
+
+def zeros_like(p: object) -> jax.Array:
+    """Zeros shaped like ``p`` (an array or ``jax.ShapeDtypeStruct``), sharded like it."""
+    sharding = getattr(p, "sharding", None)
+    if isinstance(sharding, NamedSharding) and not isinstance(p, jax.core.Tracer):
+        return jax.device_put(jnp.zeros(p.shape, p.dtype), sharding)
+    return jnp.zeros(p.shape, p.dtype)
+
+
+def select(pred: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a if pred else b`` for a scalar boolean ``pred``."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """True when every entry of every leaf is finite."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in _leaves(tree)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)

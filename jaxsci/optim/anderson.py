@@ -1,0 +1,469 @@
+"""Anderson acceleration of an optimizer's iterates, as optax transformations.
+
+The inner optimizer defines a fixed-point map ``g(x) = x + u(x)`` (``u``: the update it
+proposes at parameters ``x``). Type-II Anderson keeps the last ``m`` differences of
+iterates ``s_k = x_{k+1} - x_k`` and of residuals ``y_k = u_{k+1} - u_k`` and moves to::
+
+    gamma  = argmin || u_t - Y gamma ||        (Tikhonov-regularised)
+    x_next = x_t + beta u_t - (S + beta Y) gamma
+
+Two ways of keeping the history (``history=``):
+
+* ``"orthogonal"`` (default): each new pair is orthogonalised against the stored ones
+  (``Y`` orthonormal, the same combination applied to ``S``), then the oldest is dropped.
+  With full memory it is exactly textbook type-II AA (same span, same point); when the
+  window is full it keeps *orthogonalised* directions, like truncated GCR/Orthomin(m),
+  which for the symmetric Jacobians of gradient descent (``I - lr H``) behaves like the
+  conjugate-residual method even for small ``m``. Textbook windowed AA forgets converged
+  eigen-directions and re-excites them: on an ill-conditioned least-squares problem it was
+  2x slower than tuned Nesterov at ``m = 5``; the orthogonal history was 2.8x faster.
+  Regularisation shrinks ``gamma`` by ``1 / (1 + regularization)`` (the Gram matrix of
+  the orthonormal basis is the identity, so this *is* a ridge relative to its diagonal),
+  and a new direction that is numerically dependent on the stored ones is not stored.
+* ``"window"``: textbook windowed AA with the Gram matrix ``Y^T Y`` updated one row and
+  column per step and a ridge ``regularization * mean(diag(Y^T Y))``.
+
+Stability (the reason this module exists; textbook AA on top of Adam diverged):
+
+* **Safeguard.** An extrapolated point must be a descent step for the inner
+  optimizer (``<x_next - x_t, u_t> > 0``). When the loss is passed as the extra argument
+  ``value`` (optax's convention: the loss *at the current params*), the extrapolation
+  made at step ``t`` is judged at step ``t + 1`` when its loss arrives: it is accepted if
+  ``f(x_next) <= max`` of the last ``safeguard_memory`` accepted losses (non-monotone, as
+  AA's iterates are), otherwise it is **rolled back**: the update returned moves the
+  parameters to the plain point ``x_t + u_t`` the inner optimizer had proposed, the
+  gradient taken at the rejected point is discarded (``anderson`` also restores the inner
+  optimizer's state), the history is reset, and acceleration pauses for a back-off that
+  doubles with each consecutive rejection (so a noisy loss cannot waste many steps).
+  A rejection costs exactly one gradient evaluation.
+* **Noise gate and moving average.** The relative standard deviation of the inner steps
+  (see :mod:`jaxsci.optim.averaging`) tells a drifting trajectory from a noise-dominated
+  one, independently of the scale of the parameters. While it is noise-dominated, no
+  extrapolation is tried (secants of noise are meaningless) and, if ``average`` is on,
+  every ``average_window`` steps the parameters are replaced by the moving average of the
+  recent iterates.
+* Non-finite extrapolations fall back to the plain step and reset the history.
+
+Everything is pure jnp on pytrees with a leading history axis on every leaf, so sharded
+parameters keep their sharding (history rows are sharded like the leaf) and the state
+is a deterministic function of the inputs (identical on every data-parallel rank).
+Inner products accumulate in float64 when x64 is on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxsci.optim import _tree, averaging
+
+PyTree = Any
+History = Literal["orthogonal", "window"]
+
+
+class ScaleByAndersonState(NamedTuple):
+    """State of :func:`scale_by_anderson` (all leaves are arrays)."""
+
+    count: jax.Array  # int32: calls to update
+    s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
+    y_hist: PyTree  # [m, ...] per leaf: residual (update) differences
+    gram: jax.Array  # [m, m] Y^T Y ("window" mode), accumulation dtype
+    valid: jax.Array  # [m] bool: which history rows hold data
+    head: jax.Array  # int32: next row to overwrite (the oldest when full)
+    x_prev: PyTree  # params at the previous accepted step
+    u_prev: PyTree  # inner update at the previous accepted step
+    has_prev: jax.Array  # bool
+    pending: jax.Array  # bool: last update was an extrapolation awaiting its loss
+    rollback: PyTree  # update from the extrapolated point back to the plain one
+    loss_hist: jax.Array  # [safeguard_memory] recent accepted losses (+inf: empty)
+    next_try: jax.Array  # int32: first step at which acceleration may be tried again
+    penalty: jax.Array  # int32: current back-off length after rejections
+    ema_step: PyTree  # EMA of inner updates (noise test)
+    ema_sq: jax.Array  # EMA of ||u||^2
+    ema_x: PyTree  # EMA of post-step iterates x + u (moving average)
+    n_ema: jax.Array  # int32: EMA updates so far
+    rsd: jax.Array  # last relative standard deviation of the steps
+    rejected: jax.Array  # bool: this update rolled an extrapolation back
+    n_accelerated: jax.Array  # int32: extrapolations taken
+    n_rejected: jax.Array  # int32: extrapolations rolled back
+    n_averaged: jax.Array  # int32: moving-average steps taken
+
+
+class AndersonState(NamedTuple):
+    """State of :func:`anderson`: the inner optimizer's state and the Anderson state."""
+
+    inner_state: optax.OptState
+    anderson_state: ScaleByAndersonState
+
+
+def _check_args(
+    memory: int,
+    regularization: float,
+    beta: float,
+    frequency: int,
+    warmup: int,
+    safeguard_memory: int,
+    average_window: int,
+    average_threshold: float | None,
+    history: str,
+    max_backoff: int,
+) -> None:
+    def bad(name: str, value: object, need: str) -> ValueError:
+        return ValueError(f"anderson: {name} must be {need}, got {value!r}")
+
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+        raise bad("memory", memory, "an integer >= 1")
+    if not math.isfinite(float(regularization)) or regularization < 0:
+        raise bad("regularization", regularization, "a finite number >= 0")
+    if not math.isfinite(float(beta)) or beta <= 0:
+        raise bad("beta", beta, "a finite number > 0")
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise bad("frequency", frequency, "an integer >= 1")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise bad("warmup", warmup, "an integer >= 0")
+    if not isinstance(safeguard_memory, int) or safeguard_memory < 1:
+        raise bad("safeguard_memory", safeguard_memory, "an integer >= 1")
+    if not isinstance(average_window, int) or average_window < 2:
+        raise bad("average_window", average_window, "an integer >= 2")
+    if average_threshold is not None and not average_threshold > 0:
+        raise bad("average_threshold", average_threshold, "> 0 or None")
+    if history not in ("orthogonal", "window"):
+        raise bad("history", history, "'orthogonal' or 'window'")
+    if not isinstance(max_backoff, int) or max_backoff < 1:
+        raise bad("max_backoff", max_backoff, "an integer >= 1")
+
+
+def _check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
+    ts, rs = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(ref)
+    if ts != rs:
+        raise ValueError(f"anderson: {name} pytree structure {ts} does not match params {rs}")
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref), strict=True):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
+            )
+
+
+def scale_by_anderson(
+    memory: int = 5,
+    *,
+    regularization: float = 1e-10,
+    beta: float = 1.0,
+    frequency: int = 1,
+    warmup: int = 0,
+    safeguard_memory: int = 5,
+    average: bool = True,
+    average_window: int = 10,
+    average_threshold: float | None = None,
+    history: History = "orthogonal",
+    max_backoff: int = 64,
+) -> optax.GradientTransformationExtraArgs:
+    """Anderson-accelerate the iterates ``x + u`` of the updates ``u`` it receives.
+
+    Use it as the *last* element of an ``optax.chain`` (its input must be the full step
+    of the inner optimizer), or use :func:`anderson`, which also rolls the inner
+    optimizer's state back on a rejected extrapolation. ``update`` needs ``params``;
+    pass the loss at ``params`` as ``value=`` to enable the loss safeguard.
+
+    Args:
+      memory: number ``m`` of stored difference pairs (>= 1).
+      regularization: ridge relative to the Gram diagonal (>= 0).
+      beta: relaxation (mixing) of the residual in the extrapolated point.
+      frequency: extrapolate every ``frequency`` steps (history grows every step).
+      warmup: plain steps before the first extrapolation.
+      safeguard_memory: the loss of an extrapolated point must not exceed the max of
+        this many recent accepted losses (1: monotone).
+      average: replace the parameters by their moving average when the steps are
+        noise-dominated (every ``average_window`` steps).
+      average_window: window (EMA span) of the noise test and of the moving average.
+      average_threshold: rsd above which steps count as noise-dominated; default
+        ``sqrt(average_window / 2)`` (see :mod:`jaxsci.optim.averaging`).
+      history: ``"orthogonal"`` (default) or ``"window"`` (textbook), see module doc.
+      max_backoff: longest pause (steps) of acceleration after repeated rejections.
+    """
+    _check_args(
+        memory,
+        regularization,
+        beta,
+        frequency,
+        warmup,
+        safeguard_memory,
+        average_window,
+        average_threshold,
+        history,
+        max_backoff,
+    )
+    m = memory
+    threshold = (
+        averaging.default_threshold(average_window)
+        if average_threshold is None
+        else float(average_threshold)
+    )
+    decay = averaging.ema_decay(average_window)
+
+    def init_fn(params: PyTree) -> ScaleByAndersonState:
+        dt = _tree.acc_dtype()
+        for leaf in jax.tree_util.tree_leaves(params):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise ValueError(f"anderson: params must be floating point, got {leaf.dtype}")
+        zeros = lambda: jax.tree_util.tree_map(_tree.zeros_like, params)
+        hist = lambda: jax.tree_util.tree_map(lambda p: _tree.stacked_zeros(p, m), params)
+        i32 = lambda v: jnp.asarray(v, jnp.int32)
+        return ScaleByAndersonState(
+            count=i32(0),
+            s_hist=hist(),
+            y_hist=hist(),
+            gram=jnp.zeros((m, m), dt),
+            valid=jnp.zeros((m,), bool),
+            head=i32(0),
+            x_prev=zeros(),
+            u_prev=zeros(),
+            has_prev=jnp.asarray(False),
+            pending=jnp.asarray(False),
+            rollback=zeros(),
+            loss_hist=jnp.full((safeguard_memory,), jnp.inf, dt),
+            next_try=i32(0),
+            penalty=i32(0),
+            ema_step=zeros(),
+            ema_sq=jnp.zeros((), dt),
+            ema_x=zeros(),
+            n_ema=i32(0),
+            rsd=jnp.zeros((), dt),
+            rejected=jnp.asarray(False),
+            n_accelerated=i32(0),
+            n_rejected=i32(0),
+            n_averaged=i32(0),
+        )
+
+    def insert_orthogonal(state, s, y, u):
+        """Orthogonalise (s, y) against the history, store it, return gamma for u."""
+        dt = _tree.acc_dtype()
+        valid = state.valid
+        c = _tree.hist_dot(state.y_hist, [y, u]) * valid[:, None]
+        cy, cu = c[:, 0], c[:, 1]
+        y1 = jax.tree_util.tree_map(jnp.subtract, y, _tree.hist_combine(state.y_hist, cy))
+        s1 = jax.tree_util.tree_map(jnp.subtract, s, _tree.hist_combine(state.s_hist, cy))
+        ny0 = jnp.sqrt(_tree.vdot(y, y))
+        ny1 = jnp.sqrt(_tree.vdot(y1, y1))
+
+        def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
+            y1, s1 = vals
+            c2 = _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
+            y2 = jax.tree_util.tree_map(jnp.subtract, y1, _tree.hist_combine(state.y_hist, c2))
+            s2 = jax.tree_util.tree_map(jnp.subtract, s1, _tree.hist_combine(state.s_hist, c2))
+            return y2, s2
+
+        y1, s1 = jax.lax.cond(ny1 < 0.7 * ny0, second_pass, lambda v: v, (y1, s1))
+        ny = jnp.sqrt(_tree.vdot(y1, y1))
+        eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
+        keep = (ny > 100 * eps * ny0) & (ny > 0) & jnp.isfinite(ny)
+        inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
+        yn = jax.tree_util.tree_map(lambda a: (a * inv).astype(a.dtype), y1)
+        sn = jax.tree_util.tree_map(lambda a: (a * inv).astype(a.dtype), s1)
+        head = state.head
+        y_hist = _tree.select(keep, _tree.hist_set(state.y_hist, head, yn), state.y_hist)
+        s_hist = _tree.select(keep, _tree.hist_set(state.s_hist, head, sn), state.s_hist)
+        slot = jnp.arange(m) == head
+        new_valid = jnp.where(keep, valid | slot, valid)
+        gamma = jnp.where(slot & keep, _tree.vdot(yn, u), cu) * new_valid
+        gamma = gamma / (1.0 + regularization)
+        new_head = jnp.where(keep, (head + 1) % m, head)
+        return s_hist, y_hist, state.gram, new_valid, new_head, gamma.astype(dt)
+
+    def insert_window(state, s, y, u):
+        """Textbook windowed history with an incrementally updated Gram matrix."""
+        dt = _tree.acc_dtype()
+        head = state.head
+        c = _tree.hist_dot(state.y_hist, [y, u])
+        yy, yu = _tree.vdot(y, y), _tree.vdot(y, u)
+        slot = jnp.arange(m) == head
+        valid = state.valid | slot
+        row = jnp.where(slot, yy, c[:, 0]) * valid
+        gram = state.gram.at[head, :].set(row).at[:, head].set(row)
+        rhs = jnp.where(slot, yu, c[:, 1]) * valid
+        y_hist = _tree.hist_set(state.y_hist, head, y)
+        s_hist = _tree.hist_set(state.s_hist, head, s)
+        mask2 = valid[:, None] & valid[None, :]
+        g = jnp.where(mask2, gram, 0.0)
+        n_valid = jnp.maximum(jnp.sum(valid), 1)
+        lam = regularization * jnp.sum(jnp.diag(g)) / n_valid
+        eye = jnp.eye(m, dtype=dt)
+        a = g + lam * eye * valid[:, None] + eye * (~valid)[:, None]
+        gamma = jnp.linalg.solve(a, rhs) * valid
+        return s_hist, y_hist, gram, valid, (head + 1) % m, gamma.astype(dt)
+
+    insert = insert_orthogonal if history == "orthogonal" else insert_window
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del extra_args  # optax convention: extra args of other transforms are ignored
+        if params is None:
+            raise ValueError("anderson: update needs params (Anderson mixes iterates)")
+        _check_tree("updates", updates, params)
+        _check_tree("state", state.x_prev, params)
+        dt = _tree.acc_dtype()
+        i32 = lambda v: jnp.asarray(v, jnp.int32)
+        u, x = updates, params
+        count = state.count
+
+        # 1. Delayed safeguard: the loss of the point proposed last step arrives now.
+        if value is not None:
+            v = jnp.asarray(value).astype(dt)
+            if v.shape != ():
+                raise ValueError(f"anderson: value must be a scalar loss, got shape {v.shape}")
+            ok = jnp.isfinite(v) & (v <= jnp.max(state.loss_hist))
+            reject = state.pending & ~ok
+            accepted_pending = state.pending & ok
+            loss_hist = jnp.where(
+                jnp.isfinite(v), jnp.roll(state.loss_hist, 1).at[0].set(v), state.loss_hist
+            )
+        else:
+            reject = jnp.asarray(False)
+            accepted_pending = state.pending
+            loss_hist = state.loss_hist
+
+        # 2. New secant pair from the previous accepted point.
+        s = jax.tree_util.tree_map(jnp.subtract, x, state.x_prev)
+        y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
+        pair_ok = state.has_prev & _tree.all_finite(y) & _tree.all_finite(s)
+        s_h, y_h, gram, valid, head, gamma = insert(state, s, y, u)
+        s_h = _tree.select(pair_ok, s_h, state.s_hist)
+        y_h = _tree.select(pair_ok, y_h, state.y_hist)
+        gram = jnp.where(pair_ok, gram, state.gram)
+        valid = jnp.where(pair_ok, valid, state.valid)
+        head = jnp.where(pair_ok, head, state.head)
+        gamma = jnp.where(pair_ok, gamma, jnp.zeros_like(gamma)) * valid
+
+        # 3. Noise test on the inner steps and moving average of the iterates.
+        u_finite = _tree.all_finite(u)
+        ema_step, ema_sq = averaging.ema_update(state.ema_step, state.ema_sq, u, decay)
+        x_next = jax.tree_util.tree_map(jnp.add, x, u)
+        ema_x = jax.tree_util.tree_map(
+            lambda e, xn: (decay * e + (1.0 - decay) * xn).astype(e.dtype), state.ema_x, x_next
+        )
+        ema_x = jax.tree_util.tree_map(
+            lambda e, xn: jnp.where(state.n_ema == 0, xn, e), ema_x, x_next
+        )
+        n_ema = state.n_ema + 1
+        rsd = averaging.ema_rsd(ema_step, ema_sq, n_ema, decay)
+        noisy = (rsd > threshold) & (n_ema >= average_window)
+
+        # 4. Extrapolate (scheduled, not noisy, not backing off) and safeguard it.
+        phase = count - warmup
+        scheduled = (phase >= 0) & (phase % frequency == 0) & (count >= state.next_try)
+        try_acc = scheduled & ~noisy & jnp.any(valid) & u_finite
+
+        def extrapolate(_):
+            su = _tree.hist_combine(s_h, gamma)
+            yu = _tree.hist_combine(y_h, gamma)
+            return jax.tree_util.tree_map(
+                lambda a, b, c: (beta * a - b - beta * c).astype(a.dtype), u, su, yu
+            )
+
+        d = jax.lax.cond(try_acc, extrapolate, lambda _: u, None)
+        d_ok = _tree.all_finite(d) & (_tree.vdot(d, u) > 0)
+        accelerate = try_acc & d_ok
+        average_now = average & noisy & (phase >= 0) & (count % average_window == 0) & ~accelerate
+        avg_step = jax.tree_util.tree_map(jnp.subtract, ema_x, x)
+        out = _tree.select(accelerate, d, _tree.select(average_now, avg_step, u))
+        bad = try_acc & ~d_ok  # non-finite or non-descent extrapolation: reset history
+
+        penalty_acc = jnp.where(accepted_pending, state.penalty // 2, state.penalty)
+        normal = ScaleByAndersonState(
+            count=count + 1,
+            s_hist=s_h,
+            y_hist=y_h,
+            gram=gram,
+            valid=jnp.where(bad, jnp.zeros_like(valid), valid),
+            head=jnp.where(bad, i32(0), head),
+            x_prev=x,
+            u_prev=u,
+            has_prev=u_finite,
+            pending=accelerate & (value is not None),
+            rollback=jax.tree_util.tree_map(jnp.subtract, u, d),
+            loss_hist=loss_hist,
+            next_try=state.next_try,
+            penalty=penalty_acc,
+            ema_step=ema_step,
+            ema_sq=ema_sq,
+            ema_x=ema_x,
+            n_ema=n_ema,
+            rsd=rsd.astype(dt),
+            rejected=jnp.asarray(False),
+            n_accelerated=state.n_accelerated + accelerate.astype(jnp.int32),
+            n_rejected=state.n_rejected,
+            n_averaged=state.n_averaged + average_now.astype(jnp.int32),
+        )
+        penalty = jnp.minimum(jnp.maximum(2 * state.penalty, 1), max_backoff)
+        rolled = state._replace(
+            count=count + 1,
+            valid=jnp.zeros_like(state.valid),
+            head=i32(0),
+            pending=jnp.asarray(False),
+            next_try=count + 1 + penalty,
+            penalty=penalty,
+            rejected=jnp.asarray(True),
+            n_rejected=state.n_rejected + 1,
+        )
+        new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rolled, normal)
+        new_updates = _tree.select(reject, state.rollback, out)
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def anderson(
+    inner: optax.GradientTransformation,
+    memory: int = 5,
+    *,
+    regularization: float = 1e-10,
+    beta: float = 1.0,
+    frequency: int = 1,
+    warmup: int = 0,
+    safeguard_memory: int = 5,
+    average: bool = True,
+    average_window: int = 10,
+    average_threshold: float | None = None,
+    history: History = "orthogonal",
+    max_backoff: int = 64,
+) -> optax.GradientTransformationExtraArgs:
+    """Anderson acceleration of the optimizer ``inner`` (e.g. ``optax.sgd(1 / L)``).
+
+    Same options as :func:`scale_by_anderson`. On top of it, a rejected extrapolation
+    also restores the inner optimizer's state (its moments never see the gradient taken
+    at the rejected point). Pass the loss as ``value=`` to ``update`` for the loss
+    safeguard; other extra arguments go to ``inner``.
+    """
+    aa = scale_by_anderson(
+        memory,
+        regularization=regularization,
+        beta=beta,
+        frequency=frequency,
+        warmup=warmup,
+        safeguard_memory=safeguard_memory,
+        average=average,
+        average_window=average_window,
+        average_threshold=average_threshold,
+        history=history,
+        max_backoff=max_backoff,
+    )
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: PyTree) -> AndersonState:
+        return AndersonState(inner_state=inner.init(params), anderson_state=aa.init(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("anderson: update needs params (Anderson mixes iterates)")
+        _check_tree("updates", updates, params)
+        u, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        out, aa_state = aa.update(u, state.anderson_state, params, **extra_args)
+        inner_state = jax.tree_util.tree_map(
+            lambda old, new: jnp.where(aa_state.rejected, old, new), state.inner_state, inner_state
+        )
+        return out, AndersonState(inner_state=inner_state, anderson_state=aa_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
