@@ -6,6 +6,7 @@ from jaxsci.metrics.generation import (  # issue 4: generated-structure scores
     check_validity,
     energy_spearman,
     energy_wasserstein,
+    kabsch_rmsd,
     novelty_mask,
     uniqueness_mask,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "energy_spearman",
     "energy_wasserstein",
     "fingerprint_error",
+    "kabsch_rmsd",
     "match_rows",
     "novelty_mask",
     "pair_distance_difference",

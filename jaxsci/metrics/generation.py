@@ -30,6 +30,7 @@ __all__ = [
     "check_validity",
     "energy_spearman",
     "energy_wasserstein",
+    "kabsch_rmsd",
     "novelty_mask",
     "uniqueness_mask",
 ]
@@ -128,3 +129,19 @@ def energy_wasserstein(obtained: Any, reference: Any) -> float:
     if a.size == 0 or b.size == 0:
         return float("nan")
     return float(wasserstein_distance(a, b))
+
+
+def kabsch_rmsd(positions: Any, reference: Any) -> float:
+    """RMSD (Angstrom) after the best rotation/translation, atoms in corresponding order.
+
+    For a structure and its own relaxed copy (relaxation keeps atom identity), no
+    permutation search is needed; see :func:`jaxsci.metrics.structure_rmsd` otherwise.
+    """
+    p, q = _positions(positions), _positions(reference)
+    if p.shape != q.shape:
+        raise ValueError(f"kabsch_rmsd: shapes differ: {p.shape} vs {q.shape}")
+    p, q = p - p.mean(0), q - q.mean(0)
+    u, _, vt = np.linalg.svd(p.T @ q)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.sqrt(((p @ rot - q) ** 2).sum(-1).mean()))

@@ -1,0 +1,1 @@
+"""Experiments: one folder per study (config + run script writing a run folder)."""

@@ -1,0 +1,1 @@
+"""Generate Pt nanoparticles with a conditional VAE in ACSF space (``make demo``)."""

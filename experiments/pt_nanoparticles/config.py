@@ -1,0 +1,130 @@
+"""Configuration of the Pt nanoparticle generation experiment (units: Angstrom, eV, K)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from jaxsci.data.pt_clusters import PtClusterConfig
+
+__all__ = ["Config", "tiny_config"]
+
+# Radial G2 Gaussians (eta 1/A^2, Rs A) over the first four Pt neighbour shells, one broad
+# coordination-like term, and four G4 angular terms (eta 1/A^2, zeta, lambda).
+DEFAULT_G2 = tuple((3.0, rs) for rs in (2.6, 3.0, 3.5, 3.9, 4.4, 4.8, 5.3)) + ((0.3, 0.0),)
+DEFAULT_G4 = ((0.01, 1.0, 1.0), (0.01, 1.0, -1.0))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the experiment does; ``validate()`` checks it before any work."""
+
+    data: PtClusterConfig = field(default_factory=PtClusterConfig)
+    cache_dir: str | None = None  # data cache root (default .cache/jaxsci/pt_clusters)
+    out_root: str = "runs"
+    run_name: str = "pt_nanoparticles"
+    n_workers: int | None = None  # EMT worker processes (default min(2, cpu count))
+    progress: bool = True
+
+    # descriptor: jaxsci.descriptors.ACSF (DScribe parameter meaning)
+    r_cut: float = 6.0
+    g2_params: tuple[tuple[float, float], ...] = DEFAULT_G2
+    g4_params: tuple[tuple[float, float, float], ...] = DEFAULT_G4
+
+    # representation: sorted per-feature columns read at n_quantiles levels
+    n_quantiles: int = 24
+
+    # conditional VAE (Fung et al. 2022: ELU MLP 3 x 128, latent 10, Adam 1e-3)
+    latent_dim: int = 10
+    hidden: tuple[int, ...] = (128, 128, 128)
+    beta: float = 1.0  # KL weight
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 600
+    val_fraction: float = 0.1  # seeds (with their MD snapshots) held out for validation
+    checkpoint_every: int = 100  # epochs
+
+    # generation
+    n_targets: int = 12  # target energies, evenly spaced over target_range
+    samples_per_target: int = 3
+    target_range: tuple[float, float] = (0.05, 0.95)  # quantiles of relaxed training energies
+    size_neighbours: int = 5  # N drawn from the sizes of the k relaxed clusters nearest in E
+    reconstruct_starts: int = 4
+    reconstruct_steps: int = 300
+    relax_fmax: float = 0.05  # eV/A
+    relax_steps: int = 1000
+    novelty_tol: float = 0.02  # A, mean |sorted pair distance difference|
+    n_plot_clusters: int = 6
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first problem (nothing is built or written)."""
+        self.data.validate()
+        if self.n_workers is not None and self.n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
+        if self.r_cut <= 0:
+            raise ValueError(f"r_cut must be > 0 Angstrom, got {self.r_cut}")
+        if not self.g2_params and not self.g4_params:
+            raise ValueError("the descriptor needs at least one G2 or G4 term")
+        positive = {
+            "n_quantiles": self.n_quantiles,
+            "latent_dim": self.latent_dim,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "checkpoint_every": self.checkpoint_every,
+            "n_targets": self.n_targets,
+            "samples_per_target": self.samples_per_target,
+            "size_neighbours": self.size_neighbours,
+            "reconstruct_starts": self.reconstruct_starts,
+            "reconstruct_steps": self.reconstruct_steps,
+            "relax_steps": self.relax_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden layer widths must be >= 1, got {self.hidden}")
+        if self.beta < 0 or self.learning_rate <= 0:
+            raise ValueError("beta must be >= 0 and learning_rate > 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        lo, hi = self.target_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"target_range must be quantiles 0 <= lo <= hi <= 1, got {lo, hi}")
+        if self.relax_fmax <= 0 or self.novelty_tol <= 0:
+            raise ValueError("relax_fmax and novelty_tol must be > 0")
+        if not self.run_name or "/" in self.run_name:
+            raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
+
+    def replace(self, **changes) -> Config:
+        """A copy with some fields changed (``data`` fields via ``data=...``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def tiny_config(**changes) -> Config:
+    """A seconds-scale config for smoke tests: a few sizes, few epochs, few targets."""
+    data = PtClusterConfig(
+        min_size=10,
+        max_size=13,
+        shapes=("icosahedron", "fcc_ball", "random"),
+        md_temperatures=(600.0,),
+        md_snapshots=2,
+        md_interval=10,
+    )
+    base = Config(
+        data=data,
+        n_quantiles=8,
+        hidden=(32, 32),
+        latent_dim=4,
+        epochs=30,
+        batch_size=16,
+        checkpoint_every=10,
+        n_targets=4,
+        samples_per_target=2,
+        reconstruct_starts=2,
+        reconstruct_steps=150,
+        n_plot_clusters=2,
+        n_workers=1,
+        progress=False,
+    )
+    return dataclasses.replace(base, **changes)
