@@ -1,6 +1,7 @@
 """ACSF agreement with DScribe (the independent oracle), float64 and float32."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase import Atoms
@@ -13,8 +14,11 @@ dscribe = pytest.importorskip("dscribe.descriptors")
 
 G2 = [[0.01, 0.0], [0.1, 2.0], [0.5, 3.0]]
 G3 = [1.0, 2.5]
-G4 = [[0.005, 1, 1], [0.005, 2, -1], [0.05, 4, 1], [0.05, 1.5, -1]]
-G5 = [[0.01, 1, 1], [0.02, 2, -1], [0.01, 3.3, 1]]
+# integer zetas take the moment (matrix-product) path, the others the per-triplet kernel
+G4 = [[0.005, 1, 1], [0.005, 2, -1], [0.05, 4, 1], [0.02, 3, -1]]
+G5 = [[0.01, 1, 1], [0.02, 2, -1], [0.01, 3, 1]]
+G4_FRAC = [[0.005, 1, 1], [0.05, 1.5, -1]]
+G5_FRAC = [[0.01, 3.3, 1], [0.02, 2, -1]]
 R_CUT = 5.0
 
 
@@ -80,6 +84,15 @@ def test_matches_dscribe_float64(name, species, periodic, atoms):
     assert _rel_err(out, expected) < 1e-6, name
 
 
+@pytest.mark.parametrize("name,species,periodic,atoms", _structures()[1::3], ids=str)
+def test_fractional_zeta_matches_dscribe_float64(name, species, periodic, atoms):
+    """Non-integer zeta takes the per-triplet kernel instead of the moment expansion."""
+    ref, ours = _pair(species, periodic, g4=G4_FRAC, g5=G5_FRAC)
+    with jax.enable_x64(True):
+        out = ours.create(atoms)
+    assert _rel_err(out, ref.create(atoms)) < 1e-6, name
+
+
 @pytest.mark.parametrize("name,species,periodic,atoms", _structures()[1:4:2], ids=str)
 def test_matches_dscribe_float32(name, species, periodic, atoms):
     ref, ours = _pair(species, periodic)
@@ -88,11 +101,17 @@ def test_matches_dscribe_float32(name, species, periodic, atoms):
 
 
 def test_cell_list_path_matches_dscribe():
-    atoms = bulk("Pt", "fcc", a=3.92, cubic=True) * (4, 4, 3)  # 192 atoms -> cell list
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True) * (2, 2, 2)  # 7.84 A cell, r_cut 5: 1 bin/axis
     atoms.rattle(0.05, seed=3)
     ref, ours = _pair(["Pt"], True, g3=None, g5=None)
     with jax.enable_x64(True):
-        out = ours.create(atoms)
+        pos = jnp.asarray(atoms.positions)
+        cell = jnp.asarray(atoms.cell[:])
+        nbrs = ours.neighbor_list(pos, cell)
+        out = np.asarray(
+            ours.neighbor_fn(pos, jnp.asarray(ours.encode_species(atoms.numbers)), cell, nbrs)
+        )
+    assert not bool(nbrs.did_overflow)
     assert _rel_err(out, ref.create(atoms)) < 1e-6
 
 

@@ -17,6 +17,7 @@ from ase import Atoms
 from ase.data import atomic_numbers as _ASE_Z
 from ase.data import chemical_symbols as _ASE_SYMBOLS
 
+from jaxsci.descriptors.acsf_cluster import acsf_cluster
 from jaxsci.descriptors.acsf_kernel import (
     KernelConfig,
     acsf_from_slots,
@@ -61,6 +62,8 @@ def _to_atomic_number(x) -> int:
 
 def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig):
     """[N, F] features of one structure from dense (all-atoms x images) slots."""
+    if cell is None:
+        return acsf_cluster(positions, species, mask, cfg)
     slots = dense_slots(positions, cell, shifts, mask)
     nb_species = species[slots.index]
     out = chunked_centres(
@@ -348,5 +351,6 @@ class ACSF:
         )
 
     def neighbor_fn(self, positions: Array, species: Array, cell: Array, nbrs) -> Array:
-        """Pure ACSF [N, F] from a cell-list neighbour list (memory linear in N)."""
-        return _cell_list_features(positions, species, cell, nbrs, self.config)
+        """Pure ACSF [N, F] from a cell-list neighbour list (memory linear in N); jitted,
+        differentiable in positions and cell. Check ``nbrs.did_overflow`` after updates."""
+        return _cell_list_features_jit(positions, species, cell, nbrs, self.config)

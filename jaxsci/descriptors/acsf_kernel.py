@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci.descriptors.acsf_moments import combine, g5_power_sums, moment_ok
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import Slots
 
@@ -117,28 +118,23 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
     onehot = (neighbour_species[..., None] == jnp.arange(cfg.n_species)) & inside[..., None]
     onehot = onehot.astype(dtype)  # [C, K, S]
 
-    radial = [fc]
-    for eta, rs in cfg.g2:
-        radial.append(jnp.exp(-eta * (r - rs) ** 2) * fc)
-    for kappa in cfg.g3:
-        radial.append(jnp.cos(kappa * r) * fc)
-    rad = jnp.einsum("ckf,cks->csf", jnp.stack(radial, axis=-1), onehot)
-    c = disp.shape[0]
-    blocks = [rad.reshape(c, -1)]
+    blocks = [radial_block(r, fc, onehot, cfg)]
     if not (cfg.g4 or cfg.g5):
         return blocks[0]
 
-    k = disp.shape[1]
-    gram = jnp.einsum("ckx,clx->ckl", disp, disp)  # d_ij . d_ik
-    inv_r = jnp.where(pos, 1.0 / jnp.where(pos, r, 1.0), 0.0)
-    cos = jnp.clip(gram * inv_r[:, :, None] * inv_r[:, None, :], -1.0, 1.0)
-    pair_ok = inside[:, :, None] & inside[:, None, :] & ~jnp.eye(k, dtype=bool)
     s = cfg.n_species
+    inv_r = jnp.where(pos, 1.0 / jnp.where(pos, r, 1.0), 0.0)
+    g5_moments = bool(cfg.g5) and moment_ok(cfg.g5)
 
     def site_factors(etas):
         return {eta: (jnp.exp(-eta * r2) * fc)[..., None] * onehot for eta in etas}
 
     sums = []
+    if cfg.g4 or not g5_moments:
+        k = disp.shape[1]
+        gram = jnp.einsum("ckx,clx->ckl", disp, disp)  # d_ij . d_ik
+        cos = jnp.clip(gram * inv_r[:, :, None] * inv_r[:, None, :], -1.0, 1.0)
+        pair_ok = inside[:, :, None] & inside[:, None, :] & ~jnp.eye(k, dtype=bool)
     if cfg.g4:
         rjk2 = jnp.maximum(r2[:, :, None] + r2[:, None, :] - 2.0 * gram, 0.0)
         in_jk = pair_ok & (rjk2 <= rc * rc)
@@ -148,15 +144,45 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
         etas4 = sorted({p[0] for p in cfg.g4})
         e_pair = {eta: jnp.exp(-eta * rjk2) * fc_jk for eta in etas4}
         sums.append(_angular_sums(cfg.g4, cos, in_jk, e_pair, site_factors(etas4), s))
-    if cfg.g5:
+    if g5_moments:
+        etas, which = _unique([p[0] for p in cfg.g5])
+        deg = int(max(p[1] for p in cfg.g5))
+        unit = disp * inv_r[..., None]
+        ps = jnp.stack([g5_power_sums(unit, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas])
+        sums.append(jnp.moveaxis(combine(cfg.g5, which, ps), 2, 0))
+    elif cfg.g5:
         etas5 = sorted({p[0] for p in cfg.g5})
         sums.append(_angular_sums(cfg.g5, cos, pair_ok, None, site_factors(etas5), s))
     full = jnp.concatenate(sums, axis=-1)  # [C, S, S, P4 + P5], ordered-pair sums
-    for a in range(s):
+    blocks.append(pair_blocks(full, s))
+    return jnp.concatenate(blocks, axis=-1)
+
+
+def radial_block(r: Array, fc: Array, onehot: Array, cfg: KernelConfig) -> Array:
+    """[G1, G2..., G3...] per neighbour species, flattened: [C, S * n_radial].
+
+    r, fc: [C, K] distances and cutoff values (fc = 0 for empty slots); onehot [C, K, S].
+    """
+    radial = [fc]
+    for eta, rs in cfg.g2:
+        radial.append(jnp.exp(-eta * (r - rs) ** 2) * fc)
+    for kappa in cfg.g3:
+        radial.append(jnp.cos(kappa * r) * fc)
+    rad = jnp.einsum("ckf,cks->csf", jnp.stack(radial, axis=-1), onehot)
+    return rad.reshape(r.shape[0], -1)
+
+
+def pair_blocks(full: Array, n_species: int) -> Array:
+    """Ordered-pair sums [C, S, S, P] -> DScribe's unordered pair blocks [C, n_pairs * P].
+
+    Pair (a, b), a >= b, sits at a(a+1)/2 + b; the j < k sum is half the ordered sum.
+    """
+    out = []
+    for a in range(n_species):
         for b in range(a + 1):
             blk = full[:, a, a] if a == b else full[:, a, b] + full[:, b, a]
-            blocks.append(0.5 * blk)
-    return jnp.concatenate(blocks, axis=-1)
+            out.append(0.5 * blk)
+    return jnp.concatenate(out, axis=-1)
 
 
 def chunked_centres(fn, n_centres: int, chunk: int, *arrays: Array) -> Array:

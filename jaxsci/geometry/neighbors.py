@@ -17,6 +17,7 @@ periodic images are neighbours (``index == i`` with a non-zero shift), as in DSc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import NamedTuple
 
@@ -148,7 +149,9 @@ def cell_list_spec(
         )
     n_bins = tuple(int(max(1, np.floor(w / r_cut))) for w in widths)
     spec0 = CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
-    bins = _bin_ids(jnp.asarray(positions), jnp.asarray(cell), spec0)[0]
+    bins = jax.jit(_bin_ids, static_argnames=("spec",))(
+        jnp.asarray(positions), jnp.asarray(cell), spec0
+    )[0]
     occupancy = np.bincount(np.asarray(bins), minlength=int(np.prod(n_bins)))
     bin_cap = int(np.ceil(occupancy.max() * capacity_multiplier)) + 1
     spec1 = CellListSpec(float(r_cut), n_bins, bin_cap, 27 * bin_cap, pbc)
@@ -183,6 +186,7 @@ def _bin_ids(positions: Array, cell: Array, spec: CellListSpec) -> tuple[Array, 
     return flat, b3, wrap.astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def _candidates(positions: Array, cell: Array, spec: CellListSpec):
     """Candidates from the 27 neighbouring bins: (index, shift, inside, count, bin_overflow)."""
     n = positions.shape[0]
@@ -213,6 +217,7 @@ def _candidates(positions: Array, cell: Array, spec: CellListSpec):
     return cand, shift, inside, jnp.sum(inside, axis=-1), bin_overflow
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> NeighborList:
     """Pure, jittable: rebuild the neighbour slots for new ``positions`` [N, 3] and ``cell``.
 
