@@ -1,0 +1,233 @@
+"""Data-parallel SGD step of a 200-leaf model: per-leaf all-reduce vs buckets vs flat state.
+
+Run under MPI (the anchor is the same jitted step with one mpi4jax all-reduce per leaf):
+
+    .venv/bin/mpirun -n 2 .venv/bin/python -m benchmarks.bench_allreduce
+    .venv/bin/mpirun -n 1 .venv/bin/python -m benchmarks.bench_allreduce   # size-1 communicator
+    .venv/bin/python -m benchmarks.bench_allreduce --gpu   # one GPU, size-1 communicator
+
+Variants (all one jitted SGD step on this rank's batch of ``--batch`` samples):
+
+* ``no_allreduce``: tree step without communication (compute floor);
+* ``per_leaf``: tree step + one ``mpi4jax.allreduce`` per gradient leaf (the anchor);
+* ``tree_bucket_<B>``: tree step + :func:`tree_allreduce` with buckets of B bytes;
+* ``tree_flat``: tree step + one packed message (pack, reduce, unpack: "the trap");
+* ``dp_flat`` / ``dp_bucket_<B>``: the step built by :func:`jaxsci.parallel.data_parallel`
+  (flat parameter and optimizer buffers, one message or buckets of B bytes).
+
+Rounds interleave the variants; each round times ``--steps`` steps per variant; the report is
+the median per-step time over rounds and its ratio to ``per_leaf``. With 2+ ranks it also times
+the ``dp_flat`` step of rank 0 alone (size-1 communicator, the other ranks sleeping) to report
+throughput and weak-scaling efficiency ``t(1 rank) / t(N ranks)`` at a fixed per-rank batch.
+Parameters after 10 steps of ``dp_flat`` are compared with ``per_leaf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--layers", type=int, default=100, help="dense layers (2 leaves each)")
+    ap.add_argument("--width", type=int, default=32, help="hidden width")
+    ap.add_argument("--batch", type=int, default=64, help="samples per rank per step")
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per variant per round")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    ap.add_argument("--buckets", type=str, default="4096,65536,1048576", help="bucket bytes")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--gpu", action="store_true", help="run on the default (GPU) backend")
+    ap.add_argument("--json", type=str, default=None, help="write results to this JSON file")
+    return ap.parse_args(argv)
+
+
+def _model(layers: int, width: int, key: jax.Array) -> list[dict[str, jax.Array]]:
+    params = []
+    for _ in range(layers):
+        key, sub = jax.random.split(key)
+        w = jax.random.normal(sub, (width, width)) * (1.0 / np.sqrt(width))
+        params.append({"w": w, "b": jnp.zeros((width,))})
+    return params
+
+
+def _loss(params: list[dict[str, jax.Array]], batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    h = x
+    for p in params:
+        h = jnp.tanh(h @ p["w"] + p["b"]) + h  # residual keeps 100 layers trainable
+    return jnp.mean((h - y) ** 2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    if not args.gpu:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import mpi4jax
+    from mpi4py import MPI
+
+    from jaxsci.parallel import ProcessInfo, data_parallel, make_mesh, tree_allreduce
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    comm = world.Clone()  # device collectives
+    tx = optax.sgd(args.lr)
+    params0 = _model(args.layers, args.width, jax.random.key(0))
+    n_leaves = len(jax.tree.leaves(params0))
+    n_params = sum(x.size for x in jax.tree.leaves(params0))
+    kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), rank))
+    batch = (
+        jax.random.normal(kx, (args.batch, args.width)),
+        jax.random.normal(ky, (args.batch, args.width)),
+    )
+    mesh = make_mesh(1)
+
+    def tree_step(reduce):
+        @jax.jit
+        def step(params, batch):
+            loss, grads = jax.value_and_grad(_loss)(params, batch)
+            grads = reduce(grads)
+            return jax.tree.map(lambda p, g: p - args.lr * g, params, grads), loss
+
+        return step
+
+    def per_leaf(grads):
+        return jax.tree.map(lambda g: mpi4jax.allreduce(g, op=MPI.SUM, comm=comm) / size, grads)
+
+    buckets = [int(b) for b in args.buckets.split(",") if b]
+    variants: dict[str, tuple] = {}
+    variants["no_allreduce"] = ("tree", tree_step(lambda g: g))
+    variants["per_leaf"] = ("tree", tree_step(per_leaf))
+    for b in buckets:
+        red = lambda g, b=b: tree_allreduce(g, comm=comm, bucket_bytes=b)  # noqa: E731
+        variants[f"tree_bucket_{b}"] = ("tree", tree_step(red))
+    variants["tree_flat"] = (
+        "tree",
+        tree_step(lambda g: tree_allreduce(g, comm=comm, bucket_bytes=None)),
+    )
+    info = ProcessInfo(rank=rank, size=size, local_device_count=1, comm=world)
+    for name, bb in [("dp_flat", None)] + [(f"dp_bucket_{b}", b) for b in buckets]:
+        dp = data_parallel(_loss, tx, info=info, mesh=mesh, bucket_bytes=bb)
+        variants[name] = ("dp", dp)
+
+    def run(kind, obj, state, n):
+        loss = None
+        for _ in range(n):
+            if kind == "tree":
+                state, loss = obj(state, batch)
+            else:
+                state, loss = obj.step(state, batch)
+        jax.block_until_ready((state, loss))
+        return state
+
+    def fresh(kind, obj):
+        if kind == "tree":
+            return jax.tree.map(jnp.array, params0)
+        return obj.init(params0)
+
+    # correctness: same parameters after 10 steps
+    states = {name: run(kind, obj, fresh(kind, obj), 10) for name, (kind, obj) in variants.items()}
+    ref = states["per_leaf"]
+    diffs = {}
+    for name, (kind, obj) in variants.items():
+        if name == "no_allreduce":
+            continue
+        got = states[name] if kind == "tree" else obj.params(states[name])
+        diffs[name] = max(
+            float(jnp.max(jnp.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True)
+        )
+
+    # single-rank dp step on rank 0 (others sleep) for weak scaling
+    solo = None
+    if size > 1 and rank == 0:
+        solo_info = ProcessInfo(rank=0, size=1, local_device_count=1, comm=MPI.COMM_SELF)
+        solo = data_parallel(_loss, tx, info=solo_info, mesh=mesh, bucket_bytes=None)
+        states["solo"] = run("dp", solo, solo.init(params0), 3)
+
+    def sleep_until_rank0_done():
+        req = world.Ibarrier()
+        while not req.Test():
+            time.sleep(0.002)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    times["dp_flat_1rank"] = []
+    for _ in range(args.rounds):
+        for name, (kind, obj) in variants.items():
+            world.Barrier()
+            t0 = time.perf_counter()
+            states[name] = run(kind, obj, states[name], args.steps)
+            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+        if size > 1:
+            world.Barrier()
+            if rank == 0:
+                t0 = time.perf_counter()
+                states["solo"] = run("dp", solo, states["solo"], args.steps)
+                times["dp_flat_1rank"].append((time.perf_counter() - t0) / args.steps * 1e3)
+                world.Ibarrier().Wait()
+            else:
+                sleep_until_rank0_done()
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    # report the slowest rank's median (a step is as slow as its slowest rank)
+    gathered = world.allgather(med)
+    med = {k: max(g[k] for g in gathered if k in g) for k in gathered[0]}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {jax.devices()[0].device_kind}",
+        "load": os.getloadavg(),
+        "ranks": size,
+        "layers": args.layers,
+        "width": args.width,
+        "leaves": n_leaves,
+        "params": n_params,
+        "batch_per_rank": args.batch,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "median_ms": med,
+        "ratio_vs_per_leaf": {k: med["per_leaf"] / v for k, v in med.items()},
+        "max_param_diff_after_10_steps_vs_per_leaf": diffs,
+    }
+    if size > 1:
+        t1, tn = med["dp_flat_1rank"], med["dp_flat"]
+        result["throughput_samples_per_s"] = {
+            "1 rank": args.batch / t1 * 1e3,
+            f"{size} ranks": size * args.batch / tn * 1e3,
+        }
+        result["weak_scaling_efficiency"] = t1 / tn
+    if rank == 0:
+        _print(result)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+    return result
+
+
+def _print(r: dict) -> None:
+    print(
+        f"{r['date']}  {r['machine']}  load {r['load']}  ranks {r['ranks']}  "
+        f"{r['layers']} layers x {r['width']} ({r['leaves']} leaves, {r['params']} params), "
+        f"batch {r['batch_per_rank']}/rank, {r['rounds']} rounds x {r['steps']} steps"
+    )
+    print(f"{'variant':<22}{'median ms/step':>16}{'per_leaf / this':>18}{'max |dp - ref|':>16}")
+    for k, v in r["median_ms"].items():
+        d = r["max_param_diff_after_10_steps_vs_per_leaf"].get(k)
+        ds = f"{d:.2e}" if d is not None else "-"
+        print(f"{k:<22}{v:>16.3f}{r['ratio_vs_per_leaf'][k]:>18.2f}{ds:>16}")
+    if "weak_scaling_efficiency" in r:
+        tp = ", ".join(f"{k}: {v:.0f}" for k, v in r["throughput_samples_per_s"].items())
+        print(f"throughput (samples/s, dp_flat): {tp}")
+        print(f"weak-scaling efficiency t(1)/t({r['ranks']}): {r['weak_scaling_efficiency']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""mpi4jax all-reduce of a whole pytree, with leaves grouped into buckets.
+
+mpi4jax moves one array per call and each MPI call costs a fixed latency (~5 us here plus the
+XLA custom-call overhead), so a 200-leaf gradient sent leaf by leaf is latency-bound. The plan
+below packs leaves into a few large messages (Horovod's tensor fusion, PyTorch DDP's buckets):
+
+* leaves are visited in **reverse** flatten order (the last layer's gradient is produced first
+  by backprop, so its bucket is the first one ready), consecutive leaves of the same transfer
+  dtype share a bucket of at most ``bucket_bytes``; a leaf larger than a bucket is cut in chunks;
+* ``bucket_bytes=None`` is the flat-buffer mode (one message per dtype, chunked only at MPI's
+  2**31 - 1 element limit), ``bucket_bytes=0`` the per-leaf baseline (one message per leaf);
+* the plan depends only on the tree structure, shapes and dtypes, so it is fixed at trace time
+  and every rank runs the same sequence of collectives without talking to the others first.
+
+Floating leaves can travel as bfloat16 or float16 (``transfer_dtype``) and come back in their
+own dtype. MPI has no 16-bit float type, so those messages are bit-cast to uint16 and reduced
+by a user-defined MPI operation (computed in float32 and rounded once per pairwise step).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Bucket", "Segment", "allreduce_plan", "tree_allreduce", "MAX_MESSAGE_ELEMENTS"]
+
+MAX_MESSAGE_ELEMENTS = 2**31 - 1  # MPI counts are C ints
+Op = Literal["mean", "sum", "max", "min"]
+_16BIT = (np.dtype(jnp.bfloat16), np.dtype(np.float16))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Elements ``[start, stop)`` of the raveled leaf number ``leaf`` (flatten order)."""
+
+    leaf: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One MPI message: the concatenation of ``segments`` cast to ``dtype``."""
+
+    dtype: np.dtype
+    segments: tuple[Segment, ...]
+
+    @property
+    def size(self) -> int:
+        """Number of elements in the message."""
+        return sum(s.size for s in self.segments)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
+def _transfer_dtype(dtype: np.dtype, transfer: np.dtype | None) -> np.dtype:
+    if transfer is not None and jnp.issubdtype(dtype, jnp.floating):
+        return transfer
+    return dtype
+
+
+def allreduce_plan(
+    tree: Any,
+    *,
+    bucket_bytes: int | None = 4 * 2**20,
+    transfer_dtype: Any = None,
+) -> tuple[Bucket, ...]:
+    """The message layout :func:`tree_allreduce` uses for a tree of this structure.
+
+    Args:
+      tree: pytree of arrays or ``jax.ShapeDtypeStruct`` (only shapes and dtypes are read).
+      bucket_bytes: capacity of one message in bytes; ``None`` one message per dtype (flat
+        mode); ``0`` one message per leaf.
+      transfer_dtype: ``None`` (keep dtypes), ``jnp.bfloat16`` or ``jnp.float16`` for the
+        floating leaves.
+
+    Returns:
+      Buckets in the order they are sent (last leaves first).
+    """
+    if bucket_bytes is not None and bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes must be >= 0 or None, got {bucket_bytes}")
+    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
+    if transfer is not None and transfer not in _16BIT + (np.dtype(np.float32),):
+        raise ValueError(f"transfer_dtype must be bfloat16, float16 or float32, got {transfer}")
+    leaves = jax.tree.leaves(tree)
+    buckets: list[Bucket] = []
+    open_segments: dict[np.dtype, list[Segment]] = {}
+    open_size: dict[np.dtype, int] = {}
+
+    def close(dt: np.dtype) -> None:
+        if open_segments.get(dt):
+            buckets.append(Bucket(dt, tuple(open_segments[dt])))
+        open_segments[dt], open_size[dt] = [], 0
+
+    for i in reversed(range(len(leaves))):
+        leaf = leaves[i]
+        dt = _transfer_dtype(np.dtype(leaf.dtype), transfer)
+        n = math.prod(leaf.shape)
+        if n == 0:
+            continue
+        if bucket_bytes == 0:
+            cap = MAX_MESSAGE_ELEMENTS
+        elif bucket_bytes is None:
+            cap = MAX_MESSAGE_ELEMENTS
+        else:
+            cap = max(1, min(bucket_bytes // dt.itemsize, MAX_MESSAGE_ELEMENTS))
+        if bucket_bytes == 0:
+            for start in range(0, n, cap):
+                buckets.append(Bucket(dt, (Segment(i, start, min(n, start + cap)),)))
+            continue
+        open_segments.setdefault(dt, [])
+        open_size.setdefault(dt, 0)
+        start = 0
+        while start < n:
+            room = cap - open_size[dt]
+            if room == 0:
+                close(dt)
+                room = cap
+            stop = min(n, start + room)
+            open_segments[dt].append(Segment(i, start, stop))
+            open_size[dt] += stop - start
+            start = stop
+    for dt in list(open_segments):
+        close(dt)
+    return tuple(buckets)
+
+
+def _resolve_comm(comm: Any | None) -> Any | None:
+    if comm is not None:
+        return comm
+    from jaxsci.parallel.bootstrap import bootstrap
+
+    return bootstrap().comm
+
+
+@functools.cache
+def _mpi_op(dtype_name: str, op: str) -> Any:
+    """MPI operation for a 16-bit float bit-cast to uint16 (computed in float32)."""
+    from mpi4py import MPI
+
+    np_dtype = np.dtype(jnp.bfloat16) if dtype_name == "bfloat16" else np.dtype(np.float16)
+    combine = {"sum": np.add, "max": np.maximum, "min": np.minimum}[op]
+
+    def reduce(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
+        a = np.frombuffer(inbuf, dtype=np_dtype)
+        b = np.frombuffer(inoutbuf, dtype=np_dtype)
+        b[...] = combine(a.astype(np.float32), b.astype(np.float32)).astype(np_dtype)
+
+    return MPI.Op.Create(reduce, commute=True)
+
+
+def _allreduce_array(x: jax.Array, op: str, comm: Any) -> jax.Array:
+    import mpi4jax
+    from mpi4py import MPI
+
+    if np.dtype(x.dtype) in _16BIT:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+        out = mpi4jax.allreduce(bits, op=_mpi_op(np.dtype(x.dtype).name, op), comm=comm)
+        return jax.lax.bitcast_convert_type(out, x.dtype)
+    mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    return mpi4jax.allreduce(x, op=mpi_op, comm=comm)
+
+
+def tree_allreduce(
+    tree: Any,
+    *,
+    op: Op = "mean",
+    comm: Any | None = None,
+    bucket_bytes: int | None = 4 * 2**20,
+    transfer_dtype: Any = None,
+) -> Any:
+    """All-reduce every leaf of ``tree`` over the ranks of ``comm``; usable inside ``jit``.
+
+    Args:
+      tree: pytree of arrays, the same structure, shapes and dtypes on every rank.
+      op: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` over ranks.
+      comm: mpi4py communicator; default ``bootstrap().comm`` (no MPI: the tree comes back as
+        is, the reduction over one process). A communicator of size 1 still runs the MPI calls.
+      bucket_bytes: message capacity; ``None`` flat mode (one message per dtype); ``0`` one
+        message per leaf. See :func:`allreduce_plan`.
+      transfer_dtype: ``None`` to send leaves in their own dtype, or ``jnp.bfloat16`` /
+        ``jnp.float16`` to send floating leaves in 16 bits (results come back in the leaf dtype).
+
+    Returns:
+      A tree like ``tree`` holding the reduction; identical on every rank.
+    """
+    if op not in ("mean", "sum", "max", "min"):
+        raise ValueError(f"op must be 'mean', 'sum', 'max' or 'min', got {op!r}")
+    leaves, treedef = jax.tree.flatten(tree)
+    if op == "mean":
+        for leaf in leaves:
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                raise ValueError(f"op='mean' needs floating leaves, got {leaf.dtype}")
+    comm = _resolve_comm(comm)
+    if comm is None:
+        return tree
+    size = comm.Get_size()
+    plan = allreduce_plan(tree, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
+    mpi_op = "sum" if op == "mean" else op
+    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
+    # fp16 sums can overflow where the mean would not: divide before sending instead of after
+    prescaled = [_transfer_dtype(np.dtype(leaf.dtype), transfer) == np.float16 for leaf in leaves]
+    flat = [jnp.ravel(jnp.asarray(leaf)) for leaf in leaves]
+    pieces: dict[int, list[tuple[int, jax.Array]]] = {i: [] for i in range(len(leaves))}
+    for bucket in plan:
+        parts = []
+        for seg in bucket.segments:
+            part = flat[seg.leaf]
+            if seg.start != 0 or seg.stop != part.shape[0]:
+                part = part[seg.start : seg.stop]
+            if op == "mean" and prescaled[seg.leaf]:
+                part = part / size
+            parts.append(part.astype(bucket.dtype))
+        message = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        reduced = _allreduce_array(message, mpi_op, comm)
+        offset = 0
+        for seg in bucket.segments:
+            piece = reduced if len(parts) == 1 else reduced[offset : offset + seg.size]
+            pieces[seg.leaf].append((seg.start, piece))
+            offset += seg.size
+    out = []
+    for i, leaf in enumerate(leaves):
+        segs = sorted(pieces[i], key=lambda p: p[0])
+        if not segs:  # empty leaf
+            out.append(leaf)
+            continue
+        vals = [p for _, p in segs]
+        value = (vals[0] if len(vals) == 1 else jnp.concatenate(vals)).astype(leaf.dtype)
+        if op == "mean" and not prescaled[i]:
+            value = value / jnp.asarray(size, leaf.dtype)
+        out.append(value.reshape(jnp.shape(leaf)))
+    return jax.tree.unflatten(treedef, out)

@@ -1,0 +1,382 @@
+"""Data-parallel training steps: local devices via ``jax.shard_map``, processes via mpi4jax.
+
+``dp = data_parallel(loss_fn, tx)`` turns a user's ``loss_fn(params, batch) -> scalar`` (mean
+over the batch) and an optax transformation into
+
+* ``state = dp.init(params)``: checks that every rank has the same parameter tree (structure,
+  shapes, dtypes; one small collective, so a mismatch is a ValueError on every rank instead of a
+  hang), broadcasts rank 0's values, and stores the parameters as flat per-dtype buffers;
+* ``state, loss = dp.step(state, batch)``: ``batch`` is this process's part of the global batch
+  (see :meth:`DataParallel.shard_batch`); it is split over the local devices, gradients are
+  averaged over devices (``lax.pmean``) and processes (:func:`tree_allreduce`), weighted by
+  each process's batch size, so the result equals one process training on the concatenated
+  batch; ``loss`` is the global mean loss;
+* ``dp.params(state)``: the user's parameter pytree.
+
+Why flat buffers: on XLA:CPU each small op costs tens of microseconds, so a 200-leaf model
+spends more time in 200 per-leaf update ops (and in packing gradients into one message and
+unpacking them) than in the all-reduce itself. Here the gradient is taken with respect to the
+flat buffer (the model sees static slices of it, which XLA fuses into their consumers), that
+buffer is all-reduced as one message (or a few buckets), and the optax update runs on the flat
+buffer: a handful of fused ops, whatever the number of leaves. Optax transformations that treat
+leaves differently (``masked``, ``multi_transform``, per-layer trust ratios such as LARS/LAMB)
+need ``flat=False``, which keeps the user's tree in the state and all-reduces it in buckets.
+
+Hybrid (several local devices and several processes): mpi4jax calls cannot run inside a
+multi-device program, so the step runs three programs: gradients over the local mesh, the
+cross-process all-reduce on the mesh's first device, and the (replicated) update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.parallel.collectives import tree_allreduce
+from jaxsci.parallel.flat import FlatLayout
+from jaxsci.parallel.mesh import make_mesh
+from jaxsci.parallel.precision import DynamicLossScale, LossScaleState, Policy, all_finite
+
+__all__ = ["DataParallel", "DataParallelState", "data_parallel", "tree_signature"]
+
+
+class DataParallelState(NamedTuple):
+    """Train state of :class:`DataParallel` (a pytree; checkpoint it with Orbax as is).
+
+    Attributes:
+      params: flat mode: tuple of 1-D buffers, one per parameter dtype; tree mode: the tree.
+      opt_state: the optax state over ``params``.
+      step: number of steps taken (int32 scalar), skipped overflow steps included.
+      loss_scale: dynamic loss-scale state, or ``None`` without loss scaling.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    loss_scale: LossScaleState | None
+
+
+def tree_signature(tree: Any) -> tuple[str, list[str]]:
+    """Hash of a pytree's structure, shapes and dtypes, and the per-leaf descriptions hashed."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    desc = [
+        f"{jax.tree_util.keystr(path)}:{np.dtype(leaf.dtype).name}{list(np.shape(leaf))}"
+        for path, leaf in leaves
+    ]
+    text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
+    return hashlib.sha256(text.encode()).hexdigest(), desc
+
+
+def _leading_size(batch: Any) -> int:
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("the batch has no array leaves")
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+    if -1 in sizes:
+        raise ValueError("every batch leaf needs a leading batch axis (found a scalar leaf)")
+    if len(sizes) != 1:
+        raise ValueError(f"batch leaves disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+class DataParallel:
+    """Built by :func:`data_parallel`; see the module docstring."""
+
+    def __init__(
+        self,
+        loss_fn: Callable[[Any, Any], jax.Array],
+        tx: optax.GradientTransformation,
+        *,
+        info: ProcessInfo,
+        mesh: Mesh,
+        bucket_bytes: int | None,
+        transfer_dtype: Any,
+        policy: Policy,
+        loss_scale: DynamicLossScale | None,
+        flat: bool,
+        broadcast_params: bool,
+    ) -> None:
+        self.loss_fn = loss_fn
+        self.tx = tx
+        self.info = info
+        self.mesh = mesh
+        self.bucket_bytes = bucket_bytes
+        self.transfer_dtype = transfer_dtype
+        self.policy = policy
+        self.loss_scale = loss_scale
+        self.flat = flat
+        self.broadcast_params = broadcast_params
+        self.axis = mesh.axis_names[0]
+        self.n_devices = mesh.devices.size
+        # device collectives get a private communicator so they never interleave with host-side
+        # mpi4py calls (tree check, checkpoint barrier) on the user's communicator
+        self._comm = info.comm.Clone() if info.comm is not None else None
+        self.layout: FlatLayout | None = None
+        self._replicated = NamedSharding(mesh, P())
+        self._batch_sharding = NamedSharding(mesh, P(self.axis))
+        self._first_device = mesh.devices.flat[0]
+        self._step_fn: Callable | None = None
+        self._params_fn: Callable | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+    def init(self, params: Any) -> DataParallelState:
+        """State for ``params`` (identical tree on every rank; rank 0's values are used)."""
+        params = self.policy.cast_to_param(params)
+        self._check_same_tree(params)
+        layout = FlatLayout.from_tree(params)  # also rejects non-floating parameters
+        if self.layout is not None and layout != self.layout:
+            raise ValueError("init() called with a different parameter tree than before")
+        self.layout = layout
+        store = layout.flatten(params) if self.flat else params
+        if self.broadcast_params and self.info.comm is not None and self.info.size > 1:
+            store = self._broadcast(store)
+        scale = self.loss_scale.init() if self.loss_scale is not None else None
+        state = DataParallelState(store, self.tx.init(store), jnp.int32(0), scale)
+        if self.n_devices > 1:
+            state = jax.device_put(state, self._replicated)
+        return state
+
+    def _check_same_tree(self, params: Any) -> None:
+        digest, desc = tree_signature(params)
+        if self.info.comm is None or self.info.size == 1:
+            return
+        everyone = self.info.comm.allgather((digest, desc))
+        digests = [d for d, _ in everyone]
+        if len(set(digests)) == 1:
+            return
+        other = next(r for r, d in enumerate(digests) if d != digests[0])
+        ref, bad = everyone[0][1], everyone[other][1]
+        diff = next(
+            (
+                f"leaf {i}: rank 0 has {a}, rank {other} has {b}"
+                for i, (a, b) in enumerate(zip(ref, bad, strict=False))
+                if a != b
+            ),
+            f"rank 0 has {len(ref)} leaves, rank {other} has {len(bad)}",
+        )
+        groups: dict[str, list[int]] = {}
+        for r, d in enumerate(digests):
+            groups.setdefault(d, []).append(r)
+        raise ValueError(
+            "ranks disagree on the parameter tree (structure, shapes or dtypes): rank groups "
+            f"{sorted(groups.values())}; first difference: {diff}"
+        )
+
+    def _broadcast(self, store: Any) -> Any:
+        comm = self.info.comm
+        out = []
+        for leaf in jax.tree.leaves(store):
+            buf = np.array(leaf)  # writable host copy
+            comm.Bcast(buf, root=0)
+            out.append(jnp.asarray(buf))
+        return jax.tree.unflatten(jax.tree.structure(store), out)
+
+    # -- the step -------------------------------------------------------------------------
+    def _local_grads(self, store: Any, batch: Any, scale: jax.Array) -> tuple[Any, jax.Array]:
+        """Gradient of ``scale * loss`` with respect to the stored parameters, and the loss."""
+
+        def scaled_loss(s: Any) -> tuple[jax.Array, jax.Array]:
+            params = self.layout.unflatten(s) if self.flat else s
+            loss = self.loss_fn(
+                self.policy.cast_to_compute(params), self.policy.cast_to_compute(batch)
+            )
+            loss = jnp.asarray(loss)
+            if loss.shape != ():
+                raise ValueError(f"loss_fn must return a scalar, got shape {loss.shape}")
+            loss = loss.astype(jnp.float32)
+            return loss * scale, loss
+
+        (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(store)
+        return grads, loss
+
+    def _device_grads(self, store: Any, batch: Any, scale: jax.Array) -> tuple[Any, jax.Array]:
+        """Gradients averaged over the local devices (the batch is split along axis 0)."""
+        if self.n_devices == 1:
+            return self._local_grads(store, batch, scale)
+
+        def body(s: Any, b: Any, sc: jax.Array) -> tuple[Any, jax.Array]:
+            g, loss = self._local_grads(s, b, sc)
+            return jax.lax.pmean(g, self.axis), jax.lax.pmean(loss, self.axis)
+
+        return jax.shard_map(
+            body,
+            mesh=self.mesh,
+            in_specs=(P(), P(self.axis), P()),
+            out_specs=(P(), P()),
+        )(store, batch, scale)
+
+    def _process_reduce(
+        self, grads: Any, loss: jax.Array, n_local: int, scale: jax.Array
+    ) -> tuple[Any, jax.Array]:
+        """Mean over processes weighted by batch size, unscaled: (gradients, global loss)."""
+        if self._comm is None:
+            if self.loss_scale is None:
+                return grads, loss
+            inv = 1.0 / scale
+            return jax.tree.map(lambda g: g * inv.astype(g.dtype), grads), loss
+        n = jnp.float32(n_local)
+        weighted = jax.tree.map(lambda g: g * n.astype(g.dtype), grads)
+        stats = jnp.stack([loss * n, n])
+        if self.transfer_dtype is None:
+            weighted, stats = tree_allreduce(
+                (weighted, stats), op="sum", comm=self._comm, bucket_bytes=self.bucket_bytes
+            )
+        else:  # gradients in 16 bits, the loss and batch sizes exactly
+            weighted = tree_allreduce(
+                weighted,
+                op="sum",
+                comm=self._comm,
+                bucket_bytes=self.bucket_bytes,
+                transfer_dtype=self.transfer_dtype,
+            )
+            stats = tree_allreduce(stats, op="sum", comm=self._comm, bucket_bytes=None)
+        inv = 1.0 / (stats[1] * scale)
+        grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), weighted)
+        return grads, stats[0] / stats[1]
+
+    def _apply(self, state: DataParallelState, grads: Any, loss: jax.Array) -> DataParallelState:
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        scale_state = state.loss_scale
+        if self.loss_scale is not None:
+            # the check reads all-reduced values: every rank takes the same branch
+            finite = all_finite(grads) & jnp.isfinite(loss)
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+            scale_state = self.loss_scale.adjust(state.loss_scale, finite)
+        return DataParallelState(params, opt_state, state.step + 1, scale_state)
+
+    def _scale(self, state: DataParallelState) -> jax.Array:
+        return state.loss_scale.scale if self.loss_scale is not None else jnp.float32(1.0)
+
+    def _build(self) -> Callable:
+        if self.layout is None:
+            raise ValueError("call init(params) before step()")
+        hybrid = self.n_devices > 1 and self._comm is not None
+        if not hybrid:
+
+            def fused(state: DataParallelState, batch: Any) -> tuple[DataParallelState, Any]:
+                scale = self._scale(state)
+                grads, loss = self._device_grads(state.params, batch, scale)
+                grads, loss = self._process_reduce(grads, loss, _leading_size(batch), scale)
+                return self._apply(state, grads, loss), loss
+
+            return jax.jit(fused, donate_argnums=0)
+
+        grads_prog = jax.jit(
+            lambda state, batch: self._device_grads(state.params, batch, self._scale(state))
+        )
+        reduce_prog = jax.jit(self._process_reduce, static_argnums=2)
+        apply_prog = jax.jit(self._apply, donate_argnums=0)
+
+        def three_programs(state: DataParallelState, batch: Any) -> tuple[DataParallelState, Any]:
+            grads, loss = grads_prog(state, batch)
+            first = lambda x: x.addressable_data(0)  # noqa: E731  (replicated: any copy)
+            grads, loss = reduce_prog(
+                jax.tree.map(first, grads),
+                first(loss),
+                _leading_size(batch),
+                first(self._scale(state)),
+            )
+            grads, loss = jax.device_put((grads, loss), self._replicated)
+            return apply_prog(state, grads, loss), loss
+
+        return three_programs
+
+    def step(self, state: DataParallelState, batch: Any) -> tuple[DataParallelState, jax.Array]:
+        """One optimizer step on this process's ``batch``; returns (new state, global loss).
+
+        The old ``state``'s buffers are donated (reused in place): keep using the new one.
+        """
+        n = _leading_size(batch)
+        if n % self.n_devices:
+            raise ValueError(
+                f"this process's batch of {n} does not divide over its {self.n_devices} devices"
+            )
+        if self._step_fn is None:
+            self._step_fn = self._build()
+        if self.n_devices > 1:
+            batch = jax.device_put(batch, self._batch_sharding)
+        return self._step_fn(state, batch)
+
+    # -- views ------------------------------------------------------------------------------
+    def params(self, state: DataParallelState) -> Any:
+        """The user's parameter pytree (param dtype) from ``state``."""
+        if not self.flat:
+            return state.params
+        if self.layout is None:
+            raise ValueError("call init(params) first")
+        if self._params_fn is None:
+            self._params_fn = jax.jit(self.layout.unflatten)
+        return self._params_fn(state.params)
+
+    def shard_batch(self, global_batch: Any) -> Any:
+        """This process's block of a global batch (the same on every rank), along axis 0.
+
+        Raises ValueError unless the global batch divides over ``size x local devices``.
+        """
+        n = _leading_size(global_batch)
+        per = self.info.size * self.n_devices
+        if n % per:
+            raise ValueError(
+                f"global batch of {n} does not divide over {self.info.size} processes x "
+                f"{self.n_devices} devices = {per} shards (remainder {n % per})"
+            )
+        k = n // self.info.size
+        sl = slice(self.info.rank * k, (self.info.rank + 1) * k)
+        return jax.tree.map(lambda x: x[sl], global_batch)
+
+
+def data_parallel(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    tx: optax.GradientTransformation,
+    *,
+    info: ProcessInfo | None = None,
+    mesh: Mesh | None = None,
+    bucket_bytes: int | None = None,
+    transfer_dtype: Any = None,
+    policy: Policy | None = None,
+    loss_scale: DynamicLossScale | None = None,
+    flat: bool = True,
+    broadcast_params: bool = True,
+) -> DataParallel:
+    """Build a data-parallel trainer for ``loss_fn(params, batch) -> scalar`` and ``tx``.
+
+    Args:
+      loss_fn: mean loss over the (local) batch; pure, jittable.
+      tx: optax transformation (runs on the flat buffer unless ``flat=False``).
+      info: process info (default ``bootstrap()``: MPI when launched by mpirun/srun).
+      mesh: local device mesh (default: all local devices, axis ``"data"``).
+      bucket_bytes: cross-process message size (``None``: one flat message per dtype; ``0``:
+        one per leaf); see :func:`jaxsci.parallel.tree_allreduce`.
+      transfer_dtype: send gradients as ``jnp.bfloat16`` / ``jnp.float16`` (default: own dtype).
+      policy: mixed precision policy (default all float32).
+      loss_scale: :class:`DynamicLossScale` to scale the loss and skip non-finite steps.
+      flat: keep parameters and optimizer state as flat per-dtype buffers (fast); ``False``
+        keeps the tree (needed for optax transforms that treat leaves differently).
+      broadcast_params: ``init`` copies rank 0's parameter values to every rank.
+    """
+    info = info if info is not None else bootstrap()
+    mesh = mesh if mesh is not None else make_mesh()
+    return DataParallel(
+        loss_fn,
+        tx,
+        info=info,
+        mesh=mesh,
+        bucket_bytes=bucket_bytes,
+        transfer_dtype=transfer_dtype,
+        policy=policy if policy is not None else Policy(),
+        loss_scale=loss_scale,
+        flat=flat,
+        broadcast_params=broadcast_params,
+    )

@@ -1,0 +1,31 @@
+"""A 1-D device mesh over this process's devices, for data parallelism within a node."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+__all__ = ["make_mesh"]
+
+
+def make_mesh(
+    n_devices: int | None = None,
+    *,
+    axis_name: str = "data",
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """Mesh with one axis ``axis_name`` over local devices (GSPMD-style ``Auto`` axis).
+
+    Args:
+      n_devices: use the first ``n_devices`` local devices (default: all of them).
+      axis_name: the mesh axis the batch is split over.
+      devices: explicit devices instead of ``jax.local_devices()``.
+    """
+    pool = list(devices) if devices is not None else jax.local_devices()
+    n = len(pool) if n_devices is None else n_devices
+    if not 1 <= n <= len(pool):
+        raise ValueError(f"n_devices={n_devices} but {len(pool)} local devices are available")
+    return Mesh(np.array(pool[:n]), (axis_name,), axis_types=(AxisType.Auto,))

@@ -1,0 +1,146 @@
+"""Mixed precision: a dtype policy and dynamic loss scaling.
+
+A :class:`Policy` keeps parameters (and the optimizer) in ``param_dtype`` (float32), runs the
+loss function in ``compute_dtype`` (bfloat16 or float16) and returns its output in
+``output_dtype``. float16 has a narrow range, so small gradients underflow: multiply the loss by
+a scale ``S`` before differentiating and divide the gradients by ``S`` afterwards.
+:class:`DynamicLossScale` picks ``S``: halve it and skip the update when a gradient is not
+finite, double it after ``period`` finite steps in a row. In data-parallel training the finite
+check runs on the all-reduced gradients, so every rank skips the same steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DynamicLossScale", "LossScaleState", "Policy", "all_finite", "get_policy"]
+
+_ALIASES = {
+    "f32": "float32",
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "f16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float16": "float16",
+}
+
+
+def _dtype(name: str) -> np.dtype:
+    key = name.strip().lower()
+    if key not in _ALIASES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(set(_ALIASES))}")
+    return np.dtype(jnp.dtype(_ALIASES[key]))
+
+
+def _cast_floats(tree: Any, dtype: np.dtype | None) -> Any:
+    if dtype is None:
+        return tree
+
+    def cast(x: Any) -> Any:
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            return jnp.asarray(x).astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Dtypes for parameters, computation and outputs; ``None`` keeps a leaf's own dtype.
+
+    Only floating leaves are cast. ``Policy()`` changes nothing; ``get_policy("bf16")`` keeps
+    float32 parameters and outputs and computes in bfloat16.
+    """
+
+    param_dtype: np.dtype | None = None
+    compute_dtype: np.dtype | None = None
+    output_dtype: np.dtype | None = None
+
+    def cast_to_param(self, tree: Any) -> Any:
+        return _cast_floats(tree, self.param_dtype)
+
+    def cast_to_compute(self, tree: Any) -> Any:
+        return _cast_floats(tree, self.compute_dtype)
+
+    def cast_to_output(self, tree: Any) -> Any:
+        return _cast_floats(tree, self.output_dtype)
+
+
+def get_policy(spec: str) -> Policy:
+    """Policy from a string: ``"float32"``, ``"bf16"`` / ``"fp16"`` (float32 params and outputs,
+    16-bit compute), or ``"params=float32,compute=bfloat16,output=float32"``."""
+    if "=" not in spec:
+        f32 = np.dtype(np.float32)
+        return Policy(param_dtype=f32, compute_dtype=_dtype(spec), output_dtype=f32)
+    fields = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ("params", "compute", "output"):
+            raise ValueError(
+                f"bad policy field {part!r} in {spec!r}: use params=, compute=, output="
+            )
+        fields[key] = _dtype(value)
+    return Policy(
+        param_dtype=fields.get("params", np.dtype(np.float32)),
+        compute_dtype=fields.get("compute", np.dtype(np.float32)),
+        output_dtype=fields.get("output", np.dtype(np.float32)),
+    )
+
+
+class LossScaleState(NamedTuple):
+    """Current scale (float32 scalar) and the number of finite steps since the last change."""
+
+    scale: jax.Array
+    good_steps: jax.Array
+
+
+@dataclass(frozen=True)
+class DynamicLossScale:
+    """Dynamic loss scaling (as in NVIDIA Apex / jmp).
+
+    Attributes:
+      initial: starting scale (2**15).
+      factor: multiply/divide the scale by this (2).
+      period: finite steps in a row before growing the scale (2000).
+      min_scale: the scale never drops below this (1).
+    """
+
+    initial: float = 2.0**15
+    factor: float = 2.0
+    period: int = 2000
+    min_scale: float = 1.0
+
+    def init(self) -> LossScaleState:
+        return LossScaleState(jnp.float32(self.initial), jnp.int32(0))
+
+    def adjust(self, state: LossScaleState, finite: jax.Array) -> LossScaleState:
+        """Next state after a step whose reduced gradients were ``finite`` (bool scalar)."""
+        grow = finite & (state.good_steps + 1 >= self.period)
+        scale = jnp.where(
+            finite,
+            jnp.where(grow, state.scale * self.factor, state.scale),
+            jnp.maximum(state.scale / self.factor, self.min_scale),
+        )
+        good = jnp.where(finite & ~grow, state.good_steps + 1, 0)
+        return LossScaleState(scale.astype(jnp.float32), good.astype(jnp.int32))
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True if every element of every floating leaf is finite (bool scalar)."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    if not checks:
+        return jnp.bool_(True)
+    return jnp.stack(checks).all()

@@ -1,0 +1,376 @@
+"""data_parallel: equal to single-process training, mixed precision, loss scaling, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsci.parallel import (
+    DynamicLossScale,
+    ProcessInfo,
+    bootstrap,
+    data_parallel,
+    get_policy,
+    make_mesh,
+)
+
+N_STEPS = 20
+
+
+def _init(key, widths=(6, 12, 12, 1)):
+    params = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        key, sub = jax.random.split(key)
+        params.append({"w": jax.random.normal(sub, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)})
+    return params
+
+
+def _loss(params, batch):
+    x, y = batch
+    h = x
+    for i, p in enumerate(params):
+        h = h @ p["w"] + p["b"]
+        if i < len(params) - 1:
+            h = jnp.tanh(h)
+    return jnp.mean((h - y.astype(h.dtype)) ** 2)
+
+
+def _data(n_steps=N_STEPS, batch=16):
+    x = jax.random.normal(jax.random.key(1), (n_steps, batch, 6))
+    return x, jnp.sin(x.sum(-1, keepdims=True))
+
+
+def _reference(tx, n_steps=N_STEPS):
+    """Plain single-process optax training on the whole (global) batch."""
+    params, opt = _init(jax.random.key(0)), None
+    opt = tx.init(params)
+    x, y = _data(n_steps)
+
+    @jax.jit
+    def step(p, o, b):
+        loss, g = jax.value_and_grad(_loss)(p, b)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    losses = []
+    for s in range(n_steps):
+        params, opt, loss = step(params, opt, (x[s], y[s]))
+        losses.append(float(loss))
+    return params, np.array(losses)
+
+
+def _train(dp, n_steps=N_STEPS, params=None):
+    state = dp.init(params if params is not None else _init(jax.random.key(0)))
+    x, y = _data(n_steps)
+    losses = []
+    for s in range(n_steps):
+        state, loss = dp.step(state, dp.shard_batch((x[s], y[s])))
+        losses.append(float(loss))
+    return state, np.array(losses)
+
+
+def _max_diff(a, b):
+    return max(
+        float(jnp.max(jnp.abs(x - y)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+TXS = {"sgd": optax.sgd(0.1), "adam": optax.adam(1e-2), "adamw_clip": None}
+
+
+def _tx(name):
+    if name == "adamw_clip":
+        return optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(1e-2, weight_decay=1e-2))
+    return TXS[name]
+
+
+# -- single process --------------------------------------------------------------------------
+@pytest.mark.parametrize("txname", ["sgd", "adam", "adamw_clip"])
+@pytest.mark.parametrize("flat", [True, False])
+def test_single_process_equals_plain_optax(txname, flat):
+    ref_params, ref_losses = _reference(_tx(txname))
+    dp = data_parallel(_loss, _tx(txname), flat=flat, mesh=make_mesh(1))
+    state, losses = _train(dp)
+    assert _max_diff(dp.params(state), ref_params) < 1e-5
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    assert int(state.step) == N_STEPS
+    if flat:
+        assert len(state.params) == 1 and state.params[0].ndim == 1  # one float32 buffer
+
+
+def test_params_view_round_trips_and_keeps_dtypes():
+    params = {"a": jnp.ones((2, 3)), "b": jnp.arange(4, dtype=jnp.bfloat16), "c": jnp.zeros(())}
+    dp = data_parallel(lambda p, b: jnp.sum(b) * 0.0, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(params)
+    assert [x.dtype for x in state.params] == [jnp.float32, jnp.bfloat16]  # one buffer per dtype
+    back = dp.params(state)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_mixed_precision_policy_computes_in_bf16_keeps_fp32_params():
+    seen = []
+
+    def loss(params, batch):
+        seen.append((params[0]["w"].dtype, batch[0].dtype))
+        return _loss(params, batch)
+
+    dp = data_parallel(loss, optax.adam(1e-2), policy=get_policy("bf16"), mesh=make_mesh(1))
+    state, losses = _train(dp)
+    assert seen[0] == (jnp.bfloat16, jnp.bfloat16)
+    assert state.params[0].dtype == jnp.float32
+    _, ref_losses = _reference(optax.adam(1e-2))
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=0.05, atol=0.02)  # bf16 rounding
+
+
+def test_policy_parsing():
+    p = get_policy("params=float32,compute=float16,output=float32")
+    assert p.compute_dtype == np.float16 and p.param_dtype == np.float32
+    assert get_policy("fp32").compute_dtype == np.float32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        get_policy("float8")
+    with pytest.raises(ValueError, match="bad policy field"):
+        get_policy("weights=float32")
+
+
+def test_dynamic_loss_scale_rules():
+    ls = DynamicLossScale(initial=8.0, factor=2.0, period=3, min_scale=2.0)
+    s = ls.init()
+    for _ in range(2):
+        s = ls.adjust(s, jnp.bool_(True))
+    assert float(s.scale) == 8.0 and int(s.good_steps) == 2
+    s = ls.adjust(s, jnp.bool_(True))
+    assert float(s.scale) == 16.0 and int(s.good_steps) == 0
+    s = ls.adjust(ls.adjust(ls.adjust(s, jnp.bool_(False)), jnp.bool_(False)), jnp.bool_(False))
+    assert float(s.scale) == 2.0  # halved three times, floored at min_scale
+
+
+def test_loss_scaling_skips_overflow_and_matches_unscaled_training():
+    tx = optax.adam(1e-2)
+    ls = DynamicLossScale(initial=2.0**10, period=5)
+    dp = data_parallel(_loss, tx, loss_scale=ls, mesh=make_mesh(1))
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(4)
+    state, _ = dp.step(state, (x[0], y[0]))
+    before = dp.params(state)
+    bad_x = x[1].at[3, 2].set(jnp.inf)  # tanh saturates: finite loss, non-finite gradient
+    state, _ = dp.step(state, (bad_x, y[1]))
+    assert _max_diff(dp.params(state), before) == 0.0  # skipped
+    assert float(state.loss_scale.scale) == 2.0**9
+    state, _ = dp.step(state, (x[2], y[2]))
+    # the same as unscaled training that never saw the bad batch
+    ref = data_parallel(_loss, tx, mesh=make_mesh(1))
+    rs = ref.init(_init(jax.random.key(0)))
+    for s in (0, 2):
+        rs, _ = ref.step(rs, (x[s], y[s]))
+    assert _max_diff(dp.params(state), ref.params(rs)) < 1e-6
+
+
+def test_fp16_compute_with_loss_scaling_trains():
+    dp = data_parallel(
+        _loss,
+        optax.adam(1e-2),
+        policy=get_policy("fp16"),
+        loss_scale=DynamicLossScale(initial=2.0**20, period=10),
+        mesh=make_mesh(1),
+    )
+    state, losses = _train(dp)
+    assert float(state.loss_scale.scale) < 2.0**20  # overflowed at first and backed off
+    assert np.isfinite(losses[-1]) and losses[-1] < np.nanmax(losses[np.isfinite(losses)])
+
+
+def test_bad_inputs_raise_clear_errors():
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    with pytest.raises(ValueError, match="call init"):
+        dp.step(None, _data(1))
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(1)
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        dp.step(state, (x[0], y[0, :5]))
+    with pytest.raises(ValueError, match="only floating parameters"):
+        data_parallel(_loss, optax.sgd(0.1)).init({"n": jnp.arange(3)})
+    solo4 = data_parallel(
+        _loss, optax.sgd(0.1), info=ProcessInfo(0, 4, 1), mesh=make_mesh(1)
+    )  # a 4-rank job, seen from rank 0
+    with pytest.raises(ValueError, match="does not divide over 4 processes"):
+        solo4.shard_batch((x[0][:10], y[0][:10]))
+    with pytest.raises(ValueError, match="scalar"):
+        bad = data_parallel(lambda p, b: b[0] @ p[0]["w"], optax.sgd(0.1), mesh=make_mesh(1))
+        bad.step(bad.init(_init(jax.random.key(0))), (x[0], y[0]))
+
+
+# -- 4 simulated devices ---------------------------------------------------------------------
+@pytest.mark.multidevice
+@pytest.mark.parametrize("flat", [True, False])
+def test_four_devices_equal_one_device(flat):
+    ref_params, ref_losses = _reference(optax.adam(1e-2))
+    dp = data_parallel(_loss, optax.adam(1e-2), mesh=make_mesh(4), flat=flat)
+    state, losses = _train(dp)
+    assert _max_diff(dp.params(state), ref_params) < 1e-5
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 4  # replicated
+
+
+@pytest.mark.multidevice
+def test_batch_not_dividing_over_devices_raises():
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(4))
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(1)
+    with pytest.raises(ValueError, match="batch of 6 does not divide over its 4 devices"):
+        dp.step(state, (x[0, :6], y[0, :6]))
+    with pytest.raises(ValueError, match="does not divide over 1 processes x 4 devices"):
+        dp.shard_batch((x[0, :6], y[0, :6]))
+
+
+@pytest.mark.multidevice
+def test_four_devices_loss_scaling_skip():
+    dp = data_parallel(
+        _loss, optax.sgd(0.1), mesh=make_mesh(4), loss_scale=DynamicLossScale(initial=4.0)
+    )
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(1)
+    before = dp.params(state)
+    state, _ = dp.step(state, (x[0].at[13, 0].set(jnp.nan), y[0]))  # NaN on device 3 only
+    assert _max_diff(dp.params(state), before) == 0.0
+    assert float(state.loss_scale.scale) == 2.0
+
+
+# -- 2 MPI ranks -----------------------------------------------------------------------------
+def _world():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def _same_on_all_ranks(tree):
+    blobs = _world().allgather([np.asarray(x).tobytes() for x in jax.tree.leaves(tree)])
+    return all(b == blobs[0] for b in blobs)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    ("txname", "bucket_bytes", "flat"),
+    [("sgd", None, True), ("adam", None, True), ("adam", 256, True), ("adamw_clip", 0, False)],
+)
+def test_two_ranks_equal_single_process_on_concatenated_batch(txname, bucket_bytes, flat):
+    ref_params, ref_losses = _reference(_tx(txname))
+    dp = data_parallel(_loss, _tx(txname), bucket_bytes=bucket_bytes, flat=flat, mesh=make_mesh(1))
+    assert dp.info.size == 2
+    state, losses = _train(dp)
+    params = dp.params(state)
+    assert _max_diff(params, ref_params) < 1e-5
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    assert _same_on_all_ranks(params)
+
+
+@pytest.mark.mpi
+def test_two_ranks_unequal_local_batches_are_weighted():
+    """3 samples on rank 0 and 5 on rank 1 give the gradient of the mean over all 8."""
+    ref_params, ref_losses = _reference(optax.sgd(0.1), n_steps=5)
+    rank = _world().Get_rank()
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(5)
+    x, y = x[:, :8], y[:, :8]
+    ref_params, _ = _reference_on(x, y, optax.sgd(0.1))
+    part = slice(0, 3) if rank == 0 else slice(3, 8)
+    for s in range(5):
+        state, _ = dp.step(state, (x[s, part], y[s, part]))
+    assert _max_diff(dp.params(state), ref_params) < 1e-5
+
+
+def _reference_on(x, y, tx):
+    params = _init(jax.random.key(0))
+    opt = tx.init(params)
+    for s in range(x.shape[0]):
+        loss, g = jax.value_and_grad(_loss)(params, (x[s], y[s]))
+        u, opt = tx.update(g, opt, params)
+        params = optax.apply_updates(params, u)
+    return params, opt
+
+
+@pytest.mark.mpi
+def test_two_ranks_16bit_gradient_transfer_stays_close():
+    ref_params, _ = _reference(optax.adam(1e-2))
+    dp = data_parallel(_loss, optax.adam(1e-2), transfer_dtype=jnp.bfloat16, mesh=make_mesh(1))
+    state, losses = _train(dp)
+    assert _max_diff(dp.params(state), ref_params) < 2e-2
+    assert _same_on_all_ranks(dp.params(state))
+
+
+@pytest.mark.mpi
+def test_two_ranks_overflow_on_one_rank_skips_on_every_rank():
+    rank = _world().Get_rank()
+    ls = DynamicLossScale(initial=2.0**8, period=100)
+    dp = data_parallel(_loss, optax.adam(1e-2), loss_scale=ls, mesh=make_mesh(1))
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(3)
+    state, _ = dp.step(state, dp.shard_batch((x[0], y[0])))
+    before = dp.params(state)
+    bx, by = dp.shard_batch((x[1], y[1]))
+    if rank == 1:
+        bx = bx.at[0, 0].set(jnp.inf)  # only rank 1 overflows
+    state, _ = dp.step(state, (bx, by))
+    assert _max_diff(dp.params(state), before) == 0.0  # skipped here, and (below) everywhere
+    assert float(state.loss_scale.scale) == 2.0**7
+    state, _ = dp.step(state, dp.shard_batch((x[2], y[2])))
+    assert _same_on_all_ranks(dp.params(state))
+    assert _same_on_all_ranks(state.loss_scale)
+    assert _world().allgather(int(state.step)) == [3, 3]
+
+
+@pytest.mark.mpi
+def test_two_ranks_disagreeing_trees_fail_on_every_rank():
+    rank = _world().Get_rank()
+    widths = (6, 12, 1) if rank == 0 else (6, 13, 1)
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    with pytest.raises(ValueError, match=r"ranks disagree on the parameter tree.*\[0\], \[1\]"):
+        dp.init(_init(jax.random.key(0), widths))
+    extra = _init(jax.random.key(0)) + ([{"w": jnp.ones((1, 1))}] if rank == 1 else [])
+    with pytest.raises(ValueError, match="rank 0 has 6 leaves, rank 1 has 7"):
+        dp.init(extra)
+
+
+@pytest.mark.mpi
+def test_two_ranks_non_dividing_global_batch_fails_on_every_rank():
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    x, y = _data(1)
+    with pytest.raises(ValueError, match="global batch of 7 does not divide over 2 processes"):
+        dp.shard_batch((x[0, :7], y[0, :7]))
+
+
+@pytest.mark.mpi
+def test_init_broadcasts_rank0_values():
+    rank = _world().Get_rank()
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(_init(jax.random.key(rank)))  # different values on each rank
+    assert _same_on_all_ranks(dp.params(state))
+    assert _max_diff(dp.params(state), _init(jax.random.key(0))) == 0.0
+
+
+@pytest.mark.mpi
+def test_two_ranks_checkpoint_resume_reproduces_run(tmp_path):
+    from jaxsci.train import Checkpointer
+
+    directory = _world().bcast(str(tmp_path / "ck"), root=0)
+    tx = optax.adam(1e-2)
+    dp = data_parallel(_loss, tx, mesh=make_mesh(1))
+    full, _ = _train(dp, n_steps=8)
+    x, y = _data(8)
+    with Checkpointer(directory, every=3, info=bootstrap()) as ck:
+        state = dp.init(_init(jax.random.key(0)))
+        for s in range(5):  # stops after 5 steps; checkpoint at 3
+            state, _ = dp.step(state, dp.shard_batch((x[s], y[s])))
+            ck.save(s + 1, state)
+    dp2 = data_parallel(_loss, tx, mesh=make_mesh(1))
+    with Checkpointer(directory, info=bootstrap()) as ck:
+        state, start = ck.resume(dp2.init(_init(jax.random.key(9))))
+    assert start == 3
+    for s in range(start, 8):
+        state, _ = dp2.step(state, dp2.shard_batch((x[s], y[s])))
+    assert _max_diff(dp2.params(state), dp.params(full)) == 0.0
