@@ -1,0 +1,368 @@
+"""Anderson acceleration (jaxsci.optim): NumPy reference, optax contract, safeguard, noise test."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsci.optim import aadl_statistic, anderson, scale_by_anderson, step_rsd
+
+
+def numpy_anderson(x0, fixed_point_update, steps, m, reg, beta):
+    """Plain textbook type-II Anderson on x -> x + u(x) (the oracle)."""
+    x = np.array(x0, np.float64)
+    xs, us, traj = [], [], [x.copy()]
+    for _ in range(steps):
+        u = fixed_point_update(x)
+        xs.append(x.copy())
+        us.append(u.copy())
+        xs, us = xs[-(m + 1) :], us[-(m + 1) :]
+        if len(xs) == 1:
+            x = x + u
+        else:
+            dx = np.diff(np.array(xs), axis=0).T
+            df = np.diff(np.array(us), axis=0).T
+            if reg == 0:  # plain least squares, solved stably
+                gamma = np.linalg.lstsq(df, u, rcond=None)[0]
+            else:
+                gram = df.T @ df
+                lam = reg * np.trace(gram) / len(gram)
+                gamma = np.linalg.solve(gram + lam * np.eye(len(gram)), df.T @ u)
+            x = x + beta * u - (dx + beta * df) @ gamma
+        traj.append(x.copy())
+    return np.array(traj)
+
+
+def linear_problem(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    h = q @ np.diag(np.logspace(0, -2, n)) @ q.T
+    b = rng.normal(size=n)
+    lr = 1.0
+    return (lambda x: -lr * (h @ x - b)), h, b
+
+
+def run_transform(opt, x0, update_np, steps, with_value=None):
+    """Drive an optax transform on a dict pytree {'a': x[:k], 'b': x[k:]}; return iterates."""
+    k = len(x0) // 3
+    split = lambda x: {"a": x[:k], "b": x[k:].reshape(-1, 1)}
+    join = lambda p: jnp.concatenate([p["a"], p["b"].reshape(-1)])
+    params = split(jnp.asarray(x0))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, u):
+        extra = {} if with_value is None else {"value": with_value(join(params))}
+        upd, state = opt.update(split(u), state, params, **extra)
+        return optax.apply_updates(params, upd), state
+
+    traj = [np.asarray(join(params))]
+    for _ in range(steps):
+        u = jnp.asarray(update_np(np.asarray(join(params), np.float64)), jnp.float64)
+        params, state = step(params, state, u)
+        traj.append(np.asarray(join(params)))
+    return np.array(traj), state
+
+
+@pytest.mark.parametrize("m,beta", [(1, 1.0), (3, 1.0), (4, 0.7)])
+def test_window_matches_numpy_reference_step_by_step(m, beta):
+    upd, _, _ = linear_problem()
+    x0 = np.zeros(12)
+    ref = numpy_anderson(x0, upd, 25, m, reg=1e-9, beta=beta)
+    with jax.enable_x64(True):
+        opt = scale_by_anderson(
+            m, history="window", regularization=1e-9, beta=beta, safeguard=False, average=False
+        )
+        got, state = run_transform(opt, x0, upd, 25)
+    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9)
+    assert int(state.n_accelerated) == 24
+
+
+def test_orthogonal_history_equals_textbook_with_full_memory():
+    upd, _, _ = linear_problem(seed=1)
+    x0 = np.ones(12)
+    steps = 10  # memory never fills: the orthogonal basis spans the same secants
+    ref = numpy_anderson(x0, upd, steps, 20, reg=0.0, beta=1.0)
+    with jax.enable_x64(True):
+        opt = scale_by_anderson(20, regularization=0.0, safeguard=False, average=False)
+        got, _ = run_transform(opt, x0, upd, steps)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_orthogonal_history_beats_window_when_memory_is_full():
+    upd, h, b = linear_problem(n=60, seed=2)
+    xstar = np.linalg.solve(h, b)
+    x0 = np.zeros(60)
+    with jax.enable_x64(True):
+        errs = {}
+        for hist in ("orthogonal", "window"):
+            opt = scale_by_anderson(3, history=hist, safeguard=False, average=False)
+            traj, _ = run_transform(opt, x0, upd, 60)
+            errs[hist] = np.linalg.norm(traj[-1] - xstar)
+    assert errs["orthogonal"] < 1e-3 * np.linalg.norm(xstar)
+    assert errs["orthogonal"] < errs["window"]
+
+
+def quadratic(dtype=jnp.float32):
+    d = jnp.logspace(0, -2, 20).astype(dtype)
+    target = {"w": jnp.arange(20, dtype=dtype) / 20, "b": jnp.ones((2, 3), dtype)}
+
+    def loss(p):
+        return 0.5 * jnp.sum(d * (p["w"] - target["w"]) ** 2) + 0.5 * jnp.sum(
+            (p["b"] - target["b"]) ** 2
+        )
+
+    params = {"w": jnp.zeros(20, dtype), "b": jnp.zeros((2, 3), dtype)}
+    return loss, params
+
+
+def train(opt, loss, params, steps, with_value=True):
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        v, g = jax.value_and_grad(loss)(params)
+        extra = {"value": v} if with_value else {}
+        upd, state = opt.update(g, state, params, **extra)
+        return optax.apply_updates(params, upd), state, v
+
+    for _ in range(steps):
+        params, state, _ = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_contract_jit_pytree_dtypes_shape_dtype_struct(x64, dtype):
+    if dtype == "float64" and not x64:
+        pytest.skip("float64 params need x64")
+    with jax.enable_x64(x64):
+        loss, params = quadratic(jnp.dtype(dtype))
+        opt = anderson(optax.sgd(1.0), memory=5)
+        abstract = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+        s_abs = opt.init(abstract)
+        s_real = opt.init(params)
+        assert jax.tree_util.tree_structure(s_abs) == jax.tree_util.tree_structure(s_real)
+        final, state = train(opt, loss, params, 60)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(params), strict=True
+        ):
+            assert a.dtype == b.dtype and a.shape == b.shape
+        assert float(loss(final)) < 1e-6
+        assert int(state.anderson_state.count) == 60
+        assert int(state.anderson_state.n_accelerated) > 0
+        # Plain gradient descent at the same step is far from converged.
+        plain, _ = train(optax.sgd(1.0), loss, params, 60, with_value=False)
+        assert float(loss(plain)) > 100 * float(loss(final))
+
+
+def test_chain_with_clipping_and_schedule_last_element():
+    loss, params = quadratic()
+    sched = optax.linear_schedule(0.5, 1.0, 10)
+    inner = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(sched))
+    chained = optax.chain(inner, scale_by_anderson(5))
+    wrapped = anderson(inner, 5)
+    for opt in (chained, wrapped):
+        final, state = train(opt, loss, params, 80)
+        assert float(loss(final)) < 1e-6
+    # Without extra args (no value): descent-checked extrapolation still converges.
+    final, _ = train(chained, loss, params, 80, with_value=False)
+    assert float(loss(final)) < 1e-6
+
+
+def test_safeguard_rolls_back_a_bad_extrapolation():
+    loss, params = quadratic()
+    inner = optax.sgd(0.5, momentum=0.5)
+    opt = anderson(inner, 3)
+    state = opt.init(params)
+    step_ = jax.jit(lambda g, s, p, v: opt.update(g, s, p, value=v))
+    for _ in range(4):
+        v, g = jax.value_and_grad(loss)(params)
+        upd, state = step_(g, state, params, v)
+        params = optax.apply_updates(params, upd)
+    assert bool(state.anderson_state.pending)  # last step extrapolated
+    before = state
+    expected = optax.apply_updates(params, before.anderson_state.rollback)
+    # Report a loss far above the recent ones: the extrapolated point must be rejected.
+    g = jax.grad(loss)(params)
+    upd, state = step_(g, state, params, jnp.float32(1e6))
+    back = optax.apply_updates(params, upd)
+    a = state.anderson_state
+    assert bool(a.rejected) and int(a.n_rejected) == 1 and not bool(a.pending)
+    assert int(a.next_try) > int(a.count)  # acceleration pauses (back-off)
+    assert not bool(jnp.any(a.valid))  # history reset
+    for x, y in zip(
+        jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(expected), strict=True
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    # The inner (momentum) state did not see the gradient at the rejected point.
+    for x, y in zip(
+        jax.tree_util.tree_leaves(state.inner_state),
+        jax.tree_util.tree_leaves(before.inner_state),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+    # The plain point equals what the inner optimizer proposed before extrapolating:
+    # x_prev + u_prev.
+    plain = optax.apply_updates(before.anderson_state.x_prev, before.anderson_state.u_prev)
+    for x, y in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    # A good loss afterwards is accepted and training continues.
+    v, g = jax.value_and_grad(loss)(back)
+    upd, state = step_(g, state, back, v)
+    assert not bool(state.anderson_state.rejected)
+
+
+def test_anderson_on_adam_is_stable_on_rosenbrock():
+    def rosen(p):
+        x = p["x"]
+        return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+    params = {"x": jnp.full((6,), -1.0, jnp.float32)}
+    base, _ = train(optax.adam(1e-2), rosen, params, 400, with_value=False)
+    for mem in (5, 10):
+        final, state = train(anderson(optax.adam(1e-2), mem), rosen, params, 400)
+        assert np.isfinite(float(rosen(final)))
+        assert float(rosen(final)) <= 1.05 * float(rosen(base))
+
+
+def feed(opt, params, steps_list):
+    state = opt.init(params)
+    upd_fn = jax.jit(opt.update)
+    for u in steps_list:
+        upd, state = upd_fn(u, state, params)
+        params = optax.apply_updates(params, upd)
+    return state
+
+
+def test_moving_average_switches_on_for_noise_and_off_for_smooth():
+    n = 50
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.full((n,), 100.0, jnp.float32)}  # large offset: AADL's test is blind
+    noisy = [{"w": jnp.asarray(1e-3 * rng.normal(size=n), jnp.float32)} for _ in range(60)]
+    direction = rng.normal(size=n)
+    smooth = [{"w": jnp.asarray(1e-3 * 0.97**k * direction, jnp.float32)} for k in range(60)]
+    opt = scale_by_anderson(5, average=True, average_window=10)
+    s_early = feed(opt, params, noisy[:20])  # the noise test needs a window of steps
+    s_noisy = feed(opt, params, noisy)
+    s_smooth = feed(opt, params, smooth)
+    assert int(s_noisy.n_averaged) > 0 and float(s_noisy.rsd) > np.sqrt(5)
+    # Noise: (almost) no extrapolation once the test has seen a window of steps.
+    assert int(s_noisy.n_accelerated) - int(s_early.n_accelerated) <= 4
+    assert int(s_smooth.n_averaged) == 0 and float(s_smooth.rsd) < 0.5
+    # The window statistics agree; AADL's max(std)/max(mean) never sees the noise.
+    steps = np.stack([np.asarray(u["w"]) for u in noisy[-10:]])
+    iterates = 100.0 + np.cumsum(steps, axis=0)
+    assert float(step_rsd(steps)) > np.sqrt(5)
+    assert float(aadl_statistic(iterates)) < 0.1
+    # Scale-free: rescaling the steps leaves the statistic unchanged.
+    np.testing.assert_allclose(step_rsd(1e3 * steps), step_rsd(steps), rtol=1e-5)
+
+
+def test_moving_average_jumps_closer_to_the_minimum_of_noisy_sgd():
+    # SGD on 0.5 ||x||^2 with gradient noise: iterates fluctuate about x* = 0.
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(120, 16)).astype(np.float32)
+    opt = scale_by_anderson(3, average_window=8, average=True)
+    x = {"w": jnp.full((16,), 3.0, jnp.float32)}
+    state = opt.init(x)
+    upd_fn = jax.jit(opt.update)
+    at_avg, other = [], []
+    for k in range(120):
+        u = {"w": -0.3 * (x["w"] + jnp.asarray(noise[k]))}
+        before = int(state.n_averaged)
+        upd, state = upd_fn(u, state, x)
+        x = optax.apply_updates(x, upd)
+        if k >= 40:
+            dist = float(jnp.linalg.norm(x["w"]))
+            (at_avg if int(state.n_averaged) > before else other).append(dist)
+    assert len(at_avg) >= 5
+    # The average of a window of iterates sits much closer to x* than single iterates.
+    assert np.mean(at_avg) < 0.75 * np.mean(other)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"memory": 0}, "memory"),
+        ({"memory": -3}, "memory"),
+        ({"memory": 2.5}, "memory"),
+        ({"regularization": -1e-3}, "regularization"),
+        ({"beta": 0.0}, "beta"),
+        ({"frequency": 0}, "frequency"),
+        ({"history": "qr"}, "history"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        scale_by_anderson(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        anderson(optax.sgd(0.1), **kwargs)
+
+
+def test_mismatched_pytrees_raise():
+    loss, params = quadratic()
+    opt = anderson(optax.sgd(0.1), 3)
+    state = opt.init(params)
+    g = jax.grad(loss)(params)
+    with pytest.raises(ValueError, match="structure"):
+        opt.update({"w": g["w"]}, state, params)
+    with pytest.raises(ValueError, match="shape"):
+        opt.update({"w": g["w"][:5], "b": g["b"]}, state, params)
+    other = {"w": params["w"], "c": params["b"]}
+    with pytest.raises(ValueError, match="structure"):
+        opt.update(other, opt.init(other), params)
+    with pytest.raises(ValueError, match="params"):
+        opt.update(g, state)
+    with pytest.raises(ValueError, match="scalar"):
+        opt.update(g, state, params, value=jnp.ones(3))
+    with pytest.raises(ValueError, match="floating"):
+        opt.init({"i": jnp.zeros(3, jnp.int32)})
+
+
+def test_deterministic_state():
+    loss, params = quadratic()
+    opt = anderson(optax.adam(0.05), 5)
+    a = train(opt, loss, params, 15)
+    b = train(opt, loss, params, 15)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.multidevice
+def test_sharded_params_match_single_device():
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    # Like CG, windowed AA amplifies rounding differences (here ~10x per step once the
+    # memory is full), so sharded and single-device runs agree to rounding for the first
+    # steps (float64) and in loss afterwards.
+    with jax.enable_x64(True):
+        mesh = jax.make_mesh((4,), ("d",), axis_types=(AxisType.Auto,))
+        rng = np.random.default_rng(0)
+        a = jnp.asarray(rng.normal(size=(64, 32)) * np.logspace(0, -1.0, 32))
+        b = jnp.asarray(rng.normal(size=64))
+
+        def loss(p):
+            return 0.5 * jnp.mean((a @ p["w"].reshape(-1) + p["c"] - b) ** 2)
+
+        lr = 1.0 / (float(jnp.linalg.eigvalsh(a.T @ a / 64).max()) + 1.0)
+        params = {"w": jnp.zeros((8, 4)), "c": jnp.zeros(())}
+        opt = anderson(optax.sgd(lr), 5)
+        single, s_state = train(opt, loss, params, 8)
+        shard = {
+            "w": jax.device_put(params["w"], NamedSharding(mesh, PartitionSpec("d", None))),
+            "c": jax.device_put(params["c"], NamedSharding(mesh, PartitionSpec())),
+        }
+        state0 = opt.init(shard)
+        s_hist = state0.anderson_state.s_hist["w"]
+        assert s_hist.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "d")), 3)
+        multi, m_state = train(opt, loss, shard, 8)
+        assert multi["w"].sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("d")), 2)
+        np.testing.assert_allclose(multi["w"], single["w"], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(multi["c"], single["c"], rtol=1e-7, atol=1e-9)
+        n_acc = int(m_state.anderson_state.n_accelerated)
+        assert n_acc == int(s_state.anderson_state.n_accelerated) > 0
+        single, _ = train(opt, loss, params, 40)
+        multi, _ = train(opt, loss, shard, 40)
+        np.testing.assert_allclose(loss(multi), loss(single), rtol=1e-3)
