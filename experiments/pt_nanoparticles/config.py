@@ -48,9 +48,14 @@ class Config:
     n_targets: int = 12  # target energies, evenly spaced over target_range
     samples_per_target: int = 3
     target_range: tuple[float, float] = (0.05, 0.95)  # quantiles of relaxed training energies
-    size_neighbours: int = 5  # N drawn from the sizes of the k relaxed clusters nearest in E
-    reconstruct_starts: int = 4
-    reconstruct_steps: int = 300
+    # sizes generated at: n_generation_sizes values evenly spaced over the data's size range;
+    # a target energy gets the size whose mean relaxed training energy is nearest to it.
+    # Few distinct sizes keep reconstruction cheap (it compiles once per size).
+    n_generation_sizes: int = 4
+    reconstruct_starts: int = 4  # parallel starts per structure
+    reconstruct_rounds: int = 5  # basin-hopping rounds (jaxsci.reconstruct max_rounds)
+    reconstruct_steps_per_round: int = 40
+    reconstruct_time_limit: float = 20.0  # s per structure
     relax_fmax: float = 0.05  # eV/A
     relax_steps: int = 1000
     novelty_tol: float = 0.02  # A, mean |sorted pair distance difference|
@@ -74,9 +79,10 @@ class Config:
             "checkpoint_every": self.checkpoint_every,
             "n_targets": self.n_targets,
             "samples_per_target": self.samples_per_target,
-            "size_neighbours": self.size_neighbours,
+            "n_generation_sizes": self.n_generation_sizes,
             "reconstruct_starts": self.reconstruct_starts,
-            "reconstruct_steps": self.reconstruct_steps,
+            "reconstruct_rounds": self.reconstruct_rounds,
+            "reconstruct_steps_per_round": self.reconstruct_steps_per_round,
             "relax_steps": self.relax_steps,
         }
         for name, value in positive.items():
@@ -91,6 +97,10 @@ class Config:
         lo, hi = self.target_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"target_range must be quantiles 0 <= lo <= hi <= 1, got {lo, hi}")
+        if self.reconstruct_time_limit <= 0:
+            raise ValueError(
+                f"reconstruct_time_limit must be > 0 s, got {self.reconstruct_time_limit}"
+            )
         if self.relax_fmax <= 0 or self.novelty_tol <= 0:
             raise ValueError("relax_fmax and novelty_tol must be > 0")
         if not self.run_name or "/" in self.run_name:
@@ -121,8 +131,9 @@ def tiny_config(**changes) -> Config:
         checkpoint_every=10,
         n_targets=4,
         samples_per_target=2,
+        n_generation_sizes=1,
         reconstruct_starts=2,
-        reconstruct_steps=150,
+        reconstruct_rounds=2,
         n_plot_clusters=2,
         n_workers=1,
         progress=False,

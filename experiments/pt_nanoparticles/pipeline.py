@@ -14,7 +14,8 @@
 
 The CVAE models sorted per-feature ACSF columns read at fixed quantiles (see
 ``representation``), conditioned on (energy per atom, N). For a target energy, N is drawn
-from the sizes of the relaxed training clusters nearest in energy (p(N | E) of the data).
+as the generation size whose mean relaxed training energy is nearest (see
+:func:`choose_targets`).
 """
 
 from __future__ import annotations
@@ -157,39 +158,49 @@ def train_cvae(
 # --------------------------------------------------------------------------- generation
 
 
-def choose_targets(config: Config, energies: np.ndarray, sizes: np.ndarray, relaxed: np.ndarray):
-    """Target energies (evenly spaced over quantiles of relaxed training energies) and a size
-    for every sample, drawn from the ``size_neighbours`` relaxed clusters nearest in energy.
+def generation_sizes(config: Config, sizes: np.ndarray) -> np.ndarray:
+    """``n_generation_sizes`` sizes evenly spaced over the range, snapped to sizes in the data."""
+    present = np.unique(sizes)
+    wanted = np.linspace(present.min(), present.max(), config.n_generation_sizes)
+    return np.unique([present[np.argmin(np.abs(present - w))] for w in wanted])
 
-    Returns ``(targets [n_targets], sample_targets [S], sample_sizes [S])``.
+
+def choose_targets(config: Config, energies: np.ndarray, sizes: np.ndarray, relaxed: np.ndarray):
+    """Target energies and a cluster size for every sample.
+
+    Targets are evenly spaced over the ``target_range`` quantiles of the relaxed training
+    energies; each gets the generation size (see :func:`generation_sizes`) whose mean
+    relaxed training energy is nearest (energy per atom falls with N, so this is p(N | E)
+    reduced to its most likely value). Returns ``(targets [n_targets], sample_targets [S],
+    sample_sizes [S])`` with ``S = n_targets * samples_per_target``.
     """
     e_rel, n_rel = energies[relaxed], sizes[relaxed]
+    if len(e_rel) == 0:
+        raise ValueError("no relaxed structures in the training set to choose targets from")
     lo, hi = np.quantile(e_rel, config.target_range)
     targets = np.linspace(lo, hi, config.n_targets)
-    rng = np.random.default_rng([config.seed, 1])
-    k = min(config.size_neighbours, len(e_rel))
-    sample_targets, sample_sizes = [], []
-    for t in targets:
-        nearest = np.argsort(np.abs(e_rel - t), kind="stable")[:k]
-        for _ in range(config.samples_per_target):
-            sample_targets.append(t)
-            sample_sizes.append(int(n_rel[rng.choice(nearest)]))
-    return targets, np.asarray(sample_targets), np.asarray(sample_sizes)
+    allowed = generation_sizes(config, n_rel)
+    mean_e = np.array([e_rel[n_rel == n].mean() for n in allowed])
+    chosen = allowed[np.argmin(np.abs(mean_e[None, :] - targets[:, None]), axis=1)]
+    sample_targets = np.repeat(targets, config.samples_per_target)
+    sample_sizes = np.repeat(chosen, config.samples_per_target).astype(np.int64)
+    return targets, sample_targets, sample_sizes
 
 
 def reconstruct_all(
     targets: list[np.ndarray], element: str, descriptor: ACSF, config: Config
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Coordinates for per-atom set targets ``[N_i, F]`` with ``jaxsci.reconstruct``.
+    """Coordinates for per-atom set targets ``[N_i, F]`` with :func:`jaxsci.reconstruct.reconstruct`
+    (many starts in parallel, basin hopping; compiled once per size).
 
-    Returns ``(positions list [N_i, 3] in Angstrom, final losses [S])``.
+    Returns ``(positions list [N_i, 3] in Angstrom, relative fingerprint errors [S])``.
     """
-    from jaxsci.reconstruct import reconstruct
-
-    positions, losses = [], []
-    base = jax.random.key(config.seed + 7)
     from tqdm.auto import tqdm
 
+    from jaxsci.reconstruct import reconstruct
+
+    positions, errors = [], []
+    base = jax.random.key(config.seed + 7)
     for i, target in enumerate(tqdm(targets, desc="reconstruct", disable=not config.progress)):
         res = reconstruct(
             target,
@@ -197,11 +208,13 @@ def reconstruct_all(
             descriptor,
             key=jax.random.fold_in(base, i),
             n_starts=config.reconstruct_starts,
-            steps=config.reconstruct_steps,
+            max_rounds=config.reconstruct_rounds,
+            steps_per_round=config.reconstruct_steps_per_round,
+            time_limit=config.reconstruct_time_limit,
         )
         positions.append(np.asarray(res.positions, np.float64))
-        losses.append(float(np.min(np.asarray(res.losses))))
-    return positions, np.asarray(losses)
+        errors.append(float(res.error))
+    return positions, np.asarray(errors)
 
 
 def _atoms(element: str, positions: np.ndarray, **info: Any) -> Atoms:
@@ -295,11 +308,11 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
 
     # ---- reconstruct coordinates, relax with EMT
     t0 = time.perf_counter()
-    rec_positions, rec_losses = reconstruct_all(set_targets, element, descriptor, config)
+    rec_positions, rec_errors = reconstruct_all(set_targets, element, descriptor, config)
     timings["reconstruct_s"] = time.perf_counter() - t0
     reconstructed = [
-        _atoms(element, p, target_energy=float(t), reconstruction_loss=float(loss))
-        for p, t, loss in zip(rec_positions, sample_targets, rec_losses, strict=True)
+        _atoms(element, p, target_energy=float(t), fingerprint_error=float(err))
+        for p, t, err in zip(rec_positions, sample_targets, rec_errors, strict=True)
     ]
     rec_fp = descriptor.create(reconstructed)
     fp_errors = np.array(
@@ -364,6 +377,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
         "final_val_loss": history[-1].get("val_loss") if history else None,
         "epochs": config.epochs,
         "targets": targets,
+        "generation_sizes": sorted({int(n) for n in sample_sizes}),
         "obtained_per_target_mean": per_target_mean,
         "timings_s": timings,
     }

@@ -11,7 +11,6 @@ import dataclasses
 import sys
 
 from experiments.pt_nanoparticles.config import Config
-from experiments.pt_nanoparticles.pipeline import format_summary, train_and_evaluate
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
@@ -26,7 +25,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
     p.add_argument("--n-targets", type=int, default=d.n_targets)
     p.add_argument("--samples-per-target", type=int, default=d.samples_per_target)
     p.add_argument("--reconstruct-starts", type=int, default=d.reconstruct_starts)
-    p.add_argument("--reconstruct-steps", type=int, default=d.reconstruct_steps)
+    p.add_argument("--reconstruct-rounds", type=int, default=d.reconstruct_rounds)
+    p.add_argument("--n-generation-sizes", type=int, default=d.n_generation_sizes)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-workers", type=int, default=d.n_workers, help="EMT worker processes")
     p.add_argument("--cache-dir", default=d.cache_dir, help="data set cache root")
@@ -45,7 +45,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
         n_targets=a.n_targets,
         samples_per_target=a.samples_per_target,
         reconstruct_starts=a.reconstruct_starts,
-        reconstruct_steps=a.reconstruct_steps,
+        reconstruct_rounds=a.reconstruct_rounds,
+        n_generation_sizes=a.n_generation_sizes,
         seed=a.seed,
         n_workers=a.n_workers,
         cache_dir=a.cache_dir,
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: bad config: {err}", file=sys.stderr)
         return 2
+    # imported here so that EMT worker processes (spawned, they re-import this module) do
+    # not pay for JAX/Flax imports
+    from experiments.pt_nanoparticles.pipeline import format_summary, train_and_evaluate
+
     metrics = train_and_evaluate(config, workdir)
     print()
     print(format_summary(metrics))
