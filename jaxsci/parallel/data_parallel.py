@@ -182,20 +182,25 @@ class DataParallel:
 
     # -- the step -------------------------------------------------------------------------
     def _local_grads(self, store: Any, batch: Any, scale: jax.Array) -> tuple[Any, jax.Array]:
-        """Gradient of ``scale * loss`` with respect to the stored parameters, and the loss."""
+        """Gradient of ``scale * loss`` with respect to the stored parameters, and the loss.
 
-        def scaled_loss(s: Any) -> tuple[jax.Array, jax.Array]:
-            params = self.layout.unflatten(s) if self.flat else s
-            loss = self.loss_fn(
-                self.policy.cast_to_compute(params), self.policy.cast_to_compute(batch)
-            )
-            loss = jnp.asarray(loss)
+        In flat mode the gradient is taken with respect to the tree of views and then packed
+        with one concatenate: differentiating through the slices instead would add one
+        full-size padded buffer per leaf.
+        """
+        compute = self.policy.cast_to_compute
+
+        def scaled_loss(params: Any) -> tuple[jax.Array, jax.Array]:
+            loss = jnp.asarray(self.loss_fn(compute(params), compute(batch)))
             if loss.shape != ():
                 raise ValueError(f"loss_fn must return a scalar, got shape {loss.shape}")
             loss = loss.astype(jnp.float32)
             return loss * scale, loss
 
-        (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(store)
+        params = self.layout.unflatten(store) if self.flat else store
+        (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
+        if self.flat:
+            grads = self.layout.flatten(grads)
         return grads, loss
 
     def _device_grads(self, store: Any, batch: Any, scale: jax.Array) -> tuple[Any, jax.Array]:

@@ -1,0 +1,129 @@
+"""Data-parallel digits: run one layout, or all four and compare their loss curves.
+
+# all four layouts (1/2 processes x 1/4 simulated devices), JSON + PNG in a run folder
+.venv/bin/python -m experiments.data_parallel.run --all
+# one layout in the current job (what --all launches)
+.venv/bin/mpirun -n 2 .venv/bin/python -m experiments.data_parallel.run --out curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.data_parallel.config import Config, tiny
+
+LAYOUTS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (processes, devices per process)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    base = tiny() if args.tiny else Config()
+    return dataclasses.replace(base, steps=args.steps or base.steps)
+
+
+def run_one(args: argparse.Namespace) -> None:
+    from experiments.data_parallel.train import train_and_evaluate
+    from jaxsci.parallel import bootstrap
+
+    info = bootstrap()
+    t0 = time.perf_counter()
+    result = train_and_evaluate(_config(args), info=info)
+    result["wall_s"] = time.perf_counter() - t0
+    if info.is_root and args.out:
+        Path(args.out).write_text(json.dumps(result))
+
+
+def run_all(args: argparse.Namespace) -> Path:
+    from jaxsci.train import make_run_dir, write_metrics
+
+    run_dir = make_run_dir(args.root, "data_parallel")
+    root = Path(__file__).resolve().parents[2]
+    mpirun = str(Path(sys.executable).with_name("mpirun"))
+    curves = {}
+    for procs, devs in LAYOUTS:
+        name = f"{procs}proc_{devs}dev"
+        out = run_dir / f"{name}.json"
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devs}")
+        env["JAX_PLATFORMS"] = "cpu"
+        cmd = [sys.executable, "-m", "experiments.data_parallel.run", "--out", str(out)]
+        cmd += ["--steps", str(_config(args).steps)] + (["--tiny"] if args.tiny else [])
+        if procs > 1:
+            cmd = [mpirun, "-n", str(procs)] + cmd
+        print(f"[{name}] {' '.join(cmd[-6:])}", flush=True)
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+        curves[name] = json.loads(out.read_text())
+    ref = np.array(curves["1proc_1dev"]["losses"])
+    summary = {
+        "config": dataclasses.asdict(_config(args)),
+        "layouts": {
+            name: {
+                "processes": c["processes"],
+                "devices_per_process": c["devices_per_process"],
+                "final_loss": c["losses"][-1],
+                "final_test_accuracy": c["final_test_accuracy"],
+                "max_abs_loss_diff_vs_1proc_1dev": _max_diff(c["losses"], ref),
+                "wall_s": c["wall_s"],
+            }
+            for name, c in curves.items()
+        },
+    }
+    write_metrics(run_dir, summary)
+    _plot(curves, run_dir / "loss_curves.png")
+    for name, s in summary["layouts"].items():
+        print(
+            f"{name}: final loss {s['final_loss']:.4f}, test acc {s['final_test_accuracy']:.3f}, "
+            f"max |loss - 1proc_1dev| {s['max_abs_loss_diff_vs_1proc_1dev']:.2e}, "
+            f"{s['wall_s']:.1f} s"
+        )
+    print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def _max_diff(losses: list[float], ref: np.ndarray) -> float:
+    return float(np.max(np.abs(np.array(losses) - ref)))
+
+
+def _plot(curves: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    ax, ax2 = fig.subplots(1, 2)
+    ref = np.array(curves["1proc_1dev"]["losses"])
+    styles = ["-", "--", ":", "-."]
+    for (name, c), ls in zip(curves.items(), styles, strict=False):
+        losses = np.array(c["losses"])
+        ax.plot(np.arange(1, len(losses) + 1), losses, ls, label=name)
+        ax2.semilogy(np.arange(1, len(losses) + 1), np.abs(losses - ref) + 1e-12, ls, label=name)
+    ax.set(xlabel="step", ylabel="global training loss (cross-entropy)", yscale="log")
+    ax.set_title("same global batches, four layouts")
+    ax2.set(xlabel="step", ylabel="|loss - loss(1 proc, 1 dev)|")
+    ax.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--all", action="store_true", help="run the four layouts and compare")
+    ap.add_argument("--out", type=str, default=None, help="(one layout) write the curve here")
+    ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test configuration")
+    ap.add_argument("--root", type=str, default="runs", help="parent of the run folder")
+    args = ap.parse_args(argv)
+    if args.all:
+        run_all(args)
+    else:
+        run_one(args)
+
+
+if __name__ == "__main__":
+    main()
