@@ -4,11 +4,13 @@ Run under MPI (the anchor is the same jitted step with one mpi4jax all-reduce pe
 
     .venv/bin/mpirun -n 2 .venv/bin/python -m benchmarks.bench_allreduce
     .venv/bin/mpirun -n 1 .venv/bin/python -m benchmarks.bench_allreduce   # size-1 communicator
-    .venv/bin/python -m benchmarks.bench_allreduce --gpu   # one GPU, size-1 communicator
+    .venv/bin/mpirun -n 1 .venv/bin/python -m benchmarks.bench_allreduce --gpu  # one GPU
+    python -m benchmarks.bench_allreduce --gpu --no-mpi   # no mpi4jax: tree vs flat step only
 
 Variants (all one jitted SGD step on this rank's batch of ``--batch`` samples):
 
 * ``no_allreduce``: tree step without communication (compute floor);
+* ``dp_no_allreduce``: the ``data_parallel`` step without communication (flat-state floor);
 * ``per_leaf``: tree step + one ``mpi4jax.allreduce`` per gradient leaf (the anchor);
 * ``tree_bucket_<B>``: tree step + :func:`tree_allreduce` with buckets of B bytes;
 * ``tree_flat``: tree step + one packed message (pack, reduce, unpack: "the trap");
@@ -47,6 +49,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--buckets", type=str, default="4096,65536,1048576", help="bucket bytes")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gpu", action="store_true", help="run on the default (GPU) backend")
+    ap.add_argument(
+        "--no-mpi", action="store_true", help="without mpi4py/mpi4jax: tree vs flat step only"
+    )
     ap.add_argument("--json", type=str, default=None, help="write results to this JSON file")
     return ap.parse_args(argv)
 
@@ -72,14 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     if not args.gpu:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import mpi4jax
-    from mpi4py import MPI
-
     from jaxsci.parallel import ProcessInfo, data_parallel, make_mesh, tree_allreduce
 
-    world = MPI.COMM_WORLD
-    rank, size = world.Get_rank(), world.Get_size()
-    comm = world.Clone()  # device collectives
+    world = None
+    if not args.no_mpi:
+        import mpi4jax
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+    rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    comm = world.Clone() if world is not None else None  # device collectives
     tx = optax.sgd(args.lr)
     params0 = _model(args.layers, args.width, jax.random.key(0))
     n_leaves = len(jax.tree.leaves(params0))
@@ -106,18 +113,22 @@ def main(argv: list[str] | None = None) -> dict:
     buckets = [int(b) for b in args.buckets.split(",") if b]
     variants: dict[str, tuple] = {}
     variants["no_allreduce"] = ("tree", tree_step(lambda g: g))
-    variants["per_leaf"] = ("tree", tree_step(per_leaf))
-    for b in buckets:
-        red = lambda g, b=b: tree_allreduce(g, comm=comm, bucket_bytes=b)  # noqa: E731
-        variants[f"tree_bucket_{b}"] = ("tree", tree_step(red))
-    variants["tree_flat"] = (
-        "tree",
-        tree_step(lambda g: tree_allreduce(g, comm=comm, bucket_bytes=None)),
-    )
-    info = ProcessInfo(rank=rank, size=size, local_device_count=1, comm=world)
-    for name, bb in [("dp_flat", None)] + [(f"dp_bucket_{b}", b) for b in buckets]:
-        dp = data_parallel(_loss, tx, info=info, mesh=mesh, bucket_bytes=bb)
-        variants[name] = ("dp", dp)
+    no_comm = ProcessInfo(rank=0, size=1, local_device_count=1, comm=None)
+    variants["dp_no_allreduce"] = ("dp", data_parallel(_loss, tx, info=no_comm, mesh=mesh))
+    if world is not None:
+        variants["per_leaf"] = ("tree", tree_step(per_leaf))
+        for b in buckets:
+            red = lambda g, b=b: tree_allreduce(g, comm=comm, bucket_bytes=b)  # noqa: E731
+            variants[f"tree_bucket_{b}"] = ("tree", tree_step(red))
+        variants["tree_flat"] = (
+            "tree",
+            tree_step(lambda g: tree_allreduce(g, comm=comm, bucket_bytes=None)),
+        )
+        info = ProcessInfo(rank=rank, size=size, local_device_count=1, comm=world)
+        for name, bb in [("dp_flat", None)] + [(f"dp_bucket_{b}", b) for b in buckets]:
+            dp = data_parallel(_loss, tx, info=info, mesh=mesh, bucket_bytes=bb)
+            variants[name] = ("dp", dp)
+    anchor = "per_leaf" if world is not None else "no_allreduce"
 
     def run(kind, obj, state, n):
         loss = None
@@ -136,10 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # correctness: same parameters after 10 steps
     states = {name: run(kind, obj, fresh(kind, obj), 10) for name, (kind, obj) in variants.items()}
-    ref = states["per_leaf"]
+    ref = states[anchor]
     diffs = {}
     for name, (kind, obj) in variants.items():
-        if name == "no_allreduce":
+        if name == anchor:
             continue
         got = states[name] if kind == "tree" else obj.params(states[name])
         diffs[name] = max(
@@ -154,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
         solo = data_parallel(_loss, tx, info=solo_info, mesh=mesh, bucket_bytes=None)
         states["solo"] = run("dp", solo, solo.init(params0), 3)
 
+    def barrier():
+        if world is not None:
+            world.Barrier()
+
     def sleep_until_rank0_done():
         req = world.Ibarrier()
         while not req.Test():
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     times["dp_flat_1rank"] = []
     for _ in range(args.rounds):
         for name, (kind, obj) in variants.items():
-            world.Barrier()
+            barrier()
             t0 = time.perf_counter()
             states[name] = run(kind, obj, states[name], args.steps)
             times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     # report the slowest rank's median (a step is as slow as its slowest rank)
-    gathered = world.allgather(med)
+    gathered = world.allgather(med) if world is not None else [med]
     med = {k: max(g[k] for g in gathered if k in g) for k in gathered[0]}
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -194,8 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "rounds": args.rounds,
         "median_ms": med,
-        "ratio_vs_per_leaf": {k: med["per_leaf"] / v for k, v in med.items()},
-        "max_param_diff_after_10_steps_vs_per_leaf": diffs,
+        "anchor": anchor,
+        "ratio_vs_anchor": {k: med[anchor] / v for k, v in med.items()},
+        "max_param_diff_after_10_steps_vs_anchor": diffs,
     }
     if size > 1:
         t1, tn = med["dp_flat_1rank"], med["dp_flat"]
@@ -218,11 +234,13 @@ def _print(r: dict) -> None:
         f"{r['layers']} layers x {r['width']} ({r['leaves']} leaves, {r['params']} params), "
         f"batch {r['batch_per_rank']}/rank, {r['rounds']} rounds x {r['steps']} steps"
     )
-    print(f"{'variant':<22}{'median ms/step':>16}{'per_leaf / this':>18}{'max |dp - ref|':>16}")
+    a = r["anchor"]
+    diff_head = f"max|p - p_{a}|"
+    print(f"{'variant':<22}{'median ms/step':>16}  {a + ' / this':>20}  {diff_head:>24}")
     for k, v in r["median_ms"].items():
-        d = r["max_param_diff_after_10_steps_vs_per_leaf"].get(k)
+        d = r["max_param_diff_after_10_steps_vs_anchor"].get(k)
         ds = f"{d:.2e}" if d is not None else "-"
-        print(f"{k:<22}{v:>16.3f}{r['ratio_vs_per_leaf'][k]:>18.2f}{ds:>16}")
+        print(f"{k:<22}{v:>16.3f}  {r['ratio_vs_anchor'][k]:>20.2f}  {ds:>24}")
     if "weak_scaling_efficiency" in r:
         tp = ", ".join(f"{k}: {v:.0f}" for k, v in r["throughput_samples_per_s"].items())
         print(f"throughput (samples/s, dp_flat): {tp}")

@@ -129,6 +129,9 @@ class Checkpointer:
             raise ValueError(f"step must be >= 0, got {step}")
         if not (force or self.should_save(step)):
             return False
+        # finish this rank's pending device work (it may include mpi4jax collectives) before
+        # the host-side collective below
+        jax.block_until_ready(state)
         saved = False
         error: str | None = None
         if self.info.is_root:
