@@ -14,6 +14,7 @@ from jaxsci.descriptors.acsf_moments import (
     combine,
     g4_power_sums_table,
     g5_power_sums,
+    harmonics,
     moment_ok,
 )
 from jaxsci.descriptors.cutoff import CUTOFFS
@@ -55,19 +56,20 @@ def acsf_cluster(positions: Array, species: Array, mask: Array, cfg: KernelConfi
 
     inv_r = jnp.where(pos, 1.0 / jnp.where(pos, r, 1.0), 0.0)
     unit = d * inv_r[..., None]
+    harm = harmonics(unit, int(max(p[1] for p in cfg.g4 + cfg.g5)))
     per_pair = []
     if cfg.g4:
         etas, which = _unique([p[0] for p in cfg.g4])
         deg = int(max(p[1] for p in cfg.g4))
         sums = jnp.stack(
-            [g4_power_sums_table(unit, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]
+            [g4_power_sums_table(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]
         )
         per_pair.append(combine(cfg.g4, which, sums))  # [S, T, N, P4], ordered sums
     if cfg.g5:
         etas, which = _unique([p[0] for p in cfg.g5])
         deg = int(max(p[1] for p in cfg.g5))
         sums = jnp.stack(
-            [g5_power_sums(unit, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]
+            [g5_power_sums(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]
         )
         per_pair.append(combine(cfg.g5, which, sums))
     full = jnp.moveaxis(jnp.concatenate(per_pair, axis=-1), 2, 0)  # [N, S, T, P]

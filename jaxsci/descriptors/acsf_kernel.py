@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsci.descriptors.acsf_moments import combine, g5_power_sums, moment_ok
+from jaxsci.descriptors.acsf_moments import combine, g5_power_sums, harmonics, moment_ok
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import Slots
 
@@ -147,8 +147,8 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
     if g5_moments:
         etas, which = _unique([p[0] for p in cfg.g5])
         deg = int(max(p[1] for p in cfg.g5))
-        unit = disp * inv_r[..., None]
-        ps = jnp.stack([g5_power_sums(unit, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas])
+        harm = harmonics(disp * inv_r[..., None], deg)
+        ps = jnp.stack([g5_power_sums(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas])
         sums.append(jnp.moveaxis(combine(cfg.g5, which, ps), 2, 0))
     elif cfg.g5:
         etas5 = sorted({p[0] for p in cfg.g5})

@@ -1,21 +1,25 @@
-"""Angular sums of G4/G5 through Cartesian moments (integer zeta), with matrix products.
+"""Angular sums of G4/G5 through a spherical-harmonic expansion (integer zeta).
 
-For integer zeta, (1 + lambda cos)^zeta = sum_m C(zeta, m) lambda^m cos^m and
-cos^m = sum_{|a| = m} m!/a! u_ij^a u_ik^a (u = unit vectors, a = (ax, ay, az)), so
+For integer zeta, (1 + lambda cos)^zeta = sum_l c_l P_l(cos) (Legendre, l <= zeta), and by
+the addition theorem P_l(u_ij . u_ik) = sum_m Y_lm(u_ij) Y_lm(u_ik) with real harmonics
+scaled by sqrt(4 pi / (2l + 1)) (u = unit vectors). Hence
 
-    sum_{j != k} E_ij E_ik [E_jk] cos^m = sum_a m!/a! (V_a E V_a^T)_ii,   V_a[i, j] = E_ij u_ij^a
+    sum_{j != k} E_ij E_ik [E_jk] P_l(cos_ijk) = sum_m (V_lm E V_lm^T)_ii,  V_lm = E_ij Y_lm(u_ij)
 
-G5 (no E_jk factor) needs only the per-atom moments sum_j V_a[i, j]: O(N K) work. G4 in a
+G5 (no E_jk factor) needs only the per-atom moments sum_j V_lm[i, j]: O(N K) work. G4 in a
 free cluster uses the shared pair table E (diagonal zero, so j = k drops out): one matrix
-product per moment component and eta instead of a loop over triplets.
+product per harmonic component (sum_l (2l+1) = (L+1)^2 of them) and eta instead of a loop
+over triplets.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.polynomial import legendre
 
 Array = jnp.ndarray
 
@@ -28,64 +32,72 @@ def moment_ok(params: tuple[tuple[float, float, float], ...]) -> bool:
     return all(float(p[1]).is_integer() and 0 <= p[1] <= MAX_MOMENT_ZETA for p in params)
 
 
-def monomials(max_degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exponents [M, 3], degree [M] and multinomial weight m!/a! [M] for degrees 0..max."""
-    exps, deg, wts = [], [], []
-    for m in range(max_degree + 1):
-        for a in range(m, -1, -1):
-            for b in range(m - a, -1, -1):
-                c = m - a - b
-                exps.append((a, b, c))
-                deg.append(m)
-                wts.append(
-                    math.factorial(m) / (math.factorial(a) * math.factorial(b) * math.factorial(c))
-                )
-    return np.array(exps), np.array(deg), np.array(wts)
+def harmonics(unit: Array, max_l: int) -> Array:
+    """Scaled real spherical harmonics of unit vectors [..., 3]: [(max_l + 1)^2, ...].
 
-
-def unit_monomials(unit: Array, max_degree: int) -> Array:
-    """Monomials u^a of unit vectors [..., 3] for all |a| <= max_degree: [M, ...]."""
-    exps, _, _ = monomials(max_degree)
-    powers = []
-    for axis in range(3):
-        p = [jnp.ones_like(unit[..., axis])]
-        for _ in range(max_degree):
-            p.append(p[-1] * unit[..., axis])
-        powers.append(p)
-    return jnp.stack([powers[0][a] * powers[1][b] * powers[2][c] for a, b, c in exps])
+    Component order: degree by degree, within a degree m = 0, then (cos, sin) for m = 1..l.
+    Scaling: sum over the 2l+1 components of degree l of Y(u) Y(v) = P_l(u . v). Built from
+    the associated-Legendre recurrence in z and Re/Im (x + i y)^m (a few products each).
+    Zero vectors (empty slots) give finite values; callers multiply by a zero weight.
+    """
+    x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
+    cos_m, sin_m = [jnp.ones_like(x)], [jnp.zeros_like(x)]
+    for _ in range(max_l):  # Re/Im of (x + i y)^m
+        c, s_ = cos_m[-1], sin_m[-1]
+        cos_m.append(x * c - y * s_)
+        sin_m.append(x * s_ + y * c)
+    # q[m][l]: polynomial part of the associated Legendre function P_l^m(z)
+    q: list[dict[int, Array]] = []
+    for m in range(max_l + 1):
+        qm = {m: jnp.full_like(z, float(np.prod(np.arange(1, 2 * m, 2))))}
+        if m + 1 <= max_l:
+            qm[m + 1] = (2 * m + 1) * z * qm[m]
+        for ell in range(m + 2, max_l + 1):
+            qm[ell] = ((2 * ell - 1) * z * qm[ell - 1] - (ell + m - 1) * qm[ell - 2]) / (ell - m)
+        q.append(qm)
+    out = []
+    for ell in range(max_l + 1):
+        out.append(q[0][ell])
+        for m in range(1, ell + 1):
+            norm = math.sqrt(2.0 * math.factorial(ell - m) / math.factorial(ell + m))
+            out.append(norm * q[m][ell] * cos_m[m])
+            out.append(norm * q[m][ell] * sin_m[m])
+    return jnp.stack(out)
 
 
 def combine(
     params: tuple[tuple[float, float, float], ...], eta_index: list[int], power_sums: Array
 ) -> Array:
-    """G values [..., P] from power sums [E, D+1, ...] = sum_{j != k} ... cos^m (ordered pairs).
+    """G values [..., P] from Legendre sums [E, L+1, ...] = sum_{j != k} ... P_l(cos).
 
-    Applies 2^(1-zeta) sum_m C(zeta, m) lambda^m S_m (still ordered-pair sums).
+    Applies 2^(1-zeta) (1 + lambda cos)^zeta = 2^(1-zeta) sum_l c_l P_l (ordered-pair sums).
     """
     out = []
     for p, (_, zeta, lam) in enumerate(params):
         z = int(zeta)
+        poly = [math.comb(z, m) * lam**m for m in range(z + 1)]  # powers of cos
+        coef = legendre.poly2leg(poly)
         s = power_sums[eta_index[p]]
-        val = sum(math.comb(z, m) * lam**m * s[m] for m in range(z + 1))
+        val = sum(float(coef[ell]) * s[ell] for ell in range(z + 1))
         out.append(2.0 ** (1.0 - zeta) * val)
     return jnp.stack(out, axis=-1)
 
 
-def degree_sums(per_monomial: Array, max_degree: int) -> Array:
-    """Weighted sum over monomials of equal degree: [M, ...] -> [max_degree + 1, ...]."""
-    _, deg, wts = monomials(max_degree)
-    w = jnp.asarray(wts, dtype=per_monomial.dtype).reshape((-1,) + (1,) * (per_monomial.ndim - 1))
-    weighted = per_monomial * w
-    return jnp.stack([jnp.sum(weighted[deg == m], axis=0) for m in range(max_degree + 1)])
+def degree_sums(per_component: Array, max_l: int) -> Array:
+    """Sum harmonic components of equal degree: [(L+1)^2, ...] -> [L + 1, ...]."""
+    return jnp.stack(
+        [jnp.sum(per_component[ell * ell : (ell + 1) ** 2], axis=0) for ell in range(max_l + 1)]
+    )
 
 
-def g5_power_sums(unit: Array, site: Array, onehot: Array, max_degree: int) -> Array:
-    """sum_{j != k} E_ij E_ik cos^m per species pair: [D+1, S, S, C].
+def g5_power_sums(harm: Array, site: Array, onehot: Array, max_degree: int) -> Array:
+    """sum_{j != k} E_ij E_ik P_l(cos) per species pair: [L+1, S, S, C].
 
-    unit: [C, K, 3] unit vectors (0 for empty slots); site: [C, K] factors E_ij = exp(-eta
+    harm: [H >= (max_degree+1)^2, C, K] :func:`harmonics` of the unit vectors i -> j; site:
+    [C, K] factors E_ij = exp(-eta
     r^2) fc (0 for empty slots); onehot: [C, K, S] neighbour species.
     """
-    v = unit_monomials(unit, max_degree) * site[None]  # [M, C, K]
+    v = harm[: (max_degree + 1) ** 2] * site[None]  # [H, C, K]
     moments = jnp.einsum("mck,cks->mcs", v, onehot)
     diag = jnp.einsum("mck,cks->mcs", v * v, onehot)  # the j == k terms
     full = moments[:, :, :, None] * moments[:, :, None, :]  # [M, C, S, T]
@@ -94,22 +106,52 @@ def g5_power_sums(unit: Array, site: Array, onehot: Array, max_degree: int) -> A
     return jnp.moveaxis(degree_sums(full, max_degree), 1, -1)  # [D+1, S, T, C]
 
 
-def g4_power_sums_table(unit: Array, site: Array, onehot: Array, max_degree: int) -> Array:
-    """sum_{j != k} E_ij E_ik E_jk cos^m for a free cluster: [D+1, S, S, N].
+def g4_power_sums_table(harm: Array, site: Array, onehot: Array, max_degree: int) -> Array:
+    """sum_{j != k} E_ij E_ik E_jk P_l(cos) for a free cluster: [L+1, S, S, N].
 
-    unit: [N, N, 3] unit vectors i -> j; site: [N, N] symmetric pair table E (zero diagonal
-    and zero beyond r_cut); onehot: [N, N, S] species of j, zero where the pair is invalid.
+    harm: [H, N, N] :func:`harmonics` of the unit vectors i -> j; site: [N, N] symmetric
+    pair table E (zero diagonal and zero beyond r_cut); onehot: [N, N, S] species of j,
+    zero where the pair is invalid.
     """
-    v = unit_monomials(unit, max_degree) * site[None]  # [M, N, N]
+    h = harm[: (max_degree + 1) ** 2]
     n_species = onehot.shape[-1]
-    if n_species == 1:
-        vs = (v * onehot[None, :, :, 0])[:, None]
-    else:
-        vs = v[:, None] * jnp.moveaxis(onehot, -1, 0)[None]  # [M, S, N, N]
+    if n_species == 1:  # site is already zero for invalid pairs
+        return degree_sums(quad_diag(h, site)[:, None, None], max_degree)
+    v = h * site[None]  # [H, N, N]
+    vs = v[:, None] * jnp.moveaxis(onehot, -1, 0)[None]  # [H, S, N, N]
     m, s, n, _ = vs.shape
     w = (vs.reshape(m * s * n, n) @ site).reshape(m, s, n, n)  # sum_j V[i, j] E[j, k]
     full = jnp.stack(
         [jnp.stack([jnp.sum(w[:, a] * vs[:, b], axis=-1) for b in range(s)], 1) for a in range(s)],
         axis=1,
-    )  # [M, S, T, N]
+    )  # [H, S, T, N]
     return degree_sums(full, max_degree)
+
+
+@jax.custom_vjp
+def quad_diag(h: Array, e: Array) -> Array:
+    """T[c, i] = sum_jk V[c, i, j] E[j, k] V[c, i, k] with V = h * E (E symmetric [N, N]).
+
+    h: [C, N, N]. A custom VJP uses the symmetry of E: dT/dV = 2 V E (already computed in
+    the forward pass) and dT/dE = V^T V, so the backward pass costs one matrix product.
+    """
+    return _quad_diag_fwd(h, e)[0]
+
+
+def _quad_diag_fwd(h, e):
+    c, n, _ = h.shape
+    v = h * e[None]
+    w = (v.reshape(c * n, n) @ e).reshape(c, n, n)
+    return jnp.sum(w * v, axis=-1), (h, e, v, w)
+
+
+def _quad_diag_bwd(res, g):
+    h, e, v, w = res
+    c, n, _ = h.shape
+    dv = 2.0 * g[..., None] * w
+    gv = (g[..., None] * v).reshape(c * n, n)
+    de = gv.T @ v.reshape(c * n, n) + jnp.sum(dv * h, axis=0)
+    return dv * e[None], de
+
+
+quad_diag.defvjp(_quad_diag_fwd, _quad_diag_bwd)

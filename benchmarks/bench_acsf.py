@@ -1,0 +1,227 @@
+"""ACSF throughput and memory: jaxsci vs DScribe in the same run.
+
+Case (a): N rattled Pt55 icosahedra, 8 G2 + 12 G4, r_cut 6 A. Times DScribe ``create``
+(one core, n_jobs=1), jaxsci ``create`` (end to end from ase.Atoms) and the jitted batched
+pure function on pre-padded arrays, plus value-and-gradient of a scalar loss with respect to
+positions. Repeats are interleaved and medians reported; compilation is excluded (warm-up).
+
+Case (b): periodic fcc Pt supercells (500 ... 32,000 atoms): time and peak resident memory
+per size, each measured in a fresh subprocess (jaxsci uses its cell list).
+
+    python benchmarks/bench_acsf.py                      # both cases, with DScribe
+    python benchmarks/bench_acsf.py --case a --n-structures 200 --repeats 3
+    python benchmarks/bench_acsf.py --case b --sizes 500 4000 32000 --dscribe-max-atoms 4000
+    python benchmarks/bench_acsf.py --skip-dscribe       # e.g. on a GPU box without DScribe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+G2 = [[eta, rs] for eta in (0.01, 0.1, 0.5, 1.0) for rs in (0.0, 3.0)]
+G4 = [[eta, zeta, lam] for eta in (0.001, 0.01, 0.05) for zeta in (1, 4) for lam in (1, -1)]
+R_CUT = 6.0
+
+
+def _clusters(n: int, rattle: float = 0.1):
+    from ase.cluster import Icosahedron
+
+    base = Icosahedron("Pt", 3)  # 55 atoms
+    out = []
+    for i in range(n):
+        a = base.copy()
+        a.rattle(rattle, seed=i)
+        out.append(a)
+    return out
+
+
+def _timeit(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def case_a(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsci.descriptors import ACSF
+
+    structs = _clusters(args.n_structures)
+    n_atoms = sum(len(a) for a in structs)
+    ours = ACSF(["Pt"], R_CUT, g2_params=G2, g4_params=G4)
+    batch = ours.batch(structs)
+    chunk, gchunk = args.chunk, args.grad_chunk
+    pos = jnp.asarray(batch.positions, dtype=jnp.float32)
+    spec = jnp.asarray(batch.species)
+    mask = jnp.asarray(batch.mask)
+    n_pad = (-len(structs)) % np.lcm(chunk, gchunk)  # whole chunks only: one compiled shape
+    if n_pad:
+        pos = jnp.concatenate([pos, jnp.repeat(pos[-1:], n_pad, 0)])
+        spec = jnp.concatenate([spec, jnp.repeat(spec[-1:], n_pad, 0)])
+        mask = jnp.concatenate([mask, jnp.repeat(mask[-1:], n_pad, 0)])
+
+    fwd = jax.jit(ours.batch_fn)
+
+    def loss(p, s, m):
+        return jnp.sum(ours.batch_fn(p, s, m) ** 2)
+
+    vg = jax.jit(jax.value_and_grad(loss))
+
+    def run_fwd(c=chunk):
+        for k in range(0, pos.shape[0], c):
+            fwd(pos[k : k + c], spec[k : k + c], mask[k : k + c]).block_until_ready()
+
+    def run_grad(c=gchunk):
+        for k in range(0, pos.shape[0], c):
+            jax.block_until_ready(vg(pos[k : k + c], spec[k : k + c], mask[k : k + c]))
+
+    run_fwd(), run_fwd(gchunk), run_grad()  # compile
+    ours.create(structs)
+
+    ref = None
+    if not args.skip_dscribe:
+        from dscribe.descriptors import ACSF as DScribeACSF
+
+        ref = DScribeACSF(r_cut=R_CUT, g2_params=G2, g4_params=G4, species=["Pt"])
+        # agreement check (float32 jaxsci vs float64 DScribe) on a few structures
+        a = np.asarray(ours.create(structs[:8]))
+        b = ref.create(structs[:8])
+        agree = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    times: dict[str, list[float]] = {
+        "dscribe": [],
+        "create": [],
+        "fn": [],
+        "fn@grad_chunk": [],
+        "fn+grad": [],
+    }
+    for _ in range(args.repeats):
+        if ref is not None:
+            times["dscribe"].append(_timeit(lambda: ref.create(structs, n_jobs=1)))
+        times["create"].append(_timeit(lambda: ours.create(structs)))
+        times["fn"].append(_timeit(run_fwd))
+        times["fn@grad_chunk"].append(_timeit(lambda: run_fwd(gchunk)))
+        times["fn+grad"].append(_timeit(run_grad))
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    res = {
+        "case": "a",
+        "n_structures": len(structs),
+        "n_atoms": n_atoms,
+        "chunk": chunk,
+        "grad_chunk": gchunk,
+        "repeats": args.repeats,
+        "median_s": med,
+        "all_s": times,
+        "structures_per_s": {k: len(structs) / v for k, v in med.items()},
+        "atoms_per_s": {k: n_atoms / v for k, v in med.items()},
+        # value-and-grad time over the fastest forward configuration
+        "grad_over_fn": med["fn+grad"] / min(med["fn"], med["fn@grad_chunk"]),
+    }
+    if ref is not None:
+        res["speedup_vs_dscribe"] = {
+            k: med["dscribe"] / med[k] for k in ("create", "fn", "fn+grad")
+        }
+        res["max_rel_diff_float32_vs_dscribe"] = agree
+    return res
+
+
+def _supercell(n_atoms: int):
+    from ase.build import bulk
+
+    reps = round((n_atoms / 4) ** (1 / 3))
+    a = bulk("Pt", "fcc", a=3.92, cubic=True) * (reps, reps, reps)
+    a.rattle(0.05, seed=0)
+    return a
+
+
+def worker_b(tool: str, size: int) -> dict:
+    """Runs in a fresh process: time one create() (after a warm-up for jaxsci) + peak RSS."""
+    import resource
+
+    atoms = _supercell(size)
+    if tool == "dscribe":
+        from dscribe.descriptors import ACSF as DScribeACSF
+
+        d = DScribeACSF(r_cut=R_CUT, g2_params=G2, g4_params=G4, species=["Pt"], periodic=True)
+        t = _timeit(lambda: d.create(atoms))
+        compile_s = 0.0
+    else:
+        from jaxsci.descriptors import ACSF
+
+        ours = ACSF(["Pt"], R_CUT, g2_params=G2, g4_params=G4, periodic=True)
+        compile_s = _timeit(lambda: ours.create(atoms))
+        t = _timeit(lambda: ours.create(atoms))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "tool": tool,
+        "n_atoms": len(atoms),
+        "time_s": t,
+        "first_call_s": compile_s,
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def case_b(args) -> dict:
+    rows = []
+    for size in args.sizes:
+        tools = ["jaxsci"]
+        if not args.skip_dscribe and size <= args.dscribe_max_atoms:
+            tools.append("dscribe")
+        for tool in tools:
+            cmd = [sys.executable, __file__, "--worker-b", tool, str(size)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                rows.append({"tool": tool, "n_atoms": size, "error": out.stderr[-500:]})
+            else:
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    return {"case": "b", "rows": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--case", choices=["a", "b", "both"], default="both")
+    p.add_argument("--n-structures", type=int, default=1000)
+    p.add_argument("--chunk", type=int, default=16, help="structures per jitted forward call")
+    p.add_argument(
+        "--grad-chunk", type=int, default=4, help="structures per jitted value-and-grad call"
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 13500, 32000])
+    p.add_argument("--dscribe-max-atoms", type=int, default=32000)
+    p.add_argument("--skip-dscribe", action="store_true")
+    p.add_argument("--worker-b", nargs=2, metavar=("TOOL", "SIZE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker_b:
+        print(json.dumps(worker_b(args.worker_b[0], int(args.worker_b[1]))))
+        return
+
+    import jax
+
+    header = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, jax {jax.__version__} on {jax.devices()[0].platform}",
+        "load": os.getloadavg(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    }
+    print(json.dumps(header))
+    if args.case in ("a", "both"):
+        print(json.dumps(case_a(args), indent=1), flush=True)
+    if args.case in ("b", "both"):
+        case_b(args)
+    print(json.dumps({"load_after": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
