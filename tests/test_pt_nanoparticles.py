@@ -48,6 +48,12 @@ def test_quantile_representation_round_trips_sorted_columns():
     assert back.shape == (30, 5)
     assert np.all(np.diff(back, axis=0) >= 0)
     srt = np.sort(feats, axis=0)
+    # nearest rank with Q >= N is exact for every size; linear interpolation is not
+    for n in (5, 11, 17):
+        f = feats[:n]
+        np.testing.assert_array_equal(from_quantiles(to_quantiles(f, 20), n), np.sort(f, axis=0))
+    lin = from_quantiles(to_quantiles(feats, 20, "linear"), 17, "linear")
+    assert not np.allclose(lin, srt) and np.abs(lin - srt).max() < np.ptp(srt)
     assert np.all(back.min(0) >= srt[0] - 1e-12) and np.all(back.max(0) <= srt[-1] + 1e-12)
 
 

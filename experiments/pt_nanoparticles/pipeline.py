@@ -259,7 +259,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     # ---- representation, split, standardisation
-    q = config.n_quantiles
+    q = config.n_quantiles if config.n_quantiles is not None else config.data.max_size
     feats = dataset.fingerprints
     assert feats is not None
     x_all = np.stack([to_quantiles(f, q).ravel() for f in feats])
