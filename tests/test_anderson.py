@@ -85,7 +85,7 @@ def test_orthogonal_history_equals_textbook_with_full_memory():
     steps = 10  # memory never fills: the orthogonal basis spans the same secants
     ref = numpy_anderson(x0, upd, steps, 20, reg=0.0, beta=1.0)
     with jax.enable_x64(True):
-        opt = scale_by_anderson(20, regularization=0.0, safeguard=False, average=False)
+        opt = scale_by_anderson(20, regularization=0.0, beta=1.0, safeguard=False, average=False)
         got, _ = run_transform(opt, x0, upd, steps)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)
 

@@ -1,0 +1,169 @@
+"""Per-step overhead of Anderson acceleration over its inner optimizer, and study ratios.
+
+    python benchmarks/bench_anderson.py                        # 100k and 1M params, m = 5, 10
+    python benchmarks/bench_anderson.py --sizes 1000000 --repeats 9
+    python benchmarks/bench_anderson.py --results runs/anderson/<stamp>/results.json
+
+Times a full training step (forward, backward, optimizer update, apply) of an MLP with
+about 100k and 1M parameters, batch 64, for the inner optimizer alone (the anchor) and
+for ``anderson(inner, memory=m)``; and the optimizer update alone (gradients fixed).
+Each timing runs ``--steps`` steps inside one jitted ``lax.scan``; configurations are
+interleaved in every repeat and the median over repeats is reported, with the ratio
+to the inner optimizer measured in the same repeat loop. ``--results`` prints the
+iteration and wall-time ratios of a finished ``experiments.anderson.run`` study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxsci.optim import anderson  # noqa: E402
+
+
+def mlp_sizes(n_params: int) -> list[int]:
+    """Layer widths of a 3-layer MLP with about ``n_params`` parameters (input = hidden)."""
+    h = int((n_params / 1.2) ** 0.5)
+    return [h, h, h // 5, 10]
+
+
+def init_mlp(key, sizes):
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+        for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+
+
+def loss_fn(params, x, y):
+    h = x
+    for layer in params[:-1]:
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return jnp.mean(
+        jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0]
+    )
+
+
+def make_train(opt, x, y, steps, with_value):
+    def step(carry, _):
+        p, s = carry
+        v, g = jax.value_and_grad(loss_fn)(p, x, y)
+        u, s = opt.update(g, s, p, value=v) if with_value else opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), v
+
+    return jax.jit(
+        lambda p, s: jax.lax.scan(step, (p, s), None, length=steps), donate_argnums=(0, 1)
+    )
+
+
+def make_update_only(opt, grads, steps, with_value):
+    def step(carry, i):
+        p, s = carry
+        g = jax.tree_util.tree_map(lambda a: a * (1.0 + 1e-3 * i), grads)
+        u, s = (
+            opt.update(g, s, p, value=jnp.float32(1.0) / (i + 1.0))
+            if with_value
+            else opt.update(g, s, p)
+        )
+        return (optax.apply_updates(p, u), s), None
+
+    return jax.jit(
+        lambda p, s: jax.lax.scan(step, (p, s), jnp.arange(steps, dtype=jnp.float32)),
+        donate_argnums=(0, 1),
+    )
+
+
+def bench_size(n_params, inner_name, memories, steps, repeats):
+    key = jax.random.PRNGKey(0)
+    sizes = mlp_sizes(n_params)
+    params = init_mlp(key, sizes)
+    n = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    x = jax.random.normal(key, (64, sizes[0]))
+    y = jax.random.randint(key, (64,), 0, 10)
+    grads = jax.grad(loss_fn)(params, x, y)
+    inner = {"sgd": lambda: optax.sgd(1e-2), "adam": lambda: optax.adam(1e-3)}[inner_name]
+    configs = {inner_name: (inner(), False)}
+    for m in memories:
+        configs[f"anderson(m={m})"] = (anderson(inner(), m), True)
+    fns = {}
+    for name, (opt, wv) in configs.items():
+        fns[name] = {
+            "train": make_train(opt, x, y, steps, wv),
+            "update": make_update_only(opt, grads, steps, wv),
+            "opt": opt,
+        }
+
+    def timed(fn, opt):
+        p = jax.tree_util.tree_map(jnp.copy, params)
+        s = opt.init(p)
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(p, s))
+        return (time.perf_counter() - t0) / steps
+
+    for f in fns.values():  # compile
+        timed(f["train"], f["opt"])
+        timed(f["update"], f["opt"])
+    times = {name: {"train": [], "update": []} for name in fns}
+    for _ in range(repeats):  # interleaved
+        for name, f in fns.items():
+            times[name]["train"].append(timed(f["train"], f["opt"]))
+            times[name]["update"].append(timed(f["update"], f["opt"]))
+    med = {k: {kk: float(np.median(vv)) for kk, vv in v.items()} for k, v in times.items()}
+    print(f"\n{n} parameters (MLP {sizes}), inner {inner_name}, {steps} steps x {repeats} repeats")
+    hdr = ("config", "train step [ms]", "ratio", "update [ms]", "ratio")
+    print(f"  {hdr[0]:16s} {hdr[1]:>16s} {hdr[2]:>7s} {hdr[3]:>12s} {hdr[4]:>7s}")
+    rows = {}
+    for name, t in med.items():
+        rt = t["train"] / med[inner_name]["train"]
+        ru = t["update"] / med[inner_name]["update"]
+        print(
+            f"  {name:16s} {1e3 * t['train']:16.3f} {rt:7.2f} {1e3 * t['update']:12.3f} {ru:7.2f}"
+        )
+        rows[name] = {
+            "train_ms": 1e3 * t["train"],
+            "train_ratio": rt,
+            "update_ms": 1e3 * t["update"],
+            "update_ratio": ru,
+        }
+    return {"n_params": n, "inner": inner_name, "rows": rows}
+
+
+def print_study_ratios(path: str) -> None:
+    with open(path) as fh:
+        res = json.load(fh)
+    print(f"\nstudy ratios from {path}")
+    for name, pr in res["problems"].items():
+        for k, v in pr["ratios"].items():
+            print(f"  {name:24s} {k:45s} {'-' if v is None else f'{v:.2f}'}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--memories", type=int, nargs="+", default=[5, 10])
+    ap.add_argument("--inner", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--results", default=None, help="results.json of an Anderson study")
+    a = ap.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
+    out = [
+        bench_size(n, inner, a.memories, a.steps, a.repeats) for n in a.sizes for inner in a.inner
+    ]
+    if a.results:
+        print_study_ratios(a.results)
+    return out
+
+
+if __name__ == "__main__":
+    main()

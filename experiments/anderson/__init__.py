@@ -1,0 +1,1 @@
+"""Anderson acceleration study: deterministic and minibatch problems vs tuned baselines."""

@@ -1,0 +1,271 @@
+"""Anderson acceleration study: every problem, tuned baselines vs Anderson, >= 3 seeds.
+
+    python -m experiments.anderson.run                      # all problems, default sizes
+    python -m experiments.anderson.run --problems least_squares logistic_regression
+    python -m experiments.anderson.run --scale 4 --seeds 5  # longer runs, more seeds
+
+Writes ``<out>/<timestamp>/results.json`` and one ``<problem>.png`` per problem
+(median loss over seeds vs iterations or epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from experiments.anderson import problems as P
+from experiments.anderson.runner import (
+    Method,
+    anderson_methods,
+    iters_to_target,
+    run_deterministic,
+    run_minibatch,
+    tuning_grids,
+)
+
+ALL = [
+    "least_squares",
+    "logistic_regression",
+    "mlp_diabetes_fullbatch",
+    "mlp_diabetes_minibatch",
+    "burgers_1d_pinn",
+    "burgers_2d_pinn",
+    "cnn_digits",
+]
+X64 = {"least_squares", "logistic_regression"}  # 1e-6 relative targets need float64
+
+
+@dataclass
+class Config:
+    problems: list[str] = field(default_factory=lambda: list(ALL))
+    seeds: int = 3
+    scale: float = 1.0  # multiplies iterations / epochs
+    out: str = "runs/anderson"
+    plots: bool = True
+
+
+def build_problem(name: str, scale: float) -> P.Problem:
+    s = lambda n: max(2, int(round(n * scale)))
+    if name == "least_squares":
+        prob = P.least_squares()
+        return _with(prob, steps=s(prob.steps))
+    if name == "logistic_regression":
+        prob = P.logistic_regression()
+        return _with(prob, steps=s(prob.steps))
+    if name == "mlp_diabetes_fullbatch":
+        return P.mlp_diabetes(False, steps=s(1500))
+    if name == "mlp_diabetes_minibatch":
+        return P.mlp_diabetes(True, epochs=s(40))
+    if name == "burgers_1d_pinn":
+        return P.burgers_1d(steps=s(1500))
+    if name == "burgers_2d_pinn":
+        return P.burgers_2d(steps=s(800))
+    if name == "cnn_digits":
+        return P.cnn_digits(epochs=s(10))
+    raise ValueError(f"unknown problem {name!r}; choose from {ALL}")
+
+
+def _with(prob: P.Problem, **kw) -> P.Problem:
+    from dataclasses import replace
+
+    return replace(prob, **kw)
+
+
+def _run(prob: P.Problem, method: Method, seed: int) -> dict:
+    key = jax.random.PRNGKey(seed)
+    if prob.deterministic:
+        return run_deterministic(prob, method, key, prob.steps)
+    return run_minibatch(prob, method, key, prob.epochs)
+
+
+def _score(prob: P.Problem, res: dict) -> tuple:
+    """Tuning score (lower is better): iterations to target (convex), else final loss."""
+    final = res["final_loss"] if np.isfinite(res["final_loss"]) else np.inf
+    if prob.f_star is not None:
+        f0 = res["loss"][0]
+        it = iters_to_target(res["loss"], prob.f_star + prob.rel_target * (f0 - prob.f_star))
+        return (it if it is not None else np.inf, final)
+    return (final,)
+
+
+def study_problem(prob: P.Problem, seeds: int, bar: tqdm) -> dict:
+    """Tune baselines on seed 0, run all methods on all seeds, compute targets and ratios."""
+    grids = tuning_grids(prob)
+    tuned: dict[str, Method] = {}
+    tuning: dict[str, list] = {}
+    for fam, grid in grids.items():
+        scored = []
+        for m in grid:
+            r = _run(prob, m, 0)
+            scored.append((_score(prob, r), m))
+            bar.update(1)
+        scored.sort(key=lambda t: t[0])
+        tuned[fam] = scored[0][1]
+        tuning[fam] = [{"score": list(map(float, sc)), **asdict(m)} for sc, m in scored]
+    methods = list(tuned.values()) + anderson_methods(prob, tuned)
+    runs: dict[str, list[dict]] = {m.name: [] for m in methods}
+    for m in methods:
+        for seed in range(seeds):
+            runs[m.name].append(_run(prob, m, seed))
+            bar.update(1)
+    # Target: f* (convex) or the best loss any method reached (nonconvex).
+    if prob.f_star is not None:
+        f_ref = prob.f_star
+    else:
+        f_ref = min(min(r["loss"]) for rs in runs.values() for r in rs if np.isfinite(r["loss"][0]))
+    f0 = float(np.median([r["loss"][0] for r in runs[methods[0].name]]))
+    target = f_ref + prob.rel_target * (f0 - f_ref)
+    summary = {}
+    for m in methods:
+        rows = []
+        for r in runs[m.name]:
+            it = iters_to_target(r["loss"], target)
+            n = len(r["loss"]) - (0 if prob.deterministic else 1)
+            row = {"iters": it, "final_loss": r["final_loss"]}
+            if prob.deterministic:
+                row["grad_evals"] = r["evals"][it] if it is not None else None
+                row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
+            else:
+                row["epochs"] = it
+                row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
+            for k in ("accelerated", "rejected", "averaged", "rel_l2"):
+                if k in r:
+                    row[k] = r[k]
+            row["wall_s"] = r["wall"]
+            rows.append(row)
+        summary[m.name] = {"method": asdict(m), "seeds": rows}
+    return {
+        "problem": prob.name,
+        "deterministic": prob.deterministic,
+        "target": target,
+        "f_ref": f_ref,
+        "tuned": {k: asdict(v) for k, v in tuned.items()},
+        "tuning": tuning,
+        "summary": summary,
+        "ratios": ratios(prob, summary),
+        "curves": {k: [r["loss"] for r in v] for k, v in runs.items()},
+    }
+
+
+def _median(values):
+    vals = [v for v in values if v is not None]
+    if len(vals) < len(values):
+        return None
+    return float(np.median(vals))
+
+
+def ratios(prob: P.Problem, summary: dict) -> dict:
+    """Deterministic: best of Nesterov/Adam over Anderson (iterations, time); minibatch:
+    Anderson's final loss over its inner optimizer's at equal epochs."""
+    med = lambda name, key: _median([r[key] for r in summary[name]["seeds"]])
+    out = {}
+    if prob.deterministic:
+        for key in ("iters", "time_to_target_s"):
+            base = [med(b, key) for b in ("nesterov", "adam")]
+            base = [b for b in base if b is not None]
+            best = min(base) if base else None
+            for name in summary:
+                if name.startswith("aa_"):
+                    v = med(name, key)
+                    out[f"{name}:{key}_speedup"] = best / v if best and v else None
+    else:
+        inner = {"aa_sgd": "sgd", "aa_momentum": "nesterov", "aa_adam": "adam"}
+        for name, s in summary.items():
+            fam = s["method"]["family"]
+            if fam in inner:
+                a = med(name, "final_loss")
+                b = med(inner[fam], "final_loss")
+                out[f"{name}:final_loss_over_{inner[fam]}"] = a / b if b else None
+    return out
+
+
+def plot_problem(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    f_ref = res["f_ref"]
+    for name, curves in res["curves"].items():
+        arr = np.asarray(curves, np.float64)
+        gap = np.maximum(np.median(arr, 0) - f_ref, 1e-16)
+        style = "-" if name.startswith("aa_") else "--"
+        ax.semilogy(gap, style, label=name, lw=1.3)
+    ax.axhline(res["target"] - f_ref, color="k", lw=0.8, ls=":", label="target")
+    ax.set_xlabel("iteration" if res["deterministic"] else "epoch")
+    ax.set_ylabel("loss - f_ref (median over seeds)")
+    ax.set_title(res["problem"])
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(res: dict) -> None:
+    print(f"\n== {res['problem']}  target {res['target']:.6g}")
+    key = "iters" if res["deterministic"] else "epochs"
+    for name, s in res["summary"].items():
+        its = [r[key] for r in s["seeds"]]
+        tt = [r["time_to_target_s"] for r in s["seeds"]]
+        fl = [r["final_loss"] for r in s["seeds"]]
+        ex = ""
+        if "accelerated" in s["seeds"][0]:
+            ex = " acc/rej/avg " + ",".join(
+                f"{r['accelerated']}/{r['rejected']}/{r['averaged']}" for r in s["seeds"]
+            )
+        if "rel_l2" in s["seeds"][0]:
+            ex += " relL2 " + ",".join(f"{r['rel_l2']:.3g}" for r in s["seeds"])
+        tt_s = ",".join("-" if t is None else f"{t:.3f}" for t in tt)
+        print(f"  {name:18s} {key} {its}  t[s] {tt_s}  final {[f'{v:.4g}' for v in fl]}{ex}")
+    for k, v in res["ratios"].items():
+        print(f"  ratio {k}: {'-' if v is None else f'{v:.2f}'}")
+
+
+def train_and_evaluate(cfg: Config) -> dict:
+    """Run the study; returns the results dict that is also written to the run folder."""
+    run_dir = os.path.join(cfg.out, time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(run_dir, exist_ok=True)
+    total = 0
+    for name in cfg.problems:
+        det = name not in ("mlp_diabetes_minibatch", "cnn_digits")
+        total += (4 if name in X64 else 3) * 2 + 4 + 1 + 9 * cfg.seeds
+    del det
+    results = {"config": asdict(cfg), "problems": {}}
+    with tqdm(total=total, desc="anderson study") as bar:
+        for name in cfg.problems:
+            with jax.enable_x64(name in X64):  # data and params built in the same precision
+                p = build_problem(name, cfg.scale)
+                res = study_problem(p, cfg.seeds, bar)
+            results["problems"][p.name] = res
+            if cfg.plots:
+                plot_problem(res, os.path.join(run_dir, f"{p.name}.png"))
+            print_summary(res)
+            with open(os.path.join(run_dir, "results.json"), "w") as fh:
+                json.dump(results, fh)
+    results["run_dir"] = run_dir
+    print(f"\nrun folder: {run_dir}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--problems", nargs="+", default=ALL, choices=ALL)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply iterations/epochs")
+    ap.add_argument("--out", default="runs/anderson")
+    ap.add_argument("--no-plots", action="store_true")
+    a = ap.parse_args(argv)
+    cfg = Config(problems=a.problems, seeds=a.seeds, scale=a.scale, out=a.out, plots=not a.no_plots)
+    return train_and_evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Run one optimizer on one problem (jitted ``lax.scan``), tune baselines, summarise.
+
+A deterministic run records the loss at every iterate (the ``value`` each step sees);
+a minibatch run records the full training loss after every epoch. Wall time is the
+time of the second call of the compiled run (compilation excluded), and "time to
+target" is that time scaled by the fraction of the run needed to reach the target.
+Gradient evaluations: one per step for first-order methods and Anderson (a rejected
+extrapolation is a step, so safeguard passes are counted); for L-BFGS, the zoom line
+search's evaluations (at least one per iteration).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.anderson.problems import Problem
+from jaxsci.optim import anderson
+
+
+@dataclass(frozen=True)
+class Method:
+    """An optimizer recipe: family name, hyper-parameters, and how it is called."""
+
+    name: str
+    family: str  # sgd | nesterov | adam | lbfgs | aa_sgd | aa_momentum | aa_adam
+    lr: float = 0.0
+    momentum: float = 0.0
+    memory: int = 5
+    average: bool = False
+
+    def build(self) -> optax.GradientTransformation:
+        f = self.family
+        if f == "sgd":
+            return optax.sgd(self.lr)
+        if f == "nesterov":
+            return optax.sgd(self.lr, momentum=self.momentum, nesterov=True)
+        if f == "adam":
+            return optax.adam(self.lr)
+        if f == "lbfgs":
+            return optax.lbfgs()
+        inner = {
+            "aa_sgd": lambda: optax.sgd(self.lr),
+            "aa_momentum": lambda: optax.sgd(self.lr, momentum=self.momentum),
+            "aa_adam": lambda: optax.adam(self.lr),
+        }[f]()
+        return anderson(inner, self.memory, average=self.average)
+
+    @property
+    def is_anderson(self) -> bool:
+        return self.family.startswith("aa_")
+
+
+def _aa_counts(state) -> dict:
+    """Diagnostics of the Anderson state inside an optimizer state, if any."""
+    a = getattr(state, "anderson_state", None)
+    if a is None:
+        return {}
+    return {
+        "accelerated": int(a.n_accelerated),
+        "rejected": int(a.n_rejected),
+        "averaged": int(a.n_averaged),
+    }
+
+
+def run_deterministic(problem: Problem, method: Method, key: jax.Array, steps: int) -> dict:
+    """Full-batch run: loss at each iterate, gradient evaluations, wall time."""
+    opt = method.build()
+    f = lambda p: problem.loss(p, problem.data)
+
+    if method.family == "lbfgs":
+        vg = optax.value_and_grad_from_state(f)
+
+        def step(carry, _):
+            p, s = carry
+            v, g = vg(p, state=s)
+            u, s = opt.update(g, s, p, value=v, grad=g, value_fn=f)
+            evals = jnp.maximum(optax.tree.get(s, "num_linesearch_steps"), 1)
+            return (optax.apply_updates(p, u), s), (v, evals)
+    else:
+        use_value = method.is_anderson
+
+        def step(carry, _):
+            p, s = carry
+            v, g = jax.value_and_grad(f)(p)
+            u, s = opt.update(g, s, p, value=v) if use_value else opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), (v, jnp.ones((), jnp.int32))
+
+    run = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=steps))
+    p0 = problem.init(key)
+    jax.block_until_ready(run(p0))  # compile
+    t0 = time.perf_counter()
+    (p, s), (vals, evals) = jax.block_until_ready(run(p0))
+    wall = time.perf_counter() - t0
+    out = {
+        "loss": np.asarray(vals, np.float64).tolist(),
+        "evals": np.cumsum(np.asarray(evals)).tolist(),
+        "wall": wall,
+        "final_loss": float(f(p)),
+        **_aa_counts(s),
+    }
+    if "rel_l2" in problem.extra:
+        out["rel_l2"] = problem.extra["rel_l2"](p)
+    return out
+
+
+def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int) -> dict:
+    """Minibatch run: full training loss after each epoch, wall time."""
+    opt = method.build()
+    data = problem.data
+    n = data[0].shape[0]
+    bs = problem.batch_size
+    nb = n // bs
+    k_init, k_perm = jax.random.split(key)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n)[: nb * bs].reshape(nb, bs))(
+        jax.random.split(k_perm, epochs)
+    )
+    full = lambda p: problem.loss(p, data)
+    use_value = method.is_anderson or method.family == "lbfgs"
+
+    def step(carry, idx):
+        p, s = carry
+        batch = tuple(a[idx] for a in data)
+        fb = lambda q: problem.loss(q, batch)
+        v, g = jax.value_and_grad(fb)(p)
+        if method.family == "lbfgs":
+            u, s = opt.update(g, s, p, value=v, grad=g, value_fn=fb)
+        elif use_value:
+            u, s = opt.update(g, s, p, value=v)
+        else:
+            u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), v
+
+    def epoch(carry, perm):
+        carry, _ = jax.lax.scan(step, carry, perm)
+        return carry, full(carry[0])
+
+    p0 = problem.init(k_init)
+    run_j = jax.jit(lambda p: _mb_run(p, opt, epoch, perms, full))
+    jax.block_until_ready(run_j(p0))
+    t0 = time.perf_counter()
+    p, s, losses = jax.block_until_ready(run_j(p0))
+    wall = time.perf_counter() - t0
+    return {
+        "loss": np.asarray(losses, np.float64).tolist(),  # [epochs + 1], full train loss
+        "wall": wall,
+        "steps_per_epoch": nb,
+        "final_loss": float(losses[-1]),
+        **_aa_counts(s),
+    }
+
+
+def _mb_run(p, opt, epoch, perms, full):
+    f0 = full(p)
+    (p, s), losses = jax.lax.scan(epoch, (p, opt.init(p)), perms)
+    return p, s, jnp.concatenate([f0[None], losses])
+
+
+def iters_to_target(loss: list[float], target: float) -> int | None:
+    """First index whose loss is <= target (None if never)."""
+    arr = np.asarray(loss)
+    hit = np.nonzero(arr <= target)[0]
+    return int(hit[0]) if hit.size else None
+
+
+def tuning_grids(problem: Problem) -> dict[str, list[Method]]:
+    """Grids for the baselines (tuned on seed 0)."""
+    base, ab = problem.lr_sgd, problem.lr_adam
+    convex = problem.f_star is not None
+    lr_mult = [0.5, 1.0, 1.5, 1.9] if convex else [0.3, 1.0, 3.0]
+    moms = [0.9, 0.95, 0.98, 0.99] if convex else [0.9, 0.99]
+    return {
+        "sgd": [Method("sgd", "sgd", lr=base * k) for k in lr_mult],
+        "nesterov": [
+            Method("nesterov", "nesterov", lr=base * k, momentum=m)
+            for k in ([0.5, 1.0] if convex else [0.1, 0.3, 1.0])
+            for m in moms
+        ],
+        "adam": [Method("adam", "adam", lr=ab * k) for k in (0.1, 0.3, 1.0, 3.0)],
+        "lbfgs": [Method("lbfgs", "lbfgs")],
+    }
+
+
+def anderson_methods(problem: Problem, tuned: dict[str, Method]) -> list[Method]:
+    """Anderson on SGD (1/L or tuned SGD step), on momentum and Adam (their tuned steps)."""
+    lr = problem.lr_sgd if problem.f_star is not None else tuned["sgd"].lr
+    nes, adam = tuned["nesterov"], tuned["adam"]
+    out = [Method("aa_sgd_m5", "aa_sgd", lr=lr, memory=5)]
+    if problem.deterministic:
+        out += [Method(f"aa_sgd_m{m}", "aa_sgd", lr=lr, memory=m) for m in (10, 20)]
+    out += [
+        Method("aa_momentum_m5", "aa_momentum", lr=nes.lr, momentum=nes.momentum, memory=5),
+        Method("aa_adam_m5", "aa_adam", lr=adam.lr, memory=5),
+    ]
+    if not problem.deterministic:
+        out += [
+            Method("aa_sgd_m5_avg", "aa_sgd", lr=lr, memory=5, average=True),
+            Method("aa_adam_m5_avg", "aa_adam", lr=adam.lr, memory=5, average=True),
+        ]
+    return out
