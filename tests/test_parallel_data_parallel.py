@@ -87,8 +87,9 @@ def _tx(name):
 
 
 # -- single process --------------------------------------------------------------------------
-@pytest.mark.parametrize("txname", ["sgd", "adam", "adamw_clip"])
-@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize(
+    ("txname", "flat"), [("sgd", True), ("adam", True), ("adamw_clip", True), ("adam", False)]
+)
 def test_single_process_equals_plain_optax(txname, flat):
     ref_params, ref_losses = _reference(_tx(txname))
     dp = data_parallel(_loss, _tx(txname), flat=flat, mesh=make_mesh(1))
