@@ -375,3 +375,12 @@ def test_two_ranks_checkpoint_resume_reproduces_run(tmp_path):
     for s in range(start, 8):
         state, _ = dp2.step(state, dp2.shard_batch((x[s], y[s])))
     assert _max_diff(dp2.params(state), dp.params(full)) == 0.0
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_step_never_invalidates_the_callers_arrays(flat):
+    params = {"v": jnp.ones(3)}  # a single 1-D leaf: flattening is a no-op view
+    dp = data_parallel(lambda p, b: jnp.mean((b - p["v"]) ** 2), optax.sgd(0.1), flat=flat)
+    state = dp.init(params)
+    state, _ = dp.step(state, jnp.zeros((4, 3)))
+    np.testing.assert_array_equal(params["v"], np.ones(3))  # still alive and unchanged

@@ -123,7 +123,6 @@ class DataParallel:
         self.layout: FlatLayout | None = None
         self._replicated = NamedSharding(mesh, P())
         self._batch_sharding = NamedSharding(mesh, P(self.axis))
-        self._first_device = mesh.devices.flat[0]
         self._step_fn: Callable | None = None
         self._params_fn: Callable | None = None
 
@@ -137,6 +136,8 @@ class DataParallel:
             raise ValueError("init() called with a different parameter tree than before")
         self.layout = layout
         store = layout.flatten(params) if self.flat else params
+        # own copies: step() donates the state's buffers, never the caller's arrays
+        store = jax.tree.map(jnp.array, store)
         if self.broadcast_params and self.info.comm is not None and self.info.size > 1:
             store = self._broadcast(store)
         scale = self.loss_scale.init() if self.loss_scale is not None else None
