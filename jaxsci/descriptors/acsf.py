@@ -37,6 +37,7 @@ from jaxsci.geometry.neighbors import (
     cell_list_allocate,
     dense_slots,
     neighbor_list_slots,
+    prune_slots,
 )
 
 Array = jnp.ndarray
@@ -47,6 +48,8 @@ CENTRE_CHUNK = 128
 STRUCTURE_CHUNK = 32
 #: periodic systems with at least this many atoms (and cells wider than r_cut) use a cell list.
 CELL_LIST_MIN_ATOMS = 128
+#: largest [chunk, K, K] triplet tensor of the per-triplet kernel (elements).
+TRIPLET_BUDGET = 1 << 21
 
 
 def _to_atomic_number(x) -> int:
@@ -60,16 +63,25 @@ def _to_atomic_number(x) -> int:
     return z
 
 
-def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig):
-    """[N, F] features of one structure from dense (all-atoms x images) slots."""
+def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig, capacity=None):
+    """[N, F] features of one structure from dense (all-atoms x images) slots.
+
+    With ``capacity`` the image slots are pruned to the nearest ``capacity`` within r_cut
+    (sized on the host, so nothing is dropped); centres are processed in chunks small enough
+    that the [chunk, K, K] triplet tensors stay within ``TRIPLET_BUDGET`` elements.
+    """
     if cell is None:
         return acsf_cluster(positions, species, mask, cfg)
     slots = dense_slots(positions, cell, shifts, mask)
+    if capacity is not None and capacity < slots.disp.shape[1]:
+        slots, _ = prune_slots(slots, cfg.r_cut, capacity)
     nb_species = species[slots.index]
+    k = slots.disp.shape[1]
+    chunk = max(1, min(CENTRE_CHUNK, TRIPLET_BUDGET // (k * k)))
     out = chunked_centres(
         lambda d, s, v: acsf_from_slots(slots._replace(disp=d, valid=v), s, cfg),
         positions.shape[0],
-        CENTRE_CHUNK,
+        chunk,
         slots.disp,
         nb_species,
         slots.valid,
@@ -77,9 +89,24 @@ def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig):
     return jnp.where(mask[:, None], out, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _dense_batched(positions, species, mask, cells, shifts, cfg: KernelConfig):
-    fn = lambda p, s, m, c: _dense_features(p, s, m, c, shifts, cfg)
+def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
+    """Largest number of neighbours (images included) within r_cut, rounded up to 8."""
+    pos = np.asarray(positions, dtype=np.float64)
+    if mask is not None:
+        pos = pos[np.asarray(mask)]
+    offs = np.asarray(shifts, dtype=np.float64) @ np.asarray(cell, dtype=np.float64)
+    best = 1
+    for start in range(0, len(pos), 256):
+        d = pos[None, None, :, :] + offs[None, :, None, :] - pos[start : start + 256, None, None]
+        r2 = np.sum(d * d, axis=-1)
+        count = np.sum(r2 <= r_cut * r_cut, axis=(1, 2)) - 1  # minus self
+        best = max(best, int(count.max()))
+    return int(np.ceil(best / 8) * 8)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
+def _dense_batched(positions, species, mask, cells, shifts, cfg: KernelConfig, capacity=None):
+    fn = lambda p, s, m, c: _dense_features(p, s, m, c, shifts, cfg, capacity)
     return jax.vmap(fn)(positions, species, mask, cells)
 
 
@@ -213,8 +240,13 @@ class ACSF:
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
         shifts = self._shifts_for([cell], pbc)
+        capacity = None
+        if not isinstance(positions, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
+            capacity = _host_capacity(positions, cell, shifts, self.r_cut, mask)
         cell = jnp.asarray(cell, dtype=positions.dtype)
-        return _dense_features(positions, species, mask, cell, jnp.asarray(shifts), self.config)
+        return _dense_features(
+            positions, species, mask, cell, jnp.asarray(shifts), self.config, capacity
+        )
 
     def _shifts_for(self, cells: Sequence, pbc) -> np.ndarray:
         mult = np.zeros(3, dtype=np.int64)
@@ -339,9 +371,12 @@ class ACSF:
         if use_cell_list:
             nbrs = cell_list_allocate(p, c, self.r_cut, pbc)
             return _cell_list_features_jit(p, s, c, nbrs, self.config)
-        shifts = jnp.asarray(image_shifts(cell, self.r_cut, pbc))
+        shifts = image_shifts(cell, self.r_cut, pbc)
+        capacity = _host_capacity(pos, cell, shifts, self.r_cut)
         mask = jnp.ones(len(pos), dtype=bool)
-        return _dense_batched(p[None], s[None], mask[None], c[None], shifts, self.config)[0]
+        return _dense_batched(
+            p[None], s[None], mask[None], c[None], jnp.asarray(shifts), self.config, capacity
+        )[0]
 
     # ------------------------------------------------------------------ large periodic systems
     def neighbor_list(self, positions, cell, capacity_multiplier: float = 1.25):

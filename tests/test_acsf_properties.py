@@ -1,0 +1,218 @@
+"""ACSF properties: gradients vs finite differences, invariances, masks, batching, pooling,
+polynomial cutoff against a brute-force reference, bad input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.cluster import Icosahedron
+
+from jaxsci.descriptors import ACSF, pool
+from jaxsci.geometry import cell_list_allocate, cell_list_update
+
+G2 = [[0.1, 1.0], [0.5, 2.5]]
+G4 = [[0.01, 1, 1], [0.02, 4, -1]]
+G5 = [[0.01, 2, 1], [0.02, 1.5, -1]]  # zeta 1.5: per-triplet kernel
+R_CUT = 5.0
+
+
+@pytest.fixture(scope="module")
+def acsf():
+    return ACSF(["Pt", "Cu"], R_CUT, G2, [1.5], G4, G5)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    a = Icosahedron("Pt", 2)
+    a.rattle(0.1, seed=4)
+    a.numbers[[2, 6, 9]] = 29
+    return a
+
+
+def _fd_check(loss, p, h=1e-5, n_dirs=2):
+    g = jax.grad(loss)(p)
+    assert np.all(np.isfinite(np.asarray(g)))
+    for seed in range(n_dirs):
+        v = jax.random.normal(jax.random.PRNGKey(seed), p.shape, dtype=p.dtype)
+        fd = (loss(p + h * v) - loss(p - h * v)) / (2 * h)
+        assert np.isclose(float(jnp.sum(g * v)), float(fd), rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_matches_finite_differences_cluster(acsf, cluster):
+    with jax.enable_x64(True):
+        s = jnp.asarray(acsf.encode_species(cluster.numbers))
+        w = jax.random.normal(jax.random.PRNGKey(3), (len(cluster), acsf.n_features))
+        _fd_check(jax.jit(lambda p: jnp.sum(w * acsf.fn(p, s))), jnp.asarray(cluster.positions))
+
+
+def test_gradient_matches_finite_differences_periodic():
+    atoms = bulk("Cu", "fcc", a=3.6) * (1, 1, 2)  # cell narrower than 2 r_cut
+    atoms.numbers[0] = 78
+    atoms.rattle(0.05, seed=1)
+    ours = ACSF(["Pt", "Cu"], R_CUT, G2, None, G4, G5, periodic=True)
+    cell = np.asarray(atoms.cell[:])
+    with jax.enable_x64(True):
+        s = jnp.asarray(ours.encode_species(atoms.numbers))
+        w = jax.random.normal(jax.random.PRNGKey(4), (len(atoms), ours.n_features))
+        loss = jax.jit(lambda p: jnp.sum(w * ours.fn(p, s, cell)))
+        _fd_check(loss, jnp.asarray(atoms.positions))
+
+
+def test_gradients_finite_at_coincident_atoms_and_cutoff(acsf):
+    pos = np.array([[0, 0, 0], [0, 0, 0], [R_CUT, 0, 0], [0, 2.0, 0]], dtype=np.float64)
+    with jax.enable_x64(True):
+        s = jnp.zeros(4, dtype=jnp.int32)
+        out, g = jax.jit(jax.value_and_grad(lambda p: jnp.sum(acsf.fn(p, s) ** 2)))(
+            jnp.asarray(pos)
+        )
+        feats = np.asarray(jax.jit(acsf.fn)(jnp.asarray(pos), s))
+    assert np.all(np.isfinite(np.asarray(g))) and np.isfinite(float(out))
+    # atom 2 sits exactly at r_cut from atom 0: G1 of atom 0 counts only atoms 1 and 3
+    fc = 0.5 * (np.cos(np.pi * 2.0 / R_CUT) + 1)
+    assert np.isclose(feats[0, 0], 1.0 + fc)
+
+
+def test_invariances(acsf, cluster):
+    s = acsf.encode_species(cluster.numbers)
+    with jax.enable_x64(True):
+        fn = jax.jit(acsf.fn)
+        ref = np.asarray(fn(jnp.asarray(cluster.positions), s))
+        q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+        moved = cluster.positions @ q.T + np.array([3.0, -7.0, 11.0])
+        perm = np.random.default_rng(1).permutation(len(cluster))
+        rot = np.asarray(fn(jnp.asarray(moved), s))
+        per = np.asarray(fn(jnp.asarray(cluster.positions[perm]), s[perm]))
+    assert np.allclose(rot, ref, rtol=1e-10, atol=1e-12)
+    assert np.allclose(per, ref[perm], rtol=1e-10, atol=1e-12)
+
+
+def test_mask_padding_and_batch(acsf, cluster):
+    small = cluster[:9]
+    with jax.enable_x64(True):
+        batch = acsf.batch([cluster, small])
+        assert batch.positions.shape[1] == 16 and batch.mask.sum() == 13 + 9
+        out = np.asarray(acsf.batch_fn(batch.positions, batch.species, batch.mask))
+        ref = acsf.create([cluster, small])
+    assert np.allclose(out[1, :9], ref[1])
+    assert np.allclose(out[0, :13], ref[0])
+    assert np.all(out[1, 9:] == 0.0)
+    # a different size within the same bucket keeps the padded shape (no recompilation)
+    assert acsf.batch([cluster[:15]]).positions.shape[1] == 16
+
+
+def test_pool(acsf, cluster):
+    feats = jnp.asarray(acsf.create(cluster))
+    padded = jnp.concatenate([feats, jnp.full((3, feats.shape[1]), 99.0)])
+    mask = jnp.arange(16) < 13
+    out = pool(padded, mask, ops=("max", "min", "mean"))
+    f = np.asarray(feats)
+    expected = np.concatenate([f.max(0), f.min(0), f.mean(0)])
+    assert out.shape == (3 * acsf.n_features,)
+    assert np.allclose(out, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="pool ops"):
+        pool(feats, ops=("median",))
+
+
+def _poly_fc(r, rc):
+    x = r / rc
+    return np.where(r <= rc, 1 - 10 * x**3 + 15 * x**4 - 6 * x**5, 0.0)
+
+
+def _brute_g2_g4(pos, rc, g2, g4, fc):
+    """Plain loops over pairs and triplets (j < k), single species."""
+    n = len(pos)
+    out = np.zeros((n, 1 + len(g2) + len(g4)))
+    for i in range(n):
+        for j in range(n):
+            rij = np.linalg.norm(pos[j] - pos[i])
+            if j == i or rij > rc:
+                continue
+            out[i, 0] += fc(rij, rc)
+            for p, (eta, rs) in enumerate(g2):
+                out[i, 1 + p] += np.exp(-eta * (rij - rs) ** 2) * fc(rij, rc)
+        for j, k in itertools.combinations(range(n), 2):
+            if i in (j, k):
+                continue
+            rij, rik = np.linalg.norm(pos[j] - pos[i]), np.linalg.norm(pos[k] - pos[i])
+            rjk = np.linalg.norm(pos[k] - pos[j])
+            if max(rij, rik, rjk) > rc:
+                continue
+            cos = np.dot(pos[j] - pos[i], pos[k] - pos[i]) / (rij * rik)
+            for p, (eta, zeta, lam) in enumerate(g4):
+                out[i, 1 + len(g2) + p] += (
+                    2 ** (1 - zeta)
+                    * (1 + lam * cos) ** zeta
+                    * np.exp(-eta * (rij**2 + rik**2 + rjk**2))
+                    * fc(rij, rc)
+                    * fc(rik, rc)
+                    * fc(rjk, rc)
+                )
+    return out
+
+
+def test_polynomial_cutoff_against_brute_force():
+    atoms = Icosahedron("Pt", 2)[:8]
+    atoms.rattle(0.2, seed=2)
+    ours = ACSF(["Pt"], 4.0, G2, g4_params=G4, cutoff="polynomial")
+    with jax.enable_x64(True):
+        out = ours.create(atoms)
+    ref = _brute_g2_g4(atoms.positions, 4.0, G2, G4, _poly_fc)
+    assert np.allclose(out, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_cell_list_overflow_reallocate_gives_dense_result():
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True) * (2, 2, 2)  # 7.84 A cell, 2 bins of 3.9 A
+    atoms.rattle(0.05, seed=0)
+    r_cut = 3.5
+    ours = ACSF(["Pt"], r_cut, G2, g4_params=G4, periodic=True)
+    cell = np.asarray(atoms.cell[:])
+    s = jnp.asarray(ours.encode_species(atoms.numbers))
+    with jax.enable_x64(True):
+        nbrs = cell_list_allocate(atoms.positions, cell, r_cut, capacity_multiplier=1.0)
+        # pull the atoms towards one corner: bins and neighbour slots overflow
+        compressed = 0.5 * atoms.positions
+        nbrs = cell_list_update(jnp.asarray(compressed), jnp.asarray(cell), nbrs.spec)
+        assert bool(nbrs.did_overflow)
+        nbrs = ours.neighbor_list(compressed, cell)  # the host reallocates
+        assert not bool(nbrs.did_overflow)
+        out = np.asarray(ours.neighbor_fn(jnp.asarray(compressed), s, jnp.asarray(cell), nbrs))
+        dense = np.asarray(ours.fn(jnp.asarray(compressed), s, cell))
+    assert np.allclose(out, dense, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_input_errors(acsf, cluster):
+    with pytest.raises(ValueError, match="unknown chemical element"):
+        ACSF(["Xx"], 5.0)
+    with pytest.raises(ValueError, match="r_cut"):
+        ACSF(["Pt"], 0.0)
+    with pytest.raises(ValueError, match="r_cut"):
+        ACSF(["Pt"], -1.0)
+    with pytest.raises(ValueError, match="g2_params"):
+        ACSF(["Pt"], 5.0, g2_params=[[0.1, 1.0, 2.0]])
+    with pytest.raises(ValueError, match="g3_params"):
+        ACSF(["Pt"], 5.0, g3_params=[[1.0]])
+    with pytest.raises(ValueError, match="g4_params"):
+        ACSF(["Pt"], 5.0, g4_params=[0.1, 1, 1])
+    with pytest.raises(ValueError, match="g5_params.*NaN"):
+        ACSF(["Pt"], 5.0, g5_params=[[np.nan, 1, 1]])
+    with pytest.raises(ValueError, match="cutoff"):
+        ACSF(["Pt"], 5.0, cutoff="gaussian")
+    with pytest.raises(ValueError, match="Au"):
+        acsf.create(Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]]))
+    with pytest.raises(ValueError, match="Au"):
+        acsf.encode_species(["Pt", "Au"])
+    for bad in (np.nan, np.inf):
+        a = cluster.copy()
+        a.positions[3, 1] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            acsf.create(a)
+    periodic = ACSF(["Pt"], 5.0, G2, periodic=True)
+    flat = Atoms("Pt", positions=[[0, 0, 0]], cell=[[1, 0, 0], [2, 0, 0], [0, 0, 1]], pbc=True)
+    with pytest.raises(ValueError, match="singular"):
+        periodic.create(flat)
+    with pytest.raises(ValueError, match="3x3"):
+        periodic.fn(jnp.zeros((1, 3)), jnp.zeros(1, dtype=jnp.int32), np.eye(2))

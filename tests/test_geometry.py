@@ -1,0 +1,128 @@
+"""jaxsci.geometry: cells, displacements, dense and cell-list neighbour lists."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsci.geometry import (
+    cell_list_allocate,
+    cell_list_update,
+    dense_slots,
+    image_multipliers,
+    image_shifts,
+    periodic_displacement,
+    perpendicular_widths,
+    validate_cell,
+    wrap_positions,
+)
+
+TRICLINIC = np.array([[5.0, 0.0, 0.0], [2.1, 4.6, 0.0], [-1.2, 0.8, 5.3]])
+
+
+def _neighbour_set(index, shift, n):
+    out = set()
+    for i in range(index.shape[0]):
+        for j, s in zip(index[i], shift[i], strict=True):
+            if j < n:
+                out.add((i, int(j), *map(int, s)))
+    return out
+
+
+def _brute_set(pos, cell, r_cut):
+    """All (i, j, shift) with |R_j + shift @ cell - R_i| <= r_cut, excluding self."""
+    out = set()
+    rng = range(-3, 4)
+    for s in itertools.product(rng, rng, rng):
+        d = pos[None, :, :] + np.array(s) @ cell - pos[:, None, :]
+        r = np.linalg.norm(d, axis=-1)
+        for i, j in zip(*np.nonzero(r <= r_cut), strict=True):
+            if not (i == j and s == (0, 0, 0)):
+                out.add((int(i), int(j), *s))
+    return out
+
+
+def test_validate_cell_errors():
+    with pytest.raises(ValueError, match="3x3"):
+        validate_cell(np.eye(2))
+    with pytest.raises(ValueError, match="singular"):
+        validate_cell([[1, 0, 0], [2, 0, 0], [0, 0, 1]])
+    with pytest.raises(ValueError, match="NaN"):
+        validate_cell([[np.nan, 0, 0], [0, 1, 0], [0, 0, 1]])
+    # a zero vector along a non-periodic axis is completed, not rejected
+    c = validate_cell([[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=(True, True, False))
+    assert abs(np.linalg.det(c)) > 0
+
+
+def test_widths_and_images():
+    w = perpendicular_widths(TRICLINIC)
+    vol = abs(np.linalg.det(TRICLINIC))
+    assert np.allclose(w[2], vol / np.linalg.norm(np.cross(TRICLINIC[0], TRICLINIC[1])))
+    n = image_multipliers(TRICLINIC, 6.0)
+    assert np.array_equal(n, np.ceil(6.0 / w))
+    shifts = image_shifts(TRICLINIC, 6.0, pbc=(True, False, True))
+    assert np.all(shifts[0] == 0) and np.all(shifts[:, 1] == 0)
+    assert len(shifts) == (2 * n[0] + 1) * (2 * n[2] + 1)
+
+
+def test_periodic_displacement_is_minimum_image_triclinic():
+    rng = np.random.default_rng(0)
+    frac = rng.random((20, 3))
+    pos = frac @ TRICLINIC
+    disp = periodic_displacement(jnp.asarray(TRICLINIC))
+    d = np.asarray(disp(jnp.asarray(pos)[:, None], jnp.asarray(pos)[None]))
+    shifts = np.array(list(itertools.product(range(-2, 3), repeat=3))) @ TRICLINIC
+    brute = pos[:, None, None] - pos[None, :, None] + shifts[None, None]
+    best = np.min(np.linalg.norm(brute, axis=-1), axis=-1)
+    assert np.allclose(np.linalg.norm(d, axis=-1), best, atol=1e-5)
+
+
+def test_wrap_positions_keeps_images():
+    pos = np.array([[7.3, -1.0, 12.0], [-0.5, 0.2, 0.1]])
+    w = wrap_positions(pos, TRICLINIC)
+    frac = np.linalg.solve(TRICLINIC.T, w.T).T
+    assert np.all((frac >= 0) & (frac < 1))
+    n = np.linalg.solve(TRICLINIC.T, (pos - w).T).T
+    assert np.allclose(n, np.round(n))
+
+
+@pytest.mark.parametrize("cell", [np.diag([8.0, 9.0, 10.0]), 1.7 * TRICLINIC], ids=["ortho", "tri"])
+def test_cell_list_matches_brute_force(cell):
+    rng = np.random.default_rng(1)
+    pos = rng.random((40, 3)) @ cell
+    r_cut = 3.5
+    with jax.enable_x64(True):
+        nbrs = cell_list_allocate(pos, cell, r_cut)
+    got = _neighbour_set(np.asarray(nbrs.index), np.asarray(nbrs.shift), len(pos))
+    assert got == _brute_set(pos, cell, r_cut)
+
+
+def test_dense_slots_include_own_images():
+    cell = np.diag([2.5, 2.5, 2.5])
+    pos = np.array([[0.1, 0.2, 0.3]])
+    shifts = image_shifts(cell, 3.0)
+    slots = dense_slots(jnp.asarray(pos), jnp.asarray(cell), jnp.asarray(shifts))
+    r = np.linalg.norm(np.asarray(slots.disp), axis=-1)[0]
+    valid = np.asarray(slots.valid)[0]
+    assert not valid[0]  # itself, zero shift
+    assert np.sum(valid & (r <= 3.0)) == 6  # the 6 face-sharing images at 2.5 A
+
+
+def test_cell_list_overflow_flag_and_reallocation():
+    cell = np.diag([9.0, 9.0, 9.0])
+    rng = np.random.default_rng(2)
+    spread = rng.random((60, 3)) @ cell
+    with jax.enable_x64(True):
+        nbrs = cell_list_allocate(spread, cell, 3.0, capacity_multiplier=1.0)
+        assert not bool(nbrs.did_overflow)
+        squeezed = 0.3 * spread  # density up 37x: bins and neighbour slots overflow
+        update = jax.jit(cell_list_update, static_argnames="spec")
+        stale = update(jnp.asarray(squeezed), jnp.asarray(cell), nbrs.spec)
+        assert bool(stale.did_overflow)
+        fresh = cell_list_allocate(squeezed, cell, 3.0)  # the host answers by reallocating
+        assert not bool(fresh.did_overflow)
+        assert fresh.spec.capacity > nbrs.spec.capacity
+    got = _neighbour_set(np.asarray(fresh.index), np.asarray(fresh.shift), 60)
+    assert got == _brute_set(squeezed, cell, 3.0)
