@@ -127,11 +127,14 @@ def test_16bit_transfer_keeps_dtypes_and_rounds_once(transfer):
 
 
 @pytest.mark.mpi
-def test_results_identical_on_all_ranks():
+def test_default_comm_results_identical_on_all_ranks():
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     tree = _tree(comm.Get_rank())
-    out = jax.block_until_ready(jax.jit(lambda t: tree_allreduce(t, op="sum", comm=comm))(tree))
+    # default communicator (mpi4jax's clone of COMM_WORLD), mixed with host calls on COMM_WORLD
+    out = jax.block_until_ready(jax.jit(lambda t: tree_allreduce(t, op="sum"))(tree))
     blobs = comm.allgather([np.asarray(x).tobytes() for x in jax.tree.leaves(out)])
     assert blobs[0] == blobs[1]
+    total = comm.allreduce(float(np.asarray(tree["c"], np.float64).sum()))
+    np.testing.assert_allclose(float(out["c"].sum()), total, rtol=1e-5)

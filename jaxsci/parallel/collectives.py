@@ -137,12 +137,20 @@ def allreduce_plan(
     return tuple(buckets)
 
 
-def _resolve_comm(comm: Any | None) -> Any | None:
+def _resolve_comm(comm: Any | None) -> tuple[int, Any | None, bool]:
+    """(size, communicator for mpi4jax, whether MPI is in use).
+
+    Without an explicit ``comm`` under MPI, mpi4jax's own clone of ``COMM_WORLD`` is used, so
+    device collectives never interleave with the caller's host-side calls on ``COMM_WORLD``.
+    """
     if comm is not None:
-        return comm
+        return int(comm.Get_size()), comm, True
     from jaxsci.parallel.bootstrap import bootstrap
 
-    return bootstrap().comm
+    world = bootstrap().comm
+    if world is None:
+        return 1, None, False
+    return int(world.Get_size()), None, True
 
 
 @functools.cache
@@ -186,8 +194,9 @@ def tree_allreduce(
     Args:
       tree: pytree of arrays, the same structure, shapes and dtypes on every rank.
       op: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` over ranks.
-      comm: mpi4py communicator; default ``bootstrap().comm`` (no MPI: the tree comes back as
-        is, the reduction over one process). A communicator of size 1 still runs the MPI calls.
+      comm: mpi4py communicator. Default: under MPI (see :func:`bootstrap`) mpi4jax's clone of
+        ``COMM_WORLD``; without MPI the tree comes back as is (a reduction over one process).
+        A communicator of size 1 still runs the MPI calls.
       bucket_bytes: message capacity; ``None`` flat mode (one message per dtype); ``0`` one
         message per leaf. See :func:`allreduce_plan`.
       transfer_dtype: ``None`` to send leaves in their own dtype, or ``jnp.bfloat16`` /
@@ -203,10 +212,9 @@ def tree_allreduce(
         for leaf in leaves:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise ValueError(f"op='mean' needs floating leaves, got {leaf.dtype}")
-    comm = _resolve_comm(comm)
-    if comm is None:
+    size, comm, active = _resolve_comm(comm)
+    if not active:
         return tree
-    size = comm.Get_size()
     plan = allreduce_plan(tree, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
     mpi_op = "sum" if op == "mean" else op
     transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
