@@ -70,6 +70,7 @@ def run_all(args: argparse.Namespace) -> Path:
                 "final_loss": c["losses"][-1],
                 "final_test_accuracy": c["final_test_accuracy"],
                 "max_abs_loss_diff_vs_1proc_1dev": _max_diff(c["losses"], ref),
+                "max_abs_loss_diff_first_100_steps": _max_diff(c["losses"][:100], ref[:100]),
                 "wall_s": c["wall_s"],
             }
             for name, c in curves.items()
