@@ -1,0 +1,1 @@
+"""ACSF fingerprints of Pt nanoparticles built with ase.cluster (a small demo)."""
