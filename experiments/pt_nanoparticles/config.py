@@ -41,7 +41,7 @@ class Config:
     beta: float = 1.0  # KL weight
     learning_rate: float = 1e-3
     batch_size: int = 64
-    epochs: int = 600
+    epochs: int = 400
     val_fraction: float = 0.1  # seeds (with their MD snapshots) held out for validation
     checkpoint_every: int = 100  # epochs
 

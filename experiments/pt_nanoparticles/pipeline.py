@@ -413,7 +413,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
         jnp.asarray(cs[train_idx], jnp.float32),
     )
     plots.latent_space(np.asarray(z_mean), energies[train_idx], run_dir / "latent_space.png")
-    plots.clusters(generated[: config.n_plot_clusters], run_dir / "generated_clusters.png")
+    shown = np.unique(np.linspace(0, n_gen - 1, min(config.n_plot_clusters, n_gen)).round())
+    plots.clusters([generated[int(i)] for i in shown], run_dir / "generated_clusters.png")
 
     timings["total_s"] = time.perf_counter() - t_start
     metrics["run_dir"] = str(run_dir)
