@@ -1,5 +1,13 @@
 """jaxsci.data."""
 
+from jaxsci.data.digits import (  # issue 6: scikit-learn digits
+    DigitsSplit,
+    downscale,
+    from_digits_scale,
+    load_digits_split,
+    to_digits_scale,
+    upscale,
+)
 from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
     PtClusterConfig,
     PtClusterDataset,
@@ -9,6 +17,12 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
 )
 
 __all__ = [
+    "DigitsSplit",
+    "downscale",
+    "from_digits_scale",
+    "load_digits_split",
+    "to_digits_scale",
+    "upscale",
     "PtClusterConfig",
     "PtClusterDataset",
     "build_pt_clusters",

@@ -1,5 +1,12 @@
 """jaxsci.metrics."""
 
+from jaxsci.metrics.fid import (  # issue 6: classifier-based FID / inception score
+    FeatureClassifier,
+    evaluate_samples,
+    fit_feature_classifier,
+    frechet_distance,
+    inception_score,
+)
 from jaxsci.metrics.generation import (  # issue 4: generated-structure scores
     PT_NN_DISTANCE,
     Validity,
@@ -21,6 +28,11 @@ from jaxsci.metrics.structure import (  # issue 3: structure comparison
 )
 
 __all__ = [
+    "FeatureClassifier",
+    "evaluate_samples",
+    "fit_feature_classifier",
+    "frechet_distance",
+    "inception_score",
     "Alignment",
     "PT_NN_DISTANCE",
     "Validity",

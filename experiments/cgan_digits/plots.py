@@ -1,0 +1,47 @@
+"""Figures of the cgan_digits run: sample grids (one row per label) and loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def sample_grid(
+    images: np.ndarray, labels: np.ndarray, path: Path, *, title: str, per_row: int = 12
+) -> Path:
+    """One row per label of ``images [N, 8, 8]`` (0..16 scale); saves a PNG."""
+    classes = np.unique(labels)
+    fig = Figure(figsize=(per_row * 0.6, len(classes) * 0.6 + 0.4), layout="constrained")
+    axes = fig.subplots(len(classes), per_row, squeeze=False)
+    for row, lab in zip(axes, classes, strict=True):
+        sel = images[labels == lab][:per_row]
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j < len(sel):
+                ax.imshow(sel[j], cmap="gray_r", vmin=0.0, vmax=16.0, interpolation="nearest")
+        row[0].text(-0.6, 0.5, str(lab), transform=row[0].transAxes, va="center")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def loss_curves(history: dict[str, np.ndarray], path: Path, *, title: str) -> Path:
+    """Discriminator/critic and generator losses per step; per-label runs show each label
+    thin and the label mean thick. ``history[name]`` is ``[n_steps]`` or ``[L, n_steps]``."""
+    names = sorted(history)
+    fig = Figure(figsize=(4.0 * len(names), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        h = np.atleast_2d(history[name])
+        steps = np.arange(1, h.shape[-1] + 1)
+        if h.shape[0] > 1:
+            for row in h:
+                ax.plot(steps, row, lw=0.4, alpha=0.4)
+        ax.plot(steps, h.mean(0), lw=1.5, color="k", label="mean" if h.shape[0] > 1 else name)
+        ax.set_xlabel("generator update")
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    return path

@@ -1,0 +1,219 @@
+"""``train_and_evaluate``: per-label and single conditional GANs on digits, at equal compute.
+
+Writes into the run folder: ``metrics.json`` (config, the equal-compute definition, the
+metric classifier, reference FIDs and, per model, FID / inception score / conditional
+accuracy overall and per label, wall time), ``samples_<model>.npz`` (``images`` N x 8 x 8
+on 0..16, ``labels``), ``samples_<model>.png`` (one row per label), ``losses_<model>.png``
+and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``workdir``
+resumes from them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from experiments.cgan_digits import plots
+from experiments.cgan_digits.config import Config
+from jaxsci.data.digits import downscale, load_digits_split, to_digits_scale
+from jaxsci.metrics.fid import evaluate_samples, fit_feature_classifier, frechet_distance
+from jaxsci.models.gan import CGAN, dc_cgan, w_cgan
+from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.train.gan import (
+    sample_images,
+    sample_per_label,
+    train_conditional,
+    train_per_label,
+)
+from jaxsci.train.run_dir import make_run_dir, write_metrics
+
+N_LABELS = 10
+
+
+def build_model(config: Config, family: str) -> tuple[CGAN, optax.GradientTransformation]:
+    """The CGAN and its Adam optimizer for ``family`` "wcgan" or "dcgan"."""
+    sizes = dict(
+        image_size=config.image_size,
+        n_labels=N_LABELS,
+        latent_dim=config.latent_dim,
+        g_features=config.g_features,
+        d_features=config.d_features,
+    )
+    if family == "wcgan":
+        cgan = w_cgan(**sizes, n_critic=config.n_critic, gp_weight=config.gp_weight)
+        return cgan, optax.adam(config.lr_wgan, b1=0.5, b2=0.9)
+    return dc_cgan(**sizes), optax.adam(config.lr_dcgan, b1=0.5, b2=0.999)
+
+
+def equal_compute(config: Config, cgan: CGAN, per_label: bool) -> dict[str, Any]:
+    """Budget actually used by one model family (see the config module's docstring)."""
+    models = N_LABELS if per_label else 1
+    batch = config.batch_size if per_label else config.batch_size * N_LABELS
+    return {
+        "models": models,
+        "generator_updates_per_model": config.steps,
+        "critic_updates_per_model": config.steps * cgan.n_critic,
+        "batch_per_update": batch,
+        "generator_examples_total": models * config.steps * batch,
+        "critic_examples_total": models * config.steps * cgan.n_critic * batch,
+    }
+
+
+def _train_one(
+    name: str,
+    config: Config,
+    data,
+    key: jax.Array,
+    ckpt_root: Path,
+    info: ProcessInfo,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, Any], float]:
+    """Train model ``name``; returns (images [N, S, S, 1] on [-1, 1], labels, history, budget,
+    seconds)."""
+    kind, family = name.split("_")
+    cgan, opt = build_model(config, family)
+    k_train, k_sample = jax.random.split(key)
+    t0 = time.perf_counter()
+    if kind == "perlabel":
+        result = train_per_label(
+            cgan,
+            opt,
+            opt,
+            data.train_images,
+            data.train_labels,
+            key=k_train,
+            label_set=range(N_LABELS),
+            n_steps=config.steps,
+            batch_size=config.batch_size,
+            chunk_steps=config.chunk_steps,
+            strategy=config.strategy,
+            info=info,
+            checkpoint_dir=ckpt_root / name,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - t0
+        images, labels = sample_per_label(cgan, result, k_sample, config.samples_per_label)
+        history = result.history
+    else:
+        state, history = train_conditional(
+            cgan,
+            opt,
+            opt,
+            data.train_images,
+            data.train_labels,
+            key=k_train,
+            n_steps=config.steps,
+            batch_size=config.batch_size * N_LABELS,
+            chunk_steps=config.chunk_steps,
+            checkpoint_dir=ckpt_root / name,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - t0
+        labels = np.repeat(np.arange(N_LABELS), config.samples_per_label)
+        images = np.asarray(sample_images(cgan, state.g_params, k_sample, labels))
+    return images, labels, history, equal_compute(config, cgan, kind == "perlabel"), seconds
+
+
+def train_and_evaluate(
+    config: Config, workdir: str | Path | None = None, *, progress: bool = True
+) -> tuple[Path | None, dict[str, Any]]:
+    """Train the configured models, evaluate them and write the run folder.
+
+    Args:
+      config: the study's settings.
+      workdir: run folder to (re)use; checkpoints in it are resumed. Default: a fresh
+        ``<out_root>/cgan_digits-<timestamp>``.
+      progress: show progress bars.
+
+    Returns:
+      ``(run folder, metrics)``; under MPI only rank 0 writes and returns the folder (other
+      ranks return ``(None, {})`` after contributing their labels).
+    """
+    info = bootstrap() if config.strategy == "mpi" else ProcessInfo(0, 1, jax.local_device_count())
+    run_dir = None
+    if info.is_root:
+        run_dir = (
+            Path(workdir) if workdir is not None else make_run_dir(config.out_root, "cgan_digits")
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if info.size > 1:
+        run_dir = Path(info.comm.bcast(str(run_dir) if run_dir else None, root=0))
+    data = load_digits_split(
+        image_size=config.image_size, test_fraction=config.test_fraction, seed=config.seed
+    )
+    data8 = load_digits_split(image_size=8, test_fraction=config.test_fraction, seed=config.seed)
+    key = jax.random.PRNGKey(config.seed)
+    k_clf, k_models = jax.random.split(key)
+
+    trained = {}
+    for i, name in enumerate(config.models):
+        if info.size > 1 and not (name.startswith("perlabel") or info.is_root):
+            continue  # baselines are one model: rank 0 trains them
+        trained[name] = _train_one(
+            name,
+            config,
+            data,
+            jax.random.fold_in(k_models, i),
+            run_dir / "checkpoints",
+            info,
+            progress,
+        )
+    if not info.is_root:
+        return None, {}
+
+    t0 = time.perf_counter()
+    clf = fit_feature_classifier(
+        data8.train_images,
+        data8.train_labels,
+        key=k_clf,
+        n_labels=N_LABELS,
+        steps=config.classifier_steps,
+        test_images=data8.test_images,
+        test_labels=data8.test_labels,
+    )
+    ref = clf.features(data8.train_images)
+    noise = np.random.default_rng(config.seed).uniform(-1, 1, data8.test_images.shape)
+    metrics: dict[str, Any] = {
+        "config": dataclasses.asdict(config),
+        "equal_compute": {
+            "definition": (
+                "same total number of training examples through generator and critic "
+                "updates: per-label = 10 models x steps x batch_size; baseline = 1 model x "
+                "the same steps x (10 * batch_size); the same number of sequential updates"
+            ),
+        },
+        "classifier": {
+            "kind": "MLP (128, 64), trained at run time on the training split",
+            "test_accuracy": clf.test_accuracy,
+            "seconds": time.perf_counter() - t0,
+        },
+        "reference_fid": {
+            "real_heldout_vs_train": frechet_distance(clf.features(data8.test_images), ref),
+            "uniform_noise_vs_train": frechet_distance(clf.features(noise), ref),
+        },
+        "process_count": info.size,
+        "models": {},
+    }
+    for name, (images, labels, history, budget, seconds) in trained.items():
+        images8 = downscale(images, 8)
+        result = evaluate_samples(clf, images8, labels, data8.train_images, data8.train_labels)
+        result["train_seconds"] = seconds
+        result["final_losses"] = {k: float(np.mean(v[..., -1])) for k, v in history.items()}
+        metrics["equal_compute"][name] = budget
+        metrics["models"][name] = result
+        digits = to_digits_scale(images8[..., 0])
+        np.savez_compressed(run_dir / f"samples_{name}.npz", images=digits, labels=labels)
+        title = (
+            f"{name}: FID {result['fid']:.2f}, IS {result['inception_score']:.2f}, "
+            f"acc {result['accuracy']:.3f}"
+        )
+        plots.sample_grid(digits, labels, run_dir / f"samples_{name}.png", title=title)
+        plots.loss_curves(history, run_dir / f"losses_{name}.png", title=name)
+    write_metrics(run_dir, metrics)
+    return run_dir, metrics

@@ -1,0 +1,93 @@
+"""scikit-learn's handwritten digits (shipped with the package, no download) as GAN data.
+
+Images come as ``[N, H, W, 1]`` float32 on [-1, 1] (the range of a tanh output);
+sklearn's native scale is 0..16 on 8 x 8 pixels. ``to_digits_scale`` and
+``from_digits_scale`` convert between the two; ``upscale`` / ``downscale`` give the
+heavier 32 x 32 variant and bring generated images back to 8 x 8 (block average).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DIGITS_MAX = 16.0  # sklearn digits pixel values are integers 0..16
+
+
+class DigitsSplit(NamedTuple):
+    """Stratified train / held-out split; images ``[N, S, S, 1]`` on [-1, 1], labels ``[N]``."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def from_digits_scale(images: np.ndarray) -> np.ndarray:
+    """0..16 (sklearn scale) -> [-1, 1], float32, same shape."""
+    return (np.asarray(images, np.float32) / (DIGITS_MAX / 2.0) - 1.0).astype(np.float32)
+
+
+def to_digits_scale(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> 0..16 (sklearn scale), clipped to that range, float32, same shape."""
+    x = (np.asarray(images, np.float32) + 1.0) * (DIGITS_MAX / 2.0)
+    return np.clip(x, 0.0, DIGITS_MAX).astype(np.float32)
+
+
+def upscale(images: np.ndarray, size: int, method: str = "nearest") -> np.ndarray:
+    """``[N, s, s, C]`` -> ``[N, size, size, C]`` with ``size = k * s``.
+
+    ``"nearest"`` replicates each pixel into a k x k block, so :func:`downscale` inverts it
+    exactly (generated 32 x 32 images are scored on the same 8 x 8 grid as the data);
+    ``"bilinear"`` gives smoother copies (``jax.image.resize``).
+    """
+    images = np.asarray(images, np.float32)
+    s = images.shape[1]
+    if size % s:
+        raise ValueError(f"upscale: size {size} is not a multiple of the image size {s}")
+    k = size // s
+    if method == "nearest":
+        return np.repeat(np.repeat(images, k, axis=1), k, axis=2)
+    if method == "bilinear":
+        import jax
+
+        shape = (images.shape[0], size, size, images.shape[3])
+        return np.asarray(jax.image.resize(images, shape, "bilinear"), np.float32)
+    raise ValueError(f"method must be 'nearest' or 'bilinear', got {method!r}")
+
+
+def downscale(images: np.ndarray, size: int = 8) -> np.ndarray:
+    """``[N, S, S, C]`` -> ``[N, size, size, C]`` by averaging S/size x S/size blocks."""
+    images = np.asarray(images, np.float32)
+    n, s, _, c = images.shape
+    if s == size:
+        return images
+    if s % size:
+        raise ValueError(f"downscale: image size {s} is not a multiple of {size}")
+    f = s // size
+    return images.reshape(n, size, f, size, f, c).mean(axis=(2, 4))
+
+
+def load_digits_split(
+    *, image_size: int = 8, test_fraction: float = 0.25, seed: int = 0
+) -> DigitsSplit:
+    """Load sklearn digits, scale to [-1, 1] and split stratified by label.
+
+    ``image_size`` 8 is native; a multiple of 8 (e.g. 32) gives upscaled copies
+    (pixel replication, see :func:`upscale`).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if image_size < 8 or image_size % 8:
+        raise ValueError(f"image_size must be a positive multiple of 8, got {image_size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    d = load_digits()
+    x = from_digits_scale(d.images)[..., None]
+    y = d.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=seed
+    )
+    return DigitsSplit(upscale(x_tr, image_size), y_tr, upscale(x_te, image_size), y_te)

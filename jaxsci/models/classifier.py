@@ -1,0 +1,33 @@
+"""A small MLP image classifier whose penultimate layer serves as a feature space (FID)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["MLPClassifier"]
+
+
+class MLPClassifier(nn.Module):
+    """``images [B, ...] -> logits [B, n_labels]`` (flattened input, ReLU hidden layers).
+
+    ``model.apply(params, x, features=True)`` returns the last hidden layer ``[B, hidden[-1]]``
+    instead of the logits: the feature space of the classifier-based FID.
+
+    Attributes:
+      n_labels: number of classes.
+      hidden: widths of the hidden layers.
+    """
+
+    n_labels: int = 10
+    hidden: tuple[int, ...] = (128, 64)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, features: bool = False) -> jax.Array:
+        h = jnp.reshape(x, (x.shape[0], -1))
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        if features:
+            return h
+        return nn.Dense(self.n_labels)(h)

@@ -1,0 +1,169 @@
+"""Per-label (ensemble) parallelism: independent models, one per class label.
+
+Each label's model sees only that label's data and never talks to the others, so the
+ensemble parallelises three ways without any collective during training:
+
+* stacked on one device: ``jax.vmap`` over a leading label axis of the states and data
+  (:func:`group_by_label` builds the padded per-label data, :func:`label_keys` the keys);
+* over the devices of a mesh: :func:`shard_over_labels` splits that label axis with
+  ``jax.shard_map`` (each device vmaps over its block of labels);
+* over MPI ranks: :func:`rank_labels` gives this rank its contiguous block of labels, and
+  :func:`gather_over_ranks` collects the results (host arrays, mpi4py ``allgather``) at
+  the end.
+
+A label's model depends only on ``fold_in(key, label)`` and its own data, so all three
+give the same parameters as training each label alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxsci.parallel.bootstrap import ProcessInfo
+
+__all__ = [
+    "gather_over_ranks",
+    "group_by_label",
+    "label_keys",
+    "rank_labels",
+    "shard_over_labels",
+    "split_labels",
+]
+
+
+def _check_label_set(label_set: Sequence[int] | np.ndarray) -> np.ndarray:
+    labels = np.asarray(label_set)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"label_set must be a non-empty 1-D sequence, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if np.unique(labels).size != labels.size:
+        raise ValueError(f"label_set has repeated labels: {labels.tolist()}")
+    return labels.astype(np.int32)
+
+
+def group_by_label(
+    data: np.ndarray, labels: np.ndarray, label_set: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the rows of each label, padded to the largest group.
+
+    Args:
+      data: ``[N, ...]`` rows (e.g. images).
+      labels: ``[N]`` integer label of each row.
+      label_set: the labels to keep, in output order (``[L]``).
+
+    Returns:
+      ``(grouped [L, n_max, ...], counts [L])``: ``grouped[i, :counts[i]]`` are the rows of
+      ``label_set[i]`` in their original order; the rest is zero padding.
+
+    Raises:
+      ValueError: a label in ``label_set`` has no rows, or shapes disagree.
+    """
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    label_set = _check_label_set(label_set)
+    if labels.shape != data.shape[:1]:
+        raise ValueError(f"labels {labels.shape} do not match data rows {data.shape[:1]}")
+    counts = np.array([np.sum(labels == lab) for lab in label_set], np.int32)
+    empty = label_set[counts == 0]
+    if empty.size:
+        raise ValueError(
+            f"labels {empty.tolist()} have no data (present labels: {np.unique(labels).tolist()})"
+        )
+    grouped = np.zeros((label_set.size, counts.max(), *data.shape[1:]), data.dtype)
+    for i, lab in enumerate(label_set):
+        grouped[i, : counts[i]] = data[labels == lab]
+    return grouped, counts
+
+
+def label_keys(key: jax.Array, label_set: Sequence[int]) -> jax.Array:
+    """One key per label, ``fold_in(key, label)``: ``[L, ...]`` keys (same on any rank/device)."""
+    labels = jnp.asarray(_check_label_set(label_set))
+    return jax.vmap(lambda lab: jax.random.fold_in(key, lab))(labels)
+
+
+def split_labels(label_set: Sequence[int], n_parts: int) -> list[np.ndarray]:
+    """Contiguous blocks of ``label_set`` for ``n_parts`` ranks (sizes differ by at most 1).
+
+    Raises:
+      ValueError: more parts (ranks) than labels -- a rank would have nothing to train.
+    """
+    labels = _check_label_set(label_set)
+    if n_parts < 1:
+        raise ValueError(f"n_parts must be >= 1, got {n_parts}")
+    if n_parts > labels.size:
+        raise ValueError(
+            f"{n_parts} ranks but only {labels.size} labels: per-label training needs at "
+            f"least one label per rank (use at most {labels.size} ranks)"
+        )
+    return [np.asarray(b, np.int32) for b in np.array_split(labels, n_parts)]
+
+
+def rank_labels(label_set: Sequence[int], info: ProcessInfo) -> np.ndarray:
+    """This rank's block of ``label_set`` (see :func:`split_labels`)."""
+    return split_labels(label_set, info.size)[info.rank]
+
+
+def gather_over_ranks(tree: Any, info: ProcessInfo) -> Any:
+    """Concatenate every rank's pytree along axis 0, in rank order; the result on every rank.
+
+    Host-side (numpy, mpi4py ``allgather``): meant for the end of training, not for a step.
+    All ranks must pass trees of the same structure; without MPI it returns ``tree`` as numpy.
+    """
+    local = jax.tree.map(np.asarray, jax.device_get(tree))
+    if info.comm is None or info.size == 1:
+        return local
+    parts = info.comm.allgather(local)
+    structure = jax.tree.structure(local)
+    for rank, part in enumerate(parts):
+        if jax.tree.structure(part) != structure:
+            raise ValueError(f"rank {rank} sent a pytree of a different structure")
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def shard_over_labels(
+    fn: Callable[..., Any], mesh: Mesh, *, axis_name: str | None = None
+) -> Callable[..., Any]:
+    """Run ``fn`` (one label's computation) for a stack of labels split over ``mesh``.
+
+    Args:
+      fn: ``fn(*args) -> out`` for one label; every argument and output is a pytree whose
+        leaves get a leading label axis in the returned function.
+      mesh: a 1-D mesh (e.g. ``jaxsci.parallel.make_mesh(axis_name="label")``).
+      axis_name: the mesh axis to split labels over (default: the mesh's only axis).
+
+    Returns:
+      ``g(*stacked_args) -> stacked_out`` (jitted). Each device ``vmap``s ``fn`` over its block
+      of labels; there is no communication. When the number of labels does not divide the
+      mesh size, the stack is padded by repeating the last label and the padding is dropped.
+    """
+    if axis_name is None:
+        if len(mesh.axis_names) != 1:
+            raise ValueError(f"give axis_name for a mesh with axes {mesh.axis_names}")
+        axis_name = mesh.axis_names[0]
+    n_dev = mesh.shape[axis_name]
+    spec = P(axis_name)
+    inner = jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=spec, out_specs=spec)
+
+    @jax.jit
+    def g(*args: Any) -> Any:
+        sizes = {x.shape[0] for x in jax.tree.leaves(args)}
+        if len(sizes) != 1:
+            raise ValueError(f"stacked arguments disagree on the label axis: {sorted(sizes)}")
+        (n,) = sizes
+        pad = -n % n_dev
+
+        def pad_leaf(x):
+            return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+        out = inner(*jax.tree.map(pad_leaf, args))
+        return jax.tree.map(lambda x: x[:n], out)
+
+    return g

@@ -1,0 +1,444 @@
+"""Training conditional GANs: state, pure update steps, scanned chunks and the fit loop.
+
+The pieces are pure functions of a :class:`GANState` pytree and a :class:`DataPool`, so
+the same step trains one conditional model on all labels (the baseline) or, under
+``jax.vmap`` over stacked states and pools, one model per label
+(:mod:`jaxsci.parallel.per_label`).
+
+* :func:`init_gan_state` -- parameters and optimizer states from a key.
+* :func:`make_gan_step` -- ``step(state, pool) -> (state, metrics)``: ``n_critic``
+  discriminator/critic updates then one generator update, minibatches drawn (with
+  replacement) from the first ``pool.count`` rows of the pool.
+* :func:`make_gan_trainer` -- ``run(state, pool, n_steps) -> (state, metrics[n_steps])``
+  with ``lax.scan`` (one compiled call per chunk of steps).
+* :func:`fit_gan` -- host loop over chunks with a progress bar, Orbax checkpoints and
+  resume from the latest one.
+* :func:`train_per_label` -- one GAN per label, stacked (vmap), sharded over a device mesh
+  or split over MPI ranks; :func:`train_conditional` -- the single conditional baseline.
+* :func:`sample_images`, :func:`sample_per_label` -- images for given labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxsci.models.gan import CGAN
+from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.parallel.mesh import make_mesh
+from jaxsci.parallel.per_label import (
+    gather_over_ranks,
+    group_by_label,
+    label_keys,
+    rank_labels,
+    shard_over_labels,
+)
+from jaxsci.train.checkpoint import Checkpointer
+
+__all__ = [
+    "DataPool",
+    "GANState",
+    "PerLabelResult",
+    "fit_gan",
+    "init_gan_state",
+    "make_gan_step",
+    "make_gan_trainer",
+    "make_pool",
+    "per_label_pools",
+    "sample_images",
+    "sample_per_label",
+    "train_conditional",
+    "train_per_label",
+]
+
+Metrics = dict[str, jax.Array]
+
+
+class DataPool(NamedTuple):
+    """Training images to draw minibatches from.
+
+    Attributes:
+      images: ``[N, S, S, C]`` on [-1, 1]; rows at and after ``count`` are padding.
+      labels: ``[N]`` int32 class of each row.
+      count: scalar int32, number of valid rows (>= 1).
+    """
+
+    images: jax.Array
+    labels: jax.Array
+    count: jax.Array
+
+
+class GANState(NamedTuple):
+    """Everything that changes during GAN training (a pytree; stackable over labels)."""
+
+    g_params: Any
+    d_params: Any
+    g_opt_state: Any
+    d_opt_state: Any
+    key: jax.Array  # PRNG key (raw uint32) for minibatches and noise
+    step: jax.Array  # scalar int32, generator updates done
+
+
+def make_pool(images: Any, labels: Any) -> DataPool:
+    """A :class:`DataPool` holding all of ``images [N, S, S, C]`` with ``labels [N]``."""
+    images = jnp.asarray(images, jnp.float32)
+    labels = jnp.asarray(labels, jnp.int32)
+    if images.ndim != 4 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"images must be [N, S, S, C] with labels [N]; got {images.shape} and {labels.shape}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("the data pool is empty: no training images")
+    return DataPool(images, labels, jnp.asarray(images.shape[0], jnp.int32))
+
+
+def init_gan_state(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    key: jax.Array,
+) -> GANState:
+    """Initial parameters (from ``key``) and optimizer states; vmappable over keys."""
+    k_g, k_d, k_state = jax.random.split(key, 3)
+    labels = jnp.zeros((1,), jnp.int32)
+    g_params = cgan.generator.init(k_g, jnp.zeros((1, cgan.latent_dim)), labels)
+    d_params = cgan.discriminator.init(k_d, jnp.zeros((1, *cgan.image_shape)), labels)
+    return GANState(
+        g_params,
+        d_params,
+        g_opt.init(g_params),
+        d_opt.init(d_params),
+        k_state,
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def _draw(pool: DataPool, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    idx = jax.random.randint(key, (batch_size,), 0, pool.count)
+    return pool.images[idx], pool.labels[idx]
+
+
+def make_gan_step(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    batch_size: int,
+) -> Callable[[GANState, DataPool], tuple[GANState, Metrics]]:
+    """One generator update preceded by ``cgan.n_critic`` discriminator/critic updates.
+
+    Fake images are conditioned on the labels of a real minibatch, so the label
+    distribution follows the pool's. Metrics: ``d_loss`` (last critic update), ``g_loss``
+    and, for W-CGAN, ``w_dist`` (critic estimate of the Wasserstein-1 distance).
+    """
+    G, D = cgan.generator, cgan.discriminator
+    wgan = cgan.loss == "wgan-gp"
+
+    def d_loss_fn(d_params, g_params, real, labels, z, eps):
+        fake = jax.lax.stop_gradient(G.apply(g_params, z, labels))
+        d_real = D.apply(d_params, real, labels)
+        d_fake = D.apply(d_params, fake, labels)
+        if not wgan:
+            loss = jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+            return loss, jnp.mean(d_real) - jnp.mean(d_fake)
+        x_hat = eps * real + (1.0 - eps) * fake
+        grads = jax.grad(lambda x: jnp.sum(D.apply(d_params, x, labels)))(x_hat)
+        norm = jnp.sqrt(jnp.sum(grads**2, axis=(1, 2, 3)) + 1e-12)
+        w_dist = jnp.mean(d_real) - jnp.mean(d_fake)
+        return -w_dist + cgan.gp_weight * jnp.mean((norm - 1.0) ** 2), w_dist
+
+    def g_loss_fn(g_params, d_params, labels, z):
+        d_fake = D.apply(d_params, G.apply(g_params, z, labels), labels)
+        return -jnp.mean(d_fake) if wgan else jnp.mean(jax.nn.softplus(-d_fake))
+
+    def d_update(carry, key):
+        state, pool = carry
+        k_x, k_z, k_e = jax.random.split(key, 3)
+        real, labels = _draw(pool, k_x, batch_size)
+        z = jax.random.normal(k_z, (batch_size, cgan.latent_dim))
+        eps = jax.random.uniform(k_e, (batch_size, 1, 1, 1))
+        (loss, w), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+            state.d_params, state.g_params, real, labels, z, eps
+        )
+        updates, d_opt_state = d_opt.update(grads, state.d_opt_state, state.d_params)
+        d_params = optax.apply_updates(state.d_params, updates)
+        return (state._replace(d_params=d_params, d_opt_state=d_opt_state), pool), (loss, w)
+
+    def step(state: GANState, pool: DataPool) -> tuple[GANState, Metrics]:
+        key, k_d, k_y, k_z = jax.random.split(state.key, 4)
+        (state, _), (d_losses, w_dists) = jax.lax.scan(
+            d_update, (state, pool), jax.random.split(k_d, cgan.n_critic)
+        )
+        _, labels = _draw(pool, k_y, batch_size)
+        z = jax.random.normal(k_z, (batch_size, cgan.latent_dim))
+        g_loss, grads = jax.value_and_grad(g_loss_fn)(state.g_params, state.d_params, labels, z)
+        updates, g_opt_state = g_opt.update(grads, state.g_opt_state, state.g_params)
+        g_params = optax.apply_updates(state.g_params, updates)
+        state = state._replace(
+            g_params=g_params, g_opt_state=g_opt_state, key=key, step=state.step + 1
+        )
+        metrics = {"d_loss": d_losses[-1], "g_loss": g_loss}
+        if wgan:
+            metrics["w_dist"] = w_dists[-1]
+        return state, metrics
+
+    return step
+
+
+def make_gan_trainer(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    batch_size: int,
+) -> Callable[[GANState, DataPool, int], tuple[GANState, Metrics]]:
+    """``run(state, pool, n_steps) -> (state, metrics)``: ``n_steps`` steps in one ``lax.scan``.
+
+    Metrics come back with a leading ``[n_steps]`` axis. ``n_steps`` must be static
+    (``jax.jit(run, static_argnums=2)``); ``jax.vmap(run, in_axes=(0, 0, None))`` trains a
+    stack of independent models.
+    """
+    step = make_gan_step(cgan, g_opt, d_opt, batch_size)
+
+    def run(state: GANState, pool: DataPool, n_steps: int) -> tuple[GANState, Metrics]:
+        return jax.lax.scan(lambda s, _: step(s, pool), state, None, length=n_steps)
+
+    return run
+
+
+def sample_images(cgan: CGAN, g_params: Any, key: jax.Array, labels: jax.Array) -> jax.Array:
+    """Generated images ``[B, S, S, C]`` on [-1, 1], conditioned on ``labels [B]``."""
+    labels = jnp.asarray(labels, jnp.int32)
+    z = jax.random.normal(key, (labels.shape[0], cgan.latent_dim))
+    return cgan.generator.apply(g_params, z, labels)
+
+
+def fit_gan(
+    run_chunk: Callable[[GANState, int], tuple[GANState, Metrics]],
+    state: GANState,
+    *,
+    n_steps: int,
+    chunk_steps: int,
+    checkpointer: Checkpointer | None = None,
+    desc: str = "gan",
+    progress: bool = True,
+) -> tuple[GANState, dict[str, np.ndarray]]:
+    """Run ``run_chunk(state, k)`` until ``n_steps`` generator updates are done.
+
+    Args:
+      run_chunk: ``(state, k) -> (state, metrics)`` doing ``k`` steps (e.g. a jitted, vmapped
+        or sharded trainer with its data bound); each metric has shape ``[..., k]`` (steps
+        last, any leading model-stack axes first).
+      state: initial state (single model or stacked per label); replaced by the latest
+        checkpoint when ``checkpointer`` has one.
+      n_steps: total generator updates.
+      chunk_steps: steps per compiled call; a checkpoint is written after each chunk.
+      checkpointer: an Orbax :class:`~jaxsci.train.checkpoint.Checkpointer`; training resumes
+        from its latest step (state and metric history) and saves after every chunk.
+      desc: progress-bar label.
+      progress: show a tqdm progress bar.
+
+    Returns:
+      The final state and the metric histories ``{name: [..., n_steps]}`` (numpy).
+    """
+    from tqdm.auto import tqdm
+
+    if n_steps < 0 or chunk_steps < 1:
+        raise ValueError(f"need n_steps >= 0 and chunk_steps >= 1, got {n_steps}, {chunk_steps}")
+    done, history = 0, {}
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        done = checkpointer.latest_step()
+        if done > n_steps:
+            raise ValueError(f"the checkpoint is at step {done}, past n_steps={n_steps}")
+        shapes = jax.eval_shape(lambda s: run_chunk(s, 1)[1], state)
+        target_history = {
+            name: np.zeros((*v.shape[:-1], done), v.dtype) for name, v in shapes.items()
+        }
+        restored = checkpointer.restore({"state": state, "history": target_history}, done)
+        state, history = restored["state"], jax.tree.map(np.asarray, restored["history"])
+    bar = tqdm(total=n_steps, initial=done, desc=desc, disable=not progress, leave=False)
+    while done < n_steps:
+        k = min(chunk_steps, n_steps - done)
+        state, metrics = run_chunk(state, k)
+        done += k
+        metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
+        history = {
+            name: np.concatenate([history[name], v], axis=-1) if name in history else v
+            for name, v in metrics.items()
+        }
+        if checkpointer is not None:
+            checkpointer.save(done, {"state": state, "history": history}, force=True)
+        bar.update(k)
+        bar.set_postfix({name: f"{float(np.mean(v[..., -1])):.3g}" for name, v in metrics.items()})
+    bar.close()
+    return state, history
+
+
+class PerLabelResult(NamedTuple):
+    """Per-label training outcome, stacked in ``labels`` order.
+
+    Attributes:
+      labels: ``[L]`` the labels, one model each.
+      state: :class:`GANState` with a leading ``[L]`` axis on every leaf (numpy).
+      history: ``{metric: [L, n_steps]}``.
+    """
+
+    labels: np.ndarray
+    state: GANState
+    history: dict[str, np.ndarray]
+
+
+def per_label_pools(images: Any, labels: Any, label_set: Sequence[int]) -> DataPool:
+    """Stacked :class:`DataPool` ``[L, n_max, ...]``, one per label (ValueError if one is empty)."""
+    grouped, counts = group_by_label(np.asarray(images, np.float32), np.asarray(labels), label_set)
+    lab = np.broadcast_to(np.asarray(label_set, np.int32)[:, None], grouped.shape[:2])
+    return DataPool(jnp.asarray(grouped), jnp.asarray(lab), jnp.asarray(counts))
+
+
+def train_per_label(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    images: Any,
+    labels: Any,
+    *,
+    key: jax.Array,
+    label_set: Sequence[int],
+    n_steps: int,
+    batch_size: int,
+    chunk_steps: int = 100,
+    strategy: Literal["vmap", "shard", "mpi"] = "vmap",
+    mesh: Mesh | None = None,
+    info: ProcessInfo | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> PerLabelResult:
+    """Train one GAN per label on that label's images only, all labels concurrently.
+
+    The model of label ``l`` starts from ``fold_in(key, l)`` and sees only rows with label
+    ``l``, so it is the same whichever strategy runs it:
+
+    * ``"vmap"``: all labels stacked and vmapped on the default device;
+    * ``"shard"``: the label axis split over ``mesh`` (1-D; default: all local devices);
+    * ``"mpi"``: labels split into contiguous blocks over the ranks of ``info`` (default
+      :func:`~jaxsci.parallel.bootstrap`), each rank vmaps its block; no communication until
+      the results are gathered (every rank returns all labels).
+
+    Args:
+      images: ``[N, S, S, C]`` on [-1, 1]; labels: ``[N]`` ints.
+      key: raw PRNG key (``jax.random.PRNGKey``), the same on every rank.
+      label_set: labels to train (each needs data).
+      n_steps: generator updates per label; batch_size: images per update per label.
+      chunk_steps: steps per compiled call (progress / checkpoint granularity).
+      checkpoint_dir: Orbax checkpoints, resumed from if present; under MPI every rank writes
+        its own ``rank<r>`` sub-folder (independent, no collective).
+
+    Raises:
+      ValueError: a label without data, more ranks than labels, unknown strategy.
+    """
+    label_set = np.asarray(label_set)
+    if strategy not in ("vmap", "shard", "mpi"):
+        raise ValueError(f"strategy must be 'vmap', 'shard' or 'mpi', got {strategy!r}")
+    local = label_set
+    single = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
+    if strategy == "mpi":
+        info = info if info is not None else bootstrap()
+        local = rank_labels(label_set, info)
+    pools = per_label_pools(images, labels, local)
+    states = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))(label_keys(key, local))
+    run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
+    if strategy == "shard":
+        mesh = mesh if mesh is not None else make_mesh(axis_name="label")
+        compiled: dict[int, Callable] = {}
+
+        def run_chunk(s, k):
+            if k not in compiled:
+                compiled[k] = shard_over_labels(lambda s1, p1: run(s1, p1, k), mesh)
+            return compiled[k](s, pools)
+    else:
+        stacked = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), static_argnums=2)
+        run_chunk = lambda s, k: stacked(s, pools, k)
+    ckpt = None
+    if checkpoint_dir is not None:
+        folder = os.fspath(checkpoint_dir)
+        if strategy == "mpi" and info.size > 1:
+            folder = os.path.join(folder, f"rank{info.rank}")
+        ckpt = Checkpointer(folder, keep=2, info=single)
+    is_root = info is None or info.is_root
+    try:
+        state, history = fit_gan(
+            run_chunk,
+            states,
+            n_steps=n_steps,
+            chunk_steps=chunk_steps,
+            checkpointer=ckpt,
+            desc=f"per-label {cgan.loss} x{len(local)}",
+            progress=progress and is_root,
+        )
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    if strategy == "mpi":
+        state, history = gather_over_ranks((state, history), info)
+    state, history = jax.tree.map(np.asarray, jax.device_get((state, history)))
+    return PerLabelResult(np.asarray(label_set, np.int32), state, history)
+
+
+def train_conditional(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    images: Any,
+    labels: Any,
+    *,
+    key: jax.Array,
+    n_steps: int,
+    batch_size: int,
+    chunk_steps: int = 100,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[GANState, dict[str, np.ndarray]]:
+    """Train ONE conditional GAN on all labels (the baseline); returns ``(state, history)``."""
+    pool = make_pool(images, labels)
+    state = init_gan_state(cgan, g_opt, d_opt, key)
+    run = jax.jit(make_gan_trainer(cgan, g_opt, d_opt, batch_size), static_argnums=2)
+    ckpt = None
+    if checkpoint_dir is not None:
+        info = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
+        ckpt = Checkpointer(checkpoint_dir, keep=2, info=info)
+    try:
+        return fit_gan(
+            lambda s, k: run(s, pool, k),
+            state,
+            n_steps=n_steps,
+            chunk_steps=chunk_steps,
+            checkpointer=ckpt,
+            desc=f"conditional {cgan.loss}",
+            progress=progress,
+        )
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+
+
+def sample_per_label(
+    cgan: CGAN, result: PerLabelResult, key: jax.Array, n_per_label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_per_label`` images from each label's generator: ``(images [L*n, S, S, C], labels)``.
+
+    Label ``l`` uses noise from ``fold_in(key, l)``.
+    """
+    labs = jnp.asarray(result.labels)
+
+    def one(g_params, lab):
+        k = jax.random.fold_in(key, lab)
+        return sample_images(cgan, g_params, k, jnp.full((n_per_label,), lab))
+
+    images = jax.jit(jax.vmap(one))(result.state.g_params, labs)
+    images = np.asarray(images).reshape(-1, *cgan.image_shape)
+    return images, np.repeat(result.labels, n_per_label)

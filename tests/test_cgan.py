@@ -1,0 +1,186 @@
+"""Conditional GANs: models, per-label training (vmap == alone, resume), bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsci.data.digits import load_digits_split
+from jaxsci.models.gan import PatchConv, dc_cgan, w_cgan
+from jaxsci.parallel.bootstrap import ProcessInfo
+from jaxsci.parallel.per_label import group_by_label, split_labels
+from jaxsci.train.gan import (
+    init_gan_state,
+    make_gan_trainer,
+    make_pool,
+    sample_per_label,
+    train_per_label,
+)
+
+LABELS = [0, 3, 7]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split()
+
+
+def tiny_wgan():
+    return w_cgan(latent_dim=8, g_features=8, d_features=8, n_critic=2)
+
+
+def tiny_dcgan():
+    return dc_cgan(latent_dim=8, g_features=8, d_features=8)
+
+
+def test_shapes_and_ranges():
+    for size in (8, 32):
+        cgan = w_cgan(image_size=size, g_features=8, d_features=8)
+        state = init_gan_state(cgan, optax.adam(1e-3), optax.adam(1e-3), jax.random.PRNGKey(0))
+        z = jnp.ones((5, cgan.latent_dim))
+        labels = jnp.arange(5)
+        x = cgan.generator.apply(state.g_params, z, labels)
+        assert x.shape == (5, size, size, 1)
+        assert float(jnp.max(jnp.abs(x))) <= 1.0
+        assert cgan.discriminator.apply(state.d_params, x, labels).shape == (5,)
+    with pytest.raises(ValueError, match="power of two"):
+        w_cgan(image_size=12).generator.init(jax.random.PRNGKey(0), z, labels)
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
+def test_patch_conv_equals_conv(kernel, stride):
+    """PatchConv is nn.Conv (SAME padding) with the kernel flattened (HWIO -> [k*k*C, F])."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    pc = PatchConv(5, kernel, stride)
+    params = pc.init(jax.random.PRNGKey(2), x)
+    w, b = params["params"]["Dense_0"]["kernel"], params["params"]["Dense_0"]["bias"]
+    conv = nn.Conv(5, (kernel, kernel), strides=(stride, stride), padding="SAME")
+    ref = conv.apply({"params": {"kernel": w.reshape(kernel, kernel, 3, 5), "bias": b}}, x)
+    np.testing.assert_allclose(pc.apply(params, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def _alone(cgan, opt, digits, key, label, n_steps, batch):
+    """Reference: one label trained on its own, no vmap."""
+    mask = digits.train_labels == label
+    pool = make_pool(digits.train_images[mask], digits.train_labels[mask])
+    state = init_gan_state(cgan, opt, opt, jax.random.fold_in(key, label))
+    run = jax.jit(make_gan_trainer(cgan, opt, opt, batch), static_argnums=2)
+    return run(state, pool, n_steps)
+
+
+@pytest.mark.parametrize("make", [tiny_wgan, tiny_dcgan], ids=["wgan", "dcgan"])
+def test_vmapped_per_label_equals_alone(digits, make):
+    cgan, opt, key = make(), optax.adam(1e-3, 0.5, 0.9), jax.random.PRNGKey(3)
+    res = train_per_label(
+        cgan,
+        opt,
+        opt,
+        digits.train_images,
+        digits.train_labels,
+        key=key,
+        label_set=LABELS,
+        n_steps=STEPS,
+        batch_size=8,
+        chunk_steps=2,
+        progress=False,
+    )
+    assert res.history["g_loss"].shape == (len(LABELS), STEPS)
+    for i, label in enumerate(LABELS):
+        state, metrics = _alone(cgan, opt, digits, key, label, STEPS, 8)
+        mine = jax.tree.map(lambda x, i=i: x[i], (res.state.g_params, res.state.d_params))
+        for a, b in zip(
+            jax.tree.leaves((state.g_params, state.d_params)), jax.tree.leaves(mine), strict=True
+        ):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.history["d_loss"][i], metrics["d_loss"], rtol=1e-5)
+    # the models did move away from their initialisation and differ between labels
+    g0 = jax.tree.leaves(res.state.g_params)[0]
+    assert not np.allclose(g0[0], g0[1])
+
+
+def test_resume_from_checkpoint_continues_exactly(digits, tmp_path):
+    cgan, opt, key = tiny_dcgan(), optax.adam(1e-3, 0.5), jax.random.PRNGKey(4)
+    kw = dict(key=key, label_set=[1, 2], batch_size=8, chunk_steps=2, progress=False)
+    args = (cgan, opt, opt, digits.train_images, digits.train_labels)
+    full = train_per_label(*args, n_steps=4, **kw)
+    train_per_label(*args, n_steps=2, checkpoint_dir=tmp_path / "ck", **kw)
+    resumed = train_per_label(*args, n_steps=4, checkpoint_dir=tmp_path / "ck", **kw)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(full.history["g_loss"], resumed.history["g_loss"], rtol=1e-6)
+
+
+def test_samples_carry_their_labels(digits):
+    cgan, opt = tiny_dcgan(), optax.adam(1e-3, 0.5)
+    res = train_per_label(
+        cgan,
+        opt,
+        opt,
+        digits.train_images,
+        digits.train_labels,
+        key=jax.random.PRNGKey(0),
+        label_set=[4, 9],
+        n_steps=1,
+        batch_size=4,
+        progress=False,
+    )
+    images, labels = sample_per_label(cgan, res, jax.random.PRNGKey(1), 3)
+    assert images.shape == (6, 8, 8, 1)
+    assert labels.tolist() == [4, 4, 4, 9, 9, 9]
+
+
+def test_label_without_data_is_an_error(digits):
+    cgan, opt = tiny_dcgan(), optax.adam(1e-3)
+    keep = digits.train_labels != 5
+    with pytest.raises(ValueError, match=r"labels \[5\] have no data"):
+        train_per_label(
+            cgan,
+            opt,
+            opt,
+            digits.train_images[keep],
+            digits.train_labels[keep],
+            key=jax.random.PRNGKey(0),
+            label_set=range(10),
+            n_steps=1,
+            batch_size=4,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="empty"):
+        make_pool(np.zeros((0, 8, 8, 1)), np.zeros((0,), int))
+
+
+def test_more_ranks_than_labels_is_an_error(digits):
+    with pytest.raises(ValueError, match="3 ranks but only 2 labels"):
+        split_labels([0, 1], 3)
+    cgan, opt = tiny_dcgan(), optax.adam(1e-3)
+    info = ProcessInfo(rank=0, size=3, local_device_count=1)
+    with pytest.raises(ValueError, match="3 ranks but only 2 labels"):
+        train_per_label(
+            cgan,
+            opt,
+            opt,
+            digits.train_images,
+            digits.train_labels,
+            key=jax.random.PRNGKey(0),
+            label_set=[0, 1],
+            n_steps=1,
+            batch_size=4,
+            strategy="mpi",
+            info=info,
+            progress=False,
+        )
+
+
+def test_split_and_group():
+    blocks = split_labels(range(10), 3)
+    assert [b.tolist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    data = np.arange(6)[:, None] * 1.0
+    grouped, counts = group_by_label(data, np.array([2, 0, 2, 2, 0, 1]), [2, 0])
+    assert counts.tolist() == [3, 2]
+    assert grouped[0, :, 0].tolist() == [0, 2, 3]
+    assert grouped[1, :, 0].tolist() == [1, 4, 0]
+    with pytest.raises(ValueError, match="repeated"):
+        split_labels([1, 1], 1)

@@ -1,0 +1,118 @@
+"""Classifier-based FID / inception score on scikit-learn digits."""
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+
+from jaxsci.data.digits import (
+    downscale,
+    from_digits_scale,
+    load_digits_split,
+    to_digits_scale,
+    upscale,
+)
+from jaxsci.metrics.fid import (
+    evaluate_samples,
+    fit_feature_classifier,
+    frechet_distance,
+    inception_score,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split()
+
+
+@pytest.fixture(scope="module")
+def classifier(digits):
+    return fit_feature_classifier(
+        digits.train_images,
+        digits.train_labels,
+        key=jax.random.PRNGKey(0),
+        test_images=digits.test_images,
+        test_labels=digits.test_labels,
+    )
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5)) + 0.5
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.sum((mu_a - mu_b) ** 2) + np.trace(
+        s_a + s_b - 2 * np.real(scipy.linalg.sqrtm(s_a @ s_b))
+    )
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
+    assert frechet_distance(b, a) == pytest.approx(ref, rel=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # a pure mean shift of d in every coordinate of 5 adds 5 d^2
+    assert frechet_distance(a, a + 2.0) == pytest.approx(20.0, rel=1e-8)
+
+
+def test_inception_score_limits():
+    k = 4
+    assert inception_score(np.eye(k)[np.arange(40) % k]) == pytest.approx(k, rel=1e-6)
+    assert inception_score(np.full((10, k), 1.0 / k)) == pytest.approx(1.0)
+    assert inception_score(np.tile(np.eye(k)[1], (10, 1))) == pytest.approx(1.0)
+
+
+def test_real_heldout_fid_far_below_noise(digits, classifier):
+    assert classifier.test_accuracy > 0.9
+    ref = classifier.features(digits.train_images)
+    real = frechet_distance(classifier.features(digits.test_images), ref)
+    noise_imgs = np.random.default_rng(0).uniform(-1, 1, digits.test_images.shape)
+    noise = frechet_distance(classifier.features(noise_imgs), ref)
+    blank = frechet_distance(
+        classifier.features(np.full_like(noise_imgs, -0.9) + 0.01 * noise_imgs), ref
+    )
+    assert real < 0.05 * noise
+    assert real < 0.05 * blank
+
+
+def test_evaluate_samples_on_real_images(digits, classifier):
+    out = evaluate_samples(
+        classifier, digits.test_images, digits.test_labels, digits.train_images, digits.train_labels
+    )
+    assert out["accuracy"] > 0.9
+    assert out["inception_score"] > 8.0
+    assert sorted(out["per_label"]) == list(range(10))
+    assert min(v["accuracy"] for v in out["per_label"].values()) > 0.75
+    # conditioning on the wrong label shows up as low accuracy
+    wrong = evaluate_samples(
+        classifier,
+        digits.test_images,
+        (digits.test_labels + 1) % 10,
+        digits.train_images,
+        digits.train_labels,
+    )
+    assert wrong["accuracy"] < 0.1
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="equal d"):
+        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.full((5, 3), np.nan), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="no training images for labels"):
+        fit_feature_classifier(
+            np.zeros((4, 8, 8, 1)),
+            np.array([0, 1, 2, 3]),
+            key=jax.random.PRNGKey(0),
+            n_labels=5,
+            steps=1,
+        )
+
+
+def test_digit_scales_round_trip(digits):
+    x = np.arange(17, dtype=np.float32)
+    np.testing.assert_allclose(to_digits_scale(from_digits_scale(x)), x, atol=1e-5)
+    assert from_digits_scale(x).min() == -1.0 and from_digits_scale(x).max() == 1.0
+    big = upscale(digits.test_images[:3], 32)
+    assert big.shape == (3, 32, 32, 1)
+    np.testing.assert_allclose(downscale(big, 8), digits.test_images[:3], atol=1e-6)
+    smooth = upscale(digits.test_images[:3], 32, method="bilinear")
+    assert smooth.shape == (3, 32, 32, 1)
+    assert np.abs(downscale(smooth, 8) - digits.test_images[:3]).mean() < 0.2
