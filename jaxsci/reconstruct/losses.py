@@ -1,0 +1,138 @@
+"""Order-independent fingerprint losses and the short-range repulsion.
+
+Pure, jit/vmap/grad-able functions. Fingerprint losses compare the fingerprint of
+trial positions with a target.
+
+All take the fingerprint ``features [N, F]`` of the trial positions and target
+arrays prepared once on the host (so one compiled solver serves every target of a
+shape).
+
+- ``"sorted"``: per-atom fingerprints compared as a set, by sorting every feature
+  column (within each species) of both and taking the mean squared difference,
+  each feature scaled by the spread of its target column. Zero exactly when every
+  column holds the same multiset of values; independent of atom order.
+- ``"matched"``: rows compared one to one under a given assignment (the
+  Hungarian matching the solver recomputes between polishing rounds).
+- ``"pooled"``: L1 between pooled fingerprints (``pool(F, ops)``), the seed
+  paper's structure-level fingerprint, scaled entry-wise by the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsci.descriptors import pool
+
+Array = jax.Array
+LOSSES = ("sorted", "matched", "pooled")
+
+
+def feature_scales(target: np.ndarray) -> np.ndarray:
+    """Per-feature scale ``[F]``: standard deviation of the target column over atoms,
+    floored at 1e-2 of its mean magnitude (so constant columns still count)."""
+    t = np.asarray(target, dtype=np.float64)
+    mag = np.abs(t).mean(0)
+    floor = np.maximum(1e-2 * mag, 1e-8 * max(float(mag.max()), 1e-30))
+    return np.maximum(t.std(0), floor)
+
+
+def species_groups(species_idx: np.ndarray) -> list[np.ndarray]:
+    """Static index arrays of the atoms of each species present (ascending index)."""
+    species_idx = np.asarray(species_idx)
+    return [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
+
+
+def sort_by_species(features: Array, groups: Sequence[np.ndarray]) -> Array:
+    """Sort every column of ``features [N, F]`` within each species group."""
+    if len(groups) == 1:
+        return jnp.sort(features, axis=0)
+    return jnp.concatenate([jnp.sort(features[g], axis=0) for g in groups], axis=0)
+
+
+def sorted_loss(
+    features: Array,
+    target_sorted: Array,
+    scale: Array,
+    groups: Sequence[np.ndarray],
+    norm: str = "l1",
+) -> Array:
+    """Mean difference of sorted, scaled feature columns (dimensionless).
+
+    ``features [N, F]``; ``target_sorted [N, F]`` is ``sort_by_species(target) / scale``.
+    ``norm``: ``"l1"`` (pseudo-Huber with a 1e-3 knee, smooth at zero) or ``"l2"``.
+    """
+    d = sort_by_species(features / scale, groups) - target_sorted
+    if norm == "l2":
+        return jnp.mean(d * d)
+    return jnp.mean(jnp.sqrt(d * d + 1e-6) - 1e-3)
+
+
+def per_atom_sorted_error(
+    features: Array, target_sorted: Array, scale: Array, groups: Sequence[np.ndarray]
+) -> Array:
+    """Per-atom mismatch ``[N]`` under the sorted comparison: each atom's value in a
+    column is compared with the target value of the same rank (within its species)."""
+    err = jnp.zeros(features.shape[0], features.dtype)
+    offset = 0
+    for g in groups:
+        f = features[g] / scale
+        rank = jnp.argsort(jnp.argsort(f, axis=0), axis=0)
+        ref = jnp.take_along_axis(target_sorted[offset : offset + len(g)], rank, axis=0)
+        err = err.at[g].set(jnp.sum((f - ref) ** 2, axis=1))
+        offset += len(g)
+    return err
+
+
+def matched_loss(features: Array, perm: Array, target_scaled: Array, scale: Array) -> Array:
+    """Mean squared scaled difference of ``features[perm]`` and ``target_scaled [N, F]``
+    (``target / scale``), where ``perm [N]`` assigns a trial atom to every target row."""
+    return jnp.mean((features[perm] / scale - target_scaled) ** 2)
+
+
+def pooled_scale(target: np.ndarray) -> np.ndarray:
+    """Entry-wise scale of a pooled target: ``|target|`` plus 1e-3 of its mean magnitude."""
+    t = np.abs(np.asarray(target, dtype=np.float64))
+    return t + 1e-3 * max(float(t.mean()), 1e-30)
+
+
+def pooled_loss(features: Array, target: Array, scale: Array, ops: Sequence[str]) -> Array:
+    """Mean scaled L1 difference between ``pool(features, ops)`` and a pooled ``target``."""
+    return jnp.mean(jnp.abs(pool(features, ops=tuple(ops)) - target) / scale)
+
+
+def morse(r: Array, r0: Array, a: float = 1.5) -> Array:
+    """Morse pair energy (depth 1, minimum at ``r0`` Angstrom, width ``1/a``)."""
+    e = jnp.exp(-a * (r - r0))
+    return e * e - 2.0 * e
+
+
+def min_image(d: Array, cell: np.ndarray | None) -> Array:
+    """Minimum-image displacement vectors for a periodic ``cell`` (rows), else ``d``."""
+    if cell is None:
+        return d
+    c = jnp.asarray(cell, d.dtype)
+    frac = d @ jnp.linalg.inv(c)
+    return (frac - jnp.round(frac)) @ c
+
+
+def repulsion(min_distance: np.ndarray, cell: np.ndarray | None = None) -> Callable[[Array], Array]:
+    """Short-range pair repulsion ``sum_{i<j} relu(d_ij - r_ij)^2 / N`` (Angstrom^2).
+
+    ``min_distance [N, N]`` (Angstrom) is the distance below which a pair is pushed
+    apart; zero for all real structures whose atoms are not closer than that.
+    """
+    dmin = jnp.asarray(min_distance, jnp.float32)
+    n = dmin.shape[0]
+    off = 1.0 - jnp.eye(n, dtype=jnp.float32)
+
+    def energy(positions: Array) -> Array:
+        d = min_image(positions[:, None, :] - positions[None, :, :], cell)
+        r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off.astype(d.dtype)))
+        gap = jax.nn.relu(dmin.astype(d.dtype) - r) * off.astype(d.dtype)
+        return 0.5 * jnp.sum(gap * gap) / n
+
+    return energy

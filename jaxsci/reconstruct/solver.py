@@ -1,0 +1,592 @@
+"""Multi-start basin-hopping reconstruction of coordinates from a target ACSF fingerprint.
+
+The search runs ``n_starts`` independent starts in parallel (``vmap``; the starts
+axis is sharded over devices when there are several). Each *round* runs
+``steps_per_round`` optimizer steps on fingerprint loss + short-range repulsion
+(+ a weak confinement for free clusters), then, per start, keeps the best
+positions found so far (monotonic basin hopping), and kicks the atoms whose
+fingerprint rows match worst; a start that has not improved for ``patience``
+rounds begins again from a fresh random compact packing. After every round the
+starts are scored by the exact, order-independent fingerprint error (rows matched
+by the Hungarian algorithm); promising ones are polished with L-BFGS on the
+row-matched loss, and the search stops as soon as one meets ``tol``.
+
+The compiled round/polish/score functions are cached by shapes and static options,
+so repeated calls with targets of the same size do not recompile.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ase.data import covalent_radii
+from scipy.optimize import linear_sum_assignment
+
+from jaxsci.reconstruct.losses import (
+    feature_scales,
+    matched_loss,
+    min_image,
+    morse,
+    per_atom_sorted_error,
+    pooled_loss,
+    pooled_scale,
+    sort_by_species,
+    sorted_loss,
+    species_groups,
+)
+
+Array = jax.Array
+
+#: Atomic volume used for random compact starts when no cell is given (Angstrom^3 per atom);
+#: derived from covalent radii at a close-packing fraction (see ``_packing_radius``).
+PACKING_FRACTION = 0.74
+
+
+class ReconstructResult(NamedTuple):
+    """Outcome of :func:`reconstruct`.
+
+    positions: [n_atoms, 3] best positions found (Angstrom; free clusters centred at 0).
+    error: relative fingerprint error of ``positions`` (rows matched, see
+        :func:`jaxsci.metrics.fingerprint_error`; pooled targets compared directly).
+    success: whether ``error < tol``.
+    start_positions: [n_starts, n_atoms, 3] best positions of every start.
+    start_losses: [n_starts] final (best) search loss of every start.
+    start_errors: [n_starts] relative fingerprint error of every start's best positions.
+    start_success: [n_starts] bool, which starts met ``tol`` (after polishing).
+    history: [n_steps, n_starts] search loss at every optimizer step.
+    n_rounds: rounds run; wall_time: seconds spent (including compilation).
+    """
+
+    positions: np.ndarray
+    error: float
+    success: bool
+    start_positions: np.ndarray
+    start_losses: np.ndarray
+    start_errors: np.ndarray
+    start_success: np.ndarray
+    history: np.ndarray
+    n_rounds: int
+    wall_time: float
+
+
+@functools.cache
+def default_optimizer(steps_per_round: int) -> optax.GradientTransformation:
+    """Search optimizer: Adam, step 0.05 A decaying (cosine) to 1e-3 A within each round.
+
+    Chosen by measurement (benchmarks/bench_reconstruct.py): per step about 15x cheaper
+    than L-BFGS with a line search under ``vmap`` on CPU, so many more starts and kicks
+    fit in the time budget. Its state is reset at every round.
+    """
+    return optax.adam(optax.cosine_decay_schedule(0.05, steps_per_round, alpha=0.02))
+
+
+@functools.cache
+def polish_optimizer() -> optax.GradientTransformationExtraArgs:
+    """L-BFGS with a backtracking line search, for the row-matched polishing stage."""
+    return optax.lbfgs(
+        memory_size=10,
+        linesearch=optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=12, store_grad=True
+        ),
+    )
+
+
+def _value_and_grad(f, state):
+    """value_and_grad that reuses a line search's stored value/grad when the state has one."""
+    if optax.tree_utils.tree_get(state, "value") is None:
+        return jax.value_and_grad(f)
+    vg = optax.value_and_grad_from_state(f)
+    return lambda x: vg(x, state=state)
+
+
+def _clip_per_atom(update: Array, max_step: Array) -> Array:
+    """Scale each atom's displacement down to at most ``max_step`` (Angstrom)."""
+    norm = jnp.linalg.norm(update, axis=-1, keepdims=True)
+    return update * jnp.minimum(1.0, max_step / jnp.maximum(norm, 1e-12))
+
+
+# --------------------------------------------------------------------------- input checks
+def _check_inputs(target, species, descriptor, cell, loss, pool_ops):
+    t = np.asarray(target, dtype=np.float64)
+    if t.size == 0 or (t.ndim == 2 and t.shape[0] == 0):
+        raise ValueError("reconstruct: empty structure (target has no atoms)")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("reconstruct: target contains NaN or inf")
+    n_species = len(species)
+    if n_species == 0:
+        raise ValueError("reconstruct: empty structure (species is empty)")
+    n_f = descriptor.n_features
+    if loss is None:
+        loss = "sorted" if t.ndim == 2 else "pooled"
+    if loss not in ("sorted", "pooled"):
+        raise ValueError(f"reconstruct: loss must be 'sorted' or 'pooled', got {loss!r}")
+    if t.ndim == 2:
+        if t.shape[1] != n_f:
+            raise ValueError(
+                f"reconstruct: target width {t.shape[1]} does not match the descriptor's "
+                f"n_features {n_f}"
+            )
+        if t.shape[0] != n_species:
+            raise ValueError(
+                f"reconstruct: species lists {n_species} atoms but the target has {t.shape[0]} rows"
+            )
+    elif t.ndim == 1:
+        if t.shape[0] != n_f * len(pool_ops):
+            raise ValueError(
+                f"reconstruct: pooled target width {t.shape[0]} does not match "
+                f"n_features {n_f} x {len(pool_ops)} pool ops {tuple(pool_ops)}"
+            )
+        if loss == "sorted":
+            raise ValueError("reconstruct: a pooled (1-D) target needs loss='pooled'")
+    else:
+        raise ValueError(f"reconstruct: target must be 1-D or 2-D, got shape {t.shape}")
+    species_idx = descriptor.encode_species(list(species))
+    z = np.asarray(descriptor.species_z)[species_idx]
+    if cell is not None:
+        cell = np.asarray(cell, dtype=np.float64)
+        if cell.shape != (3, 3) or not np.all(np.isfinite(cell)):
+            raise ValueError(f"reconstruct: cell must be a finite [3, 3] array, got {cell.shape}")
+        if abs(np.linalg.det(cell)) < 1e-9:
+            raise ValueError("reconstruct: cell is singular")
+        if not getattr(descriptor, "periodic", False):
+            raise ValueError("reconstruct: a cell was given but the descriptor is not periodic")
+    return t, np.asarray(species_idx, np.int32), z, cell, loss
+
+
+def _radius(z: np.ndarray) -> np.ndarray:
+    return np.array([covalent_radii[int(a)] for a in z])
+
+
+def _packing_radius(z: np.ndarray) -> float:
+    """Radius (Angstrom) of a sphere holding the atoms at close packing."""
+    volume = (4.0 / 3.0) * np.pi * np.sum(_radius(z) ** 3) / PACKING_FRACTION
+    return float((3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0))
+
+
+# --------------------------------------------------------------------------- compiled parts
+class _Spec(NamedTuple):
+    """Static, hashable description of one compiled solver."""
+
+    descriptor: Any
+    n_atoms: int
+    groups: tuple[tuple[int, ...], ...]
+    cell: tuple[float, ...] | None
+    loss: str
+    pool_ops: tuple[str, ...]
+    optimizer: Any
+    n_starts: int
+    steps_per_round: int
+    n_kick: int
+    polish_steps: int
+    n_polish: int
+    norm: str
+    compact_steps: int
+
+
+def _fingerprint_fn(spec: _Spec, species_idx: np.ndarray):
+    descriptor = spec.descriptor
+    cell = None if spec.cell is None else np.asarray(spec.cell).reshape(3, 3)
+    spec_arr = jnp.asarray(species_idx)
+
+    def fp(x: Array) -> Array:
+        if cell is None:
+            return descriptor.fn(x, spec_arr)
+        c = jnp.asarray(cell, x.dtype)
+        frac = x @ jnp.linalg.inv(c)
+        wrapped = (frac - jax.lax.stop_gradient(jnp.floor(frac))) @ c
+        return descriptor.fn(wrapped, spec_arr, cell=cell)
+
+    return fp
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(spec: _Spec, species_key: tuple[int, ...]):
+    """Build the jitted round, score and polish functions for one static spec."""
+    species_idx = np.asarray(species_key, np.int32)
+    groups = [np.asarray(g) for g in spec.groups]
+    fp = _fingerprint_fn(spec, species_idx)
+    cell = None if spec.cell is None else np.asarray(spec.cell).reshape(3, 3)
+    opt = spec.optimizer
+    n = spec.n_atoms
+
+    def search_loss(x, aux):
+        feats = fp(x)
+        if spec.loss == "sorted":
+            val = sorted_loss(feats, aux["t_sorted"], aux["scale"], groups, spec.norm)
+        else:
+            val = pooled_loss(feats, aux["t_pooled"], aux["pscale"], spec.pool_ops)
+        d = min_image(x[:, None, :] - x[None, :, :], cell)
+        off = 1.0 - jnp.eye(n, dtype=x.dtype)
+        r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
+        gap = jax.nn.relu(aux["dmin"] - r) * off
+        rep = 0.5 * jnp.sum(gap * gap) / n
+        if cell is None:
+            c = jnp.mean(x, axis=0)
+            out = jax.nn.relu(jnp.linalg.norm(x - c, axis=-1) - aux["r_conf"])
+            rep = rep + jnp.sum(out * out) / n
+        return val + aux["w_rep"] * rep
+
+    def optimize(x, aux, steps):
+        f = functools.partial(search_loss, aux=aux)
+
+        def body(carry, _):
+            x, st = carry
+            val, g = _value_and_grad(f, st)(x)
+            upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=f)
+            x_new = x + _clip_per_atom(upd, aux["max_step"])
+            x_new = jnp.where(jnp.all(jnp.isfinite(x_new)), x_new, x)
+            return (x_new, st), val
+
+        (x, _), hist = jax.lax.scan(body, (x, opt.init(x)), None, length=steps)
+        return x, hist, f(x)
+
+    def per_atom_error(x, aux):
+        feats = fp(x)
+        if spec.loss == "sorted":
+            return per_atom_sorted_error(feats, aux["t_sorted"], aux["scale"], groups)
+        return jnp.zeros(n, x.dtype)
+
+    def one_round(x, best_x, best_loss, stale, fresh, key, aux):
+        """One round for one start; returns the state for the next round."""
+        x, hist, val = optimize(x, aux, spec.steps_per_round)
+        x_end = x
+        improved = val < best_loss
+        best_x = jnp.where(improved, x, best_x)
+        best_loss = jnp.where(improved, val, best_loss)
+        stale = jnp.where(improved, 0, stale + 1)
+        k_kick, k_who, k_jit = jax.random.split(key, 3)
+        err = per_atom_error(best_x, aux)
+        # Kick: the n_kick worst-matching atoms (with a random tie-break) move up to
+        # kick_size; every atom jitters a little.
+        noise = jax.random.uniform(k_who, (n,), x.dtype) * (jnp.max(err) + 1e-12) * 0.5
+        worst = jax.lax.top_k(err + noise, spec.n_kick)[1]
+        direction = jax.random.normal(k_kick, (spec.n_kick, 3), x.dtype)
+        step = aux["kick_size"] * direction / jnp.sqrt(3.0)
+        kicked = best_x.at[worst].add(step)
+        kicked = kicked + 0.05 * aux["kick_size"] * jax.random.normal(k_jit, (n, 3), x.dtype)
+        restart = stale >= aux["patience"]
+        x_next = jnp.where(restart, fresh, kicked)
+        best_loss = jnp.where(restart, jnp.inf, best_loss)
+        best_x = jnp.where(restart, fresh, best_x)
+        stale = jnp.where(restart, 0, stale)
+        return x_next, best_x, best_loss, stale, hist, x_end, val
+
+    in_axes = (0, 0, 0, 0, 0, 0, None)
+    round_fn = jax.jit(jax.vmap(one_round, in_axes=in_axes, out_axes=(0, 0, 0, 0, 1, 0, 0)))
+
+    def features(x):
+        return fp(x)
+
+    features_fn = jax.jit(jax.vmap(features))
+
+    polish_opt = polish_optimizer()
+
+    def polish_one(x, perm, aux):
+        def f(y):
+            val = matched_loss(fp(y), perm, aux["t_scaled"], aux["scale"])
+            return val
+
+        def body(carry, _):
+            y, st = carry
+            val, g = _value_and_grad(f, st)(y)
+            upd, st = polish_opt.update(g, st, y, value=val, grad=g, value_fn=f)
+            y_new = y + _clip_per_atom(upd, aux["max_step"])
+            y_new = jnp.where(jnp.all(jnp.isfinite(y_new)), y_new, y)
+            return (y_new, st), val
+
+        (x, _), _ = jax.lax.scan(body, (x, polish_opt.init(x)), None, length=spec.polish_steps)
+        return x
+
+    polish_fn = jax.jit(jax.vmap(polish_one, in_axes=(0, 0, None)))
+
+    def compact_one(key, aux):
+        """A random start relaxed in a Morse pair potential with minima at the bond lengths."""
+        if cell is None:
+            k1, k2 = jax.random.split(key)
+            d = jax.random.normal(k1, (n, 3))
+            d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+            x = d * aux["radius"] * jax.random.uniform(k2, (n, 1)) ** (1.0 / 3.0)
+        else:
+            x = jax.random.uniform(key, (n, 3)) @ jnp.asarray(cell, jnp.float32)
+        off = 1.0 - jnp.eye(n, dtype=jnp.float32)
+
+        def energy(x):
+            d = min_image(x[:, None, :] - x[None, :, :], cell)
+            r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
+            return 0.5 * jnp.sum(morse(r, aux["r0"]) * off)
+
+        cp = optax.adam(optax.cosine_decay_schedule(0.1, spec.compact_steps, alpha=0.05))
+        g = jax.grad(energy)
+
+        def body(carry, _):
+            x, st = carry
+            upd, st = cp.update(g(x), st, x)
+            return (x + _clip_per_atom(upd, 0.3), st), None
+
+        (x, _), _ = jax.lax.scan(body, (x, cp.init(x)), None, length=spec.compact_steps)
+        return x
+
+    starts_fn = jax.jit(jax.vmap(compact_one, in_axes=(0, None)))
+    return round_fn, features_fn, polish_fn, starts_fn
+
+
+# --------------------------------------------------------------------------- host helpers
+def _match(feats: np.ndarray, target: np.ndarray, scale: np.ndarray, species_idx) -> np.ndarray:
+    """perm with feats[perm] ~ target (Hungarian on scaled rows, within species)."""
+    a = feats / scale
+    b = target / scale
+    perm = np.empty(len(b), dtype=np.int64)
+    for s in np.unique(species_idx):
+        idx = np.flatnonzero(species_idx == s)
+        cost = ((b[idx, None, :] - a[None, idx, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        perm[idx[rows]] = idx[cols]
+    return perm
+
+
+def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, ops) -> float:
+    if perm is None:
+        from jaxsci.descriptors import pool
+
+        p = np.asarray(pool(jnp.asarray(feats), ops=tuple(ops)), dtype=np.float64)
+        return float(np.linalg.norm(p - target) / max(np.linalg.norm(target), 1e-300))
+    return float(np.linalg.norm(feats[perm] - target) / max(np.linalg.norm(target), 1e-300))
+
+
+def _random_starts(key, n_starts, n_atoms, radius, cell, dtype) -> Array:
+    """Random compact packings: uniform in a sphere of ``radius`` (or in the cell)."""
+    if cell is not None:
+        frac = jax.random.uniform(key, (n_starts, n_atoms, 3), dtype)
+        return frac @ jnp.asarray(cell, dtype)
+    k1, k2 = jax.random.split(key)
+    d = jax.random.normal(k1, (n_starts, n_atoms, 3), dtype)
+    d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+    r = radius * jax.random.uniform(k2, (n_starts, n_atoms, 1), dtype) ** (1.0 / 3.0)
+    return d * r
+
+
+def _shard(x, n_starts):
+    n_dev = jax.device_count()
+    if n_dev <= 1 or n_starts % n_dev:
+        return x
+    mesh = jax.make_mesh((n_dev,), ("starts",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("starts"))
+    return jax.tree.map(lambda a: jax.device_put(a, sharding), x)
+
+
+# --------------------------------------------------------------------------- public API
+def reconstruct(
+    target: Any,
+    species: Sequence[str | int],
+    descriptor: Any,
+    *,
+    key: Array,
+    cell: Any | None = None,
+    loss: str | None = None,
+    pool_ops: Sequence[str] = ("max", "min"),
+    optimizer: optax.GradientTransformation | None = None,
+    n_starts: int = 16,
+    steps_per_round: int = 150,
+    max_rounds: int = 50,
+    time_limit: float | None = 55.0,
+    tol: float = 1e-3,
+    kick_size: float = 1.0,
+    kick_fraction: float = 0.15,
+    patience: int = 4,
+    repulsion_scale: float = 0.7,
+    polish_below: float = 1e-2,
+    polish_steps: int = 150,
+    n_polish: int = 2,
+    search_norm: str = "l1",
+    compact_steps: int = 200,
+    progress: bool = False,
+) -> ReconstructResult:
+    """Find positions whose ACSF fingerprint matches ``target``.
+
+    Args:
+        target: per-atom fingerprint ``[n_atoms, n_features]`` as made by
+            ``descriptor.create`` (compared as a set: atom order does not matter), or a
+            pooled fingerprint ``[n_features * len(pool_ops)]``.
+        species: one chemical symbol or atomic number per atom.
+        descriptor: the :class:`jaxsci.descriptors.ACSF` that made the target.
+        key: ``jax.random`` key (starts, kicks).
+        cell: ``[3, 3]`` lattice vectors (rows, Angstrom) for a periodic target
+            (the descriptor must be periodic); ``None`` for a free cluster.
+        loss: ``"sorted"`` (per-atom targets, default) or ``"pooled"`` (L1 on pooled
+            fingerprints, the default for 1-D targets).
+        pool_ops: pooling of a 1-D target (see :func:`jaxsci.descriptors.pool`).
+        optimizer: any optax transformation for the search (default:
+            :func:`default_optimizer`, Adam with a per-round cosine decay); its state
+            is reset every round.
+        n_starts: parallel starts; steps_per_round: optimizer steps between kicks;
+        max_rounds: rounds at most; time_limit: seconds after which no new round starts
+            (``None``: no limit).
+        tol: relative fingerprint error below which a start counts as recovered; the
+            search stops at the first one.
+        kick_size: kick length (Angstrom) for the worst-matching atoms;
+            kick_fraction: fraction of atoms kicked (at least one);
+            patience: rounds without improvement before a start is replaced by a fresh one.
+        repulsion_scale: pairs closer than this times the sum of covalent radii are
+            pushed apart.
+        polish_below: starts whose matched fingerprint error is below this are polished
+            (L-BFGS on the row-matched loss, ``polish_steps`` steps, ``n_polish`` matchings).
+        progress: show a tqdm progress bar over rounds.
+
+    Returns:
+        :class:`ReconstructResult`.
+
+    Raises:
+        ValueError: target width not matching the descriptor, species count not matching
+            the target, NaN/inf in the target, an empty structure, a bad cell or option.
+    """
+    t0 = time.perf_counter()
+    t, species_idx, z, cell_np, loss = _check_inputs(
+        target, species, descriptor, cell, loss, pool_ops
+    )
+    if n_starts < 1 or steps_per_round < 1 or max_rounds < 1:
+        raise ValueError("reconstruct: n_starts, steps_per_round and max_rounds must be >= 1")
+    if not (tol > 0 and kick_size >= 0 and 0 <= kick_fraction <= 1 and patience >= 1):
+        raise ValueError("reconstruct: need tol > 0, kick_size >= 0, 0 <= kick_fraction <= 1")
+    n = len(species_idx)
+    opt = default_optimizer(steps_per_round) if optimizer is None else optimizer
+    if not isinstance(opt, optax.GradientTransformationExtraArgs):
+        opt = optax.with_extra_args_support(opt)
+    n_polish = max(1, min(n_polish, n_starts))
+    spec = _Spec(
+        descriptor=descriptor,
+        n_atoms=n,
+        groups=tuple(tuple(int(i) for i in g) for g in species_groups(species_idx)),
+        cell=None if cell_np is None else tuple(cell_np.ravel().tolist()),
+        loss=loss,
+        pool_ops=tuple(pool_ops),
+        optimizer=opt,
+        n_starts=n_starts,
+        steps_per_round=steps_per_round,
+        n_kick=max(1, int(round(kick_fraction * n))) if n > 1 else 1,
+        polish_steps=polish_steps,
+        n_polish=n_polish,
+        norm=search_norm,
+        compact_steps=compact_steps,
+    )
+    round_fn, features_fn, polish_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
+
+    radius = _packing_radius(z)
+    rcov = _radius(z)
+    aux: dict[str, Any] = {
+        "dmin": jnp.asarray(repulsion_scale * (rcov[:, None] + rcov[None, :]), jnp.float32),
+        "r_conf": jnp.float32(radius + 2.0),
+        "w_rep": jnp.float32(1.0),
+        "kick_size": jnp.float32(kick_size),
+        "patience": jnp.int32(patience),
+        "max_step": jnp.float32(0.5),
+    }
+    pooled = t.ndim == 1
+    if pooled:
+        aux["t_pooled"] = jnp.asarray(t, jnp.float32)
+        aux["pscale"] = jnp.asarray(pooled_scale(t), jnp.float32)
+        scale = np.ones(descriptor.n_features)
+    else:
+        scale = feature_scales(t)
+        groups = [np.asarray(g) for g in spec.groups]
+        aux["scale"] = jnp.asarray(scale, jnp.float32)
+        aux["t_sorted"] = sort_by_species(jnp.asarray(t / scale, jnp.float32), groups)
+        aux["t_scaled"] = jnp.asarray(t / scale, jnp.float32)
+
+    key, k0 = jax.random.split(key)
+    aux["radius"] = jnp.float32(radius * 1.2)
+    aux["r0"] = jnp.asarray(rcov[:, None] + rcov[None, :], jnp.float32)
+    x = starts_fn(jax.random.split(k0, n_starts), aux)
+    state = _shard(
+        (x, x, jnp.full((n_starts,), jnp.inf, jnp.float32), jnp.zeros((n_starts,), jnp.int32)),
+        n_starts,
+    )
+
+    record_x = np.zeros((n_starts, n, 3))
+    record_loss = np.full(n_starts, np.inf)
+    record_err = np.full(n_starts, np.inf)
+    polished = np.zeros(n_starts, dtype=bool)
+    history: list[np.ndarray] = []
+    done = False
+    rounds = 0
+    best: tuple[float, np.ndarray] | None = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_rounds, desc=f"reconstruct N={n}", leave=False)
+    while rounds < max_rounds and not done:
+        key, k_fresh, k_round = jax.random.split(key, 3)
+        fresh = _shard(starts_fn(jax.random.split(k_fresh, n_starts), aux), n_starts)
+        keys = jax.random.split(k_round, n_starts)
+        x_next, best_x, best_loss, stale, hist, x_end, end_loss = round_fn(*state, fresh, keys, aux)
+        history.append(np.asarray(hist))
+        rounds += 1
+        end_loss = np.asarray(end_loss, np.float64)
+        reached = np.asarray(x_end, np.float64)
+        # The record keeps every start's best so far, across restarts.
+        better = end_loss < record_loss
+        feats = np.asarray(features_fn(x_end), np.float64)
+        perms: list[np.ndarray | None] = []
+        for s in range(n_starts):
+            perm = None if pooled else _match(feats[s], t, scale, species_idx)
+            perms.append(perm)
+            if better[s]:
+                polished[s] = False
+                record_loss[s] = end_loss[s]
+                record_x[s] = reached[s]
+                record_err[s] = _rel_error(feats[s], t, perm, pool_ops)
+        state = (x_next, best_x, best_loss, stale)
+        # Polish the most promising starts.
+        if not pooled:
+            ready = np.flatnonzero(~polished & (record_err < polish_below))
+            order = [int(s) for s in ready[np.argsort(record_err[ready])][: spec.n_polish]]
+            polished[order] = True
+            if order:
+                sel = order + [order[0]] * (spec.n_polish - len(order))
+                y = jnp.asarray(record_x[sel], jnp.float32)
+                for _ in range(2):
+                    fy = np.asarray(features_fn(y), np.float64)
+                    pm = np.stack([_match(fy[i], t, scale, species_idx) for i in range(len(sel))])
+                    y = polish_fn(y, jnp.asarray(pm), aux)
+                y_np = np.asarray(y, np.float64)
+                fy = np.asarray(features_fn(y), np.float64)
+                for i, s in enumerate(order):
+                    perm = _match(fy[i], t, scale, species_idx)
+                    err = _rel_error(fy[i], t, perm, pool_ops)
+                    if err < record_err[s]:
+                        record_err[s] = err
+                        record_x[s] = y_np[i]
+        if best is None or np.min(record_err) < best[0]:
+            s = int(np.argmin(record_err))
+            best = (float(record_err[s]), record_x[s].copy())
+        done = best[0] < tol
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(best_error=f"{best[0]:.2e}")
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            break
+    if bar is not None:
+        bar.close()
+    assert best is not None
+    positions = best[1]
+    if cell_np is None:
+        positions = positions - positions.mean(0)
+    return ReconstructResult(
+        positions=positions,
+        error=best[0],
+        success=bool(best[0] < tol),
+        start_positions=record_x,
+        start_losses=record_loss,
+        start_errors=record_err,
+        start_success=record_err < tol,
+        history=np.concatenate(history, axis=0),
+        n_rounds=rounds,
+        wall_time=time.perf_counter() - t0,
+    )
