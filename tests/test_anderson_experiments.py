@@ -1,0 +1,69 @@
+"""Pieces of the Anderson study that have an independent oracle (cheap, no training)."""
+
+import numpy as np
+
+from experiments.anderson.problems import burgers_2d_exact, burgers_cole_hopf
+from experiments.anderson.runner import iters_to_target
+
+
+def test_cole_hopf_solution_satisfies_burgers_by_finite_differences():
+    nu = 0.05 / np.pi  # smooth enough for central differences on a modest stencil
+    x = np.linspace(-0.8, 0.8, 9)
+    t = 0.3
+    h, k = 1e-3, 1e-4
+    u = burgers_cole_hopf(x, t, nu)
+    ux = (burgers_cole_hopf(x + h, t, nu) - burgers_cole_hopf(x - h, t, nu)) / (2 * h)
+    uxx = (burgers_cole_hopf(x + h, t, nu) - 2 * u + burgers_cole_hopf(x - h, t, nu)) / h**2
+    ut = (burgers_cole_hopf(x, t + k, nu) - burgers_cole_hopf(x, t - k, nu)) / (2 * k)
+    residual = ut + u * ux - nu * uxx
+    assert np.max(np.abs(residual)) < 1e-4 * np.max(np.abs(ut) + np.abs(u * ux))
+    # Initial condition and boundary values.
+    np.testing.assert_allclose(burgers_cole_hopf(x, 1e-6, nu), -np.sin(np.pi * x), atol=1e-3)
+    np.testing.assert_allclose(burgers_cole_hopf(np.array([-1.0, 1.0]), 0.5, nu), 0.0, atol=1e-8)
+
+
+def test_cole_hopf_quadrature_converges_for_the_benchmark_viscosity():
+    nu = 0.01 / np.pi
+    x = np.linspace(-1, 1, 41)
+    a = burgers_cole_hopf(x, 0.5, nu, n_quad=100)
+    b = burgers_cole_hopf(x, 0.5, nu, n_quad=300)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.all(np.isfinite(a)) and np.max(np.abs(a)) < 1.0
+
+
+def test_burgers_2d_exact_satisfies_the_pde():
+    re = 20.0
+    nu = 1 / re
+    rng = np.random.default_rng(0)
+    x, y, t = rng.uniform(0.1, 0.9, (3, 20))
+    h = 1e-4
+
+    def uv(x, y, t):
+        return np.stack(burgers_2d_exact(x, y, t, re))
+
+    d = lambda f, i: (
+        (
+            f(*[a + h * (j == i) for j, a in enumerate((x, y, t))])
+            - f(*[a - h * (j == i) for j, a in enumerate((x, y, t))])
+        )
+        / (2 * h)
+    )
+    w = uv(x, y, t)
+    wx, wy, wt = d(uv, 0), d(uv, 1), d(uv, 2)
+    h2 = 1e-3
+    lap = sum(
+        (
+            uv(*[a + h2 * (j == i) for j, a in enumerate((x, y, t))])
+            - 2 * w
+            + uv(*[a - h2 * (j == i) for j, a in enumerate((x, y, t))])
+        )
+        / h2**2
+        for i in (0, 1)
+    )
+    res = wt + w[0] * wx + w[1] * wy - nu * lap
+    assert np.max(np.abs(res)) < 1e-5
+
+
+def test_iters_to_target():
+    assert iters_to_target([5.0, 3.0, 1.0, 0.5], 1.0) == 2
+    assert iters_to_target([5.0, 3.0], 1.0) is None
