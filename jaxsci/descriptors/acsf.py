@@ -45,7 +45,7 @@ Array = jnp.ndarray
 #: centres processed together; bounds the [chunk, K, K] triplet tensors of large systems.
 CENTRE_CHUNK = 128
 #: structures evaluated together by ``create`` on lists of free clusters.
-STRUCTURE_CHUNK = 32
+STRUCTURE_CHUNK = 16
 #: periodic systems with at least this many atoms (and cells wider than r_cut) use a cell list.
 CELL_LIST_MIN_ATOMS = 128
 #: largest [chunk, K, K] triplet tensor of the per-triplet kernel (elements).
@@ -201,6 +201,12 @@ class ACSF:
 
     def encode_species(self, symbols_or_numbers: Sequence[str | int]) -> np.ndarray:
         """Indices [N] int32 into :attr:`species_z`; ValueError names any unknown element."""
+        arr = np.asarray(symbols_or_numbers)
+        if arr.dtype.kind in "iu" and arr.ndim == 1:  # fast path: atomic numbers
+            known = np.isin(arr, self.species_z)
+            if known.all():
+                return np.searchsorted(self.species_z, arr).astype(np.int32)
+            symbols_or_numbers = [arr[~known][0]]  # reported by the loop below
         out = np.empty(len(symbols_or_numbers), dtype=np.int32)
         for i, x in enumerate(symbols_or_numbers):
             z = _to_atomic_number(x)

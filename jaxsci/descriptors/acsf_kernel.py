@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsci.descriptors.acsf_moments import combine, g5_power_sums, harmonics, moment_ok
+from jaxsci.descriptors.acsf_moments import (
+    combine,
+    g4_power_sums_slots,
+    g5_power_sums,
+    harmonics,
+    moment_ok,
+)
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import Slots
 
@@ -141,9 +147,23 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
         pjk = in_jk & (rjk2 > 0)
         rjk = jnp.where(pjk, jnp.sqrt(jnp.where(pjk, rjk2, 1.0)), 0.0)
         fc_jk = jnp.where(in_jk, fc_fn(rjk, rc), 0.0)
-        etas4 = sorted({p[0] for p in cfg.g4})
-        e_pair = {eta: jnp.exp(-eta * rjk2) * fc_jk for eta in etas4}
-        sums.append(_angular_sums(cfg.g4, cos, in_jk, e_pair, site_factors(etas4), s))
+        if moment_ok(cfg.g4):
+            etas, which = _unique([p[0] for p in cfg.g4])
+            deg = int(max(p[1] for p in cfg.g4))
+            harm4 = harmonics(disp * inv_r[..., None], deg)
+            ps = jnp.stack(
+                [
+                    g4_power_sums_slots(
+                        harm4, jnp.exp(-eta * r2) * fc, jnp.exp(-eta * rjk2) * fc_jk, onehot, deg
+                    )
+                    for eta in etas
+                ]
+            )
+            sums.append(jnp.moveaxis(combine(cfg.g4, which, ps), 2, 0))
+        else:
+            etas4 = sorted({p[0] for p in cfg.g4})
+            e_pair = {eta: jnp.exp(-eta * rjk2) * fc_jk for eta in etas4}
+            sums.append(_angular_sums(cfg.g4, cos, in_jk, e_pair, site_factors(etas4), s))
     if g5_moments:
         etas, which = _unique([p[0] for p in cfg.g5])
         deg = int(max(p[1] for p in cfg.g5))

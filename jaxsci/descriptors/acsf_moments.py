@@ -155,3 +155,29 @@ def _quad_diag_bwd(res, g):
 
 
 quad_diag.defvjp(_quad_diag_fwd, _quad_diag_bwd)
+
+
+def g4_power_sums_slots(
+    harm: Array, site: Array, pair: Array, onehot: Array, max_degree: int
+) -> Array:
+    """sum_{j != k} E_ij E_ik E_jk P_l(cos) from neighbour slots: [L+1, S, S, C].
+
+    harm: [H, C, K] harmonics of the slot unit vectors; site: [C, K] E_ij; pair: [C, K, K]
+    E_jk between slots (zero on the diagonal, for empty slots and beyond r_cut); onehot:
+    [C, K, S]. One batched matrix product per centre instead of per-triplet powers.
+    """
+    h = harm[: (max_degree + 1) ** 2]
+    v = jnp.moveaxis(h * site[None], 0, 1)  # [C, H, K]
+    c, nh, k = v.shape
+    s = onehot.shape[-1]
+    if s == 1:
+        vs = v
+    else:
+        vs = (v[:, :, None, :] * jnp.moveaxis(onehot, -1, 1)[:, None]).reshape(c, nh * s, k)
+    w = (vs @ pair).reshape(c, nh, s, k)  # sum_j V[i, j] E[j, k]
+    vs = vs.reshape(c, nh, s, k)
+    if s == 1:
+        full = jnp.moveaxis(jnp.sum(w * vs, axis=-1), 0, -1)[:, :, None, :]  # [H, 1, 1, C]
+    else:
+        full = jnp.einsum("chsk,chtk->hstc", w, vs)
+    return degree_sums(full, max_degree)
