@@ -60,15 +60,15 @@ def build_problem(name: str, scale: float) -> P.Problem:
         prob = P.logistic_regression()
         return _with(prob, steps=s(prob.steps))
     if name == "mlp_diabetes_fullbatch":
-        return P.mlp_diabetes(False, steps=s(1500))
+        return P.mlp_diabetes(False, steps=s(1000))
     if name == "mlp_diabetes_minibatch":
-        return P.mlp_diabetes(True, epochs=s(40))
+        return P.mlp_diabetes(True, epochs=s(20))
     if name == "burgers_1d_pinn":
-        return P.burgers_1d(steps=s(1500))
+        return P.burgers_1d(steps=s(1000))
     if name == "burgers_2d_pinn":
-        return P.burgers_2d(steps=s(800))
+        return P.burgers_2d(n_colloc=200, steps=s(400))
     if name == "cnn_digits":
-        return P.cnn_digits(epochs=s(10))
+        return P.cnn_digits(epochs=s(6))
     raise ValueError(f"unknown problem {name!r}; choose from {ALL}")
 
 

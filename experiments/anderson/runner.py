@@ -34,22 +34,30 @@ class Method:
     memory: int = 5
     average: bool = False
 
-    def build(self) -> optax.GradientTransformation:
+    def build(self, lr=None, momentum=None) -> optax.GradientTransformation:
+        """The optimizer; ``lr``/``momentum`` may be traced (one compilation per family)."""
         f = self.family
+        lr = self.lr if lr is None else lr
+        momentum = self.momentum if momentum is None else momentum
         if f == "sgd":
-            return optax.sgd(self.lr)
+            return optax.sgd(lr)
         if f == "nesterov":
-            return optax.sgd(self.lr, momentum=self.momentum, nesterov=True)
+            return optax.sgd(lr, momentum=momentum, nesterov=True)
         if f == "adam":
-            return optax.adam(self.lr)
+            return optax.adam(lr)
         if f == "lbfgs":
             return optax.lbfgs()
         inner = {
-            "aa_sgd": lambda: optax.sgd(self.lr),
-            "aa_momentum": lambda: optax.sgd(self.lr, momentum=self.momentum),
-            "aa_adam": lambda: optax.adam(self.lr),
+            "aa_sgd": lambda: optax.sgd(lr),
+            "aa_momentum": lambda: optax.sgd(lr, momentum=momentum),
+            "aa_adam": lambda: optax.adam(lr),
         }[f]()
         return anderson(inner, self.memory, average=self.average)
+
+    @property
+    def structure(self) -> tuple:
+        """What changes the compiled program (hyper-parameters do not)."""
+        return (self.family, self.memory, self.average)
 
     @property
     def is_anderson(self) -> bool:
@@ -68,35 +76,26 @@ def _aa_counts(state) -> dict:
     }
 
 
+_COMPILED: dict = {}
+
+
+def _hyper(method: Method) -> tuple:
+    return (jnp.asarray(method.lr, jnp.float32), jnp.asarray(method.momentum, jnp.float32))
+
+
 def run_deterministic(problem: Problem, method: Method, key: jax.Array, steps: int) -> dict:
     """Full-batch run: loss at each iterate, gradient evaluations, wall time."""
-    opt = method.build()
-    f = lambda p: problem.loss(p, problem.data)
-
-    if method.family == "lbfgs":
-        vg = optax.value_and_grad_from_state(f)
-
-        def step(carry, _):
-            p, s = carry
-            v, g = vg(p, state=s)
-            u, s = opt.update(g, s, p, value=v, grad=g, value_fn=f)
-            evals = jnp.maximum(optax.tree.get(s, "num_linesearch_steps"), 1)
-            return (optax.apply_updates(p, u), s), (v, evals)
-    else:
-        use_value = method.is_anderson
-
-        def step(carry, _):
-            p, s = carry
-            v, g = jax.value_and_grad(f)(p)
-            u, s = opt.update(g, s, p, value=v) if use_value else opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), (v, jnp.ones((), jnp.int32))
-
-    run = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=steps))
+    cache_key = ("det", problem.name, steps, jax.config.jax_enable_x64, method.structure)
+    if cache_key not in _COMPILED:
+        _COMPILED[cache_key] = _det_program(problem, method, steps)
+    run = _COMPILED[cache_key]
     p0 = problem.init(key)
-    jax.block_until_ready(run(p0))  # compile
+    hyper = _hyper(method)
+    jax.block_until_ready(run(p0, hyper))  # compile (first use) and warm up
     t0 = time.perf_counter()
-    (p, s), (vals, evals) = jax.block_until_ready(run(p0))
+    (p, s), (vals, evals) = jax.block_until_ready(run(p0, hyper))
     wall = time.perf_counter() - t0
+    f = lambda p: problem.loss(p, problem.data)
     out = {
         "loss": np.asarray(vals, np.float64).tolist(),
         "evals": np.cumsum(np.asarray(evals)).tolist(),
@@ -109,9 +108,42 @@ def run_deterministic(problem: Problem, method: Method, key: jax.Array, steps: i
     return out
 
 
+def _det_program(problem: Problem, method: Method, steps: int):
+    f = lambda p: problem.loss(p, problem.data)
+
+    def program(p0, hyper):
+        opt = method.build(*hyper)
+        return jax.lax.scan(_det_step(method, opt, f), (p0, opt.init(p0)), None, length=steps)
+
+    return jax.jit(program)
+
+
+def _det_step(method: Method, opt, f):
+
+    if method.family == "lbfgs":
+        vg = optax.value_and_grad_from_state(f)
+
+        def step(carry, _):
+            p, s = carry
+            v, g = vg(p, state=s)
+            u, s = opt.update(g, s, p, value=v, grad=g, value_fn=f)
+            evals = jnp.maximum(optax.tree.get(s, "num_linesearch_steps"), 1)
+            return (optax.apply_updates(p, u), s), (v, evals)
+
+        return step
+    use_value = method.is_anderson
+
+    def step(carry, _):
+        p, s = carry
+        v, g = jax.value_and_grad(f)(p)
+        u, s = opt.update(g, s, p, value=v) if use_value else opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), (v, jnp.ones((), jnp.int32))
+
+    return step
+
+
 def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int) -> dict:
     """Minibatch run: full training loss after each epoch, wall time."""
-    opt = method.build()
     data = problem.data
     n = data[0].shape[0]
     bs = problem.batch_size
@@ -123,7 +155,7 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
     full = lambda p: problem.loss(p, data)
     use_value = method.is_anderson or method.family == "lbfgs"
 
-    def step(carry, idx):
+    def step(opt, carry, idx):
         p, s = carry
         batch = tuple(a[idx] for a in data)
         fb = lambda q: problem.loss(q, batch)
@@ -136,15 +168,24 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
             u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), v
 
-    def epoch(carry, perm):
-        carry, _ = jax.lax.scan(step, carry, perm)
-        return carry, full(carry[0])
+    def program(p0, hyper, perms):
+        opt = method.build(*hyper)
 
+        def epoch(carry, perm):
+            carry, _ = jax.lax.scan(lambda c, i: step(opt, c, i), carry, perm)
+            return carry, full(carry[0])
+
+        return _mb_run(p0, opt, epoch, perms, full)
+
+    cache_key = ("mb", problem.name, epochs, method.structure)
+    if cache_key not in _COMPILED:
+        _COMPILED[cache_key] = jax.jit(program)
+    run_j = _COMPILED[cache_key]
     p0 = problem.init(k_init)
-    run_j = jax.jit(lambda p: _mb_run(p, opt, epoch, perms, full))
-    jax.block_until_ready(run_j(p0))
+    hyper = _hyper(method)
+    jax.block_until_ready(run_j(p0, hyper, perms))
     t0 = time.perf_counter()
-    p, s, losses = jax.block_until_ready(run_j(p0))
+    p, s, losses = jax.block_until_ready(run_j(p0, hyper, perms))
     wall = time.perf_counter() - t0
     return {
         "loss": np.asarray(losses, np.float64).tolist(),  # [epochs + 1], full train loss
