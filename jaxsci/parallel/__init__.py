@@ -1,4 +1,13 @@
-"""jaxsci.parallel."""
+"""jaxsci.parallel: data parallelism over local devices (jax.sharding) and processes (mpi4jax).
+
+- ``bootstrap()`` -> ``ProcessInfo`` (rank, size, local devices, communicator); ``rank_key``,
+  ``rank_slice``, ``rank_shard`` for per-rank RNG streams and data shards.
+- ``data_parallel(loss_fn, tx, ...)`` -> ``init / step / params / shard_batch``: flat parameter
+  and optimizer buffers, gradients averaged over devices and processes, mixed precision
+  (``Policy``, ``get_policy``) and dynamic loss scaling (``DynamicLossScale``).
+- ``tree_allreduce`` / ``allreduce_plan``: bucketed mpi4jax all-reduce of a pytree.
+- ``make_mesh``: a 1-D mesh over local devices.
+"""
 
 from jaxsci.parallel.bootstrap import (
     ProcessInfo,
