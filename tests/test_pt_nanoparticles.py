@@ -1,5 +1,7 @@
 """Tests for experiments/pt_nanoparticles: config checks, exact resume, tiny end-to-end run."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -64,7 +66,7 @@ def test_training_resumes_from_checkpoint_with_identical_parameters(tmp_path):
     cfg = tiny_config(epochs=6, checkpoint_every=2, hidden=(16,), latent_dim=2, batch_size=8)
     _, straight, hist_a = train_cvae(cfg, x, c, x[:8], c[:8], tmp_path / "a")
     # a run stopped after 3 epochs (checkpoint at 2, forced one at 3), then restarted
-    _, _, _ = train_cvae(cfg.replace(epochs=3), x, c, x[:8], c[:8], tmp_path / "b")
+    _, _, _ = train_cvae(dataclasses.replace(cfg, epochs=3), x, c, x[:8], c[:8], tmp_path / "b")
     _, resumed, hist_b = train_cvae(cfg, x, c, x[:8], c[:8], tmp_path / "b")
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -108,10 +108,6 @@ class Config:
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
 
-    def replace(self, **changes) -> Config:
-        """A copy with some fields changed (``data`` fields via ``data=...``)."""
-        return dataclasses.replace(self, **changes)
-
 
 def tiny_config(**changes) -> Config:
     """A seconds-scale config for smoke tests: a few sizes, few epochs, few targets."""
