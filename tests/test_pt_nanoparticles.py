@@ -1,4 +1,4 @@
-"""Tests for experiments/pt_nanoparticles: config checks, exact resume, tiny end-to-end run."""
+"""Tests for experiments/pt_nanoparticles: config checks, CLI, representation, exact resume."""
 
 import dataclasses
 
