@@ -126,3 +126,14 @@ def test_list_and_centers_like_dscribe():
     assert _rel_err(out, expected) < 1e-6
     assert isinstance(ragged, list) and ragged[1].shape == (7, ours.n_features)
     assert _rel_err(ragged[1], ref.create(b[:7])) < 1e-6
+
+
+def test_large_cluster_cell_list_path_matches_dscribe(monkeypatch):
+    import jaxsci.descriptors.acsf as acsf_module
+
+    monkeypatch.setattr(acsf_module, "LARGE_CLUSTER", 8)  # route a small cluster there
+    ref, ours = _pair(["Pt", "Cu", "O"], False, g3=None)
+    atoms = _cluster3()
+    with jax.enable_x64(True):
+        out = ours.create(atoms)
+    assert _rel_err(out, ref.create(atoms)) < 1e-6

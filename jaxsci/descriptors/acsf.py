@@ -48,6 +48,8 @@ CENTRE_CHUNK = 128
 STRUCTURE_CHUNK = 16
 #: periodic systems with at least this many atoms (and cells wider than r_cut) use a cell list.
 CELL_LIST_MIN_ATOMS = 128
+#: free clusters above this size use a cell list instead of the dense O(N^2)-memory path.
+LARGE_CLUSTER = 512
 #: largest [chunk, K, K] triplet tensor of the per-triplet kernel (elements).
 TRIPLET_BUDGET = 1 << 21
 
@@ -328,6 +330,9 @@ class ACSF:
         outputs: list[np.ndarray | None] = [None] * len(systems)
 
         free = [i for i, p in enumerate(prepared) if p[2] is None]
+        for i in [i for i in free if len(prepared[i][0]) > LARGE_CLUSTER]:
+            outputs[i] = np.asarray(self._large_cluster(*prepared[i][:2]))
+        free = [i for i in free if outputs[i] is None]
         by_size: dict[int, list[int]] = {}
         for i in free:
             by_size.setdefault(bucket_size(len(prepared[i][0])), []).append(i)
@@ -364,6 +369,14 @@ class ACSF:
         if len({r.shape for r in result}) == 1:
             return np.stack(result)
         return result
+
+    def _large_cluster(self, pos, species):
+        """Free cluster with many atoms: cell list in a box so large that no periodic image
+        comes within r_cut (exact), so memory and time stay linear in N."""
+        lo = pos.min(axis=0) - self.r_cut
+        extent = pos.max(axis=0) - lo + 2.0 * self.r_cut
+        box = np.diag(extent)
+        return self._periodic_single(pos - lo, species, box, (True, True, True))
 
     def _periodic_single(self, pos, species, cell, pbc):
         dtype = jnp.zeros(()).dtype
