@@ -273,8 +273,9 @@ def fit_gan(
         }
         if checkpointer is not None:
             checkpointer.save(done, {"state": state, "history": history}, force=True)
+        post = {name: f"{float(np.mean(v[..., -1])):.3g}" for name, v in metrics.items()}
+        bar.set_postfix(post, refresh=False)
         bar.update(k)
-        bar.set_postfix({name: f"{float(np.mean(v[..., -1])):.3g}" for name, v in metrics.items()})
     bar.close()
     return state, history
 
