@@ -401,7 +401,7 @@ def reconstruct(
     kick_fraction: float = 0.15,
     patience: int = 4,
     repulsion_scale: float = 0.7,
-    polish_below: float = 1e-2,
+    polish_below: float = 3e-2,
     polish_steps: int = 150,
     n_polish: int = 2,
     search_norm: str = "l1",

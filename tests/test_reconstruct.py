@@ -1,0 +1,99 @@
+"""Tests for jaxsci.reconstruct: recovery of known clusters, order invariance, bad input."""
+
+import jax
+import numpy as np
+import pytest
+from ase.cluster import Icosahedron, Octahedron
+
+from jaxsci.descriptors import ACSF, pool
+from jaxsci.metrics import fingerprint_error, structure_rmsd
+from jaxsci.reconstruct import ReconstructResult, reconstruct
+
+# A small G2 (Rs = 0) + G4 set keeps compilation and the search cheap in tests.
+G2 = [[eta, 0.0] for eta in (0.01, 0.1, 0.4, 1.0)]
+G4 = [[eta, zeta, lam] for eta in (0.005, 0.05) for zeta in (1.0, 4.0) for lam in (1.0, -1.0)]
+
+
+@pytest.fixture(scope="module")
+def acsf():
+    return ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4)
+
+
+@pytest.fixture(scope="module")
+def pt13():
+    return Icosahedron("Pt", 2)
+
+
+@pytest.fixture(scope="module")
+def pt13_result(acsf, pt13):
+    target = acsf.create(pt13)
+    return reconstruct(target, pt13.get_chemical_symbols(), acsf, key=jax.random.key(0))
+
+
+def test_pt13_icosahedron_is_recovered(acsf, pt13, pt13_result):
+    res = pt13_result
+    assert isinstance(res, ReconstructResult)
+    assert res.success and res.error < 1e-3
+    assert res.positions.shape == (13, 3)
+    assert structure_rmsd(res.positions, pt13.positions) < 0.05
+    # The reported error is the independent metric's value for the returned positions.
+    pred = acsf.create(pt13.__class__("Pt13", positions=res.positions))
+    assert fingerprint_error(pred, acsf.create(pt13)) == pytest.approx(
+        res.error, rel=1e-2, abs=1e-6
+    )
+    n_starts = res.start_positions.shape[0]
+    assert (
+        res.start_errors.shape == res.start_losses.shape == res.start_success.shape == (n_starts,)
+    )
+    assert res.start_success.any() and res.history.shape[1] == n_starts
+    assert np.all(np.isfinite(res.history))
+
+
+def test_reconstruction_is_invariant_to_target_row_order(acsf, pt13, pt13_result):
+    target = acsf.create(pt13)
+    perm = np.random.default_rng(0).permutation(len(target))
+    res = reconstruct(target[perm], pt13.get_chemical_symbols(), acsf, key=jax.random.key(0))
+    assert res.success
+    # Same key, same multiset of rows: the same structure comes back.
+    assert structure_rmsd(res.positions, pt13_result.positions) < 1e-3
+    assert structure_rmsd(res.positions, pt13.positions) < 0.05
+
+
+@pytest.mark.xfail(
+    run=False,
+    reason="known gap: from random starts the search ends ~0.1-0.9 A from the rattled Pt19 "
+    "(fingerprint error ~1e-2); see benchmarks/RESULTS.md",
+)
+def test_rattled_pt19_is_recovered(acsf):
+    atoms = Octahedron("Pt", 3)  # 19 atoms
+    atoms.rattle(0.05, seed=3)
+    res = reconstruct(
+        acsf.create(atoms),
+        atoms.get_chemical_symbols(),
+        acsf,
+        key=jax.random.key(1),
+        time_limit=None,
+        max_rounds=40,
+    )
+    assert res.success
+    assert structure_rmsd(res.positions, atoms.positions) < 0.05
+
+
+def _bad(acsf, target, species, match, **kw):
+    with pytest.raises(ValueError, match=match):
+        reconstruct(target, species, acsf, key=jax.random.key(0), **kw)
+
+
+def test_bad_input_raises_value_error(acsf, pt13):
+    target = acsf.create(pt13)
+    species = pt13.get_chemical_symbols()
+    _bad(acsf, target[:, :-1], species, "target width")
+    _bad(acsf, target, species[:-1], "species lists 12 atoms")
+    nan = target.copy()
+    nan[3, 2] = np.nan
+    _bad(acsf, nan, species, "NaN")
+    _bad(acsf, np.zeros((0, acsf.n_features)), [], "empty structure")
+    _bad(acsf, target, ["Au"] * 13, "Au")
+    _bad(acsf, np.asarray(pool(target))[:-1], species, "pooled target width")
+    _bad(acsf, target, species, "loss must be", loss="mse")
+    _bad(acsf, target, species, "cell", cell=np.eye(3) * 10.0)
