@@ -1,0 +1,1 @@
+"""Reconstruct Pt clusters from their ACSF fingerprints (jaxsci.reconstruct)."""
