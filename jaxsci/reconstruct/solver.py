@@ -78,13 +78,17 @@ class ReconstructResult(NamedTuple):
 
 @functools.cache
 def default_optimizer(steps_per_round: int) -> optax.GradientTransformation:
-    """Search optimizer: Adam, step 0.05 A decaying (cosine) to 1e-3 A within each round.
+    """Search optimizer: L-BFGS (memory 10) with unit step and no line search.
 
-    Chosen by measurement (benchmarks/bench_reconstruct.py): per step about 15x cheaper
-    than L-BFGS with a line search under ``vmap`` on CPU, so many more starts and kicks
-    fit in the time budget. Its state is reset at every round.
+    Chosen by measurement (see benchmarks/RESULTS.md): from 0.6 A perturbations of an
+    EMT-relaxed Pt20 it brings more starts back near the solution than Adam (lr 0.05,
+    cosine decay) on the sorted L1 loss, at one gradient per step (a line search under
+    ``vmap`` cost ~15x more per step on CPU). Steps are clipped to 0.5 A per atom and the
+    state is reset at every round. ``steps_per_round`` is accepted so that schedules can
+    depend on it.
     """
-    return optax.adam(optax.cosine_decay_schedule(0.05, steps_per_round, alpha=0.02))
+    del steps_per_round
+    return optax.lbfgs(learning_rate=1.0, memory_size=10, linesearch=None)
 
 
 @functools.cache
@@ -322,7 +326,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
             return 0.5 * jnp.sum(morse(r, aux["r0"]) * off)
 
-        cp = optax.adam(optax.cosine_decay_schedule(0.1, spec.compact_steps, alpha=0.05))
+        cp = optax.adam(optax.cosine_decay_schedule(0.1, max(spec.compact_steps, 1), alpha=0.05))
         g = jax.grad(energy)
 
         def body(carry, _):
@@ -349,6 +353,13 @@ def _match(feats: np.ndarray, target: np.ndarray, scale: np.ndarray, species_idx
         rows, cols = linear_sum_assignment(cost)
         perm[idx[rows]] = idx[cols]
     return perm
+
+
+def _features_padded(features_fn, y: Array, n_starts: int) -> np.ndarray:
+    """Features of a few structures through the [n_starts]-shaped compiled function."""
+    k = y.shape[0]
+    pad = jnp.concatenate([y, jnp.broadcast_to(y[:1], (n_starts - k, *y.shape[1:]))], axis=0)
+    return np.asarray(features_fn(pad), np.float64)[:k]
 
 
 def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, ops) -> float:
@@ -404,7 +415,7 @@ def reconstruct(
     polish_below: float = 3e-2,
     polish_steps: int = 150,
     n_polish: int = 2,
-    search_norm: str = "l1",
+    search_norm: str = "l2",
     compact_steps: int = 200,
     progress: bool = False,
 ) -> ReconstructResult:
@@ -423,8 +434,8 @@ def reconstruct(
             fingerprints, the default for 1-D targets).
         pool_ops: pooling of a 1-D target (see :func:`jaxsci.descriptors.pool`).
         optimizer: any optax transformation for the search (default:
-            :func:`default_optimizer`, Adam with a per-round cosine decay); its state
-            is reset every round.
+            :func:`default_optimizer`, L-BFGS without line search); its state is
+            reset every round.
         n_starts: parallel starts; steps_per_round: optimizer steps between kicks;
         max_rounds: rounds at most; time_limit: seconds after which no new round starts
             (``None``: no limit).
@@ -437,6 +448,9 @@ def reconstruct(
             pushed apart.
         polish_below: starts whose matched fingerprint error is below this are polished
             (L-BFGS on the row-matched loss, ``polish_steps`` steps, ``n_polish`` matchings).
+        search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
+        compact_steps: Morse-relaxation steps that make the random starts compact with
+            bond lengths near the sums of covalent radii (0: plain random in a sphere).
         progress: show a tqdm progress bar over rounds.
 
     Returns:
@@ -552,11 +566,11 @@ def reconstruct(
                 sel = order + [order[0]] * (spec.n_polish - len(order))
                 y = jnp.asarray(record_x[sel], jnp.float32)
                 for _ in range(2):
-                    fy = np.asarray(features_fn(y), np.float64)
+                    fy = _features_padded(features_fn, y, n_starts)
                     pm = np.stack([_match(fy[i], t, scale, species_idx) for i in range(len(sel))])
                     y = polish_fn(y, jnp.asarray(pm), aux)
                 y_np = np.asarray(y, np.float64)
-                fy = np.asarray(features_fn(y), np.float64)
+                fy = _features_padded(features_fn, y, n_starts)
                 for i, s in enumerate(order):
                     perm = _match(fy[i], t, scale, species_idx)
                     err = _rel_error(fy[i], t, perm, pool_ops)
