@@ -93,13 +93,11 @@ def default_optimizer(steps_per_round: int) -> optax.GradientTransformation:
 
 @functools.cache
 def polish_optimizer() -> optax.GradientTransformationExtraArgs:
-    """L-BFGS with a backtracking line search, for the row-matched polishing stage."""
-    return optax.lbfgs(
-        memory_size=10,
-        linesearch=optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=12, store_grad=True
-        ),
-    )
+    """L-BFGS (memory 20, unit step, no line search) for the row-matched polishing stage.
+
+    A line search under ``vmap`` multiplied compile and run time several-fold on CPU.
+    """
+    return optax.lbfgs(learning_rate=1.0, memory_size=20, linesearch=None)
 
 
 def _value_and_grad(f, state):
