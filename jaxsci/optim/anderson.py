@@ -15,8 +15,10 @@ Two ways of keeping the history (``history=``):
   window is full it keeps *orthogonalised* directions, like truncated GCR/Orthomin(m),
   which for the symmetric Jacobians of gradient descent (``I - lr H``) behaves like the
   conjugate-residual method even for small ``m``. Textbook windowed AA forgets converged
-  eigen-directions and re-excites them: on an ill-conditioned least-squares problem it was
-  2x slower than tuned Nesterov at ``m = 5``; the orthogonal history was 2.8x faster.
+  eigen-directions and re-excites them: on an ill-conditioned least-squares problem
+  (column-scaled, condition 2.7e3, 1e-6 relative suboptimality) textbook AA(5) took
+  1128-1268 iterations against tuned Nesterov's 465-559; the orthogonal history took
+  173-180 (NumPy prototype, float64).
   Regularisation shrinks ``gamma`` by ``1 / (1 + regularization)`` (the Gram matrix of
   the orthonormal basis is the identity, so this *is* a ridge relative to its diagonal),
   and a new direction that is numerically dependent on the stored ones is not stored.
@@ -35,7 +37,10 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
   gradient taken at the rejected point is discarded (``anderson`` also restores the inner
   optimizer's state), the history is reset, and acceleration pauses for a back-off that
   doubles with each consecutive rejection (so a noisy loss cannot waste many steps).
-  A rejection costs exactly one gradient evaluation.
+  A rejection costs exactly one gradient evaluation. With the loss check on, the
+  extrapolation step is also held within a trust region relative to the inner step
+  (``||x_next - x_t|| <= trust ||u_t||``, trust from 4, doubled per accepted
+  extrapolation, quartered per rejection): a noisy loss cannot let a huge jump through.
 * **Noise gate and moving average** (``average=True``, for minibatch training). The
   relative standard deviation of the steps (see :mod:`jaxsci.optim.averaging`) tells a
   drifting trajectory from a noise-dominated one, independently of the scale of the
@@ -62,6 +67,7 @@ import optax
 from jaxsci.optim import _tree, averaging
 
 PyTree = Any
+_TRUST_INIT = 4.0  # first extrapolation may be 4x the inner step; x2 per accepted, /4 per rejected
 History = Literal["orthogonal", "window"]
 
 
@@ -82,6 +88,7 @@ class ScaleByAndersonState(NamedTuple):
     loss_hist: jax.Array  # [safeguard_memory] recent accepted losses (-inf: empty)
     next_try: jax.Array  # int32: first step at which acceleration may be tried again
     penalty: jax.Array  # int32: current back-off length after rejections
+    trust: jax.Array  # max ||extrapolation step|| / ||inner step|| (loss safeguard only)
     ema_step: PyTree  # EMA of the steps taken (noise test); () when average is off
     ema_sq: jax.Array  # EMA of ||u||^2
     ema_x: PyTree  # EMA of post-step iterates x + u (moving average); () when off
@@ -236,6 +243,7 @@ def scale_by_anderson(
             loss_hist=jnp.full((safeguard_memory,), -jnp.inf, dt),
             next_try=i32(0),
             penalty=i32(0),
+            trust=jnp.asarray(_TRUST_INIT, dt),
             ema_step=zeros() if average else (),
             ema_sq=jnp.zeros((), dt),
             ema_x=zeros() if average else (),
@@ -373,6 +381,11 @@ def scale_by_anderson(
             )
 
         d = where(try_acc, extrapolate(None), u)
+        if value is not None and safeguard:  # trust region, adapted by the loss check
+            nd = jnp.sqrt(_tree.vdot(d, d))
+            nu = jnp.sqrt(_tree.vdot(u, u))
+            shrink = jnp.minimum(1.0, state.trust * nu / jnp.maximum(nd, jnp.finfo(dt).tiny))
+            d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
         d_ok = _tree.all_finite(d)
         if safeguard:
             d_ok = d_ok & (_tree.vdot(d, u) > 0)
@@ -418,6 +431,11 @@ def scale_by_anderson(
             loss_hist=jnp.where(reject, state.loss_hist, loss_hist),
             next_try=jnp.where(reject, count + 1 + penalty_rej, state.next_try),
             penalty=penalty,
+            trust=jnp.where(
+                reject,
+                jnp.maximum(state.trust / 4.0, 1.0),
+                jnp.where(accepted_pending, jnp.minimum(state.trust * 2.0, 1e8), state.trust),
+            ).astype(dt),
             ema_step=ema_step,
             ema_sq=ema_sq,
             ema_x=ema_x,
