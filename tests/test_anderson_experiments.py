@@ -1,5 +1,8 @@
 """Pieces of the Anderson study that have an independent oracle (cheap, no training)."""
 
+import json
+import os
+
 import numpy as np
 
 from experiments.anderson.problems import burgers_2d_exact, burgers_cole_hopf
@@ -67,3 +70,20 @@ def test_burgers_2d_exact_satisfies_the_pde():
 def test_iters_to_target():
     assert iters_to_target([5.0, 3.0, 1.0, 0.5], 1.0) == 2
     assert iters_to_target([5.0, 3.0], 1.0) is None
+
+
+def test_study_smoke_writes_run_folder(tmp_path):
+    from experiments.anderson.run import main
+
+    res = main(
+        ["--problems", "least_squares", "--scale", "0.05", "--seeds", "1", "--out", str(tmp_path)]
+    )
+    run_dir = res["run_dir"]
+    with open(f"{run_dir}/results.json") as fh:
+        saved = json.load(fh)
+    prob = saved["problems"]["least_squares"]
+    assert set(prob["tuned"]) == {"sgd", "nesterov", "adam", "lbfgs"}
+    assert {"aa_sgd_m5", "aa_sgd_m10", "aa_sgd_m20", "aa_adam_m5"} <= set(prob["summary"])
+    curve = prob["curves"]["aa_sgd_m5"][0]
+    assert len(curve) == 100 and curve[-1] < curve[0]
+    assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
