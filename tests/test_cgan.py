@@ -37,17 +37,23 @@ def tiny_dcgan():
 
 
 def test_shapes_and_ranges():
+    labels = jnp.arange(5)
     for size in (8, 32):
         cgan = w_cgan(image_size=size, g_features=8, d_features=8)
-        state = init_gan_state(cgan, optax.adam(1e-3), optax.adam(1e-3), jax.random.PRNGKey(0))
-        z = jnp.ones((5, cgan.latent_dim))
-        labels = jnp.arange(5)
-        x = cgan.generator.apply(state.g_params, z, labels)
-        assert x.shape == (5, size, size, 1)
-        assert float(jnp.max(jnp.abs(x))) <= 1.0
-        assert cgan.discriminator.apply(state.d_params, x, labels).shape == (5,)
+        opt = optax.adam(1e-3)
+
+        def forward(key, cgan=cgan, opt=opt):
+            state = init_gan_state(cgan, opt, opt, key)
+            x = cgan.generator.apply(state.g_params, jnp.ones((5, cgan.latent_dim)), labels)
+            return x, cgan.discriminator.apply(state.d_params, x, labels)
+
+        x, score = jax.eval_shape(forward, jax.random.PRNGKey(0))
+        assert x.shape == (5, size, size, 1) and score.shape == (5,)
+        if size == 8:
+            x, _ = jax.jit(forward)(jax.random.PRNGKey(0))
+            assert float(jnp.max(jnp.abs(x))) <= 1.0
     with pytest.raises(ValueError, match="power of two"):
-        w_cgan(image_size=12).generator.init(jax.random.PRNGKey(0), z, labels)
+        w_cgan(image_size=12).generator.init(jax.random.PRNGKey(0), jnp.ones((5, 32)), labels)
 
 
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
@@ -71,9 +77,9 @@ def _alone(cgan, opt, digits, key, label, n_steps, batch):
     return run(state, pool, n_steps)
 
 
-@pytest.mark.parametrize("make", [tiny_wgan, tiny_dcgan], ids=["wgan", "dcgan"])
-def test_vmapped_per_label_equals_alone(digits, make):
-    cgan, opt, key = make(), optax.adam(1e-3, 0.5, 0.9), jax.random.PRNGKey(3)
+def test_vmapped_per_label_equals_alone(digits):
+    """W-CGAN (the gradient penalty nests a grad inside the vmapped step)."""
+    cgan, opt, key = tiny_wgan(), optax.adam(1e-3, 0.5, 0.9), jax.random.PRNGKey(3)
     res = train_per_label(
         cgan,
         opt,
@@ -111,25 +117,9 @@ def test_resume_from_checkpoint_continues_exactly(digits, tmp_path):
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(full.history["g_loss"], resumed.history["g_loss"], rtol=1e-6)
-
-
-def test_samples_carry_their_labels(digits):
-    cgan, opt = tiny_dcgan(), optax.adam(1e-3, 0.5)
-    res = train_per_label(
-        cgan,
-        opt,
-        opt,
-        digits.train_images,
-        digits.train_labels,
-        key=jax.random.PRNGKey(0),
-        label_set=[4, 9],
-        n_steps=1,
-        batch_size=4,
-        progress=False,
-    )
-    images, labels = sample_per_label(cgan, res, jax.random.PRNGKey(1), 3)
+    images, labels = sample_per_label(cgan, resumed, jax.random.PRNGKey(1), 3)
     assert images.shape == (6, 8, 8, 1)
-    assert labels.tolist() == [4, 4, 4, 9, 9, 9]
+    assert labels.tolist() == [1, 1, 1, 2, 2, 2]
 
 
 def test_label_without_data_is_an_error(digits):

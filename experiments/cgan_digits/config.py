@@ -2,10 +2,16 @@
 
 Equal compute: every model family gets the same number of training examples through its
 generator and critic updates. A per-label run trains ``n_labels`` models for ``steps``
-generator updates at ``batch_size`` images each; its baseline trains one conditional model
-for the same ``steps`` generator updates at ``n_labels * batch_size`` images each (same
-number of updates, same total examples, and the same wall-clock when the per-label models
-run on ``n_labels`` workers). Critic updates scale the same way (``n_critic`` per step).
+generator updates at ``batch_size`` images each. Its single conditional baseline spends the
+same total in one of two ways (``baseline_schedule``):
+
+* ``"larger_batch"`` (default): the same ``steps`` updates at ``n_labels * batch_size``
+  images each -- the same number of sequential updates, hence the same wall-clock when the
+  per-label models run on ``n_labels`` workers (the seed papers' setting);
+* ``"more_steps"``: ``n_labels * steps`` updates at ``batch_size`` images each -- the same
+  per-update cost, ten times as many updates.
+
+Critic updates scale the same way (``n_critic`` per generator update).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class Config:
       chunk_steps: steps per compiled call (progress bar and checkpoint granularity).
       samples_per_label: generated images per label for metrics and the ``.npz`` files.
       classifier_steps: full-batch training steps of the metric classifier.
+      baseline_schedule: how the baselines spend the equal budget ("larger_batch" or
+        "more_steps", see above).
       strategy: per-label parallelism: "vmap" (one device), "shard" (device mesh) or
         "mpi" (labels over ranks; run under mpirun).
       models: which of :data:`MODELS` to train.
@@ -51,6 +59,7 @@ class Config:
     chunk_steps: int = 50
     samples_per_label: int = 200
     classifier_steps: int = 600
+    baseline_schedule: str = "larger_batch"
     strategy: str = "vmap"
     models: tuple[str, ...] = MODELS
     seed: int = 0
@@ -61,6 +70,11 @@ class Config:
         unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
             raise ValueError(f"unknown models {unknown}; choose from {list(MODELS)}")
+        if self.baseline_schedule not in ("larger_batch", "more_steps"):
+            raise ValueError(
+                f"baseline_schedule must be larger_batch or more_steps, "
+                f"got {self.baseline_schedule!r}"
+            )
         if self.strategy not in ("vmap", "shard", "mpi"):
             raise ValueError(f"strategy must be vmap, shard or mpi, got {self.strategy!r}")
         for name in ("steps", "batch_size", "chunk_steps", "samples_per_label"):

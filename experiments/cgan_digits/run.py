@@ -23,6 +23,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, boo
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per-label batch")
     p.add_argument("--n-critic", type=int, default=d.n_critic)
     p.add_argument("--samples-per-label", type=int, default=d.samples_per_label)
+    p.add_argument(
+        "--baseline-schedule",
+        choices=("larger_batch", "more_steps"),
+        default=d.baseline_schedule,
+        help="how the baselines spend the equal budget",
+    )
     p.add_argument("--strategy", choices=("vmap", "shard", "mpi"), default=d.strategy)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models))
     p.add_argument("--seed", type=int, default=d.seed)
@@ -38,6 +44,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, boo
         n_critic=a.n_critic,
         samples_per_label=a.samples_per_label,
         strategy=a.strategy,
+        baseline_schedule=a.baseline_schedule,
         models=tuple(a.models),
         seed=a.seed,
         out_root=a.out_root,

@@ -51,17 +51,25 @@ def build_model(config: Config, family: str) -> tuple[CGAN, optax.GradientTransf
     return dc_cgan(**sizes), optax.adam(config.lr_dcgan, b1=0.5, b2=0.999)
 
 
+def schedule(config: Config, per_label: bool) -> tuple[int, int, int]:
+    """``(models, generator updates per model, batch per update)`` of a model family."""
+    if per_label:
+        return N_LABELS, config.steps, config.batch_size
+    if config.baseline_schedule == "more_steps":
+        return 1, config.steps * N_LABELS, config.batch_size
+    return 1, config.steps, config.batch_size * N_LABELS
+
+
 def equal_compute(config: Config, cgan: CGAN, per_label: bool) -> dict[str, Any]:
     """Budget actually used by one model family (see the config module's docstring)."""
-    models = N_LABELS if per_label else 1
-    batch = config.batch_size if per_label else config.batch_size * N_LABELS
+    models, steps, batch = schedule(config, per_label)
     return {
         "models": models,
-        "generator_updates_per_model": config.steps,
-        "critic_updates_per_model": config.steps * cgan.n_critic,
+        "generator_updates_per_model": steps,
+        "critic_updates_per_model": steps * cgan.n_critic,
         "batch_per_update": batch,
-        "generator_examples_total": models * config.steps * batch,
-        "critic_examples_total": models * config.steps * cgan.n_critic * batch,
+        "generator_examples_total": models * steps * batch,
+        "critic_examples_total": models * steps * cgan.n_critic * batch,
     }
 
 
@@ -101,6 +109,7 @@ def _train_one(
         images, labels = sample_per_label(cgan, result, k_sample, config.samples_per_label)
         history = result.history
     else:
+        _, steps, batch = schedule(config, per_label=False)
         state, history = train_conditional(
             cgan,
             opt,
@@ -108,8 +117,8 @@ def _train_one(
             data.train_images,
             data.train_labels,
             key=k_train,
-            n_steps=config.steps,
-            batch_size=config.batch_size * N_LABELS,
+            n_steps=steps,
+            batch_size=batch,
             chunk_steps=config.chunk_steps,
             checkpoint_dir=ckpt_root / name,
             progress=progress,
@@ -185,8 +194,13 @@ def train_and_evaluate(
             "definition": (
                 "same total number of training examples through generator and critic "
                 "updates: per-label = 10 models x steps x batch_size; baseline = 1 model x "
-                "the same steps x (10 * batch_size); the same number of sequential updates"
+                + (
+                    "the same steps x (10 * batch_size), i.e. the same number of sequential updates"
+                    if config.baseline_schedule == "larger_batch"
+                    else "(10 * steps) x batch_size, i.e. the same cost per update"
+                )
             ),
+            "baseline_schedule": config.baseline_schedule,
         },
         "classifier": {
             "kind": "MLP (128, 64), trained at run time on the training split",
