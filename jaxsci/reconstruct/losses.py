@@ -19,7 +19,7 @@ shape).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,6 @@ import numpy as np
 from jaxsci.descriptors import pool
 
 Array = jax.Array
-LOSSES = ("sorted", "matched", "pooled")
 
 
 def feature_scales(target: np.ndarray) -> np.ndarray:
@@ -119,20 +118,15 @@ def min_image(d: Array, cell: np.ndarray | None) -> Array:
     return (frac - jnp.round(frac)) @ c
 
 
-def repulsion(min_distance: np.ndarray, cell: np.ndarray | None = None) -> Callable[[Array], Array]:
+def repulsion(positions: Array, min_distance: Array, cell: np.ndarray | None = None) -> Array:
     """Short-range pair repulsion ``sum_{i<j} relu(d_ij - r_ij)^2 / N`` (Angstrom^2).
 
-    ``min_distance [N, N]`` (Angstrom) is the distance below which a pair is pushed
-    apart; zero for all real structures whose atoms are not closer than that.
+    ``min_distance [N, N]`` (Angstrom) is the distance below which a pair is pushed apart;
+    the term is zero for any structure whose atoms are not closer than that.
     """
-    dmin = jnp.asarray(min_distance, jnp.float32)
-    n = dmin.shape[0]
-    off = 1.0 - jnp.eye(n, dtype=jnp.float32)
-
-    def energy(positions: Array) -> Array:
-        d = min_image(positions[:, None, :] - positions[None, :, :], cell)
-        r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off.astype(d.dtype)))
-        gap = jax.nn.relu(dmin.astype(d.dtype) - r) * off.astype(d.dtype)
-        return 0.5 * jnp.sum(gap * gap) / n
-
-    return energy
+    n = positions.shape[0]
+    d = min_image(positions[:, None, :] - positions[None, :, :], cell)
+    off = 1.0 - jnp.eye(n, dtype=positions.dtype)
+    r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
+    gap = jax.nn.relu(min_distance - r) * off
+    return 0.5 * jnp.sum(gap * gap) / n

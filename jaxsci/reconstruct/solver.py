@@ -37,6 +37,7 @@ from jaxsci.reconstruct.losses import (
     per_atom_sorted_error,
     pooled_loss,
     pooled_scale,
+    repulsion,
     sort_by_species,
     sorted_loss,
     species_groups,
@@ -224,11 +225,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             val = sorted_loss(feats, aux["t_sorted"], aux["scale"], groups, spec.norm)
         else:
             val = pooled_loss(feats, aux["t_pooled"], aux["pscale"], spec.pool_ops)
-        d = min_image(x[:, None, :] - x[None, :, :], cell)
-        off = 1.0 - jnp.eye(n, dtype=x.dtype)
-        r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
-        gap = jax.nn.relu(aux["dmin"] - r) * off
-        rep = 0.5 * jnp.sum(gap * gap) / n
+        rep = repulsion(x, aux["dmin"], cell)
         if cell is None:
             c = jnp.mean(x, axis=0)
             out = jax.nn.relu(jnp.linalg.norm(x - c, axis=-1) - aux["r_conf"])
