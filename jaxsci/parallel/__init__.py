@@ -7,6 +7,8 @@
   (``Policy``, ``get_policy``) and dynamic loss scaling (``DynamicLossScale``).
 - ``tree_allreduce`` / ``allreduce_plan``: bucketed mpi4jax all-reduce of a pytree.
 - ``make_mesh``: a 1-D mesh over local devices.
+- per-label (ensemble) parallelism: ``group_by_label``, ``label_keys``, ``split_labels``,
+  ``rank_labels``, ``shard_over_labels`` (label axis of a mesh), ``gather_over_ranks``.
 """
 
 from jaxsci.parallel.bootstrap import (
@@ -26,6 +28,14 @@ from jaxsci.parallel.data_parallel import (
 )
 from jaxsci.parallel.flat import FlatLayout
 from jaxsci.parallel.mesh import make_mesh
+from jaxsci.parallel.per_label import (
+    gather_over_ranks,
+    group_by_label,
+    label_keys,
+    rank_labels,
+    shard_over_labels,
+    split_labels,
+)
 from jaxsci.parallel.precision import (
     DynamicLossScale,
     LossScaleState,
@@ -56,4 +66,10 @@ __all__ = [
     "rank_key",
     "rank_shard",
     "rank_slice",
+    "gather_over_ranks",
+    "group_by_label",
+    "label_keys",
+    "rank_labels",
+    "shard_over_labels",
+    "split_labels",
 ]
