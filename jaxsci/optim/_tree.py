@@ -57,6 +57,20 @@ def hist_combine(hist: PyTree, coef: jax.Array) -> PyTree:
     )
 
 
+def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
+    """``[sum_i coefs[k, i] * hist[i] for k]``: ``k`` combinations from one pass over ``hist``."""
+    k = coefs.shape[0]
+    both = jax.tree_util.tree_map(
+        lambda h: jnp.tensordot(coefs.astype(h.dtype), h, axes=1).astype(h.dtype), hist
+    )
+    return [jax.tree_util.tree_map(lambda b, j=j: b[j], both) for j in range(k)]
+
+
+def hist_row(hist: PyTree, index: jax.Array) -> PyTree:
+    """Row ``index`` of every leaf of ``hist``."""
+    return jax.tree_util.tree_map(lambda h: jax.lax.dynamic_index_in_dim(h, index, 0, False), hist)
+
+
 def hist_set(hist: PyTree, index: jax.Array, vec: PyTree) -> PyTree:
     """Write ``vec`` into row ``index`` of every leaf of ``hist``."""
     return jax.tree_util.tree_map(

@@ -255,22 +255,46 @@ def scale_by_anderson(
             n_averaged=i32(0),
         )
 
-    def insert_orthogonal(state, s, y, u):
-        """Orthogonalise (s, y) against the history; return the row to store and gamma."""
-        dt = _tree.acc_dtype()
-        valid = state.valid
+    shrink = 1.0 / (1.0 + regularization)
+
+    def tree_lin(fn, *trees):  # one fused elementwise expression per leaf
+        return jax.tree_util.tree_map(lambda *a: fn(*a).astype(a[0].dtype), *trees)
+
+    def insert_orthogonal(state, s, y, u, pair_ok):
+        """Orthogonalise (s, y) against the history.
+
+        Returns the rows to store, whether they are stored, the new bookkeeping and
+        ``comb = sum_i gamma_i (S_i + beta Y_i)`` over the *updated* history, computed
+        from the old history (so the ring buffer is only read before its one-row write,
+        which XLA then does in place): one pass of inner products over ``Y`` and one pass
+        over ``Y`` and ``S`` producing every coefficient's combination at once.
+        """
+        valid, head = state.valid, state.head
         c = _tree.hist_dot(state.y_hist, [y, u]) * valid[:, None]
         cy, cu = c[:, 0], c[:, 1]
-        y1 = jax.tree_util.tree_map(jnp.subtract, y, _tree.hist_combine(state.y_hist, cy))
-        s1 = jax.tree_util.tree_map(jnp.subtract, s, _tree.hist_combine(state.s_hist, cy))
+        slot = jnp.arange(m) == head
+        a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma if the head row is replaced
+        g_drop = jnp.sum(jnp.where(slot, cu, 0.0)) * shrink  # head row's gamma if it is kept
+        # The head row comes out of the same pass (a fused dynamic slice of the old buffer
+        # read after the row write would force XLA to copy the whole buffer).
+        coefs = jnp.stack([cy, a_keep, slot.astype(cy.dtype)])
+        y_cy, y_a, y_old = _tree.hist_combine_many(state.y_hist, coefs)
+        s_cy, s_a, s_old = _tree.hist_combine_many(state.s_hist, coefs)
+        y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
+        s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny0 = jnp.sqrt(_tree.vdot(y, y))
         ny1 = jnp.sqrt(_tree.vdot(y1, y1))
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
             y1, s1 = vals
             c2 = _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
-            y2 = jax.tree_util.tree_map(jnp.subtract, y1, _tree.hist_combine(state.y_hist, c2))
-            s2 = jax.tree_util.tree_map(jnp.subtract, s1, _tree.hist_combine(state.s_hist, c2))
+            c2 = c2[None, :]
+            y2 = jax.tree_util.tree_map(
+                jnp.subtract, y1, _tree.hist_combine_many(state.y_hist, c2)[0]
+            )
+            s2 = jax.tree_util.tree_map(
+                jnp.subtract, s1, _tree.hist_combine_many(state.s_hist, c2)[0]
+            )
             return y2, s2
 
         y1, s1 = jax.lax.cond(ny1 < 0.7 * ny0, second_pass, lambda v: v, (y1, s1))
@@ -278,16 +302,21 @@ def scale_by_anderson(
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
-        yn = jax.tree_util.tree_map(lambda a: (a * inv).astype(a.dtype), y1)
-        sn = jax.tree_util.tree_map(lambda a: (a * inv).astype(a.dtype), s1)
-        slot = jnp.arange(m) == state.head
+        yn = tree_lin(lambda a: a * inv, y1)
+        sn = tree_lin(lambda a: a * inv, s1)
         new_valid = jnp.where(keep, valid | slot, valid)
-        gamma = jnp.where(slot & keep, _tree.vdot(yn, u), cu) * new_valid
-        gamma = (gamma / (1.0 + regularization)).astype(dt)
-        new_head = jnp.where(keep, (state.head + 1) % m, state.head)
-        return sn, yn, keep, state.gram, new_valid, new_head, gamma
+        g_head = _tree.vdot(yn, u) * shrink
 
-    def insert_window(state, s, y, u):
+        def comb_leaf(sa, ya, sn_, yn_, so, yo):
+            new = g_head.astype(sa.dtype) * (sn_ + beta * yn_)
+            old = g_drop.astype(sa.dtype) * (so + beta * yo)
+            return jnp.where(pair_ok, sa + beta * ya + jnp.where(keep, new, old), 0.0)
+
+        comb = tree_lin(comb_leaf, s_a, y_a, sn, yn, s_old, y_old)
+        new_head = jnp.where(keep, (head + 1) % m, head)
+        return sn, yn, s_old, y_old, keep, state.gram, new_valid, new_head, comb
+
+    def insert_window(state, s, y, u, pair_ok):
         """Textbook windowed history with an incrementally updated Gram matrix."""
         dt = _tree.acc_dtype()
         head = state.head
@@ -303,7 +332,18 @@ def scale_by_anderson(
         eye = jnp.eye(m, dtype=dt)
         a = g + lam * eye * valid[:, None] + eye * (~valid)[:, None]
         gamma = (jnp.linalg.solve(a, rhs) * valid).astype(dt)
-        return s, y, jnp.asarray(True), gram, valid, (head + 1) % m, gamma
+        # sum_i gamma_i (S_i + beta Y_i) over the updated history, read from the old one.
+        coefs = jnp.stack([jnp.where(slot, 0.0, gamma), slot.astype(gamma.dtype)])
+        s_a, s_old = _tree.hist_combine_many(state.s_hist, coefs)
+        y_a, y_old = _tree.hist_combine_many(state.y_hist, coefs)
+        g_head = gamma[head]
+
+        def comb_leaf(sa, ya, s_, y_):
+            full = sa + beta * ya + g_head.astype(sa.dtype) * (s_ + beta * y_)
+            return jnp.where(pair_ok, full, 0.0)
+
+        comb = tree_lin(comb_leaf, s_a, y_a, s, y)
+        return s, y, s_old, y_old, jnp.asarray(True), gram, valid, (head + 1) % m, comb
 
     insert = insert_orthogonal if history == "orthogonal" else insert_window
 
@@ -342,16 +382,12 @@ def scale_by_anderson(
         y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
         u_finite = _tree.all_finite(u)  # u_prev was finite when stored (has_prev)
         pair_ok = state.has_prev & u_finite & ~reject
-        s_row, y_row, keep, gram, valid, head, gamma = insert(state, s, y, u)
+        s_row, y_row, s_old, y_old, keep, gram, valid, head, comb = insert(state, s, y, u, pair_ok)
         write = pair_ok & keep
         idx = state.head
-        old_row = lambda h: jax.tree_util.tree_map(lambda a: a[idx], h)
-        s_h = _tree.hist_set(state.s_hist, idx, where(write, s_row, old_row(state.s_hist)))
-        y_h = _tree.hist_set(state.y_hist, idx, where(write, y_row, old_row(state.y_hist)))
         gram = jnp.where(pair_ok, gram, state.gram)
         valid = jnp.where(pair_ok, valid, state.valid)
         head = jnp.where(pair_ok, head, state.head)
-        gamma = jnp.where(pair_ok, gamma, jnp.zeros_like(gamma)) * valid
 
         # 3. Noise test on the recent steps actually taken (decided before this step).
         if average:
@@ -373,14 +409,9 @@ def scale_by_anderson(
         gate = ~noisy if (safeguard and average) else jnp.asarray(True)
         try_acc = scheduled & gate & jnp.any(valid) & u_finite & ~reject
 
-        def extrapolate(_):
-            su = _tree.hist_combine(s_h, gamma)
-            yu = _tree.hist_combine(y_h, gamma)
-            return jax.tree_util.tree_map(
-                lambda a, b, c: (beta * a - b - beta * c).astype(a.dtype), u, su, yu
-            )
-
-        d = where(try_acc, extrapolate(None), u)
+        d = tree_lin(lambda a, c: jnp.where(try_acc, beta * a - c, a), u, comb)
+        s_wr = _tree.select(write, s_row, s_old)
+        y_wr = _tree.select(write, y_row, y_old)
         if value is not None and safeguard:  # trust region, adapted by the loss check
             nd = jnp.sqrt(_tree.vdot(d, d))
             nu = jnp.sqrt(_tree.vdot(u, u))
@@ -416,6 +447,10 @@ def scale_by_anderson(
             reject, penalty_rej, jnp.where(accepted_pending, state.penalty // 2, state.penalty)
         )
         reset = reject | bad
+        # The one-row write: every read of the old ring buffer (the matrix products above)
+        # feeds it, so XLA updates the donated buffer in place (no copy of m x n floats).
+        s_h = _tree.hist_set(state.s_hist, idx, s_wr)
+        y_h = _tree.hist_set(state.y_hist, idx, y_wr)
         new_state = ScaleByAndersonState(
             count=count + 1,
             s_hist=s_h,
