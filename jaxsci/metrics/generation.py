@@ -22,7 +22,7 @@ import numpy as np
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr, wasserstein_distance
 
-from jaxsci.metrics.structure import pair_distance_difference, sorted_pair_distances
+from jaxsci.metrics.structure import _kabsch, pair_distance_difference, sorted_pair_distances
 
 __all__ = [
     "PT_NN_DISTANCE",
@@ -141,7 +141,5 @@ def kabsch_rmsd(positions: Any, reference: Any) -> float:
     if p.shape != q.shape:
         raise ValueError(f"kabsch_rmsd: shapes differ: {p.shape} vs {q.shape}")
     p, q = p - p.mean(0), q - q.mean(0)
-    u, _, vt = np.linalg.svd(p.T @ q)
-    d = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    return float(np.sqrt(((p @ rot - q) ** 2).sum(-1).mean()))
+    rot = _kabsch(p, q, allow_reflection=False)
+    return float(np.sqrt(((p @ rot.T - q) ** 2).sum(-1).mean()))
