@@ -1,0 +1,75 @@
+"""Generated-structure scores (jaxsci.metrics.generation) against hand-computed values."""
+
+import numpy as np
+import pytest
+from ase.cluster import Icosahedron
+from scipy.spatial.transform import Rotation
+
+from jaxsci.metrics import (
+    PT_NN_DISTANCE,
+    check_validity,
+    energy_spearman,
+    energy_wasserstein,
+    kabsch_rmsd,
+    novelty_mask,
+    uniqueness_mask,
+)
+
+
+def _pt13() -> np.ndarray:
+    return Icosahedron("Pt", noshells=2).get_positions()
+
+
+def test_validity_of_a_cluster_a_close_pair_and_two_fragments():
+    pos = _pt13()
+    ok = check_validity(pos)
+    assert ok.valid and ok.n_components == 1
+    assert ok.min_distance == pytest.approx(np.sort(np.linalg.norm(pos - pos[0], axis=1))[1])
+
+    close = pos.copy()
+    close[1] = close[0] + [0.5 * PT_NN_DISTANCE, 0, 0]  # closer than 0.8 d_NN
+    bad = check_validity(close)
+    assert not bad.valid and bad.min_distance == pytest.approx(0.5 * PT_NN_DISTANCE)
+
+    split = np.concatenate([pos, pos + [20.0, 0.0, 0.0]])  # two clusters 20 A apart
+    two = check_validity(split)
+    assert not two.valid and two.n_components == 2
+
+    assert not check_validity(np.full((3, 3), np.nan)).valid
+    with pytest.raises(ValueError, match="empty"):
+        check_validity(np.zeros((0, 3)))
+
+
+def test_kabsch_rmsd_rotation_free_but_not_mirror_free():
+    rng = np.random.default_rng(0)
+    pos = _pt13() + rng.normal(scale=0.1, size=(13, 3))
+    rot = Rotation.random(random_state=3).as_matrix()
+    assert kabsch_rmsd(pos @ rot.T + [1.0, -2.0, 0.5], pos) < 1e-10
+    shifted = pos.copy()
+    shifted[0] += [0.0, 0.0, 1.3]  # known RMSD before alignment: 1.3 / sqrt(13)
+    assert 0 < kabsch_rmsd(shifted, pos) <= 1.3 / np.sqrt(13) + 1e-12
+    assert kabsch_rmsd(-pos, pos) > 0.5  # a chiral (rattled) cluster's mirror image
+    with pytest.raises(ValueError, match="shapes differ"):
+        kabsch_rmsd(pos, pos[:5])
+
+
+def test_uniqueness_and_novelty_use_sorted_pair_distances():
+    rng = np.random.default_rng(1)
+    a = _pt13()
+    a_rot = a[rng.permutation(13)] @ Rotation.random(random_state=4).as_matrix().T
+    b = a + rng.normal(scale=0.3, size=a.shape)
+    c = _pt13()[:12]
+    # a_rot is a permuted, rotated copy of a; b differs; c has another size.
+    np.testing.assert_array_equal(uniqueness_mask([a, a_rot, b, c]), [True, False, True, True])
+    np.testing.assert_array_equal(novelty_mask([a_rot, b, c], [a]), [False, True, True])
+
+
+def test_energy_scores():
+    target = np.array([0.1, 0.2, 0.3, 0.4])
+    assert energy_spearman(target, target**3) == pytest.approx(1.0)
+    assert energy_spearman(target, -target) == pytest.approx(-1.0)
+    assert np.isnan(energy_spearman(target[:2], target[:2]))  # too few pairs
+    with pytest.raises(ValueError, match="shapes differ"):
+        energy_spearman(target, target[:3])
+    # W1 between point masses shifted by 0.05 eV/atom is 0.05; NaNs are dropped.
+    assert energy_wasserstein(target + 0.05, np.append(target, np.nan)) == pytest.approx(0.05)
