@@ -8,10 +8,12 @@ positions found so far (monotonic basin hopping), and kicks the atoms whose
 fingerprint rows match worst; a start that has not improved for ``patience``
 rounds begins again from a fresh random compact packing. After every round the
 starts are scored by the exact, order-independent fingerprint error (rows matched
-by the Hungarian algorithm); promising ones are polished with L-BFGS on the
-row-matched loss, and the search stops as soon as one meets ``tol``.
+by the Hungarian algorithm); the most promising ones are polished in float64 on the
+host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the sorted-column loss, then
+alternating row matching and L-BFGS-B on the row-matched loss), and the search stops as
+soon as one meets ``tol``.
 
-The compiled round/polish/score functions are cached by shapes and static options,
+The compiled round/score functions are cached by shapes and static options,
 so repeated calls with targets of the same size do not recompile.
 """
 
@@ -27,11 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from ase.data import covalent_radii
-from scipy.optimize import linear_sum_assignment
 
 from jaxsci.reconstruct.losses import (
     feature_scales,
-    matched_loss,
     min_image,
     morse,
     per_atom_sorted_error,
@@ -42,6 +42,7 @@ from jaxsci.reconstruct.losses import (
     sorted_loss,
     species_groups,
 )
+from jaxsci.reconstruct.polish import fingerprint_fn, match_raw, polish
 
 Array = jax.Array
 
@@ -90,15 +91,6 @@ def default_optimizer(steps_per_round: int) -> optax.GradientTransformation:
     """
     del steps_per_round
     return optax.lbfgs(learning_rate=1.0, memory_size=10, linesearch=None)
-
-
-@functools.cache
-def polish_optimizer() -> optax.GradientTransformationExtraArgs:
-    """L-BFGS (memory 20, unit step, no line search) for the row-matched polishing stage.
-
-    A line search under ``vmap`` multiplied compile and run time several-fold on CPU.
-    """
-    return optax.lbfgs(learning_rate=1.0, memory_size=20, linesearch=None)
 
 
 def _value_and_grad(f, state):
@@ -193,29 +185,13 @@ class _Spec(NamedTuple):
     compact_steps: int
 
 
-def _fingerprint_fn(spec: _Spec, species_idx: np.ndarray):
-    descriptor = spec.descriptor
-    cell = None if spec.cell is None else np.asarray(spec.cell).reshape(3, 3)
-    spec_arr = jnp.asarray(species_idx)
-
-    def fp(x: Array) -> Array:
-        if cell is None:
-            return descriptor.fn(x, spec_arr)
-        c = jnp.asarray(cell, x.dtype)
-        frac = x @ jnp.linalg.inv(c)
-        wrapped = (frac - jax.lax.stop_gradient(jnp.floor(frac))) @ c
-        return descriptor.fn(wrapped, spec_arr, cell=cell)
-
-    return fp
-
-
 @functools.lru_cache(maxsize=64)
 def _compile(spec: _Spec, species_key: tuple[int, ...]):
-    """Build the jitted round, score and polish functions for one static spec."""
+    """Build the jitted round, features and starts functions for one static spec."""
     species_idx = np.asarray(species_key, np.int32)
     groups = [np.asarray(g) for g in spec.groups]
-    fp = _fingerprint_fn(spec, species_idx)
     cell = None if spec.cell is None else np.asarray(spec.cell).reshape(3, 3)
+    fp = fingerprint_fn(spec.descriptor, species_idx, cell)
     opt = spec.optimizer
     n = spec.n_atoms
 
@@ -285,26 +261,6 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
 
     features_fn = jax.jit(jax.vmap(features))
 
-    polish_opt = polish_optimizer()
-
-    def polish_one(x, perm, aux):
-        def f(y):
-            val = matched_loss(fp(y), perm, aux["t_scaled"], aux["scale"])
-            return val
-
-        def body(carry, _):
-            y, st = carry
-            val, g = _value_and_grad(f, st)(y)
-            upd, st = polish_opt.update(g, st, y, value=val, grad=g, value_fn=f)
-            y_new = y + _clip_per_atom(upd, aux["max_step"])
-            y_new = jnp.where(jnp.all(jnp.isfinite(y_new)), y_new, y)
-            return (y_new, st), val
-
-        (x, _), _ = jax.lax.scan(body, (x, polish_opt.init(x)), None, length=spec.polish_steps)
-        return x
-
-    polish_fn = jax.jit(jax.vmap(polish_one, in_axes=(0, 0, None)))
-
     def compact_one(key, aux):
         """A random start relaxed in a Morse pair potential with minima at the bond lengths."""
         if cell is None:
@@ -333,30 +289,10 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         return x
 
     starts_fn = jax.jit(jax.vmap(compact_one, in_axes=(0, None)))
-    return round_fn, features_fn, polish_fn, starts_fn
+    return round_fn, features_fn, starts_fn
 
 
 # --------------------------------------------------------------------------- host helpers
-def _match(feats: np.ndarray, target: np.ndarray, scale: np.ndarray, species_idx) -> np.ndarray:
-    """perm with feats[perm] ~ target (Hungarian on scaled rows, within species)."""
-    a = feats / scale
-    b = target / scale
-    perm = np.empty(len(b), dtype=np.int64)
-    for s in np.unique(species_idx):
-        idx = np.flatnonzero(species_idx == s)
-        cost = ((b[idx, None, :] - a[None, idx, :]) ** 2).sum(-1)
-        rows, cols = linear_sum_assignment(cost)
-        perm[idx[rows]] = idx[cols]
-    return perm
-
-
-def _features_padded(features_fn, y: Array, n_starts: int) -> np.ndarray:
-    """Features of a few structures through the [n_starts]-shaped compiled function."""
-    k = y.shape[0]
-    pad = jnp.concatenate([y, jnp.broadcast_to(y[:1], (n_starts - k, *y.shape[1:]))], axis=0)
-    return np.asarray(features_fn(pad), np.float64)[:k]
-
-
 def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, ops) -> float:
     if perm is None:
         from jaxsci.descriptors import pool
@@ -407,7 +343,7 @@ def reconstruct(
     kick_fraction: float = 0.15,
     patience: int = 4,
     repulsion_scale: float = 0.7,
-    polish_below: float = 3e-2,
+    polish_below: float = 1e-2,
     polish_steps: int = 150,
     n_polish: int = 2,
     search_norm: str = "l2",
@@ -442,7 +378,8 @@ def reconstruct(
         repulsion_scale: pairs closer than this times the sum of covalent radii are
             pushed apart.
         polish_below: starts whose matched fingerprint error is below this are polished
-            (L-BFGS on the row-matched loss, ``polish_steps`` steps, ``n_polish`` matchings).
+            (float64 L-BFGS-B, see :func:`jaxsci.reconstruct.polish.polish`; at most
+            ``polish_steps`` iterations per matching cycle, ``n_polish`` starts per round).
         search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
         compact_steps: Morse-relaxation steps that make the random starts compact with
             bond lengths near the sums of covalent radii (0: plain random in a sphere).
@@ -484,7 +421,7 @@ def reconstruct(
         norm=search_norm,
         compact_steps=compact_steps,
     )
-    round_fn, features_fn, polish_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
+    round_fn, features_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
 
     radius = _packing_radius(z)
     rcov = _radius(z)
@@ -544,7 +481,7 @@ def reconstruct(
         feats = np.asarray(features_fn(x_end), np.float64)
         perms: list[np.ndarray | None] = []
         for s in range(n_starts):
-            perm = None if pooled else _match(feats[s], t, scale, species_idx)
+            perm = None if pooled else match_raw(feats[s], t, species_idx)
             perms.append(perm)
             if better[s]:
                 polished[s] = False
@@ -557,21 +494,23 @@ def reconstruct(
             ready = np.flatnonzero(~polished & (record_err < polish_below))
             order = [int(s) for s in ready[np.argsort(record_err[ready])][: spec.n_polish]]
             polished[order] = True
-            if order:
-                sel = order + [order[0]] * (spec.n_polish - len(order))
-                y = jnp.asarray(record_x[sel], jnp.float32)
-                for _ in range(2):
-                    fy = _features_padded(features_fn, y, n_starts)
-                    pm = np.stack([_match(fy[i], t, scale, species_idx) for i in range(len(sel))])
-                    y = polish_fn(y, jnp.asarray(pm), aux)
-                y_np = np.asarray(y, np.float64)
-                fy = _features_padded(features_fn, y, n_starts)
-                for i, s in enumerate(order):
-                    perm = _match(fy[i], t, scale, species_idx)
-                    err = _rel_error(fy[i], t, perm, pool_ops)
-                    if err < record_err[s]:
-                        record_err[s] = err
-                        record_x[s] = y_np[i]
+            for i, s in enumerate(order):
+                y, err = polish(
+                    record_x[s],
+                    t,
+                    species_idx,
+                    descriptor,
+                    cell=cell_np,
+                    scale=scale,
+                    steps_per_cycle=spec.polish_steps,
+                    seed=rounds,
+                    tol=tol,
+                    hops=8 if i == 0 else 0,
+                    deadline=None if time_limit is None else t0 + time_limit,
+                )
+                if err < record_err[s]:
+                    record_err[s] = err
+                    record_x[s] = y
         if best is None or np.min(record_err) < best[0]:
             s = int(np.argmin(record_err))
             best = (float(record_err[s]), record_x[s].copy())

@@ -1,0 +1,172 @@
+"""Float64 polish of a near-solution: host-side L-BFGS-B with alternating row matching.
+
+Near the solution the float32, fixed-assignment polish stalls at a fingerprint error
+of ~5e-3 (the sorted-column loss has gradient kinks at ties, and a Hungarian assignment
+in scaled-feature space picks wrong rows and converges to a self-consistent wrong
+point). This polish runs in float64 with scipy's L-BFGS-B (a real line search):
+
+1. minimise the order-free sorted-column L2 loss (zero at the solution);
+2. then alternate, ICP-like, a Hungarian matching of the *unscaled* rows (the metric's
+   own matching) with minimisation of the row-matched scaled L2 loss under it, keeping
+   the positions of lowest relative fingerprint error;
+3. if that stalls above ``tol`` (a kink of the sorted loss or a self-consistent wrong
+   matching, typically ~4e-3 at 0.05 A from the solution), hop: displace the best
+   positions by Gaussian noise of 0.03-0.2 A, repeat 1-2 and keep the best (monotonic
+   basin hopping at fine scale; measured on an EMT-relaxed Pt20, about one hop in five
+   reaches ~2e-4).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment, minimize
+
+Array = jax.Array
+
+
+def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
+    """Pure ``positions [N, 3] -> features [N, F]`` (periodic positions wrapped into the cell)."""
+    spec_arr = np.asarray(species_idx, np.int32)
+
+    def fp(x: Array) -> Array:
+        if cell is None:
+            return descriptor.fn(x, jnp.asarray(spec_arr))
+        c = jnp.asarray(cell, x.dtype)
+        frac = x @ jnp.linalg.inv(c)
+        wrapped = (frac - jax.lax.stop_gradient(jnp.floor(frac))) @ c
+        return descriptor.fn(wrapped, jnp.asarray(spec_arr), cell=cell)
+
+    return fp
+
+
+def match_raw(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray) -> np.ndarray:
+    """``perm [N]`` with ``feats[perm] ~ target`` (Hungarian on unscaled rows, per species)."""
+    perm = np.empty(len(target), dtype=np.int64)
+    for s in np.unique(species_idx):
+        idx = np.flatnonzero(species_idx == s)
+        cost = ((target[idx, None, :] - feats[None, idx, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        perm[idx[rows]] = idx[cols]
+    return perm
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[float, ...] | None):
+    """Jitted float64 features and value-and-grads of the sorted and matched losses.
+
+    Must be called (and its functions used) inside ``jax.enable_x64(True)``.
+    """
+    species_idx = np.asarray(species_key, np.int32)
+    cell = None if cell_key is None else np.asarray(cell_key).reshape(3, 3)
+    fp = fingerprint_fn(descriptor, species_idx, cell)
+    groups = [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
+    n = len(species_idx)
+
+    def sort_cols(f):
+        return jnp.concatenate([jnp.sort(f[g], axis=0) for g in groups], axis=0)
+
+    def sorted_l2(xf, t_sorted, scale):
+        d = sort_cols(fp(xf.reshape(n, 3)) / scale) - t_sorted
+        return jnp.mean(d * d)
+
+    def matched_l2(xf, perm, t_scaled, scale):
+        d = fp(xf.reshape(n, 3))[perm] / scale - t_scaled
+        return jnp.mean(d * d)
+
+    feats = jax.jit(lambda xf: fp(xf.reshape(n, 3)))
+    return feats, jax.jit(jax.value_and_grad(sorted_l2)), jax.jit(jax.value_and_grad(matched_l2))
+
+
+def _lbfgsb(vg: Callable, x0: np.ndarray, max_iter: int, args: tuple) -> np.ndarray:
+    def fun(x):
+        v, g = vg(jnp.asarray(x), *args)
+        return float(v), np.asarray(g, np.float64)
+
+    opts = {"maxiter": max_iter, "ftol": 1e-16, "gtol": 1e-12}
+    return minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts).x
+
+
+def polish(
+    positions: np.ndarray,
+    target: np.ndarray,
+    species_idx: np.ndarray,
+    descriptor: Any,
+    *,
+    cell: np.ndarray | None = None,
+    scale: np.ndarray,
+    sorted_steps: int = 200,
+    cycles: int = 8,
+    steps_per_cycle: int = 100,
+    tol: float = 0.0,
+    hops: int = 8,
+    seed: int = 0,
+    deadline: float | None = None,
+) -> tuple[np.ndarray, float]:
+    """Polish ``positions [N, 3]`` (Angstrom) towards ``target [N, F]`` in float64.
+
+    ``scale [F]`` divides every feature in the losses. Returns the positions of lowest
+    relative fingerprint error ``||F[perm] - T|| / ||T||`` seen (rows matched by the
+    Hungarian algorithm) and that error; stops early once it is below ``tol``. ``hops``
+    random restarts around the best point (noise from ``seed``) follow a stalled descent;
+    none starts after ``deadline`` (a ``time.perf_counter()`` value).
+    """
+    species_idx = np.asarray(species_idx, np.int32)
+    t = np.asarray(target, np.float64)
+    t_norm = max(float(np.linalg.norm(t)), 1e-300)
+    cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
+    with jax.enable_x64(True):
+        feats_fn, sorted_vg, matched_vg = _compiled(
+            descriptor, tuple(int(s) for s in species_idx), cell_key
+        )
+        sc = jnp.asarray(scale, jnp.float64)
+        groups = [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
+        t_sorted = jnp.asarray(np.concatenate([np.sort(t[g] / scale, axis=0) for g in groups]))
+        t_scaled = jnp.asarray(t / scale)
+
+        def score(xf):
+            f = np.asarray(feats_fn(jnp.asarray(xf)), np.float64)
+            perm = match_raw(f, t, species_idx)
+            return float(np.linalg.norm(f[perm] - t)) / t_norm, perm
+
+        def descend(x, err, perm):
+            best_x, best_err = x, err
+            if sorted_steps > 0:
+                x = _lbfgsb(sorted_vg, x, sorted_steps, (t_sorted, sc))
+                err, perm = score(x)
+                if err < best_err:
+                    best_err, best_x = err, x
+            for _ in range(cycles):
+                if best_err < tol:
+                    break
+                x = _lbfgsb(matched_vg, x, steps_per_cycle, (jnp.asarray(perm), t_scaled, sc))
+                err, new_perm = score(x)
+                improved = err < best_err
+                if improved:
+                    best_err, best_x = err, x
+                if np.array_equal(new_perm, perm) and not improved:
+                    break
+                perm = new_perm
+            return best_x, best_err
+
+        best_x = np.asarray(positions, np.float64).ravel()
+        best_err, perm = score(best_x)
+        if best_err >= tol:
+            best_x, best_err = descend(best_x, best_err, perm)
+        rng = np.random.default_rng(seed)
+        amps = (0.03, 0.05, 0.1, 0.2)
+        for h in range(hops):
+            if best_err < tol or (deadline is not None and time.perf_counter() > deadline):
+                break
+            x = best_x + amps[h % len(amps)] * rng.standard_normal(best_x.shape)
+            err, perm = score(x)
+            x, err = descend(x, err, perm)
+            if err < best_err:
+                best_x, best_err = x, err
+    return best_x.reshape(-1, 3), best_err
