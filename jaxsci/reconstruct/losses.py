@@ -11,8 +11,6 @@ shape).
   column (within each species) of both and taking the mean squared difference,
   each feature scaled by the spread of its target column. Zero exactly when every
   column holds the same multiset of values; independent of atom order.
-- ``"matched"``: rows compared one to one under a given assignment (the
-  Hungarian matching the solver recomputes between polishing rounds).
 - ``"pooled"``: L1 between pooled fingerprints (``pool(F, ops)``), the seed
   paper's structure-level fingerprint, scaled entry-wise by the target.
 """
@@ -84,12 +82,6 @@ def per_atom_sorted_error(
         err = err.at[g].set(jnp.sum((f - ref) ** 2, axis=1))
         offset += len(g)
     return err
-
-
-def matched_loss(features: Array, perm: Array, target_scaled: Array, scale: Array) -> Array:
-    """Mean squared scaled difference of ``features[perm]`` and ``target_scaled [N, F]``
-    (``target / scale``), where ``perm [N]`` assigns a trial atom to every target row."""
-    return jnp.mean((features[perm] / scale - target_scaled) ** 2)
 
 
 def pooled_scale(target: np.ndarray) -> np.ndarray:
