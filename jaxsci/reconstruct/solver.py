@@ -8,7 +8,7 @@ positions found so far (monotonic basin hopping), and kicks the atoms whose
 fingerprint rows match worst; a start that has not improved for ``patience``
 rounds begins again from a fresh random compact packing. After every round the
 starts are scored by the exact, order-independent fingerprint error (rows matched
-by the Hungarian algorithm); the most promising ones are polished in float64 on the
+by the Hungarian algorithm); the overall best one is polished in float64 on the
 host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the sorted-column loss, then
 alternating row matching and L-BFGS-B on the row-matched loss), and the search stops as
 soon as one meets ``tol``.
@@ -345,7 +345,7 @@ def reconstruct(
     repulsion_scale: float = 0.7,
     polish_below: float = 1e-2,
     polish_steps: int = 150,
-    n_polish: int = 2,
+    n_polish: int = 1,
     search_norm: str = "l2",
     compact_steps: int = 200,
     progress: bool = False,
@@ -379,7 +379,9 @@ def reconstruct(
             pushed apart.
         polish_below: starts whose matched fingerprint error is below this are polished
             (float64 L-BFGS-B, see :func:`jaxsci.reconstruct.polish.polish`; at most
-            ``polish_steps`` iterations per matching cycle, ``n_polish`` starts per round).
+            ``polish_steps`` iterations per matching cycle). Each round polishes only the
+            ``n_polish`` starts of lowest error, each only if never polished or now below
+            the error its last polish reached.
         search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
         compact_steps: Morse-relaxation steps that make the random starts compact with
             bond lengths near the sums of covalent radii (0: plain random in a sphere).
@@ -457,7 +459,7 @@ def reconstruct(
     record_x = np.zeros((n_starts, n, 3))
     record_loss = np.full(n_starts, np.inf)
     record_err = np.full(n_starts, np.inf)
-    polished = np.zeros(n_starts, dtype=bool)
+    polished_err = np.full(n_starts, np.inf)  # error each start's last polish reached
     history: list[np.ndarray] = []
     done = False
     rounds = 0
@@ -484,16 +486,15 @@ def reconstruct(
             perm = None if pooled else match_raw(feats[s], t, species_idx)
             perms.append(perm)
             if better[s]:
-                polished[s] = False
                 record_loss[s] = end_loss[s]
                 record_x[s] = reached[s]
                 record_err[s] = _rel_error(feats[s], t, perm, pool_ops)
         state = (x_next, best_x, best_loss, stale)
-        # Polish the most promising starts.
+        # Polish only the overall best start(s) (n_polish, default 1), and only when never
+        # polished or now below the error their last polish reached.
         if not pooled:
-            ready = np.flatnonzero(~polished & (record_err < polish_below))
-            order = [int(s) for s in ready[np.argsort(record_err[ready])][: spec.n_polish]]
-            polished[order] = True
+            top = np.argsort(record_err, kind="stable")[: spec.n_polish]
+            order = [int(s) for s in top if record_err[s] < min(polish_below, polished_err[s])]
             for i, s in enumerate(order):
                 y, err = polish(
                     record_x[s],
@@ -511,6 +512,7 @@ def reconstruct(
                 if err < record_err[s]:
                     record_err[s] = err
                     record_x[s] = y
+                polished_err[s] = record_err[s]
         if best is None or np.min(record_err) < best[0]:
             s = int(np.argmin(record_err))
             best = (float(record_err[s]), record_x[s].copy())
