@@ -26,7 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment, minimize
+from scipy.optimize import minimize
+
+from jaxsci.metrics.structure import match_rows
 
 Array = jax.Array
 
@@ -44,17 +46,6 @@ def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | 
         return descriptor.fn(wrapped, jnp.asarray(spec_arr), cell=cell)
 
     return fp
-
-
-def match_raw(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray) -> np.ndarray:
-    """``perm [N]`` with ``feats[perm] ~ target`` (Hungarian on unscaled rows, per species)."""
-    perm = np.empty(len(target), dtype=np.int64)
-    for s in np.unique(species_idx):
-        idx = np.flatnonzero(species_idx == s)
-        cost = ((target[idx, None, :] - feats[None, idx, :]) ** 2).sum(-1)
-        rows, cols = linear_sum_assignment(cost)
-        perm[idx[rows]] = idx[cols]
-    return perm
 
 
 @functools.lru_cache(maxsize=32)
@@ -132,7 +123,7 @@ def polish(
 
         def score(xf):
             f = np.asarray(feats_fn(jnp.asarray(xf)), np.float64)
-            perm = match_raw(f, t, species_idx)
+            perm = match_rows(f, t, species_idx)
             return float(np.linalg.norm(f[perm] - t)) / t_norm, perm
 
         def descend(x, err, perm):

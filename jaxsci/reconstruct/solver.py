@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from ase.data import covalent_radii
 
+from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.losses import (
     feature_scales,
     min_image,
@@ -42,7 +43,7 @@ from jaxsci.reconstruct.losses import (
     sorted_loss,
     species_groups,
 )
-from jaxsci.reconstruct.polish import fingerprint_fn, match_raw, polish
+from jaxsci.reconstruct.polish import fingerprint_fn, polish
 
 Array = jax.Array
 
@@ -483,7 +484,7 @@ def reconstruct(
         feats = np.asarray(features_fn(x_end), np.float64)
         perms: list[np.ndarray | None] = []
         for s in range(n_starts):
-            perm = None if pooled else match_raw(feats[s], t, species_idx)
+            perm = None if pooled else match_rows(feats[s], t, species_idx)
             perms.append(perm)
             if better[s]:
                 record_loss[s] = end_loss[s]
