@@ -4,14 +4,17 @@
    updates each, (a) stacked and vmapped in one compiled call, (b) one model at a time with
    one compiled single-model trainer reused for every label (the anchor). Compilation is
    excluded (warm-up call first); repeats are interleaved; medians and the ratio printed.
-2. Weak scaling (subprocesses): ``mpirun -n 1`` and ``mpirun -n 2`` runs of this script in
-   ``--worker`` mode, each rank training ``--labels-per-rank`` labels (so 2 ranks train twice
-   as many labels in total), one XLA thread per rank. Timed per rank between barriers: the
-   training steps plus the final gather of the parameters; efficiency = t(1 rank) / t(2 ranks)
-   (1.0 is perfect weak scaling). Repeats alternate 1 and 2 ranks.
+2. Weak scaling (subprocesses): ``mpirun -bind-to core -n r`` runs of this script in
+   ``--worker`` mode for r = 1 and every ``--ranks``, each rank training
+   ``--labels-per-rank`` labels (so r ranks train r times as many labels in total), each rank
+   pinned to its own core (checked: the run fails if a rank is not). Timed per rank after a
+   barrier: the training steps plus the final gather of the parameters; the slowest rank
+   counts; efficiency = t(1 rank) / t(r ranks) (1.0 is perfect weak scaling). Repeats cycle
+   through the rank counts.
 
     python benchmarks/bench_cgan.py                      # defaults: CPU-sized
     python benchmarks/bench_cgan.py --labels 10 --steps 40 --batch-size 64 --repeats 5
+    python benchmarks/bench_cgan.py --skip-throughput --ranks 2 4 8 --steps 60  # many cores
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: Each rank is pinned to one core (``mpirun -bind-to core``): XLA's CPU client keeps a thread
+#: pool whatever the flags say, so an unpinned single rank spreads over every idle core and
+#: makes the 1-rank baseline of a weak-scaling run use twice the hardware of each rank of
+#: the 2-rank run (measured here: 2.0 s of CPU in 1.16 s of wall time).
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+BIND = ["-bind-to", "core"]
 
 
 def _setup(args, label_set):
@@ -107,43 +116,63 @@ def worker(args) -> None:
     stacked = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), static_argnums=2)
     jax.block_until_ready(stacked(states, pools, args.steps))  # compile + warm-up
     info.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     states, _ = stacked(states, pools, args.steps)
     jax.block_until_ready(states)
     t_train = time.perf_counter() - t0
     gathered = gather_over_ranks(states.g_params, info)
-    t_total = time.perf_counter() - t0
+    t_total, cpu = time.perf_counter() - t0, time.process_time() - c0
     n_models = jax.tree.leaves(gathered)[0].shape[0]
-    times = info.comm.allgather((t_train, t_total)) if info.comm else [(t_train, t_total)]
+    rec = (t_train, t_total, cpu, sorted(os.sched_getaffinity(0)))
+    times = info.comm.allgather(rec) if info.comm else [rec]
     if info.is_root:
-        print(json.dumps({"ranks": info.size, "models": n_models, "per_rank_s": times}))
+        print(json.dumps({"ranks": info.size, "models": n_models, "per_rank": times}))
+
+
+def _mpirun() -> str:
+    """The ``mpirun`` of this interpreter's environment (the venv's mpich), else the PATH's."""
+    local = Path(sys.executable).parent / "mpirun"
+    found = str(local) if local.exists() else shutil.which("mpirun")
+    if found is None:
+        raise RuntimeError("weak scaling needs mpirun (install the 'mpi' extra)")
+    return found
 
 
 def weak_scaling(args) -> dict:
-    mpirun = Path(sys.executable).parent / "mpirun"
+    """Time ``mpirun -n r`` runs for every r in ``args.ranks``; efficiency t(1) / t(r)."""
     env = dict(os.environ, XLA_FLAGS=ONE_THREAD, JAX_PLATFORMS="cpu")
     base = [
         sys.executable, __file__, "--worker", "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--features", str(args.features),
         "--n-critic", str(args.n_critic), "--labels-per-rank", str(args.labels_per_rank),
     ]  # fmt: skip
-    times: dict[int, list[float]] = {1: [], 2: []}
+    ranks = sorted(set([1, *args.ranks]))
+    times: dict[int, list[float]] = {n: [] for n in ranks}
+    cpu: dict[int, list[float]] = {n: [] for n in ranks}
     for _ in range(args.repeats):
-        for n in (1, 2):
+        for n in ranks:
             out = subprocess.run(
-                [str(mpirun), "-n", str(n), *base], env=env, capture_output=True, text=True,
-                check=True, cwd=ROOT,
+                [_mpirun(), *BIND, "-n", str(n), *base], env=env, capture_output=True,
+                text=True, check=True, cwd=ROOT,
             )  # fmt: skip
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             if rec["models"] != n * args.labels_per_rank:
                 raise RuntimeError(f"gathered {rec['models']} models, expected more: {rec}")
-            times[n].append(max(t_total for _, t_total in rec["per_rank_s"]))
+            per_rank = rec["per_rank"]
+            cores = [tuple(r[3]) for r in per_rank]
+            if any(len(c) != 1 for c in cores) or len(set(cores)) != n:
+                raise RuntimeError(f"ranks not pinned to distinct single cores: {cores}")
+            times[n].append(max(r[1] for r in per_rank))
+            cpu[n].append(max(r[2] for r in per_rank))
+            print(f"  {n} rank(s): {times[n][-1]:.3f} s (CPU {cpu[n][-1]:.3f} s)", flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
     return {
         "labels_per_rank": args.labels_per_rank,
+        "cores": os.cpu_count(),
         "times_s": {str(n): v for n, v in times.items()},
+        "cpu_s": {str(n): v for n, v in cpu.items()},
         "median_s": {str(n): v for n, v in med.items()},
-        "efficiency_2_ranks": med[1] / med[2],
+        "efficiency": {str(n): med[1] / med[n] for n in ranks},
     }
 
 
@@ -156,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--n-critic", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--ranks", type=int, nargs="+", default=[2], help="weak scaling: rank counts (1 added)"
+    )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-weak-scaling", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,11 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_weak_scaling:
         r = weak_scaling(args)
         results["weak_scaling"] = r
-        print(
-            f"weak scaling, {args.labels_per_rank} labels/rank, 1 thread/rank: 1 rank "
-            f"{r['median_s']['1']:.3f} s, 2 ranks {r['median_s']['2']:.3f} s -> efficiency "
-            f"{r['efficiency_2_ranks']:.3f}  (all: {r['times_s']})"
-        )
+        for n, t in r["median_s"].items():
+            print(
+                f"weak scaling, {args.labels_per_rank} labels/rank, one core/rank: {n} rank(s) "
+                f"{t:.3f} s (median of {args.repeats}) -> efficiency {r['efficiency'][n]:.3f}"
+            )
     print(f"load average after: {os.getloadavg()}")
     print(json.dumps(results))
 

@@ -1,5 +1,7 @@
 """Conditional GANs: models, per-label training (vmap == alone, resume), bad input."""
 
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -120,6 +122,39 @@ def test_resume_from_checkpoint_continues_exactly(digits, tmp_path):
     images, labels = sample_per_label(cgan, resumed, jax.random.PRNGKey(1), 3)
     assert images.shape == (6, 8, 8, 1)
     assert labels.tolist() == [1, 1, 1, 2, 2, 2]
+
+
+def test_resume_with_another_label_split(digits, tmp_path):
+    """A 2-rank run stopped half-way resumes in one process (and the other way round)."""
+    cgan, opt, key = tiny_dcgan(), optax.adam(1e-3, 0.5), jax.random.PRNGKey(5)
+    kw = dict(key=key, label_set=[1, 2, 3], batch_size=8, chunk_steps=2, progress=False)
+    args = (cgan, opt, opt, digits.train_images, digits.train_labels)
+    full = train_per_label(*args, n_steps=4, **kw)
+    ck = tmp_path / "ck"
+    for rank in (0, 1):  # the two ranks of an MPI run, played one after the other
+        info = ProcessInfo(rank=rank, size=2, local_device_count=1)
+        part = train_per_label(*args, n_steps=2, strategy="mpi", info=info, checkpoint_dir=ck, **kw)
+        assert part.history["g_loss"].shape == (2 - rank, 2)  # labels [1, 2] and [3]
+    assert sorted(p.name for p in ck.iterdir()) == ["labels-1-2", "labels-3"]
+    resumed = train_per_label(*args, n_steps=4, checkpoint_dir=ck, **kw)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.history["g_loss"], resumed.history["g_loss"], rtol=1e-5)
+    # and back: rank 1 of a 2-rank run resumes label 3 from the one-process block at step 4
+    info = ProcessInfo(rank=1, size=2, local_device_count=1)
+    shutil.rmtree(ck / "labels-3")
+    more = train_per_label(*args, n_steps=4, strategy="mpi", info=info, checkpoint_dir=ck, **kw)
+    np.testing.assert_allclose(more.history["g_loss"][0], full.history["g_loss"][2], rtol=1e-5)
+
+
+def test_resume_with_labels_missing_from_the_checkpoints_is_an_error(digits, tmp_path):
+    cgan, opt, key = tiny_dcgan(), optax.adam(1e-3, 0.5), jax.random.PRNGKey(5)
+    kw = dict(key=key, batch_size=8, chunk_steps=2, progress=False, checkpoint_dir=tmp_path)
+    args = (cgan, opt, opt, digits.train_images, digits.train_labels)
+    train_per_label(*args, n_steps=2, label_set=[1, 2], **kw)
+    with pytest.raises(ValueError, match=r"hold labels \[1, 2\] but not \[3\]"):
+        train_per_label(*args, n_steps=4, label_set=[1, 2, 3], **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels-1-2", "labels-1-2-3"]
 
 
 def test_label_without_data_is_an_error(digits):

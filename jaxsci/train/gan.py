@@ -336,8 +336,11 @@ def train_per_label(
       label_set: labels to train (each needs data).
       n_steps: generator updates per label; batch_size: images per update per label.
       chunk_steps: steps per compiled call (progress / checkpoint granularity).
-      checkpoint_dir: Orbax checkpoints, resumed from if present; under MPI every rank writes
-        its own ``rank<r>`` sub-folder (independent, no collective).
+      checkpoint_dir: Orbax checkpoints, resumed from if present. Each block of labels trained
+        together (all labels for "vmap"/"shard", one rank's block for "mpi") writes its own
+        ``labels-<l0>-<l1>-...`` sub-folder (independent, no collective), so a run resumes
+        with any strategy or rank count: a block with no checkpoint of its own is assembled
+        from the newest step that every block holding its labels has saved.
 
     Raises:
       ValueError: a label without data, more ranks than labels, unknown strategy.
@@ -366,10 +369,21 @@ def train_per_label(
         run_chunk = lambda s, k: stacked(s, pools, k)
     ckpt = None
     if checkpoint_dir is not None:
-        folder = os.fspath(checkpoint_dir)
-        if strategy == "mpi" and info.size > 1:
-            folder = os.path.join(folder, f"rank{info.rank}")
+        folder = label_checkpoint_folder(checkpoint_dir, local)
         ckpt = Checkpointer(folder, keep=2, info=single)
+        if ckpt.latest_step() is None:
+            one = jax.tree.map(lambda x: x[0], (states, pools))
+            metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
+            _assemble_from_other_blocks(
+                ckpt,
+                checkpoint_dir,
+                local,
+                lambda block: jax.eval_shape(
+                    jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k)),
+                    label_keys(key, block),
+                ),
+                {k: v.dtype for k, v in metrics.items()},
+            )
     is_root = info is None or info.is_root
     try:
         state, history = fit_gan(
@@ -388,6 +402,93 @@ def train_per_label(
         state, history = gather_over_ranks((state, history), info)
     state, history = jax.tree.map(np.asarray, jax.device_get((state, history)))
     return PerLabelResult(np.asarray(label_set, np.int32), state, history)
+
+
+def label_checkpoint_folder(checkpoint_dir: str | os.PathLike, labels: Sequence[int]) -> str:
+    """Checkpoint folder of the per-label models of ``labels`` trained together."""
+    name = "labels-" + "-".join(str(int(lab)) for lab in labels)
+    return os.path.join(os.fspath(checkpoint_dir), name)
+
+
+def _saved_blocks(checkpoint_dir: str | os.PathLike) -> dict[tuple[int, ...], str]:
+    """``{labels: folder}`` of every per-label checkpoint block under ``checkpoint_dir``."""
+    root = os.fspath(checkpoint_dir)
+    blocks = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        parts = name.split("-")
+        if parts[0] == "labels" and len(parts) > 1 and all(p.isdigit() for p in parts[1:]):
+            blocks[tuple(int(p) for p in parts[1:])] = os.path.join(root, name)
+    return blocks
+
+
+def _assemble_from_other_blocks(
+    ckpt: Checkpointer,
+    checkpoint_dir: str | os.PathLike,
+    labels: np.ndarray,
+    block_shapes: Callable[[Sequence[int]], GANState],
+    metric_dtypes: dict[str, Any],
+) -> None:
+    """Save into ``ckpt`` the models of ``labels`` at the newest step that every saved block
+    holding them has, cut out of those blocks' checkpoints.
+
+    Lets a run resume after its labels were split differently (another rank count or
+    strategy). Does nothing when no saved block holds any of ``labels``.
+
+    Args:
+      block_shapes: ``labels -> GANState`` of ``jax.ShapeDtypeStruct`` stacked over them.
+      metric_dtypes: ``{metric: dtype}`` of the per-step training metrics.
+
+    Raises:
+      ValueError: some of ``labels`` are saved and others not, or their blocks share no step.
+    """
+    mine = set(labels.tolist())
+    single = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
+    readers = {}
+    for block, folder in _saved_blocks(checkpoint_dir).items():
+        if block != tuple(labels.tolist()) and mine & set(block):
+            reader = Checkpointer(folder, keep=None, info=single)
+            if reader.latest_step() is None:  # stopped before its first save
+                reader.close()
+            else:
+                readers[block] = reader
+    try:
+        source = {}
+        for lab in labels.tolist():
+            holders = [b for b in readers if lab in b]
+            if holders:
+                source[lab] = holders[0]
+        if not source:
+            return
+        missing = sorted(mine - set(source))
+        if missing:
+            raise ValueError(
+                f"checkpoints in {os.fspath(checkpoint_dir)} hold labels {sorted(source)} but "
+                f"not {missing}: cannot resume the block of labels {labels.tolist()}"
+            )
+        used = sorted(set(source.values()))
+        common = set.intersection(*(set(readers[b].all_steps()) for b in used))
+        if not common:
+            names = [os.path.basename(label_checkpoint_folder("", b)) for b in used]
+            raise ValueError(f"the checkpoint blocks {names} share no saved step")
+        step = max(common)
+        restored = {}
+        for b in used:
+            history = {
+                k: jax.ShapeDtypeStruct((len(b), step), dt) for k, dt in metric_dtypes.items()
+            }
+            target = {"state": block_shapes(b), "history": history}
+            restored[b] = readers[b].restore(target, step)
+    finally:
+        for reader in readers.values():
+            reader.close()
+    rows = [(restored[source[lab]], source[lab].index(lab)) for lab in labels.tolist()]
+    stacked = jax.tree.map(
+        lambda *leaves: np.stack(
+            [np.asarray(x)[i] for x, (_, i) in zip(leaves, rows, strict=True)]
+        ),
+        *[r for r, _ in rows],
+    )
+    ckpt.save(step, stacked, force=True)
 
 
 def train_conditional(
