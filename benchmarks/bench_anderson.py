@@ -2,10 +2,11 @@
 
     python benchmarks/bench_anderson.py                        # 100k and 1M params, m = 5, 10
     python benchmarks/bench_anderson.py --sizes 1000000 --repeats 9
+    python benchmarks/bench_anderson.py --sizes 1000000 --batch 64 1024 --memories 5
     python benchmarks/bench_anderson.py --results runs/anderson/<stamp>/results.json
 
 Times a full training step (forward, backward, optimizer update, apply) of an MLP with
-about 100k and 1M parameters, batch 64, for the inner optimizer alone (the anchor) and
+about 100k and 1M parameters, batch 64 (``--batch``), for the inner optimizer alone (the anchor) and
 for ``anderson(inner, memory=m)``; and the optimizer update alone (gradients fixed).
 Each timing runs ``--steps`` steps inside one jitted ``lax.scan``; configurations are
 interleaved in every repeat and the median over repeats is reported, with the ratio
@@ -83,13 +84,13 @@ def make_update_only(opt, grads, steps, with_value):
     )
 
 
-def bench_size(n_params, inner_name, memories, steps, repeats):
+def bench_size(n_params, inner_name, memories, steps, repeats, batch=64):
     key = jax.random.PRNGKey(0)
     sizes = mlp_sizes(n_params)
     params = init_mlp(key, sizes)
     n = sum(p.size for p in jax.tree_util.tree_leaves(params))
-    x = jax.random.normal(key, (64, sizes[0]))
-    y = jax.random.randint(key, (64,), 0, 10)
+    x = jax.random.normal(key, (batch, sizes[0]))
+    y = jax.random.randint(key, (batch,), 0, 10)
     grads = jax.grad(loss_fn)(params, x, y)
     inner = {"sgd": lambda: optax.sgd(1e-2), "adam": lambda: optax.adam(1e-3)}[inner_name]
     configs = {inner_name: (inner(), False)}
@@ -119,7 +120,10 @@ def bench_size(n_params, inner_name, memories, steps, repeats):
             times[name]["train"].append(timed(f["train"], f["opt"]))
             times[name]["update"].append(timed(f["update"], f["opt"]))
     med = {k: {kk: float(np.median(vv)) for kk, vv in v.items()} for k, v in times.items()}
-    print(f"\n{n} parameters (MLP {sizes}), inner {inner_name}, {steps} steps x {repeats} repeats")
+    print(
+        f"\n{n} parameters (MLP {sizes}), batch {batch}, inner {inner_name},"
+        f" {steps} steps x {repeats} repeats"
+    )
     hdr = ("config", "train step [ms]", "ratio", "update [ms]", "ratio")
     print(f"  {hdr[0]:16s} {hdr[1]:>16s} {hdr[2]:>7s} {hdr[3]:>12s} {hdr[4]:>7s}")
     rows = {}
@@ -135,7 +139,7 @@ def bench_size(n_params, inner_name, memories, steps, repeats):
             "update_ms": 1e3 * t["update"],
             "update_ratio": ru,
         }
-    return {"n_params": n, "inner": inner_name, "rows": rows}
+    return {"n_params": n, "inner": inner_name, "batch": batch, "rows": rows}
 
 
 def print_study_ratios(path: str) -> None:
@@ -154,11 +158,15 @@ def main(argv=None):
     ap.add_argument("--inner", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, nargs="+", default=[64], help="minibatch size(s)")
     ap.add_argument("--results", default=None, help="results.json of an Anderson study")
     a = ap.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
     out = [
-        bench_size(n, inner, a.memories, a.steps, a.repeats) for n in a.sizes for inner in a.inner
+        bench_size(n, inner, a.memories, a.steps, a.repeats, b)
+        for b in a.batch
+        for n in a.sizes
+        for inner in a.inner
     ]
     if a.results:
         print_study_ratios(a.results)

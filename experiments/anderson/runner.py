@@ -28,7 +28,7 @@ class Method:
     """An optimizer recipe: family name, hyper-parameters, and how it is called."""
 
     name: str
-    family: str  # sgd | nesterov | adam | lbfgs | aa_sgd | aa_momentum | aa_adam
+    family: str  # sgd | momentum | nesterov | adam | lbfgs | aa_sgd | aa_momentum | aa_adam
     lr: float = 0.0
     momentum: float = 0.0
     memory: int = 5
@@ -43,6 +43,8 @@ class Method:
             return optax.sgd(lr)
         if f == "nesterov":
             return optax.sgd(lr, momentum=momentum, nesterov=True)
+        if f == "momentum":  # heavy ball: the inner optimizer of aa_momentum
+            return optax.sgd(lr, momentum=momentum)
         if f == "adam":
             return optax.adam(lr)
         if f == "lbfgs":

@@ -1,0 +1,73 @@
+"""Minibatch check: Anderson on top of SGD, heavy ball and Adam vs that inner optimizer alone.
+
+    python -m experiments.anderson.minibatch                 # MLP diabetes and CNN digits, 3 seeds
+    python -m experiments.anderson.minibatch --problems mlp_diabetes_minibatch --seeds 5
+
+The issue's minibatch criterion: at equal epochs, Anderson is never more than 5% worse than
+its inner optimizer. Step sizes are the study's tuned ones (``experiments.anderson.run``,
+seed-0 grids; heavy ball uses Nesterov's tuned lr and momentum). Prints, per problem and
+inner, the final full-train loss of the inner and of Anderson (median over seeds) and the
+per-seed ratios Anderson / inner, and writes them to ``<out>/minibatch.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import numpy as np
+
+from experiments.anderson.run import build_problem
+from experiments.anderson.runner import Method, run_minibatch
+
+# Tuned on seed 0 by experiments.anderson.run (runs/anderson/20261126-162944/results.json).
+TUNED = {
+    "mlp_diabetes_minibatch": {"sgd": (0.3, 0.0), "momentum": (0.03, 0.99), "adam": (0.009, 0.0)},
+    "cnn_digits": {"sgd": (0.3, 0.0), "momentum": (0.1, 0.9), "adam": (0.009, 0.0)},
+}
+
+
+def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
+    """Final full-train losses of each inner and of Anderson on it, per seed."""
+    prob = build_problem(problem, scale)
+    out = {}
+    for inner, (lr, mom) in TUNED[problem].items():
+        base = Method(inner, inner, lr=lr, momentum=mom)
+        aa = Method(f"aa_{inner}", f"aa_{inner}", lr=lr, momentum=mom, memory=5, average=average)
+        fin_b, fin_a, counts = [], [], []
+        for seed in range(seeds):
+            key = jax.random.PRNGKey(seed)
+            rb = run_minibatch(prob, base, key, prob.epochs)
+            ra = run_minibatch(prob, aa, key, prob.epochs)
+            fin_b.append(rb["final_loss"])
+            fin_a.append(ra["final_loss"])
+            counts.append({k: ra[k] for k in ("accelerated", "rejected", "averaged") if k in ra})
+        ratios = [a / b for a, b in zip(fin_a, fin_b, strict=True)]
+        out[inner] = {"inner": fin_b, "anderson": fin_a, "ratios": ratios, "counts": counts}
+        print(
+            f"{problem:24s} {inner:8s} avg={average!s:5s} inner {np.median(fin_b):.4g}"
+            f"  AA {np.median(fin_a):.4g}  ratio median {np.median(ratios):.3f}"
+            f"  per seed {[round(r, 3) for r in ratios]}  {counts}",
+            flush=True,
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--problems", nargs="+", default=list(TUNED), choices=list(TUNED))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply epochs")
+    ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
+    ap.add_argument("--out", default="runs/anderson")
+    args = ap.parse_args()
+    res = {p: check(p, args.seeds, args.scale, args.average) for p in args.problems}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "minibatch.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
