@@ -84,7 +84,7 @@ def make_update_only(opt, grads, steps, with_value):
     )
 
 
-def bench_size(n_params, inner_name, memories, steps, repeats, batch=64):
+def bench_size(n_params, inner_name, memories, steps, repeats, batch=64, layouts=("auto",)):
     key = jax.random.PRNGKey(0)
     sizes = mlp_sizes(n_params)
     params = init_mlp(key, sizes)
@@ -95,7 +95,9 @@ def bench_size(n_params, inner_name, memories, steps, repeats, batch=64):
     inner = {"sgd": lambda: optax.sgd(1e-2), "adam": lambda: optax.adam(1e-3)}[inner_name]
     configs = {inner_name: (inner(), False)}
     for m in memories:
-        configs[f"anderson(m={m})"] = (anderson(inner(), m), True)
+        for lay in layouts:
+            name = f"anderson(m={m})" if lay == "auto" else f"AA(m={m},{lay})"
+            configs[name] = (anderson(inner(), m, layout=lay), True)
     fns = {}
     for name, (opt, wv) in configs.items():
         fns[name] = {
@@ -158,12 +160,19 @@ def main(argv=None):
     ap.add_argument("--inner", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--layout",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "flat", "tree"],
+        help="Anderson state layout(s) to time (auto: flat for unsharded params)",
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=[64], help="minibatch size(s)")
     ap.add_argument("--results", default=None, help="results.json of an Anderson study")
     a = ap.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
     out = [
-        bench_size(n, inner, a.memories, a.steps, a.repeats, b)
+        bench_size(n, inner, a.memories, a.steps, a.repeats, b, tuple(a.layout))
         for b in a.batch
         for n in a.sizes
         for inner in a.inner

@@ -174,7 +174,7 @@ def test_chain_with_clipping_and_schedule_last_element():
 def test_safeguard_rolls_back_a_bad_extrapolation():
     loss, params = quadratic()
     inner = optax.sgd(0.5, momentum=0.5)
-    opt = anderson(inner, 3)
+    opt = anderson(inner, 3, layout="tree")  # the test reads the state's pytrees
     state = opt.init(params)
     step_ = jax.jit(lambda g, s, p, v: opt.update(g, s, p, value=v))
     for _ in range(4):
@@ -431,3 +431,20 @@ def test_minibatch_mode_is_never_materially_worse_than_its_inner(inner):
         base = run(inner_opt, seed)
         acc = run(anderson(make(), 5, average=True), seed)
         assert np.isfinite(acc) and acc <= 1.05 * base, (seed, acc, base)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_flat_and_tree_layouts_take_the_same_steps(average):
+    loss, params = quadratic()
+    out = {}
+    for layout in ("flat", "tree"):
+        final, state = train(
+            anderson(optax.adam(0.05), 4, average=average, layout=layout), loss, params, 60
+        )
+        a = state.anderson_state
+        out[layout] = (final, int(a.n_accelerated), int(a.n_rejected), int(a.n_averaged))
+    assert jax.tree_util.tree_leaves(out["flat"][1:]) == jax.tree_util.tree_leaves(out["tree"][1:])
+    assert out["flat"][1] > 0
+    for x, y in zip(*(jax.tree_util.tree_leaves(out[k][0]) for k in out), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)

@@ -71,12 +71,15 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import flatten_util
+from jax.sharding import NamedSharding
 
 from jaxsci.optim import _tree, averaging
 
 PyTree = Any
 _TRUST_INIT = 4.0  # first extrapolation may be 4x the inner step; x2 per accepted, /4 per rejected
 History = Literal["orthogonal", "window"]
+Layout = Literal["auto", "flat", "tree"]
 
 
 class ScaleByAndersonState(NamedTuple):
@@ -169,6 +172,14 @@ def _check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
             )
 
 
+def _is_flat_of(vec: jax.Array, params: PyTree) -> bool:
+    """Whether ``vec`` is the flat layout of ``params`` (a vector of their total size)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if len(leaves) == 1 and leaves[0].ndim <= 1:
+        return False  # a single vector leaf: both layouts coincide, keep the leaf
+    return vec.ndim == 1 and vec.shape[0] == sum(math.prod(jnp.shape(x)) for x in leaves)
+
+
 def scale_by_anderson(
     memory: int = 5,
     *,
@@ -184,6 +195,7 @@ def scale_by_anderson(
     history: History = "orthogonal",
     max_backoff: int = 64,
     loss_margin: float = 2.0,
+    layout: Layout = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Anderson-accelerate the iterates ``x + u`` of the updates ``u`` it receives.
 
@@ -221,6 +233,11 @@ def scale_by_anderson(
         point is accepted only if its (minibatch) loss lies ``loss_margin`` standard
         deviations below the running mean of the recent accepted losses: evidence of
         improvement beyond the minibatch noise (``0``: beat the running mean).
+      layout: ``"flat"``: the state keeps one ``[n]`` vector and one ``[m, n]`` history
+        per quantity (the pytree is raveled once per step: a few large kernels instead of
+        a few per leaf); ``"tree"``: per-leaf buffers shaped like the params, each history
+        row sharded like its leaf; ``"auto"`` (default): tree when a leaf is sharded
+        (``NamedSharding`` with a partitioned axis) at ``init``, flat otherwise.
     """
     _check_args(
         memory,
@@ -235,6 +252,8 @@ def scale_by_anderson(
         max_backoff,
         loss_margin,
     )
+    if layout not in ("auto", "flat", "tree"):
+        raise ValueError(f"anderson: layout must be 'auto', 'flat' or 'tree', got {layout!r}")
     m = memory
     threshold = (
         averaging.default_threshold(average_window)
@@ -243,11 +262,26 @@ def scale_by_anderson(
     )
     decay = averaging.ema_decay(average_window)
 
+    def use_flat(params: PyTree) -> bool:
+        leaves = jax.tree_util.tree_leaves(params)
+        if layout == "tree" or len(leaves) == 1 and leaves[0].ndim <= 1:
+            return False
+        sharded = any(
+            isinstance(getattr(x, "sharding", None), NamedSharding)
+            and any(a is not None for a in x.sharding.spec)
+            for x in leaves
+        )
+        return layout == "flat" or not sharded
+
     def init_fn(params: PyTree) -> ScaleByAndersonState:
         dt = _tree.acc_dtype()
         for leaf in jax.tree_util.tree_leaves(params):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise ValueError(f"anderson: params must be floating point, got {leaf.dtype}")
+        if use_flat(params):  # one [n] vector, one [m, n] history per quantity
+            leaves = jax.tree_util.tree_leaves(params)
+            n = sum(math.prod(leaf.shape) for leaf in leaves)
+            params = jax.ShapeDtypeStruct((n,), jnp.result_type(*[x.dtype for x in leaves]))
         zeros = lambda: jax.tree_util.tree_map(_tree.zeros_like, params)
         hist = lambda: jax.tree_util.tree_map(lambda p: _tree.stacked_zeros(p, m), params)
         i32 = lambda v: jnp.asarray(v, jnp.int32)
@@ -378,6 +412,10 @@ def scale_by_anderson(
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
         _check_tree("updates", updates, params)
+        unravel = None
+        if isinstance(state.x_prev, jax.Array) and _is_flat_of(state.x_prev, params):
+            params, unravel = flatten_util.ravel_pytree(params)
+            updates = flatten_util.ravel_pytree(updates)[0].astype(params.dtype)
         _check_tree("state", state.x_prev, params)
         dt = _tree.acc_dtype()
         i32 = lambda v: jnp.asarray(v, jnp.int32)
@@ -543,6 +581,8 @@ def scale_by_anderson(
             n_averaged=state.n_averaged + average_now.astype(jnp.int32),
         )
         new_updates = where(reject, state.rollback, out)
+        if unravel is not None:
+            new_updates = unravel(new_updates)
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -564,6 +604,7 @@ def anderson(
     history: History = "orthogonal",
     max_backoff: int = 64,
     loss_margin: float = 2.0,
+    layout: Layout = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Anderson acceleration of the optimizer ``inner`` (e.g. ``optax.sgd(1 / L)``).
 
@@ -586,6 +627,7 @@ def anderson(
         history=history,
         max_backoff=max_backoff,
         loss_margin=loss_margin,
+        layout=layout,
     )
     inner = optax.with_extra_args_support(inner)
 
