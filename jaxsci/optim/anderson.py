@@ -236,8 +236,8 @@ def scale_by_anderson(
       layout: ``"flat"``: the state keeps one ``[n]`` vector and one ``[m, n]`` history
         per quantity (the pytree is raveled once per step: a few large kernels instead of
         a few per leaf); ``"tree"``: per-leaf buffers shaped like the params, each history
-        row sharded like its leaf; ``"auto"`` (default): tree when a leaf is sharded
-        (``NamedSharding`` with a partitioned axis) at ``init``, flat otherwise.
+        row sharded like its leaf; ``"auto"`` (default): tree on CPU or when a leaf is
+        sharded (``NamedSharding`` with a partitioned axis) at ``init``, flat otherwise.
     """
     _check_args(
         memory,
@@ -271,7 +271,10 @@ def scale_by_anderson(
             and any(a is not None for a in x.sharding.spec)
             for x in leaves
         )
-        return layout == "flat" or not sharded
+        # auto: flat on accelerators (fewer kernels: H200, 1M params, m = 5, train step
+        # 3.8x vs 5.8x the SGD step); per-leaf on CPU, where XLA's flat program was 7x
+        # slower (192 vs 26 ms at 1M params) and the leaves are already large.
+        return layout == "flat" or (not sharded and jax.default_backend() != "cpu")
 
     def init_fn(params: PyTree) -> ScaleByAndersonState:
         dt = _tree.acc_dtype()
