@@ -448,3 +448,16 @@ def test_flat_and_tree_layouts_take_the_same_steps(average):
     for x, y in zip(*(jax.tree_util.tree_leaves(out[k][0]) for k in out), strict=True):
         assert x.dtype == y.dtype
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+
+
+def test_flat_layout_inits_from_shape_dtype_struct_and_keeps_leaf_dtypes():
+    params = {"a": jnp.ones((3, 4), jnp.float32), "b": jnp.ones((2,), jnp.bfloat16)}
+    spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    opt = anderson(optax.sgd(0.1), 3, layout="flat")
+    state = opt.init(spec)
+    assert state.anderson_state.s_hist.shape == (3, 14)  # one [m, n] history
+    upd, state = jax.jit(opt.update)(params, state, params)
+    for u, p in zip(jax.tree_util.tree_leaves(upd), jax.tree_util.tree_leaves(params), strict=True):
+        assert u.shape == p.shape and u.dtype == p.dtype
+    with pytest.raises(ValueError, match="layout"):
+        anderson(optax.sgd(0.1), 3, layout="rows")
