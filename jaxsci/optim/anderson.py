@@ -221,9 +221,10 @@ def scale_by_anderson(
         propose the moving average of the iterates every ``average_window`` steps; with
         the loss passed, extrapolated and averaged points must beat the running mean of
         the losses by ``loss_margin`` standard deviations (see module doc). Off by
-        default: on a deterministic run the losses of an accelerated trajectory fall by
-        many "standard deviations" of their own trend, and the minibatch bar and wait
-        would only slow it down.
+        default, and not for deterministic problems: the running variance of a falling
+        loss is its trend, so the bar lies below the next losses and every extrapolation
+        is rolled back (measured: least squares and logistic regression, 26-33 of 26-33
+        rejected; plain SGD speed).
       average_window: window (EMA span) of the noise test and of the moving average.
       average_threshold: rsd above which steps count as noise-dominated; default
         ``sqrt(average_window / 2)`` (see :mod:`jaxsci.optim.averaging`).
