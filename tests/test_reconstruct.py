@@ -98,3 +98,39 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, np.asarray(pool(target))[:-1], species, "pooled target width")
     _bad(acsf, target, species, "loss must be", loss="mse")
     _bad(acsf, target, species, "cell", cell=np.eye(3) * 10.0)
+
+
+def test_feature_etas_follow_the_descriptor_layout(acsf):
+    from jaxsci.reconstruct.losses import feature_etas
+
+    etas = feature_etas(acsf)
+    assert etas.shape == (acsf.n_features,)
+    # [G1, G2...] then G4 with three squared distances in its Gaussian.
+    np.testing.assert_allclose(etas[: 1 + len(G2)], [0.0] + [p[0] for p in G2])
+    np.testing.assert_allclose(etas[1 + len(G2) :], [3.0 * p[0] for p in G4])
+
+
+def test_ot_loss_is_a_set_loss(acsf, pt13):
+    import jax.numpy as jnp
+
+    from jaxsci.reconstruct.losses import feature_scales, ot_loss
+
+    target = np.asarray(acsf.create(pt13))
+    scale = feature_scales(target)
+    species = np.zeros(len(target), np.int32)
+    perm = np.random.default_rng(1).permutation(len(target))
+
+    def loss(feats, eps=0.01):
+        return float(
+            ot_loss(
+                jnp.asarray(feats), jnp.asarray(target / scale), jnp.asarray(scale), species, eps
+            )
+        )
+
+    rattled = pt13.copy()
+    rattled.rattle(0.1, seed=0)
+    wrong = np.asarray(acsf.create(rattled))
+    assert loss(target) == pytest.approx(loss(target[perm]), rel=1e-5, abs=1e-7)
+    # Near zero at the target (the entropic bias is small at low temperature), and
+    # clearly larger for another structure.
+    assert loss(target) < 1e-2 * loss(wrong)

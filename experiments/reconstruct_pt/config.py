@@ -32,7 +32,7 @@ class Config:
         )
     )
     time_limit: float = 60.0
-    n_starts: int = 16
+    n_starts: int = 64
     seed: int = 0
     out_dir: str = "runs"
     progress: bool = True

@@ -18,6 +18,7 @@ shape).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,19 @@ def feature_scales(target: np.ndarray) -> np.ndarray:
     mag = np.abs(t).mean(0)
     floor = np.maximum(1e-2 * mag, 1e-8 * max(float(mag.max()), 1e-30))
     return np.maximum(t.std(0), floor)
+
+
+def feature_etas(descriptor: Any) -> np.ndarray:
+    """Effective Gaussian width ``[F]`` (1/A^2) of every ACSF feature, in the layout of
+    ``descriptor`` (per neighbour species ``[G1, G2..., G3...]``, then per species pair
+    ``[G4..., G5...]``): eta for G2, 3 eta for G4 (three squared distances), 2 eta for
+    G5, 0 for G1/G3. Small values are smooth, long-range features."""
+    cfg = descriptor.config
+    radial = [0.0] + [float(e) for e, _ in cfg.g2] + [0.0] * len(cfg.g3)
+    angular = [3.0 * float(p[0]) for p in cfg.g4] + [2.0 * float(p[0]) for p in cfg.g5]
+    etas = radial * cfg.n_species + angular * cfg.n_pairs
+    assert len(etas) == cfg.n_features
+    return np.asarray(etas)
 
 
 def species_groups(species_idx: np.ndarray) -> list[np.ndarray]:
@@ -56,16 +70,59 @@ def sorted_loss(
     scale: Array,
     groups: Sequence[np.ndarray],
     norm: str = "l1",
+    weights: Array | None = None,
 ) -> Array:
     """Mean difference of sorted, scaled feature columns (dimensionless).
 
     ``features [N, F]``; ``target_sorted [N, F]`` is ``sort_by_species(target) / scale``.
     ``norm``: ``"l1"`` (pseudo-Huber with a 1e-3 knee, smooth at zero) or ``"l2"``.
+    ``weights``: optional ``[F]`` column weights (default all 1).
     """
     d = sort_by_species(features / scale, groups) - target_sorted
     if norm == "l2":
-        return jnp.mean(d * d)
-    return jnp.mean(jnp.sqrt(d * d + 1e-6) - 1e-3)
+        e = d * d
+    else:
+        e = jnp.sqrt(d * d + 1e-6) - 1e-3
+    if weights is not None:
+        e = e * weights
+    return jnp.mean(e)
+
+
+def ot_loss(
+    features: Array,
+    target_scaled: Array,
+    scale: Array,
+    species_idx: np.ndarray,
+    eps: Array,
+    iters: int = 30,
+) -> Array:
+    """Entropic optimal-transport set loss between the rows of ``features / scale`` and
+    ``target_scaled`` (both ``[N, F]``; dimensionless).
+
+    The cost of pairing trial row i with target row j is their mean squared scaled
+    difference (pairs of different species cost 1e3); the plan ``P`` (uniform marginals,
+    log-domain Sinkhorn, temperature ``eps``) is held fixed in the gradient (envelope
+    theorem), and the loss is ``sum(P * C)``. Unlike sorted columns it keeps every row's
+    features together; it is not zero at the solution for ``eps > 0`` (a small bias).
+    """
+    a = features / scale
+    n = a.shape[0]
+    cost = jnp.mean((a[:, None, :] - target_scaled[None, :, :]) ** 2, axis=-1)
+    same = np.asarray(species_idx)[:, None] == np.asarray(species_idx)[None, :]
+    cost = cost + 1e3 * (1.0 - jnp.asarray(same, cost.dtype))
+    c = jax.lax.stop_gradient(cost) / eps
+    logm = -jnp.log(float(n))
+
+    def body(carry, _):
+        f, g = carry
+        f = -jax.nn.logsumexp(g[None, :] - c + logm, axis=1)
+        g = -jax.nn.logsumexp(f[:, None] - c + logm, axis=0)
+        return (f, g), None
+
+    z = jnp.zeros(n, cost.dtype)
+    (f, g), _ = jax.lax.scan(body, (z, z), None, length=iters)
+    plan = jnp.exp(f[:, None] + g[None, :] - c + 2.0 * logm)
+    return jnp.sum(jax.lax.stop_gradient(plan) * cost)
 
 
 def per_atom_sorted_error(

@@ -11,7 +11,10 @@ starts are scored by the exact, order-independent fingerprint error (rows matche
 by the Hungarian algorithm); the overall best one is polished in float64 on the
 host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the sorted-column loss, then
 alternating row matching and L-BFGS-B on the row-matched loss), and the search stops as
-soon as one meets ``tol``.
+soon as one meets ``tol``. Optional search aids, off by default because they did not
+measurably help (benchmarks/RESULTS.md): a coarse-to-fine continuation of the feature
+weights, directed moves of the worst atoms to the best of many candidate sites, and an
+entropic optimal-transport set loss next to the sorted columns.
 
 The compiled round/score functions are cached by shapes and static options,
 so repeated calls with targets of the same size do not recompile.
@@ -32,9 +35,11 @@ from ase.data import covalent_radii
 
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.losses import (
+    feature_etas,
     feature_scales,
     min_image,
     morse,
+    ot_loss,
     per_atom_sorted_error,
     pooled_loss,
     pooled_scale,
@@ -184,6 +189,8 @@ class _Spec(NamedTuple):
     n_polish: int
     norm: str
     compact_steps: int
+    n_sites: int
+    ot_weight: float
 
 
 @functools.lru_cache(maxsize=64)
@@ -196,10 +203,14 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
     opt = spec.optimizer
     n = spec.n_atoms
 
-    def search_loss(x, aux):
+    def search_loss(x, aux, col_w=None):
         feats = fp(x)
         if spec.loss == "sorted":
-            val = sorted_loss(feats, aux["t_sorted"], aux["scale"], groups, spec.norm)
+            val = sorted_loss(feats, aux["t_sorted"], aux["scale"], groups, spec.norm, col_w)
+            if spec.ot_weight > 0:
+                val = val + spec.ot_weight * ot_loss(
+                    feats, aux["t_scaled"], aux["scale"], species_idx, aux["ot_eps"]
+                )
         else:
             val = pooled_loss(feats, aux["t_pooled"], aux["pscale"], spec.pool_ops)
         rep = repulsion(x, aux["dmin"], cell)
@@ -209,18 +220,25 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             rep = rep + jnp.sum(out * out) / n
         return val + aux["w_rep"] * rep
 
-    def optimize(x, aux, steps):
+    def optimize(x, aux, steps, age):
         f = functools.partial(search_loss, aux=aux)
 
-        def body(carry, _):
+        def body(carry, step):
             x, st = carry
-            val, g = _value_and_grad(f, st)(x)
-            upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=f)
+            # Coarse-to-fine continuation: a start's first ``coarse_rounds`` rounds weight
+            # feature f by exp(-eta_f L^2), L shrinking linearly from ``coarse_length`` to 0,
+            # so the smooth long-range features fix the shape before the sharp ones count.
+            frac = (age * steps + step) / jnp.maximum(aux["coarse_steps"], 1.0)
+            ell = aux["coarse_length"] * jnp.maximum(0.0, 1.0 - frac)
+            col_w = jnp.exp(-aux["etas"] * ell * ell)
+            fw = functools.partial(search_loss, aux=aux, col_w=col_w)
+            val, g = _value_and_grad(fw, st)(x)
+            upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=fw)
             x_new = x + _clip_per_atom(upd, aux["max_step"])
             x_new = jnp.where(jnp.all(jnp.isfinite(x_new)), x_new, x)
             return (x_new, st), val
 
-        (x, _), hist = jax.lax.scan(body, (x, opt.init(x)), None, length=steps)
+        (x, _), hist = jax.lax.scan(body, (x, opt.init(x)), jnp.arange(steps, dtype=jnp.float32))
         return x, hist, f(x)
 
     def per_atom_error(x, aux):
@@ -229,9 +247,9 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             return per_atom_sorted_error(feats, aux["t_sorted"], aux["scale"], groups)
         return jnp.zeros(n, x.dtype)
 
-    def one_round(x, best_x, best_loss, stale, fresh, key, aux):
+    def one_round(x, best_x, best_loss, stale, age, fresh, key, aux):
         """One round for one start; returns the state for the next round."""
-        x, hist, val = optimize(x, aux, spec.steps_per_round)
+        x, hist, val = optimize(x, aux, spec.steps_per_round, age)
         x_end = x
         improved = val < best_loss
         best_x = jnp.where(improved, x, best_x)
@@ -245,17 +263,38 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         worst = jax.lax.top_k(err + noise, spec.n_kick)[1]
         direction = jax.random.normal(k_kick, (spec.n_kick, 3), x.dtype)
         step = aux["kick_size"] * direction / jnp.sqrt(3.0)
-        kicked = best_x.at[worst].add(step)
+        if spec.n_sites > 0:
+            # Directed moves: each of the worst atoms in turn goes to the best of n_sites
+            # candidate sites at bond length from a random atom (one batched evaluation).
+            f0 = functools.partial(search_loss, aux=aux)
+
+            def relocate(i, carry):
+                y, k = carry
+                k, ka, kd = jax.random.split(k, 3)
+                w = worst[i]
+                anchor = jax.random.randint(ka, (spec.n_sites,), 0, n)
+                d = jax.random.normal(kd, (spec.n_sites, 3), x.dtype)
+                d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+                sites = y[anchor] + aux["r0"][w, anchor][:, None] * d
+                trials = jax.vmap(lambda p: y.at[w].set(p))(sites)
+                vals = jax.vmap(f0)(trials)
+                return trials[jnp.argmin(vals)], k
+
+            kicked, _ = jax.lax.fori_loop(0, spec.n_kick, relocate, (best_x, k_kick))
+        else:
+            kicked = best_x.at[worst].add(step)
         kicked = kicked + 0.05 * aux["kick_size"] * jax.random.normal(k_jit, (n, 3), x.dtype)
         restart = stale >= aux["patience"]
         x_next = jnp.where(restart, fresh, kicked)
         best_loss = jnp.where(restart, jnp.inf, best_loss)
         best_x = jnp.where(restart, fresh, best_x)
         stale = jnp.where(restart, 0, stale)
-        return x_next, best_x, best_loss, stale, hist, x_end, val
+        age = jnp.where(restart, 0, age + 1)
+        return x_next, best_x, best_loss, stale, age, hist, x_end, val
 
-    in_axes = (0, 0, 0, 0, 0, 0, None)
-    round_fn = jax.jit(jax.vmap(one_round, in_axes=in_axes, out_axes=(0, 0, 0, 0, 1, 0, 0)))
+    in_axes = (0, 0, 0, 0, 0, 0, 0, None)
+    out_axes = (0, 0, 0, 0, 0, 1, 0, 0)
+    round_fn = jax.jit(jax.vmap(one_round, in_axes=in_axes, out_axes=out_axes))
 
     def features(x):
         return fp(x)
@@ -335,9 +374,9 @@ def reconstruct(
     loss: str | None = None,
     pool_ops: Sequence[str] = ("max", "min"),
     optimizer: optax.GradientTransformation | None = None,
-    n_starts: int = 16,
-    steps_per_round: int = 150,
-    max_rounds: int = 50,
+    n_starts: int = 64,
+    steps_per_round: int = 60,
+    max_rounds: int = 1000,
     time_limit: float | None = 55.0,
     tol: float = 1e-3,
     kick_size: float = 1.0,
@@ -349,6 +388,11 @@ def reconstruct(
     n_polish: int = 1,
     search_norm: str = "l2",
     compact_steps: int = 200,
+    coarse_length: float = 0.0,
+    coarse_rounds: int = 1,
+    n_sites: int = 0,
+    ot_weight: float = 0.0,
+    ot_eps: float = 0.05,
     progress: bool = False,
 ) -> ReconstructResult:
     """Find positions whose ACSF fingerprint matches ``target``.
@@ -368,9 +412,11 @@ def reconstruct(
         optimizer: any optax transformation for the search (default:
             :func:`default_optimizer`, L-BFGS without line search); its state is
             reset every round.
-        n_starts: parallel starts; steps_per_round: optimizer steps between kicks;
+        n_starts: parallel starts; steps_per_round: optimizer steps between kicks
+            (defaults 64 x 60, measured against 16 x 150 and 128 x 50 on EMT-relaxed
+            random Pt clusters, see benchmarks/RESULTS.md);
         max_rounds: rounds at most; time_limit: seconds after which no new round starts
-            (``None``: no limit).
+            (``None``: no limit). By default the time limit ends the search.
         tol: relative fingerprint error below which a start counts as recovered; the
             search stops at the first one.
         kick_size: kick length (Angstrom) for the worst-matching atoms;
@@ -386,6 +432,17 @@ def reconstruct(
         search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
         compact_steps: Morse-relaxation steps that make the random starts compact with
             bond lengths near the sums of covalent radii (0: plain random in a sphere).
+        coarse_length: coarse-to-fine continuation (Angstrom; 0 = off): during a start's
+            first ``coarse_rounds`` rounds every feature column is weighted by
+            ``exp(-eta_f L^2)`` (eta_f from :func:`jaxsci.reconstruct.losses.feature_etas`),
+            with ``L`` shrinking linearly from ``coarse_length`` to 0, so the smooth,
+            long-range features shape the start before the sharp ones count.
+        n_sites: directed moves (0 = off, then the worst atoms get random kicks): each
+            kicked atom in turn moves to the best of ``n_sites`` random sites at bond
+            length from a random atom, chosen by the search loss in one batched call.
+        ot_weight, ot_eps: weight and temperature of an entropic optimal-transport set
+            loss (:func:`jaxsci.reconstruct.losses.ot_loss`) added to the sorted-column
+            loss; it couples each atom's features (the sorted columns do not).
         progress: show a tqdm progress bar over rounds.
 
     Returns:
@@ -423,6 +480,8 @@ def reconstruct(
         n_polish=n_polish,
         norm=search_norm,
         compact_steps=compact_steps,
+        n_sites=n_sites,
+        ot_weight=float(ot_weight),
     )
     round_fn, features_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
 
@@ -435,6 +494,10 @@ def reconstruct(
         "kick_size": jnp.float32(kick_size),
         "patience": jnp.int32(patience),
         "max_step": jnp.float32(0.5),
+        "etas": jnp.asarray(feature_etas(descriptor), jnp.float32),
+        "coarse_length": jnp.float32(coarse_length),
+        "coarse_steps": jnp.float32(coarse_rounds * steps_per_round),
+        "ot_eps": jnp.float32(ot_eps),
     }
     pooled = t.ndim == 1
     if pooled:
@@ -453,7 +516,13 @@ def reconstruct(
     aux["r0"] = jnp.asarray(rcov[:, None] + rcov[None, :], jnp.float32)
     x = starts_fn(jax.random.split(k0, n_starts), aux)
     state = _shard(
-        (x, x, jnp.full((n_starts,), jnp.inf, jnp.float32), jnp.zeros((n_starts,), jnp.int32)),
+        (
+            x,
+            x,
+            jnp.full((n_starts,), jnp.inf, jnp.float32),
+            jnp.zeros((n_starts,), jnp.int32),
+            jnp.zeros((n_starts,), jnp.int32),
+        ),
         n_starts,
     )
 
@@ -474,7 +543,9 @@ def reconstruct(
         key, k_fresh, k_round = jax.random.split(key, 3)
         fresh = _shard(starts_fn(jax.random.split(k_fresh, n_starts), aux), n_starts)
         keys = jax.random.split(k_round, n_starts)
-        x_next, best_x, best_loss, stale, hist, x_end, end_loss = round_fn(*state, fresh, keys, aux)
+        x_next, best_x, best_loss, stale, age, hist, x_end, end_loss = round_fn(
+            *state, fresh, keys, aux
+        )
         history.append(np.asarray(hist))
         rounds += 1
         end_loss = np.asarray(end_loss, np.float64)
@@ -490,7 +561,7 @@ def reconstruct(
                 record_loss[s] = end_loss[s]
                 record_x[s] = reached[s]
                 record_err[s] = _rel_error(feats[s], t, perm, pool_ops)
-        state = (x_next, best_x, best_loss, stale)
+        state = (x_next, best_x, best_loss, stale, age)
         # Polish only the overall best start(s) (n_polish, default 1), and only when never
         # polished or now below the error their last polish reached.
         if not pooled:
