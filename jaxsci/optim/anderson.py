@@ -350,7 +350,7 @@ def scale_by_anderson(
         ny1 = jnp.sqrt(_tree.vdot(y1, y1))
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
-            y1, s1 = vals
+            y1, s1, _ = vals
             c2 = _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
             c2 = c2[None, :]
             y2 = jax.tree_util.tree_map(
@@ -359,10 +359,10 @@ def scale_by_anderson(
             s2 = jax.tree_util.tree_map(
                 jnp.subtract, s1, _tree.hist_combine_many(state.s_hist, c2)[0]
             )
-            return y2, s2
+            return y2, s2, jnp.sqrt(_tree.vdot(y2, y2))
 
-        y1, s1 = jax.lax.cond(ny1 < 0.7 * ny0, second_pass, lambda v: v, (y1, s1))
-        ny = jnp.sqrt(_tree.vdot(y1, y1))
+        # The norm comes out of the branch: one reduction fewer on the usual path.
+        y1, s1, ny = jax.lax.cond(ny1 < 0.7 * ny0, second_pass, lambda v: v, (y1, s1, ny1))
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
@@ -445,16 +445,20 @@ def scale_by_anderson(
             # Running mean and variance of the losses at accepted points (span
             # average_window); in a trending phase the variance also holds the lag^2 of the
             # mean, so the bar then asks for more than the trend alone gives.
-            use = jnp.isfinite(v) & ~reject
-            first = state.n_loss == 0
-            delta = v - state.loss_mean
-            loss_mean = jnp.where(first, v, state.loss_mean + (1.0 - decay) * delta)
-            loss_var = jnp.where(
-                first, 0.0, decay * (state.loss_var + (1.0 - decay) * delta * delta)
-            )
-            loss_mean = jnp.where(use, loss_mean, state.loss_mean).astype(dt)
-            loss_var = jnp.where(use, loss_var, state.loss_var).astype(dt)
-            n_loss = state.n_loss + use.astype(jnp.int32)
+            # Only minibatch mode reads them: not computed otherwise (dead work).
+            if average:
+                use = jnp.isfinite(v) & ~reject
+                first = state.n_loss == 0
+                delta = v - state.loss_mean
+                loss_mean = jnp.where(first, v, state.loss_mean + (1.0 - decay) * delta)
+                loss_var = jnp.where(
+                    first, 0.0, decay * (state.loss_var + (1.0 - decay) * delta * delta)
+                )
+                loss_mean = jnp.where(use, loss_mean, state.loss_mean).astype(dt)
+                loss_var = jnp.where(use, loss_var, state.loss_var).astype(dt)
+                n_loss = state.n_loss + use.astype(jnp.int32)
+            else:
+                loss_mean, loss_var, n_loss = state.loss_mean, state.loss_var, state.n_loss
         else:
             reject = jnp.asarray(False)
             accepted_pending = state.pending
@@ -465,7 +469,10 @@ def scale_by_anderson(
         #    (O(n), in place when the state is donated), never a copy of the whole buffer.
         s = jax.tree_util.tree_map(jnp.subtract, x, state.x_prev)
         y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
-        u_finite = _tree.all_finite(u)  # u_prev was finite when stored (has_prev)
+        # ||u||^2 doubles as the finiteness test of u (NaN/inf in u make it non-finite; so
+        # does an overflowing norm, which is treated alike): one reduction instead of two.
+        nu2 = _tree.vdot(u, u)
+        u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
         pair_ok = state.has_prev & u_finite & ~reject
         s_row, y_row, s_old, y_old, keep, gram, valid, head, comb = insert(state, s, y, u, pair_ok)
         write = pair_ok & keep
@@ -503,14 +510,22 @@ def scale_by_anderson(
         d = tree_lin(lambda a, c: jnp.where(try_acc, beta * a - c, a), u, comb)
         s_wr = _tree.select(write, s_row, s_old)
         y_wr = _tree.select(write, y_row, y_old)
-        if value is not None and safeguard:  # trust region, adapted by the loss check
-            nd = jnp.sqrt(_tree.vdot(d, d))
-            nu = jnp.sqrt(_tree.vdot(u, u))
-            shrink = jnp.minimum(1.0, state.trust * nu / jnp.maximum(nd, jnp.finfo(dt).tiny))
-            d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
-        d_ok = _tree.all_finite(d)
+        # Checks on d before the trust-region scaling (a positive factor: same sign of
+        # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
+        # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
         if safeguard:
-            d_ok = d_ok & (_tree.vdot(d, u) > 0)
+            du = _tree.vdot(d, u)
+            d_ok = jnp.isfinite(du) & (du > 0)
+        else:
+            d_ok = _tree.all_finite(d)
+        if value is not None and safeguard:  # trust region, adapted by the loss check
+            nd2 = _tree.vdot(d, d)
+            d_ok = d_ok & jnp.isfinite(nd2)
+            nd = jnp.sqrt(nd2)
+            shrink = jnp.minimum(
+                1.0, state.trust * jnp.sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
+            )
+            d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
         accelerate = try_acc & d_ok
         average_now = (
             average
@@ -575,7 +590,7 @@ def scale_by_anderson(
             ema_sq=ema_sq,
             ema_x=ema_x,
             n_ema=n_ema,
-            n_loss=jnp.where(reject, state.n_loss, n_loss),
+            n_loss=jnp.where(reject, state.n_loss, n_loss) if average else state.n_loss,
             loss_mean=loss_mean,
             loss_var=loss_var,
             rsd=rsd.astype(dt),
