@@ -33,6 +33,32 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
     return sum(terms, jnp.zeros((), dt))
 
 
+def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
+    """``[<v, o> for o in others]`` as one matrix-vector product per leaf (``acc_dtype()``).
+
+    On small problems the Anderson step costs its kernel count: XLA's CPU backend lowers
+    each ``sum(x * y)`` to three kernels, a stacked matrix-vector product to two.
+    """
+    dt = acc_dtype()
+    out = None
+    for i, x in enumerate(_leaves(v)):
+        rows = jnp.stack([_leaves(o)[i].reshape(-1) for o in others])
+        d = jnp.matmul(rows, x.reshape(-1), preferred_element_type=dt).astype(dt)
+        out = d if out is None else out + d
+    return out
+
+
+def gram(vecs: list[PyTree]) -> jax.Array:
+    """``[k, k]`` Gram matrix of ``k`` pytrees, one matrix product per leaf (``acc_dtype()``)."""
+    dt = acc_dtype()
+    out = None
+    for i in range(len(_leaves(vecs[0]))):
+        rows = jnp.stack([_leaves(o)[i].reshape(-1) for o in vecs])
+        g = jnp.matmul(rows, rows.T, preferred_element_type=dt).astype(dt)
+        out = g if out is None else out + g
+    return out
+
+
 def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
     """``[m, k]`` matrix of inner products between the ``m`` rows of ``hist`` and ``k`` vectors.
 

@@ -324,7 +324,7 @@ def scale_by_anderson(
     def tree_lin(fn, *trees):  # one fused elementwise expression per leaf
         return jax.tree_util.tree_map(lambda *a: fn(*a).astype(a[0].dtype), *trees)
 
-    def insert_orthogonal(state, s, y, u, pair_ok):
+    def insert_orthogonal(state, s, y, u, pair_ok, g0):
         """Orthogonalise (s, y) against the history.
 
         Returns the rows to store, whether they are stored, the new bookkeeping and
@@ -346,8 +346,8 @@ def scale_by_anderson(
         s_cy, s_a, s_old = _tree.hist_combine_many(state.s_hist, coefs)
         y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
         s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
-        ny0 = jnp.sqrt(_tree.vdot(y, y))
-        ny1 = jnp.sqrt(_tree.vdot(y1, y1))
+        ny0 = jnp.sqrt(g0[0, 0])
+        y1yu = _tree.dots(y1, [y1, u])  # ||y1||^2, <y1, u>
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
             y1, s1, _ = vals
@@ -359,17 +359,20 @@ def scale_by_anderson(
             s2 = jax.tree_util.tree_map(
                 jnp.subtract, s1, _tree.hist_combine_many(state.s_hist, c2)[0]
             )
-            return y2, s2, jnp.sqrt(_tree.vdot(y2, y2))
+            return y2, s2, _tree.dots(y2, [y2, u])
 
-        # The norm comes out of the branch: one reduction fewer on the usual path.
-        y1, s1, ny = jax.lax.cond(ny1 < 0.7 * ny0, second_pass, lambda v: v, (y1, s1, ny1))
+        # ||y1||^2 and <y1, u> come out of the branch: no reduction after it on the usual path.
+        y1, s1, y1yu = jax.lax.cond(
+            jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (y1, s1, y1yu)
+        )
+        ny = jnp.sqrt(y1yu[0])
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
         yn = tree_lin(lambda a: a * inv, y1)
         sn = tree_lin(lambda a: a * inv, s1)
         new_valid = jnp.where(keep, valid | slot, valid)
-        g_head = _tree.vdot(yn, u) * shrink
+        g_head = y1yu[1] * inv * shrink  # <yn, u>
 
         def comb_leaf(sa, ya, sn_, yn_, so, yo):
             new = g_head.astype(sa.dtype) * (sn_ + beta * yn_)
@@ -380,12 +383,12 @@ def scale_by_anderson(
         new_head = jnp.where(keep, (head + 1) % m, head)
         return sn, yn, s_old, y_old, keep, state.gram, new_valid, new_head, comb
 
-    def insert_window(state, s, y, u, pair_ok):
+    def insert_window(state, s, y, u, pair_ok, g0):
         """Textbook windowed history with an incrementally updated Gram matrix."""
         dt = _tree.acc_dtype()
         head = state.head
         c = _tree.hist_dot(state.y_hist, [y, u])
-        yy, yu = _tree.vdot(y, y), _tree.vdot(y, u)
+        yy, yu = g0[0, 0], g0[0, 1]
         slot = jnp.arange(m) == head
         valid = state.valid | slot
         row = jnp.where(slot, yy, c[:, 0]) * valid
@@ -469,12 +472,15 @@ def scale_by_anderson(
         #    (O(n), in place when the state is donated), never a copy of the whole buffer.
         s = jax.tree_util.tree_map(jnp.subtract, x, state.x_prev)
         y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
-        # ||u||^2 doubles as the finiteness test of u (NaN/inf in u make it non-finite; so
-        # does an overflowing norm, which is treated alike): one reduction instead of two.
-        nu2 = _tree.vdot(u, u)
+        # One product for ||y||^2, <y, u>, ||u||^2; ||u||^2 doubles as the finiteness test
+        # of u (NaN/inf make it non-finite; so does an overflowing norm, treated alike).
+        g0 = _tree.gram([y, u])
+        nu2 = g0[1, 1]
         u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
         pair_ok = state.has_prev & u_finite & ~reject
-        s_row, y_row, s_old, y_old, keep, gram, valid, head, comb = insert(state, s, y, u, pair_ok)
+        s_row, y_row, s_old, y_old, keep, gram, valid, head, comb = insert(
+            state, s, y, u, pair_ok, g0
+        )
         write = pair_ok & keep
         idx = state.head
         gram = jnp.where(pair_ok, gram, state.gram)
@@ -513,13 +519,15 @@ def scale_by_anderson(
         # Checks on d before the trust-region scaling (a positive factor: same sign of
         # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
         # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
+        trust_region = value is not None and safeguard
         if safeguard:
-            du = _tree.vdot(d, u)
+            dd = _tree.dots(d, [u, d] if trust_region else [u])  # <d, u> (, ||d||^2)
+            du = dd[0]
             d_ok = jnp.isfinite(du) & (du > 0)
         else:
             d_ok = _tree.all_finite(d)
-        if value is not None and safeguard:  # trust region, adapted by the loss check
-            nd2 = _tree.vdot(d, d)
+        if trust_region:  # trust region, adapted by the loss check
+            nd2 = dd[1]
             d_ok = d_ok & jnp.isfinite(nd2)
             nd = jnp.sqrt(nd2)
             shrink = jnp.minimum(
