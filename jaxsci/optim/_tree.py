@@ -13,6 +13,10 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 PyTree = object
+# Leaves up to this size have their inner products stacked into one matrix product (fewer
+# kernels: what small problems pay for); larger ones get one reduction per pair (a stack
+# would copy them: at 1M parameters it cost 1.8 ms of a 7 ms update).
+_STACK_MAX = 1 << 16
 
 
 def acc_dtype() -> jnp.dtype:
@@ -26,11 +30,13 @@ def _leaves(tree: PyTree) -> list:
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
     """Real inner product of two pytrees, accumulated in ``acc_dtype()``."""
+    terms = [_dot(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True)]
+    return sum(terms, jnp.zeros((), acc_dtype()))
+
+
+def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
     dt = acc_dtype()
-    terms = [
-        jnp.sum(x.astype(dt) * y.astype(dt)) for x, y in zip(_leaves(a), _leaves(b), strict=True)
-    ]
-    return sum(terms, jnp.zeros((), dt))
+    return jnp.sum(x.astype(dt) * y.astype(dt))
 
 
 def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
@@ -42,8 +48,12 @@ def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
     dt = acc_dtype()
     out = None
     for i, x in enumerate(_leaves(v)):
-        rows = jnp.stack([_leaves(o)[i].reshape(-1) for o in others])
-        d = jnp.matmul(rows, x.reshape(-1), preferred_element_type=dt).astype(dt)
+        cols = [_leaves(o)[i] for o in others]
+        if x.size <= _STACK_MAX:
+            rows = jnp.stack([c.reshape(-1) for c in cols])
+            d = jnp.matmul(rows, x.reshape(-1), preferred_element_type=dt).astype(dt)
+        else:  # large leaf: the stack would be an extra pass over memory
+            d = jnp.stack([_dot(x, c) for c in cols])
         out = d if out is None else out + d
     return out
 
@@ -53,8 +63,12 @@ def gram(vecs: list[PyTree]) -> jax.Array:
     dt = acc_dtype()
     out = None
     for i in range(len(_leaves(vecs[0]))):
-        rows = jnp.stack([_leaves(o)[i].reshape(-1) for o in vecs])
-        g = jnp.matmul(rows, rows.T, preferred_element_type=dt).astype(dt)
+        xs = [_leaves(o)[i] for o in vecs]
+        if xs[0].size <= _STACK_MAX:
+            rows = jnp.stack([x.reshape(-1) for x in xs])
+            g = jnp.matmul(rows, rows.T, preferred_element_type=dt).astype(dt)
+        else:  # large leaf: no stacked copy
+            g = jnp.stack([jnp.stack([_dot(a, b) for b in xs]) for a in xs])
         out = g if out is None else out + g
     return out
 
