@@ -13,9 +13,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 PyTree = object
-# Leaves up to this size have their inner products stacked into one matrix product (fewer
-# kernels: what small problems pay for); larger ones get one reduction per pair (a stack
-# would copy them: at 1M parameters it cost 1.8 ms of a 7 ms update).
+# On small problems (hundreds of parameters) an Anderson step costs its kernel count on
+# CPU (~50 ns per kernel), and a library call (dot, YNNPACK fusion) several kernels' worth.
+# Leaves up to this size therefore get stacked inner products and history products as
+# elementwise-and-reduce loops (no library call); larger leaves get matrix products and
+# one reduction per pair (a stack would copy them: +1.8 ms on a 7 ms update at 1M).
 _STACK_MAX = 1 << 16
 
 
@@ -40,18 +42,18 @@ def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
-    """``[<v, o> for o in others]`` as one matrix-vector product per leaf (``acc_dtype()``).
+    """``[<v, o> for o in others]``, accumulated in ``acc_dtype()``.
 
-    On small problems the Anderson step costs its kernel count: XLA's CPU backend lowers
-    each ``sum(x * y)`` to three kernels, a stacked matrix-vector product to two.
+    Small leaves: one stacked product-and-reduce per leaf instead of one per pair (XLA's
+    CPU backend lowers each ``sum(x * y)`` to up to three kernels).
     """
     dt = acc_dtype()
     out = None
     for i, x in enumerate(_leaves(v)):
         cols = [_leaves(o)[i] for o in others]
         if x.size <= _STACK_MAX:
-            rows = jnp.stack([c.reshape(-1) for c in cols])
-            d = jnp.matmul(rows, x.reshape(-1), preferred_element_type=dt).astype(dt)
+            rows = jnp.stack([c.reshape(-1).astype(dt) for c in cols])
+            d = jnp.sum(rows * x.reshape(1, -1).astype(dt), axis=1)
         else:  # large leaf: the stack would be an extra pass over memory
             d = jnp.stack([_dot(x, c) for c in cols])
         out = d if out is None else out + d
@@ -65,8 +67,8 @@ def gram(vecs: list[PyTree]) -> jax.Array:
     for i in range(len(_leaves(vecs[0]))):
         xs = [_leaves(o)[i] for o in vecs]
         if xs[0].size <= _STACK_MAX:
-            rows = jnp.stack([x.reshape(-1) for x in xs])
-            g = jnp.matmul(rows, rows.T, preferred_element_type=dt).astype(dt)
+            rows = jnp.stack([x.reshape(-1).astype(dt) for x in xs])
+            g = jnp.sum(rows[:, None, :] * rows[None, :, :], axis=2)
         else:  # large leaf: no stacked copy
             g = jnp.stack([jnp.stack([_dot(a, b) for b in xs]) for a in xs])
         out = g if out is None else out + g
@@ -76,8 +78,9 @@ def gram(vecs: list[PyTree]) -> jax.Array:
 def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
     """``[m, k]`` matrix of inner products between the ``m`` rows of ``hist`` and ``k`` vectors.
 
-    One matrix-vector product per vector and leaf: stacking the vectors into an
-    ``[n, k]`` operand was 3-10x slower on CPU (strided layout).
+    Large leaves: one matrix-vector product per vector and leaf (stacking the vectors
+    into an ``[n, k]`` operand was 3-10x slower on CPU: strided layout). Small leaves:
+    a product-and-reduce loop (no library call).
     """
     dt = acc_dtype()
     cols = []
@@ -85,7 +88,10 @@ def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
         col = jnp.zeros((_leaves(hist)[0].shape[0],), dt)
         for h, x in zip(_leaves(hist), _leaves(v), strict=True):
             hf = h.reshape(h.shape[0], -1)
-            col = col + jnp.matmul(hf, x.reshape(-1), preferred_element_type=dt).astype(dt)
+            if x.size <= _STACK_MAX:
+                col = col + jnp.sum(hf.astype(dt) * x.reshape(1, -1).astype(dt), axis=1)
+            else:
+                col = col + jnp.matmul(hf, x.reshape(-1), preferred_element_type=dt).astype(dt)
         cols.append(col)
     return jnp.stack(cols, axis=1)
 
@@ -100,10 +106,19 @@ def hist_combine(hist: PyTree, coef: jax.Array) -> PyTree:
 def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
     """``[sum_i coefs[k, i] * hist[i] for k]``: ``k`` combinations from one pass over ``hist``."""
     k = coefs.shape[0]
-    both = jax.tree_util.tree_map(
-        lambda h: jnp.tensordot(coefs.astype(h.dtype), h, axes=1).astype(h.dtype), hist
-    )
-    return [jax.tree_util.tree_map(lambda b, j=j: b[j], both) for j in range(k)]
+
+    def comb(h):
+        c = coefs.astype(h.dtype)
+        if h[0].size <= _STACK_MAX:  # loop fusions: no library call
+            return [
+                jnp.sum(c[j].reshape((-1,) + (1,) * (h.ndim - 1)) * h, axis=0) for j in range(k)
+            ]
+        both = jnp.tensordot(c, h, axes=1).astype(h.dtype)
+        return [both[j] for j in range(k)]
+
+    leaves, treedef = jax.tree_util.tree_flatten(hist)
+    per = [comb(h) for h in leaves]
+    return [jax.tree_util.tree_unflatten(treedef, [p[j] for p in per]) for j in range(k)]
 
 
 def hist_row(hist: PyTree, index: jax.Array) -> PyTree:
