@@ -27,6 +27,7 @@ from experiments.anderson.runner import (
     iters_to_target,
     run_deterministic,
     run_minibatch,
+    time_deterministic,
     tuning_grids,
 )
 
@@ -125,13 +126,17 @@ def study_problem(prob: P.Problem, seeds: int, bar: tqdm) -> dict:
     summary = {}
     for m in methods:
         rows = []
-        for r in runs[m.name]:
+        for seed, r in enumerate(runs[m.name]):
             it = iters_to_target(r["loss"], target)
             n = len(r["loss"]) - (0 if prob.deterministic else 1)
             row = {"iters": it, "final_loss": r["final_loss"]}
             if prob.deterministic:
                 row["grad_evals"] = r["evals"][it] if it is not None else None
-                row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
+                row["time_to_target_s"] = (
+                    time_deterministic(prob, m, jax.random.PRNGKey(seed), it)
+                    if it is not None
+                    else None
+                )
             else:
                 row["epochs"] = it
                 row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
