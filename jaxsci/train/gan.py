@@ -372,18 +372,21 @@ def train_per_label(
         folder = label_checkpoint_folder(checkpoint_dir, local)
         ckpt = Checkpointer(folder, keep=2, info=single)
         if ckpt.latest_step() is None:
-            one = jax.tree.map(lambda x: x[0], (states, pools))
-            metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
-            _assemble_from_other_blocks(
-                ckpt,
-                checkpoint_dir,
-                local,
-                lambda block: jax.eval_shape(
-                    jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k)),
-                    label_keys(key, block),
-                ),
-                {k: v.dtype for k, v in metrics.items()},
-            )
+
+            def block_target(block: Sequence[int], step: int) -> dict[str, Any]:
+                """Shapes of a saved block's ``{"state", "history"}`` at ``step``."""
+                one = jax.tree.map(lambda x: x[0], (states, pools))
+                metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
+                init = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))
+                return {
+                    "state": jax.eval_shape(init, label_keys(key, block)),
+                    "history": {
+                        k: jax.ShapeDtypeStruct((len(block), step), v.dtype)
+                        for k, v in metrics.items()
+                    },
+                }
+
+            _assemble_from_other_blocks(ckpt, checkpoint_dir, local, block_target)
     is_root = info is None or info.is_root
     try:
         state, history = fit_gan(
@@ -404,10 +407,14 @@ def train_per_label(
     return PerLabelResult(np.asarray(label_set, np.int32), state, history)
 
 
+def _block_name(labels: Sequence[int]) -> str:
+    """Checkpoint folder name of the per-label models of ``labels`` trained together."""
+    return "labels-" + "-".join(str(int(lab)) for lab in labels)
+
+
 def label_checkpoint_folder(checkpoint_dir: str | os.PathLike, labels: Sequence[int]) -> str:
     """Checkpoint folder of the per-label models of ``labels`` trained together."""
-    name = "labels-" + "-".join(str(int(lab)) for lab in labels)
-    return os.path.join(os.fspath(checkpoint_dir), name)
+    return os.path.join(os.fspath(checkpoint_dir), _block_name(labels))
 
 
 def _saved_blocks(checkpoint_dir: str | os.PathLike) -> dict[tuple[int, ...], str]:
@@ -425,8 +432,7 @@ def _assemble_from_other_blocks(
     ckpt: Checkpointer,
     checkpoint_dir: str | os.PathLike,
     labels: np.ndarray,
-    block_shapes: Callable[[Sequence[int]], GANState],
-    metric_dtypes: dict[str, Any],
+    block_target: Callable[[Sequence[int], int], dict[str, Any]],
 ) -> None:
     """Save into ``ckpt`` the models of ``labels`` at the newest step that every saved block
     holding them has, cut out of those blocks' checkpoints.
@@ -435,8 +441,9 @@ def _assemble_from_other_blocks(
     strategy). Does nothing when no saved block holds any of ``labels``.
 
     Args:
-      block_shapes: ``labels -> GANState`` of ``jax.ShapeDtypeStruct`` stacked over them.
-      metric_dtypes: ``{metric: dtype}`` of the per-step training metrics.
+      block_target: ``(labels, step) -> {"state", "history"}`` of ``jax.ShapeDtypeStruct``
+        stacked over ``labels``, the restore target of a saved block (called only when a
+        block is restored).
 
     Raises:
       ValueError: some of ``labels`` are saved and others not, or their blocks share no step.
@@ -468,16 +475,12 @@ def _assemble_from_other_blocks(
         used = sorted(set(source.values()))
         common = set.intersection(*(set(readers[b].all_steps()) for b in used))
         if not common:
-            names = [os.path.basename(label_checkpoint_folder("", b)) for b in used]
+            names = [_block_name(b) for b in used]
             raise ValueError(f"the checkpoint blocks {names} share no saved step")
         step = max(common)
         restored = {}
         for b in used:
-            history = {
-                k: jax.ShapeDtypeStruct((len(b), step), dt) for k, dt in metric_dtypes.items()
-            }
-            target = {"state": block_shapes(b), "history": history}
-            restored[b] = readers[b].restore(target, step)
+            restored[b] = readers[b].restore(block_target(b, step), step)
     finally:
         for reader in readers.values():
             reader.close()
