@@ -191,6 +191,7 @@ class _Spec(NamedTuple):
     compact_steps: int
     n_sites: int
     ot_weight: float
+    coarse: bool
 
 
 @functools.lru_cache(maxsize=64)
@@ -225,13 +226,15 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
 
         def body(carry, step):
             x, st = carry
-            # Coarse-to-fine continuation: a start's first ``coarse_rounds`` rounds weight
-            # feature f by exp(-eta_f L^2), L shrinking linearly from ``coarse_length`` to 0,
-            # so the smooth long-range features fix the shape before the sharp ones count.
-            frac = (age * steps + step) / jnp.maximum(aux["coarse_steps"], 1.0)
-            ell = aux["coarse_length"] * jnp.maximum(0.0, 1.0 - frac)
-            col_w = jnp.exp(-aux["etas"] * ell * ell)
-            fw = functools.partial(search_loss, aux=aux, col_w=col_w)
+            fw = f
+            if spec.coarse:
+                # Coarse-to-fine continuation: a start's first ``coarse_rounds`` rounds weight
+                # feature f by exp(-eta_f L^2), L shrinking linearly from ``coarse_length``
+                # to 0, so the smooth long-range features fix the shape before the sharp ones.
+                frac = (age * steps + step) / jnp.maximum(aux["coarse_steps"], 1.0)
+                ell = aux["coarse_length"] * jnp.maximum(0.0, 1.0 - frac)
+                col_w = jnp.exp(-aux["etas"] * ell * ell)
+                fw = functools.partial(search_loss, aux=aux, col_w=col_w)
             val, g = _value_and_grad(fw, st)(x)
             upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=fw)
             x_new = x + _clip_per_atom(upd, aux["max_step"])
@@ -482,6 +485,7 @@ def reconstruct(
         compact_steps=compact_steps,
         n_sites=n_sites,
         ot_weight=float(ot_weight),
+        coarse=coarse_length > 0,
     )
     round_fn, features_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
 
