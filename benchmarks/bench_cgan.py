@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 #: pool whatever the flags say, so an unpinned single rank spreads over every idle core and
 #: makes the 1-rank baseline of a weak-scaling run use twice the hardware of each rank of
 #: the 2-rank run (measured here: 2.0 s of CPU in 1.16 s of wall time).
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 BIND = ["-bind-to", "core"]
 
 
@@ -140,7 +140,7 @@ def _mpirun() -> str:
 
 def weak_scaling(args) -> dict:
     """Time ``mpirun -n r`` runs for every r in ``args.ranks``; efficiency t(1) / t(r)."""
-    env = dict(os.environ, XLA_FLAGS=ONE_THREAD, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=XLA_CPU_FLAGS, JAX_PLATFORMS="cpu")
     base = [
         sys.executable, __file__, "--worker", "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--features", str(args.features),

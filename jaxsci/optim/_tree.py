@@ -48,9 +48,10 @@ def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
     CPU backend lowers each ``sum(x * y)`` to up to three kernels).
     """
     dt = acc_dtype()
+    other_leaves = [_leaves(o) for o in others]
     out = None
     for i, x in enumerate(_leaves(v)):
-        cols = [_leaves(o)[i] for o in others]
+        cols = [ol[i] for ol in other_leaves]
         if x.size <= _STACK_MAX:
             rows = jnp.stack([c.reshape(-1).astype(dt) for c in cols])
             d = jnp.sum(rows * x.reshape(1, -1).astype(dt), axis=1)
@@ -63,9 +64,10 @@ def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
 def gram(vecs: list[PyTree]) -> jax.Array:
     """``[k, k]`` Gram matrix of ``k`` pytrees, one matrix product per leaf (``acc_dtype()``)."""
     dt = acc_dtype()
+    vec_leaves = [_leaves(o) for o in vecs]
     out = None
-    for i in range(len(_leaves(vecs[0]))):
-        xs = [_leaves(o)[i] for o in vecs]
+    for i in range(len(vec_leaves[0])):
+        xs = [vl[i] for vl in vec_leaves]
         if xs[0].size <= _STACK_MAX:
             rows = jnp.stack([x.reshape(-1).astype(dt) for x in xs])
             g = jnp.sum(rows[:, None, :] * rows[None, :, :], axis=2)
