@@ -7,10 +7,13 @@
 2. Weak scaling (subprocesses): ``mpirun -bind-to core -n r`` runs of this script in
    ``--worker`` mode for r = 1 and every ``--ranks``, each rank training
    ``--labels-per-rank`` labels (so r ranks train r times as many labels in total), each rank
-   pinned to its own core (checked: the run fails if a rank is not). Timed per rank after a
+   pinned to its own core (checked: the run fails unless the ranks' cpu sets are disjoint
+   and of equal size). Timed per rank after a
    barrier: the training steps plus the final gather of the parameters; the slowest rank
-   counts; efficiency = t(1 rank) / t(r ranks) (1.0 is perfect weak scaling). Repeats cycle
-   through the rank counts.
+   counts; efficiency = t(1 rank) / t(r ranks) (1.0 is perfect weak scaling). Each launch
+   times ``--inner-repeats`` runs (same models from the same init, a barrier before each),
+   after one untimed warm-up run; ``--repeats`` launches cycle through the rank counts. The
+   persistent compile cache (``.cache/jax``) spares the launches after the first a compile.
 
     python benchmarks/bench_cgan.py                      # defaults: CPU-sized
     python benchmarks/bench_cgan.py --labels 10 --steps 40 --batch-size 64 --repeats 5
@@ -115,18 +118,21 @@ def worker(args) -> None:
     run, states, pools = _setup(args, mine)
     stacked = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), static_argnums=2)
     jax.block_until_ready(stacked(states, pools, args.steps))  # compile + warm-up
-    info.barrier()
-    t0, c0 = time.perf_counter(), time.process_time()
-    states, _ = stacked(states, pools, args.steps)
-    jax.block_until_ready(states)
-    t_train = time.perf_counter() - t0
-    gathered = gather_over_ranks(states.g_params, info)
-    t_total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    recs = []
+    for _ in range(args.inner_repeats):  # every run trains the same models from their init
+        info.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        trained, _ = stacked(states, pools, args.steps)
+        jax.block_until_ready(trained)
+        t_train = time.perf_counter() - t0
+        gathered = gather_over_ranks(trained.g_params, info)
+        t_total, cpu = time.perf_counter() - t0, time.process_time() - c0
+        recs.append((t_train, t_total, cpu))
     n_models = jax.tree.leaves(gathered)[0].shape[0]
-    rec = (t_train, t_total, cpu, sorted(os.sched_getaffinity(0)))
-    times = info.comm.allgather(rec) if info.comm else [rec]
+    rec = (recs, sorted(os.sched_getaffinity(0)))
+    per_rank = info.comm.allgather(rec) if info.comm else [rec]
     if info.is_root:
-        print(json.dumps({"ranks": info.size, "models": n_models, "per_rank": times}))
+        print(json.dumps({"ranks": info.size, "models": n_models, "per_rank": per_rank}))
 
 
 def _mpirun() -> str:
@@ -141,34 +147,45 @@ def _mpirun() -> str:
 def weak_scaling(args) -> dict:
     """Time ``mpirun -n r`` runs for every r in ``args.ranks``; efficiency t(1) / t(r)."""
     env = dict(os.environ, XLA_FLAGS=XLA_CPU_FLAGS, JAX_PLATFORMS="cpu")
+    # every rank compiles the same program (same labels per rank): compile it once, not per launch
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
     base = [
         sys.executable, __file__, "--worker", "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--features", str(args.features),
         "--n-critic", str(args.n_critic), "--labels-per-rank", str(args.labels_per_rank),
+        "--inner-repeats", str(args.inner_repeats),
     ]  # fmt: skip
     ranks = sorted(set([1, *args.ranks]))
     times: dict[int, list[float]] = {n: [] for n in ranks}
     cpu: dict[int, list[float]] = {n: [] for n in ranks}
+    cpu_sets: dict[int, list[list[int]]] = {}
     for _ in range(args.repeats):
         for n in ranks:
             out = subprocess.run(
-                [_mpirun(), *BIND, "-n", str(n), *base], env=env, capture_output=True,
-                text=True, check=True, cwd=ROOT,
+                [args.mpirun or _mpirun(), *BIND, "-n", str(n), *base], env=env,
+                capture_output=True, text=True, cwd=ROOT,
             )  # fmt: skip
+            if out.returncode != 0:
+                tail = out.stdout[-2000:] + out.stderr[-4000:]
+                raise RuntimeError(f"mpirun -n {n} failed:\n{tail}")
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             if rec["models"] != n * args.labels_per_rank:
                 raise RuntimeError(f"gathered {rec['models']} models, expected more: {rec}")
             per_rank = rec["per_rank"]
-            cores = [tuple(r[3]) for r in per_rank]
-            if any(len(c) != 1 for c in cores) or len(set(cores)) != n:
-                raise RuntimeError(f"ranks not pinned to distinct single cores: {cores}")
-            times[n].append(max(r[1] for r in per_rank))
-            cpu[n].append(max(r[2] for r in per_rank))
-            print(f"  {n} rank(s): {times[n][-1]:.3f} s (CPU {cpu[n][-1]:.3f} s)", flush=True)
+            cores = [set(r[1]) for r in per_rank]  # a core may hold several hardware threads
+            if len(set().union(*cores)) != sum(map(len, cores)) or len(set(map(len, cores))) > 1:
+                raise RuntimeError(f"ranks not pinned to disjoint, equal sets of cpus: {cores}")
+            cpu_sets[n] = [sorted(c) for c in cores]
+            for i in range(args.inner_repeats):  # the slowest rank of each timed run counts
+                times[n].append(max(r[0][i][1] for r in per_rank))
+                cpu[n].append(max(r[0][i][2] for r in per_rank))
+            runs = ", ".join(f"{t:.3f}" for t in times[n][-args.inner_repeats :])
+            print(f"  {n} rank(s): {runs} s (CPU of the last {cpu[n][-1]:.3f} s)", flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
     return {
         "labels_per_rank": args.labels_per_rank,
         "cores": os.cpu_count(),
+        "cpu_sets": {str(n): v for n, v in cpu_sets.items()},
         "times_s": {str(n): v for n, v in times.items()},
         "cpu_s": {str(n): v for n, v in cpu.items()},
         "median_s": {str(n): v for n, v in med.items()},
@@ -184,10 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--n-critic", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="launches (weak scaling) / runs")
+    p.add_argument(
+        "--inner-repeats", type=int, default=3, help="weak scaling: timed runs per launch"
+    )
     p.add_argument(
         "--ranks", type=int, nargs="+", default=[2], help="weak scaling: rank counts (1 added)"
     )
+    p.add_argument("--mpirun", help="launcher (default: the venv's mpich mpirun, else PATH's)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-weak-scaling", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -213,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         for n, t in r["median_s"].items():
             print(
                 f"weak scaling, {args.labels_per_rank} labels/rank, one core/rank: {n} rank(s) "
-                f"{t:.3f} s (median of {args.repeats}) -> efficiency {r['efficiency'][n]:.3f}"
+                f"{t:.3f} s (median of {len(r['times_s'][n])} runs) -> efficiency "
+                f"{r['efficiency'][n]:.3f}"
             )
     print(f"load average after: {os.getloadavg()}")
     print(json.dumps(results))
