@@ -82,36 +82,102 @@ History = Literal["orthogonal", "window"]
 Layout = Literal["auto", "flat", "tree"]
 
 
-class ScaleByAndersonState(NamedTuple):
-    """State of :func:`scale_by_anderson` (all leaves are arrays)."""
+# Scalar bookkeeping is packed into one int32 and one float vector: a few carried buffers
+# and a few fused kernels per step instead of ~20 scalar ones (on small problems an
+# Anderson step costs its kernel count). The named views below read them.
+_INTS = (
+    "count",  # calls to update
+    "head",  # next history row to overwrite (the oldest when full)
+    "next_try",  # first step at which acceleration may be tried again
+    "penalty",  # current back-off length after rejections
+    "n_ema",  # EMA updates so far
+    "n_loss",  # losses in the running loss statistics
+    "n_accelerated",  # extrapolations taken
+    "n_rejected",  # extrapolations rolled back
+    "n_averaged",  # moving-average steps taken
+)
+_BOOLS = (
+    "has_prev",  # x_prev/u_prev hold an accepted step
+    "pending",  # last update was an extrapolation awaiting its loss
+    "rejected",  # this update rolled an extrapolation back
+)
+_FLOATS = (
+    "trust",  # max ||extrapolation step|| / ||inner step|| (loss safeguard only)
+    "ema_sq",  # EMA of ||u||^2
+    "loss_mean",  # EMA of the accepted losses (average mode: the noise-aware check)
+    "loss_var",  # EMA of their squared deviation from the running mean
+    "rsd",  # last relative standard deviation of the steps
+)
+_N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
 
-    count: jax.Array  # int32: calls to update
+
+class ScaleByAndersonState(NamedTuple):
+    """State of :func:`scale_by_anderson` (all leaves are arrays).
+
+    Scalars live in ``ints`` / ``floats``; read them by name (``state.count``,
+    ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...).
+    """
+
+    ints: jax.Array  # int32 [12 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
+    floats: jax.Array  # [5 + safeguard_memory] acc dtype: _FLOATS, then recent losses (-inf)
     s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
     y_hist: PyTree  # [m, ...] per leaf: residual (update) differences
     gram: jax.Array  # [m, m] Y^T Y ("window" mode), accumulation dtype
-    valid: jax.Array  # [m] bool: which history rows hold data
-    head: jax.Array  # int32: next row to overwrite (the oldest when full)
     x_prev: PyTree  # params at the previous accepted step
     u_prev: PyTree  # inner update at the previous accepted step
-    has_prev: jax.Array  # bool
-    pending: jax.Array  # bool: last update was an extrapolation awaiting its loss
     rollback: PyTree  # update from the extrapolated point back to the plain one
-    loss_hist: jax.Array  # [safeguard_memory] recent accepted losses (-inf: empty)
-    next_try: jax.Array  # int32: first step at which acceleration may be tried again
-    penalty: jax.Array  # int32: current back-off length after rejections
-    trust: jax.Array  # max ||extrapolation step|| / ||inner step|| (loss safeguard only)
     ema_step: PyTree  # EMA of the steps taken (noise test); () when average is off
-    ema_sq: jax.Array  # EMA of ||u||^2
     ema_x: PyTree  # EMA of post-step iterates x + u (moving average); () when off
-    n_ema: jax.Array  # int32: EMA updates so far
-    n_loss: jax.Array  # int32: losses in the running loss statistics
-    loss_mean: jax.Array  # EMA of the accepted losses (average mode: the noise-aware check)
-    loss_var: jax.Array  # EMA of their squared deviation from the running mean
-    rsd: jax.Array  # last relative standard deviation of the steps
-    rejected: jax.Array  # bool: this update rolled an extrapolation back
-    n_accelerated: jax.Array  # int32: extrapolations taken
-    n_rejected: jax.Array  # int32: extrapolations rolled back
-    n_averaged: jax.Array  # int32: moving-average steps taken
+
+    @property
+    def valid(self) -> jax.Array:
+        """[m] bool: which history rows hold data."""
+        return self.ints[_N_SCALAR_INTS:] != 0
+
+    @property
+    def loss_hist(self) -> jax.Array:
+        """[safeguard_memory] recent accepted losses (-inf: empty)."""
+        return self.floats[len(_FLOATS) :]
+
+
+def _int_view(i: int) -> property:
+    return property(lambda self: self.ints[i], doc=f"int32 scalar: {_INTS[i]}")
+
+
+def _bool_view(i: int) -> property:
+    return property(lambda self: self.ints[len(_INTS) + i] != 0, doc=f"bool: {_BOOLS[i]}")
+
+
+def _float_view(i: int) -> property:
+    return property(lambda self: self.floats[i], doc=f"scalar: {_FLOATS[i]}")
+
+
+for _i, _name in enumerate(_INTS):
+    setattr(ScaleByAndersonState, _name, _int_view(_i))
+for _i, _name in enumerate(_BOOLS):
+    setattr(ScaleByAndersonState, _name, _bool_view(_i))
+for _i, _name in enumerate(_FLOATS):
+    setattr(ScaleByAndersonState, _name, _float_view(_i))
+
+
+def _pack(ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, dt) -> tuple:
+    """The ``ints`` and ``floats`` vectors of the state from named scalars.
+
+    Built as one elementwise select chain over an iota (XLA fuses it, with the scalar
+    arithmetic feeding it, into one loop kernel; a concatenate of scalars is not fused).
+    """
+
+    def vec(scalars: list, tail: jax.Array, dtype) -> jax.Array:
+        k = len(scalars)
+        idx = jnp.arange(k + tail.shape[0])
+        out = jnp.pad(tail.astype(dtype), (k, 0))
+        for i, v in enumerate(scalars):
+            out = jnp.where(idx == i, jnp.asarray(v).astype(dtype), out)
+        return out
+
+    iv = vec([ints[k] for k in _INTS + _BOOLS], valid, jnp.int32)
+    fv = vec([floats[k] for k in _FLOATS], loss_hist, dt)
+    return iv, fv
 
 
 class AndersonState(NamedTuple):
@@ -288,35 +354,24 @@ def scale_by_anderson(
             params = jax.ShapeDtypeStruct((n,), jnp.result_type(*[x.dtype for x in leaves]))
         zeros = lambda: jax.tree_util.tree_map(_tree.zeros_like, params)
         hist = lambda: jax.tree_util.tree_map(lambda p: _tree.stacked_zeros(p, m), params)
-        i32 = lambda v: jnp.asarray(v, jnp.int32)
+        ints, floats = _pack(
+            dict.fromkeys(_INTS + _BOOLS, 0),
+            {"trust": _TRUST_INIT, "ema_sq": 0.0, "loss_mean": 0.0, "loss_var": 0.0, "rsd": 0.0},
+            jnp.zeros((m,), bool),
+            jnp.full((safeguard_memory,), -jnp.inf, dt),
+            dt,
+        )
         return ScaleByAndersonState(
-            count=i32(0),
+            ints=ints,
+            floats=floats,
             s_hist=hist(),
             y_hist=hist(),
             gram=jnp.zeros((m, m), dt),
-            valid=jnp.zeros((m,), bool),
-            head=i32(0),
             x_prev=zeros(),
             u_prev=zeros(),
-            has_prev=jnp.asarray(False),
-            pending=jnp.asarray(False),
             rollback=zeros(),
-            loss_hist=jnp.full((safeguard_memory,), -jnp.inf, dt),
-            next_try=i32(0),
-            penalty=i32(0),
-            trust=jnp.asarray(_TRUST_INIT, dt),
             ema_step=zeros() if average else (),
-            ema_sq=jnp.zeros((), dt),
             ema_x=zeros() if average else (),
-            n_ema=i32(0),
-            n_loss=i32(0),
-            loss_mean=jnp.zeros((), dt),
-            loss_var=jnp.zeros((), dt),
-            rsd=jnp.zeros((), dt),
-            rejected=jnp.asarray(False),
-            n_accelerated=i32(0),
-            n_rejected=i32(0),
-            n_averaged=i32(0),
         )
 
     shrink = 1.0 / (1.0 + regularization)
@@ -425,7 +480,6 @@ def scale_by_anderson(
             updates = flatten_util.ravel_pytree(updates)[0].astype(params.dtype)
         _check_tree("state", state.x_prev, params)
         dt = _tree.acc_dtype()
-        i32 = lambda v: jnp.asarray(v, jnp.int32)
         where = lambda c, a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(c, p, q), a, b)
         u, x = updates, params
         count = state.count
@@ -574,38 +628,47 @@ def scale_by_anderson(
         # feeds it, so XLA updates the donated buffer in place (no copy of m x n floats).
         s_h = _tree.hist_set(state.s_hist, idx, s_wr)
         y_h = _tree.hist_set(state.y_hist, idx, y_wr)
+        ints, floats = _pack(
+            {
+                "count": count + 1,
+                "head": jnp.where(reset, 0, head),
+                "next_try": jnp.where(reject, count + 1 + penalty_rej, state.next_try),
+                "penalty": penalty,
+                "n_ema": n_ema,
+                "n_loss": jnp.where(reject, state.n_loss, n_loss) if average else state.n_loss,
+                "n_accelerated": state.n_accelerated + accelerate.astype(jnp.int32),
+                "n_rejected": state.n_rejected + reject.astype(jnp.int32),
+                "n_averaged": state.n_averaged + average_now.astype(jnp.int32),
+                "has_prev": jnp.where(reject, state.has_prev, u_finite),
+                "pending": (accelerate | average_now) & (value is not None and safeguard),
+                "rejected": reject,
+            },
+            {
+                "trust": jnp.where(
+                    reject,
+                    jnp.maximum(state.trust / 4.0, 1.0),
+                    jnp.where(accepted_pending, jnp.minimum(state.trust * 2.0, 1e8), state.trust),
+                ),
+                "ema_sq": ema_sq,
+                "loss_mean": loss_mean,
+                "loss_var": loss_var,
+                "rsd": rsd,
+            },
+            jnp.where(reset, jnp.zeros_like(valid), valid),
+            jnp.where(reject, state.loss_hist, loss_hist),
+            dt,
+        )
         new_state = ScaleByAndersonState(
-            count=count + 1,
+            ints=ints,
+            floats=floats,
             s_hist=s_h,
             y_hist=y_h,
             gram=gram,
-            valid=jnp.where(reset, jnp.zeros_like(valid), valid),
-            head=jnp.where(reset, i32(0), head),
             x_prev=where(reject, state.x_prev, x),
             u_prev=where(reject, state.u_prev, u),
-            has_prev=jnp.where(reject, state.has_prev, u_finite),
-            pending=(accelerate | average_now) & (value is not None and safeguard),
             rollback=jax.tree_util.tree_map(jnp.subtract, u, out),
-            loss_hist=jnp.where(reject, state.loss_hist, loss_hist),
-            next_try=jnp.where(reject, count + 1 + penalty_rej, state.next_try),
-            penalty=penalty,
-            trust=jnp.where(
-                reject,
-                jnp.maximum(state.trust / 4.0, 1.0),
-                jnp.where(accepted_pending, jnp.minimum(state.trust * 2.0, 1e8), state.trust),
-            ).astype(dt),
             ema_step=ema_step,
-            ema_sq=ema_sq,
             ema_x=ema_x,
-            n_ema=n_ema,
-            n_loss=jnp.where(reject, state.n_loss, n_loss) if average else state.n_loss,
-            loss_mean=loss_mean,
-            loss_var=loss_var,
-            rsd=rsd.astype(dt),
-            rejected=reject,
-            n_accelerated=state.n_accelerated + accelerate.astype(jnp.int32),
-            n_rejected=state.n_rejected + reject.astype(jnp.int32),
-            n_averaged=state.n_averaged + average_now.astype(jnp.int32),
         )
         new_updates = where(reject, state.rollback, out)
         if unravel is not None:
