@@ -34,6 +34,7 @@ import optax
 from ase.data import covalent_radii
 
 from jaxsci.metrics.structure import match_rows
+from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
     feature_etas,
     feature_scales,
@@ -192,6 +193,7 @@ class _Spec(NamedTuple):
     n_sites: int
     ot_weight: float
     coarse: bool
+    temperature: float
 
 
 @functools.lru_cache(maxsize=64)
@@ -250,15 +252,25 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             return per_atom_sorted_error(feats, aux["t_sorted"], aux["scale"], groups)
         return jnp.zeros(n, x.dtype)
 
-    def one_round(x, best_x, best_loss, stale, age, fresh, key, aux):
-        """One round for one start; returns the state for the next round."""
+    def one_round(x, best_x, best_loss, stale, age, fresh, force, key, aux):
+        """One round for one start; returns the state for the next round.
+
+        The start begins again from ``fresh`` after ``patience`` stale rounds, or now when
+        ``force`` (a crossover child takes its place)."""
         x, hist, val = optimize(x, aux, spec.steps_per_round, age)
         x_end = x
         improved = val < best_loss
-        best_x = jnp.where(improved, x, best_x)
-        best_loss = jnp.where(improved, val, best_loss)
+        k_kick, k_who, k_jit, k_acc = jax.random.split(key, 4)
+        if spec.temperature > 0:
+            # Metropolis acceptance at a temperature relative to the current loss.
+            u = jax.random.uniform(k_acc, (), x.dtype)
+            worse = (val - best_loss) / (spec.temperature * best_loss + 1e-30)
+            accept = improved | (u < jnp.exp(-jnp.where(improved, 0.0, worse)))
+        else:
+            accept = improved
+        best_x = jnp.where(accept, x, best_x)
+        best_loss = jnp.where(accept, val, best_loss)
         stale = jnp.where(improved, 0, stale + 1)
-        k_kick, k_who, k_jit = jax.random.split(key, 3)
         err = per_atom_error(best_x, aux)
         # Kick: the n_kick worst-matching atoms (with a random tie-break) move up to
         # kick_size; every atom jitters a little.
@@ -287,7 +299,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         else:
             kicked = best_x.at[worst].add(step)
         kicked = kicked + 0.05 * aux["kick_size"] * jax.random.normal(k_jit, (n, 3), x.dtype)
-        restart = stale >= aux["patience"]
+        restart = (stale >= aux["patience"]) | force
         x_next = jnp.where(restart, fresh, kicked)
         best_loss = jnp.where(restart, jnp.inf, best_loss)
         best_x = jnp.where(restart, fresh, best_x)
@@ -295,7 +307,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         age = jnp.where(restart, 0, age + 1)
         return x_next, best_x, best_loss, stale, age, hist, x_end, val
 
-    in_axes = (0, 0, 0, 0, 0, 0, 0, None)
+    in_axes = (0, 0, 0, 0, 0, 0, 0, 0, None)
     out_axes = (0, 0, 0, 0, 0, 1, 0, 0)
     round_fn = jax.jit(jax.vmap(one_round, in_axes=in_axes, out_axes=out_axes))
 
@@ -396,6 +408,10 @@ def reconstruct(
     n_sites: int = 0,
     ot_weight: float = 0.0,
     ot_eps: float = 0.05,
+    crossover: float = 0.0,
+    temperature: float = 0.0,
+    population_size: int = 16,
+    twist: float = 0.0,
     progress: bool = False,
 ) -> ReconstructResult:
     """Find positions whose ACSF fingerprint matches ``target``.
@@ -446,6 +462,20 @@ def reconstruct(
         ot_weight, ot_eps: weight and temperature of an entropic optimal-transport set
             loss (:func:`jaxsci.reconstruct.losses.ot_loss`) added to the sorted-column
             loss; it couples each atom's features (the sorted columns do not).
+        temperature: Metropolis acceptance of a round's end point that is worse than the
+            start's current one, with probability ``exp(-(loss - current) / (temperature *
+            current))`` (0 = monotonic basin hopping). The record of every start's best is
+            kept regardless.
+        crossover: genetic search (0 = off; free clusters only, ignored with a cell):
+            every round, ``round(crossover * n_starts)`` of the starts at least two rounds
+            old, those of highest best-so-far loss, begin again from cut-and-splice
+            children (:func:`jaxsci.reconstruct.crossover.cut_and_splice`, Deaven & Ho
+            1995) of two rank-weighted members of the population.
+        population_size: size of that population: the lowest-loss structures reached by
+            any start at the end of any round, no two alike (sorted pair distances).
+        twist: fraction (0-1) of those children that are instead a twist of one member
+            (:func:`jaxsci.reconstruct.crossover.twist`: the half above a random plane
+            rotated about its normal, radii from the centre kept).
         progress: show a tqdm progress bar over rounds.
 
     Returns:
@@ -463,6 +493,13 @@ def reconstruct(
         raise ValueError("reconstruct: n_starts, steps_per_round and max_rounds must be >= 1")
     if not (tol > 0 and kick_size >= 0 and 0 <= kick_fraction <= 1 and patience >= 1):
         raise ValueError("reconstruct: need tol > 0, kick_size >= 0, 0 <= kick_fraction <= 1")
+    if not (0.0 <= crossover <= 1.0 and 0.0 <= twist <= 1.0) or population_size < 2:
+        raise ValueError(
+            f"reconstruct: need 0 <= crossover <= 1 (got {crossover}), 0 <= twist <= 1 "
+            f"(got {twist}) and population_size >= 2 (got {population_size})"
+        )
+    if temperature < 0:
+        raise ValueError(f"reconstruct: need temperature >= 0 (got {temperature})")
     n = len(species_idx)
     opt = default_optimizer(steps_per_round) if optimizer is None else optimizer
     if not isinstance(opt, optax.GradientTransformationExtraArgs):
@@ -486,6 +523,7 @@ def reconstruct(
         n_sites=n_sites,
         ot_weight=float(ot_weight),
         coarse=coarse_length > 0,
+        temperature=float(temperature),
     )
     round_fn, features_fn, starts_fn = _compile(spec, tuple(int(s) for s in species_idx))
 
@@ -543,12 +581,31 @@ def reconstruct(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=max_rounds, desc=f"reconstruct N={n}", leave=False)
+    use_crossover = crossover > 0 and cell_np is None and n > 1
+    population = Population(population_size)
+    rng = None
+    if use_crossover:  # the key stream is untouched without crossover
+        key, k_ga = jax.random.split(key)
+        rng = np.random.default_rng(int(jax.random.randint(k_ga, (), 0, 2**31 - 1)))
+    n_children = int(round(crossover * n_starts))
     while rounds < max_rounds and not done:
         key, k_fresh, k_round = jax.random.split(key, 3)
-        fresh = _shard(starts_fn(jax.random.split(k_fresh, n_starts), aux), n_starts)
+        fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
+        force = np.zeros(n_starts, bool)
+        if rng is not None and len(population) >= 2:
+            # Generational step: the n_children starts of highest best-so-far loss among
+            # those at least two rounds old begin again from cut-and-splice children.
+            cur = np.asarray(state[2], np.float64)
+            old = np.flatnonzero(np.asarray(state[4]) >= 2)
+            who = old[np.argsort(-cur[old], kind="stable")[:n_children]]
+            if len(who):
+                kids = [child(population, species_idx, rng, twist) for _ in who]
+                fresh = fresh.at[who].set(jnp.asarray(np.stack(kids), fresh.dtype))
+                force[who] = True
+        fresh = _shard(fresh, n_starts)
         keys = jax.random.split(k_round, n_starts)
         x_next, best_x, best_loss, stale, age, hist, x_end, end_loss = round_fn(
-            *state, fresh, keys, aux
+            *state, fresh, _shard(jnp.asarray(force), n_starts), keys, aux
         )
         history.append(np.asarray(hist))
         rounds += 1
@@ -566,6 +623,9 @@ def reconstruct(
                 record_x[s] = reached[s]
                 record_err[s] = _rel_error(feats[s], t, perm, pool_ops)
         state = (x_next, best_x, best_loss, stale, age)
+        if use_crossover:
+            for s in np.argsort(end_loss)[: 2 * population_size]:
+                population.add(reached[s], float(end_loss[s]))
         # Polish only the overall best start(s) (n_polish, default 1), and only when never
         # polished or now below the error their last polish reached.
         if not pooled:
