@@ -180,6 +180,25 @@ def _pack(ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, dt) 
     return iv, fv
 
 
+def _ravel(tree: PyTree, dtype: object = None) -> jax.Array:
+    """The leaves of ``tree`` as one vector (``ravel_pytree`` order), materialised once.
+
+    Written leaf by leaf into a buffer (in-place slice writes, a copy each) rather than
+    by ``concatenate``: XLA fuses a concatenate into each of its consumers, and its CPU
+    backend emits a fused concatenate element by element (profiled at 1M parameters:
+    ~100 ms per consuming fusion, five of them per Anderson step, the flat layout's
+    10x slower CPU step).
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    dt = jnp.result_type(*leaves) if dtype is None else dtype
+    buf = jnp.empty((sum(x.size for x in leaves),), dt)
+    off = 0
+    for x in leaves:
+        buf = jax.lax.dynamic_update_slice(buf, x.reshape(-1).astype(dt), (off,))
+        off += x.size
+    return buf
+
+
 class AndersonState(NamedTuple):
     """State of :func:`anderson`: the inner optimizer's state and the Anderson state."""
 
@@ -476,8 +495,9 @@ def scale_by_anderson(
         _check_tree("updates", updates, params)
         unravel = None
         if isinstance(state.x_prev, jax.Array) and _is_flat_of(state.x_prev, params):
-            params, unravel = flatten_util.ravel_pytree(params)
-            updates = flatten_util.ravel_pytree(updates)[0].astype(params.dtype)
+            unravel = flatten_util.ravel_pytree(params)[1]
+            params = _ravel(params)
+            updates = _ravel(updates, params.dtype)
         _check_tree("state", state.x_prev, params)
         dt = _tree.acc_dtype()
         where = lambda c, a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(c, p, q), a, b)
