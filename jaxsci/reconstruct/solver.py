@@ -260,10 +260,10 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         x, hist, val = optimize(x, aux, spec.steps_per_round, age)
         x_end = x
         improved = val < best_loss
-        k_kick, k_who, k_jit, k_acc = jax.random.split(key, 4)
+        k_kick, k_who, k_jit = jax.random.split(key, 3)  # the stream of temperature 0
         if spec.temperature > 0:
             # Metropolis acceptance at a temperature relative to the current loss.
-            u = jax.random.uniform(k_acc, (), x.dtype)
+            u = jax.random.uniform(jax.random.fold_in(key, 1), (), x.dtype)
             worse = (val - best_loss) / (spec.temperature * best_loss + 1e-30)
             accept = improved | (u < jnp.exp(-jnp.where(improved, 0.0, worse)))
         else:
