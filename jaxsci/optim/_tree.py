@@ -144,9 +144,11 @@ def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
     def comb(h):
         c = coefs.astype(h.dtype)
         if h[0].size <= _STACK_MAX:  # loop fusions: no library call
-            return [
-                jnp.sum(c[j].reshape((-1,) + (1,) * (h.ndim - 1)) * h, axis=0) for j in range(k)
-            ]
+            # One [k, ...] reduce (a single kernel, read by every consumer) rather than k
+            # reductions fused into their consumers: the history is then read only before
+            # its one-row write, which XLA can do in place (no per-step buffer copy).
+            both = jnp.sum(c.reshape(c.shape + (1,) * (h.ndim - 1)) * h[None], axis=1)
+            return [both[j] for j in range(k)]
         both = jnp.tensordot(c, h, axes=1).astype(h.dtype)
         return [both[j] for j in range(k)]
 
