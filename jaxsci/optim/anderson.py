@@ -187,10 +187,13 @@ def _ravel(tree: PyTree, dtype: object = None) -> jax.Array:
     by ``concatenate``: XLA fuses a concatenate into each of its consumers, and its CPU
     backend emits a fused concatenate element by element (profiled at 1M parameters:
     ~100 ms per consuming fusion, five of them per Anderson step, the flat layout's
-    10x slower CPU step).
+    10x slower CPU step). On accelerators, where fused concatenates are fast and each
+    slice write would be a kernel launch, a plain concatenate.
     """
     leaves = jax.tree_util.tree_leaves(tree)
     dt = jnp.result_type(*leaves) if dtype is None else dtype
+    if jax.default_backend() != "cpu":  # fused concatenates are fast there; writes = launches
+        return jnp.concatenate([x.reshape(-1).astype(dt) for x in leaves])
     buf = jnp.empty((sum(x.size for x in leaves),), dt)
     off = 0
     for x in leaves:
