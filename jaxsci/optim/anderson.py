@@ -119,7 +119,9 @@ class ScaleByAndersonState(NamedTuple):
     """
 
     ints: jax.Array  # int32 [12 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
-    floats: jax.Array  # [5 + safeguard_memory] acc dtype: _FLOATS, then recent losses (-inf)
+    floats: jax.Array  # [5 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
+    # then <Y_i, u_prev> for the stored rows (orthogonal history: <Y_i, y> = <Y_i, u> minus
+    # it, so each step needs one pass of inner products over Y, not two)
     s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
     y_hist: PyTree  # [m, ...] per leaf: residual (update) differences
     gram: jax.Array  # [m, m] Y^T Y ("window" mode), accumulation dtype
@@ -137,7 +139,14 @@ class ScaleByAndersonState(NamedTuple):
     @property
     def loss_hist(self) -> jax.Array:
         """[safeguard_memory] recent accepted losses (-inf: empty)."""
-        return self.floats[len(_FLOATS) :]
+        m = self.ints.shape[0] - _N_SCALAR_INTS
+        return self.floats[len(_FLOATS) : self.floats.shape[0] - m]
+
+    @property
+    def yu_prev(self) -> jax.Array:
+        """[m] inner products of the stored residual rows with ``u_prev``."""
+        m = self.ints.shape[0] - _N_SCALAR_INTS
+        return self.floats[self.floats.shape[0] - m :]
 
 
 def _int_view(i: int) -> property:
@@ -160,7 +169,9 @@ for _i, _name in enumerate(_FLOATS):
     setattr(ScaleByAndersonState, _name, _float_view(_i))
 
 
-def _pack(ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, dt) -> tuple:
+def _pack(
+    ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, yu_prev: jax.Array, dt
+) -> tuple:
     """The ``ints`` and ``floats`` vectors of the state from named scalars.
 
     Built as one elementwise select chain over an iota (XLA fuses it, with the scalar
@@ -176,7 +187,7 @@ def _pack(ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, dt) 
         return out
 
     iv = vec([ints[k] for k in _INTS + _BOOLS], valid, jnp.int32)
-    fv = vec([floats[k] for k in _FLOATS], loss_hist, dt)
+    fv = vec([floats[k] for k in _FLOATS], jnp.concatenate([loss_hist, yu_prev]), dt)
     return iv, fv
 
 
@@ -381,6 +392,7 @@ def scale_by_anderson(
             {"trust": _TRUST_INIT, "ema_sq": 0.0, "loss_mean": 0.0, "loss_var": 0.0, "rsd": 0.0},
             jnp.zeros((m,), bool),
             jnp.full((safeguard_memory,), -jnp.inf, dt),
+            jnp.zeros((m,), dt),
             dt,
         )
         return ScaleByAndersonState(
@@ -411,8 +423,10 @@ def scale_by_anderson(
         over ``Y`` and ``S`` producing every coefficient's combination at once.
         """
         valid, head = state.valid, state.head
-        c = _tree.hist_dot(state.y_hist, [y, u]) * valid[:, None]
-        cy, cu = c[:, 0], c[:, 1]
+        # <Y_i, y> = <Y_i, u> - <Y_i, u_prev>, the latter kept from the previous step: one
+        # pass over Y (a matrix-vector product per leaf) instead of two.
+        cu = _tree.hist_dot(state.y_hist, [u])[:, 0] * valid
+        cy = (cu - state.yu_prev) * valid
         slot = jnp.arange(m) == head
         a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma if the head row is replaced
         g_drop = jnp.sum(jnp.where(slot, cu, 0.0)) * shrink  # head row's gamma if it is kept
@@ -458,7 +472,8 @@ def scale_by_anderson(
 
         comb = tree_lin(comb_leaf, s_a, y_a, sn, yn, s_old, y_old)
         new_head = jnp.where(keep, (head + 1) % m, head)
-        return sn, yn, s_old, y_old, keep, state.gram, new_valid, new_head, comb
+        yu = jnp.where(slot & keep, y1yu[1] * inv, cu)  # <Y_i, u> over the updated rows
+        return sn, yn, s_old, y_old, keep, state.gram, new_valid, new_head, comb, yu, cu
 
     def insert_window(state, s, y, u, pair_ok, g0):
         """Textbook windowed history with an incrementally updated Gram matrix."""
@@ -487,7 +502,8 @@ def scale_by_anderson(
             return jnp.where(pair_ok, full, 0.0)
 
         comb = tree_lin(comb_leaf, s_a, y_a, s, y)
-        return s, y, s_old, y_old, jnp.asarray(True), gram, valid, (head + 1) % m, comb
+        zero = jnp.zeros((m,), dt)  # <Y_i, u_prev> is not used by this mode
+        return s, y, s_old, y_old, jnp.asarray(True), gram, valid, (head + 1) % m, comb, zero, zero
 
     insert = insert_orthogonal if history == "orthogonal" else insert_window
 
@@ -555,9 +571,11 @@ def scale_by_anderson(
         nu2 = g0[1, 1]
         u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
         pair_ok = state.has_prev & u_finite & ~reject
-        s_row, y_row, s_old, y_old, keep, gram, valid, head, comb = insert(
+        s_row, y_row, s_old, y_old, keep, gram, valid, head, comb, yu_new, yu_old = insert(
             state, s, y, u, pair_ok, g0
         )
+        # u_prev becomes u unless this step is a rollback (then the history is reset).
+        yu_prev = jnp.where(reject, state.yu_prev, jnp.where(pair_ok, yu_new, yu_old))
         write = pair_ok & keep
         idx = state.head
         gram = jnp.where(pair_ok, gram, state.gram)
@@ -679,6 +697,7 @@ def scale_by_anderson(
             },
             jnp.where(reset, jnp.zeros_like(valid), valid),
             jnp.where(reject, state.loss_hist, loss_hist),
+            yu_prev,
             dt,
         )
         new_state = ScaleByAndersonState(
