@@ -205,11 +205,14 @@ def _ravel(tree: PyTree, dtype: object = None) -> jax.Array:
     dt = jnp.result_type(*leaves) if dtype is None else dtype
     if jax.default_backend() != "cpu":  # fused concatenates are fast there; writes = launches
         return jnp.concatenate([x.reshape(-1).astype(dt) for x in leaves])
-    buf = jnp.empty((sum(x.size for x in leaves),), dt)
-    off = 0
+    offsets = [0]
     for x in leaves:
-        buf = jax.lax.dynamic_update_slice(buf, x.reshape(-1).astype(dt), (off,))
-        off += x.size
+        offsets.append(offsets[-1] + x.size)
+    buf = jnp.empty((offsets[-1],), dt)
+    # Largest leaf first: XLA turns the first write into an empty buffer into a pad (a
+    # full-length write); the other writes are in place (measured: pad 1.45 -> 0.59 ms).
+    for i in sorted(range(len(leaves)), key=lambda i: -leaves[i].size):
+        buf = jax.lax.dynamic_update_slice(buf, leaves[i].reshape(-1).astype(dt), (offsets[i],))
     return buf
 
 
