@@ -150,6 +150,69 @@ def _starting_rotations(
     return mats
 
 
+def _anchor_rotations(
+    p: np.ndarray,
+    q: np.ndarray,
+    sp: np.ndarray,
+    sq: np.ndarray,
+    allow_reflection: bool,
+    tol: float = 0.35,
+    keep: int = 8,
+    max_triples: int = 4000,
+) -> list[np.ndarray]:
+    """Rotations that map a triangle of ``p`` onto a distinctive triangle of ``q``.
+
+    The anchor is the outermost atom ``a`` of ``q``, its nearest neighbour ``b`` and the
+    neighbour ``c`` making the widest triangle with them. Every triple of ``p`` of the same
+    species whose distances from the centre and side lengths match within ``tol`` (Angstrom)
+    gives a Kabsch rotation (centre plus three atoms); the ``keep`` rotations with the
+    smallest nearest-neighbour RMSD seed the assignment loop. This finds the right frame of
+    near-identical, near-spherical clusters, where principal axes are degenerate and random
+    starting rotations can all fall into a wrong assignment.
+    """
+    n = len(q)
+    if n < 4:
+        return []
+    rq, rp = np.linalg.norm(q, axis=1), np.linalg.norm(p, axis=1)
+    dq = np.linalg.norm(q[:, None] - q[None], axis=-1)
+    dp = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    a = int(np.argmax(rq))
+    order = [int(i) for i in np.argsort(dq[a]) if i != a]
+    b = order[0]
+    near = [i for i in order[1:] if dq[a, i] < 1.5 * dq[a, b]] or order[1:2]
+    area = [np.linalg.norm(np.cross(q[b] - q[a], q[i] - q[a])) for i in near]
+    c = near[int(np.argmax(area))]
+    ok = lambda target: (sp == sq[target]) & (np.abs(rp - rq[target]) < tol)
+    triples = []
+    for i in np.flatnonzero(ok(a)):
+        js = np.flatnonzero(ok(b) & (np.abs(dp[i] - dq[a, b]) < tol))
+        ks = np.flatnonzero(ok(c) & (np.abs(dp[i] - dq[a, c]) < tol))
+        for j in js:
+            for k in ks[np.abs(dp[j, ks] - dq[b, c]) < tol]:
+                if len({int(i), int(j), int(k)}) == 3:
+                    triples.append((i, j, k))
+        if len(triples) > max_triples:
+            break
+    if not triples:
+        return []
+    t = np.asarray(triples[:max_triples])
+    qa = np.concatenate([np.zeros((1, 3)), q[[a, b, c]]])
+    mirror = np.diag([1.0, 1.0, -1.0])
+    rots = []
+    for tri in t:
+        pa = np.concatenate([np.zeros((1, 3)), p[tri]])
+        rots.append(_kabsch(pa, qa, False))
+        if allow_reflection:
+            rots.append(_kabsch(pa @ mirror, qa, False) @ mirror)
+    rots = np.asarray(rots)
+    score = np.empty(len(rots))
+    for lo in range(0, len(rots), 128):  # nearest-neighbour RMSD^2, [128, n, n] at a time
+        moved = np.einsum("nj,rij->rni", p, rots[lo : lo + 128])
+        d2 = ((moved[:, None, :, :] - q[None, :, None, :]) ** 2).sum(-1)
+        score[lo : lo + 128] = d2.min(-1).mean(-1)
+    return list(rots[np.argsort(score)[:keep]])
+
+
 def align(
     positions: Any,
     reference: Any,
@@ -165,8 +228,9 @@ def align(
 
     Minimises the RMSD over rigid rotations (and reflections when
     ``allow_reflection``), translations, and permutations of atoms of the same
-    species: from each starting orientation (principal-axis frames and
-    ``n_random`` random rotations) it alternates the Hungarian assignment on
+    species: from each starting orientation (rotations that map a matching
+    triangle of atoms onto a distinctive triangle of the reference, principal-axis
+    frames and ``n_random`` random rotations) it alternates the Hungarian assignment on
     squared distances with the Kabsch rotation until the assignment is stable,
     and keeps the best. Species default to those of ``ase.Atoms`` inputs, else
     all atoms are one species. Raises ``ValueError`` when atom counts or species
@@ -197,7 +261,11 @@ def align(
 
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     seen: set[bytes] = set()
-    for rot in _starting_rotations(p0, q0, n_random, seed, allow_reflection):
+    starts = []  # matched triangles first (tolerance 0.35 A, then 0.7 A for noisier pairs)
+    for tol in (0.35, 0.7):
+        starts += _anchor_rotations(p0, q0, sp, sq, allow_reflection, tol)
+    starts += _starting_rotations(p0, q0, n_random, seed, allow_reflection)
+    for rot in starts:
         perm = assign(rot)
         for _ in range(max_iter):
             rot = _kabsch(p0[perm], q0, allow_reflection)
