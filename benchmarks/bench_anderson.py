@@ -4,6 +4,7 @@
     python benchmarks/bench_anderson.py --sizes 1000000 --repeats 9
     python benchmarks/bench_anderson.py --sizes 1000000 --batch 64 1024 --memories 5
     python benchmarks/bench_anderson.py --results runs/anderson/<stamp>/results.json
+    python benchmarks/bench_anderson.py --results <...>/results.json --time-to-target --repeats 21
 
 Times a full training step (forward, backward, optimizer update, apply) of an MLP with
 about 100k and 1M parameters, batch 64 (``--batch``), for the inner optimizer alone (the anchor) and
@@ -153,6 +154,76 @@ def print_study_ratios(path: str) -> None:
             print(f"  {name:24s} {k:45s} {'-' if v is None else f'{v:.2f}'}")
 
 
+def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
+    """Re-time the deterministic problems of a finished study, interleaved.
+
+    For every seed, the tuned Nesterov and Adam and ``anderson(sgd(1/L), m)`` each run
+    exactly the iterations they needed to reach the target (from ``results.json``) in a
+    compiled ``fori_loop``; the methods are interleaved in every repeat, the median over
+    repeats is taken, and the ratio is best-baseline time / Anderson time per seed (median
+    over seeds printed). Same process, same load: the study's own timing is sequential.
+    """
+    from experiments.anderson import problems as problems_mod
+    from experiments.anderson import runner
+
+    with open(path) as fh:
+        res = json.load(fh)
+    out = {}
+    for name, pr in res["problems"].items():
+        if not pr["deterministic"] or (problem_names and name not in problem_names):
+            continue
+        problem = getattr(problems_mod, name)()
+        with jax.enable_x64(True):
+            cases = []  # (method name, seed, compiled, args)
+            for mname, summ in pr["summary"].items():
+                if mname not in ("nesterov", "adam") and not mname.startswith("aa_sgd"):
+                    continue
+                method = runner.Method(**summ["method"])
+                f = lambda p, problem=problem: problem.loss(p, problem.data)
+                for seed, rec in enumerate(summ["seeds"]):
+                    if rec["iters"] is None:
+                        continue
+                    opt = method.build()
+                    step = runner._det_step(method, opt, f)
+                    n = int(rec["iters"])
+                    prog = jax.jit(
+                        lambda p0, opt=opt, step=step, n=n: jax.lax.fori_loop(
+                            0,
+                            n,
+                            lambda i, carry, step=step: step(carry, None)[0],
+                            (p0, opt.init(p0)),
+                        )
+                    )
+                    p0 = problem.init(jax.random.PRNGKey(seed))
+                    jax.block_until_ready(prog(p0))
+                    cases.append((mname, seed, prog, p0))
+            t = {(c[0], c[1]): [] for c in cases}
+            for _ in range(repeats):
+                for mname, seed, prog, p0 in cases:
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(prog(p0))
+                    t[mname, seed].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in t.items()}
+        seeds = sorted({k[1] for k in med})
+        print(f"\n{name}: time to target [ms], median of {repeats} interleaved repeats")
+        ratios = {}
+        for mname in sorted({k[0] for k in med}):
+            row = [med.get((mname, sd)) for sd in seeds]
+            txt = " ".join("-" if v is None else f"{1e3 * v:7.3f}" for v in row)
+            line = f"  {mname:12s} {txt}"
+            if mname.startswith("aa_sgd"):
+                r = [
+                    min(med[b, sd] for b in ("nesterov", "adam") if (b, sd) in med) / med[mname, sd]
+                    for sd in seeds
+                    if (mname, sd) in med
+                ]
+                ratios[mname] = float(np.median(r))
+                line += f"   speedup {ratios[mname]:.2f} [{' '.join(f'{x:.2f}' for x in r)}]"
+            print(line)
+        out[name] = {"ms": {f"{k[0]}/{k[1]}": 1e3 * v for k, v in med.items()}, "speedup": ratios}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -169,8 +240,16 @@ def main(argv=None):
     )
     ap.add_argument("--batch", type=int, nargs="+", default=[64], help="minibatch size(s)")
     ap.add_argument("--results", default=None, help="results.json of an Anderson study")
+    ap.add_argument(
+        "--time-to-target",
+        action="store_true",
+        help="with --results: re-time the deterministic problems' time to target, interleaved",
+    )
     a = ap.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
+    if a.results and a.time_to_target:
+        print_study_ratios(a.results)
+        return time_to_target(a.results, a.repeats)
     out = [
         bench_size(n, inner, a.memories, a.steps, a.repeats, b, tuple(a.layout))
         for b in a.batch

@@ -143,10 +143,12 @@ def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
 
     def comb(h):
         c = coefs.astype(h.dtype)
-        if h[0].size <= _STACK_MAX:  # loop fusions: no library call
-            # One [k, ...] reduce (a single kernel, read by every consumer) rather than k
-            # reductions fused into their consumers: the history is then read only before
-            # its one-row write, which XLA can do in place (no per-step buffer copy).
+        # One [k, ...] product read by every consumer (not k reductions fused into their
+        # consumers): the history is then read only before its one-row write, which XLA
+        # does in place (no per-step copy of the buffer). A matrix product except for tiny
+        # leaves: XLA's CPU loop over the history axis cost ~0.5 us per row at 200 entries
+        # (least squares, m = 10 / 20: 1.74 / 1.99x a Nesterov step vs 1.35 / 1.46x).
+        if h[0].size <= _TILE:
             both = jnp.sum(c.reshape(c.shape + (1,) * (h.ndim - 1)) * h[None], axis=1)
             return [both[j] for j in range(k)]
         both = jnp.tensordot(c, h, axes=1).astype(h.dtype)
