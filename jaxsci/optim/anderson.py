@@ -375,8 +375,9 @@ def scale_by_anderson(
             for x in leaves
         )
         # auto: flat on accelerators (fewer kernels: H200, 1M params, m = 5, train step
-        # 3.8x vs 5.8x the SGD step); per-leaf on CPU, where XLA's flat program was 7x
-        # slower (192 vs 26 ms at 1M params) and the leaves are already large.
+        # 3.7x vs 5.8x the SGD step); per-leaf on CPU, where the leaves are already large
+        # and, since the flat vector is built by slice writes (was a concatenate, 7x
+        # slower), the two layouts are within noise of each other (RESULTS.md, #5).
         return layout == "flat" or (not sharded and jax.default_backend() != "cpu")
 
     def init_fn(params: PyTree) -> ScaleByAndersonState:
