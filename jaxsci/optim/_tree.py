@@ -17,9 +17,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 PyTree = object
 # On small problems (hundreds of parameters) an Anderson step costs its kernel count on
 # CPU (~50 ns per kernel), and a library call (dot, YNNPACK fusion) several kernels' worth.
-# Leaves up to this size therefore get stacked inner products and history products as
+# Leaves up to this size therefore get inner products and history products as
 # elementwise-and-reduce loops (no library call); larger leaves get matrix products and
-# one reduction per pair (a stack would copy them: +1.8 ms on a 7 ms update at 1M).
+# one reduction per pair (stacking them would copy them: +1.8 ms on a 7 ms update at 1M).
 _STACK_MAX = 1 << 16
 # XLA's CPU backend rewrites a reduction over an axis longer than 32 into a reduce-window
 # plus a reduce (two kernels, neither fused with the product feeding it). Small inner
@@ -69,42 +69,35 @@ def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sum(x.astype(dt) * y.astype(dt))
 
 
-def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
-    """``[<v, o> for o in others]``, accumulated in ``acc_dtype()``.
-
-    Small leaves: one stacked product-and-reduce per leaf instead of one per pair (XLA's
-    CPU backend lowers each ``sum(x * y)`` to up to three kernels).
-    """
+def _leaf_dot(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``<x, y>`` of two leaves in ``acc_dtype()``: small leaves by :func:`sum_last` (one
+    fused kernel on CPU instead of up to three), large ones by a plain reduction."""
+    if x.size > _STACK_MAX:
+        return _dot(x, y)
     dt = acc_dtype()
+    return sum_last(x.reshape(-1).astype(dt) * y.reshape(-1).astype(dt))
+
+
+def dots(v: PyTree, others: list[PyTree]) -> jax.Array:
+    """``[<v, o> for o in others]``, accumulated in ``acc_dtype()``."""
     other_leaves = [_leaves(o) for o in others]
     out = None
     for i, x in enumerate(_leaves(v)):
-        cols = [ol[i] for ol in other_leaves]
-        if x.size <= _STACK_MAX:
-            xf = x.reshape(-1).astype(dt)
-            d = jnp.stack([sum_last(xf * c.reshape(-1).astype(dt)) for c in cols])
-        else:  # large leaf: the stack would be an extra pass over memory
-            d = jnp.stack([_dot(x, c) for c in cols])
+        d = jnp.stack([_leaf_dot(x, ol[i]) for ol in other_leaves])
         out = d if out is None else out + d
     return out
 
 
 def gram(vecs: list[PyTree]) -> jax.Array:
-    """``[k, k]`` Gram matrix of ``k`` pytrees, one matrix product per leaf (``acc_dtype()``)."""
-    dt = acc_dtype()
+    """``[k, k]`` Gram matrix of ``k`` pytrees (``acc_dtype()``): each pair's inner product
+    computed once per leaf (``k (k + 1) / 2`` of them), mirrored."""
     vec_leaves = [_leaves(o) for o in vecs]
+    k = len(vecs)
     out = None
     for i in range(len(vec_leaves[0])):
         xs = [vl[i] for vl in vec_leaves]
-        if xs[0].size <= _STACK_MAX:
-            rows = [x.reshape(-1).astype(dt) for x in xs]
-            k = len(rows)
-            pair = {(a, b): sum_last(rows[a] * rows[b]) for a in range(k) for b in range(a, k)}
-            g = jnp.stack(
-                [jnp.stack([pair[min(a, b), max(a, b)] for b in range(k)]) for a in range(k)]
-            )
-        else:  # large leaf: no stacked copy
-            g = jnp.stack([jnp.stack([_dot(a, b) for b in xs]) for a in xs])
+        pair = {(a, b): _leaf_dot(xs[a], xs[b]) for a in range(k) for b in range(a, k)}
+        g = jnp.stack([jnp.stack([pair[min(a, b), max(a, b)] for b in range(k)]) for a in range(k)])
         out = g if out is None else out + g
     return out
 
@@ -150,8 +143,8 @@ def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
         # (least squares, m = 10 / 20: 1.74 / 1.99x a Nesterov step vs 1.35 / 1.46x).
         if h[0].size <= _TILE:
             both = jnp.sum(c.reshape(c.shape + (1,) * (h.ndim - 1)) * h[None], axis=1)
-            return [both[j] for j in range(k)]
-        both = jnp.tensordot(c, h, axes=1).astype(h.dtype)
+        else:
+            both = jnp.tensordot(c, h, axes=1).astype(h.dtype)
         return [both[j] for j in range(k)]
 
     leaves, treedef = jax.tree_util.tree_flatten(hist)
