@@ -156,17 +156,18 @@ def _anchor_rotations(
     sp: np.ndarray,
     sq: np.ndarray,
     allow_reflection: bool,
-    tol: float = 0.35,
+    tols: tuple[float, ...] = (0.35, 0.7),
     keep: int = 8,
     max_triples: int = 4000,
 ) -> list[np.ndarray]:
     """Rotations that map a triangle of ``p`` onto a distinctive triangle of ``q``.
 
     The anchor is the outermost atom ``a`` of ``q``, its nearest neighbour ``b`` and the
-    neighbour ``c`` making the widest triangle with them. Every triple of ``p`` of the same
-    species whose distances from the centre and side lengths match within ``tol`` (Angstrom)
-    gives a Kabsch rotation (centre plus three atoms); the ``keep`` rotations with the
-    smallest nearest-neighbour RMSD seed the assignment loop. This finds the right frame of
+    neighbour ``c`` making the widest triangle with them. For each tolerance in ``tols``
+    (Angstrom; the looser one for noisier pairs), every triple of ``p`` of the same species
+    whose distances from the centre and side lengths match within it gives a Kabsch
+    rotation (centre plus three atoms), and the ``keep`` rotations with the smallest
+    nearest-neighbour RMSD seed the assignment loop. This finds the right frame of
     near-identical, near-spherical clusters, where principal axes are degenerate and random
     starting rotations can all fall into a wrong assignment.
     """
@@ -182,35 +183,39 @@ def _anchor_rotations(
     near = [i for i in order[1:] if dq[a, i] < 1.5 * dq[a, b]] or order[1:2]
     area = [np.linalg.norm(np.cross(q[b] - q[a], q[i] - q[a])) for i in near]
     c = near[int(np.argmax(area))]
-    ok = lambda target: (sp == sq[target]) & (np.abs(rp - rq[target]) < tol)
-    triples = []
-    for i in np.flatnonzero(ok(a)):
-        js = np.flatnonzero(ok(b) & (np.abs(dp[i] - dq[a, b]) < tol))
-        ks = np.flatnonzero(ok(c) & (np.abs(dp[i] - dq[a, c]) < tol))
-        for j in js:
-            for k in ks[np.abs(dp[j, ks] - dq[b, c]) < tol]:
-                if len({int(i), int(j), int(k)}) == 3:
-                    triples.append((i, j, k))
-        if len(triples) > max_triples:
-            break
-    if not triples:
-        return []
-    t = np.asarray(triples[:max_triples])
     qa = np.concatenate([np.zeros((1, 3)), q[[a, b, c]]])
     mirror = np.diag([1.0, 1.0, -1.0])
-    rots = []
-    for tri in t:
-        pa = np.concatenate([np.zeros((1, 3)), p[tri]])
-        rots.append(_kabsch(pa, qa, False))
-        if allow_reflection:
-            rots.append(_kabsch(pa @ mirror, qa, False) @ mirror)
-    rots = np.asarray(rots)
-    score = np.empty(len(rots))
-    for lo in range(0, len(rots), 128):  # nearest-neighbour RMSD^2, [128, n, n] at a time
-        moved = np.einsum("nj,rij->rni", p, rots[lo : lo + 128])
-        d2 = ((moved[:, None, :, :] - q[None, :, None, :]) ** 2).sum(-1)
-        score[lo : lo + 128] = d2.min(-1).mean(-1)
-    return list(rots[np.argsort(score)[:keep]])
+
+    def at(tol: float) -> list[np.ndarray]:  # the geometry above is shared
+        ok = lambda target: (sp == sq[target]) & (np.abs(rp - rq[target]) < tol)
+        triples = []
+        for i in np.flatnonzero(ok(a)):
+            js = np.flatnonzero(ok(b) & (np.abs(dp[i] - dq[a, b]) < tol))
+            ks = np.flatnonzero(ok(c) & (np.abs(dp[i] - dq[a, c]) < tol))
+            for j in js:
+                for k in ks[np.abs(dp[j, ks] - dq[b, c]) < tol]:
+                    if len({int(i), int(j), int(k)}) == 3:
+                        triples.append((i, j, k))
+            if len(triples) > max_triples:
+                break
+        if not triples:
+            return []
+        t = np.asarray(triples[:max_triples])
+        rots = []
+        for tri in t:
+            pa = np.concatenate([np.zeros((1, 3)), p[tri]])
+            rots.append(_kabsch(pa, qa, False))
+            if allow_reflection:
+                rots.append(_kabsch(pa @ mirror, qa, False) @ mirror)
+        rots = np.asarray(rots)
+        score = np.empty(len(rots))
+        for lo in range(0, len(rots), 128):  # nearest-neighbour RMSD^2, [128, n, n] at a time
+            moved = np.einsum("nj,rij->rni", p, rots[lo : lo + 128])
+            d2 = ((moved[:, None, :, :] - q[None, :, None, :]) ** 2).sum(-1)
+            score[lo : lo + 128] = d2.min(-1).mean(-1)
+        return list(rots[np.argsort(score)[:keep]])
+
+    return [rot for tol in tols for rot in at(tol)]
 
 
 def align(
@@ -261,9 +266,7 @@ def align(
 
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     seen: set[bytes] = set()
-    starts = []  # matched triangles first (tolerance 0.35 A, then 0.7 A for noisier pairs)
-    for tol in (0.35, 0.7):
-        starts += _anchor_rotations(p0, q0, sp, sq, allow_reflection, tol)
+    starts = _anchor_rotations(p0, q0, sp, sq, allow_reflection)  # matched triangles first
     starts += _starting_rotations(p0, q0, n_random, seed, allow_reflection)
     for rot in starts:
         perm = assign(rot)
