@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsci.metrics.structure import pair_distance_difference, sorted_pair_distances
+
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """Uniform random rotation matrix ``[3, 3]`` (QR of a Gaussian matrix, det +1)."""
@@ -21,17 +23,12 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def pair_signature(x: np.ndarray) -> np.ndarray:
-    """Sorted pair distances ``[N (N - 1) / 2]`` (Angstrom) of ``x [N, 3]``."""
-    d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
-    return np.sort(d[np.triu_indices(len(x), 1)])
-
-
 class Population:
     """The ``size`` lowest-loss structures seen, no two alike.
 
     Two structures are alike when their sorted pair distances differ by less than
-    ``min_distance`` (Angstrom, mean absolute difference); the lower loss is kept.
+    ``min_distance`` (Angstrom, :func:`jaxsci.metrics.pair_distance_difference`); the lower
+    loss is kept.
     """
 
     def __init__(self, size: int, min_distance: float = 0.02):
@@ -50,9 +47,9 @@ class Population:
             return False
         if len(self.x) >= self.size and loss >= self.loss[-1]:
             return False
-        sig = pair_signature(x)
+        sig = sorted_pair_distances(x)
         for i, s in enumerate(self._sig):
-            if np.mean(np.abs(s - sig)) < self.min_distance:
+            if pair_distance_difference(s, sig) < self.min_distance:
                 if loss >= self.loss[i]:
                     return False
                 del self.x[i], self.loss[i], self._sig[i]
