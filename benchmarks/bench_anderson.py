@@ -159,9 +159,10 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
 
     For every seed, the tuned Nesterov and Adam and ``anderson(sgd(1/L), m)`` each run
     exactly the iterations they needed to reach the target (from ``results.json``) in a
-    compiled ``fori_loop``; the methods are interleaved in every repeat, the median over
-    repeats is taken, and the ratio is best-baseline time / Anderson time per seed (median
-    over seeds printed). Same process, same load: the study's own timing is sequential.
+    compiled loop (:func:`experiments.anderson.runner.step_loop`); the methods are
+    interleaved in every repeat, the median over repeats is taken, and the ratio is
+    best-baseline time / Anderson time per seed (median over seeds printed). Same process,
+    same load: the study's own timing is sequential.
     """
     from experiments.anderson import problems as problems_mod
     from experiments.anderson import runner
@@ -178,22 +179,11 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
             for mname, summ in pr["summary"].items():
                 if mname not in ("nesterov", "adam") and not mname.startswith("aa_sgd"):
                     continue
-                method = runner.Method(**summ["method"])
-                f = lambda p, problem=problem: problem.loss(p, problem.data)
+                loop = runner.step_loop(problem, runner.Method(**summ["method"]))
                 for seed, rec in enumerate(summ["seeds"]):
                     if rec["iters"] is None:
                         continue
-                    opt = method.build()
-                    step = runner._det_step(method, opt, f)
-                    n = int(rec["iters"])
-                    prog = jax.jit(
-                        lambda p0, opt=opt, step=step, n=n: jax.lax.fori_loop(
-                            0,
-                            n,
-                            lambda i, carry, step=step: step(carry, None)[0],
-                            (p0, opt.init(p0)),
-                        )
-                    )
+                    prog = lambda p0, loop=loop, n=int(rec["iters"]): loop(p0, n)
                     p0 = problem.init(jax.random.PRNGKey(seed))
                     jax.block_until_ready(prog(p0))
                     cases.append((mname, seed, prog, p0))

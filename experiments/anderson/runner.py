@@ -15,7 +15,9 @@ search's evaluations (at least one per iteration).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -116,14 +118,10 @@ def run_deterministic(problem: Problem, method: Method, key: jax.Array, steps: i
     return out
 
 
-def time_deterministic(problem: Problem, method: Method, key: jax.Array, steps: int) -> float:
-    """Seconds to take exactly ``steps`` steps (a compiled loop with a traced trip count,
-    nothing recorded; median of up to 7 calls after a warm-up call).
-
-    Time to target is measured this way, not prorated from a longer run: after
-    convergence a step can cost more or less than before (e.g. Anderson's
-    re-orthogonalisation branch is taken more often once the differences are tiny).
-    """
+def step_loop(problem: Problem, method: Method) -> Callable[[Any, int], Any]:
+    """``loop(p0, steps) -> (params, opt_state)``: exactly ``steps`` steps of ``method`` on a
+    deterministic problem, in a compiled loop with a traced trip count (nothing recorded;
+    compiled once per method structure, x64 mode and problem)."""
     cache_key = ("fori", problem.name, jax.config.jax_enable_x64, method.structure)
     if cache_key not in _COMPILED:
         f = lambda p: problem.loss(p, problem.data)
@@ -135,13 +133,24 @@ def time_deterministic(problem: Problem, method: Method, key: jax.Array, steps: 
             return jax.lax.fori_loop(0, n, body, (p0, opt.init(p0)))
 
         _COMPILED[cache_key] = jax.jit(program)
-    run = _COMPILED[cache_key]
-    p0, hyper, n = problem.init(key), _hyper(method), jnp.asarray(steps, jnp.int32)
-    jax.block_until_ready(run(p0, hyper, n))
+    run, hyper = _COMPILED[cache_key], _hyper(method)
+    return lambda p0, steps: run(p0, hyper, jnp.asarray(steps, jnp.int32))
+
+
+def time_deterministic(problem: Problem, method: Method, key: jax.Array, steps: int) -> float:
+    """Seconds to take exactly ``steps`` steps (:func:`step_loop`; median of up to 7 calls
+    after a warm-up call).
+
+    Time to target is measured this way, not prorated from a longer run: after
+    convergence a step can cost more or less than before (e.g. Anderson's
+    re-orthogonalisation branch is taken more often once the differences are tiny).
+    """
+    loop, p0 = step_loop(problem, method), problem.init(key)
+    jax.block_until_ready(loop(p0, steps))
     walls = []
     while len(walls) < 7 and sum(walls) < 1.0:  # short runs: more calls against noise
         t0 = time.perf_counter()
-        jax.block_until_ready(run(p0, hyper, n))
+        jax.block_until_ready(loop(p0, steps))
         walls.append(time.perf_counter() - t0)
     return float(np.median(walls))
 
