@@ -20,6 +20,7 @@ the same step trains one conditional model on all labels (the baseline) or, unde
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -373,16 +374,20 @@ def train_per_label(
         ckpt = Checkpointer(folder, keep=2, info=single)
         if ckpt.latest_step() is None:
 
-            def block_target(block: Sequence[int], step: int) -> dict[str, Any]:
-                """Shapes of a saved block's ``{"state", "history"}`` at ``step``."""
+            @functools.cache
+            def metric_dtypes() -> dict[str, Any]:  # traces the step: once, and only if needed
                 one = jax.tree.map(lambda x: x[0], (states, pools))
                 metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
+                return {k: v.dtype for k, v in metrics.items()}
+
+            def block_target(block: Sequence[int], step: int) -> dict[str, Any]:
+                """Shapes of a saved block's ``{"state", "history"}`` at ``step``."""
                 init = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))
                 return {
                     "state": jax.eval_shape(init, label_keys(key, block)),
                     "history": {
-                        k: jax.ShapeDtypeStruct((len(block), step), v.dtype)
-                        for k, v in metrics.items()
+                        k: jax.ShapeDtypeStruct((len(block), step), dt)
+                        for k, dt in metric_dtypes().items()
                     },
                 }
 
