@@ -8,12 +8,12 @@
    ``--worker`` mode for r = 1 and every ``--ranks``, each rank training
    ``--labels-per-rank`` labels (so r ranks train r times as many labels in total), each rank
    pinned to its own core (checked: the run fails unless the ranks' cpu sets are disjoint
-   and of equal size). Timed per rank after a
-   barrier: the training steps plus the final gather of the parameters; the slowest rank
-   counts; efficiency = t(1 rank) / t(r ranks) (1.0 is perfect weak scaling). Each launch
-   times ``--inner-repeats`` runs (same models from the same init, a barrier before each),
-   after one untimed warm-up run; ``--repeats`` launches cycle through the rank counts. The
-   persistent compile cache (``.cache/jax``) spares the launches after the first a compile.
+   and of equal size). Timed per rank after a barrier: the training steps plus the final
+   gather of the parameters; the slowest rank counts; efficiency = t(1 rank) / t(r ranks)
+   (1.0 is perfect weak scaling). Each launch times ``--inner-repeats`` runs (same models
+   from the same init, a barrier before each), after one untimed warm-up run; ``--repeats``
+   launches cycle through the rank counts. The persistent compile cache (``.cache/jax``)
+   spares the launches after the first a compile.
 
     python benchmarks/bench_cgan.py                      # defaults: CPU-sized
     python benchmarks/bench_cgan.py --labels 10 --steps 40 --batch-size 64 --repeats 5
@@ -156,13 +156,14 @@ def weak_scaling(args) -> dict:
         "--inner-repeats", str(args.inner_repeats),
     ]  # fmt: skip
     ranks = sorted(set([1, *args.ranks]))
+    launcher = args.mpirun or _mpirun()
     times: dict[int, list[float]] = {n: [] for n in ranks}
     cpu: dict[int, list[float]] = {n: [] for n in ranks}
     cpu_sets: dict[int, list[list[int]]] = {}
     for _ in range(args.repeats):
         for n in ranks:
             out = subprocess.run(
-                [args.mpirun or _mpirun(), *BIND, "-n", str(n), *base], env=env,
+                [launcher, *BIND, "-n", str(n), *base], env=env,
                 capture_output=True, text=True, cwd=ROOT,
             )  # fmt: skip
             if out.returncode != 0:
