@@ -39,6 +39,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, reference_states
 
+from jaxsci.geometry.motifs import MOTIFS, motif_positions
+
 __all__ = [
     "PtClusterConfig",
     "PtClusterDataset",
@@ -275,50 +277,12 @@ def relax_many(
 # --------------------------------------------------------------------------- seeds
 
 
-def _trim(positions: np.ndarray, n: int, rng: np.random.Generator, d_nn: float) -> np.ndarray:
-    """The ``n`` positions nearest a randomly shifted centroid (random tie-breaking)."""
-    if len(positions) < n:
-        raise ValueError(f"seed has {len(positions)} atoms, fewer than {n}")
-    centre = positions.mean(0) + rng.normal(0.0, 0.1 * d_nn, 3)
-    dist = np.linalg.norm(positions - centre, axis=1) + rng.uniform(0.0, 1e-3, len(positions))
-    keep = np.argsort(dist, kind="stable")[:n]
-    out = positions[keep]
-    return out - out.mean(0)
-
-
 def _shape_positions(shape: str, element: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    from ase.cluster import Decahedron, Icosahedron, Octahedron, wulff_construction
-
     a = reference_states[atomic_numbers[element]]["a"]
     d_nn = a / np.sqrt(2.0)
-    if shape == "icosahedron":
-        k = 1
-        while 10 * k**3 / 3 - 5 * k**2 + 11 * k / 3 - 1 < n:  # atoms in a k-shell icosahedron
-            k += 1
-        pos = Icosahedron(element, k, latticeconstant=a).positions
-    elif shape == "decahedron":
-        p = 2
-        while len(pos := Decahedron(element, p, p, 0, latticeconstant=a).positions) < n:
-            p += 1
-    elif shape == "octahedron":
-        length = 3
-        while len(pos := Octahedron(element, length, 0, latticeconstant=a).positions) < n:
-            length += 1
-    elif shape == "wulff":
-        surf = [(1, 0, 0), (1, 1, 1)]
-        pos = wulff_construction(
-            element, surf, [1.0, 0.9], n, "fcc", rounding="above", latticeconstant=a
-        ).positions
-    elif shape == "fcc_ball":
-        m = int(np.ceil((n * 1.5) ** (1.0 / 3.0) / 1.2)) + 2
-        grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
-        basis = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
-        lattice = (grid[:, None, :] + basis[None]).reshape(-1, 3) * a
-        centre = rng.uniform(0.0, a, 3)
-        dist = np.linalg.norm(lattice - centre, axis=1) + rng.uniform(0.0, 1e-3, len(lattice))
-        pos = lattice[np.argsort(dist)[:n]]
-        return pos - pos.mean(0)
-    elif shape == "random":
+    if shape in MOTIFS:
+        return motif_positions(shape, n, a, rng)
+    if shape == "random":
         # random sequential addition in a sphere of about bulk density: every new atom keeps
         # >= 0.85 d_NN from the others and bonds (< 1.15 d_NN) to one of them, so the seed
         # is one connected, compact, disordered cluster
@@ -339,9 +303,7 @@ def _shape_positions(shape: str, element: str, n: int, rng: np.random.Generator)
             pts = np.vstack([pts, v])
             tries = 0
         return pts - pts.mean(0)
-    else:  # validated earlier
-        raise ValueError(f"unknown shape {shape!r}")
-    return _trim(np.asarray(pos, dtype=np.float64), n, rng, d_nn)
+    raise ValueError(f"unknown shape {shape!r}")  # validated earlier
 
 
 def seed_cluster(shape: str, n: int, element: str = "Pt", *, seed: int = 0) -> Atoms:

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ase.data import covalent_radii
+from ase.data import covalent_radii, reference_states
 
+from jaxsci.geometry.motifs import MOTIFS, motif_positions
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
@@ -56,6 +57,9 @@ Array = jax.Array
 #: Atomic volume used for random compact starts when no cell is given (Angstrom^3 per atom);
 #: derived from covalent radii at a close-packing fraction (see ``_packing_radius``).
 PACKING_FRACTION = 0.74
+
+#: Gaussian noise (Angstrom per coordinate) added to motif starts.
+MOTIF_JITTER = 0.05
 
 
 class ReconstructResult(NamedTuple):
@@ -369,6 +373,45 @@ def _random_starts(key, n_starts, n_atoms, radius, cell, dtype) -> Array:
     return d * r
 
 
+def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
+    """``initial_positions`` as a finite ``[k, n, 3]`` float64 array (``k = 0`` for None)."""
+    if initial_positions is None:
+        return np.zeros((0, n, 3))
+    g = np.asarray(initial_positions, dtype=np.float64)
+    if g.ndim == 2:
+        g = g[None]
+    if g.ndim != 3 or g.shape[1:] != (n, 3):
+        raise ValueError(
+            f"reconstruct: initial_positions must have shape [k, {n}, 3], got {g.shape}"
+        )
+    if not np.all(np.isfinite(g)):
+        raise ValueError("reconstruct: initial_positions contain NaN or inf")
+    return g
+
+
+def _motif_starts(
+    z: np.ndarray, count: int, rng: np.random.Generator, first: int = 0
+) -> np.ndarray:
+    """``[count, n, 3]`` ideal-motif cuts (shapes in turn from ``MOTIFS[first]``), species
+    shuffled over the sites."""
+    if count <= 0:
+        return np.zeros((0, len(z), 3))
+    zs = set(int(a) for a in z)
+    ref = reference_states[z[0]] if len(zs) == 1 else None
+    if ref is not None and ref.get("symmetry") == "fcc":
+        a = float(ref["a"])
+    else:  # nearest-neighbour distance: the mean sum of covalent radii of a pair
+        a = float(np.sqrt(2.0) * 2.0 * np.mean(_radius(z)))
+    out = []
+    for i in range(count):
+        pos = motif_positions(MOTIFS[(first + i) % len(MOTIFS)], len(z), a, rng)
+        pos = pos[rng.permutation(len(z))] if len(zs) > 1 else pos
+        # A little noise breaks the motif's symmetry: at the ideal point the search loss's
+        # gradient vanishes by symmetry and the descent would not move.
+        out.append(pos + MOTIF_JITTER * rng.standard_normal(pos.shape))
+    return np.stack(out)
+
+
 def _shard(x, n_starts):
     n_dev = jax.device_count()
     if n_dev <= 1 or n_starts % n_dev:
@@ -412,6 +455,8 @@ def reconstruct(
     temperature: float = 0.0,
     population_size: int = 16,
     twist: float = 0.0,
+    motif_starts: int = 16,
+    initial_positions: Any | None = None,
     progress: bool = False,
 ) -> ReconstructResult:
     """Find positions whose ACSF fingerprint matches ``target``.
@@ -476,6 +521,19 @@ def reconstruct(
         twist: fraction (0-1) of those children that are instead a twist of one member
             (:func:`jaxsci.reconstruct.crossover.twist`: the half above a random plane
             rotated about its normal, radii from the centre kept).
+        motif_starts: free clusters only (0 = off): this many of the first round's starts
+            begin from ideal cluster motifs cut to ``n_atoms``
+            (:func:`jaxsci.geometry.motifs.motif_positions`: icosahedron, decahedron,
+            octahedron, Wulff shape and fcc ball in turn, each cut about a randomly
+            shifted centre) with the nearest-neighbour distance of the element's fcc
+            reference state (else the sum of covalent radii), species assigned at
+            random, plus 0.05 A of noise; a start that begins again later does so from a
+            new cut with the same probability (``motif_starts / n_starts``). Complete
+            shells (Pt13, Pt55 icosahedra) and motif-like targets then start inside the
+            target's basin; the other starts are random compact packings.
+        initial_positions: ``[k, n_atoms, 3]`` (or ``[n_atoms, 3]``) guesses (Angstrom),
+            e.g. from a generative model; they take the first ``k`` starts (before the
+            motif starts) of the first round.
         progress: show a tqdm progress bar over rounds.
 
     Returns:
@@ -500,7 +558,10 @@ def reconstruct(
         )
     if temperature < 0:
         raise ValueError(f"reconstruct: need temperature >= 0 (got {temperature})")
+    if motif_starts < 0:
+        raise ValueError(f"reconstruct: need motif_starts >= 0 (got {motif_starts})")
     n = len(species_idx)
+    guesses = _check_guesses(initial_positions, n)
     opt = default_optimizer(steps_per_round) if optimizer is None else optimizer
     if not isinstance(opt, optax.GradientTransformationExtraArgs):
         opt = optax.with_extra_args_support(opt)
@@ -557,6 +618,15 @@ def reconstruct(
     aux["radius"] = jnp.float32(radius * 1.2)
     aux["r0"] = jnp.asarray(rcov[:, None] + rcov[None, :], jnp.float32)
     x = starts_fn(jax.random.split(k0, n_starts), aux)
+    n_motif = min(motif_starts, n_starts) if cell_np is None and n >= 4 else 0
+    rng_motif = None
+    if n_motif:
+        key, k_motif = jax.random.split(key)
+        rng_motif = np.random.default_rng(int(jax.random.randint(k_motif, (), 0, 2**31 - 1)))
+        motifs = _motif_starts(z, min(n_motif, n_starts - len(guesses)), rng_motif)
+        guesses = np.concatenate([guesses, motifs])
+    if len(guesses):
+        x = x.at[: len(guesses)].set(jnp.asarray(guesses[:n_starts], x.dtype))
     state = _shard(
         (
             x,
@@ -591,6 +661,12 @@ def reconstruct(
     while rounds < max_rounds and not done:
         key, k_fresh, k_round = jax.random.split(key, 3)
         fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
+        if rng_motif is not None:
+            # A start that begins again does so from a new motif cut with the share of
+            # motif starts in the first round (new random cuts, shapes in turn).
+            who = rng_motif.choice(n_starts, n_motif, replace=False)
+            cuts = _motif_starts(z, n_motif, rng_motif, first=int(rng_motif.integers(5)))
+            fresh = fresh.at[who].set(jnp.asarray(cuts, fresh.dtype))
         force = np.zeros(n_starts, bool)
         if rng is not None and len(population) >= 2:
             # Generational step: the n_children starts of highest best-so-far loss among

@@ -1,0 +1,80 @@
+"""Ideal cluster motifs (``ase.cluster``) cut to any atom count.
+
+Icosahedra, Ino decahedra, octahedra and Wulff shapes of an fcc metal are built large
+enough to hold ``n`` atoms and trimmed to the ``n`` atoms nearest a randomly shifted
+centre; ``fcc_ball`` takes the ``n`` fcc sites nearest a random point. A complete shell
+(13, 55, 147 atoms for the icosahedron) comes out whole. Lengths in Angstrom.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+#: shapes :func:`motif_positions` builds.
+MOTIFS = ("icosahedron", "decahedron", "octahedron", "wulff", "fcc_ball")
+
+
+def trim(positions: np.ndarray, n: int, rng: np.random.Generator, d_nn: float) -> np.ndarray:
+    """The ``n`` positions nearest a randomly shifted centroid (random tie-breaking),
+    centred at 0; ``positions [M, 3]`` with ``M >= n``, ``d_nn`` sets the shift (0.1 d_nn)."""
+    if len(positions) < n:
+        raise ValueError(f"seed has {len(positions)} atoms, fewer than {n}")
+    centre = positions.mean(0) + rng.normal(0.0, 0.1 * d_nn, 3)
+    dist = np.linalg.norm(positions - centre, axis=1) + rng.uniform(0.0, 1e-3, len(positions))
+    keep = np.argsort(dist, kind="stable")[:n]
+    out = positions[keep]
+    return out - out.mean(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _whole(shape: str, n: int, a: float) -> np.ndarray:
+    """The smallest complete motif of ``shape`` with at least ``n`` atoms (read-only)."""
+    from ase.cluster import Decahedron, Icosahedron, Octahedron, wulff_construction
+
+    if shape == "icosahedron":
+        k = 1
+        while 10 * k**3 / 3 - 5 * k**2 + 11 * k / 3 - 1 < n:  # atoms in a k-shell icosahedron
+            k += 1
+        pos = Icosahedron("Cu", k, latticeconstant=a).positions
+    elif shape == "decahedron":
+        p = 2
+        while len(pos := Decahedron("Cu", p, p, 0, latticeconstant=a).positions) < n:
+            p += 1
+    elif shape == "octahedron":
+        length = 3
+        while len(pos := Octahedron("Cu", length, 0, latticeconstant=a).positions) < n:
+            length += 1
+    else:  # wulff
+        surf = [(1, 0, 0), (1, 1, 1)]
+        pos = wulff_construction(
+            "Cu", surf, [1.0, 0.9], n, "fcc", rounding="above", latticeconstant=a
+        ).positions
+    out = np.asarray(pos, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+def motif_positions(
+    shape: str, n: int, lattice_constant: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions ``[n, 3]`` (Angstrom, centred) of an ``n``-atom cut of an ideal motif of an
+    fcc metal with ``lattice_constant`` (Angstrom; nearest-neighbour distance
+    ``lattice_constant / sqrt(2)``); ``shape`` is one of :data:`MOTIFS`. The element
+    given to ``ase.cluster`` only names the atoms; complete motifs are cached."""
+    if shape not in MOTIFS:
+        raise ValueError(f"unknown motif {shape!r}: choose from {MOTIFS}")
+    if n < 1 or not lattice_constant > 0:
+        raise ValueError(f"need n >= 1 and lattice_constant > 0, got {n}, {lattice_constant}")
+    a = float(lattice_constant)
+    if shape != "fcc_ball":
+        return trim(_whole(shape, n, a), n, rng, a / np.sqrt(2.0))
+    m = int(np.ceil((n * 1.5) ** (1.0 / 3.0) / 1.2)) + 2
+    grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    basis = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    lattice = (grid[:, None, :] + basis[None]).reshape(-1, 3) * a
+    centre = rng.uniform(0.0, a, 3)
+    dist = np.linalg.norm(lattice - centre, axis=1) + rng.uniform(0.0, 1e-3, len(lattice))
+    pos = lattice[np.argsort(dist)[:n]]
+    return pos - pos.mean(0)

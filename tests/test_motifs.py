@@ -1,0 +1,50 @@
+"""Tests for jaxsci.geometry.motifs: ideal cluster motifs cut to any atom count."""
+
+import numpy as np
+import pytest
+from ase.cluster import Icosahedron
+
+from jaxsci.geometry.motifs import MOTIFS, motif_positions
+
+A = 3.92  # Pt lattice constant, Angstrom
+
+
+def _pair_distances(x):
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    return np.sort(d[np.triu_indices(len(x), 1)])
+
+
+@pytest.mark.parametrize("shape", MOTIFS)
+@pytest.mark.parametrize("n", [10, 27, 40])
+def test_cuts_are_centred_and_keep_the_bond_length(shape, n):
+    x = motif_positions(shape, n, A, np.random.default_rng(n))
+    assert x.shape == (n, 3)
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-12)
+    d = _pair_distances(x)
+    # Nearest neighbours at a / sqrt(2) (icosahedra are strained by a few percent).
+    assert d[0] == pytest.approx(A / np.sqrt(2.0), rel=0.06)
+
+
+def test_complete_icosahedron_is_whole():
+    for n, shells in ((13, 2), (55, 3)):
+        x = motif_positions("icosahedron", n, A, np.random.default_rng(0))
+        ref = Icosahedron("Pt", shells, latticeconstant=A).positions
+        np.testing.assert_allclose(_pair_distances(x), _pair_distances(ref), atol=1e-9)
+
+
+def test_cuts_depend_on_the_generator_only():
+    a = motif_positions("decahedron", 30, A, np.random.default_rng(5))
+    b = motif_positions("decahedron", 30, A, np.random.default_rng(5))
+    c = motif_positions("decahedron", 30, A, np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(_pair_distances(a), _pair_distances(c))
+
+
+def test_bad_arguments_raise():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown motif"):
+        motif_positions("cube", 10, A, rng)
+    with pytest.raises(ValueError, match="lattice_constant > 0"):
+        motif_positions("icosahedron", 10, -1.0, rng)
+    with pytest.raises(ValueError, match="n >= 1"):
+        motif_positions("octahedron", 0, A, rng)
