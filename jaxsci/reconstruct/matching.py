@@ -19,7 +19,7 @@ descent (2.6e-5 to 1.1e-4), where the alternating matching stalls at ~5e-3.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -90,8 +90,9 @@ def gauss_newton_matchings(
     steps: int = 4,
     neighbours: int = 6,
     ridge: float = 1e-3,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Candidate ``(positions [N, 3], perm [N])`` pairs for the matched polish.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Candidate ``(positions [N, 3], perm [N])`` pairs for the matched polish, one per
+    trial, computed lazily (the caller may stop early).
 
     ``x [N, 3]``: positions near the target (Angstrom); ``t [N, F]``: the scaled target;
     ``features_and_jacobian(x)`` returns the scaled features ``[N, F]`` and their Jacobian
@@ -105,7 +106,6 @@ def gauss_newton_matchings(
     base = _Linear(*features_and_jacobian(x), ridge)
     cost = np.sum((base.f0[None, :, :] - t[:, None, :]) ** 2, axis=-1)  # [row, atom]
     cost = np.where(species_idx[:, None] == species_idx[None, :], cost, 1e30)
-    out = []
     for _ in range(trials):
         noisy = cost + rng.uniform(0.0, 1.0, cost.shape) * float(np.std(cost[cost < 1e30]))
         _, perm = linear_sum_assignment(noisy)
@@ -116,5 +116,4 @@ def gauss_newton_matchings(
             y = y + d.reshape(n, 3)
             if s + 1 < steps:
                 model = _Linear(*features_and_jacobian(y), ridge)
-        out.append((y, perm))
-    return out
+        yield y, perm
