@@ -87,3 +87,24 @@ def test_study_smoke_writes_run_folder(tmp_path):
     curve = prob["curves"]["aa_sgd_m5"][0]
     assert len(curve) == 100 and curve[-1] < curve[0]
     assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
+
+
+def test_anderson_on_least_squares_is_no_faster_than_cg_and_near_it():
+    # CG is the Krylov lower bound on a quadratic: Anderson on SGD cannot beat it, and
+    # (orthogonal history) should come within ~25% of it.
+    import jax
+
+    from experiments.anderson.cg_reference import cg_iterations
+    from experiments.anderson.problems import least_squares
+    from experiments.anderson.runner import Method, run_deterministic
+
+    prob = least_squares()
+    with jax.enable_x64(True):
+        res = run_deterministic(
+            prob, Method("aa", "aa_sgd", lr=prob.lr_sgd, memory=5), jax.random.PRNGKey(0), 300
+        )
+    f0 = res["loss"][0]
+    aa = iters_to_target(res["loss"], prob.f_star + 1e-6 * (f0 - prob.f_star))
+    cg = cg_iterations(500, 200, seed=0)
+    assert cg is not None and aa is not None
+    assert cg <= aa <= 1.25 * cg

@@ -1,4 +1,4 @@
-"""jaxsci.geometry: cells, displacements and neighbor lists (free and periodic)."""
+"""jaxsci.geometry: cells, displacements, neighbor lists (free and periodic), cluster motifs."""
 
 from jaxsci.geometry.cell import (
     image_multipliers,
@@ -8,6 +8,7 @@ from jaxsci.geometry.cell import (
     wrap_positions,
 )
 from jaxsci.geometry.displacement import free_displacement, periodic_displacement, safe_norm
+from jaxsci.geometry.motifs import MOTIFS, motif_positions
 from jaxsci.geometry.neighbors import (
     CellListSpec,
     NeighborList,
@@ -23,6 +24,7 @@ from jaxsci.geometry.neighbors import (
 )
 
 __all__ = [
+    "MOTIFS",
     "CellListSpec",
     "NeighborList",
     "Slots",
@@ -35,6 +37,7 @@ __all__ = [
     "image_multipliers",
     "image_shifts",
     "image_slots",
+    "motif_positions",
     "neighbor_list_slots",
     "periodic_displacement",
     "perpendicular_widths",

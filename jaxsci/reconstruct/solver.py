@@ -6,11 +6,14 @@ axis is sharded over devices when there are several). Each *round* runs
 (+ a weak confinement for free clusters), then, per start, keeps the best
 positions found so far (monotonic basin hopping), and kicks the atoms whose
 fingerprint rows match worst; a start that has not improved for ``patience``
-rounds begins again from a fresh random compact packing. After every round the
-starts are scored by the exact, order-independent fingerprint error (rows matched
-by the Hungarian algorithm); the overall best one is polished in float64 on the
-host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the sorted-column loss, then
-alternating row matching and L-BFGS-B on the row-matched loss), and the search stops as
+rounds begins again from a fresh random compact packing or, with the share of the
+``motif_starts``, from a new cut of an ideal cluster motif (icosahedron, decahedron,
+octahedron, Wulff shape, fcc ball; the first round's starts include such cuts too).
+After every round the starts are scored by the exact, order-independent fingerprint
+error (rows matched by the Hungarian algorithm); the overall best one is polished in
+float64 on the host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the
+sorted-column loss, then alternating row matching and L-BFGS-B on the row-matched loss,
+swaps of wrongly matched atoms and Gauss-Newton matchings), and the search stops as
 soon as one meets ``tol``. Optional search aids, off by default because they did not
 measurably help (benchmarks/RESULTS.md): a coarse-to-fine continuation of the feature
 weights, directed moves of the worst atoms to the best of many candidate sites, and an
