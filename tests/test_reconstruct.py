@@ -125,6 +125,14 @@ def test_bad_input_raises_value_error(acsf, pt13):
         initial_positions=np.full((13, 3), np.nan),
     )
     _bad(acsf, target, species, "motif_starts >= 0", motif_starts=-1)
+    _bad(
+        acsf,
+        target,
+        species,
+        "3 initial_positions but only n_starts=2",
+        initial_positions=np.zeros((3, 13, 3)),
+        n_starts=2,
+    )
     _bad(acsf, np.asarray(pool(target))[:-1], species, "pooled target width")
     _bad(acsf, target, species, "loss must be", loss="mse")
     _bad(acsf, target, species, "cell", cell=np.eye(3) * 10.0)

@@ -175,6 +175,8 @@ def polish(
             perm = match_rows(f, t, species_idx)
             return float(np.linalg.norm(f[perm] - t)) / t_norm, perm
 
+        scale_np = np.asarray(scale, np.float64)
+
         def matched(x, perm):
             return _lbfgsb(matched_vg, x, steps_per_cycle, (jnp.asarray(perm), t_scaled, sc))
 
@@ -205,7 +207,7 @@ def polish(
                 if deadline is not None and time.perf_counter() > deadline:
                     break
                 f = np.asarray(feats_fn(jnp.asarray(best_x)), np.float64)
-                residual = np.linalg.norm((f[best_perm] - t) / scale, axis=1)
+                residual = np.linalg.norm((f[best_perm] - t) / scale_np, axis=1)
                 trial = []
                 for i, k in _worst_pairs(residual, species_idx, swap_candidates):
                     p = best_perm.copy()
@@ -218,8 +220,6 @@ def polish(
                     break
                 best_err, best_x, best_perm = err, x, new_perm
             return best_x, best_err
-
-        scale_np = np.asarray(scale, np.float64)
 
         def features_and_jacobian(y):
             f, jac = jac_fn(jnp.asarray(y.ravel()))

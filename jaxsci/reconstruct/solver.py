@@ -565,6 +565,10 @@ def reconstruct(
         raise ValueError(f"reconstruct: need motif_starts >= 0 (got {motif_starts})")
     n = len(species_idx)
     guesses = _check_guesses(initial_positions, n)
+    if len(guesses) > n_starts:
+        raise ValueError(
+            f"reconstruct: {len(guesses)} initial_positions but only n_starts={n_starts} starts"
+        )
     opt = default_optimizer(steps_per_round) if optimizer is None else optimizer
     if not isinstance(opt, optax.GradientTransformationExtraArgs):
         opt = optax.with_extra_args_support(opt)
@@ -629,7 +633,7 @@ def reconstruct(
         motifs = _motif_starts(z, min(n_motif, n_starts - len(guesses)), rng_motif)
         guesses = np.concatenate([guesses, motifs])
     if len(guesses):
-        x = x.at[: len(guesses)].set(jnp.asarray(guesses[:n_starts], x.dtype))
+        x = x.at[: len(guesses)].set(jnp.asarray(guesses, x.dtype))
     state = _shard(
         (
             x,
