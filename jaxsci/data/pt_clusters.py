@@ -279,10 +279,10 @@ def relax_many(
 
 def _shape_positions(shape: str, element: str, n: int, rng: np.random.Generator) -> np.ndarray:
     a = reference_states[atomic_numbers[element]]["a"]
-    d_nn = a / np.sqrt(2.0)
     if shape in MOTIFS:
         return motif_positions(shape, n, a, rng)
     if shape == "random":
+        d_nn = a / np.sqrt(2.0)
         # random sequential addition in a sphere of about bulk density: every new atom keeps
         # >= 0.85 d_NN from the others and bonds (< 1.15 d_NN) to one of them, so the seed
         # is one connected, compact, disordered cluster

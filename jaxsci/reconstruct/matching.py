@@ -64,19 +64,20 @@ class _Linear:
 
 def _swap_descent(
     perm: np.ndarray, t: np.ndarray, model: _Linear, pairs: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Exchange the atoms of pairs of target rows while the linearised residual falls."""
-    best, _ = model.step(perm, t)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exchange the atoms of pairs of target rows while the linearised residual falls;
+    returns the matching and its least-squares step ``[3N]``."""
+    best, step = model.step(perm, t)
     improved = True
     while improved:
         improved = False
         for i, j in pairs:
             trial = perm.copy()
             trial[i], trial[j] = perm[j], perm[i]
-            r, _ = model.step(trial, t)
+            r, d = model.step(trial, t)
             if r < best * (1.0 - 1e-9):
-                perm, best, improved = trial, r, True
-    return perm, best
+                perm, best, step, improved = trial, r, d, True
+    return perm, step
 
 
 def gauss_newton_matchings(
@@ -96,23 +97,24 @@ def gauss_newton_matchings(
 
     ``x [N, 3]``: positions near the target (Angstrom); ``t [N, F]``: the scaled target;
     ``features_and_jacobian(x)`` returns the scaled features ``[N, F]`` and their Jacobian
-    ``[N, F, N, 3]`` at ``x``. Each of ``trials`` runs ``steps`` Gauss-Newton steps from a
+    ``[N, F, 3N]`` at ``x``. Each of ``trials`` runs ``steps`` Gauss-Newton steps from a
     Hungarian matching with random tie-breaking, improving the matching by pair
     exchanges among each row's ``neighbours`` most similar rows before every step.
     """
     x = np.asarray(x, np.float64)
+    species_idx = np.asarray(species_idx)
     n = len(x)
-    pairs = similar_pairs(t, np.asarray(species_idx), neighbours)
+    pairs = similar_pairs(t, species_idx, neighbours)
     base = _Linear(*features_and_jacobian(x), ridge)
     cost = np.sum((base.f0[None, :, :] - t[:, None, :]) ** 2, axis=-1)  # [row, atom]
-    cost = np.where(species_idx[:, None] == species_idx[None, :], cost, 1e30)
+    same = species_idx[:, None] == species_idx[None, :]
+    spread = float(np.std(cost[same]))  # scale of the random tie-breaking
+    cost = np.where(same, cost, 1e30)
     for _ in range(trials):
-        noisy = cost + rng.uniform(0.0, 1.0, cost.shape) * float(np.std(cost[cost < 1e30]))
-        _, perm = linear_sum_assignment(noisy)
+        _, perm = linear_sum_assignment(cost + rng.uniform(0.0, 1.0, cost.shape) * spread)
         y, model = x, base
         for s in range(steps):
-            perm, _ = _swap_descent(perm, t, model, pairs)
-            _, d = model.step(perm, t)
+            perm, d = _swap_descent(perm, t, model, pairs)
             y = y + d.reshape(n, 3)
             if s + 1 < steps:
                 model = _Linear(*features_and_jacobian(y), ridge)
