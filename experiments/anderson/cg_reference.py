@@ -13,16 +13,18 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from experiments.anderson import problems as P
+from experiments.anderson.problems import Problem
+from experiments.anderson.run import build_problem
 
-#: name -> (rows, parameters) of the study's least-squares problems (experiments.anderson.run)
-SIZES = {"least_squares": (500, 200), "least_squares_large": (5000, 500)}
+#: the study's least-squares problems (built as in ``experiments.anderson.run``)
+NAMES = ("least_squares", "least_squares_large")
 
 
-def cg_iterations(n: int, d: int, seed: int, rel_target: float = 1e-6, max_iter: int = 5000):
-    """CG iterations from the study's start (``seed``) to ``f* + rel_target (f0 - f*)``."""
-    prob = P.least_squares(n=n, d=d)
+def cg_iterations(prob: Problem, seed: int, rel_target: float = 1e-6, max_iter: int = 5000):
+    """CG iterations on a least-squares ``prob`` of the study from its start for ``seed`` to
+    ``f* + rel_target (f0 - f*)``; None if not reached in ``max_iter``."""
     a, b = (np.asarray(v, np.float64) for v in prob.data)
+    n = len(b)
     h, rhs = a.T @ a / n, a.T @ b / n
 
     def loss(w):
@@ -46,9 +48,12 @@ def cg_iterations(n: int, d: int, seed: int, rel_target: float = 1e-6, max_iter:
 
 
 def main() -> None:
-    for name, (n, d) in SIZES.items():
-        its = [cg_iterations(n, d, seed) for seed in range(3)]
-        print(f"{name} ({n} x {d}): CG iterations to target, seeds 0-2: {its}")
+    for name in NAMES:
+        with jax.enable_x64(True):  # data in float64, as the study builds it
+            prob = build_problem(name, 1.0)
+        a = prob.data[0]
+        its = [cg_iterations(prob, seed) for seed in range(3)]
+        print(f"{name} ({a.shape[0]} x {a.shape[1]}): CG iterations to target, seeds 0-2: {its}")
 
 
 if __name__ == "__main__":
