@@ -37,24 +37,30 @@ def build_clusters(config: Config):
     return out
 
 
+def descriptor(config: Config):
+    """The experiment's fingerprint: ACSF of Pt with the config's G2 (Rs = 0) and G4 sets."""
+    from jaxsci.descriptors import ACSF
+
+    return ACSF(
+        ["Pt"],
+        config.r_cut,
+        g2_params=[[eta, 0.0] for eta in config.g2_etas],
+        g4_params=[list(p) for p in config.g4_params],
+    )
+
+
 def train_and_evaluate(config: Config, run_dir: Path) -> dict:
     """Reconstruct every cluster of ``config``; write results into ``run_dir``; return them."""
     import jax
     from ase.io import write
     from tqdm.auto import tqdm
 
-    from jaxsci.descriptors import ACSF
     from jaxsci.metrics import align, fingerprint_error
     from jaxsci.reconstruct import reconstruct
     from jaxsci.train.run_dir import write_json
 
     config.validate()
-    acsf = ACSF(
-        ["Pt"],
-        config.r_cut,
-        g2_params=[[eta, 0.0] for eta in config.g2_etas],
-        g4_params=[list(p) for p in config.g4_params],
-    )
+    acsf = descriptor(config)
     clusters = build_clusters(config)
     records, frames = [], []
     key = jax.random.key(config.seed)
