@@ -442,7 +442,10 @@ def scale_by_anderson(
         y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
         s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny0 = jnp.sqrt(g0[0, 0])
-        y1yu = _tree.dots(y1, [y1, u])  # ||y1||^2, <y1, u>
+        # With Y orthonormal and cy = Y^T y: ||y1||^2 = ||y||^2 - ||cy||^2 and
+        # <y1, u> = <y, u> - <cy, Y^T u>, from scalars already at hand (no pass over y1).
+        # Accurate while ||y1|| >= 0.7 ||y||; below, the second pass computes them exactly.
+        y1yu = jnp.stack([g0[0, 0] - jnp.sum(cy * cy), g0[0, 1] - jnp.sum(cy * cu)])
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
             y1, s1, _ = vals
