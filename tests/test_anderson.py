@@ -90,6 +90,23 @@ def test_orthogonal_history_equals_textbook_with_full_memory():
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)
 
 
+def test_orthogonal_history_empties_the_head_slot_when_a_pair_is_not_stored():
+    opt = scale_by_anderson(2, safeguard=False, average=False)
+    x = jnp.zeros(6)
+    state = opt.init(x)
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # fills the window (2 rows)
+        u = jnp.asarray(rng.normal(size=6), jnp.float32)
+        _, state = opt.update(u, state, x)
+        x = x + u
+    assert int(jnp.sum(state.valid)) == 2
+    head = int(state.head)  # the oldest row
+    _, state = opt.update(u, state, x)  # same update again: y = 0, nothing to store
+    assert int(jnp.sum(state.valid)) == 1 and not bool(state.valid[head])
+    assert int(state.head) == head  # the next pair goes into the emptied slot
+    np.testing.assert_array_equal(np.asarray(state.y_hist[head]), 0.0)
+
+
 def test_orthogonal_history_beats_window_when_memory_is_full():
     upd, h, b = linear_problem(n=60, seed=2)
     xstar = np.linalg.solve(h, b)

@@ -21,7 +21,9 @@ Two ways of keeping the history (``history=``):
   173-180 (NumPy prototype, float64).
   Regularisation shrinks ``gamma`` by ``1 / (1 + regularization)`` (the Gram matrix of
   the orthonormal basis is the identity, so this *is* a ridge relative to its diagonal),
-  and a new direction that is numerically dependent on the stored ones is not stored.
+  and a new direction that is numerically dependent on the stored ones is not stored (its
+  slot, the oldest row's when the window is full, is then left empty: the step never needs
+  the old row, one history output less).
 * ``"window"``: textbook windowed AA with the Gram matrix ``Y^T Y`` updated one row and
   column per step and a ridge ``regularization * mean(diag(Y^T Y))``.
 
@@ -424,7 +426,10 @@ def scale_by_anderson(
         ``comb = sum_i gamma_i (S_i + beta Y_i)`` over the *updated* history, computed
         from the old history (so the ring buffer is only read before its one-row write,
         which XLA then does in place): one pass of inner products over ``Y`` and one pass
-        over ``Y`` and ``S`` producing every coefficient's combination at once.
+        over ``Y`` and ``S`` producing both coefficient vectors' combinations at once. The
+        new pair always takes the head slot (emptied when the pair is not stored), so the
+        old head row is never read out (measured at 1M parameters on CPU: update 6.8-6.85
+        -> 6.05-6.2 ms for m = 5).
         """
         valid, head = state.valid, state.head
         # <Y_i, y> = <Y_i, u> - <Y_i, u_prev>, the latter kept from the previous step: one
@@ -432,13 +437,10 @@ def scale_by_anderson(
         cu = _tree.hist_dot(state.y_hist, [u])[:, 0] * valid
         cy = (cu - state.yu_prev) * valid
         slot = jnp.arange(m) == head
-        a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma if the head row is replaced
-        g_drop = jnp.sum(jnp.where(slot, cu, 0.0)) * shrink  # head row's gamma if it is kept
-        # The head row comes out of the same pass (a fused dynamic slice of the old buffer
-        # read after the row write would force XLA to copy the whole buffer).
-        coefs = jnp.stack([cy, a_keep, slot.astype(cy.dtype)])
-        y_cy, y_a, y_old = _tree.hist_combine_many(state.y_hist, coefs)
-        s_cy, s_a, s_old = _tree.hist_combine_many(state.s_hist, coefs)
+        a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma (the head row is replaced)
+        coefs = jnp.stack([cy, a_keep])
+        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
+        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
         y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
         s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny0 = jnp.sqrt(g0[0, 0])
@@ -469,18 +471,17 @@ def scale_by_anderson(
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
         yn = tree_lin(lambda a: a * inv, y1)
         sn = tree_lin(lambda a: a * inv, s1)
-        new_valid = jnp.where(keep, valid | slot, valid)
+        new_valid = jnp.where(keep, valid | slot, valid & ~slot)
         g_head = y1yu[1] * inv * shrink  # <yn, u>
 
-        def comb_leaf(sa, ya, sn_, yn_, so, yo):
-            new = g_head.astype(sa.dtype) * (sn_ + beta * yn_)
-            old = g_drop.astype(sa.dtype) * (so + beta * yo)
-            return jnp.where(pair_ok, sa + beta * ya + jnp.where(keep, new, old), 0.0)
+        def comb_leaf(sa, ya, sn_, yn_):
+            new = jnp.where(keep, g_head.astype(sa.dtype) * (sn_ + beta * yn_), 0.0)
+            return jnp.where(pair_ok, sa + beta * ya + new, 0.0)
 
-        comb = tree_lin(comb_leaf, s_a, y_a, sn, yn, s_old, y_old)
+        comb = tree_lin(comb_leaf, s_a, y_a, sn, yn)
         new_head = jnp.where(keep, (head + 1) % m, head)
         yu = jnp.where(slot & keep, y1yu[1] * inv, cu)  # <Y_i, u> over the updated rows
-        return sn, yn, s_old, y_old, keep, state.gram, new_valid, new_head, comb, yu, cu
+        return sn, yn, None, None, keep, state.gram, new_valid, new_head, comb, yu, cu
 
     def insert_window(state, s, y, u, pair_ok, g0):
         """Textbook windowed history with an incrementally updated Gram matrix."""
@@ -586,7 +587,10 @@ def scale_by_anderson(
         write = pair_ok & keep
         idx = state.head
         gram = jnp.where(pair_ok, gram, state.gram)
-        valid = jnp.where(pair_ok, valid, state.valid)
+        if s_old is None:  # the head slot is written (emptied) even without a pair
+            valid = jnp.where(pair_ok, valid, state.valid & (jnp.arange(m) != idx))
+        else:
+            valid = jnp.where(pair_ok, valid, state.valid)
         head = jnp.where(pair_ok, head, state.head)
 
         # 3. Noise test on the recent steps actually taken (decided before this step).
@@ -616,8 +620,12 @@ def scale_by_anderson(
         try_acc = scheduled & gate & jnp.any(valid) & u_finite & ~reject
 
         d = tree_lin(lambda a, c: jnp.where(try_acc, beta * a - c, a), u, comb)
-        s_wr = _tree.select(write, s_row, s_old)
-        y_wr = _tree.select(write, y_row, y_old)
+        if s_old is None:  # orthogonal: the head slot is emptied when nothing is stored
+            zero = lambda r: jax.tree_util.tree_map(lambda a: jnp.where(write, a, 0), r)
+            s_wr, y_wr = zero(s_row), zero(y_row)
+        else:
+            s_wr = _tree.select(write, s_row, s_old)
+            y_wr = _tree.select(write, y_row, y_old)
         # Checks on d before the trust-region scaling (a positive factor: same sign of
         # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
         # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
