@@ -447,7 +447,9 @@ def scale_by_anderson(
         # With Y orthonormal and cy = Y^T y: ||y1||^2 = ||y||^2 - ||cy||^2 and
         # <y1, u> = <y, u> - <cy, Y^T u>, from scalars already at hand (no pass over y1).
         # Accurate while ||y1|| >= 0.7 ||y||; below, the second pass computes them exactly.
-        y1yu = jnp.stack([g0[0, 0] - jnp.sum(cy * cy), g0[0, 1] - jnp.sum(cy * cu)])
+        # (Clipped at 0: a cancellation below zero means y lies in the span; second pass.)
+        ny1_sq = jnp.maximum(g0[0, 0] - jnp.sum(cy * cy), 0.0)
+        y1yu = jnp.stack([ny1_sq, g0[0, 1] - jnp.sum(cy * cu)])
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
             y1, s1, _ = vals
