@@ -47,9 +47,15 @@ def _matched_value_and_grad(acsf, n: int):
     return jax.jit(jax.value_and_grad(loss))
 
 
-def matched_descent(positions, target, labels, acsf, *, steps: int = 600):
-    """Float64 L-BFGS-B on the row-matched, column-scaled loss; returns (positions [N, 3]
-    in Angstrom, relative fingerprint error with rows re-matched)."""
+def matched_descent(
+    positions: np.ndarray, target: np.ndarray, labels: np.ndarray, acsf, *, steps: int = 600
+) -> tuple[np.ndarray, float]:
+    """Float64 L-BFGS-B on the row-matched, column-scaled loss of a one-species cluster.
+
+    positions: [N, 3] start (Angstrom); target: [N, F] fingerprint rows; labels: [N], the
+    atom of ``positions`` tied to each target row. Returns the positions reached and their
+    relative fingerprint error (rows re-matched by the Hungarian algorithm).
+    """
     import jax
     import jax.numpy as jnp
     from scipy.optimize import minimize

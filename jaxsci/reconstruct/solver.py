@@ -21,7 +21,7 @@ entropic optimal-transport set loss next to the sorted columns.
 
 Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (icosahedral, decahedral,
 octahedral cuts) up to 55 atoms and random packings up to about 15 atoms are recovered
-within a minute on a 2-core CPU, random packings of 20 atoms about half the time (3 of 6
+within a minute on a 2-core CPU, random packings of 20 atoms a third of the time (3 of 9
 held-out clusters), EMT-relaxed random packings of 25 or more atoms not at all.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
