@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.reconstruct_pt.config import Config
-from experiments.reconstruct_pt.labels import diagnose, main, matched_descent
+from experiments.reconstruct_pt.labels import diagnose, main, matched_descent, plot
 from experiments.reconstruct_pt.run import descriptor
 
 
@@ -35,16 +35,20 @@ def test_matched_descent_recovers_with_the_true_labels(pt10):
     assert err_wrong > 10 * err
 
 
-def test_diagnose_reports_every_labeling():
+def test_diagnose_reports_every_labeling(tmp_path):
     out = diagnose(8, 1, n_starts=2, transpositions=(1,))
     assert out["n_starts"] == 2 and set(out["recovered"]) == {"oracle", "features", "oracle_1"}
     assert all(0 <= v <= 2 for v in out["recovered"].values())
     rec = out["per_start"][0]
     assert rec["start_rmsd"] > 0 and 0 <= rec["wrong_feature_labels"] <= 8
     assert all(np.isfinite(rec[k]) and rec[k] >= 0 for k in out["recovered"])
+    plot(out, tmp_path / "labels.png")
+    assert (tmp_path / "labels.png").stat().st_size > 0
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="n-atoms"):
         main(["--n-atoms", "2", "--out-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="transpositions"):
+        main(["--n-atoms", "8", "--transpositions", "5", "--out-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
