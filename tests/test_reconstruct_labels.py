@@ -1,11 +1,13 @@
-"""experiments/reconstruct_pt/labels: the matched descent and the labeling diagnosis."""
+"""experiments/reconstruct_pt/labels and the matched descent it runs (polish.matched_descent)."""
 
 import numpy as np
 import pytest
 
 from experiments.reconstruct_pt.config import Config
-from experiments.reconstruct_pt.labels import diagnose, main, matched_descent, plot
+from experiments.reconstruct_pt.labels import diagnose, main, plot
 from experiments.reconstruct_pt.run import descriptor
+from jaxsci.reconstruct.losses import feature_scales
+from jaxsci.reconstruct.polish import matched_descent
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,8 @@ def test_matched_descent_recovers_with_the_true_labels(pt10):
     order = rng.permutation(10)  # trial atom k sits near target atom order[k]
     start = pt10.positions[order] + 0.15 * rng.standard_normal((10, 3))
     labels = np.argsort(order)  # target row i <- trial atom labels[i]
-    x, err = matched_descent(start, t, labels, acsf)
+    species, scale = np.zeros(10, np.int32), feature_scales(t)
+    x, err = matched_descent(start, t, labels, species, acsf, scale=scale)
     assert err < 1e-4
     assert x.shape == (10, 3)
     # swapping the labels of two atoms far apart in the cluster leaves a wrong structure
@@ -31,7 +34,7 @@ def test_matched_descent_recovers_with_the_true_labels(pt10):
     i, j = np.unravel_index(np.argmax(d), d.shape)
     wrong = labels.copy()
     wrong[i], wrong[j] = wrong[j], wrong[i]
-    _, err_wrong = matched_descent(start, t, wrong, acsf)
+    _, err_wrong = matched_descent(start, t, wrong, species, acsf, scale=scale)
     assert err_wrong > 10 * err
 
 

@@ -6,7 +6,8 @@ For an EMT-relaxed random Pt cluster (the target), takes ``n_starts`` start stru
 :func:`jaxsci.reconstruct.reconstruct` (its random compact packings after
 ``search_steps`` steps of its label-free, sorted-column search), and runs from each a
 float64 L-BFGS-B descent of the *row-matched* loss ``||(F(x)[labels] - T) / scale||^2``
-under three labelings of the target rows:
+(:func:`jaxsci.reconstruct.polish.matched_descent`) under three labelings of the target
+rows:
 
 * ``oracle``: the correspondence of the start's atoms to the target's atoms after the best
   rigid overlay (:func:`jaxsci.metrics.align`), i.e. labels that need the answer;
@@ -22,7 +23,6 @@ start's RMSD, per labeling) into a run folder and prints the summary.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -31,56 +31,6 @@ import numpy as np
 
 from experiments.reconstruct_pt.config import Config
 from experiments.reconstruct_pt.run import descriptor
-
-
-@functools.cache
-def _matched_value_and_grad(acsf, n: int):
-    """Jitted float64 value and gradient of the row-matched loss (cached per size)."""
-    import jax
-    import jax.numpy as jnp
-
-    species = jnp.zeros(n, jnp.int32)
-
-    def loss(xf, perm, t_scaled, scale):
-        f = acsf.fn(xf.reshape(n, 3), species)[perm] / scale
-        return jnp.mean((f - t_scaled) ** 2)
-
-    return jax.jit(jax.value_and_grad(loss))
-
-
-def matched_descent(
-    positions: np.ndarray, target: np.ndarray, labels: np.ndarray, acsf, *, steps: int = 600
-) -> tuple[np.ndarray, float]:
-    """Float64 L-BFGS-B on the row-matched, column-scaled loss of a one-species cluster.
-
-    positions: [N, 3] start (Angstrom); target: [N, F] fingerprint rows; labels: [N], the
-    atom of ``positions`` tied to each target row. Returns the positions reached and their
-    relative fingerprint error (rows re-matched by the Hungarian algorithm).
-    """
-    import jax
-    import jax.numpy as jnp
-    from scipy.optimize import minimize
-
-    from jaxsci.metrics.structure import match_rows
-    from jaxsci.reconstruct.losses import feature_scales
-
-    n = len(target)
-    t = np.asarray(target, np.float64)
-    scale = feature_scales(t)
-    with jax.enable_x64(True):
-        vg = _matched_value_and_grad(acsf, n)
-        args = (jnp.asarray(labels), jnp.asarray(t / scale), jnp.asarray(scale))
-
-        def fun(xf):
-            v, g = vg(jnp.asarray(xf), *args)
-            return float(v), np.asarray(g, np.float64)
-
-        opts = {"maxiter": steps, "ftol": 1e-16, "gtol": 1e-12}
-        x = minimize(fun, np.ravel(positions), jac=True, method="L-BFGS-B", options=opts).x
-        species = jnp.zeros(n, jnp.int32)
-        f = np.asarray(acsf.fn(jnp.asarray(x.reshape(n, 3)), species), np.float64)
-    err = float(np.linalg.norm(f[match_rows(f, t)] - t) / np.linalg.norm(t))
-    return x.reshape(n, 3), err
 
 
 def diagnose(
@@ -110,11 +60,15 @@ def diagnose(
     from jaxsci.metrics import align
     from jaxsci.metrics.structure import match_rows
     from jaxsci.reconstruct import reconstruct
+    from jaxsci.reconstruct.losses import feature_scales
+    from jaxsci.reconstruct.polish import matched_descent
 
     acsf = descriptor(config or Config())
     target_atoms, _, _ = relax(seed_cluster("random", n_atoms, seed=seed))
     t = np.asarray(acsf.create(target_atoms), np.float64)
+    scale = feature_scales(t)  # the search's column scales
     symbols = target_atoms.get_chemical_symbols()
+    species = acsf.encode_species(symbols)
     starts = reconstruct(
         t,
         symbols,
@@ -145,7 +99,7 @@ def diagnose(
             "wrong_feature_labels": int(np.sum(labelings["features"] != oracle)),
         }
         for kind in kinds:
-            _, err = matched_descent(x0, t, labelings[kind], acsf)
+            _, err = matched_descent(x0, t, labelings[kind], species, acsf, scale=scale)
             rec[kind] = err
         per_start.append(rec)
     return {

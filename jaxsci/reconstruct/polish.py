@@ -111,6 +111,39 @@ def _lbfgsb(vg: Callable, x0: np.ndarray, max_iter: int, args: tuple) -> np.ndar
     return minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts).x
 
 
+def matched_descent(
+    positions: np.ndarray,
+    target: np.ndarray,
+    labels: np.ndarray,
+    species_idx: np.ndarray,
+    descriptor: Any,
+    *,
+    scale: np.ndarray,
+    steps: int = 600,
+    cell: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """One float64 L-BFGS-B descent of the row-matched loss with the labels held fixed.
+
+    positions: [N, 3] start (Angstrom); target: [N, F]; labels: [N], the atom tied to each
+    target row (``F(x)[labels]`` is compared with ``target``); ``scale [F]`` divides every
+    feature. Returns the positions reached and their relative fingerprint error (rows
+    re-matched by the Hungarian algorithm). The loss and optimizer of the polish's matched
+    cycles, without the matching updates around them.
+    """
+    species_idx = np.asarray(species_idx, np.int32)
+    t = np.asarray(target, np.float64)
+    cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
+    with jax.enable_x64(True):
+        feats_fn, _, matched_vg, _ = _compiled(
+            descriptor, tuple(int(s) for s in species_idx), cell_key
+        )
+        args = (jnp.asarray(labels), jnp.asarray(t / scale), jnp.asarray(scale, jnp.float64))
+        x = _lbfgsb(matched_vg, np.ravel(np.asarray(positions, np.float64)), steps, args)
+        f = np.asarray(feats_fn(jnp.asarray(x)), np.float64)
+    perm = match_rows(f, t, species_idx)
+    return x.reshape(-1, 3), float(np.linalg.norm(f[perm] - t) / max(np.linalg.norm(t), 1e-300))
+
+
 def _worst_pairs(
     residual: np.ndarray, species_idx: np.ndarray, count: int
 ) -> list[tuple[int, int]]:
