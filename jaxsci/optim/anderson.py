@@ -515,7 +515,10 @@ def scale_by_anderson(
         zero = jnp.zeros((m,), dt)  # <Y_i, u_prev> is not used by this mode
         return s, y, s_old, y_old, jnp.asarray(True), gram, valid, (head + 1) % m, comb, zero, zero
 
-    insert = insert_orthogonal if history == "orthogonal" else insert_window
+    # The orthogonal history empties the head slot when no pair is stored (it never reads the
+    # old head row: insert returns None for it); the window writes the old row back.
+    empties_head = history == "orthogonal"
+    insert = insert_orthogonal if empties_head else insert_window
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del extra_args  # optax convention: extra args of other transforms are ignored
@@ -589,7 +592,7 @@ def scale_by_anderson(
         write = pair_ok & keep
         idx = state.head
         gram = jnp.where(pair_ok, gram, state.gram)
-        if s_old is None:  # the head slot is written (emptied) even without a pair
+        if empties_head:  # the head slot is written (emptied) even without a pair
             valid = jnp.where(pair_ok, valid, state.valid & (jnp.arange(m) != idx))
         else:
             valid = jnp.where(pair_ok, valid, state.valid)
@@ -622,7 +625,7 @@ def scale_by_anderson(
         try_acc = scheduled & gate & jnp.any(valid) & u_finite & ~reject
 
         d = tree_lin(lambda a, c: jnp.where(try_acc, beta * a - c, a), u, comb)
-        if s_old is None:  # orthogonal: the head slot is emptied when nothing is stored
+        if empties_head:  # the head slot is emptied when nothing is stored
             zero = lambda r: jax.tree_util.tree_map(lambda a: jnp.where(write, a, 0), r)
             s_wr, y_wr = zero(s_row), zero(y_row)
         else:

@@ -681,7 +681,7 @@ def reconstruct(
             # A start that begins again does so from a new motif cut with the share of
             # motif starts in the first round (new random cuts, shapes in turn).
             who = rng_motif.choice(n_starts, n_motif, replace=False)
-            cuts = _motif_starts(z, n_motif, rng_motif, first=int(rng_motif.integers(5)))
+            cuts = _motif_starts(z, n_motif, rng_motif, first=int(rng_motif.integers(len(MOTIFS))))
             fresh = fresh.at[who].set(jnp.asarray(cuts, fresh.dtype))
         force = np.zeros(n_starts, bool)
         if rng is not None and len(population) >= 2:
