@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from ase.cluster import Octahedron
 
+from experiments.reconstruct_pt.config import Config
+from experiments.reconstruct_pt.run import descriptor
 from jaxsci.data.pt_clusters import relax, seed_cluster
 from jaxsci.descriptors import ACSF
 from jaxsci.metrics import structure_rmsd
@@ -11,15 +13,11 @@ from jaxsci.reconstruct.losses import feature_scales
 from jaxsci.reconstruct.matching import similar_pairs
 from jaxsci.reconstruct.polish import _worst_pairs, polish
 
-# The G2 (Rs = 0) + G4 set of the reconstruction benchmark (8 + 12 functions, r_cut 6 A).
-G2 = [[eta, 0.0] for eta in (0.003, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 1.0)]
-G4 = [[eta, zeta, lam] for eta in (0.001, 0.01, 0.05) for zeta in (1.0, 4.0) for lam in (1, -1)]
-
 
 @pytest.fixture(scope="module")
 def case():
     atoms, _, _ = relax(seed_cluster("random", 20, seed=1))
-    acsf = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4)
+    acsf = descriptor(Config())  # the G2 + G4 set of the benchmark (8 + 12, r_cut 6 A)
     target = np.asarray(acsf.create(atoms), np.float64)
     return atoms, acsf, target
 
