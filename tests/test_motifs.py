@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from ase.cluster import Icosahedron
+from ase.cluster import Decahedron, Icosahedron, Octahedron
 
-from jaxsci.geometry.motifs import MOTIFS, motif_positions
+from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
 
 A = 3.92  # Pt lattice constant, Angstrom
 
@@ -40,6 +40,40 @@ def test_cuts_depend_on_the_generator_only():
     assert not np.allclose(_pair_distances(a), _pair_distances(c))
 
 
+def test_complete_motifs_are_every_ase_shape_of_that_size():
+    shapes = {
+        13: {
+            "icosahedron(2)": Icosahedron("Pt", 2, latticeconstant=A),
+            "decahedron(2,2,0)": Decahedron("Pt", 2, 2, 0, latticeconstant=A),
+            "octahedron(3,1)": Octahedron("Pt", 3, 1, latticeconstant=A),
+        },
+        23: {"decahedron(3,1,0)": Decahedron("Pt", 3, 1, 0, latticeconstant=A)},
+        38: {"octahedron(4,1)": Octahedron("Pt", 4, 1, latticeconstant=A)},
+        40: {"decahedron(1,3,1)": Decahedron("Pt", 1, 3, 1, latticeconstant=A)},
+    }
+    for n, expected in shapes.items():
+        got = dict(complete_motifs(n, A))
+        assert set(got) == set(expected), n
+        for name, atoms in expected.items():
+            x = got[name]
+            assert x.shape == (n, 3) and not x.flags.writeable
+            np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-12)
+            ref = _pair_distances(atoms.positions)
+            np.testing.assert_allclose(_pair_distances(x), ref, atol=1e-9)
+    # Brute force over a wider parameter box finds no shape the enumeration missed.
+    brute = {
+        len(Decahedron("Pt", p, q, r, latticeconstant=A))
+        for p in range(1, 6)
+        for q in range(1, 21)
+        for r in range(4)
+        if p > 1 or r > 0
+    }
+    for n in range(4, 61):
+        names = [k for k, _ in complete_motifs(n, A)]
+        assert any(k.startswith("decahedron") for k in names) == (n in brute), n
+    assert complete_motifs(14, A) == []
+
+
 def test_bad_arguments_raise():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="unknown motif"):
@@ -48,3 +82,7 @@ def test_bad_arguments_raise():
         motif_positions("icosahedron", 10, -1.0, rng)
     with pytest.raises(ValueError, match="n >= 1"):
         motif_positions("octahedron", 0, A, rng)
+    with pytest.raises(ValueError, match="n >= 1"):
+        complete_motifs(0, A)
+    with pytest.raises(ValueError, match="lattice_constant > 0"):
+        complete_motifs(13, 0.0)

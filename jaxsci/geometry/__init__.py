@@ -8,7 +8,7 @@ from jaxsci.geometry.cell import (
     wrap_positions,
 )
 from jaxsci.geometry.displacement import free_displacement, periodic_displacement, safe_norm
-from jaxsci.geometry.motifs import MOTIFS, motif_positions
+from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
 from jaxsci.geometry.neighbors import (
     CellListSpec,
     NeighborList,
@@ -31,6 +31,7 @@ __all__ = [
     "cell_list_allocate",
     "cell_list_spec",
     "cell_list_update",
+    "complete_motifs",
     "count_within",
     "dense_slots",
     "free_displacement",

@@ -1,9 +1,14 @@
-"""Ideal cluster motifs (``ase.cluster``) cut to any atom count.
+"""Ideal cluster motifs (``ase.cluster``) cut to any atom count, and the complete ones.
 
-Icosahedra, Ino decahedra, octahedra and Wulff shapes of an fcc metal are built large
-enough to hold ``n`` atoms and trimmed to the ``n`` atoms nearest a randomly shifted
-centre; ``fcc_ball`` takes the ``n`` fcc sites nearest a random point. A complete shell
-(13, 55, 147 atoms for the icosahedron) comes out whole. Lengths in Angstrom.
+:func:`motif_positions`: icosahedra, Ino decahedra, octahedra and Wulff shapes of an fcc
+metal are built large enough to hold ``n`` atoms and trimmed to the ``n`` atoms nearest a
+randomly shifted centre; ``fcc_ball`` takes the ``n`` fcc sites nearest a random point. A
+complete shell (13, 55, 147 atoms for the icosahedron) comes out whole.
+
+:func:`complete_motifs`: every complete ``ase.cluster`` shape of exactly ``n`` atoms
+(Mackay icosahedra, Ino and Marks decahedra of any elongation, truncated octahedra), which
+a spherical cut does not produce (e.g. the flat 23-atom decahedron, the 38-atom truncated
+octahedron comes out of both). Lengths in Angstrom.
 """
 
 from __future__ import annotations
@@ -78,3 +83,68 @@ def motif_positions(
     dist = np.linalg.norm(lattice - centre, axis=1) + rng.uniform(0.0, 1e-3, len(lattice))
     pos = lattice[np.argsort(dist)[:n]]
     return pos - pos.mean(0)
+
+
+def _decahedra(n: int, a: float) -> list[tuple[str, np.ndarray]]:
+    from ase.cluster import Decahedron
+
+    out = []
+    count = lambda p, q, r: len(Decahedron("Cu", p, q, r, latticeconstant=a))
+    p = 1
+    while count(p, 1, 0) <= n:  # atom counts grow with p, q and r
+        r = 0
+        while count(p, 1, r) <= n:
+            q = 1
+            while (c := count(p, q, r)) <= n:
+                if c == n and (p > 1 or r > 0):  # p = 1, r = 0: a line of q atoms
+                    pos = Decahedron("Cu", p, q, r, latticeconstant=a).positions
+                    out.append((f"decahedron({p},{q},{r})", pos))
+                q += 1
+            r += 1
+        p += 1
+    return out
+
+
+def _octahedra(n: int, a: float) -> list[tuple[str, np.ndarray]]:
+    from ase.cluster import Octahedron
+
+    out = []
+    length = 2
+    # The most truncated octahedron of a length is its smallest; it grows with the length.
+    while len(Octahedron("Cu", length, (length - 1) // 2, latticeconstant=a)) <= n:
+        for cutoff in range((length - 1) // 2 + 1):
+            pos = Octahedron("Cu", length, cutoff, latticeconstant=a).positions
+            if len(pos) == n:
+                out.append((f"octahedron({length},{cutoff})", pos))
+        length += 1
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _complete(n: int, a: float) -> tuple[tuple[str, np.ndarray], ...]:
+    from ase.cluster import Icosahedron
+
+    found = []
+    k = 1
+    while (m := (10 * k**3 - 15 * k**2 + 11 * k - 3) // 3) <= n:  # atoms in k shells
+        if m == n and k > 1:
+            found.append((f"icosahedron({k})", Icosahedron("Cu", k, latticeconstant=a).positions))
+        k += 1
+    found += _decahedra(n, a) + _octahedra(n, a)
+    out = []
+    for name, pos in found:
+        pos = np.asarray(pos, np.float64) - np.mean(pos, axis=0)
+        pos.flags.writeable = False
+        out.append((name, pos))
+    return tuple(out)
+
+
+def complete_motifs(n: int, lattice_constant: float) -> list[tuple[str, np.ndarray]]:
+    """Every complete ``ase.cluster`` motif of exactly ``n`` atoms, as ``(name, [n, 3])``
+    pairs (positions centred, read-only; Angstrom): Mackay icosahedra, Ino/Marks decahedra
+    ``Decahedron(p, q, r)`` and truncated octahedra ``Octahedron(length, cutoff)`` of an fcc
+    metal with ``lattice_constant``. Empty when no such shape has ``n`` atoms (e.g. 14).
+    Enumerated once per ``(n, lattice_constant)``."""
+    if n < 1 or not lattice_constant > 0:
+        raise ValueError(f"need n >= 1 and lattice_constant > 0, got {n}, {lattice_constant}")
+    return list(_complete(int(n), float(lattice_constant)))

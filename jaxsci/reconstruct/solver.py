@@ -7,22 +7,25 @@ axis is sharded over devices when there are several). Each *round* runs
 positions found so far (monotonic basin hopping), and kicks the atoms whose
 fingerprint rows match worst; a start that has not improved for ``patience``
 rounds begins again from a fresh random compact packing or, with the share of the
-``motif_starts``, from a new cut of an ideal cluster motif (icosahedron, decahedron,
-octahedron, Wulff shape, fcc ball; the first round's starts include such cuts too).
+``motif_starts``, from an ideal cluster motif (every complete icosahedron, decahedron or
+truncated octahedron of the target's size, then cuts of icosahedra, decahedra, octahedra,
+Wulff shapes and fcc balls; the first round's starts include such motifs too).
 After every round the starts are scored by the exact, order-independent fingerprint
 error (rows matched by the Hungarian algorithm); the overall best one is polished in
 float64 on the host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the
 sorted-column loss, then alternating row matching and L-BFGS-B on the row-matched loss,
 swaps of wrongly matched atoms and Gauss-Newton matchings), and the search stops as
-soon as one meets ``tol``. Optional search aids, off by default because they did not
-measurably help (benchmarks/RESULTS.md): a coarse-to-fine continuation of the feature
-weights, directed moves of the worst atoms to the best of many candidate sites, and an
-entropic optimal-transport set loss next to the sorted columns.
+soon as one meets ``tol``; that structure is then refined by longer matched descents.
+Optional search aids, off by default because they did not measurably help
+(benchmarks/RESULTS.md): a coarse-to-fine continuation of the feature weights, directed
+moves of the worst atoms to the best of many candidate sites, and an entropic
+optimal-transport set loss next to the sorted columns.
 
-Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (icosahedral, decahedral,
-octahedral cuts) up to 55 atoms and random packings up to about 15 atoms are recovered
-within a minute on a 2-core CPU, random packings of 20 atoms a third of the time (3 of 9
-held-out clusters), EMT-relaxed random packings of 25 or more atoms not at all.
+Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedra,
+decahedra and truncated octahedra, and cuts of them) up to 55 atoms and random packings
+up to about 15 atoms are recovered within a minute on a 2-core CPU, random packings of 20
+atoms a third of the time (3 of 9 held-out clusters), EMT-relaxed random packings of 25
+or more atoms not at all.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
@@ -45,7 +48,7 @@ import numpy as np
 import optax
 from ase.data import covalent_radii, reference_states
 
-from jaxsci.geometry.motifs import MOTIFS, motif_positions
+from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
@@ -404,8 +407,9 @@ def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
 def _motif_starts(
     z: np.ndarray, count: int, rng: np.random.Generator, first: int = 0
 ) -> np.ndarray:
-    """``[count, n, 3]`` ideal-motif cuts (shapes in turn from ``MOTIFS[first]``), species
-    shuffled over the sites."""
+    """``[count, n, 3]`` ideal motifs: first every complete one of ``n`` atoms
+    (:func:`jaxsci.geometry.motifs.complete_motifs`), then cuts (shapes in turn from
+    ``MOTIFS[first]``); species shuffled over the sites."""
     if count <= 0:
         return np.zeros((0, len(z), 3))
     zs = set(int(a) for a in z)
@@ -414,9 +418,13 @@ def _motif_starts(
         a = float(ref["a"])
     else:  # nearest-neighbour distance: the mean sum of covalent radii of a pair
         a = float(np.sqrt(2.0) * 2.0 * np.mean(_radius(z)))
+    complete = [pos for _, pos in complete_motifs(len(z), a)]
     out = []
     for i in range(count):
-        pos = motif_positions(MOTIFS[(first + i) % len(MOTIFS)], len(z), a, rng)
+        if i < len(complete):
+            pos = complete[i]
+        else:
+            pos = motif_positions(MOTIFS[(first + i - len(complete)) % len(MOTIFS)], len(z), a, rng)
         pos = pos[rng.permutation(len(z))] if len(zs) > 1 else pos
         # A little noise breaks the motif's symmetry: at the ideal point the search loss's
         # gradient vanishes by symmetry and the descent would not move.
@@ -469,6 +477,7 @@ def reconstruct(
     twist: float = 0.0,
     motif_starts: int = 16,
     initial_positions: Any | None = None,
+    refine_steps: int = 1000,
     progress: bool = False,
 ) -> ReconstructResult:
     """Find positions whose ACSF fingerprint matches ``target``.
@@ -534,18 +543,29 @@ def reconstruct(
             (:func:`jaxsci.reconstruct.crossover.twist`: the half above a random plane
             rotated about its normal, radii from the centre kept).
         motif_starts: free clusters only (0 = off): this many of the first round's starts
-            begin from ideal cluster motifs cut to ``n_atoms``
+            begin from ideal cluster motifs of ``n_atoms``: first every complete
+            ``ase.cluster`` shape of exactly that size
+            (:func:`jaxsci.geometry.motifs.complete_motifs`: Mackay icosahedra, Ino and
+            Marks decahedra, truncated octahedra), then cuts
             (:func:`jaxsci.geometry.motifs.motif_positions`: icosahedron, decahedron,
             octahedron, Wulff shape and fcc ball in turn, each cut about a randomly
-            shifted centre) with the nearest-neighbour distance of the element's fcc
+            shifted centre), with the nearest-neighbour distance of the element's fcc
             reference state (else the sum of covalent radii), species assigned at
             random, plus 0.05 A of noise; a start that begins again later does so from a
-            new cut with the same probability (``motif_starts / n_starts``). Complete
-            shells (Pt13, Pt55 icosahedra) and motif-like targets then start inside the
-            target's basin; the other starts are random compact packings.
+            new motif with the same probability (``motif_starts / n_starts``), the
+            complete shapes again first. Complete shapes (Pt13 and Pt55 icosahedra, the
+            flat Pt23 decahedron, the Pt38 truncated octahedron) and motif-like targets
+            then start inside the target's basin; the other starts are random compact
+            packings.
         initial_positions: ``[k, n_atoms, 3]`` (or ``[n_atoms, 3]``) guesses (Angstrom),
             e.g. from a generative model; they take the first ``k`` starts (before the
             motif starts) of the first round.
+        refine_steps: once a start meets ``tol``, the result is refined: float64
+            L-BFGS-B on the row-matched loss, re-matching the rows between at most 8
+            descents of this many iterations, until the error is 100x below ``tol`` or
+            stalls (0 = off). A structure that has just crossed ``tol`` can still lie
+            0.1-0.25 A from the target (measured: an EMT-relaxed Pt25 decahedron at
+            7.8e-4 and 0.24 A, refined in 2.6 s to 8e-5 and 0.013 A).
         progress: show a tqdm progress bar over rounds.
 
     Returns:
@@ -572,6 +592,8 @@ def reconstruct(
         raise ValueError(f"reconstruct: need temperature >= 0 (got {temperature})")
     if motif_starts < 0:
         raise ValueError(f"reconstruct: need motif_starts >= 0 (got {motif_starts})")
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise ValueError(f"reconstruct: need an integer refine_steps >= 0 (got {refine_steps!r})")
     n = len(species_idx)
     guesses = _check_guesses(initial_positions, n)
     if len(guesses) > n_starts:
@@ -678,8 +700,8 @@ def reconstruct(
         key, k_fresh, k_round = jax.random.split(key, 3)
         fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
         if rng_motif is not None:
-            # A start that begins again does so from a new motif cut with the share of
-            # motif starts in the first round (new random cuts, shapes in turn).
+            # A start that begins again does so from a new motif with the share of motif
+            # starts in the first round (the complete shapes, then new random cuts).
             who = rng_motif.choice(n_starts, n_motif, replace=False)
             cuts = _motif_starts(z, n_motif, rng_motif, first=int(rng_motif.integers(len(MOTIFS))))
             fresh = fresh.at[who].set(jnp.asarray(cuts, fresh.dtype))
@@ -753,6 +775,23 @@ def reconstruct(
     if bar is not None:
         bar.close()
     assert best is not None
+    if refine_steps > 0 and best[0] < tol and not pooled:
+        y, err = polish(
+            best[1],
+            t,
+            species_idx,
+            descriptor,
+            cell=cell_np,
+            scale=scale,
+            sorted_steps=0,
+            steps_per_cycle=refine_steps,
+            tol=tol / 100,
+            hops=0,
+            max_swaps=0,
+            gauss_newton_trials=0,
+        )
+        if err < best[0]:
+            best = (err, y)
     positions = best[1]
     if cell_np is None:
         positions = positions - positions.mean(0)
