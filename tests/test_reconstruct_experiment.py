@@ -6,7 +6,7 @@ import pytest
 from ase.io import read
 
 from experiments.reconstruct_pt.config import Config, tiny
-from experiments.reconstruct_pt.run import train_and_evaluate
+from experiments.reconstruct_pt.run import build_clusters, train_and_evaluate
 
 
 def test_tiny_run_writes_results_plot_and_structures(tmp_path):
@@ -20,6 +20,13 @@ def test_tiny_run_writes_results_plot_and_structures(tmp_path):
     frames = read(tmp_path / "reconstructed.extxyz", index=":")
     assert len(frames) == 1 and len(frames[0]) == 6
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_complete_shapes_are_every_ase_cluster_of_the_size():
+    clusters = build_clusters(Config(sizes=(13, 14), shapes=("complete",)))
+    names = sorted(a.info["shape"] for a in clusters)
+    assert names == ["decahedron(2,2,0)", "icosahedron(2)", "octahedron(3,1)"]
+    assert all(len(a) == 13 and a.get_chemical_symbols() == ["Pt"] * 13 for a in clusters)
 
 
 def test_bad_config_fails_before_any_work():

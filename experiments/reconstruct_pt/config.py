@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SHAPES = ("icosahedron", "octahedron", "decahedron", "random")
+SHAPES = ("icosahedron", "octahedron", "decahedron", "random", "complete")
 
 
 @dataclass(frozen=True)
@@ -12,9 +12,12 @@ class Config:
     """Clusters to reconstruct and the reconstruction budget.
 
     sizes: atom counts; shapes: seed shapes from ``jaxsci.data.pt_clusters.seed_cluster``
-    (icosahedron, octahedron, decahedron trimmed to N; random packings), each rattled and
-    relaxed with EMT; per_shape: clusters per (size, shape); g2_etas / g4_params: the
-    fingerprint (8 G2 with Rs = 0 and 12 G4 by default, r_cut in Angstrom);
+    (icosahedron, octahedron, decahedron trimmed to N; random packings) and ``complete``
+    (every complete ``ase.cluster`` icosahedron, Ino/Marks decahedron and truncated
+    octahedron of exactly N atoms, :func:`jaxsci.geometry.complete_motifs`; none for most
+    N), each rattled and relaxed with EMT; per_shape: clusters per (size, shape);
+    g2_etas / g4_params: the fingerprint (8 G2 with Rs = 0 and 12 G4 by default, r_cut in
+    Angstrom);
     time_limit: seconds per reconstruction; n_starts: parallel starts.
     """
 

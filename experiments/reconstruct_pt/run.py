@@ -21,19 +21,35 @@ from experiments.reconstruct_pt.config import Config
 
 
 def build_clusters(config: Config):
-    """EMT-relaxed Pt clusters: rattled seeds of every shape and size, relaxed with FIRE."""
-    from jaxsci.data.pt_clusters import relax, seed_cluster
+    """EMT-relaxed Pt clusters: rattled seeds of every shape and size, relaxed with FIRE.
 
+    ``info["shape"]`` names the seed shape; for ``complete`` the ``ase.cluster`` shape
+    with its parameters, e.g. ``decahedron(3,1,0)``.
+    """
+    from ase import Atoms
+    from ase.data import reference_states
+
+    from jaxsci.data.pt_clusters import relax, seed_cluster
+    from jaxsci.geometry import complete_motifs
+
+    a_pt = reference_states[78]["a"]  # fcc lattice constant of Pt, Angstrom
     out = []
     for n in config.sizes:
         for shape in config.shapes:
-            for k in range(config.per_shape):
-                seed = config.seed + 1000 * k + n
-                atoms = seed_cluster(shape, n, seed=seed)
-                atoms.rattle(0.1, seed=seed)
-                relaxed, _, _ = relax(atoms)
-                relaxed.info.update(shape=shape, index=k)
-                out.append(relaxed)
+            if shape == "complete":
+                seeds = [
+                    (name, Atoms(f"Pt{n}", positions=pos)) for name, pos in complete_motifs(n, a_pt)
+                ]
+            else:
+                seeds = [(shape, None)]
+            for name, ideal in seeds:
+                for k in range(config.per_shape):
+                    seed = config.seed + 1000 * k + n
+                    atoms = seed_cluster(shape, n, seed=seed) if ideal is None else ideal.copy()
+                    atoms.rattle(0.1, seed=seed)
+                    relaxed, _, _ = relax(atoms)
+                    relaxed.info.update(shape=name, index=k)
+                    out.append(relaxed)
     return out
 
 
@@ -98,6 +114,8 @@ def train_and_evaluate(config: Config, run_dir: Path) -> dict:
     per_size = {}
     for n in config.sizes:
         rs = [r for r in records if r["n_atoms"] == n]
+        if not rs:  # e.g. only "complete" shapes, none of n atoms
+            continue
         per_size[str(n)] = {
             "success_rate": float(np.mean([r["success"] for r in rs])),
             "median_rmsd": float(np.median([r["rmsd"] for r in rs])),
