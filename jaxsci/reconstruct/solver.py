@@ -22,10 +22,11 @@ moves of the worst atoms to the best of many candidate sites, and an entropic
 optimal-transport set loss next to the sorted columns.
 
 Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedra,
-decahedra and truncated octahedra, and cuts of them) up to 55 atoms and random packings
-up to about 15 atoms are recovered within a minute on a 2-core CPU, random packings of 20
-atoms a third of the time (3 of 9 held-out clusters), EMT-relaxed random packings of 25
-or more atoms not at all.
+decahedra and truncated octahedra, and cuts of them; not the 2-atom-wide decahedral rods
+``Decahedron(2, q >= 6, 0)``) up to 55 atoms and random packings up to about 15 atoms are
+recovered within a minute on a 2-core CPU, random packings of 20 atoms a third of the time
+(3 of 9 held-out clusters), EMT-relaxed random packings of 25 or more atoms not at all, and
+rattled but unrelaxed symmetric clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
