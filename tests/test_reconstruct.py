@@ -85,7 +85,8 @@ def test_rattled_pt19_is_recovered(acsf):
 
 def test_complete_decahedron_is_recovered_from_its_motif_start(acsf):
     # The flat 23-atom Ino decahedron is no spherical cut of a larger motif: before the
-    # complete shapes were motif starts, its EMT-relaxed form was not recovered in 55 s.
+    # complete shapes were motif starts, its EMT-relaxed form was not recovered in 55 s
+    # (benchmark descriptor, benchmarks/RESULTS.md).
     atoms = Decahedron("Pt", 3, 1, 0)
     atoms.rattle(0.02, seed=1)
     target_atoms, _, _ = relax(atoms)
