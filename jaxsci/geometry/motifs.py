@@ -95,10 +95,9 @@ def _decahedra(n: int, a: float) -> list[tuple[str, np.ndarray]]:
         r = 0
         while count(p, 1, r) <= n:
             q = 1
-            while (c := count(p, q, r)) <= n:
-                if c == n and (p > 1 or r > 0):  # p = 1, r = 0: a line of q atoms
-                    pos = Decahedron("Cu", p, q, r, latticeconstant=a).positions
-                    out.append((f"decahedron({p},{q},{r})", pos))
+            while len(atoms := Decahedron("Cu", p, q, r, latticeconstant=a)) <= n:
+                if len(atoms) == n and (p > 1 or r > 0):  # p = 1, r = 0: a line of q atoms
+                    out.append((f"decahedron({p},{q},{r})", atoms.positions))
                 q += 1
             r += 1
         p += 1

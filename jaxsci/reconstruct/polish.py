@@ -102,6 +102,13 @@ def _compiled(descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[flo
     )
 
 
+def _functions(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
+    """:func:`_compiled` for ``species_idx [N]`` and ``cell`` (``[3, 3]`` or None), keyed
+    by their values. Must be called inside ``jax.enable_x64(True)``."""
+    cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
+    return _compiled(descriptor, tuple(int(s) for s in species_idx), cell_key)
+
+
 def _lbfgsb(vg: Callable, x0: np.ndarray, max_iter: int, args: tuple) -> np.ndarray:
     def fun(x):
         v, g = vg(jnp.asarray(x), *args)
@@ -132,11 +139,8 @@ def matched_descent(
     """
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
-    cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
     with jax.enable_x64(True):
-        feats_fn, _, matched_vg, _ = _compiled(
-            descriptor, tuple(int(s) for s in species_idx), cell_key
-        )
+        feats_fn, _, matched_vg, _ = _functions(descriptor, species_idx, cell)
         args = (jnp.asarray(labels), jnp.asarray(t / scale), jnp.asarray(scale, jnp.float64))
         x = _lbfgsb(matched_vg, np.ravel(np.asarray(positions, np.float64)), steps, args)
         f = np.asarray(feats_fn(jnp.asarray(x)), np.float64)
@@ -193,11 +197,8 @@ def polish(
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
     t_norm = max(float(np.linalg.norm(t)), 1e-300)
-    cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
     with jax.enable_x64(True):
-        feats_fn, sorted_vg, matched_vg, jac_fn = _compiled(
-            descriptor, tuple(int(s) for s in species_idx), cell_key
-        )
+        feats_fn, sorted_vg, matched_vg, jac_fn = _functions(descriptor, species_idx, cell)
         sc = jnp.asarray(scale, jnp.float64)
         groups = [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
         t_sorted = jnp.asarray(np.concatenate([np.sort(t[g] / scale, axis=0) for g in groups]))
