@@ -179,3 +179,22 @@ def repulsion(positions: Array, min_distance: Array, cell: np.ndarray | None = N
     r = jnp.sqrt(jnp.sum(d * d, -1) + (1.0 - off))
     gap = jax.nn.relu(min_distance - r) * off
     return 0.5 * jnp.sum(gap * gap) / n
+
+
+def tether(positions: Array, bond: Array, stretch: float | Array = 1.3) -> Array:
+    """Keeps a free cluster in one piece without fixing its shape:
+    ``sum_i relu(min_j (d_ij - stretch b_ij))^2 / N`` (Angstrom^2).
+
+    ``bond [N, N]`` (Angstrom) holds the bond lengths (e.g. sums of covalent radii); an
+    atom is penalised only when its *nearest* neighbour is farther than ``stretch`` bond
+    lengths, so rods, plates and compact clusters are all free of it, while an atom that
+    drifts off (its fingerprint gradient vanishes beyond the cutoff) is pulled back.
+    """
+    n = positions.shape[0]
+    if n < 2:
+        return jnp.zeros((), positions.dtype)
+    d = positions[:, None, :] - positions[None, :, :]
+    eye = jnp.eye(n, dtype=positions.dtype)
+    r = jnp.sqrt(jnp.sum(d * d, -1) + eye)
+    gap = jax.nn.relu(jnp.min(r - stretch * bond + 1e6 * eye, axis=1))
+    return jnp.sum(gap * gap) / n

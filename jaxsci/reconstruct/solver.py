@@ -3,9 +3,10 @@
 The search runs ``n_starts`` independent starts in parallel (``vmap``; the starts
 axis is sharded over devices when there are several). Each *round* runs
 ``steps_per_round`` optimizer steps on fingerprint loss + short-range repulsion
-(+ a weak confinement for free clusters), then, per start, keeps the best
-positions found so far (monotonic basin hopping), and kicks the atoms whose
-fingerprint rows match worst; a start that has not improved for ``patience``
+(+ for free clusters a tether on each atom's nearest-neighbour distance, which keeps the
+cluster in one piece but leaves its shape free: rods and plates too), then, per start,
+keeps the best positions found so far (monotonic basin hopping), and kicks the atoms
+whose fingerprint rows match worst; a start that has not improved for ``patience``
 rounds begins again from a fresh random compact packing or, with the share of the
 ``motif_starts``, from an ideal cluster motif (every complete icosahedron, decahedron or
 truncated octahedron of the target's size, then cuts of icosahedra, decahedra, octahedra,
@@ -22,11 +23,11 @@ moves of the worst atoms to the best of many candidate sites, and an entropic
 optimal-transport set loss next to the sorted columns.
 
 Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedra,
-decahedra and truncated octahedra, and cuts of them; not the 2-atom-wide decahedral rods
-``Decahedron(2, q >= 6, 0)``) up to 55 atoms and random packings up to about 15 atoms are
-recovered within a minute on a 2-core CPU, random packings of 20 atoms a third of the time
-(3 of 9 held-out clusters), EMT-relaxed random packings of 25 or more atoms not at all, and
-rattled but unrelaxed symmetric clusters (MD snapshots) not reliably.
+decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 atoms
+and random packings up to about 15 atoms are recovered within a minute on a 2-core CPU,
+random packings of 20 atoms a third of the time (3 of 9 held-out clusters), EMT-relaxed
+random packings of 25 or more atoms not at all, and rattled but unrelaxed symmetric
+clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
@@ -65,6 +66,7 @@ from jaxsci.reconstruct.losses import (
     sort_by_species,
     sorted_loss,
     species_groups,
+    tether,
 )
 from jaxsci.reconstruct.polish import fingerprint_fn, polish
 
@@ -76,6 +78,10 @@ PACKING_FRACTION = 0.74
 
 #: Gaussian noise (Angstrom per coordinate) added to motif starts.
 MOTIF_JITTER = 0.05
+
+#: Free clusters: an atom whose nearest neighbour is farther than this many bond lengths
+#: (sums of covalent radii) is pulled back (:func:`jaxsci.reconstruct.losses.tether`).
+TETHER_STRETCH = 1.3
 
 #: Starts of lowest error refined once the search has met ``tol`` (see ``refine_steps``),
 #: and the seconds after which no new refinement, swap or matching trial starts.
@@ -243,9 +249,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             val = pooled_loss(feats, aux["t_pooled"], aux["pscale"], spec.pool_ops)
         rep = repulsion(x, aux["dmin"], cell)
         if cell is None:
-            c = jnp.mean(x, axis=0)
-            out = jax.nn.relu(jnp.linalg.norm(x - c, axis=-1) - aux["r_conf"])
-            rep = rep + jnp.sum(out * out) / n
+            rep = rep + tether(x, aux["r0"], TETHER_STRETCH)
         return val + aux["w_rep"] * rep
 
     def optimize(x, aux, steps, age):
@@ -642,7 +646,6 @@ def reconstruct(
     rcov = _radius(z)
     aux: dict[str, Any] = {
         "dmin": jnp.asarray(repulsion_scale * (rcov[:, None] + rcov[None, :]), jnp.float32),
-        "r_conf": jnp.float32(radius + 2.0),
         "w_rep": jnp.float32(1.0),
         "kick_size": jnp.float32(kick_size),
         "patience": jnp.int32(patience),
