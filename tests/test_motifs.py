@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ase.cluster import Decahedron, Icosahedron, Octahedron
 
-from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
+from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_cuts, motif_positions
 
 A = 3.92  # Pt lattice constant, Angstrom
 
@@ -74,6 +74,26 @@ def test_complete_motifs_are_every_ase_shape_of_that_size():
     assert complete_motifs(14, A) == []
 
 
+def test_motif_cuts_are_the_distinct_cuts_of_the_generator():
+    cuts = motif_cuts(30, A)
+    assert {shape for shape, _ in cuts} <= set(MOTIFS)
+    dists = [_pair_distances(x) for _, x in cuts]
+    for _, x in cuts:
+        assert x.shape == (30, 3) and not x.flags.writeable
+        np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-12)
+    # No two alike (sorted pair distances differ by more than the 1% of a binning).
+    for i in range(len(dists)):
+        for j in range(i):
+            assert np.abs(dists[i] - dists[j]).max() > 1e-3
+    # Cuts drawn from another random stream are almost all in the set already.
+    rng = np.random.default_rng(123)
+    draws = [motif_positions(MOTIFS[k % 4], 30, A, rng) for k in range(40)]
+    found = [min(np.abs(_pair_distances(x) - d).max() for d in dists) < 1e-6 for x in draws]
+    assert np.mean(found) >= 0.9
+    again = motif_cuts(30, A)  # cached: the same read-only arrays in a new list
+    assert again is not cuts and all(a[1] is b[1] for a, b in zip(again, cuts, strict=True))
+
+
 def test_bad_arguments_raise():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="unknown motif"):
@@ -86,3 +106,5 @@ def test_bad_arguments_raise():
         complete_motifs(0, A)
     with pytest.raises(ValueError, match="lattice_constant > 0"):
         complete_motifs(13, 0.0)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        motif_cuts(13, A, samples=0)

@@ -8,7 +8,7 @@ from jaxsci.geometry.cell import (
     wrap_positions,
 )
 from jaxsci.geometry.displacement import free_displacement, periodic_displacement, safe_norm
-from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
+from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_cuts, motif_positions
 from jaxsci.geometry.neighbors import (
     CellListSpec,
     NeighborList,
@@ -38,6 +38,7 @@ __all__ = [
     "image_multipliers",
     "image_shifts",
     "image_slots",
+    "motif_cuts",
     "motif_positions",
     "neighbor_list_slots",
     "periodic_displacement",

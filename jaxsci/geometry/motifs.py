@@ -138,6 +138,40 @@ def _complete(n: int, a: float) -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _cuts(n: int, a: float, samples: int) -> tuple[tuple[str, np.ndarray], ...]:
+    rng = np.random.default_rng(n)  # a fixed stream: the result is a property of (n, a)
+    seen: set[bytes] = set()
+    out = []
+    iu = np.triu_indices(n, 1)
+    for i in range(samples):
+        shape = MOTIFS[i % len(MOTIFS)]
+        pos = motif_positions(shape, n, a, rng)
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)[iu]
+        key = np.round(np.sort(d) / (0.01 * a)).astype(np.int32).tobytes()
+        if key not in seen:
+            seen.add(key)
+            pos.flags.writeable = False
+            out.append((shape, pos))
+    return tuple(out)
+
+
+def motif_cuts(
+    n: int, lattice_constant: float, samples: int = 1000
+) -> list[tuple[str, np.ndarray]]:
+    """The distinct ``n``-atom cuts :func:`motif_positions` makes, as ``(shape, [n, 3])``
+    pairs (positions centred, read-only; Angstrom), found by drawing ``samples`` cuts (the
+    shapes of :data:`MOTIFS` in turn, from a fixed random stream) and keeping one of each
+    set of sorted pair distances (to 1% of ``lattice_constant``). Cuts about nearby centres
+    often coincide: 13 to 61 distinct ones for 24 to 55 atoms. Cached."""
+    if n < 1 or not lattice_constant > 0 or samples < 1:
+        raise ValueError(
+            f"need n >= 1, lattice_constant > 0 and samples >= 1, got {n}, "
+            f"{lattice_constant}, {samples}"
+        )
+    return list(_cuts(int(n), float(lattice_constant), int(samples)))
+
+
 def complete_motifs(n: int, lattice_constant: float) -> list[tuple[str, np.ndarray]]:
     """Every complete ``ase.cluster`` motif of exactly ``n`` atoms, as ``(name, [n, 3])``
     pairs (positions centred, read-only; Angstrom): Mackay icosahedra, Ino/Marks decahedra

@@ -48,9 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ase.data import covalent_radii, reference_states
+from ase.data import covalent_radii
 
-from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_positions
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
@@ -69,15 +68,13 @@ from jaxsci.reconstruct.losses import (
     tether,
 )
 from jaxsci.reconstruct.polish import fingerprint_fn, polish
+from jaxsci.reconstruct.starts import MotifQueue
 
 Array = jax.Array
 
 #: Atomic volume used for random compact starts when no cell is given (Angstrom^3 per atom);
 #: derived from covalent radii at a close-packing fraction (see ``_packing_radius``).
 PACKING_FRACTION = 0.74
-
-#: Gaussian noise (Angstrom per coordinate) added to motif starts.
-MOTIF_JITTER = 0.05
 
 #: Free clusters: an atom whose nearest neighbour is farther than this many bond lengths
 #: (sums of covalent radii) is pulled back (:func:`jaxsci.reconstruct.losses.tether`).
@@ -414,34 +411,6 @@ def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
     return g
 
 
-def _motif_starts(
-    z: np.ndarray, count: int, rng: np.random.Generator, first: int = 0
-) -> np.ndarray:
-    """``[count, n, 3]`` ideal motifs: first every complete one of ``n`` atoms
-    (:func:`jaxsci.geometry.motifs.complete_motifs`), then cuts (shapes in turn from
-    ``MOTIFS[first]``); species shuffled over the sites."""
-    if count <= 0:
-        return np.zeros((0, len(z), 3))
-    zs = set(int(a) for a in z)
-    ref = reference_states[z[0]] if len(zs) == 1 else None
-    if ref is not None and ref.get("symmetry") == "fcc":
-        a = float(ref["a"])
-    else:  # nearest-neighbour distance: the mean sum of covalent radii of a pair
-        a = float(np.sqrt(2.0) * 2.0 * np.mean(_radius(z)))
-    complete = [pos for _, pos in complete_motifs(len(z), a)]
-    out = []
-    for i in range(count):
-        if i < len(complete):
-            pos = complete[i]
-        else:
-            pos = motif_positions(MOTIFS[(first + i - len(complete)) % len(MOTIFS)], len(z), a, rng)
-        pos = pos[rng.permutation(len(z))] if len(zs) > 1 else pos
-        # A little noise breaks the motif's symmetry: at the ideal point the search loss's
-        # gradient vanishes by symmetry and the descent would not move.
-        out.append(pos + MOTIF_JITTER * rng.standard_normal(pos.shape))
-    return np.stack(out)
-
-
 def _shard(x, n_starts):
     n_dev = jax.device_count()
     if n_dev <= 1 or n_starts % n_dev:
@@ -672,11 +641,26 @@ def reconstruct(
     aux["r0"] = jnp.asarray(rcov[:, None] + rcov[None, :], jnp.float32)
     x = starts_fn(jax.random.split(k0, n_starts), aux)
     n_motif = min(motif_starts, n_starts) if cell_np is None and n >= 4 else 0
-    rng_motif = None
+    queue = None
     if n_motif:
         key, k_motif = jax.random.split(key)
         rng_motif = np.random.default_rng(int(jax.random.randint(k_motif, (), 0, 2**31 - 1)))
-        motifs = _motif_starts(z, min(n_motif, n_starts - len(guesses)), rng_motif)
+
+        def score(cands: np.ndarray) -> np.ndarray:
+            """Fingerprint error of candidate structures [k, n, 3] against the target."""
+            pad = -len(cands) % n_starts
+            padded = np.concatenate([cands, np.repeat(cands[:1], pad, 0)])
+            errs = []
+            for i in range(0, len(padded), n_starts):
+                feats = np.asarray(features_fn(jnp.asarray(padded[i : i + n_starts], jnp.float32)))
+                for f in feats.astype(np.float64):
+                    perm = None if pooled else match_rows(f, t, species_idx)
+                    errs.append(_rel_error(f, t, perm, pool_ops))
+            return np.asarray(errs[: len(cands)])
+
+        queue = MotifQueue(z, score, rng_motif)
+        motifs, picked = queue.peek(min(n_motif, n_starts - len(guesses)))
+        queue.used(picked)
         guesses = np.concatenate([guesses, motifs])
     if len(guesses):
         x = x.at[: len(guesses)].set(jnp.asarray(guesses, x.dtype))
@@ -714,12 +698,14 @@ def reconstruct(
     while rounds < max_rounds and not done:
         key, k_fresh, k_round = jax.random.split(key, 3)
         fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
-        if rng_motif is not None:
-            # A start that begins again does so from a new motif with the share of motif
-            # starts in the first round (the complete shapes, then new random cuts).
+        motif_slot = np.full(n_starts, -1)  # queue index of the motif a slot offers
+        if queue is not None:
+            # A start that begins again does so from the next motif of the queue with the
+            # share of motif starts in the first round; unused ones go back to the queue.
             who = rng_motif.choice(n_starts, n_motif, replace=False)
-            cuts = _motif_starts(z, n_motif, rng_motif, first=int(rng_motif.integers(len(MOTIFS))))
-            fresh = fresh.at[who].set(jnp.asarray(cuts, fresh.dtype))
+            motifs, picked = queue.peek(n_motif)
+            fresh = fresh.at[who].set(jnp.asarray(motifs, fresh.dtype))
+            motif_slot[who] = picked
         force = np.zeros(n_starts, bool)
         if rng is not None and len(population) >= 2:
             # Generational step: the n_children starts of highest best-so-far loss among
@@ -731,6 +717,7 @@ def reconstruct(
                 kids = [child(population, species_idx, rng, twist) for _ in who]
                 fresh = fresh.at[who].set(jnp.asarray(np.stack(kids), fresh.dtype))
                 force[who] = True
+                motif_slot[who] = -1
         fresh = _shard(fresh, n_starts)
         keys = jax.random.split(k_round, n_starts)
         x_next, best_x, best_loss, stale, age, hist, x_end, end_loss = round_fn(
@@ -738,6 +725,9 @@ def reconstruct(
         )
         history.append(np.asarray(hist))
         rounds += 1
+        if queue is not None:  # the starts that began again (age 0) took their slot's motif
+            began = (np.asarray(age) == 0) & (motif_slot >= 0)
+            queue.used([int(i) for i in motif_slot[began]])
         end_loss = np.asarray(end_loss, np.float64)
         reached = np.asarray(x_end, np.float64)
         # The record keeps every start's best so far, across restarts.

@@ -1,0 +1,105 @@
+"""Motif starts for free clusters, screened against the target and handed out in order.
+
+:class:`MotifQueue` holds every complete ``ase.cluster`` shape of the target's size
+(:func:`jaxsci.geometry.motifs.complete_motifs`), then the distinct cuts of ideal motifs
+(:func:`jaxsci.geometry.motifs.motif_cuts`) ranked by the fingerprint error of the ideal
+cut against the target. The search takes motif starts from its front and gives back the
+ones it did not use (a start takes a motif only when it begins again), so every candidate
+is tried once, the most promising first, before the queue begins again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from ase.data import covalent_radii, reference_states
+
+from jaxsci.geometry.motifs import complete_motifs, motif_cuts
+
+#: Gaussian noise (Angstrom per coordinate) added to motif starts.
+MOTIF_JITTER = 0.05
+
+#: Uniform scalings of each candidate tried against the target: relaxed clusters are
+#: contracted against the bulk lattice (EMT Pt cuts of 30-40 atoms by 1-3%), and the
+#: ideal cut at the bulk lattice constant ranks the right one 9th-42nd among 52-98 cuts
+#: by fingerprint error, at its best scaling 1st (benchmarks/RESULTS.md).
+SCALES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02)
+
+
+def lattice_constant(z: np.ndarray) -> float:
+    """fcc lattice constant (Angstrom) for motifs of atomic numbers ``z``: the element's
+    reference one when it is a single fcc metal, else from the mean sum of covalent radii
+    as the nearest-neighbour distance."""
+    zs = set(int(a) for a in z)
+    ref = reference_states[int(z[0])] if len(zs) == 1 else None
+    if ref is not None and ref.get("symmetry") == "fcc":
+        return float(ref["a"])
+    radii = np.array([covalent_radii[int(a)] for a in z])
+    return float(np.sqrt(2.0) * 2.0 * np.mean(radii))
+
+
+class MotifQueue:
+    """Ideal motifs of ``n`` atoms in the order the search tries them.
+
+    Args:
+        z: ``[n]`` atomic numbers (species are shuffled over the sites of each candidate
+            when there are several).
+        score: maps candidates ``[k, n, 3]`` (Angstrom) to ``[k]`` errors against the
+            target. Every candidate is taken at its best scaling among :data:`SCALES`;
+            the cuts are ranked by that error (lowest first), after the complete shapes
+            (which stay first, in their order).
+        rng: numpy generator for the species shuffle and the jitter.
+    """
+
+    def __init__(
+        self,
+        z: np.ndarray,
+        score: Callable[[np.ndarray], np.ndarray],
+        rng: np.random.Generator,
+    ) -> None:
+        n = len(z)
+        self._z = np.asarray(z)
+        a = lattice_constant(z)
+        self._rng = rng
+        mixed = len(set(int(v) for v in z)) > 1
+
+        def placed(pos: np.ndarray) -> np.ndarray:
+            return pos[rng.permutation(n)] if mixed else np.array(pos)
+
+        complete = [placed(p) for _, p in complete_motifs(n, a)]
+        cuts = [placed(p) for _, p in motif_cuts(n, a)]
+        pos = np.stack(complete + cuts)
+        errors = np.stack([np.asarray(score(f * pos), np.float64) for f in SCALES])
+        best = np.argmin(errors, axis=0)
+        pos = pos * np.asarray(SCALES)[best][:, None, None]
+        errors = errors[best, np.arange(len(pos))]
+        order = len(complete) + np.argsort(errors[len(complete) :], kind="stable")
+        self.candidates: list[np.ndarray] = list(pos[: len(complete)]) + list(pos[order])
+        self.errors = np.concatenate([errors[: len(complete)], errors[order]])
+        self._order: list[int] = list(range(len(self.candidates)))
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def peek(self, count: int) -> tuple[np.ndarray, list[int]]:
+        """The next ``count`` motifs ``[count, n, 3]`` with a little noise (at the ideal
+        point the search loss's gradient vanishes by symmetry), and their indices for
+        :meth:`used`. Once every candidate was used the ranked list begins again; when
+        fewer are left than asked, the rest is filled from the front of the whole list."""
+        everything = list(range(len(self.candidates)))
+        if count <= 0 or not everything:
+            return np.zeros((0, len(self._z), 3)), []
+        if not self._order:
+            self._order = everything
+        picked = self._order[:count]
+        while len(picked) < count:
+            rest = [i for i in everything if i not in picked] or everything
+            picked = picked + rest[: count - len(picked)]
+        out = np.stack([self.candidates[i] for i in picked])
+        return out + MOTIF_JITTER * self._rng.standard_normal(out.shape), picked
+
+    def used(self, indices: list[int]) -> None:
+        """Remove motifs that starts began from; the others stay at the front in order."""
+        gone = set(indices)
+        self._order = [i for i in self._order if i not in gone]

@@ -1,0 +1,67 @@
+"""Tests for jaxsci.reconstruct.starts: motif starts ranked against the target."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsci.descriptors import ACSF
+from jaxsci.geometry.motifs import complete_motifs, motif_cuts
+from jaxsci.metrics.structure import match_rows
+from jaxsci.reconstruct.polish import fingerprint_fn
+from jaxsci.reconstruct.starts import MOTIF_JITTER, SCALES, MotifQueue, lattice_constant
+
+A = 3.92  # Pt, Angstrom
+N = 20
+
+
+@pytest.fixture(scope="module")
+def setup():
+    acsf = ACSF(["Pt"], 6.0, g2_params=[[0.01, 0.0], [0.1, 0.0], [1.0, 0.0]])
+    fp = jax.jit(jax.vmap(fingerprint_fn(acsf, np.zeros(N, np.int32), None)))
+    cuts = [x for _, x in motif_cuts(N, A)]
+    # The target: the 10th cut, contracted by 3% and rattled 0.02 A (as relaxation would).
+    rng = np.random.default_rng(0)
+    target_pos = 0.97 * cuts[10] + 0.02 * rng.standard_normal((N, 3))
+    target = np.asarray(fp(jnp.asarray(target_pos[None], jnp.float32))[0], np.float64)
+
+    def score(cands):
+        feats = np.asarray(fp(jnp.asarray(cands, jnp.float32)), np.float64)
+        perms = [match_rows(f, target, np.zeros(N)) for f in feats]
+        return np.array([np.linalg.norm(f[p] - target) for f, p in zip(feats, perms, strict=True)])
+
+    return cuts, target_pos, score
+
+
+def test_lattice_constant():
+    assert lattice_constant(np.full(5, 78)) == pytest.approx(3.92)  # Pt reference state
+    # No single fcc element: twice the mean covalent radius is the bond length.
+    assert lattice_constant(np.array([78, 79])) > 0
+
+
+def test_queue_ranks_the_target_cut_first_at_its_scaling(setup):
+    cuts, target_pos, score = setup
+    q = MotifQueue(np.full(N, 78), score, np.random.default_rng(1))
+    assert complete_motifs(N, A) == [] and len(q) == len(cuts)
+    first = q.candidates[0]
+    d = lambda x: np.sort(np.linalg.norm(x[:, None] - x[None], axis=-1).ravel())
+    np.testing.assert_allclose(d(first), d(0.97 * cuts[10]), atol=1e-9)
+    assert 0.97 in SCALES and np.all(np.diff(q.errors) >= 0)
+
+
+def test_queue_hands_out_every_candidate_once_before_repeating(setup):
+    _, _, score = setup
+    q = MotifQueue(np.full(N, 78), score, np.random.default_rng(1))
+    k = len(q)
+    x, picked = q.peek(4)
+    assert x.shape == (4, N, 3) and picked == [0, 1, 2, 3]
+    # Jittered copies of the candidates.
+    assert 0 < np.abs(x[0] - q.candidates[0]).max() < 6 * MOTIF_JITTER
+    assert q.peek(4)[1] == picked  # peeking takes nothing
+    q.used([1, 3])  # two starts began from motifs 1 and 3; 0 and 2 were not used
+    assert q.peek(3)[1] == [0, 2, 4]
+    q.used(list(range(k - 1)))
+    assert q.peek(3)[1] == [k - 1, 0, 1]  # the last one, then the list again from the front
+    q.used([k - 1])
+    assert q.peek(2)[1] == [0, 1]
+    assert q.peek(0)[0].shape == (0, N, 3)
