@@ -106,5 +106,5 @@ def test_bad_arguments_raise():
         complete_motifs(0, A)
     with pytest.raises(ValueError, match="lattice_constant > 0"):
         complete_motifs(13, 0.0)
-    with pytest.raises(ValueError, match="samples >= 1"):
-        motif_cuts(13, A, samples=0)
+    with pytest.raises(ValueError, match="max_draws >= 1"):
+        motif_cuts(13, A, max_draws=0)

@@ -9,8 +9,9 @@ keeps the best positions found so far (monotonic basin hopping), and kicks the a
 whose fingerprint rows match worst; a start that has not improved for ``patience``
 rounds begins again from a fresh random compact packing or, with the share of the
 ``motif_starts``, from an ideal cluster motif (every complete icosahedron, decahedron or
-truncated octahedron of the target's size, then cuts of icosahedra, decahedra, octahedra,
-Wulff shapes and fcc balls; the first round's starts include such motifs too).
+truncated octahedron of the target's size, then every distinct cut of icosahedra,
+decahedra, octahedra, Wulff shapes and fcc balls, ranked against the target; the first
+round's starts include such motifs too).
 After every round the starts are scored by the exact, order-independent fingerprint
 error (rows matched by the Hungarian algorithm); the overall best one is polished in
 float64 on the host (:func:`jaxsci.reconstruct.polish.polish`: L-BFGS-B on the
@@ -522,20 +523,21 @@ def reconstruct(
             (:func:`jaxsci.reconstruct.crossover.twist`: the half above a random plane
             rotated about its normal, radii from the centre kept).
         motif_starts: free clusters only (0 = off): this many of the first round's starts
-            begin from ideal cluster motifs of ``n_atoms``: first every complete
+            begin from ideal cluster motifs of ``n_atoms``
+            (:class:`jaxsci.reconstruct.starts.MotifQueue`): first every complete
             ``ase.cluster`` shape of exactly that size
             (:func:`jaxsci.geometry.motifs.complete_motifs`: Mackay icosahedra, Ino and
-            Marks decahedra, truncated octahedra), then cuts
-            (:func:`jaxsci.geometry.motifs.motif_positions`: icosahedron, decahedron,
-            octahedron, Wulff shape and fcc ball in turn, each cut about a randomly
-            shifted centre), with the nearest-neighbour distance of the element's fcc
-            reference state (else the sum of covalent radii), species assigned at
-            random, plus 0.05 A of noise; a start that begins again later does so from a
-            new motif with the same probability (``motif_starts / n_starts``), the
-            complete shapes again first. Complete shapes (Pt13 and Pt55 icosahedra, the
-            flat Pt23 decahedron, the Pt38 truncated octahedron) and motif-like targets
-            then start inside the target's basin; the other starts are random compact
-            packings.
+            Marks decahedra, truncated octahedra), then every distinct cut of an
+            icosahedron, decahedron, octahedron, Wulff shape or fcc ball
+            (:func:`jaxsci.geometry.motifs.motif_cuts`), each at its best uniform scaling
+            (0.94-1.02) and ranked by its fingerprint error against the target; with the
+            lattice constant of the element's fcc reference state (else from the sum of
+            covalent radii), species assigned at random, plus 0.05 A of noise. A start
+            that begins again later does so from the next motif of that queue with the
+            same probability (``motif_starts / n_starts``); once all were used the queue
+            begins again. Motif-like targets thus start inside their basin in the first
+            rounds (measured: complete shapes and cuts of 8-55 atoms in round 1); the
+            other starts are random compact packings.
         initial_positions: ``[k, n_atoms, 3]`` (or ``[n_atoms, 3]``) guesses (Angstrom),
             e.g. from a generative model; they take the first ``k`` starts (before the
             motif starts) of the first round.
