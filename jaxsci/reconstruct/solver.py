@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -70,7 +70,7 @@ from jaxsci.reconstruct.losses import (
     tether,
 )
 from jaxsci.reconstruct.polish import fingerprint_fn, polish
-from jaxsci.reconstruct.starts import MotifQueue
+from jaxsci.reconstruct.starts import EMT_ELEMENTS, MotifQueue, emt_relax
 
 Array = jax.Array
 
@@ -457,6 +457,7 @@ def reconstruct(
     population_size: int = 16,
     twist: float = 0.0,
     motif_starts: int = 16,
+    motif_relax: str | Callable[[np.ndarray, np.ndarray], np.ndarray] | None = "emt",
     initial_positions: Any | None = None,
     refine_steps: int = 200,
     progress: bool = False,
@@ -539,6 +540,13 @@ def reconstruct(
             begins again. Motif-like targets thus start inside their basin in the first
             rounds (measured: complete shapes and cuts of 8-55 atoms in round 1); the
             other starts are random compact packings.
+        motif_relax: local relaxation of the most promising motif starts, each rattled
+            0.1 A twice (``MotifQueue``'s ``relax``; at most 4 s): ``"emt"`` (default)
+            relaxes with ase's EMT when every element is one of its fcc metals (Al, Ni,
+            Cu, Pd, Ag, Pt, Au) and does nothing otherwise, ``None`` is off, or a callable
+            ``(positions [n, 3], atomic numbers [n]) -> positions``. Relaxation can move a
+            cluster 0.6 A from its ideal cut (measured: EMT-relaxed icosahedral Pt cuts),
+            out of the ideal start's basin.
         initial_positions: ``[k, n_atoms, 3]`` (or ``[n_atoms, 3]``) guesses (Angstrom),
             e.g. from a generative model; they take the first ``k`` starts (before the
             motif starts) of the first round.
@@ -580,6 +588,10 @@ def reconstruct(
         raise ValueError(f"reconstruct: need temperature >= 0 (got {temperature})")
     if motif_starts < 0:
         raise ValueError(f"reconstruct: need motif_starts >= 0 (got {motif_starts})")
+    if not (motif_relax is None or motif_relax == "emt" or callable(motif_relax)):
+        raise ValueError(
+            f"reconstruct: motif_relax must be 'emt', None or a callable (got {motif_relax!r})"
+        )
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"reconstruct: need an integer refine_steps >= 0 (got {refine_steps!r})")
     n = len(species_idx)
@@ -661,7 +673,10 @@ def reconstruct(
                     errs.append(_rel_error(f, t, perm, pool_ops))
             return np.asarray(errs[: len(cands)])
 
-        queue = MotifQueue(z, score, rng_motif)
+        relax = motif_relax
+        if relax == "emt":
+            relax = emt_relax if set(int(v) for v in z) <= EMT_ELEMENTS else None
+        queue = MotifQueue(z, score, rng_motif, relax=relax)
         motifs, picked = queue.peek(min(n_motif, n_starts - len(guesses)))
         queue.used(picked)
         guesses = np.concatenate([guesses, motifs])

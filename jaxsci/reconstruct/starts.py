@@ -2,14 +2,16 @@
 
 :class:`MotifQueue` holds every complete ``ase.cluster`` shape of the target's size
 (:func:`jaxsci.geometry.motifs.complete_motifs`), then the distinct cuts of ideal motifs
-(:func:`jaxsci.geometry.motifs.motif_cuts`) ranked by the fingerprint error of the ideal
-cut against the target. The search takes motif starts from its front and gives back the
-ones it did not use (a start takes a motif only when it begins again), so every candidate
-is tried once, the most promising first, before the queue begins again.
+(:func:`jaxsci.geometry.motifs.motif_cuts`) and, optionally, locally relaxed copies of the
+most promising ones, ranked by their fingerprint error against the target. The search
+takes motif starts from its front and gives back the ones it did not use (a start takes a
+motif only when it begins again), so every candidate is tried once, the most promising
+first, before the queue begins again.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +27,22 @@ MOTIF_JITTER = 0.05
 #: ideal cut at the bulk lattice constant ranks the right one 9th-42nd among 52-98 cuts
 #: by fingerprint error, at its best scaling 1st (benchmarks/RESULTS.md).
 SCALES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02)
+
+#: Elements whose clusters :func:`emt_relax` relaxes (the fcc metals of ase's EMT).
+EMT_ELEMENTS = frozenset({13, 28, 29, 46, 47, 78, 79})  # Al Ni Cu Pd Ag Pt Au
+
+
+def emt_relax(positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """Positions ``[n, 3]`` (Angstrom) of a free cluster relaxed with ase's EMT and FIRE
+    (forces below 0.05 eV/A, at most 300 steps)."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from ase.optimize import FIRE
+
+    atoms = Atoms(numbers=numbers, positions=positions)
+    atoms.calc = EMT()
+    FIRE(atoms, logfile=None).run(fmax=0.05, steps=300)
+    return atoms.positions - atoms.positions.mean(0)
 
 
 def lattice_constant(z: np.ndarray) -> float:
@@ -49,7 +67,12 @@ class MotifQueue:
             target. Every candidate is taken at its best scaling among :data:`SCALES`;
             the cuts are ranked by that error (lowest first), after the complete shapes
             (which stay first, in their order).
-        rng: numpy generator for the species shuffle and the jitter.
+        rng: numpy generator for the species shuffle, the rattles and the jitter.
+        relax: optional ``(positions [n, 3], numbers [n]) -> positions`` local relaxation
+            (e.g. :func:`emt_relax`): the first ``n_relax`` candidates of the ranking are
+            each rattled (0.1 A) ``rattles`` times and relaxed, and the relaxed structures
+            are ranked with the cuts (a relaxed cluster can sit 0.6 A from its ideal cut,
+            out of the ideal start's basin). No relaxation starts after ``seconds``.
     """
 
     def __init__(
@@ -57,6 +80,10 @@ class MotifQueue:
         z: np.ndarray,
         score: Callable[[np.ndarray], np.ndarray],
         rng: np.random.Generator,
+        relax: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        n_relax: int = 12,
+        rattles: int = 2,
+        seconds: float = 4.0,
     ) -> None:
         n = len(z)
         self._z = np.asarray(z)
@@ -74,9 +101,26 @@ class MotifQueue:
         best = np.argmin(errors, axis=0)
         pos = pos * np.asarray(SCALES)[best][:, None, None]
         errors = errors[best, np.arange(len(pos))]
-        order = len(complete) + np.argsort(errors[len(complete) :], kind="stable")
-        self.candidates: list[np.ndarray] = list(pos[: len(complete)]) + list(pos[order])
-        self.errors = np.concatenate([errors[: len(complete)], errors[order]])
+        nc = len(complete)
+        pos = np.concatenate([pos[:nc], pos[nc + np.argsort(errors[nc:], kind="stable")]])
+        errors = np.concatenate([errors[:nc], np.sort(errors[nc:], kind="stable")])
+        if relax is not None:
+            end = time.perf_counter() + seconds
+            relaxed = []
+            for k in range(min(n_relax, len(pos))):
+                for _ in range(rattles):
+                    if time.perf_counter() > end:
+                        break
+                    trial = pos[k] + 0.1 * rng.standard_normal(pos[k].shape)
+                    relaxed.append(np.asarray(relax(trial, self._z), np.float64))
+            if relaxed:
+                pos = np.concatenate([pos, np.stack(relaxed)])
+                errors = np.concatenate([errors, np.asarray(score(np.stack(relaxed)))])
+                order = nc + np.argsort(errors[nc:], kind="stable")
+                pos = np.concatenate([pos[:nc], pos[order]])
+                errors = np.concatenate([errors[:nc], errors[order]])
+        self.candidates: list[np.ndarray] = list(pos)
+        self.errors = errors
         self._order: list[int] = list(range(len(self.candidates)))
 
     def __len__(self) -> int:
