@@ -204,6 +204,7 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, target, species, "motif_starts >= 0", motif_starts=-1)
     _bad(acsf, target, species, "refine_steps >= 0", refine_steps=-1)
     _bad(acsf, target, species, "refine_steps >= 0", refine_steps=10.5)
+    _bad(acsf, target, species, "motif_relax must be", motif_relax="lj")
     _bad(
         acsf,
         target,
