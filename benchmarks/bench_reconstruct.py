@@ -59,6 +59,7 @@ def run_one(method: str, atoms, acsf: ACSF, seed: int, time_limit: float) -> dic
             kick_size=1.0,
             kick_fraction=1.0,
             compact_steps=0,
+            motif_starts=0,  # the recipe starts from random positions
             time_limit=time_limit,
         )
     wall = time.perf_counter() - t0

@@ -538,10 +538,12 @@ def reconstruct(
             that begins again later does so from the next motif of that queue with the
             same probability (``motif_starts / n_starts``); once all were used the queue
             begins again. Motif-like targets thus start inside their basin in the first
-            rounds (measured: complete shapes and cuts of 8-55 atoms in round 1); the
-            other starts are random compact packings.
-        motif_relax: local relaxation of the most promising motif starts, each rattled
-            0.1 A twice (``MotifQueue``'s ``relax``; at most 4 s): ``"emt"`` (default)
+            rounds (measured: most complete shapes and cuts of 8-55 atoms in round 1);
+            the other starts are random compact packings.
+        motif_relax: when the first round has not met ``tol``, the 12 best-ranked motif
+            starts, each rattled 0.1 A twice, are relaxed and ranked into the motif queue
+            (:meth:`jaxsci.reconstruct.starts.MotifQueue.add_relaxed`; at most 4 s,
+            once): ``"emt"`` (default)
             relaxes with ase's EMT when every element is one of its fcc metals (Al, Ni,
             Cu, Pd, Ag, Pt, Au) and does nothing otherwise, ``None`` is off, or a callable
             ``(positions [n, 3], atomic numbers [n]) -> positions``. Relaxation can move a
@@ -657,6 +659,9 @@ def reconstruct(
     x = starts_fn(jax.random.split(k0, n_starts), aux)
     n_motif = min(motif_starts, n_starts) if cell_np is None and n >= 4 else 0
     queue = None
+    relax = motif_relax
+    if relax == "emt":
+        relax = emt_relax if set(int(v) for v in z) <= EMT_ELEMENTS else None
     if n_motif:
         key, k_motif = jax.random.split(key)
         rng_motif = np.random.default_rng(int(jax.random.randint(k_motif, (), 0, 2**31 - 1)))
@@ -673,10 +678,7 @@ def reconstruct(
                     errs.append(_rel_error(f, t, perm, pool_ops))
             return np.asarray(errs[: len(cands)])
 
-        relax = motif_relax
-        if relax == "emt":
-            relax = emt_relax if set(int(v) for v in z) <= EMT_ELEMENTS else None
-        queue = MotifQueue(z, score, rng_motif, relax=relax)
+        queue = MotifQueue(z, score, rng_motif)
         motifs, picked = queue.peek(min(n_motif, n_starts - len(guesses)))
         queue.used(picked)
         guesses = np.concatenate([guesses, motifs])
@@ -790,6 +792,9 @@ def reconstruct(
             s = int(np.argmin(record_err))
             best = (float(record_err[s]), record_x[s].copy())
         done = best[0] < tol
+        if rounds == 1 and not done and queue is not None and relax is not None:
+            # The ideal motifs did not do it: add relaxed copies of the best-ranked ones.
+            queue.add_relaxed(relax)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best_error=f"{best[0]:.2e}")

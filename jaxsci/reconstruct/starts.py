@@ -68,11 +68,6 @@ class MotifQueue:
             the cuts are ranked by that error (lowest first), after the complete shapes
             (which stay first, in their order).
         rng: numpy generator for the species shuffle, the rattles and the jitter.
-        relax: optional ``(positions [n, 3], numbers [n]) -> positions`` local relaxation
-            (e.g. :func:`emt_relax`): the first ``n_relax`` candidates of the ranking are
-            each rattled (0.1 A) ``rattles`` times and relaxed, and the relaxed structures
-            are ranked with the cuts (a relaxed cluster can sit 0.6 A from its ideal cut,
-            out of the ideal start's basin). No relaxation starts after ``seconds``.
     """
 
     def __init__(
@@ -80,15 +75,12 @@ class MotifQueue:
         z: np.ndarray,
         score: Callable[[np.ndarray], np.ndarray],
         rng: np.random.Generator,
-        relax: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-        n_relax: int = 12,
-        rattles: int = 2,
-        seconds: float = 4.0,
     ) -> None:
         n = len(z)
         self._z = np.asarray(z)
-        a = lattice_constant(z)
+        self._score = score
         self._rng = rng
+        a = lattice_constant(z)
         mixed = len(set(int(v) for v in z)) > 1
 
         def placed(pos: np.ndarray) -> np.ndarray:
@@ -101,27 +93,51 @@ class MotifQueue:
         best = np.argmin(errors, axis=0)
         pos = pos * np.asarray(SCALES)[best][:, None, None]
         errors = errors[best, np.arange(len(pos))]
-        nc = len(complete)
-        pos = np.concatenate([pos[:nc], pos[nc + np.argsort(errors[nc:], kind="stable")]])
-        errors = np.concatenate([errors[:nc], np.sort(errors[nc:], kind="stable")])
-        if relax is not None:
-            end = time.perf_counter() + seconds
-            relaxed = []
-            for k in range(min(n_relax, len(pos))):
-                for _ in range(rattles):
-                    if time.perf_counter() > end:
-                        break
-                    trial = pos[k] + 0.1 * rng.standard_normal(pos[k].shape)
-                    relaxed.append(np.asarray(relax(trial, self._z), np.float64))
-            if relaxed:
-                pos = np.concatenate([pos, np.stack(relaxed)])
-                errors = np.concatenate([errors, np.asarray(score(np.stack(relaxed)))])
-                order = nc + np.argsort(errors[nc:], kind="stable")
-                pos = np.concatenate([pos[:nc], pos[order]])
-                errors = np.concatenate([errors[:nc], errors[order]])
-        self.candidates: list[np.ndarray] = list(pos)
-        self.errors = errors
-        self._order: list[int] = list(range(len(self.candidates)))
+        nc = self._n_complete = len(complete)
+        order = np.concatenate([np.arange(nc), nc + np.argsort(errors[nc:], kind="stable")])
+        #: candidates [n, 3] (Angstrom) and their errors, in ranked order (relaxed ones
+        #: that :meth:`add_relaxed` appends are ranked in :meth:`peek`'s order only).
+        self.candidates: list[np.ndarray] = list(pos[order])
+        self.errors = errors[order]
+        self._ranking = list(range(len(pos)))
+        self._order: list[int] = list(self._ranking)
+
+    def _ranked(self, indices) -> list[int]:
+        """Complete shapes first (in their order), the rest by error."""
+        first = [i for i in indices if i < self._n_complete]
+        rest = sorted((i for i in indices if i >= self._n_complete), key=lambda i: self.errors[i])
+        return first + rest
+
+    def add_relaxed(
+        self,
+        relax: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        n_relax: int = 12,
+        rattles: int = 2,
+        seconds: float = 4.0,
+    ) -> int:
+        """Add locally relaxed copies of the ``n_relax`` best-ranked candidates, each
+        rattled (0.1 A) ``rattles`` times and relaxed by ``relax`` (``(positions [n, 3],
+        numbers [n]) -> positions``, e.g. :func:`emt_relax`), ranked with the others
+        among those not used yet. A relaxed cluster can sit 0.6 A from its ideal cut, out
+        of the ideal start's basin (EMT-relaxed icosahedral Pt cuts). No relaxation
+        starts after ``seconds``; returns how many were added."""
+        end = time.perf_counter() + seconds
+        relaxed = []
+        for k in self._ranking[:n_relax]:
+            for _ in range(rattles):
+                if time.perf_counter() > end:
+                    break
+                trial = self.candidates[k] + 0.1 * self._rng.standard_normal((len(self._z), 3))
+                relaxed.append(np.asarray(relax(trial, self._z), np.float64))
+        if not relaxed:
+            return 0
+        start = len(self.candidates)
+        self.candidates += relaxed
+        self.errors = np.concatenate([self.errors, np.asarray(self._score(np.stack(relaxed)))])
+        new = list(range(start, len(self.candidates)))
+        self._ranking = self._ranked(self._ranking + new)
+        self._order = self._ranked(self._order + new)
+        return len(new)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -131,7 +147,7 @@ class MotifQueue:
         point the search loss's gradient vanishes by symmetry), and their indices for
         :meth:`used`. Once every candidate was used the ranked list begins again; when
         fewer are left than asked, the rest is filled from the front of the whole list."""
-        everything = list(range(len(self.candidates)))
+        everything = list(self._ranking)
         if count <= 0 or not everything:
             return np.zeros((0, len(self._z), 3)), []
         if not self._order:
