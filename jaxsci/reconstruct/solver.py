@@ -543,7 +543,8 @@ def reconstruct(
         motif_relax: when the first round has not met ``tol``, the 12 best-ranked motif
             starts, each rattled 0.1 A twice, are relaxed and ranked into the motif queue
             (:meth:`jaxsci.reconstruct.starts.MotifQueue.add_relaxed`; at most 4 s,
-            once): ``"emt"`` (default)
+            once), and the ``motif_starts`` starts of highest loss begin again from the
+            front of the queue in the second round: ``"emt"`` (default)
             relaxes with ase's EMT when every element is one of its fcc metals (Al, Ni,
             Cu, Pd, Ag, Pt, Au) and does nothing otherwise, ``None`` is off, or a callable
             ``(positions [n, 3], atomic numbers [n]) -> positions``. Relaxation can move a
@@ -659,6 +660,7 @@ def reconstruct(
     x = starts_fn(jax.random.split(k0, n_starts), aux)
     n_motif = min(motif_starts, n_starts) if cell_np is None and n >= 4 else 0
     queue = None
+    inject = False
     relax = motif_relax
     if relax == "emt":
         relax = emt_relax if set(int(v) for v in z) <= EMT_ELEMENTS else None
@@ -719,14 +721,18 @@ def reconstruct(
         key, k_fresh, k_round = jax.random.split(key, 3)
         fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
         motif_slot = np.full(n_starts, -1)  # queue index of the motif a slot offers
+        force = np.zeros(n_starts, bool)
         if queue is not None:
             # A start that begins again does so from the next motif of the queue with the
             # share of motif starts in the first round; unused ones go back to the queue.
             who = rng_motif.choice(n_starts, n_motif, replace=False)
+            if inject:  # relaxed motifs just joined: the starts of highest loss take them now
+                who = np.argsort(-np.asarray(state[2], np.float64), kind="stable")[:n_motif]
+                force[who] = True
+                inject = False
             motifs, picked = queue.peek(n_motif)
             fresh = fresh.at[who].set(jnp.asarray(motifs, fresh.dtype))
             motif_slot[who] = picked
-        force = np.zeros(n_starts, bool)
         if rng is not None and len(population) >= 2:
             # Generational step: the n_children starts of highest best-so-far loss among
             # those at least two rounds old begin again from cut-and-splice children.
@@ -793,8 +799,9 @@ def reconstruct(
             best = (float(record_err[s]), record_x[s].copy())
         done = best[0] < tol
         if rounds == 1 and not done and queue is not None and relax is not None:
-            # The ideal motifs did not do it: add relaxed copies of the best-ranked ones.
-            queue.add_relaxed(relax)
+            # The ideal motifs did not do it: add relaxed copies of the best-ranked ones,
+            # which the next round starts from at once.
+            inject = queue.add_relaxed(relax) > 0
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best_error=f"{best[0]:.2e}")
