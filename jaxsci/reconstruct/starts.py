@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from ase.data import covalent_radii, reference_states
+from ase import Atoms
+from ase.data import atomic_numbers, covalent_radii, reference_states
 
+from jaxsci.data.pt_clusters import EMT_FCC_ELEMENTS, relax
 from jaxsci.geometry.motifs import complete_motifs, motif_cuts
 
 #: Gaussian noise (Angstrom per coordinate) added to motif starts.
@@ -29,20 +31,15 @@ MOTIF_JITTER = 0.05
 SCALES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02)
 
 #: Elements whose clusters :func:`emt_relax` relaxes (the fcc metals of ase's EMT).
-EMT_ELEMENTS = frozenset({13, 28, 29, 46, 47, 78, 79})  # Al Ni Cu Pd Ag Pt Au
+EMT_ELEMENTS = frozenset(atomic_numbers[s] for s in EMT_FCC_ELEMENTS)
 
 
 def emt_relax(positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-    """Positions ``[n, 3]`` (Angstrom) of a free cluster relaxed with ase's EMT and FIRE
-    (forces below 0.05 eV/A, at most 300 steps)."""
-    from ase import Atoms
-    from ase.calculators.emt import EMT
-    from ase.optimize import FIRE
-
-    atoms = Atoms(numbers=numbers, positions=positions)
-    atoms.calc = EMT()
-    FIRE(atoms, logfile=None).run(fmax=0.05, steps=300)
-    return atoms.positions - atoms.positions.mean(0)
+    """Positions ``[n, 3]`` (Angstrom, centred) of a free cluster relaxed as the data sets
+    are (:func:`jaxsci.data.pt_clusters.relax`: EMT and FIRE, forces below 0.05 eV/A),
+    here in at most 300 steps."""
+    relaxed, _, _ = relax(Atoms(numbers=numbers, positions=positions), steps=300)
+    return relaxed.positions - relaxed.positions.mean(0)
 
 
 def lattice_constant(z: np.ndarray) -> float:
