@@ -438,11 +438,6 @@ def scale_by_anderson(
         cy = (cu - state.yu_prev) * valid
         slot = jnp.arange(m) == head
         a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma (the head row is replaced)
-        coefs = jnp.stack([cy, a_keep])
-        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
-        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
-        y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
-        s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny0 = jnp.sqrt(g0[0, 0])
         # With Y orthonormal and cy = Y^T y: ||y1||^2 = ||y||^2 - ||cy||^2 and
         # <y1, u> = <y, u> - <cy, Y^T u>, from scalars already at hand (no pass over y1).
@@ -452,21 +447,30 @@ def scale_by_anderson(
         y1yu = jnp.stack([ny1_sq, g0[0, 1] - jnp.sum(cy * cu)])
 
         def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
-            y1, s1, _ = vals
-            c2 = _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
-            c2 = c2[None, :]
+            # Only coefficients and scalars leave the branch: the rows themselves are
+            # formed once, after it, as y - Y c (fused into their consumers). A branch
+            # returning rows made y1 and s1 buffers on every step (~0.09x of a 1M step).
+            # y is recomputed from u and u_prev (buffers anyway): a branch reading y itself
+            # would make y a buffer too.
+            c, _ = vals
+            yb = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
+            y1 = jax.tree_util.tree_map(
+                jnp.subtract, yb, _tree.hist_combine_many(state.y_hist, c[None, :])[0]
+            )
+            c = c + _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
             y2 = jax.tree_util.tree_map(
-                jnp.subtract, y1, _tree.hist_combine_many(state.y_hist, c2)[0]
+                jnp.subtract, yb, _tree.hist_combine_many(state.y_hist, c[None, :])[0]
             )
-            s2 = jax.tree_util.tree_map(
-                jnp.subtract, s1, _tree.hist_combine_many(state.s_hist, c2)[0]
-            )
-            return y2, s2, _tree.dots(y2, [y2, u])
+            return c, _tree.dots(y2, [y2, u])
 
-        # ||y1||^2 and <y1, u> come out of the branch: no reduction after it on the usual path.
-        y1, s1, y1yu = jax.lax.cond(
-            jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (y1, s1, y1yu)
+        cy, y1yu = jax.lax.cond(
+            jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu)
         )
+        coefs = jnp.stack([cy, a_keep])
+        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
+        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
+        y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
+        s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny = jnp.sqrt(y1yu[0])
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
