@@ -463,9 +463,7 @@ def scale_by_anderson(
             )
             return c, _tree.dots(y2, [y2, u])
 
-        cy, y1yu = jax.lax.cond(
-            jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu)
-        )
+        cy, y1yu = jax.lax.cond(jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu))
         coefs = jnp.stack([cy, a_keep])
         y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
         s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
