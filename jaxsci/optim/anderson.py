@@ -464,25 +464,27 @@ def scale_by_anderson(
             return c, _tree.dots(y2, [y2, u])
 
         cy, y1yu = jax.lax.cond(jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu))
-        coefs = jnp.stack([cy, a_keep])
-        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
-        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
-        y1 = jax.tree_util.tree_map(jnp.subtract, y, y_cy)
-        s1 = jax.tree_util.tree_map(jnp.subtract, s, s_cy)
         ny = jnp.sqrt(y1yu[0])
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
-        yn = tree_lin(lambda a: a * inv, y1)
-        sn = tree_lin(lambda a: a * inv, s1)
         new_valid = jnp.where(keep, valid | slot, valid & ~slot)
         g_head = y1yu[1] * inv * shrink  # <yn, u>
+        # comb = (S + beta Y) a_keep + g_head (sn + beta yn), sn = (s - S cy) inv (and yn):
+        # (S + beta Y) (a_keep - g_head inv cy) + g_head inv (s + beta y) needs the
+        # combinations with cy only for the rows written, not in comb.
+        gi = g_head * inv
+        coefs = jnp.stack([cy, a_keep - gi * cy])
+        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
+        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
+        yn = tree_lin(lambda a, c: (a - c) * inv, y, y_cy)
+        sn = tree_lin(lambda a, c: (a - c) * inv, s, s_cy)
 
-        def comb_leaf(sa, ya, sn_, yn_):
-            new = jnp.where(keep, g_head.astype(sa.dtype) * (sn_ + beta * yn_), 0.0)
+        def comb_leaf(sa, ya, s_, y_):
+            new = jnp.where(keep, gi.astype(sa.dtype) * (s_ + beta * y_), 0.0)
             return jnp.where(pair_ok, sa + beta * ya + new, 0.0)
 
-        comb = tree_lin(comb_leaf, s_a, y_a, sn, yn)
+        comb = tree_lin(comb_leaf, s_a, y_a, s, y)
         new_head = jnp.where(keep, (head + 1) % m, head)
         yu = jnp.where(slot & keep, y1yu[1] * inv, cu)  # <Y_i, u> over the updated rows
         return sn, yn, None, None, keep, state.gram, new_valid, new_head, comb, yu, cu
