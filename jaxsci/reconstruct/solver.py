@@ -26,10 +26,11 @@ optimal-transport set loss next to the sorted columns.
 Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedra,
 decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 atoms and
 random packings up to about 20 atoms are recovered within a minute on a 2-core CPU
-(held-out EMT-relaxed Pt clusters of 10-40 atoms: 53 of 60), EMT-relaxed random packings of
-25 or more atoms rarely (2 of 8), icosahedral cuts that EMT moves 0.4-0.6 A from their ideal
-cut only when a relaxed motif start lands in their minimum (2 of 3), and rattled but
-unrelaxed symmetric clusters (MD snapshots) not reliably.
+(held-out EMT-relaxed Pt clusters of 10-40 atoms, three seeds: 80 of 90), EMT-relaxed random
+packings of 25 atoms too (3 of 3, 15-52 s) but not of 30-40 atoms (0 of 9), icosahedral
+cuts that EMT moves 0.4-0.6 A from their ideal cut only when a relaxed motif start lands
+in their minimum (2 of 3), and rattled but unrelaxed symmetric clusters (MD snapshots)
+not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
