@@ -386,6 +386,17 @@ def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, o
     return float(np.linalg.norm(feats[perm] - target) / max(np.linalg.norm(target), 1e-300))
 
 
+def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pooled: bool, ops):
+    """Relative fingerprint error of each structure's features ``[k, n, F]`` against
+    ``target``: rows matched by the Hungarian algorithm, pooled targets compared directly."""
+    return np.array(
+        [
+            _rel_error(f, target, None if pooled else match_rows(f, target, species_idx), ops)
+            for f in np.asarray(feats, np.float64)
+        ]
+    )
+
+
 def _random_starts(key, n_starts, n_atoms, radius, cell, dtype) -> Array:
     """Random compact packings: uniform in a sphere of ``radius`` (or in the cell)."""
     if cell is not None:
@@ -673,13 +684,17 @@ def reconstruct(
             """Fingerprint error of candidate structures [k, n, 3] against the target."""
             pad = -len(cands) % n_starts
             padded = np.concatenate([cands, np.repeat(cands[:1], pad, 0)])
-            errs = []
-            for i in range(0, len(padded), n_starts):
-                feats = np.asarray(features_fn(jnp.asarray(padded[i : i + n_starts], jnp.float32)))
-                for f in feats.astype(np.float64):
-                    perm = None if pooled else match_rows(f, t, species_idx)
-                    errs.append(_rel_error(f, t, perm, pool_ops))
-            return np.asarray(errs[: len(cands)])
+            errs = [
+                _errors(
+                    features_fn(jnp.asarray(padded[i : i + n_starts], jnp.float32)),
+                    t,
+                    species_idx,
+                    pooled,
+                    pool_ops,
+                )
+                for i in range(0, len(padded), n_starts)
+            ]
+            return np.concatenate(errs)[: len(cands)]
 
         queue = MotifQueue(z, score, rng_motif)
         motifs, picked = queue.peek(min(n_motif, n_starts - len(guesses)))
@@ -759,15 +774,11 @@ def reconstruct(
         reached = np.asarray(x_end, np.float64)
         # The record keeps every start's best so far, across restarts.
         better = end_loss < record_loss
-        feats = np.asarray(features_fn(x_end), np.float64)
-        perms: list[np.ndarray | None] = []
-        for s in range(n_starts):
-            perm = None if pooled else match_rows(feats[s], t, species_idx)
-            perms.append(perm)
-            if better[s]:
-                record_loss[s] = end_loss[s]
-                record_x[s] = reached[s]
-                record_err[s] = _rel_error(feats[s], t, perm, pool_ops)
+        if better.any():  # rows are matched only for the starts that improved
+            feats = np.asarray(features_fn(x_end))[better]
+            record_loss[better] = end_loss[better]
+            record_x[better] = reached[better]
+            record_err[better] = _errors(feats, t, species_idx, pooled, pool_ops)
         state = (x_next, best_x, best_loss, stale, age)
         if use_crossover:
             for s in np.argsort(end_loss)[: 2 * population_size]:
