@@ -15,6 +15,17 @@ A = 3.92  # Pt, Angstrom
 N = 20
 
 
+def _scorer(fp, target):
+    """Candidates [k, n, 3] -> [k] row-matched fingerprint distances to ``target``."""
+
+    def score(cands):
+        feats = np.asarray(fp(jnp.asarray(cands, jnp.float32)), np.float64)
+        perms = [match_rows(f, target, np.zeros(len(target))) for f in feats]
+        return np.array([np.linalg.norm(f[p] - target) for f, p in zip(feats, perms, strict=True)])
+
+    return score
+
+
 @pytest.fixture(scope="module")
 def setup():
     acsf = ACSF(["Pt"], 6.0, g2_params=[[0.01, 0.0], [0.1, 0.0], [1.0, 0.0]])
@@ -24,13 +35,7 @@ def setup():
     rng = np.random.default_rng(0)
     target_pos = 0.97 * cuts[10] + 0.02 * rng.standard_normal((N, 3))
     target = np.asarray(fp(jnp.asarray(target_pos[None], jnp.float32))[0], np.float64)
-
-    def score(cands):
-        feats = np.asarray(fp(jnp.asarray(cands, jnp.float32)), np.float64)
-        perms = [match_rows(f, target, np.zeros(N)) for f in feats]
-        return np.array([np.linalg.norm(f[p] - target) for f, p in zip(feats, perms, strict=True)])
-
-    return cuts, target_pos, score
+    return cuts, target_pos, _scorer(fp, target)
 
 
 def test_lattice_constant():
@@ -84,17 +89,12 @@ def test_relaxed_motifs_reach_a_cut_that_relaxation_moved_far():
     fp = jax.jit(jax.vmap(fingerprint_fn(acsf, np.zeros(n, np.int32), None)))
     target = np.asarray(acsf.create(target_atoms), np.float64)
 
-    def score(cands):
-        feats = np.asarray(fp(jnp.asarray(cands, jnp.float32)), np.float64)
-        perms = [match_rows(f, target, np.zeros(n)) for f in feats]
-        return np.array([np.linalg.norm(f[p] - target) for f, p in zip(feats, perms, strict=True)])
-
     z = np.full(n, 78)
-    ideal = MotifQueue(z, score, np.random.default_rng(0))
-    assert all(structure_rmsd(x, target_pos) > 0.3 for x in ideal.candidates)
-    relaxed = MotifQueue(z, score, np.random.default_rng(0))
+    relaxed = MotifQueue(z, _scorer(fp, target), np.random.default_rng(0))
+    n_ideal = len(relaxed)
+    assert all(structure_rmsd(x, target_pos) > 0.3 for x in relaxed.candidates)
     assert relaxed.add_relaxed(emt_relax, seconds=60.0) == 12 * 2
-    assert len(relaxed) == len(ideal) + 12 * 2
+    assert len(relaxed) == n_ideal + 12 * 2
     front = [relaxed.candidates[i] for i in relaxed.peek(16)[1]]
     assert min(structure_rmsd(x, target_pos) for x in front) < 0.05
     rmsd = [structure_rmsd(x, target_pos) for x in relaxed.candidates]
