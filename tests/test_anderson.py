@@ -302,6 +302,70 @@ def test_moving_average_jumps_closer_to_the_minimum_of_noisy_sgd():
     assert np.mean(at_avg) < 0.75 * np.mean(other)
 
 
+def test_auto_mixing_is_the_clipped_bb_ratio_of_the_newest_pair():
+    # Gradient descent on a diagonal quadratic: the mixing recorded after each step must be
+    # <s, -y> / ||y||^2 of that step's secant pair (iterates and inner steps recomputed here
+    # in NumPy), clipped to [1, beta_max]; curvatures 1e-3..1 with lr 1 make it vary.
+    with jax.enable_x64(True):
+        h = np.logspace(-3, 0, 30)
+        x_star = np.linspace(-1.0, 1.0, 30)
+        loss = lambda p: 0.5 * jnp.sum(jnp.asarray(h) * (p - x_star) ** 2)
+        for beta_max in (30.0, 4.0):
+            opt = scale_by_anderson(4, beta_max=beta_max, safeguard=False)
+            update = jax.jit(opt.update)
+            x = jnp.zeros(30)
+            state = opt.init(x)
+            xs, us, seen = [], [], []
+            for _ in range(8):
+                u = -jax.grad(loss)(x)
+                upd, state = update(u, state, x)
+                xs.append(np.asarray(x)), us.append(np.asarray(u))
+                seen.append(float(state.beta))
+                x = x + upd
+            for k in range(1, 8):
+                s, y = xs[k] - xs[k - 1], us[k] - us[k - 1]
+                want = np.clip(-(s @ y) / (y @ y), 1.0, beta_max)
+                np.testing.assert_allclose(seen[k], want, rtol=1e-10)
+            assert max(seen[1:]) > 1.5  # it does adapt here (a fixed default was 1.5)
+            assert min(seen[1:]) < beta_max  # and is not merely pinned at the clip
+
+
+def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
+    # Logistic regression on scikit-learn's breast-cancer data, sgd(1 / L) with the global
+    # bound L = lambda_max(X^T X / n) / 4, far above the curvature met near the solution:
+    # the BB mixing lengthens the unexplained part of the step (measured: 52 vs 115
+    # iterations to 1e-4 relative suboptimality, float32).
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    x = np.hstack([x, np.ones((len(x), 1))]).astype(np.float32)
+    y = y.astype(np.float32)
+    lr = 4.0 / float(np.linalg.eigvalsh(x.T @ x / len(x)).max())
+
+    def loss(w):
+        z = x @ w
+        return jnp.mean(jax.nn.softplus(z) - y * z) + 1e-4 * jnp.sum(w**2)
+
+    curves = {}
+    for beta in ("auto", 1.5):
+        opt = anderson(optax.sgd(lr), 5, beta=beta)
+
+        def step(carry, _, opt=opt):
+            w, s = carry
+            v, g = jax.value_and_grad(loss)(w)
+            u, s = opt.update(g, s, w, value=v)
+            return (w + u, s), v
+
+        w0 = jnp.zeros(x.shape[1])
+        curves[beta] = np.asarray(jax.lax.scan(step, (w0, opt.init(w0)), None, 300)[1])
+    f_ref = min(c.min() for c in curves.values())
+    gap0 = curves["auto"][0] - f_ref
+    iters = {b: int(np.argmax(c - f_ref < 1e-4 * gap0)) for b, c in curves.items()}
+    assert all(c.min() - f_ref < 1e-4 * gap0 for c in curves.values()), iters
+    assert 1.6 * iters["auto"] <= iters[1.5], iters
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -310,6 +374,8 @@ def test_moving_average_jumps_closer_to_the_minimum_of_noisy_sgd():
         ({"memory": 2.5}, "memory"),
         ({"regularization": -1e-3}, "regularization"),
         ({"beta": 0.0}, "beta"),
+        ({"beta": "fast"}, "beta"),
+        ({"beta_max": 0.5}, "beta_max"),
         ({"frequency": 0}, "frequency"),
         ({"history": "qr"}, "history"),
         ({"loss_margin": -1.0}, "loss_margin"),
