@@ -329,9 +329,9 @@ def scale_by_anderson(
         ``<s, -y> / ||y||^2`` of the newest secant pair, clipped to ``[1, beta_max]``
         (for ``sgd(1 / L)``: the BB2 step over ``1 / L``, large where the curvature
         met is far below ``L``). Measured against a fixed 1.5 with ``sgd(1 / L)``, m = 5,
-        10, 20, 3 seeds: 1.3-2.4x fewer iterations on logistic and softmax regression
-        and ridge on quadratic features, equal on least squares, minibatch mode unchanged
-        (RESULTS.md, #5). A float: fixed mixing (textbook AA: 1.0).
+        10, 20, 3 seeds: 1.6-2.5x fewer iterations on logistic and softmax regression,
+        1.1-2x on ridge with quadratic features, about equal on least squares; minibatch
+        mode unchanged (RESULTS.md, #5). A float: fixed mixing (textbook AA: 1.0).
       beta_max: upper clip of the ``"auto"`` mixing (>= 1).
       frequency: extrapolate every ``frequency`` steps (history grows every step).
       warmup: plain steps before the first extrapolation.
@@ -447,17 +447,17 @@ def scale_by_anderson(
     def tree_lin(fn, *trees):  # one fused elementwise expression per leaf
         return jax.tree_util.tree_map(lambda *a: fn(*a).astype(a[0].dtype), *trees)
 
-    def insert_orthogonal(state, s, y, u, pair_ok, g0, beta):
+    def insert_orthogonal(state, s, y, u, pair_ok, g0, mix):
         """Orthogonalise (s, y) against the history.
 
         Returns the rows to store, whether they are stored, the new bookkeeping and
-        ``comb = sum_i gamma_i (S_i + beta Y_i)`` over the *updated* history, computed
-        from the old history (so the ring buffer is only read before its one-row write,
-        which XLA then does in place): one pass of inner products over ``Y`` and one pass
-        over ``Y`` and ``S`` producing both coefficient vectors' combinations at once. The
-        new pair always takes the head slot (emptied when the pair is not stored), so the
-        old head row is never read out (measured at 1M parameters on CPU: update 6.8-6.85
-        -> 6.05-6.2 ms for m = 5).
+        ``comb = sum_i gamma_i (S_i + beta Y_i)`` (``beta = mix``, this step's mixing)
+        over the *updated* history, computed from the old history (so the ring buffer
+        is only read before its one-row write, which XLA then does in place): one pass of
+        inner products over ``Y`` and one pass over ``Y`` and ``S`` producing both
+        coefficient vectors' combinations at once. The new pair always takes the head slot
+        (emptied when the pair is not stored), so the old head row is never read out
+        (measured at 1M parameters on CPU: update 6.8-6.85 -> 6.05-6.2 ms for m = 5).
         """
         valid, head = state.valid, state.head
         # <Y_i, y> = <Y_i, u> - <Y_i, u_prev>, the latter kept from the previous step: one
@@ -509,7 +509,7 @@ def scale_by_anderson(
         sn = tree_lin(lambda a, c: (a - c) * inv, s, s_cy)
 
         def comb_leaf(sa, ya, s_, y_):
-            b = jnp.asarray(beta, sa.dtype)
+            b = jnp.asarray(mix, sa.dtype)
             new = jnp.where(keep, gi.astype(sa.dtype) * (s_ + b * y_), 0.0)
             return jnp.where(pair_ok, sa + b * ya + new, 0.0)
 
@@ -518,7 +518,7 @@ def scale_by_anderson(
         yu = jnp.where(slot & keep, y1yu[1] * inv, cu)  # <Y_i, u> over the updated rows
         return sn, yn, None, None, keep, state.gram, new_valid, new_head, comb, yu, cu
 
-    def insert_window(state, s, y, u, pair_ok, g0, beta):
+    def insert_window(state, s, y, u, pair_ok, g0, mix):
         """Textbook windowed history with an incrementally updated Gram matrix."""
         dt = _tree.acc_dtype()
         head = state.head
@@ -541,7 +541,7 @@ def scale_by_anderson(
         g_head = gamma[head]
 
         def comb_leaf(sa, ya, s_, y_):
-            b = jnp.asarray(beta, sa.dtype)
+            b = jnp.asarray(mix, sa.dtype)
             full = sa + b * ya + g_head.astype(sa.dtype) * (s_ + b * y_)
             return jnp.where(pair_ok, full, 0.0)
 
