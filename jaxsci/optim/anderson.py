@@ -47,6 +47,11 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
   extrapolation step is also held within a trust region relative to the inner step
   (``||x_next - x_t|| <= trust ||u_t||``, trust from 4, doubled per accepted
   extrapolation, quartered per rejection): a noisy loss cannot let a huge jump through.
+  **Without a loss** (deterministic mode), the residual stands in for it: an
+  extrapolated point is rolled back the same way if its inner step ``||u||`` exceeds 10x
+  the smallest one at any accepted point (a guard against blow-ups, not a descent test),
+  and the trust region applies too. Measured: unchanged iterations on least squares,
+  logistic and softmax regression; extended Rosenbrock converges where it ended in NaN.
 * **Noise gate and moving average** (``average=True``, for minibatch training). The
   relative standard deviation of the steps (see :mod:`jaxsci.optim.averaging`) tells a
   drifting trajectory from a noise-dominated one, independently of the scale of the
@@ -84,6 +89,7 @@ from jaxsci.optim import _tree, averaging
 
 PyTree = Any
 _TRUST_INIT = 4.0  # first extrapolation may be 4x the inner step; x2 per accepted, /4 per rejected
+_RESIDUAL_SLACK = math.log(10.0)  # no loss passed: an extrapolation may grow ||u|| 10x at most
 History = Literal["orthogonal", "window"]
 Layout = Literal["auto", "flat", "tree"]
 
@@ -114,6 +120,7 @@ _FLOATS = (
     "loss_var",  # EMA of their squared deviation from the running mean
     "rsd",  # last relative standard deviation of the steps
     "beta",  # mixing of the last step (beta="auto": its latest Barzilai-Borwein ratio)
+    "res_min",  # smallest log ||u|| at an accepted point (residual check, no loss passed)
 )
 _N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
 
@@ -126,7 +133,7 @@ class ScaleByAndersonState(NamedTuple):
     """
 
     ints: jax.Array  # int32 [12 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
-    floats: jax.Array  # [6 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
+    floats: jax.Array  # [7 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
     # then <Y_i, u_prev> for the stored rows (orthogonal history: <Y_i, y> = <Y_i, u> minus
     # it, so each step needs one pass of inner products over Y, not two)
     s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
@@ -328,14 +335,16 @@ def scale_by_anderson(
         does not explain. ``"auto"`` (default): each step the Barzilai-Borwein ratio
         ``<s, -y> / ||y||^2`` of the newest secant pair, clipped to ``[1, beta_max]``
         (for ``sgd(1 / L)``: the BB2 step over ``1 / L``, large where the curvature
-        met is far below ``L``). Measured against a fixed 1.5 with ``sgd(1 / L)``, m = 5,
-        10, 20, 3 seeds: 1.6-2.5x fewer iterations on logistic and softmax regression,
-        1.1-2x on ridge with quadratic features, about equal on least squares; minibatch
-        mode unchanged (RESULTS.md, #5). A float: fixed mixing (textbook AA: 1.0).
+        met is far below ``L``; 1 for a pair of non-positive curvature). Measured
+        against a fixed 1.5 with ``sgd(1 / L)``, m = 5, 10, 20, 3 seeds: 1.6-2.5x fewer
+        iterations on logistic and softmax regression, 1.1-2x on ridge with quadratic
+        features, about equal on least squares; minibatch mode unchanged (RESULTS.md,
+        #5). A float: fixed mixing (textbook AA: 1.0).
       beta_max: upper clip of the ``"auto"`` mixing (>= 1).
       frequency: extrapolate every ``frequency`` steps (history grows every step).
       warmup: plain steps before the first extrapolation.
-      safeguard: descent check and delayed loss check with rollback and back-off.
+      safeguard: descent check and delayed loss check (residual check when no loss is
+        passed and ``average=False``) with rollback and back-off.
         ``safeguard=False`` (with the default ``average=False``) is textbook type-II AA.
       safeguard_memory: the loss of an extrapolated point must not exceed the max of
         this many recent accepted losses (1: monotone).
@@ -423,6 +432,7 @@ def scale_by_anderson(
                 "loss_var": 0.0,
                 "rsd": 0.0,
                 "beta": 1.0 if adaptive else beta,
+                "res_min": jnp.inf,
             },
             jnp.zeros((m,), bool),
             jnp.full((safeguard_memory,), -jnp.inf, dt),
@@ -570,18 +580,41 @@ def scale_by_anderson(
         u, x = updates, params
         count = state.count
 
+        # The new secant pair from the previous accepted point. One product for ||y||^2,
+        # <y, u>, ||u||^2; ||u||^2 doubles as the finiteness test of u (NaN/inf make it
+        # non-finite; so does an overflowing norm, treated alike).
+        s = jax.tree_util.tree_map(jnp.subtract, x, state.x_prev)
+        y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
+        g0 = _tree.gram([y, u])
+        nu2 = g0[1, 1]
+        u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
+
         # 1. Delayed safeguard: the loss of the point proposed last step arrives now.
-        if value is not None and safeguard:
-            v = jnp.asarray(value).astype(dt)
-            if v.shape != ():
-                raise ValueError(f"anderson: value must be a scalar loss, got shape {v.shape}")
-            ref = jnp.max(state.loss_hist)  # -inf: no accepted loss yet
-            ok = jnp.isfinite(v) & ((v <= ref) | (ref == -jnp.inf))
+        #    Without a loss (deterministic mode), the residual stands in for it: the
+        #    inner step at an extrapolated point may be at most 10x the smallest one at any
+        #    accepted point so far (a guard against blow-ups, not a descent test: AA's
+        #    residuals are not monotone; against the smallest, so it cannot ratchet up).
+        residual_check = value is None and safeguard and not average
+        checked = (value is not None and safeguard) or residual_check
+        if checked:
+            if residual_check:
+                v = 0.5 * jnp.log(jnp.maximum(nu2, jnp.finfo(dt).tiny))
+                ok = jnp.isfinite(v) & (v <= state.res_min + _RESIDUAL_SLACK)
+            else:
+                v = jnp.asarray(value).astype(dt)
+                if v.shape != ():
+                    raise ValueError(f"anderson: value must be a scalar loss, got shape {v.shape}")
+                ref = jnp.max(state.loss_hist)  # -inf: no accepted loss yet
+                ok = jnp.isfinite(v) & ((v <= ref) | (ref == -jnp.inf))
             if average:  # noise-aware: beat the running mean by loss_margin std devs
                 bar = state.loss_mean - loss_margin * jnp.sqrt(state.loss_var)
                 ok = ok & (v <= bar)
             reject = state.pending & ~ok
             accepted_pending = state.pending & ok
+            res_min = state.res_min
+            if residual_check:
+                use_v = jnp.isfinite(v) & ~reject
+                res_min = jnp.where(use_v, jnp.minimum(res_min, v), res_min)
             loss_hist = jnp.where(
                 jnp.isfinite(v), jnp.roll(state.loss_hist, 1).at[0].set(v), state.loss_hist
             )
@@ -605,24 +638,22 @@ def scale_by_anderson(
         else:
             reject = jnp.asarray(False)
             accepted_pending = state.pending
+            res_min = state.res_min
             loss_hist = state.loss_hist
             loss_mean, loss_var, n_loss = state.loss_mean, state.loss_var, state.n_loss
 
-        # 2. New secant pair from the previous accepted point; one history row written
-        #    (O(n), in place when the state is donated), never a copy of the whole buffer.
-        s = jax.tree_util.tree_map(jnp.subtract, x, state.x_prev)
-        y = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
-        # One product for ||y||^2, <y, u>, ||u||^2; ||u||^2 doubles as the finiteness test
-        # of u (NaN/inf make it non-finite; so does an overflowing norm, treated alike).
-        g0 = _tree.gram([y, u])
-        nu2 = g0[1, 1]
-        u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
+        # 2. Store the pair: one history row written (O(n), in place when the state is
+        #    donated), never a copy of the whole buffer.
         pair_ok = state.has_prev & u_finite & ~reject
+        trust_region = checked  # extrapolations judged next step are held in a trust region
         if adaptive:
             # Barzilai-Borwein (BB2) mixing: <s, -y> / ||y||^2 is the step, in units of the
             # inner step, that the newest secant pair fits along the residual (1 / (lr h)
-            # for gradient descent on curvature h). Clipped to [1, beta_max]; without a
-            # usable pair (none, negative curvature, non-finite) it is kept from last step.
+            # for gradient descent on curvature h), clipped to [1, beta_max]. Without a
+            # usable pair (none, non-finite) it is kept from the last step.
+            # Non-positive curvature (<s, -y> <= 0) gives the floor 1. (Stepping long there
+            # instead, beta_max, sped up Rosenbrock and the full-batch MLP but let heavy
+            # ball on minibatches diverge: RESULTS.md, #5.)
             bb = -_tree.dots(y, [s])[0] / g0[0, 0]
             b_ok = pair_ok & jnp.isfinite(bb)
             mix = jnp.where(b_ok, jnp.clip(bb, 1.0, beta_max), state.beta).astype(dt)
@@ -678,7 +709,6 @@ def scale_by_anderson(
         # Checks on d before the trust-region scaling (a positive factor: same sign of
         # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
         # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
-        trust_region = value is not None and safeguard
         if safeguard:
             dd = _tree.dots(d, [u, d] if trust_region else [u])  # <d, u> (, ||d||^2)
             du = dd[0]
@@ -745,7 +775,7 @@ def scale_by_anderson(
                 "n_rejected": state.n_rejected + reject.astype(jnp.int32),
                 "n_averaged": state.n_averaged + average_now.astype(jnp.int32),
                 "has_prev": jnp.where(reject, state.has_prev, u_finite),
-                "pending": (accelerate | average_now) & (value is not None and safeguard),
+                "pending": (accelerate | average_now) & checked,
                 "rejected": reject,
             },
             {
@@ -759,6 +789,7 @@ def scale_by_anderson(
                 "loss_var": loss_var,
                 "rsd": rsd,
                 "beta": mix,
+                "res_min": res_min,
             },
             jnp.where(reset, jnp.zeros_like(valid), valid),
             jnp.where(reject, state.loss_hist, loss_hist),
