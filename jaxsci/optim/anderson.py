@@ -611,13 +611,14 @@ def scale_by_anderson(
                 ok = ok & (v <= bar)
             reject = state.pending & ~ok
             accepted_pending = state.pending & ok
-            res_min = state.res_min
-            if residual_check:
+            res_min, loss_hist = state.res_min, state.loss_hist
+            if residual_check:  # the losses stay empty; only the smallest residual is kept
                 use_v = jnp.isfinite(v) & ~reject
                 res_min = jnp.where(use_v, jnp.minimum(res_min, v), res_min)
-            loss_hist = jnp.where(
-                jnp.isfinite(v), jnp.roll(state.loss_hist, 1).at[0].set(v), state.loss_hist
-            )
+            else:
+                loss_hist = jnp.where(
+                    jnp.isfinite(v), jnp.roll(loss_hist, 1).at[0].set(v), loss_hist
+                )
             # Running mean and variance of the losses at accepted points (span
             # average_window); in a trending phase the variance also holds the lag^2 of the
             # mean, so the bar then asks for more than the trend alone gives.
