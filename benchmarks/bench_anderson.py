@@ -165,17 +165,19 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
     best-baseline time / Anderson time per seed (median over seeds printed). Same process,
     same load: the study's own timing is sequential.
     """
-    from experiments.anderson import problems as problems_mod
+    from experiments.anderson import run as study
     from experiments.anderson import runner
 
     with open(path) as fh:
         res = json.load(fh)
+    scale = res.get("config", {}).get("scale", 1.0)
     out = {}
     for name, pr in res["problems"].items():
         if not pr["deterministic"] or (problem_names and name not in problem_names):
             continue
-        problem = getattr(problems_mod, name)()
-        with jax.enable_x64(True):
+        # The study's own problem (size, steps) in the study's precision.
+        with jax.enable_x64(name in study.X64):
+            problem = study.build_problem(name, scale)
             cases = []  # (method name, seed, compiled, args)
             for mname, summ in pr["summary"].items():
                 if mname not in ("nesterov", "adam") and not mname.startswith("aa_sgd"):
@@ -203,13 +205,14 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
             txt = " ".join("-" if v is None else f"{1e3 * v:7.3f}" for v in row)
             line = f"  {mname:12s} {txt}"
             if mname.startswith("aa_sgd"):
-                r = [
+                r = [  # seeds where Anderson and at least one baseline reached the target
                     min(med[b, sd] for b in ("nesterov", "adam") if (b, sd) in med) / med[mname, sd]
                     for sd in seeds
-                    if (mname, sd) in med
+                    if (mname, sd) in med and any((b, sd) in med for b in ("nesterov", "adam"))
                 ]
-                ratios[mname] = float(np.median(r))
-                line += f"   speedup {ratios[mname]:.2f} [{' '.join(f'{x:.2f}' for x in r)}]"
+                if r:
+                    ratios[mname] = float(np.median(r))
+                    line += f"   speedup {ratios[mname]:.2f} [{' '.join(f'{x:.2f}' for x in r)}]"
             print(line)
         out[name] = {"ms": {f"{k[0]}/{k[1]}": 1e3 * v for k, v in med.items()}, "speedup": ratios}
     return out

@@ -89,6 +89,41 @@ def test_study_smoke_writes_run_folder(tmp_path):
     assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
 
 
+def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path):
+    # bench_anderson --time-to-target rebuilds each problem as the study did (sizes, steps,
+    # precision): it used to look the name up in problems.py, which has no
+    # least_squares_large or mlp_diabetes_fullbatch, and ran everything in float64.
+    import importlib.util
+
+    from experiments.anderson.run import main
+
+    res = main(
+        [
+            "--problems",
+            "least_squares_large",
+            "--scale",
+            "0.15",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+        ]
+    )
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
+    spec = importlib.util.spec_from_file_location("bench_anderson", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.time_to_target(f"{res['run_dir']}/results.json", 1)
+    summary = res["problems"]["least_squares_large"]["summary"]
+    timed = out["least_squares_large"]["ms"]
+    reached = [n for n in ("nesterov", "adam", "aa_sgd_m5") if summary[n]["seeds"][0]["iters"]]
+    assert {"nesterov", "aa_sgd_m5"} <= set(reached)  # ~210 and ~110 of 300 iterations
+    for name in reached:  # each method that reached the target is re-timed
+        assert timed[f"{name}/0"] > 0
+    assert out["least_squares_large"]["speedup"]["aa_sgd_m5"] > 0
+
+
 def test_anderson_on_least_squares_is_no_faster_than_cg_and_near_it():
     # CG is the Krylov lower bound on a quadratic: Anderson on SGD cannot beat it, and
     # (orthogonal history) should come within ~25% of it.
