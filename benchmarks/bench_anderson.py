@@ -200,15 +200,20 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
         seeds = sorted({k[1] for k in med})
         print(f"\n{name}: time to target [ms], median of {repeats} interleaved repeats")
         ratios = {}
+        # Per seed, the faster baseline that reached the target (None: neither did).
+        best = {
+            sd: min((med[b, sd] for b in ("nesterov", "adam") if (b, sd) in med), default=None)
+            for sd in seeds
+        }
         for mname in sorted({k[0] for k in med}):
             row = [med.get((mname, sd)) for sd in seeds]
             txt = " ".join("-" if v is None else f"{1e3 * v:7.3f}" for v in row)
             line = f"  {mname:12s} {txt}"
             if mname.startswith("aa_sgd"):
-                r = [  # seeds where Anderson and at least one baseline reached the target
-                    min(med[b, sd] for b in ("nesterov", "adam") if (b, sd) in med) / med[mname, sd]
+                r = [
+                    best[sd] / med[mname, sd]
                     for sd in seeds
-                    if (mname, sd) in med and any((b, sd) in med for b in ("nesterov", "adam"))
+                    if (mname, sd) in med and best[sd] is not None
                 ]
                 if r:
                     ratios[mname] = float(np.median(r))

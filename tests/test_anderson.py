@@ -149,6 +149,18 @@ def train(opt, loss, params, steps, with_value=True):
     return params, state
 
 
+def loss_curve(opt, loss, params, steps, with_value=True):
+    """The loss at each of ``steps`` iterates of ``opt`` from ``params`` (one lax.scan)."""
+
+    def step(carry, _):
+        p, s = carry
+        v, g = jax.value_and_grad(loss)(p)
+        upd, s = opt.update(g, s, p, **({"value": v} if with_value else {}))
+        return (optax.apply_updates(p, upd), s), v
+
+    return np.asarray(jax.lax.scan(step, (params, opt.init(params)), None, steps)[1])
+
+
 @pytest.mark.parametrize("x64", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_contract_jit_pytree_dtypes_shape_dtype_struct(x64, dtype):
@@ -377,16 +389,8 @@ def test_without_a_loss_rosenbrock_converges(memory):
         loss = lambda w: jnp.sum(100.0 * (w[1:] - w[:-1] ** 2) ** 2 + (1 - w[:-1]) ** 2)
         h_star = np.asarray(jax.hessian(loss)(jnp.ones(10)))
         lr = 1.0 / (2.0 * float(np.linalg.eigvalsh(h_star).max()))
-        opt = anderson(optax.sgd(lr), memory)
-
-        def step(carry, _):
-            w, s = carry
-            v, g = jax.value_and_grad(loss)(w)
-            u, s = opt.update(g, s, w)
-            return (w + u, s), v
-
         w0 = 0.1 * jax.random.normal(jax.random.PRNGKey(0), (10,))
-        vals = np.asarray(jax.lax.scan(step, (w0, opt.init(w0)), None, 5000)[1])
+        vals = loss_curve(anderson(optax.sgd(lr), memory), loss, w0, 5000, with_value=False)
     assert np.all(np.isfinite(vals))
     assert vals[-1] < 1e-8 * vals[0]
 
@@ -408,18 +412,11 @@ def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
         z = x @ w
         return jnp.mean(jax.nn.softplus(z) - y * z) + 1e-4 * jnp.sum(w**2)
 
-    curves = {}
-    for beta in ("auto", 1.5):
-        opt = anderson(optax.sgd(lr), 5, beta=beta)
-
-        def step(carry, _, opt=opt):
-            w, s = carry
-            v, g = jax.value_and_grad(loss)(w)
-            u, s = opt.update(g, s, w, value=v)
-            return (w + u, s), v
-
-        w0 = jnp.zeros(x.shape[1])
-        curves[beta] = np.asarray(jax.lax.scan(step, (w0, opt.init(w0)), None, 300)[1])
+    w0 = jnp.zeros(x.shape[1])
+    curves = {
+        beta: loss_curve(anderson(optax.sgd(lr), 5, beta=beta), loss, w0, 300)
+        for beta in ("auto", 1.5)
+    }
     f_ref = min(c.min() for c in curves.values())
     gap0 = curves["auto"][0] - f_ref
     iters = {b: int(np.argmax(c - f_ref < 1e-4 * gap0)) for b, c in curves.items()}

@@ -258,10 +258,7 @@ def _check_args(
         raise bad("memory", memory, "an integer >= 1")
     if not math.isfinite(float(regularization)) or regularization < 0:
         raise bad("regularization", regularization, "a finite number >= 0")
-    if isinstance(beta, str):
-        if beta != "auto":
-            raise bad("beta", beta, "'auto' or a finite number > 0")
-    elif not math.isfinite(float(beta)) or beta <= 0:
+    if beta != "auto" if isinstance(beta, str) else not (math.isfinite(float(beta)) and beta > 0):
         raise bad("beta", beta, "'auto' or a finite number > 0")
     if not math.isfinite(float(beta_max)) or beta_max < 1:
         raise bad("beta_max", beta_max, "a finite number >= 1")
@@ -492,13 +489,11 @@ def scale_by_anderson(
             # would make y a buffer too.
             c, _ = vals
             yb = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
-            y1 = jax.tree_util.tree_map(
+            off_span = lambda c: jax.tree_util.tree_map(  # y - Y c
                 jnp.subtract, yb, _tree.hist_combine_many(state.y_hist, c[None, :])[0]
             )
-            c = c + _tree.hist_dot(state.y_hist, [y1])[:, 0] * valid
-            y2 = jax.tree_util.tree_map(
-                jnp.subtract, yb, _tree.hist_combine_many(state.y_hist, c[None, :])[0]
-            )
+            c = c + _tree.hist_dot(state.y_hist, [off_span(c)])[:, 0] * valid
+            y2 = off_span(c)
             return c, _tree.dots(y2, [y2, u])
 
         cy, y1yu = jax.lax.cond(jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu))
@@ -646,7 +641,6 @@ def scale_by_anderson(
         # 2. Store the pair: one history row written (O(n), in place when the state is
         #    donated), never a copy of the whole buffer.
         pair_ok = state.has_prev & u_finite & ~reject
-        trust_region = checked  # extrapolations judged next step are held in a trust region
         if adaptive:
             # Barzilai-Borwein (BB2) mixing: <s, -y> / ||y||^2 is the step, in units of the
             # inner step, that the newest secant pair fits along the residual (1 / (lr h)
@@ -711,12 +705,12 @@ def scale_by_anderson(
         # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
         # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
         if safeguard:
-            dd = _tree.dots(d, [u, d] if trust_region else [u])  # <d, u> (, ||d||^2)
+            dd = _tree.dots(d, [u, d] if checked else [u])  # <d, u> (, ||d||^2)
             du = dd[0]
             d_ok = jnp.isfinite(du) & (du > 0)
         else:
             d_ok = _tree.all_finite(d)
-        if trust_region:  # trust region, adapted by the loss check
+        if checked:  # extrapolations judged next step: trust region, adapted by the check
             nd2 = dd[1]
             d_ok = d_ok & jnp.isfinite(nd2)
             nd = jnp.sqrt(nd2)
