@@ -46,6 +46,9 @@ def test_rank_shard_pytree_and_mismatch():
     np.testing.assert_array_equal(shard["y"], [2, 3])
     np.testing.assert_array_equal(shard["x"], [[4, 5], [6, 7]])
     assert rank_shard(list("abcd"), _info(0, 2)) == ["a", "b"]
+    X, y = rank_shard((data["x"], data["y"]), _info(1, 2))  # a tuple is a pytree: (X, y)
+    np.testing.assert_array_equal(X, [[4, 5], [6, 7]])
+    np.testing.assert_array_equal(y, [2, 3])
     with pytest.raises(ValueError, match="leading length"):
         rank_shard({"x": np.zeros(4), "y": np.zeros(3)}, _info(0, 1))
 

@@ -1,9 +1,12 @@
 """Smoke test of experiments/data_parallel with the tiny configuration."""
 
 import dataclasses
+import json
 
 import numpy as np
+import pytest
 
+from experiments.data_parallel import run
 from experiments.data_parallel.config import tiny
 from experiments.data_parallel.train import batch_indices, train_and_evaluate
 from jaxsci.parallel import ProcessInfo
@@ -26,3 +29,15 @@ def test_batch_order_is_a_permutation_per_epoch():
     again = np.concatenate([batch_indices(s, n, b, seed=3) for s in range(4)])
     np.testing.assert_array_equal(epoch0, again)
     assert not np.array_equal(batch_indices(4, n, b, seed=3), batch_indices(0, n, b, seed=3))
+
+
+def test_cli_one_layout_reports_and_rejects_bad_steps(tmp_path, capsys):
+    out = tmp_path / "curve.json"
+    run.main(["--tiny", "--steps", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "1 process(es): 3 steps" in printed and str(out) in printed
+    assert len(json.loads(out.read_text())["losses"]) == 3
+    for bad in ("0", "-1"):
+        with pytest.raises(ValueError, match="--steps must be >= 1"):
+            run.main(["--all", "--tiny", "--steps", bad, "--root", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()  # failed before any run folder

@@ -31,7 +31,11 @@ LAYOUTS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (processes, devices per process)
 
 def _config(args: argparse.Namespace) -> Config:
     base = tiny() if args.tiny else Config()
-    return dataclasses.replace(base, steps=args.steps or base.steps)
+    if args.steps is None:
+        return base
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    return dataclasses.replace(base, steps=args.steps)
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -42,14 +46,22 @@ def run_one(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     result = train_and_evaluate(_config(args), info=info)
     result["wall_s"] = time.perf_counter() - t0
-    if info.is_root and args.out:
+    if not info.is_root:
+        return
+    if args.out:
         Path(args.out).write_text(json.dumps(result))
+    losses = result["losses"]
+    print(
+        f"{info.size} process(es): {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
+        f"test accuracy {result['final_test_accuracy']:.3f}, {result['wall_s']:.1f} s"
+        + (f"; curve written to {args.out}" if args.out else "")
+    )
 
 
 def run_all(args: argparse.Namespace) -> Path:
     from jaxsci.train import make_run_dir, write_metrics
 
-    run_dir = make_run_dir(args.root, "data_parallel")
+    run_dir = make_run_dir(args.root, "data_parallel").resolve()  # the children run in root
     root = Path(__file__).resolve().parents[2]
     mpirun = str(Path(sys.executable).with_name("mpirun"))
     curves = {}
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny", action="store_true", help="smoke-test configuration")
     ap.add_argument("--root", type=str, default="runs", help="parent of the run folder")
     args = ap.parse_args(argv)
+    _config(args)  # a bad --steps fails here, before any run folder or child process
     if args.all:
         run_all(args)
     else:

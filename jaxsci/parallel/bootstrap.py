@@ -156,8 +156,13 @@ def rank_slice(n: int, info: ProcessInfo, *, equal: bool = True) -> slice:
 
 
 def rank_shard(x: Any, info: ProcessInfo, *, equal: bool = True) -> Any:
-    """This rank's block of ``x`` along axis 0 (array, list or pytree of equal-length arrays)."""
-    leaves = jax.tree.leaves(x) if not isinstance(x, list | tuple | range) else [x]
+    """This rank's block of ``x`` along axis 0.
+
+    ``x``: an array, a pytree of equal-length arrays (a tuple such as ``(X, y)`` is a pytree:
+    each array is split), or a ``list`` / ``range`` of items (the items are split).
+    """
+    seq = isinstance(x, list | range)
+    leaves = [x] if seq else jax.tree.leaves(x)
     if not leaves:
         return x
     n = len(leaves[0])
@@ -165,6 +170,6 @@ def rank_shard(x: Any, info: ProcessInfo, *, equal: bool = True) -> Any:
     if len(lengths) > 1:
         raise ValueError(f"leaves disagree on their leading length: {sorted(lengths)}")
     sl = rank_slice(n, info, equal=equal)
-    if isinstance(x, list | tuple | range):
+    if seq:
         return x[sl]
     return jax.tree.map(lambda a: a[sl], x)

@@ -65,6 +65,20 @@ class Bucket:
         return self.size * self.dtype.itemsize
 
 
+def check_transfer(bucket_bytes: int | None, transfer_dtype: Any) -> np.dtype | None:
+    """Validate the message options of :func:`tree_allreduce`; returns the transfer dtype.
+
+    Raises ``ValueError`` for ``bucket_bytes < 0`` or a ``transfer_dtype`` other than
+    bfloat16, float16, float32 or ``None``.
+    """
+    if bucket_bytes is not None and bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes must be >= 0 or None, got {bucket_bytes}")
+    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
+    if transfer is not None and transfer not in _16BIT + (np.dtype(np.float32),):
+        raise ValueError(f"transfer_dtype must be bfloat16, float16 or float32, got {transfer}")
+    return transfer
+
+
 def _transfer_dtype(dtype: np.dtype, transfer: np.dtype | None) -> np.dtype:
     if transfer is not None and jnp.issubdtype(dtype, jnp.floating):
         return transfer
@@ -89,11 +103,7 @@ def allreduce_plan(
     Returns:
       Buckets in the order they are sent (last leaves first).
     """
-    if bucket_bytes is not None and bucket_bytes < 0:
-        raise ValueError(f"bucket_bytes must be >= 0 or None, got {bucket_bytes}")
-    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
-    if transfer is not None and transfer not in _16BIT + (np.dtype(np.float32),):
-        raise ValueError(f"transfer_dtype must be bfloat16, float16 or float32, got {transfer}")
+    transfer = check_transfer(bucket_bytes, transfer_dtype)
     leaves = jax.tree.leaves(tree)
     buckets: list[Bucket] = []
     open_segments: dict[np.dtype, list[Segment]] = {}

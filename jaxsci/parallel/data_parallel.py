@@ -15,12 +15,13 @@ over the batch) and an optax transformation into
 
 Why flat buffers: on XLA:CPU each small op costs tens of microseconds, so a 200-leaf model
 spends more time in 200 per-leaf update ops (and in packing gradients into one message and
-unpacking them) than in the all-reduce itself. Here the gradient is taken with respect to the
-flat buffer (the model sees static slices of it, which XLA fuses into their consumers), that
-buffer is all-reduced as one message (or a few buckets), and the optax update runs on the flat
-buffer: a handful of fused ops, whatever the number of leaves. Optax transformations that treat
-leaves differently (``masked``, ``multi_transform``, per-layer trust ratios such as LARS/LAMB)
-need ``flat=False``, which keeps the user's tree in the state and all-reduces it in buckets.
+unpacking them) than in the all-reduce itself. Here the model sees static slices (views) of
+the flat buffer, which XLA fuses into their consumers; the gradient, taken with respect to those
+views, is packed with one concatenate, all-reduced as one message (or a few buckets), and the
+optax update runs on the flat buffer: a handful of fused ops, whatever the number of leaves.
+Optax transformations that treat leaves differently (``masked``, ``multi_transform``,
+per-layer trust ratios such as LARS/LAMB) need ``flat=False``, which keeps the user's tree in
+the state and all-reduces it in buckets.
 
 Hybrid (several local devices and several processes): mpi4jax calls cannot run inside a
 multi-device program, so the step runs three programs: gradients over the local mesh, the
@@ -41,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
-from jaxsci.parallel.collectives import tree_allreduce
+from jaxsci.parallel.collectives import check_transfer, tree_allreduce
 from jaxsci.parallel.flat import FlatLayout
 from jaxsci.parallel.mesh import make_mesh
 from jaxsci.parallel.precision import DynamicLossScale, LossScaleState, Policy, all_finite
@@ -177,7 +178,8 @@ class DataParallel:
         out = []
         for leaf in jax.tree.leaves(store):
             buf = np.array(leaf)  # writable host copy
-            comm.Bcast(buf, root=0)
+            # as raw bytes: MPI has no bfloat16 (mpi4py refuses the buffer)
+            comm.Bcast(buf.reshape(-1).view(np.uint8), root=0)
             out.append(jnp.asarray(buf))
         return jax.tree.unflatten(jax.tree.structure(store), out)
 
@@ -230,24 +232,30 @@ class DataParallel:
             inv = 1.0 / scale
             return jax.tree.map(lambda g: g * inv.astype(g.dtype), grads), loss
         n = jnp.float32(n_local)
-        weighted = jax.tree.map(lambda g: g * n.astype(g.dtype), grads)
         stats = jnp.stack([loss * n, n])
-        if self.transfer_dtype is None:
+        if self.transfer_dtype is None:  # one message: weighted gradients, loss, batch sizes
+            weighted = jax.tree.map(lambda g: g * n.astype(g.dtype), grads)
             weighted, stats = tree_allreduce(
                 (weighted, stats), op="sum", comm=self._comm, bucket_bytes=self.bucket_bytes
             )
-        else:  # gradients in 16 bits, the loss and batch sizes exactly
-            weighted = tree_allreduce(
-                weighted,
-                op="sum",
-                comm=self._comm,
-                bucket_bytes=self.bucket_bytes,
-                transfer_dtype=self.transfer_dtype,
-            )
-            stats = tree_allreduce(stats, op="sum", comm=self._comm, bucket_bytes=None)
-        inv = 1.0 / (stats[1] * scale)
-        grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), weighted)
-        return grads, stats[0] / stats[1]
+            inv = 1.0 / (stats[1] * scale)
+            grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), weighted)
+            return grads, stats[0] / stats[1]
+        # Gradients in 16 bits: the loss and batch sizes travel first (exactly), so each rank
+        # sends its share n_local / N of the mean. Summed in 16 bits, the shares never exceed
+        # the largest local (scaled) gradient, where n_local-weighted sums overflowed float16
+        # (65504) at a few hundred samples per rank.
+        stats = tree_allreduce(stats, op="sum", comm=self._comm, bucket_bytes=None)
+        share = n / stats[1]
+        mean = tree_allreduce(
+            jax.tree.map(lambda g: g * share.astype(g.dtype), grads),
+            op="sum",
+            comm=self._comm,
+            bucket_bytes=self.bucket_bytes,
+            transfer_dtype=self.transfer_dtype,
+        )
+        inv = 1.0 / scale
+        return jax.tree.map(lambda g: g * inv.astype(g.dtype), mean), stats[0] / stats[1]
 
     def _apply(self, state: DataParallelState, grads: Any, loss: jax.Array) -> DataParallelState:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -275,7 +283,7 @@ class DataParallel:
                 scale = self._scale(state)
                 grads, loss = self._device_grads(state.params, batch, scale)
                 grads, loss = self._process_reduce(grads, loss, _leading_size(batch), scale)
-                return self._apply(state, grads, loss), loss
+                return self._apply(state, grads, loss), self.policy.cast_to_output(loss)
 
             return jax.jit(fused, donate_argnums=0)
 
@@ -295,7 +303,7 @@ class DataParallel:
                 first(self._scale(state)),
             )
             grads, loss = jax.device_put((grads, loss), self._replicated)
-            return apply_prog(state, grads, loss), loss
+            return apply_prog(state, grads, loss), self.policy.cast_to_output(loss)
 
         return three_programs
 
@@ -372,6 +380,7 @@ def data_parallel(
         keeps the tree (needed for optax transforms that treat leaves differently).
       broadcast_params: ``init`` copies rank 0's parameter values to every rank.
     """
+    check_transfer(bucket_bytes, transfer_dtype)  # a bad value fails here, with or without MPI
     info = info if info is not None else bootstrap()
     mesh = mesh if mesh is not None else make_mesh()
     return DataParallel(

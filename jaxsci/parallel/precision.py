@@ -119,6 +119,14 @@ class DynamicLossScale:
     period: int = 2000
     min_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not (self.initial > 0 and self.min_scale > 0 and self.factor > 1 and self.period >= 1):
+            raise ValueError(
+                "DynamicLossScale needs initial > 0, min_scale > 0, factor > 1 and period >= 1; "
+                f"got initial={self.initial}, min_scale={self.min_scale}, "
+                f"factor={self.factor}, period={self.period}"
+            )
+
     def init(self) -> LossScaleState:
         return LossScaleState(jnp.float32(self.initial), jnp.int32(0))
 
