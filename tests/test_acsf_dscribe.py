@@ -93,6 +93,17 @@ def test_fractional_zeta_matches_dscribe_float64(name, species, periodic, atoms)
     assert _rel_err(out, ref.create(atoms)) < 1e-6, name
 
 
+def test_large_zeta_and_lambda_match_dscribe_float64():
+    """zeta > 6 takes the per-triplet kernel; with |lambda| > 1 its base 1 + lambda cos turns
+    negative, and an integer power keeps DScribe's sign (it was clipped at 0)."""
+    g4, g5 = [[0.01, 7, -3], [0.02, 8, 2], [0.01, 2, -3]], [[0.01, 7, 2]]
+    ref, ours = _pair(["Pt", "Cu", "O"], False, g4=g4, g5=g5)
+    atoms = _cluster3()
+    with jax.enable_x64(True):
+        out = ours.create(atoms)
+    assert _rel_err(out, ref.create(atoms)) < 1e-8
+
+
 @pytest.mark.parametrize("name,species,periodic,atoms", _structures()[1:4:2], ids=str)
 def test_matches_dscribe_float32(name, species, periodic, atoms):
     ref, ours = _pair(species, periodic)

@@ -96,12 +96,42 @@ def test_mask_padding_and_batch(acsf, cluster):
         batch = acsf.batch([cluster, small])
         assert batch.positions.shape[1] == 16 and batch.mask.sum() == 13 + 9
         out = np.asarray(acsf.batch_fn(batch.positions, batch.species, batch.mask))
-        ref = acsf.create([cluster, small])
-    assert np.allclose(out[1, :9], ref[1])
-    assert np.allclose(out[0, :13], ref[0])
+        # against the unpadded single-structure function (create runs batch_fn's own path)
+        ref = [
+            np.asarray(acsf.fn(jnp.asarray(a.positions), acsf.encode_species(a.numbers)))
+            for a in (cluster, small)
+        ]
+    assert np.allclose(out[1, :9], ref[1], rtol=1e-10, atol=1e-12)
+    assert np.allclose(out[0, :13], ref[0], rtol=1e-10, atol=1e-12)
     assert np.all(out[1, 9:] == 0.0)
     # a different size within the same bucket keeps the padded shape (no recompilation)
     assert acsf.batch([cluster[:15]]).positions.shape[1] == 16
+
+
+def test_batch_of_slabs_keeps_their_pbc():
+    """Slabs (pbc True, True, False; zero third cell row) batched and evaluated with the
+    batch's own cells and pbc equal create's per-structure features; mixing pbc raises."""
+    from ase.build import fcc111
+
+    desc = ACSF(["Pt"], R_CUT, G2, None, G4, periodic=True)
+    slabs = [
+        Atoms(
+            "Pt4",
+            positions=[[0, 0, 0], [1.95, 1.95, 0], [1.95, 0, 1.9], [0, 1.95, 1.9]],
+            cell=[3.9, 3.9, 0.0],
+            pbc=(True, True, False),
+        )
+    ]
+    slabs.append(slabs[0].copy())
+    slabs[1].rattle(0.05, seed=2)
+    with jax.enable_x64(True):
+        b = desc.batch(slabs)
+        assert b.pbc == (True, True, False)
+        out = np.asarray(desc.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc))
+        ref = desc.create(slabs)
+    assert np.allclose(out[:, :4], ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="different pbc"):
+        desc.batch([slabs[0], fcc111("Pt", size=(2, 2, 2), vacuum=4.0, periodic=True)])
 
 
 def test_pool(acsf, cluster):
@@ -216,3 +246,15 @@ def test_bad_input_errors(acsf, cluster):
         periodic.create(flat)
     with pytest.raises(ValueError, match="3x3"):
         periodic.fn(jnp.zeros((1, 3)), jnp.zeros(1, dtype=jnp.int32), np.eye(2))
+    for bad in ([0, 2], [-1, 0]):  # acsf has 2 species: index 2 and -1 are no species
+        with pytest.raises(ValueError, match=r"species indices must lie in \[0, 2\)"):
+            acsf.fn(jnp.zeros((2, 3)), jnp.asarray(bad))
+    with pytest.raises(ValueError, match="same position"):
+        acsf.create(Atoms("Pt2", positions=[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
+
+
+def test_empty_structures_have_no_rows(acsf):
+    periodic = ACSF(["Pt"], 5.0, G2, None, G4, periodic=True)
+    assert acsf.create(Atoms()).shape == (0, acsf.n_features)
+    assert periodic.create(Atoms(cell=5.0 * np.eye(3), pbc=True)).shape == (0, periodic.n_features)
+    assert acsf.fn(jnp.zeros((0, 3)), jnp.zeros(0, jnp.int32)).shape == (0, acsf.n_features)

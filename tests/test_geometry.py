@@ -79,6 +79,17 @@ def test_periodic_displacement_is_minimum_image_triclinic():
     assert np.allclose(np.linalg.norm(d, axis=-1), best, atol=1e-5)
 
 
+def test_periodic_displacement_slab_and_bad_cells():
+    """A slab's zero vacuum row is completed (it gave NaN); bad cells raise."""
+    disp = periodic_displacement(np.diag([5.0, 5.0, 0.0]), (True, True, False))
+    d = np.asarray(disp(jnp.array([4.5, 0.0, 7.0]), jnp.array([0.5, 0.0, 1.0])))
+    np.testing.assert_allclose(d, [-1.0, 0.0, 6.0], atol=1e-6)  # x wraps, z does not
+    with pytest.raises(ValueError, match="3x3"):
+        periodic_displacement(np.eye(2))
+    with pytest.raises(ValueError, match="singular"):
+        periodic_displacement(np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]))
+
+
 def test_wrap_positions_keeps_images():
     pos = np.array([[7.3, -1.0, 12.0], [-0.5, 0.2, 0.1]])
     w = wrap_positions(pos, TRICLINIC)
@@ -97,6 +108,24 @@ def test_cell_list_matches_brute_force(cell):
         nbrs = cell_list_allocate(pos, cell, r_cut)
     got = _neighbour_set(np.asarray(nbrs.index), np.asarray(nbrs.shift), len(pos))
     assert got == _brute_set(pos, cell, r_cut)
+
+
+def test_cell_list_flags_a_shrunk_cell():
+    """Bins sized for a 12 A cube are narrower than r_cut once the cube is 9 A: the update
+    must say so (neighbours two bins away are missed), and a grown cell stays exact."""
+    rng = np.random.default_rng(7)
+    frac = rng.random((200, 3))
+    r_cut, big = 3.5, np.diag([12.0, 12.0, 12.0])
+    with jax.enable_x64(True):
+        nbrs = cell_list_allocate(frac @ big, big, r_cut, capacity_multiplier=3.0)
+        assert nbrs.spec.n_bins == (3, 3, 3)
+        for side, flagged in ((9.0, True), (13.0, False)):
+            cell = np.diag([side] * 3)
+            up = cell_list_update(jnp.asarray(frac @ cell), jnp.asarray(cell), nbrs.spec)
+            assert bool(up.did_overflow) == flagged
+            if not flagged:
+                got = _neighbour_set(np.asarray(up.index), np.asarray(up.shift), 200)
+                assert got == _brute_set(frac @ cell, cell, r_cut)
 
 
 def test_dense_slots_include_own_images():

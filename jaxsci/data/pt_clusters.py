@@ -9,8 +9,8 @@ the relaxed structure. Seed shapes:
   large enough to hold ``N`` atoms, trimmed to the ``N`` atoms nearest a slightly shifted
   centroid (random shift and tie-breaking make each seed different);
 - ``fcc_ball``: the ``N`` fcc lattice sites nearest a random point of the unit cell;
-- ``random``: ``N`` atoms placed at random in a sphere of bulk density with a minimum
-  separation of ``0.8 d_NN`` (random sequential addition).
+- ``random``: ``N`` atoms placed at random in a sphere of bulk density, each new one at
+  ``0.85-1.15 d_NN`` from its nearest placed atom (random sequential addition).
 
 Energies are per atom and relative to bulk fcc at the EMT equilibrium lattice constant
 (eV/atom). The calculator is asap3's EMT when importable (much faster) and ase's EMT
@@ -314,7 +314,7 @@ def seed_cluster(shape: str, n: int, element: str = "Pt", *, seed: int = 0) -> A
         raise ValueError(f"unknown element {element!r}: choose from {EMT_FCC_ELEMENTS}")
     rng = np.random.default_rng(seed)
     return Atoms(
-        element * n if len(element) == 1 else [element] * n,
+        [element] * n,
         positions=_shape_positions(shape, element, n, rng),
     )
 

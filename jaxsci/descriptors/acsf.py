@@ -34,6 +34,7 @@ from jaxsci.geometry.cell import (
     wrap_positions,
 )
 from jaxsci.geometry.neighbors import (
+    NeighborList,
     cell_list_allocate,
     dense_slots,
     neighbor_list_slots,
@@ -41,6 +42,8 @@ from jaxsci.geometry.neighbors import (
 )
 
 Array = jnp.ndarray
+#: Symmetry-function parameters: rows of numbers (array-like), or None for none.
+Params = Sequence[Sequence[float]] | np.ndarray | None
 
 #: centres processed together; bounds the [chunk, K, K] triplet tensors of large systems.
 CENTRE_CHUNK = 128
@@ -152,10 +155,10 @@ class ACSF:
         self,
         species: Sequence[str | int],
         r_cut: float,
-        g2_params=None,
-        g3_params=None,
-        g4_params=None,
-        g5_params=None,
+        g2_params: Params = None,
+        g3_params: Sequence[float] | np.ndarray | None = None,
+        g4_params: Params = None,
+        g5_params: Params = None,
         periodic: bool = False,
         cutoff: str = "cosine",
     ) -> None:
@@ -243,6 +246,9 @@ class ACSF:
         species = jnp.asarray(species)
         if species.shape != positions.shape[:1]:
             raise ValueError(f"species must have shape [{positions.shape[0]}], got {species.shape}")
+        self._check_species(species)
+        if positions.shape[0] == 0:  # no atoms, no rows
+            return jnp.zeros((0, self.n_features), positions.dtype)
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
         if not self.periodic or cell is None:
@@ -255,6 +261,19 @@ class ACSF:
         return _dense_features(
             positions, species, mask, cell, jnp.asarray(shifts), self.config, capacity
         )
+
+    def _check_species(self, species: Array) -> None:
+        """ValueError for a concrete species index outside ``[0, n_species)`` (such an atom
+        would silently count as no species at all)."""
+        if isinstance(species, jax.core.Tracer):
+            return
+        idx = np.asarray(species)
+        n = len(self.species_z)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(
+                f"species indices must lie in [0, {n}) (see encode_species), got "
+                f"{sorted(set(idx[(idx < 0) | (idx >= n)].tolist()))[:5]}"
+            )
 
     def _shifts_for(self, cells: Sequence, pbc) -> np.ndarray:
         mult = np.zeros(3, dtype=np.int64)
@@ -277,8 +296,13 @@ class ACSF:
         cells: Array | None = None,
         pbc: Sequence[bool] = (True, True, True),
     ) -> Array:
-        """Batched ACSF [B, N, F] of padded structures [B, N, 3] (see :meth:`batch`)."""
+        """Batched ACSF [B, N, F] of padded structures [B, N, 3] (see :meth:`batch`).
+
+        ``cells`` [B, 3, 3] and ``pbc`` apply to every structure; pass a :class:`Batch`'s
+        own ``cells`` and ``pbc`` (a slab's batch has ``pbc=(True, True, False)``).
+        """
         positions = jnp.asarray(positions)
+        self._check_species(species)
         if not self.periodic or cells is None:
             return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
         shifts = self._shifts_for(list(np.asarray(cells)), pbc)
@@ -292,7 +316,8 @@ class ACSF:
         )
 
     def batch(self, structures: Sequence[Atoms], size: int | None = None) -> Batch:
-        """Pad ``structures`` to a common bucketed size (no recompilation within a bucket)."""
+        """Pad ``structures`` to a common bucketed size (no recompilation within a bucket);
+        their ``pbc`` must agree (it travels in ``Batch.pbc``)."""
         prepared = [self._prepare(a) for a in structures]
         return pad_structures(prepared, size)
 
@@ -304,6 +329,10 @@ class ACSF:
         if not np.all(np.isfinite(pos)):
             raise ValueError("atomic positions contain NaN or inf")
         species = self.encode_species(atoms.get_atomic_numbers())
+        if len(pos) > 1:  # identical positions: a pair at r = 0 (exact duplicates, O(N log N))
+            srt = pos[np.lexsort(pos.T[::-1])]
+            if np.any(np.all(srt[1:] == srt[:-1], axis=1)):
+                raise ValueError("two atoms sit at the same position")
         pbc = tuple(bool(p) for p in atoms.get_pbc())
         if self.periodic and any(pbc):
             cell = validate_cell(np.asarray(atoms.get_cell()), pbc)
@@ -311,7 +340,11 @@ class ACSF:
             return pos, species, cell, pbc
         return pos, species, None, (False, False, False)
 
-    def create(self, system: Atoms | Sequence[Atoms], centers=None):
+    def create(
+        self,
+        system: Atoms | Sequence[Atoms],
+        centers: Sequence[int] | Sequence[Sequence[int] | None] | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
         """DScribe-compatible ``create``: [n_centers, F] for one Atoms, or for a list an array
         [n_systems, n_centers, F] when all have the same number of centres, else a list.
 
@@ -327,9 +360,11 @@ class ACSF:
         elif len(centers) != len(systems):
             raise ValueError("centers must give one index list per system")
         prepared = [self._prepare(a) for a in systems]
-        outputs: list[np.ndarray | None] = [None] * len(systems)
+        outputs: list[np.ndarray | None] = [
+            np.zeros((0, self.n_features)) if len(p[0]) == 0 else None for p in prepared
+        ]  # an empty structure has no rows
 
-        free = [i for i, p in enumerate(prepared) if p[2] is None]
+        free = [i for i, p in enumerate(prepared) if p[2] is None and outputs[i] is None]
         for i in [i for i in free if len(prepared[i][0]) > LARGE_CLUSTER]:
             outputs[i] = np.asarray(self._large_cluster(*prepared[i][:2]))
         free = [i for i in free if outputs[i] is None]
@@ -351,7 +386,7 @@ class ACSF:
                 for j, i in enumerate(chunk):
                     outputs[i] = feats[j, : b.n_atoms[j]]
         for i, (pos, species, cell, pbc) in enumerate(prepared):
-            if cell is None:
+            if cell is None or outputs[i] is not None:
                 continue
             outputs[i] = np.asarray(self._periodic_single(pos, species, cell, pbc))
 
@@ -398,8 +433,11 @@ class ACSF:
         )[0]
 
     # ------------------------------------------------------------------ large periodic systems
-    def neighbor_list(self, positions, cell, capacity_multiplier: float = 1.25):
-        """Host side: allocate a cell-list neighbour list for a large periodic system."""
+    def neighbor_list(
+        self, positions: np.ndarray, cell: np.ndarray, capacity_multiplier: float = 1.25
+    ) -> NeighborList:
+        """Host side: allocate a cell-list neighbour list for a large periodic system
+        (positions [N, 3] and cell [3, 3] in Angstrom; see :meth:`neighbor_fn`)."""
         return cell_list_allocate(
             positions, cell, self.r_cut, (True, True, True), capacity_multiplier
         )

@@ -70,6 +70,13 @@ def _power(base: Array, zeta: float) -> Array:
     return jnp.where(pos, jnp.exp(zeta * jnp.log(jnp.where(pos, base, 1.0))), 0.0)
 
 
+def _base(base: Array, zeta: float) -> Array:
+    """``1 + lambda cos`` as the power's base: kept as is for integer zeta (negative only for
+    |lambda| > 1; then DScribe's sign, as the moment path for zeta <= 6 gives), clipped at 0
+    for fractional zeta (a negative base has no real power)."""
+    return base if float(zeta).is_integer() else jnp.maximum(base, 0.0)
+
+
 def _unique(values) -> tuple[list, list[int]]:
     uniq: list = []
     where: list[int] = []
@@ -92,7 +99,7 @@ def _angular_sums(
     etas, eta_of = _unique([p[0] for p in params])
     zls, zl_of = _unique([(p[1], p[2]) for p in params])
     ang = jnp.stack(
-        [2.0 ** (1.0 - z) * _power(jnp.maximum(1.0 + lam * cos, 0.0), z) for z, lam in zls],
+        [2.0 ** (1.0 - z) * _power(_base(1.0 + lam * cos, z), z) for z, lam in zls],
         axis=-1,
     )  # [C, K, K, A]
     ang = jnp.where(pair_ok[..., None], ang, 0.0)

@@ -23,13 +23,15 @@ def bucket_size(n_atoms: int) -> int:
 class Batch:
     """Padded structures. positions [B, N, 3] (Angstrom), species [B, N] int32 indices,
     mask [B, N] bool (False = padding), cells [B, 3, 3] or None (free clusters),
-    n_atoms [B] true sizes."""
+    n_atoms [B] true sizes, pbc: the periodic directions shared by every structure (pass it
+    on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``)."""
 
     positions: np.ndarray
     species: np.ndarray
     mask: np.ndarray
     cells: np.ndarray | None
     n_atoms: np.ndarray
+    pbc: tuple[bool, bool, bool] = (False, False, False)
 
 
 def pad_structures(prepared: list, size: int | None = None) -> Batch:
@@ -44,6 +46,9 @@ def pad_structures(prepared: list, size: int | None = None) -> Batch:
     has_cell = [p[2] is not None for p in prepared]
     if any(has_cell) and not all(has_cell):
         raise ValueError("cannot batch periodic and free structures together")
+    pbcs = {tuple(bool(x) for x in p[3]) for p in prepared}
+    if len(pbcs) > 1:
+        raise ValueError(f"cannot batch structures with different pbc together: {sorted(pbcs)}")
     b = len(prepared)
     pos = np.zeros((b, size, 3))
     spec = np.zeros((b, size), dtype=np.int32)
@@ -56,4 +61,4 @@ def pad_structures(prepared: list, size: int | None = None) -> Batch:
         spec[i, :n] = p[1]
         mask[i, :n] = True
     cells = np.stack([p[2] for p in prepared]) if all(has_cell) else None
-    return Batch(pos, spec, mask, cells, n_atoms)
+    return Batch(pos, spec, mask, cells, n_atoms, pbcs.pop())

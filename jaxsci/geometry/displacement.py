@@ -9,8 +9,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxsci.geometry.cell import validate_cell
 
 Array = jnp.ndarray
 DisplacementFn = Callable[[Array, Array], Array]
@@ -31,7 +34,12 @@ def periodic_displacement(cell: Array, pbc: object = (True, True, True)) -> Disp
     that guess are compared, which makes it exact for skewed triclinic cells too whenever the
     true minimum is shorter than half the smallest perpendicular width. Beyond that a single
     image is not enough; use :func:`jaxsci.geometry.image_shifts` / the neighbor lists.
+    A concrete ``cell`` is validated (ValueError: not 3x3, NaN, singular periodic vectors).
     """
+    if not isinstance(cell, jax.core.Tracer):  # shape, finiteness, volume; zero
+        # non-periodic rows (a slab's vacuum axis) completed, as ACSF does (else NaN)
+        dtype = jnp.asarray(cell).dtype
+        cell = jnp.asarray(validate_cell(np.asarray(cell), pbc), dtype=dtype)
     cell = jnp.asarray(cell)
     inv = jnp.linalg.inv(cell)
     pbc_mask = jnp.asarray(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))

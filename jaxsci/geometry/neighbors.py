@@ -221,7 +221,8 @@ def _candidates(positions: Array, cell: Array, spec: CellListSpec):
 def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> NeighborList:
     """Pure, jittable: rebuild the neighbour slots for new ``positions`` [N, 3] and ``cell``.
 
-    ``spec`` must be static under jit (it is hashable). Check ``did_overflow`` on the host.
+    ``spec`` must be static under jit (it is hashable). Check ``did_overflow`` on the host: it
+    is also set when ``cell`` has shrunk so far that a bin is narrower than ``r_cut``.
     """
     n = positions.shape[0]
     cand, shift, inside, count, bin_overflow = _candidates(positions, cell, spec)
@@ -231,8 +232,19 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     rows = jnp.broadcast_to(jnp.arange(n)[:, None], slot.shape)
     index = jnp.full((n, k), n, dtype=jnp.int32).at[rows, slot].set(cand, mode="drop")
     shifts = jnp.zeros((n, k, 3), dtype=jnp.int32).at[rows, slot].set(shift, mode="drop")
-    overflow = bin_overflow | jnp.any(count > k)
+    # Bins were sized on the host for the allocation's cell; a cell that has since shrunk
+    # (e.g. under a barostat) can make a bin narrower than r_cut, and neighbours two bins
+    # away are then missed: flag it as an overflow so the host reallocates.
+    too_narrow = jnp.any(_widths(cell) / jnp.asarray(spec.n_bins, cell.dtype) < spec.r_cut)
+    overflow = bin_overflow | jnp.any(count > k) | too_narrow
     return NeighborList(index, shifts, overflow, spec)
+
+
+def _widths(cell: Array) -> Array:
+    """Perpendicular widths [3] (Angstrom) of a traced ``cell`` [3, 3] (rows)."""
+    faces = jnp.stack([jnp.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)])
+    volume = jnp.abs(jnp.dot(cell[0], faces[0]))
+    return volume / jnp.linalg.norm(faces, axis=1)
 
 
 def neighbor_list_slots(positions: Array, cell: Array, nbrs: NeighborList) -> Slots:

@@ -81,7 +81,11 @@ def fit_feature_classifier(
     y = jnp.asarray(labels, jnp.int32)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"need as many labels as images (>0): {x.shape[0]} vs {y.shape[0]}")
-    missing = sorted(set(range(n_labels)) - set(np.asarray(y).tolist()))
+    present = set(np.asarray(y).tolist())
+    outside = sorted(v for v in present if not 0 <= v < n_labels)
+    if outside:  # softmax cross-entropy would silently train on them as no class at all
+        raise ValueError(f"labels must lie in 0..{n_labels - 1}, got {outside[:5]}")
+    missing = sorted(set(range(n_labels)) - present)
     if missing:
         raise ValueError(f"no training images for labels {missing}")
     model = MLPClassifier(n_labels=n_labels, hidden=tuple(hidden))

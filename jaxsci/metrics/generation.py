@@ -84,7 +84,10 @@ def _fingerprints(structures: Sequence[Any]) -> list[np.ndarray]:
 
 
 def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarray:
-    """``[n]`` bool: True where no *earlier* structure matches (sorted pair distances < tol A)."""
+    """``[n]`` bool: True where no earlier structure *kept as unique* matches (mean sorted
+    pair-distance difference < tol A). Greedy: each structure is compared with the kept ones
+    only, so in a chain a~b~c with a !~ c, a and c are kept; the count of True is the number
+    of distinct structures at resolution ``tol``."""
     fps = _fingerprints(structures)
     mask = np.ones(len(fps), dtype=bool)
     for i in range(len(fps)):
