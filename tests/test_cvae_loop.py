@@ -21,8 +21,10 @@ def test_fit_runs_logs_and_resumes_exactly(tmp_path):
     assert full.epochs_done == 6 and not full.stopped_early
     assert [r["epoch"] for r in read_jsonl(log)] == list(range(6))
 
-    # interrupted after epoch 4 was logged, but the "checkpoint" holds epoch 3's state
-    part = fit(1.0, _epoch_fn, num_epochs=4, metrics_path=log, progress=False)
+    # The "checkpoint" holds the state after epoch 3 (4 epochs done); the run that crashed
+    # had logged epochs 0-5 (the full run just rewrote the log so): 4 and 5 are dropped.
+    part = fit(1.0, _epoch_fn, num_epochs=4, progress=False)
+    assert [r["epoch"] for r in read_jsonl(log)] == list(range(6))
     resumed = fit(
         part.state, _epoch_fn, num_epochs=6, start_epoch=4, metrics_path=log, progress=False
     )

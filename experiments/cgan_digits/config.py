@@ -77,9 +77,19 @@ class Config:
             )
         if self.strategy not in ("vmap", "shard", "mpi"):
             raise ValueError(f"strategy must be vmap, shard or mpi, got {self.strategy!r}")
-        for name in ("steps", "batch_size", "chunk_steps", "samples_per_label"):
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        counts = ("steps", "batch_size", "chunk_steps", "samples_per_label", "classifier_steps")
+        for name in counts + ("n_critic", "g_features", "d_features", "latent_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_wgan", "lr_dcgan"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.gp_weight >= 0:
+            raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
 
 
 def tiny() -> Config:

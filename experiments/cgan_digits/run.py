@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from experiments.cgan_digits.config import MODELS, Config
 from experiments.cgan_digits.train import train_and_evaluate
@@ -52,11 +53,15 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, boo
     return config, a.workdir, not a.no_progress
 
 
-def main(argv: list[str] | None = None) -> None:
-    config, workdir, progress = parse_config(argv)
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, workdir, progress = parse_config(argv)
+    except ValueError as err:  # before any run folder exists
+        print(f"error: bad config: {err}", file=sys.stderr)
+        return 2
     run_dir, metrics = train_and_evaluate(config, workdir, progress=progress)
     if run_dir is None:
-        return
+        return 0
     ref = metrics["reference_fid"]
     print(
         f"classifier test accuracy {metrics['classifier']['test_accuracy']:.3f}; "
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['train_seconds']:>9.1f}"
         )
     print(run_dir)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

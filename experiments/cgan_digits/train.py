@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from experiments.cgan_digits import plots
-from experiments.cgan_digits.config import Config
+from experiments.cgan_digits.config import MODELS, Config
 from jaxsci.data.digits import downscale, load_digits_split, to_digits_scale
 from jaxsci.metrics.fid import evaluate_samples, fit_feature_classifier, frechet_distance
 from jaxsci.models.gan import CGAN, dc_cgan, w_cgan
@@ -161,14 +161,14 @@ def train_and_evaluate(
     k_clf, k_models = jax.random.split(key)
 
     trained = {}
-    for i, name in enumerate(config.models):
+    for name in config.models:
         if info.size > 1 and not (name.startswith("perlabel") or info.is_root):
             continue  # baselines are one model: rank 0 trains them
         trained[name] = _train_one(
             name,
             config,
             data,
-            jax.random.fold_in(k_models, i),
+            jax.random.fold_in(k_models, MODELS.index(name)),  # not its place in --models
             run_dir / "checkpoints",
             info,
             progress,

@@ -21,7 +21,6 @@ as the generation size whose mean relaxed training energy is nearest (see
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -345,8 +344,11 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
         [np.nanmean(obtained[sample_targets == t]) for t in targets], dtype=np.float64
     )
     train_relaxed_e = energies[train_idx][relaxed[train_idx]]
+    in_train = np.zeros(len(energies), dtype=bool)
+    in_train[train_idx] = True
+    pool = relaxed & in_train  # training minima only (the metric's name; no validation peek)
     min_by_size = {
-        int(n): float(energies[(sizes == n) & relaxed].min()) for n in np.unique(sizes[relaxed])
+        int(n): float(energies[(sizes == n) & pool].min()) for n in np.unique(sizes[pool])
     }
     above_min = np.array(
         [
@@ -471,7 +473,3 @@ def format_summary(metrics: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines)
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())

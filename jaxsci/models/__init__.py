@@ -5,9 +5,12 @@ from jaxsci.models.cvae import (  # issue 4: conditional VAE
     CVAE,
     CVAEState,
     cvae_loss,
+    encode,
     init_cvae_state,
+    kl_divergence,
     make_epoch_fn,
     make_eval_fn,
+    sample,
 )
 from jaxsci.models.gan import (  # issue 6: conditional GANs
     CGAN,
@@ -30,8 +33,11 @@ __all__ = [
     "PatchConv",
     "cvae_loss",
     "dc_cgan",
+    "encode",
     "init_cvae_state",
+    "kl_divergence",
     "make_epoch_fn",
     "make_eval_fn",
+    "sample",
     "w_cgan",
 ]

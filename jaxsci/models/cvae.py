@@ -116,8 +116,8 @@ def make_epoch_fn(
 ) -> Callable[[CVAEState, int], tuple[CVAEState, dict[str, jax.Array]]]:
     """``epoch_fn(state, epoch) -> (state, {loss, recon, kl})`` for :func:`jaxsci.train.fit`.
 
-    One epoch = ``len(x) // batch_size`` Adam steps over a permutation drawn from
-    ``fold_in(key(seed), epoch)`` (the few samples left over change every epoch); the
+    One epoch = ``len(x) // batch_size`` steps of ``optimizer`` over a permutation drawn
+    from ``fold_in(key(seed), epoch)`` (the few samples left over change every epoch); the
     whole epoch is one jitted ``lax.scan``. ``x``: ``[M, D]``, ``c``: ``[M, C]``.
     """
     x = jnp.asarray(x, jnp.float32)
@@ -125,9 +125,11 @@ def make_epoch_fn(
     m = x.shape[0]
     if c.shape[0] != m:
         raise ValueError(f"x has {m} rows but c has {c.shape[0]}")
-    batch_size = min(batch_size, m)
     if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if m == 0:
         raise ValueError("empty training set: no samples to train on")
+    batch_size = min(batch_size, m)
     n_batches = m // batch_size
     base = jax.random.key(seed)
 

@@ -96,7 +96,8 @@ class CondGenerator(nn.Module):
     Attributes:
       image_size: output side S (power of two >= 8).
       n_labels: number of classes (labels are 0..n_labels-1).
-      features: channels of the last hidden map; earlier maps double per up-sampling.
+      features: channels of the last two hidden maps; earlier maps double per up-sampling
+        (S = 32: 4f, 2f, f, f).
       channels: output channels (1 for grey digits).
     """
 
@@ -124,8 +125,9 @@ class CondDiscriminator(nn.Module):
     Attributes:
       n_labels: number of classes.
       features: channels after the first stride-2 convolution (doubling after each).
-      layer_norm: normalise each hidden map per sample (the WGAN-GP critic); ``False`` for
-        the DC-CGAN discriminator.
+      layer_norm: layer-normalise the channels of every pixel of each hidden map (the
+        WGAN-GP critic: no coupling across the batch, unlike batch norm, so the per-sample
+        gradient penalty holds); ``False`` for the DC-CGAN discriminator.
     """
 
     n_labels: int = 10

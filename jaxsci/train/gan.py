@@ -47,8 +47,12 @@ __all__ = [
     "DataPool",
     "GANState",
     "PerLabelResult",
+    "discriminator_loss",
     "fit_gan",
+    "generator_loss",
+    "gradient_penalty",
     "init_gan_state",
+    "label_checkpoint_folder",
     "make_gan_step",
     "make_gan_trainer",
     "make_pool",
@@ -126,6 +130,40 @@ def _draw(pool: DataPool, key: jax.Array, batch_size: int) -> tuple[jax.Array, j
     return pool.images[idx], pool.labels[idx]
 
 
+def discriminator_loss(
+    d_real: jax.Array, d_fake: jax.Array, loss: Literal["dcgan", "wgan-gp"]
+) -> tuple[jax.Array, jax.Array]:
+    """Discriminator/critic loss from its outputs ``[B]`` on real and fake images, and the gap
+    ``mean(d_real) - mean(d_fake)`` (for ``"wgan-gp"`` the critic's Wasserstein-1 estimate).
+
+    ``"dcgan"`` (outputs are logits): ``mean softplus(-d_real) + mean softplus(d_fake)``
+    (binary cross-entropy, real = 1); ``"wgan-gp"``: ``-gap`` (the gradient penalty is added
+    by the caller, :func:`gradient_penalty`).
+    """
+    gap = jnp.mean(d_real) - jnp.mean(d_fake)
+    if loss == "wgan-gp":
+        return -gap, gap
+    return jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake)), gap
+
+
+def generator_loss(d_fake: jax.Array, loss: Literal["dcgan", "wgan-gp"]) -> jax.Array:
+    """Generator loss from the discriminator's outputs ``[B]`` on its images: the
+    non-saturating ``mean softplus(-d_fake)`` (``"dcgan"``) or ``-mean(d_fake)`` (``"wgan-gp"``)."""
+    return -jnp.mean(d_fake) if loss == "wgan-gp" else jnp.mean(jax.nn.softplus(-d_fake))
+
+
+def gradient_penalty(critic: Callable[[jax.Array], jax.Array], x_hat: jax.Array) -> jax.Array:
+    """WGAN-GP penalty ``mean_b (||grad_x critic(x_hat)_b|| - 1)^2`` (Gulrajani et al. 2017).
+
+    ``critic`` maps images ``[B, H, W, C]`` to ``[B]`` with no coupling across the batch (no
+    batch norm), so the gradient of the summed output gives each sample's own gradient.
+    """
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(x_hat)
+    axes = tuple(range(1, grads.ndim))
+    norm = jnp.sqrt(jnp.sum(grads**2, axis=axes) + 1e-12)
+    return jnp.mean((norm - 1.0) ** 2)
+
+
 def make_gan_step(
     cgan: CGAN,
     g_opt: optax.GradientTransformation,
@@ -145,18 +183,16 @@ def make_gan_step(
         fake = jax.lax.stop_gradient(G.apply(g_params, z, labels))
         d_real = D.apply(d_params, real, labels)
         d_fake = D.apply(d_params, fake, labels)
-        if not wgan:
-            loss = jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
-            return loss, jnp.mean(d_real) - jnp.mean(d_fake)
-        x_hat = eps * real + (1.0 - eps) * fake
-        grads = jax.grad(lambda x: jnp.sum(D.apply(d_params, x, labels)))(x_hat)
-        norm = jnp.sqrt(jnp.sum(grads**2, axis=(1, 2, 3)) + 1e-12)
-        w_dist = jnp.mean(d_real) - jnp.mean(d_fake)
-        return -w_dist + cgan.gp_weight * jnp.mean((norm - 1.0) ** 2), w_dist
+        loss, gap = discriminator_loss(d_real, d_fake, cgan.loss)
+        if wgan:
+            x_hat = eps * real + (1.0 - eps) * fake
+            critic = lambda x: D.apply(d_params, x, labels)  # noqa: E731
+            loss = loss + cgan.gp_weight * gradient_penalty(critic, x_hat)
+        return loss, gap
 
     def g_loss_fn(g_params, d_params, labels, z):
         d_fake = D.apply(d_params, G.apply(g_params, z, labels), labels)
-        return -jnp.mean(d_fake) if wgan else jnp.mean(jax.nn.softplus(-d_fake))
+        return generator_loss(d_fake, cgan.loss)
 
     def d_update(carry, key):
         state, pool = carry
