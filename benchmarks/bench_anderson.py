@@ -110,7 +110,7 @@ def bench_size(n_params, inner_name, memories, steps, repeats, batch=64, layouts
 
     def timed(fn, opt):
         p = jax.tree_util.tree_map(jnp.copy, params)
-        s = opt.init(p)
+        s = jax.block_until_ready(opt.init(p))  # the copy and init stay outside the timer
         t0 = time.perf_counter()
         jax.block_until_ready(fn(p, s))
         return (time.perf_counter() - t0) / steps
@@ -245,6 +245,11 @@ def main(argv=None):
         help="with --results: re-time the deterministic problems' time to target, interleaved",
     )
     a = ap.parse_args(argv)
+    for name in ("steps", "repeats"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if min(a.sizes) < 1 or min(a.memories) < 1 or min(a.batch) < 1:
+        ap.error("--sizes, --memories and --batch must be >= 1")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
     if a.results and a.time_to_target:
         print_study_ratios(a.results)

@@ -275,14 +275,15 @@ def test_moving_average_switches_on_for_noise_and_off_for_smooth():
     noisy = [{"w": jnp.asarray(1e-3 * rng.normal(size=n), jnp.float32)} for _ in range(60)]
     direction = rng.normal(size=n)
     smooth = [{"w": jnp.asarray(1e-3 * 0.97**k * direction, jnp.float32)} for k in range(60)]
-    opt = scale_by_anderson(5, average=True, average_window=10)
-    s_early = feed(opt, params, noisy[:20])  # the noise test needs a window of steps
-    s_noisy = feed(opt, params, noisy)
-    s_smooth = feed(opt, params, smooth)
-    assert int(s_noisy.n_averaged) > 0 and float(s_noisy.rsd) > np.sqrt(5)
-    # Noise: (almost) no extrapolation once the test has seen a window of steps.
-    assert int(s_noisy.n_accelerated) - int(s_early.n_accelerated) <= 4
-    assert int(s_smooth.n_averaged) == 0 and float(s_smooth.rsd) < 0.5
+    for safeguard in (True, False):  # the noise gate does not depend on the safeguard
+        opt = scale_by_anderson(5, average=True, average_window=10, safeguard=safeguard)
+        s_early = feed(opt, params, noisy[:20])  # the noise test needs a window of steps
+        s_noisy = feed(opt, params, noisy)
+        s_smooth = feed(opt, params, smooth)
+        assert int(s_noisy.n_averaged) > 0 and float(s_noisy.rsd) > np.sqrt(5)
+        # Noise: (almost) no extrapolation once the test has seen a window of steps.
+        assert int(s_noisy.n_accelerated) - int(s_early.n_accelerated) <= 4
+        assert int(s_smooth.n_averaged) == 0 and float(s_smooth.rsd) < 0.5
     # The window statistics agree; AADL's max(std)/max(mean) never sees the noise.
     steps = np.stack([np.asarray(u["w"]) for u in noisy[-10:]])
     iterates = 100.0 + np.cumsum(steps, axis=0)
@@ -344,19 +345,18 @@ def test_auto_mixing_is_the_clipped_bb_ratio_of_the_newest_pair():
 
 @pytest.mark.parametrize("kwargs", [{}, {"safeguard": False}, {"average": True}])
 def test_auto_mixing_is_one_on_non_positive_curvature(kwargs):
-    # f(x) = -x^2/2 + x^4/4 from x = 0.2: gradient descent moves right while the gradient
-    # grows (concave there), so the secant pair has <s, -y> < 0: the BB ratio is negative
-    # and the mixing takes its floor, 1.
-    loss = lambda p: jnp.sum(-0.5 * p["w"] ** 2 + 0.25 * p["w"] ** 4)
+    # Iterates and inner steps fed by hand (1-d, the loss falling): the first pair, s = 1,
+    # y = -0.1 (steps shrinking: positive curvature), gives the BB ratio 10; the next,
+    # s = 1, y = +0.1 (steps growing: negative curvature), a negative ratio: the floor 1,
+    # not the previous value.
     opt = scale_by_anderson(3, **kwargs)
-    update = jax.jit(lambda g, s, p, v: opt.update(g, s, p, value=v))
-    p = {"w": jnp.array([0.2], jnp.float32)}
-    state = opt.init(p)
-    for _ in range(2):
-        v, g = jax.value_and_grad(loss)(p)
-        upd, state = update(jax.tree_util.tree_map(lambda a: -0.1 * a, g), state, p, v)
-        p = optax.apply_updates(p, upd)
-    assert float(state.beta) == 1.0
+    update = jax.jit(lambda u, s, p, v: opt.update(u, s, p, value=v))
+    state = opt.init({"w": jnp.zeros(1)})
+    seen = []
+    for x, u, v in ((0.0, 1.0, 3.0), (1.0, 0.9, 2.0), (2.0, 1.0, 1.0)):
+        _, state = update({"w": jnp.array([u])}, state, {"w": jnp.array([x])}, jnp.array(v))
+        seen.append(float(state.beta))
+    np.testing.assert_allclose(seen[1:], [10.0, 1.0], rtol=1e-5)
 
 
 def test_without_a_loss_the_residual_check_rolls_back_a_blow_up():
@@ -437,6 +437,18 @@ def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
         ({"frequency": 0}, "frequency"),
         ({"history": "qr"}, "history"),
         ({"loss_margin": -1.0}, "loss_margin"),
+        ({"warmup": -1}, "warmup"),
+        ({"safeguard_memory": 0}, "safeguard_memory"),
+        ({"safeguard_memory": True}, "safeguard_memory"),
+        ({"max_backoff": True}, "max_backoff"),
+        ({"average_window": 1}, "average_window"),
+        ({"average_threshold": float("inf")}, "average_threshold"),
+        ({"average_threshold": "2"}, "average_threshold"),
+        ({"beta": True}, "beta"),
+        ({"beta_max": None}, "beta_max"),
+        ({"regularization": "1e-3"}, "regularization"),
+        ({"safeguard": "no"}, "safeguard"),
+        ({"average": "yes"}, "average"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -466,13 +478,29 @@ def test_mismatched_pytrees_raise():
         opt.init({"i": jnp.zeros(3, jnp.int32)})
 
 
-def test_deterministic_state():
-    loss, params = quadratic()
-    opt = anderson(optax.adam(0.05), 5)
-    a = train(opt, loss, params, 15)
-    b = train(opt, loss, params, 15)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+def test_numpy_integer_arguments_are_accepted():
+    opt = scale_by_anderson(np.int64(4), frequency=np.int32(2), safeguard_memory=np.int64(3))
+    assert opt.init({"w": jnp.zeros(3)}).s_hist["w"].shape == (4, 3)
+
+
+@pytest.mark.parametrize("frequency,warmup", [(2, 0), (3, 2), (1, 4)])
+def test_frequency_and_warmup_schedule_the_extrapolations(frequency, warmup):
+    """Textbook mode on a contraction (every proposal taken): extrapolations happen at
+    exactly the steps k >= warmup with (k - warmup) % frequency == 0 and a stored pair."""
+    a = np.diag(np.linspace(0.1, 0.9, 6))
+    opt = scale_by_anderson(
+        3, frequency=frequency, warmup=warmup, safeguard=False, beta=1.0, history="window"
+    )
+    x = {"w": jnp.ones(6, jnp.float64) if jax.config.jax_enable_x64 else jnp.ones(6)}
+    state, done = opt.init(x), []
+    for k in range(12):
+        u = {"w": jnp.asarray(a, x["w"].dtype) @ x["w"] - x["w"]}  # fixed point of x -> A x
+        before = int(state.n_accelerated)
+        upd, state = opt.update(u, state, x)
+        x = optax.apply_updates(x, upd)
+        if int(state.n_accelerated) > before:
+            done.append(k)
+    assert done == [k for k in range(1, 12) if k >= warmup and (k - warmup) % frequency == 0]
 
 
 @pytest.mark.multidevice

@@ -143,3 +143,21 @@ def test_anderson_on_least_squares_is_no_faster_than_cg_and_near_it():
     cg = cg_iterations(prob, seed=0)
     assert cg is not None and aa is not None
     assert cg <= aa <= 1.25 * cg
+
+
+def test_compiled_runs_belong_to_their_problem():
+    """Two problems of one name but different data: each run sees its own data (the
+    compiled programs were cached by name, so the second reused the first one's data)."""
+    import jax
+
+    from experiments.anderson.problems import least_squares
+    from experiments.anderson.runner import Method, run_deterministic
+
+    key, firsts = jax.random.PRNGKey(0), []
+    for seed in (0, 1):
+        prob = least_squares(n=60, d=12, seed=seed)
+        res = run_deterministic(prob, Method("sgd", "sgd", lr=prob.lr_sgd), key, 3)
+        own = float(prob.loss(prob.init(key), prob.data))
+        np.testing.assert_allclose(res["loss"][0], own, rtol=1e-6)
+        firsts.append(res["loss"][0])
+    assert firsts[0] != firsts[1]

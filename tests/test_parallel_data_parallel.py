@@ -270,6 +270,33 @@ def test_two_ranks_equal_single_process_on_concatenated_batch(txname, bucket_byt
 
 
 @pytest.mark.mpi
+def test_two_ranks_anderson_matches_single_process_with_the_global_loss():
+    """Anderson (loss safeguard fed the all-reduced loss) on 2 ranks: every rank holds the
+    same state, counters included, and the run follows one process on the whole batch."""
+    from jaxsci.optim import anderson
+
+    def reference():
+        tx, (x, y) = anderson(optax.sgd(0.1), 3), _data()
+        params = _init(jax.random.key(0))
+        opt = tx.init(params)
+        for s in range(N_STEPS):
+            loss, g = jax.value_and_grad(_loss)(params, (x[s], y[s]))
+            u, opt = tx.update(g, opt, params, value=loss)
+            params = optax.apply_updates(params, u)
+        return params, opt
+
+    ref_params, ref_opt = reference()
+    dp = data_parallel(_loss, anderson(optax.sgd(0.1), 3), flat=False, mesh=make_mesh(1))
+    state, _ = _train(dp)
+    assert _same_on_all_ranks(state.opt_state)
+    aa, ref_aa = state.opt_state.anderson_state, ref_opt.anderson_state
+    assert int(ref_aa.n_accelerated) > 0  # the test exercises extrapolation
+    for name in ("n_accelerated", "n_rejected"):
+        assert int(getattr(aa, name)) == int(getattr(ref_aa, name)), name
+    assert _max_diff(dp.params(state), ref_params) < 1e-4
+
+
+@pytest.mark.mpi
 def test_two_ranks_unequal_local_batches_are_weighted():
     """3 samples on rank 0 and 5 on rank 1 give the gradient of the mean over all 8."""
     rank = _world().Get_rank()

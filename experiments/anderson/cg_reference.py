@@ -47,7 +47,10 @@ def cg_iterations(prob: Problem, seed: int, rel_target: float = 1e-6, max_iter: 
     return None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)  # --help, and no typos
     for name in NAMES:
         with jax.enable_x64(True):  # data in float64, as the study builds it
             prob = build_problem(name, 1.0)

@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
     ap.add_argument("--out", default="runs/anderson")
     args = ap.parse_args()
+    if args.seeds < 1 or not args.scale > 0:
+        ap.error(f"need --seeds >= 1 and --scale > 0, got {args.seeds} and {args.scale}")
     res = {p: check(p, args.seeds, args.scale, args.average) for p in args.problems}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "minibatch.json"), "w") as f:

@@ -34,6 +34,9 @@ class Problem:
     steps: int = 0  # deterministic problems: iterations per run
     rel_target: float = 1e-6  # target: f* + rel_target * (f0 - f*)
     extra: dict = field(default_factory=dict)  # e.g. the PINN reference solution
+    # compiled programs of this problem (runner), keyed by method structure, steps and x64
+    # mode; per problem object, not global (a problem rebuilt with other data compiles anew)
+    compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def _mse(pred, y):

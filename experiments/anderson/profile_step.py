@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args(argv)
+    for name in ("params", "batch", "memory", "steps", "top"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
     key = jax.random.PRNGKey(0)
     sizes = mlp_sizes(a.params)
     params = init_mlp(key, sizes)

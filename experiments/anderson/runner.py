@@ -83,19 +83,16 @@ def _aa_counts(state) -> dict:
     }
 
 
-_COMPILED: dict = {}
-
-
 def _hyper(method: Method) -> tuple:
     return (jnp.asarray(method.lr, jnp.float32), jnp.asarray(method.momentum, jnp.float32))
 
 
 def run_deterministic(problem: Problem, method: Method, key: jax.Array, steps: int) -> dict:
     """Full-batch run: loss at each iterate, gradient evaluations, wall time."""
-    cache_key = ("det", problem.name, steps, jax.config.jax_enable_x64, method.structure)
-    if cache_key not in _COMPILED:
-        _COMPILED[cache_key] = _det_program(problem, method, steps)
-    run = _COMPILED[cache_key]
+    cache, cache_key = problem.compiled, ("det", steps, jax.config.jax_enable_x64, method.structure)
+    if cache_key not in cache:
+        cache[cache_key] = _det_program(problem, method, steps)
+    run = cache[cache_key]
     p0 = problem.init(key)
     hyper = _hyper(method)
     jax.block_until_ready(run(p0, hyper))  # compile (first use) and warm up
@@ -122,8 +119,8 @@ def step_loop(problem: Problem, method: Method) -> Callable[[Any, int], Any]:
     """``loop(p0, steps) -> (params, opt_state)``: exactly ``steps`` steps of ``method`` on a
     deterministic problem, in a compiled loop with a traced trip count (nothing recorded;
     compiled once per method structure, x64 mode and problem)."""
-    cache_key = ("fori", problem.name, jax.config.jax_enable_x64, method.structure)
-    if cache_key not in _COMPILED:
+    cache, cache_key = problem.compiled, ("fori", jax.config.jax_enable_x64, method.structure)
+    if cache_key not in cache:
         f = lambda p: problem.loss(p, problem.data)
 
         def program(p0, hyper, n):
@@ -132,8 +129,8 @@ def step_loop(problem: Problem, method: Method) -> Callable[[Any, int], Any]:
             body = lambda i, carry: step(carry, None)[0]
             return jax.lax.fori_loop(0, n, body, (p0, opt.init(p0)))
 
-        _COMPILED[cache_key] = jax.jit(program)
-    run, hyper = _COMPILED[cache_key], _hyper(method)
+        cache[cache_key] = jax.jit(program)
+    run, hyper = cache[cache_key], _hyper(method)
     return lambda p0, steps: run(p0, hyper, jnp.asarray(steps, jnp.int32))
 
 
@@ -224,10 +221,10 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
 
         return _mb_run(p0, opt, epoch, perms, full)
 
-    cache_key = ("mb", problem.name, epochs, method.structure)
-    if cache_key not in _COMPILED:
-        _COMPILED[cache_key] = jax.jit(program)
-    run_j = _COMPILED[cache_key]
+    cache, cache_key = problem.compiled, ("mb", epochs, jax.config.jax_enable_x64, method.structure)
+    if cache_key not in cache:
+        cache[cache_key] = jax.jit(program)
+    run_j = cache[cache_key]
     p0 = problem.init(k_init)
     hyper = _hyper(method)
     jax.block_until_ready(run_j(p0, hyper, perms))

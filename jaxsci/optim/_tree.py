@@ -123,13 +123,6 @@ def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
     return jnp.stack(cols, axis=1)
 
 
-def hist_combine(hist: PyTree, coef: jax.Array) -> PyTree:
-    """``sum_i coef[i] * hist[i]`` leaf by leaf, in each leaf's dtype."""
-    return jax.tree_util.tree_map(
-        lambda h: jnp.tensordot(coef.astype(h.dtype), h, axes=1).astype(h.dtype), hist
-    )
-
-
 def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
     """``[sum_i coefs[k, i] * hist[i] for k]``: ``k`` combinations from one pass over ``hist``."""
     k = coefs.shape[0]
@@ -150,11 +143,6 @@ def hist_combine_many(hist: PyTree, coefs: jax.Array) -> list[PyTree]:
     leaves, treedef = jax.tree_util.tree_flatten(hist)
     per = [comb(h) for h in leaves]
     return [jax.tree_util.tree_unflatten(treedef, [p[j] for p in per]) for j in range(k)]
-
-
-def hist_row(hist: PyTree, index: jax.Array) -> PyTree:
-    """Row ``index`` of every leaf of ``hist``."""
-    return jax.tree_util.tree_map(lambda h: jax.lax.dynamic_index_in_dim(h, index, 0, False), hist)
 
 
 def hist_set(hist: PyTree, index: jax.Array, vec: PyTree) -> PyTree:

@@ -81,6 +81,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import flatten_util
 from jax.sharding import NamedSharding
@@ -244,7 +245,9 @@ def _check_args(
     beta_max: float,
     frequency: int,
     warmup: int,
+    safeguard: bool,
     safeguard_memory: int,
+    average: bool,
     average_window: int,
     average_threshold: float | None,
     history: str,
@@ -254,30 +257,38 @@ def _check_args(
     def bad(name: str, value: object, need: str) -> ValueError:
         return ValueError(f"anderson: {name} must be {need}, got {value!r}")
 
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-        raise bad("memory", memory, "an integer >= 1")
-    if not math.isfinite(float(regularization)) or regularization < 0:
-        raise bad("regularization", regularization, "a finite number >= 0")
-    if beta != "auto" if isinstance(beta, str) else not (math.isfinite(float(beta)) and beta > 0):
-        raise bad("beta", beta, "'auto' or a finite number > 0")
-    if not math.isfinite(float(beta_max)) or beta_max < 1:
-        raise bad("beta_max", beta_max, "a finite number >= 1")
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise bad("frequency", frequency, "an integer >= 1")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise bad("warmup", warmup, "an integer >= 0")
-    if not isinstance(safeguard_memory, int) or safeguard_memory < 1:
-        raise bad("safeguard_memory", safeguard_memory, "an integer >= 1")
-    if not isinstance(average_window, int) or average_window < 2:
-        raise bad("average_window", average_window, "an integer >= 2")
-    if average_threshold is not None and not average_threshold > 0:
-        raise bad("average_threshold", average_threshold, "> 0 or None")
+    def integer(name: str, value: object, low: int) -> None:
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+        if not ok or value < low:
+            raise bad(name, value, f"an integer >= {low}")
+
+    def number(name: str, value: object, need: str, test) -> None:
+        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool | np.bool_
+        )
+        if not ok or not math.isfinite(float(value)) or not test(float(value)):
+            raise bad(name, value, need)
+
+    integer("memory", memory, 1)
+    number("regularization", regularization, "a finite number >= 0", lambda v: v >= 0)
+    if beta != "auto":
+        number("beta", beta, "'auto' or a finite number > 0", lambda v: v > 0)
+    number("beta_max", beta_max, "a finite number >= 1", lambda v: v >= 1)
+    integer("frequency", frequency, 1)
+    integer("warmup", warmup, 0)
+    for name, flag in (("safeguard", safeguard), ("average", average)):
+        if not isinstance(flag, bool | np.bool_):
+            raise bad(name, flag, "True or False")
+    integer("safeguard_memory", safeguard_memory, 1)
+    integer("average_window", average_window, 2)
+    if average_threshold is not None:
+        number(
+            "average_threshold", average_threshold, "a finite number > 0 or None", lambda v: v > 0
+        )
     if history not in ("orthogonal", "window"):
         raise bad("history", history, "'orthogonal' or 'window'")
-    if not isinstance(max_backoff, int) or max_backoff < 1:
-        raise bad("max_backoff", max_backoff, "an integer >= 1")
-    if not math.isfinite(float(loss_margin)) or loss_margin < 0:
-        raise bad("loss_margin", loss_margin, "a finite number >= 0")
+    integer("max_backoff", max_backoff, 1)
+    number("loss_margin", loss_margin, "a finite number >= 0", lambda v: v >= 0)
 
 
 def _check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
@@ -342,7 +353,8 @@ def scale_by_anderson(
       warmup: plain steps before the first extrapolation.
       safeguard: descent check and delayed loss check (residual check when no loss is
         passed and ``average=False``) with rollback and back-off.
-        ``safeguard=False`` (with the default ``average=False``) is textbook type-II AA.
+        ``safeguard=False`` with ``average=False``, ``beta=1.0`` and ``history="window"``
+        is textbook type-II AA (the NumPy-reference test runs exactly that).
       safeguard_memory: the loss of an extrapolated point must not exceed the max of
         this many recent accepted losses (1: monotone).
       average: minibatch mode (use it for minibatch training): wait for a window of
@@ -376,7 +388,9 @@ def scale_by_anderson(
         beta_max,
         frequency,
         warmup,
+        safeguard,
         safeguard_memory,
+        average,
         average_window,
         average_threshold,
         history,
@@ -385,7 +399,7 @@ def scale_by_anderson(
     )
     if layout not in ("auto", "flat", "tree"):
         raise ValueError(f"anderson: layout must be 'auto', 'flat' or 'tree', got {layout!r}")
-    m = memory
+    m = int(memory)
     threshold = (
         averaging.default_threshold(average_window)
         if average_threshold is None
@@ -685,9 +699,9 @@ def scale_by_anderson(
         # 4. Extrapolate (scheduled, not noisy, not backing off) and safeguard it.
         phase = count - warmup
         scheduled = (phase >= 0) & (phase % frequency == 0) & (count >= state.next_try)
-        if safeguard and average:  # statistics first, then only while the drift dominates
+        if average:  # statistics first, then only while the drift dominates
             ready = state.n_ema >= average_window
-            if value is not None:
+            if checked:  # the loss statistics too (kept only when the loss is checked)
                 ready = ready & (state.n_loss >= average_window)
             gate = ready & ~noisy
         else:

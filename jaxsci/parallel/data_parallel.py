@@ -107,7 +107,9 @@ class DataParallel:
         broadcast_params: bool,
     ) -> None:
         self.loss_fn = loss_fn
-        self.tx = tx
+        # every transform takes the global loss as ``value`` (optax's extra-args convention:
+        # Anderson's loss safeguard reads it; transforms without extra args ignore it)
+        self.tx = optax.with_extra_args_support(tx)
         self.info = info
         self.mesh = mesh
         self.bucket_bytes = bucket_bytes
@@ -258,7 +260,7 @@ class DataParallel:
         return jax.tree.map(lambda g: g * inv.astype(g.dtype), mean), stats[0] / stats[1]
 
     def _apply(self, state: DataParallelState, grads: Any, loss: jax.Array) -> DataParallelState:
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         scale_state = state.loss_scale
         if self.loss_scale is not None:
@@ -368,7 +370,8 @@ def data_parallel(
 
     Args:
       loss_fn: mean loss over the (local) batch; pure, jittable.
-      tx: optax transformation (runs on the flat buffer unless ``flat=False``).
+      tx: optax transformation (runs on the flat buffer unless ``flat=False``); its update gets
+        the global mean loss as ``value=`` (e.g. for :func:`jaxsci.optim.anderson`'s safeguard).
       info: process info (default ``bootstrap()``: MPI when launched by mpirun/srun).
       mesh: local device mesh (default: all local devices, axis ``"data"``).
       bucket_bytes: cross-process message size (``None``: one flat message per dtype; ``0``:
