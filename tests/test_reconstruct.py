@@ -162,6 +162,23 @@ def test_initial_positions_take_the_first_starts(acsf, pt13):
     )
     assert res.success and res.n_rounds == 1
     assert structure_rmsd(res.positions, pt13.positions) < 0.05
+    # Random starts solve Pt13 in one round too, so check the guess itself: after 5 steps
+    # and no polish, start 0 still sits by the answer, far below every random start.
+    short = reconstruct(
+        acsf.create(pt13),
+        pt13.get_chemical_symbols(),
+        acsf,
+        key=jax.random.key(3),
+        motif_starts=0,
+        initial_positions=guess,
+        n_starts=8,
+        max_rounds=1,
+        steps_per_round=5,
+        refine_steps=0,
+    )
+    rmsd = [structure_rmsd(x, pt13.positions) for x in short.start_positions]
+    assert rmsd[0] < 0.15 and min(rmsd[1:]) > 0.5
+    assert short.start_errors[0] < 0.2 * short.start_errors[1:].min()
 
 
 def _bad(acsf, target, species, match, **kw):
@@ -208,6 +225,13 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, np.asarray(pool(target))[:-1], species, "pooled target width")
     _bad(acsf, target, species, "loss must be", loss="mse")
     _bad(acsf, target, species, "cell", cell=np.eye(3) * 10.0)
+    _bad(acsf, target, species, "loss='pooled' takes a pooled", loss="pooled")
+    _bad(acsf, target[:1], species[:1], "one atom")
+    _bad(acsf, target, species, "search_norm", search_norm="L2")
+    _bad(acsf, target, species, "polish_steps >= 1", polish_steps=-5)
+    _bad(acsf, target, species, "compact_steps >= 0", compact_steps=-1)
+    _bad(acsf, target, species, "time_limit", time_limit=-1.0)
+    _bad(acsf, target, species, "patience", patience=0)
 
 
 def test_feature_etas_follow_the_descriptor_layout(acsf):

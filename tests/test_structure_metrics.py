@@ -89,6 +89,9 @@ def test_rmsd_accepts_ase_atoms_and_rejects_mismatches():
     other = atoms.copy()
     other.rotate(37.0, "z")
     assert structure_rmsd(other, atoms) < 1e-8
+    # one side an Atoms, the other a bare array: the Atoms' species stand for both
+    assert structure_rmsd(other, atoms.positions) < 1e-8
+    assert structure_rmsd(other.positions, atoms) < 1e-8
     with pytest.raises(ValueError, match="atom counts"):
         structure_rmsd(atoms.positions[:5], atoms.positions)
     with pytest.raises(ValueError, match="NaN"):
@@ -108,6 +111,8 @@ def test_fingerprint_error_is_order_independent_with_known_value():
         fingerprint_error(t[:, :5], t)
     with pytest.raises(ValueError, match="NaN"):
         fingerprint_error(np.full_like(t, np.nan), t)
+    with pytest.raises(ValueError, match="species must have shape"):
+        fingerprint_error(t[::-1], t, [0, 0, 0, 1, 1])  # 5 species for 10 rows
 
 
 def test_sorted_pair_distances_known_values_and_invariances():

@@ -70,6 +70,8 @@ def match_rows(a: np.ndarray, b: np.ndarray, species: Any | None = None) -> np.n
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"match_rows: shapes differ or are not 2-D: {a.shape} vs {b.shape}")
     spec = np.zeros(len(a), np.int64) if species is None else np.asarray(species)
+    if spec.shape != (len(a),):
+        raise ValueError(f"match_rows: species must have shape ({len(a)},), got {spec.shape}")
     perm = np.empty(len(a), dtype=np.int64)
     for s in np.unique(spec):
         idx = np.flatnonzero(spec == s)
@@ -241,10 +243,15 @@ def align(
     all atoms are one species. Raises ``ValueError`` when atom counts or species
     compositions differ.
     """
-    if reference_species is None and not hasattr(reference, "get_atomic_numbers"):
-        reference_species = species  # one species list for both structures
-    if species is None and not hasattr(positions, "get_atomic_numbers"):
-        species = reference_species
+
+    def numbers(x: Any) -> np.ndarray | None:
+        return x.get_atomic_numbers() if hasattr(x, "get_atomic_numbers") else None
+
+    species = species if species is not None else numbers(positions)
+    reference_species = reference_species if reference_species is not None else numbers(reference)
+    # one side's species stand for both when the other side has none (an array)
+    species = species if species is not None else reference_species
+    reference_species = reference_species if reference_species is not None else species
     p, sp = _positions_and_species(positions, species, "positions")
     q, sq = _positions_and_species(reference, reference_species, "reference")
     if p.shape != q.shape:

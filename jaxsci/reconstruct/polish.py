@@ -109,13 +109,23 @@ def _functions(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None
     return _compiled(descriptor, tuple(int(s) for s in species_idx), cell_key)
 
 
-def _lbfgsb(vg: Callable, x0: np.ndarray, max_iter: int, args: tuple) -> np.ndarray:
+def _lbfgsb(
+    vg: Callable, x0: np.ndarray, max_iter: int, args: tuple, deadline: float | None = None
+) -> np.ndarray:
+    """SciPy L-BFGS-B on ``vg(x, *args) -> (value, grad)``; stops after the iteration that
+    passes ``deadline`` (a ``time.perf_counter()`` value) and returns its point."""
+
     def fun(x):
         v, g = vg(jnp.asarray(x), *args)
         return float(v), np.asarray(g, np.float64)
 
+    def callback(intermediate_result):  # SciPy stops the run on StopIteration
+        if time.perf_counter() > deadline:
+            raise StopIteration
+
     opts = {"maxiter": max_iter, "ftol": 1e-16, "gtol": 1e-12}
-    return minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts).x
+    stop = None if deadline is None else callback
+    return minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts, callback=stop).x
 
 
 def matched_descent(
@@ -191,8 +201,8 @@ def polish(
     between ``tol`` and ``swap_below`` tries up to ``max_swaps`` exchanges of the atoms of
     two of the ``swap_candidates`` worst-matching rows, then ``gauss_newton_trials``
     Gauss-Newton matchings; ``hops`` random restarts around the best point (noise from
-    ``seed``) follow a stalled descent; no restart, swap or trial starts after ``deadline``
-    (a ``time.perf_counter()`` value).
+    ``seed``) follow a stalled descent. ``deadline`` (a ``time.perf_counter()`` value): no
+    stage starts after it, and a running L-BFGS-B descent stops at its next iteration.
     """
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
@@ -211,18 +221,22 @@ def polish(
 
         scale_np = np.asarray(scale, np.float64)
 
+        def late():
+            return deadline is not None and time.perf_counter() > deadline
+
         def matched(x, perm):
-            return _lbfgsb(matched_vg, x, steps_per_cycle, (jnp.asarray(perm), t_scaled, sc))
+            args = (jnp.asarray(perm), t_scaled, sc)
+            return _lbfgsb(matched_vg, x, steps_per_cycle, args, deadline)
 
         def descend(x, err, perm):
             best_x, best_err, best_perm = x, err, perm
             if sorted_steps > 0:
-                x = _lbfgsb(sorted_vg, x, sorted_steps, (t_sorted, sc))
+                x = _lbfgsb(sorted_vg, x, sorted_steps, (t_sorted, sc), deadline)
                 err, perm = score(x)
                 if err < best_err:
                     best_err, best_x, best_perm = err, x, perm
             for _ in range(cycles):
-                if best_err < tol:
+                if best_err < tol or late():
                     break
                 x = matched(x, perm)
                 err, new_perm = score(x)
@@ -236,9 +250,7 @@ def polish(
             # other's target rows (a self-consistent wrong matching); the two rows then
             # carry the largest residuals. Try exchanging the atoms of the worst rows.
             for _ in range(max_swaps):
-                if not tol <= best_err < swap_below:
-                    break
-                if deadline is not None and time.perf_counter() > deadline:
+                if not tol <= best_err < swap_below or late():
                     break
                 f = np.asarray(feats_fn(jnp.asarray(best_x)), np.float64)
                 residual = np.linalg.norm((f[best_perm] - t) / scale_np, axis=1)
@@ -280,11 +292,11 @@ def polish(
                 err, _ = score(x)
                 if err < best_err:
                     best_x, best_err = x, err
-                if best_err < tol or (deadline is not None and time.perf_counter() > deadline):
+                if best_err < tol or late():
                     break
         amps = (0.03, 0.05, 0.1, 0.2)
         for h in range(hops):
-            if best_err < tol or (deadline is not None and time.perf_counter() > deadline):
+            if best_err < tol or late():
                 break
             x = best_x + amps[h % len(amps)] * rng.standard_normal(best_x.shape)
             err, perm = score(x)

@@ -155,6 +155,8 @@ def _check_inputs(target, species, descriptor, cell, loss, pool_ops):
     n_species = len(species)
     if n_species == 0:
         raise ValueError("reconstruct: empty structure (species is empty)")
+    if n_species == 1:
+        raise ValueError("reconstruct: one atom has no neighbours (any position reproduces it)")
     n_f = descriptor.n_features
     if loss is None:
         loss = "sorted" if t.ndim == 2 else "pooled"
@@ -169,6 +171,11 @@ def _check_inputs(target, species, descriptor, cell, loss, pool_ops):
         if t.shape[0] != n_species:
             raise ValueError(
                 f"reconstruct: species lists {n_species} atoms but the target has {t.shape[0]} rows"
+            )
+        if loss == "pooled":
+            raise ValueError(
+                "reconstruct: loss='pooled' takes a pooled (1-D) target; pool the per-atom "
+                "target first (jaxsci.descriptors.pool) or use loss='sorted'"
             )
     elif t.ndim == 1:
         if t.shape[0] != n_f * len(pool_ops):
@@ -397,18 +404,6 @@ def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pool
     )
 
 
-def _random_starts(key, n_starts, n_atoms, radius, cell, dtype) -> Array:
-    """Random compact packings: uniform in a sphere of ``radius`` (or in the cell)."""
-    if cell is not None:
-        frac = jax.random.uniform(key, (n_starts, n_atoms, 3), dtype)
-        return frac @ jnp.asarray(cell, dtype)
-    k1, k2 = jax.random.split(key)
-    d = jax.random.normal(k1, (n_starts, n_atoms, 3), dtype)
-    d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-    r = radius * jax.random.uniform(k2, (n_starts, n_atoms, 1), dtype) ** (1.0 / 3.0)
-    return d * r
-
-
 def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
     """``initial_positions`` as a finite ``[k, n, 3]`` float64 array (``k = 0`` for None)."""
     if initial_positions is None:
@@ -484,9 +479,10 @@ def reconstruct(
         descriptor: the :class:`jaxsci.descriptors.ACSF` that made the target.
         key: ``jax.random`` key (starts, kicks).
         cell: ``[3, 3]`` lattice vectors (rows, Angstrom) for a periodic target
-            (the descriptor must be periodic); ``None`` for a free cluster.
-        loss: ``"sorted"`` (per-atom targets, default) or ``"pooled"`` (L1 on pooled
-            fingerprints, the default for 1-D targets).
+            (the descriptor must be periodic; periodic along all three vectors: slabs
+            and wires are not supported); ``None`` for a free cluster.
+        loss: ``"sorted"`` (per-atom targets, the default for them) or ``"pooled"`` (L1 on
+            pooled fingerprints; 1-D targets only, and their default).
         pool_ops: pooling of a 1-D target (see :func:`jaxsci.descriptors.pool`).
         optimizer: any optax transformation for the search (default:
             :func:`default_optimizer`, L-BFGS without line search); its state is
@@ -593,7 +589,22 @@ def reconstruct(
     if n_starts < 1 or steps_per_round < 1 or max_rounds < 1:
         raise ValueError("reconstruct: n_starts, steps_per_round and max_rounds must be >= 1")
     if not (tol > 0 and kick_size >= 0 and 0 <= kick_fraction <= 1 and patience >= 1):
-        raise ValueError("reconstruct: need tol > 0, kick_size >= 0, 0 <= kick_fraction <= 1")
+        raise ValueError(
+            "reconstruct: need tol > 0, kick_size >= 0, 0 <= kick_fraction <= 1, patience >= 1"
+        )
+    if search_norm not in ("l2", "l1"):
+        raise ValueError(f"reconstruct: search_norm must be 'l2' or 'l1', got {search_norm!r}")
+    counts = {"polish_steps": (polish_steps, 1), "n_polish": (n_polish, 1)}
+    counts |= {"compact_steps": (compact_steps, 0), "n_sites": (n_sites, 0)}
+    counts["coarse_rounds"] = (coarse_rounds, 0)
+    for name, (value, low) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"reconstruct: need an integer {name} >= {low} (got {value!r})")
+    if not repulsion_scale >= 0 or (time_limit is not None and not time_limit > 0):
+        raise ValueError(
+            f"reconstruct: need repulsion_scale >= 0 (got {repulsion_scale}) and time_limit "
+            f"None or > 0 (got {time_limit})"
+        )
     if not (0.0 <= crossover <= 1.0 and 0.0 <= twist <= 1.0) or population_size < 2:
         raise ValueError(
             f"reconstruct: need 0 <= crossover <= 1 (got {crossover}), 0 <= twist <= 1 "
@@ -772,13 +783,17 @@ def reconstruct(
             queue.used([int(i) for i in motif_slot[began]])
         end_loss = np.asarray(end_loss, np.float64)
         reached = np.asarray(x_end, np.float64)
-        # The record keeps every start's best so far, across restarts.
-        better = end_loss < record_loss
-        if better.any():  # rows are matched only for the starts that improved
-            feats = np.asarray(features_fn(x_end))[better]
-            record_loss[better] = end_loss[better]
-            record_x[better] = reached[better]
-            record_err[better] = _errors(feats, t, species_idx, pooled, pool_ops)
+        # The record keeps every start's best so far, across restarts: rows are matched
+        # for the starts whose search loss improved, and a point replaces the record only
+        # if its matched error is lower too (a polished record, lower in error than its
+        # search loss says, is not overwritten by a worse point of lower search loss).
+        idx = np.flatnonzero(end_loss < record_loss)
+        if idx.size:
+            errs = _errors(np.asarray(features_fn(x_end))[idx], t, species_idx, pooled, pool_ops)
+            sel = idx[errs < record_err[idx]]
+            record_loss[sel] = end_loss[sel]
+            record_x[sel] = reached[sel]
+            record_err[sel] = errs[errs < record_err[idx]]
         state = (x_next, best_x, best_loss, stale, age)
         if use_crossover:
             for s in np.argsort(end_loss)[: 2 * population_size]:
