@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[13, 20, 30, 40, 55])
     ap.add_argument("--per-size", type=int, default=2, help="structures per size")
-    ap.add_argument("--time-limit", type=float, default=60.0, help="s per reconstruction")
+    ap.add_argument("--time-limit", type=float, default=58.0, help="s per reconstruction")
     ap.add_argument("--methods", nargs="+", default=["jaxsci", "seed"], choices=["jaxsci", "seed"])
     ap.add_argument("--json", default=None, help="write all records to this file")
     args = ap.parse_args()

@@ -253,6 +253,27 @@ def test_bad_input_errors(acsf, cluster):
         acsf.create(Atoms("Pt2", positions=[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
 
 
+def test_periodic_fn_wraps_atoms_outside_the_cell():
+    """fn on positions moved by whole lattice vectors (in any direction) equals fn inside
+    the cell, and its gradient is the same: the wrap happens in the graph."""
+    desc = ACSF(["Pt", "Cu"], R_CUT, G2, [1.5], G4, G5, periodic=True)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.numbers[1] = 78
+    atoms.rattle(0.05, seed=1)
+    cell = np.asarray(atoms.cell)
+    s = desc.encode_species(atoms.numbers)
+    moved = atoms.positions + np.array([[2, 0, 0], [0, -3, 1], [0, 0, 0], [-1, 1, 5]]) @ cell
+    with jax.enable_x64(True):
+        f = lambda x: desc.fn(x, s, cell)  # noqa: E731
+        np.testing.assert_allclose(
+            f(jnp.asarray(moved)), f(jnp.asarray(atoms.positions)), rtol=1e-10, atol=1e-12
+        )
+        g = jax.grad(lambda x: jnp.sum(f(x) ** 2))
+        np.testing.assert_allclose(
+            g(jnp.asarray(moved)), g(jnp.asarray(atoms.positions)), rtol=1e-8, atol=1e-10
+        )
+
+
 def test_empty_structures_have_no_rows(acsf):
     periodic = ACSF(["Pt"], 5.0, G2, None, G4, periodic=True)
     assert acsf.create(Atoms()).shape == (0, acsf.n_features)

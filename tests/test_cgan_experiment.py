@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from experiments.cgan_digits.config import tiny
 from experiments.cgan_digits.run import main
@@ -74,3 +75,16 @@ def test_bad_config_fails_before_any_run_folder(tmp_path, capsys):
         assert main([*flags, "--out-root", str(tmp_path), "--no-progress"]) == 2
         assert "error: bad config" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_other_training_settings_and_keeps_other_models(tmp_path):
+    base = dataclasses.replace(tiny(), steps=2, samples_per_label=2, models=("baseline_dcgan",))
+    run_dir, _ = train_and_evaluate(base, tmp_path / "run", progress=False)
+    other = dataclasses.replace(base, batch_size=base.batch_size + 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_and_evaluate(other, run_dir, progress=False)
+    more = dataclasses.replace(base, models=("perlabel_dcgan",))  # same settings, one more model
+    _, metrics = train_and_evaluate(more, run_dir, progress=False)
+    assert set(metrics["models"]) == {"baseline_dcgan", "perlabel_dcgan"}
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert set(saved["models"]) == {"baseline_dcgan", "perlabel_dcgan"}

@@ -96,22 +96,15 @@ def test_bad_input():
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.full((5, 3), np.nan), np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="labels must lie in 0..2"):
-        fit_feature_classifier(
-            np.zeros((4, 8, 8, 1)),
-            np.array([0, 1, 2, 3]),
-            key=jax.random.PRNGKey(0),
-            n_labels=3,
-            steps=1,
-        )
-    with pytest.raises(ValueError, match="no training images for labels"):
-        fit_feature_classifier(
-            np.zeros((4, 8, 8, 1)),
-            np.array([0, 1, 2, 3]),
-            key=jax.random.PRNGKey(0),
-            n_labels=5,
-            steps=1,
-        )
+    for n_labels, match in ((3, "labels must lie in 0..2"), (5, "no training images for labels")):
+        with pytest.raises(ValueError, match=match):  # labels 0..3 against 3 or 5 classes
+            fit_feature_classifier(
+                np.zeros((4, 8, 8, 1)),
+                np.array([0, 1, 2, 3]),
+                key=jax.random.PRNGKey(0),
+                n_labels=n_labels,
+                steps=1,
+            )
 
 
 def test_digit_scales_round_trip(digits):

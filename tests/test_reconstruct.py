@@ -151,31 +151,20 @@ def test_tether_keeps_clusters_whole_but_their_shape_free():
 def test_initial_positions_take_the_first_starts(acsf, pt13):
     # A guess 0.1 A off the answer is polished to it in the first round, without motifs.
     guess = pt13.positions + 0.1 * np.random.default_rng(0).normal(size=(13, 3))
-    res = reconstruct(
-        acsf.create(pt13),
-        pt13.get_chemical_symbols(),
-        acsf,
-        key=jax.random.key(3),
-        motif_starts=0,
-        initial_positions=guess,
-        n_starts=8,
-    )
+
+    def run(**kw):
+        target, species = acsf.create(pt13), pt13.get_chemical_symbols()
+        return reconstruct(
+            target, species, acsf, key=jax.random.key(3), motif_starts=0,
+            initial_positions=guess, n_starts=8, **kw,
+        )  # fmt: skip
+
+    res = run()
     assert res.success and res.n_rounds == 1
     assert structure_rmsd(res.positions, pt13.positions) < 0.05
     # Random starts solve Pt13 in one round too, so check the guess itself: after 5 steps
     # and no polish, start 0 still sits by the answer, far below every random start.
-    short = reconstruct(
-        acsf.create(pt13),
-        pt13.get_chemical_symbols(),
-        acsf,
-        key=jax.random.key(3),
-        motif_starts=0,
-        initial_positions=guess,
-        n_starts=8,
-        max_rounds=1,
-        steps_per_round=5,
-        refine_steps=0,
-    )
+    short = run(max_rounds=1, steps_per_round=5, refine_steps=0)
     rmsd = [structure_rmsd(x, pt13.positions) for x in short.start_positions]
     assert rmsd[0] < 0.15 and min(rmsd[1:]) > 0.5
     assert short.start_errors[0] < 0.2 * short.start_errors[1:].min()

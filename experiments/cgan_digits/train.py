@@ -5,12 +5,16 @@ metric classifier, reference FIDs and, per model, FID / inception score / condit
 accuracy overall and per label, wall time), ``samples_<model>.npz`` (``images`` N x 8 x 8
 on 0..16, ``labels``), ``samples_<model>.png`` (one row per label), ``losses_<model>.png``
 and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``workdir``
-resumes from them).
+resumes from them; ``training_config.json`` holds the settings they were made with, and a
+rerun with other training settings is refused). A rerun that trains some of the models
+keeps the others' entries in ``metrics.json``; ``train_seconds`` is the training time of
+the invocation that finished the model (after a resume: the remaining steps only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,38 @@ from jaxsci.train.gan import (
 from jaxsci.train.run_dir import make_run_dir, write_metrics
 
 N_LABELS = 10
+#: Settings that change what the checkpoints hold; a resume must agree on all of them.
+TRAINING_FIELDS = (
+    "image_size",
+    "steps",
+    "batch_size",
+    "g_features",
+    "d_features",
+    "latent_dim",
+    "n_critic",
+    "gp_weight",
+    "lr_wgan",
+    "lr_dcgan",
+    "baseline_schedule",
+    "seed",
+    "test_fraction",
+)
+
+
+def _check_resume(run_dir: Path, config: Config) -> None:
+    """Record the training settings in ``run_dir``, or refuse a mismatch with those there."""
+    path = run_dir / "training_config.json"
+    mine = {k: getattr(config, k) for k in TRAINING_FIELDS}
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{run_dir} holds checkpoints made with other settings "
+                f"(field: (theirs, yours)): {diff}; use a fresh workdir"
+            )
+    else:
+        path.write_text(json.dumps(mine, indent=1))
 
 
 def build_model(config: Config, family: str) -> tuple[CGAN, optax.GradientTransformation]:
@@ -145,14 +181,21 @@ def train_and_evaluate(
       ranks return ``(None, {})`` after contributing their labels).
     """
     info = bootstrap() if config.strategy == "mpi" else ProcessInfo(0, 1, jax.local_device_count())
-    run_dir = None
+    run_dir, refused = None, None
     if info.is_root:
         run_dir = (
             Path(workdir) if workdir is not None else make_run_dir(config.out_root, "cgan_digits")
         )
         run_dir.mkdir(parents=True, exist_ok=True)
-    if info.size > 1:
-        run_dir = Path(info.comm.bcast(str(run_dir) if run_dir else None, root=0))
+        try:
+            _check_resume(run_dir, config)  # before any training
+        except ValueError as err:
+            refused = str(err)
+    if info.size > 1:  # every rank learns the folder and the verdict (no rank left waiting)
+        folder, refused = info.comm.bcast((str(run_dir) if run_dir else None, refused), root=0)
+        run_dir = Path(folder)
+    if refused is not None:
+        raise ValueError(refused)
     data = load_digits_split(
         image_size=config.image_size, test_fraction=config.test_fraction, seed=config.seed
     )
@@ -229,5 +272,12 @@ def train_and_evaluate(
         )
         plots.sample_grid(digits, labels, run_dir / f"samples_{name}.png", title=title)
         plots.loss_curves(history, run_dir / f"losses_{name}.png", title=name)
+    previous = run_dir / "metrics.json"
+    if previous.exists():  # models trained by an earlier invocation keep their entries
+        old = json.loads(previous.read_text())
+        for section in ("models", "equal_compute"):
+            for name, entry in old.get(section, {}).items():
+                if name in MODELS and name not in trained:
+                    metrics[section][name] = entry
     write_metrics(run_dir, metrics)
     return run_dir, metrics

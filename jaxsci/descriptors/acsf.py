@@ -138,6 +138,17 @@ def _cell_list_features(positions, species, cell, nbrs, cfg: KernelConfig):
 _cell_list_features_jit = jax.jit(_cell_list_features, static_argnames=("cfg",))
 
 
+def _wrap(positions: Array, cells: np.ndarray, pbc: Sequence[bool]) -> Array:
+    """Positions [B, N, 3] wrapped into their concrete cells [B, 3, 3] along periodic axes
+    (identity Jacobian almost everywhere: ``floor`` has zero derivative)."""
+    periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    full = np.stack([validate_cell(c, periodic) for c in cells])  # zero rows completed
+    inv = jnp.asarray(np.linalg.inv(full), positions.dtype)
+    frac = jnp.einsum("bni,bij->bnj", positions, inv)
+    frac = jnp.where(jnp.asarray(periodic), frac - jax.lax.stop_gradient(jnp.floor(frac)), frac)
+    return jnp.einsum("bnj,bjk->bnk", frac, jnp.asarray(full, positions.dtype))
+
+
 class ACSF:
     """Atom-centred symmetry functions G1..G5 with DScribe's parameters and output layout.
 
@@ -238,7 +249,8 @@ class ACSF:
         cell: [3, 3] lattice vectors (rows), used when ``periodic`` - it must be concrete
         (a host array closed over under jit) because the number of periodic images is a
         shape; mask: [N] bool, False for padding atoms (they contribute nothing and get zero
-        rows). Atoms must lie inside the cell for periodic images to be complete.
+        rows). Periodic positions are wrapped into the cell first (in the graph: the
+        gradient passes through unchanged), so atoms may lie anywhere.
         """
         positions = jnp.asarray(positions)
         if positions.ndim != 2 or positions.shape[1] != 3:
@@ -254,6 +266,7 @@ class ACSF:
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
         shifts = self._shifts_for([cell], pbc)
+        positions = _wrap(positions[None], np.asarray(cell)[None], pbc)[0]
         capacity = None
         if not isinstance(positions, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
             capacity = _host_capacity(positions, cell, shifts, self.r_cut, mask)
@@ -306,6 +319,7 @@ class ACSF:
         if not self.periodic or cells is None:
             return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
         shifts = self._shifts_for(list(np.asarray(cells)), pbc)
+        positions = _wrap(positions, np.asarray(cells), pbc)
         return _dense_batched(
             positions,
             jnp.asarray(species),
