@@ -34,3 +34,5 @@ def test_bad_config_fails_before_any_work():
         Config(sizes=(1,)).validate()
     with pytest.raises(ValueError, match="unknown shapes"):
         Config(shapes=("cube",)).validate()
+    with pytest.raises(ValueError, match="no complete ase.cluster shape"):
+        Config(sizes=(5,), shapes=("complete",)).validate()

@@ -78,8 +78,6 @@ def train_and_evaluate(config: Config, run_dir: Path) -> dict:
     config.validate()
     acsf = descriptor(config)
     clusters = build_clusters(config)
-    if not clusters:  # e.g. shapes=("complete",) at a size with no complete shape
-        raise ValueError(f"no clusters for sizes {config.sizes} and shapes {config.shapes}")
     records, frames = [], []
     key = jax.random.key(config.seed)
     for atoms in tqdm(clusters, desc="reconstruct", disable=not config.progress):
@@ -173,15 +171,10 @@ def main(argv: list[str] | None = None) -> Path:
         "seed": args.seed,
     }
     config = replace(Config(), **{k: v for k, v in updates.items() if v is not None})
-    config.validate()  # fail before any work
-    if set(config.shapes) == {"complete"}:
-        from ase.data import reference_states
-
-        from jaxsci.geometry import complete_motifs
-
-        a_pt = reference_states[78]["a"]
-        if not any(complete_motifs(n, a_pt) for n in config.sizes):
-            ap.error(f"no complete ase.cluster shape has {list(config.sizes)} atoms")
+    try:
+        config.validate()  # fail before any work or run folder
+    except ValueError as err:
+        ap.error(str(err))
     from jaxsci.train.run_dir import make_run_dir
 
     run_dir = make_run_dir(config.out_dir, "reconstruct_pt")

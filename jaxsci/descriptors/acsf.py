@@ -139,10 +139,11 @@ _cell_list_features_jit = jax.jit(_cell_list_features, static_argnames=("cfg",))
 
 
 def _wrap(positions: Array, cells: np.ndarray, pbc: Sequence[bool]) -> Array:
-    """Positions [B, N, 3] wrapped into their concrete cells [B, 3, 3] along periodic axes
-    (identity Jacobian almost everywhere: ``floor`` has zero derivative)."""
+    """Positions [B, N, 3] wrapped into their validated cells [B, 3, 3] (zero rows completed,
+    see :func:`validate_cell`) along periodic axes (identity Jacobian almost everywhere:
+    ``floor`` has zero derivative)."""
     periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    full = np.stack([validate_cell(c, periodic) for c in cells])  # zero rows completed
+    full = np.asarray(cells, np.float64)
     inv = jnp.asarray(np.linalg.inv(full), positions.dtype)
     frac = jnp.einsum("bni,bij->bnj", positions, inv)
     frac = jnp.where(jnp.asarray(periodic), frac - jax.lax.stop_gradient(jnp.floor(frac)), frac)
@@ -265,8 +266,8 @@ class ACSF:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
-        shifts = self._shifts_for([cell], pbc)
-        positions = _wrap(positions[None], np.asarray(cell)[None], pbc)[0]
+        shifts, full = self._shifts_for([cell], pbc)
+        positions = _wrap(positions[None], full, pbc)[0]
         capacity = None
         if not isinstance(positions, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
             capacity = _host_capacity(positions, cell, shifts, self.r_cut, mask)
@@ -288,8 +289,11 @@ class ACSF:
                 f"{sorted(set(idx[(idx < 0) | (idx >= n)].tolist()))[:5]}"
             )
 
-    def _shifts_for(self, cells: Sequence, pbc) -> np.ndarray:
+    def _shifts_for(self, cells: Sequence, pbc) -> tuple[np.ndarray, np.ndarray]:
+        """Image shifts [S, 3] that reach ``r_cut`` in every cell, and the validated cells
+        [B, 3, 3] (:func:`validate_cell`)."""
         mult = np.zeros(3, dtype=np.int64)
+        full = []
         for cell in cells:
             if isinstance(cell, jax.core.Tracer):
                 raise ValueError(
@@ -298,8 +302,10 @@ class ACSF:
                 )
             c = validate_cell(np.asarray(cell), pbc)
             mult = np.maximum(mult, image_multipliers(c, self.r_cut, pbc))
+            full.append(c)
         axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in mult]
-        return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+        shifts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        return shifts.astype(np.int32), np.stack(full)
 
     def batch_fn(
         self,
@@ -318,8 +324,8 @@ class ACSF:
         self._check_species(species)
         if not self.periodic or cells is None:
             return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
-        shifts = self._shifts_for(list(np.asarray(cells)), pbc)
-        positions = _wrap(positions, np.asarray(cells), pbc)
+        shifts, full = self._shifts_for(list(np.asarray(cells)), pbc)
+        positions = _wrap(positions, full, pbc)
         return _dense_batched(
             positions,
             jnp.asarray(species),

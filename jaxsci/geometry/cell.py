@@ -1,10 +1,13 @@
-"""Simulation cells: validation, perpendicular widths and periodic image shifts (host side).
+"""Simulation cells: validation, perpendicular widths and periodic image shifts (host
+side; the widths also of traced cells).
 
 All lengths are in Angstrom; a cell is a [3, 3] array whose rows are the lattice vectors.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -53,14 +56,15 @@ def _complete_cell(cell: np.ndarray) -> np.ndarray:
     return cell
 
 
-def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
-    """Distances [3] (Angstrom) between opposite faces of the cell (plane spacing per axis)."""
-    cell = np.asarray(cell, dtype=np.float64)
-    vol = abs(np.linalg.det(cell))
-    cross = np.stack(
-        [np.cross(cell[1], cell[2]), np.cross(cell[2], cell[0]), np.cross(cell[0], cell[1])]
-    )
-    return vol / np.linalg.norm(cross, axis=1)
+def perpendicular_widths(cell: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """Distances [3] (Angstrom) between opposite faces of the cell (plane spacing per axis).
+
+    A host array gives a float64 NumPy result; a JAX array (traced too) a JAX one."""
+    xp = jnp if isinstance(cell, jax.Array) else np
+    cell = cell if xp is jnp else np.asarray(cell, dtype=np.float64)
+    faces = xp.stack([xp.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)])
+    vol = xp.abs(xp.linalg.det(cell))
+    return vol / xp.linalg.norm(faces, axis=1)
 
 
 def image_multipliers(

@@ -235,16 +235,10 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     # Bins were sized on the host for the allocation's cell; a cell that has since shrunk
     # (e.g. under a barostat) can make a bin narrower than r_cut, and neighbours two bins
     # away are then missed: flag it as an overflow so the host reallocates.
-    too_narrow = jnp.any(_widths(cell) / jnp.asarray(spec.n_bins, cell.dtype) < spec.r_cut)
+    widths = perpendicular_widths(jnp.asarray(cell))
+    too_narrow = jnp.any(widths / jnp.asarray(spec.n_bins, widths.dtype) < spec.r_cut)
     overflow = bin_overflow | jnp.any(count > k) | too_narrow
     return NeighborList(index, shifts, overflow, spec)
-
-
-def _widths(cell: Array) -> Array:
-    """Perpendicular widths [3] (Angstrom) of a traced ``cell`` [3, 3] (rows)."""
-    faces = jnp.stack([jnp.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)])
-    volume = jnp.abs(jnp.dot(cell[0], faces[0]))
-    return volume / jnp.linalg.norm(faces, axis=1)
 
 
 def neighbor_list_slots(positions: Array, cell: Array, nbrs: NeighborList) -> Slots:

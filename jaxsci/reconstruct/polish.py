@@ -43,16 +43,12 @@ Array = jax.Array
 
 
 def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
-    """Pure ``positions [N, 3] -> features [N, F]`` (periodic positions wrapped into the cell)."""
+    """Pure ``positions [N, 3] -> features [N, F]`` (``descriptor.fn`` wraps periodic
+    positions into the cell itself)."""
     spec_arr = np.asarray(species_idx, np.int32)
 
     def fp(x: Array) -> Array:
-        if cell is None:
-            return descriptor.fn(x, jnp.asarray(spec_arr))
-        c = jnp.asarray(cell, x.dtype)
-        frac = x @ jnp.linalg.inv(c)
-        wrapped = (frac - jax.lax.stop_gradient(jnp.floor(frac))) @ c
-        return descriptor.fn(wrapped, jnp.asarray(spec_arr), cell=cell)
+        return descriptor.fn(x, jnp.asarray(spec_arr), cell=cell)
 
     return fp
 

@@ -800,10 +800,11 @@ def reconstruct(
         idx = np.flatnonzero(end_loss < record_loss)
         if idx.size:
             errs = _errors(np.asarray(features_fn(x_end))[idx], t, species_idx, pooled, pool_ops)
-            sel = idx[errs < record_err[idx]]
+            lower = errs < record_err[idx]
+            sel = idx[lower]
             record_loss[sel] = end_loss[sel]
             record_x[sel] = reached[sel]
-            record_err[sel] = errs[errs < record_err[idx]]
+            record_err[sel] = errs[lower]
         state = (x_next, best_x, best_loss, stale, age)
         if use_crossover:
             for s in np.argsort(end_loss)[: 2 * population_size]:
