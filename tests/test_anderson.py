@@ -395,6 +395,54 @@ def test_without_a_loss_rosenbrock_converges(memory):
     assert vals[-1] < 1e-8 * vals[0]
 
 
+def test_stretch_walks_a_curved_valley_faster_than_reset_and_plain_steps():
+    # Extended Rosenbrock (5 independent 2-D valleys) from (-1.2, 1), gradient descent at
+    # 1 / (2 L(x*)): along the curved valley every secant pair has negative curvature, the
+    # extrapolations are not descent steps, and resetting the history left Anderson at
+    # gradient-descent speed (measured 1343 iterations to 1e-6 relative; tuned Nesterov
+    # 279-327). Stretched inner steps, judged by the loss: 142.
+    with jax.enable_x64(True):
+
+        def loss(w):
+            a, b = w[0::2], w[1::2]
+            return jnp.sum(100.0 * (b - a**2) ** 2 + (1 - a) ** 2)
+
+        h_star = np.asarray(jax.hessian(loss)(jnp.ones(10)))
+        lr = 1.0 / (2.0 * float(np.linalg.eigvalsh(h_star).max()))
+        w0 = jnp.tile(jnp.array([-1.2, 1.0]), 5)
+        w0 = w0 + 0.05 * jax.random.normal(jax.random.PRNGKey(0), (10,))
+        iters, stretched = {}, {}
+        for flag in (True, False):
+            opt = anderson(optax.sgd(lr), 5, stretch=flag)
+            vals = loss_curve(opt, loss, w0, 1500)
+            hit = np.nonzero(vals <= 1e-6 * vals[0])[0]
+            iters[flag] = int(hit[0]) if len(hit) else 1500
+            _, state = train(opt, loss, w0, 300)
+            stretched[flag] = int(state.anderson_state.n_stretched)
+    assert 3 * iters[True] <= iters[False], iters
+    assert stretched[True] > 0 and stretched[False] == 0, stretched
+
+
+def test_a_stretched_step_doubles_while_accepted_and_is_rolled_back_when_not():
+    # 1-D, fed by hand: plain step 1.0 at x = 0, then 1.1 at x = 1 (the step grows:
+    # negative curvature). The secant root lies behind (d = -11: not a descent step), so
+    # the update is the inner step stretched x2. Accepted (lower loss) and met again: x4.
+    # A loss above the recent ones then rolls it back to the plain point x + u.
+    opt = scale_by_anderson(3)
+    update = jax.jit(lambda u, s, p, v: opt.update(u, s, p, value=v))
+    state = opt.init(jnp.zeros(1))
+    out = []
+    feed_ = ((0.0, 1.0, 3.0), (1.0, 1.1, 2.0), (3.2, 1.3, 1.5), (8.4, 1.0, 10.0))
+    for x, u, v in feed_:
+        upd, state = update(jnp.array([u]), state, jnp.array([x]), jnp.array(v))
+        out.append((float(upd[0]), float(state.stretch), int(state.n_stretched)))
+    np.testing.assert_allclose([o[0] for o in out[:3]], [1.0, 2.2, 5.2], rtol=1e-6)
+    assert [o[1:] for o in out[:3]] == [(1.0, 0), (2.0, 1), (4.0, 2)]
+    # Rejected: back from 8.4 to the plain point 3.2 + 1.3; factor 1, history reset.
+    np.testing.assert_allclose(out[3][0], 3.2 + 1.3 - 8.4, rtol=1e-6)
+    assert out[3][1:] == (1.0, 2) and bool(state.rejected) and not bool(jnp.any(state.valid))
+
+
 def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
     # Logistic regression on scikit-learn's breast-cancer data, sgd(1 / L) with the global
     # bound L = lambda_max(X^T X / n) / 4, far above the curvature met near the solution:
@@ -414,7 +462,7 @@ def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
 
     w0 = jnp.zeros(x.shape[1])
     curves = {
-        beta: loss_curve(anderson(optax.sgd(lr), 5, beta=beta), loss, w0, 300)
+        beta: loss_curve(anderson(optax.sgd(lr), 5, beta=beta, stretch=False), loss, w0, 300)
         for beta in ("auto", 1.5)
     }
     f_ref = min(c.min() for c in curves.values())

@@ -80,6 +80,7 @@ def _aa_counts(state) -> dict:
         "accelerated": int(a.n_accelerated),
         "rejected": int(a.n_rejected),
         "averaged": int(a.n_averaged),
+        "stretched": int(a.n_stretched),
     }
 
 

@@ -66,6 +66,15 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
   back-off grows x4 per consecutive rejection. A minibatch loss that is merely below the
   max of a few recent ones is noise, and accepting it let extrapolations that fit noise
   through (Adam 1.19x, heavy ball 4-20x worse than the inner optimizer at equal epochs).
+* **Stretched steps** (``stretch=True``, deterministic mode). An extrapolation that is
+  finite but not a descent step means the secant model points back up (negative curvature
+  along the path: gradient descent walking a curved valley, where every new pair has
+  ``<s, -y> < 0``). The history is reset as before, but instead of the plain step the
+  inner step is taken stretched by a factor that doubles with each such step (up to
+  ``beta_max``), judged by the loss (residual) check like an extrapolation, rolled back to
+  the plain point with the factor reset to 1 when it fails. Measured on extended
+  Rosenbrock (10-D, ``sgd(1 / (2 L))``): 128-487 iterations instead of 788-1352 (tuned
+  Nesterov 279-327); the convex problems of the study unchanged.
 * Non-finite extrapolations fall back to the plain step and reset the history.
 
 Everything is pure jnp on pytrees with a leading history axis on every leaf, so sharded
@@ -108,6 +117,7 @@ _INTS = (
     "n_accelerated",  # extrapolations taken
     "n_rejected",  # extrapolations rolled back
     "n_averaged",  # moving-average steps taken
+    "n_stretched",  # stretched inner steps taken (see `stretch`)
 )
 _BOOLS = (
     "has_prev",  # x_prev/u_prev hold an accepted step
@@ -121,6 +131,7 @@ _FLOATS = (
     "loss_var",  # EMA of their squared deviation from the running mean
     "rsd",  # last relative standard deviation of the steps
     "beta",  # mixing of the last step (beta="auto": its latest Barzilai-Borwein ratio)
+    "stretch",  # factor of the next stretched inner step (see `stretch`), 1 after a rejection
     "res_min",  # smallest log ||u|| at an accepted point (residual check, no loss passed)
 )
 _N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
@@ -133,8 +144,8 @@ class ScaleByAndersonState(NamedTuple):
     ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...).
     """
 
-    ints: jax.Array  # int32 [12 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
-    floats: jax.Array  # [7 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
+    ints: jax.Array  # int32 [13 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
+    floats: jax.Array  # [8 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
     # then <Y_i, u_prev> for the stored rows (orthogonal history: <Y_i, y> = <Y_i, u> minus
     # it, so each step needs one pass of inner products over Y, not two)
     s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
@@ -253,6 +264,7 @@ def _check_args(
     history: str,
     max_backoff: int,
     loss_margin: float,
+    stretch: bool,
 ) -> None:
     def bad(name: str, value: object, need: str) -> ValueError:
         return ValueError(f"anderson: {name} must be {need}, got {value!r}")
@@ -276,7 +288,7 @@ def _check_args(
     number("beta_max", beta_max, "a finite number >= 1", lambda v: v >= 1)
     integer("frequency", frequency, 1)
     integer("warmup", warmup, 0)
-    for name, flag in (("safeguard", safeguard), ("average", average)):
+    for name, flag in (("safeguard", safeguard), ("average", average), ("stretch", stretch)):
         if not isinstance(flag, bool | np.bool_):
             raise bad(name, flag, "True or False")
     integer("safeguard_memory", safeguard_memory, 1)
@@ -326,6 +338,7 @@ def scale_by_anderson(
     history: History = "orthogonal",
     max_backoff: int = 64,
     loss_margin: float = 2.0,
+    stretch: bool = True,
     layout: Layout = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Anderson-accelerate the iterates ``x + u`` of the updates ``u`` it receives.
@@ -375,6 +388,12 @@ def scale_by_anderson(
         point is accepted only if its (minibatch) loss lies ``loss_margin`` standard
         deviations below the running mean of the recent accepted losses: evidence of
         improvement beyond the minibatch noise (``0``: beat the running mean).
+      stretch: when an extrapolation is finite but not a descent step (the history's
+        secant model points back up, as along a curved valley), take the inner step
+        stretched by a factor that doubles with each such step (capped at ``beta_max``),
+        judged by the loss (or residual) check like an extrapolation and rolled back,
+        factor reset to 1, when it fails: a line search along the inner step at one
+        gradient a try. Deterministic mode only (``average=False``, safeguard on).
       layout: ``"flat"``: the state keeps one ``[n]`` vector and one ``[m, n]`` history
         per quantity (the pytree is raveled once per step: a few large kernels instead of
         a few per leaf); ``"tree"``: per-leaf buffers shaped like the params, each history
@@ -403,6 +422,7 @@ def scale_by_anderson(
         history,
         max_backoff,
         loss_margin,
+        stretch,
     )
     if layout not in ("auto", "flat", "tree"):
         raise ValueError(f"anderson: layout must be 'auto', 'flat' or 'tree', got {layout!r}")
@@ -450,6 +470,7 @@ def scale_by_anderson(
                 "loss_var": 0.0,
                 "rsd": 0.0,
                 "beta": 1.0 if adaptive else beta,
+                "stretch": 1.0,
                 "res_min": jnp.inf,
             },
             jnp.zeros((m,), bool),
@@ -755,6 +776,25 @@ def scale_by_anderson(
         else:
             out = where(accelerate, d, u)
         bad = try_acc & ~d_ok  # non-finite or non-descent extrapolation: reset history
+        # A finite extrapolation that is not a descent step: the secant model points
+        # back up (negative curvature along the path, e.g. a curved valley walked by
+        # gradient descent, where every new pair has <s, -y> < 0). Resetting and taking
+        # the plain step left Anderson at plain gradient-descent speed (Rosenbrock: 800-1350
+        # iterations, tuned Nesterov 280-330). Instead the inner step is stretched by a
+        # factor that doubles with each such step (capped at beta_max) and is judged by the
+        # loss check like an extrapolation (rolled back to the plain point, factor back
+        # to 1, on a rejection): a line search along the inner step, one gradient a try.
+        if stretch and checked and not average:
+            stretched = bad & jnp.isfinite(du)
+            stretch_next = jnp.where(
+                reject,
+                1.0,
+                jnp.where(stretched, jnp.minimum(2.0 * state.stretch, beta_max), state.stretch),
+            ).astype(dt)
+            out = tree_lin(lambda o, a: jnp.where(stretched, stretch_next * a, o), out, u)
+        else:
+            stretched = jnp.asarray(False)
+            stretch_next = state.stretch
         # Statistics of the inner optimizer's steps (not of the steps taken: accelerated
         # steps zig-zag and would read as noise, averaging jumps are not motion).
         if average:
@@ -790,8 +830,9 @@ def scale_by_anderson(
                 "n_accelerated": state.n_accelerated + accelerate.astype(jnp.int32),
                 "n_rejected": state.n_rejected + reject.astype(jnp.int32),
                 "n_averaged": state.n_averaged + average_now.astype(jnp.int32),
+                "n_stretched": state.n_stretched + stretched.astype(jnp.int32),
                 "has_prev": jnp.where(reject, state.has_prev, u_finite),
-                "pending": (accelerate | average_now) & checked,
+                "pending": (accelerate | average_now | stretched) & checked,
                 "rejected": reject,
             },
             {
@@ -805,6 +846,7 @@ def scale_by_anderson(
                 "loss_var": loss_var,
                 "rsd": rsd,
                 "beta": mix,
+                "stretch": stretch_next,
                 "res_min": res_min,
             },
             jnp.where(reset, jnp.zeros_like(valid), valid),
@@ -849,6 +891,7 @@ def anderson(
     history: History = "orthogonal",
     max_backoff: int = 64,
     loss_margin: float = 2.0,
+    stretch: bool = True,
     layout: Layout = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Anderson acceleration of the optimizer ``inner`` (e.g. ``optax.sgd(1 / L)``).
@@ -873,6 +916,7 @@ def anderson(
         history=history,
         max_backoff=max_backoff,
         loss_margin=loss_margin,
+        stretch=stretch,
         layout=layout,
     )
     inner = optax.with_extra_args_support(inner)
