@@ -49,12 +49,10 @@ class Config:
         if self.per_shape < 1 or self.n_starts < 1 or self.time_limit <= 0:
             raise ValueError("per_shape and n_starts must be >= 1 and time_limit > 0")
         if set(self.shapes) == {"complete"}:  # the only shape that can give no cluster
-            from ase.data import reference_states
-
+            from jaxsci.data.pt_clusters import lattice_constant
             from jaxsci.geometry import complete_motifs
 
-            a_pt = reference_states[78]["a"]  # fcc lattice constant of Pt, Angstrom
-            if not any(complete_motifs(n, a_pt) for n in self.sizes):
+            if not any(complete_motifs(n, lattice_constant("Pt")) for n in self.sizes):
                 raise ValueError(f"no complete ase.cluster shape has {list(self.sizes)} atoms")
 
     def to_dict(self) -> dict:

@@ -27,12 +27,11 @@ def build_clusters(config: Config):
     with its parameters, e.g. ``decahedron(3,1,0)``.
     """
     from ase import Atoms
-    from ase.data import reference_states
 
-    from jaxsci.data.pt_clusters import relax, seed_cluster
+    from jaxsci.data.pt_clusters import lattice_constant, relax, seed_cluster
     from jaxsci.geometry import complete_motifs
 
-    a_pt = reference_states[78]["a"]  # fcc lattice constant of Pt, Angstrom
+    a_pt = lattice_constant("Pt")  # Angstrom
     out = []
     for n in config.sizes:
         for shape in config.shapes:

@@ -13,6 +13,7 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
     PtClusterDataset,
     build_pt_clusters,
     bulk_energy_per_atom,
+    lattice_constant,
     relax_many,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "PtClusterDataset",
     "build_pt_clusters",
     "bulk_energy_per_atom",
+    "lattice_constant",
     "relax_many",
 ]

@@ -173,9 +173,14 @@ def _attach(atoms: Atoms, calc: Any, name: str) -> None:
     atoms.calc = calc
 
 
+def lattice_constant(element: str = "Pt") -> float:
+    """ase's reference fcc lattice constant ``a`` (Angstrom) of ``element``, e.g. 3.92 for Pt."""
+    return reference_states[atomic_numbers[element]]["a"]
+
+
 def nearest_neighbour_distance(element: str) -> float:
     """Bulk fcc nearest-neighbour distance ``a / sqrt(2)`` (Angstrom), e.g. 2.77 for Pt."""
-    return reference_states[atomic_numbers[element]]["a"] / np.sqrt(2.0)
+    return lattice_constant(element) / np.sqrt(2.0)
 
 
 def bulk_energy_per_atom(element: str = "Pt", prefer_asap: bool = True) -> float:
@@ -184,7 +189,7 @@ def bulk_energy_per_atom(element: str = "Pt", prefer_asap: bool = True) -> float
     from scipy.optimize import minimize_scalar
 
     calc, name = emt_calculator(prefer_asap)
-    a0 = reference_states[atomic_numbers[element]]["a"]
+    a0 = lattice_constant(element)
 
     def energy(a: float) -> float:
         cell = bulk(element, "fcc", a=a, cubic=True)
@@ -278,7 +283,7 @@ def relax_many(
 
 
 def _shape_positions(shape: str, element: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    a = reference_states[atomic_numbers[element]]["a"]
+    a = lattice_constant(element)
     if shape in MOTIFS:
         return motif_positions(shape, n, a, rng)
     if shape == "random":

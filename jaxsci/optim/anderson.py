@@ -776,14 +776,9 @@ def scale_by_anderson(
         else:
             out = where(accelerate, d, u)
         bad = try_acc & ~d_ok  # non-finite or non-descent extrapolation: reset history
-        # A finite extrapolation that is not a descent step: the secant model points
-        # back up (negative curvature along the path, e.g. a curved valley walked by
-        # gradient descent, where every new pair has <s, -y> < 0). Resetting and taking
-        # the plain step left Anderson at plain gradient-descent speed (Rosenbrock: 800-1350
-        # iterations, tuned Nesterov 280-330). Instead the inner step is stretched by a
-        # factor that doubles with each such step (capped at beta_max) and is judged by the
-        # loss check like an extrapolation (rolled back to the plain point, factor back
-        # to 1, on a rejection): a line search along the inner step, one gradient a try.
+        # Stretched steps (module doc): a finite extrapolation that is not a descent step
+        # becomes the inner step x2, x4, ... (capped at beta_max), pending like an
+        # extrapolation; a rejection rolls it back and resets the factor to 1.
         if stretch and checked and not average:
             stretched = bad & jnp.isfinite(du)
             stretch_next = jnp.where(

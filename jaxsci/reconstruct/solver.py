@@ -492,8 +492,9 @@ def reconstruct(
             random Pt clusters, see benchmarks/RESULTS.md);
         max_rounds: rounds at most; time_limit: seconds (compilation included) within
             which the call returns, give or take one L-BFGS-B iteration (``None``: no
-            limit): no round starts that would end (by the last round's duration) later
-            than ``min(3 s, 10%)`` before it, the search's polish stops there, and the
+            limit): no round starts whose search phase would end (predicted by the
+            shortest one after the compiling first round) later than ``min(3 s, 10%)``
+            before it, the search's polish stops there, and the
             final refinement gets the rest (at least 1 s). By default the time limit ends
             the search.
         tol: relative fingerprint error below which a start counts as recovered; the
