@@ -497,6 +497,7 @@ def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
         ({"regularization": "1e-3"}, "regularization"),
         ({"safeguard": "no"}, "safeguard"),
         ({"average": "yes"}, "average"),
+        ({"noise_test": 1}, "noise_test"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -522,6 +523,8 @@ def test_mismatched_pytrees_raise():
         opt.update(g, state)
     with pytest.raises(ValueError, match="scalar"):
         opt.update(g, state, params, value=jnp.ones(3))
+    with pytest.raises(ValueError, match="grad pytree structure"):
+        opt.update(g, state, params, value=1.0, grad={"w": g["w"]})
     with pytest.raises(ValueError, match="floating"):
         opt.init({"i": jnp.zeros(3, jnp.int32)})
 
@@ -618,10 +621,12 @@ def test_minibatch_mode_asks_for_evidence_beyond_the_loss_noise():
     assert not _probe_loss_check(True, 0.3)  # clear evidence of improvement: accepted
 
 
+@pytest.mark.parametrize("average", [True, False])
 @pytest.mark.parametrize("inner", ["sgd", "momentum", "adam"])
-def test_minibatch_mode_is_never_materially_worse_than_its_inner(inner):
-    # Noisy linear regression, batch 8: Anderson in minibatch mode vs its inner optimizer
-    # at equal steps (full-data loss, 3 seeds).
+def test_minibatch_mode_is_never_materially_worse_than_its_inner(inner, average):
+    # Noisy linear regression, batch 8: Anderson vs its inner optimizer at equal steps
+    # (full-data loss, 3 seeds), in minibatch mode and at default options (there the noise
+    # test holds the extrapolations off).
     rng = np.random.default_rng(0)
     a = rng.normal(size=(256, 12)).astype(np.float32) * np.geomspace(1, 3, 12, dtype=np.float32)
     b = (a @ rng.normal(size=12) + 0.5 * rng.normal(size=256)).astype(np.float32)
@@ -644,13 +649,78 @@ def test_minibatch_mode_is_never_materially_worse_than_its_inner(inner):
 
         p0 = {"w": jnp.zeros((12,), jnp.float32)}
         (p, s), _ = jax.lax.scan(step, (p0, opt.init(p0)), idx)
-        return float(full(p))
+        return float(full(p)), s
 
     inner_opt = optax.with_extra_args_support(make())
     for seed in range(3):
-        base = run(inner_opt, seed)
-        acc = run(anderson(make(), 5, average=True), seed)
+        base, _ = run(inner_opt, seed)
+        acc, state = run(anderson(make(), 5, average=average), seed)
         assert np.isfinite(acc) and acc <= 1.05 * base, (seed, acc, base)
+        if not average:
+            assert int(state.anderson_state.n_noisy) >= 200  # of 239 steps with a history
+
+
+def _fed_noise_test(rel_noise: float, abs_noise: float = 0.0, steps: int = 40):
+    """scale_by_anderson on gradient descent on a quadratic (float32), fed exact gradients
+    and losses with noise: ``rel_noise`` relative to the loss, ``abs_noise`` absolute
+    (the initial loss is ~0.3). Returns the final state."""
+    rng = np.random.default_rng(0)
+    d = jnp.asarray(np.geomspace(1, 1e-2, 10), jnp.float32)
+    x = {"w": jnp.asarray(rng.normal(size=10), jnp.float32)}
+    opt = scale_by_anderson(5)
+    state = opt.init(x)
+    upd = jax.jit(lambda u, s, x, v, g: opt.update(u, s, x, value=v, grad=g))
+    for _ in range(steps):
+        g = {"w": d * x["w"]}
+        f = 0.5 * float(jnp.sum(d * x["w"] ** 2))
+        f = f * (1.0 + rel_noise * rng.normal()) + abs_noise * rng.normal()
+        out, state = upd(jax.tree_util.tree_map(jnp.negative, g), state, x, jnp.float32(f), g)
+        x = optax.apply_updates(x, out)
+    return state
+
+
+def test_noise_test_reads_loss_changes_against_the_gradients():
+    # Exact losses: every change matches the trapezoid rule on the gradients, nothing held.
+    exact = _fed_noise_test(0.0)
+    assert int(exact.n_noisy) == 0 and int(exact.n_accelerated) > 20
+    # float32 roundoff (a few eps of the loss) is below the floor: not noise either.
+    assert int(_fed_noise_test(3e-7).n_noisy) == 0
+    # Loss noise of 1e-3 (a minibatch loss's): once the changes fall below it, they no
+    # longer follow the gradients and the extrapolations are held off.
+    noisy = _fed_noise_test(0.0, 1e-3)
+    assert int(noisy.n_noisy) > 20 and int(noisy.n_accelerated) < 15
+    # Without the gradient (scale_by_anderson alone, no grad=) the test cannot run.
+    assert int(_fed_noise_test_without_grad().n_noisy) == 0
+
+
+def _fed_noise_test_without_grad():
+    x = {"w": jnp.ones((4,), jnp.float32)}
+    opt = scale_by_anderson(3)
+    state = opt.init(x)
+    for k in range(10):
+        g = {"w": 0.5 * x["w"]}
+        out, state = opt.update(
+            jax.tree_util.tree_map(jnp.negative, g), state, x, value=1.0 + k % 2
+        )
+        x = optax.apply_updates(x, out)
+    return state
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_noise_test_is_silent_on_full_batch_problems(x64):
+    # Deterministic problems: the same iterates with the noise test on and off (25 steps,
+    # to a loss ~1e-12 of the first: past that, float64 iterates are rounding noise).
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        loss, params = quadratic(dtype)
+        runs = {}
+        for on in (True, False):
+            final, state = train(anderson(optax.sgd(1.0), 5, noise_test=on), loss, params, 25)
+            runs[on] = (final, state.anderson_state)
+        assert int(runs[True][1].n_noisy) == 0
+        assert int(runs[True][1].n_accelerated) == int(runs[False][1].n_accelerated) > 10
+        for a, b in zip(*(jax.tree_util.tree_leaves(runs[k][0]) for k in runs), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("average", [False, True])

@@ -43,7 +43,8 @@ def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
             ra = run_minibatch(prob, aa, key, prob.epochs)
             fin_b.append(rb["final_loss"])
             fin_a.append(ra["final_loss"])
-            counts.append({k: ra[k] for k in ("accelerated", "rejected", "averaged") if k in ra})
+            keys = ("accelerated", "rejected", "averaged", "noisy")
+            counts.append({k: ra[k] for k in keys if k in ra})
         ratios = [a / b for a, b in zip(fin_a, fin_b, strict=True)]
         out[inner] = {"inner": fin_b, "anderson": fin_a, "ratios": ratios, "counts": counts}
         print(

@@ -151,7 +151,7 @@ def study_problem(prob: P.Problem, seeds: int, bar: tqdm) -> dict:
             else:
                 row["epochs"] = it
                 row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
-            for k in ("accelerated", "rejected", "averaged", "rel_l2"):
+            for k in ("accelerated", "rejected", "averaged", "noisy", "rel_l2"):
                 if k in r:
                     row[k] = r[k]
             row["wall_s"] = r["wall"]
@@ -237,8 +237,9 @@ def print_summary(res: dict) -> None:
         fl = [r["final_loss"] for r in s["seeds"]]
         ex = ""
         if "accelerated" in s["seeds"][0]:
-            ex = " acc/rej/avg " + ",".join(
-                f"{r['accelerated']}/{r['rejected']}/{r['averaged']}" for r in s["seeds"]
+            ex = " acc/rej/avg/noisy " + ",".join(
+                f"{r['accelerated']}/{r['rejected']}/{r['averaged']}/{r.get('noisy', 0)}"
+                for r in s["seeds"]
             )
         if "rel_l2" in s["seeds"][0]:
             ex += " relL2 " + ",".join(f"{r['rel_l2']:.3g}" for r in s["seeds"])

@@ -81,6 +81,7 @@ def _aa_counts(state) -> dict:
         "rejected": int(a.n_rejected),
         "averaged": int(a.n_averaged),
         "stretched": int(a.n_stretched),
+        "noisy": int(a.n_noisy),
     }
 
 
