@@ -162,8 +162,8 @@ _FLOATS = (
     "res_min",  # smallest log ||u|| at an accepted point (residual check, no loss passed)
     "f_prev",  # loss at the previous step (noise test)
     "gs_prev",  # <gradient, step taken> at the previous step (noise test)
-    "noise_r",  # EMA of the squared trapezoid mismatch of the loss changes (noise test)
-    "noise_p",  # EMA of the squared predicted loss changes (noise test)
+    "noise_r",  # EMA weight of the pairs that disagreed with their gradients (noise test)
+    "noise_p",  # EMA weight of all pairs, two agreeing prior pairs included (noise test)
 )
 _N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
 
@@ -432,9 +432,9 @@ def scale_by_anderson(
       noise_test: hold extrapolations off while the loss changes disagree with the
         gradients (minibatch noise; module doc). Active when ``value`` and the gradient
         (``grad=``; :func:`anderson` passes it) reach ``update``, the safeguard is on and
-        ``average=False``. With it, the default options are safe on minibatches (within
-        1% of the inner optimizer measured) but give no gain there; ``average=True`` is
-        the mode that tries to.
+        ``average=False``. With it, the default options are safe on minibatches (measured:
+        medians within 1% of the inner optimizer, every seed within 4%) but give no gain
+        there; ``average=True`` is the mode that tries to.
       stretch: when an extrapolation is finite but not a descent step (the history's
         secant model points back up, as along a curved valley), take the inner step
         stretched by a factor that doubles with each such step (capped at ``beta_max``),
