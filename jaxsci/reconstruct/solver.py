@@ -839,8 +839,11 @@ def reconstruct(
         done = best[0] < tol
         if rounds == 1 and not done and queue is not None and relax is not None:
             # The ideal motifs did not do it: add relaxed copies of the best-ranked ones,
-            # which the next round starts from at once.
-            inject = queue.add_relaxed(relax) > 0
+            # which the next round starts from at once. Their wall-clock budget applies only
+            # under a time limit: without one, a call is a function of its key alone (a
+            # loaded machine relaxed fewer copies and changed the search from round 3 on).
+            budget = 4.0 if time_limit is not None else np.inf
+            inject = queue.add_relaxed(relax, seconds=budget) > 0
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best_error=f"{best[0]:.2e}")
