@@ -623,7 +623,7 @@ def test_minibatch_mode_asks_for_evidence_beyond_the_loss_noise():
 
 @pytest.mark.parametrize("average", [True, False])
 @pytest.mark.parametrize("inner", ["sgd", "momentum", "adam"])
-def test_minibatch_mode_is_never_materially_worse_than_its_inner(inner, average):
+def test_on_minibatches_never_materially_worse_than_its_inner(inner, average):
     # Noisy linear regression, batch 8: Anderson vs its inner optimizer at equal steps
     # (full-data loss, 3 seeds), in minibatch mode and at default options (there the noise
     # test holds the extrapolations off).
