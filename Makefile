@@ -20,6 +20,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 export MPLBACKEND ?= Agg
 
 PYTEST := $(PY) -m pytest -p no:cacheprovider
+# Unit tests in parallel processes, one test file per process (module fixtures and jit
+# caches stay shared within a file). The suite is compile-bound: on the 2-core box 2
+# workers took 12 min 41 s against 18 min 2 s in one process (cold compile cache).
+TEST_WORKERS ?= 2
 # pytest exits 5 when a marker selects no test; every other non-zero code fails.
 ok_or_empty = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no $(1) tests)"; elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
@@ -41,7 +45,7 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory test-unit test-multidevice test-mpi
 
 test-unit: $(STAMP)
-	$(PYTEST) -m "not multidevice and not mpi"; $(call ok_or_empty,unit)
+	$(PYTEST) -m "not multidevice and not mpi" -n $(TEST_WORKERS) --dist loadfile; $(call ok_or_empty,unit)
 
 test-multidevice: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PYTEST) -m multidevice; $(call ok_or_empty,multidevice)
