@@ -143,7 +143,6 @@ _INTS = (
     "n_rejected",  # extrapolations rolled back
     "n_averaged",  # moving-average steps taken
     "n_stretched",  # stretched inner steps taken (see `stretch`)
-    "n_pairs",  # (loss, gradient) pairs seen by the noise test
     "n_noisy",  # steps on which the noise test held acceleration off
 )
 _BOOLS = (
@@ -175,7 +174,7 @@ class ScaleByAndersonState(NamedTuple):
     ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...).
     """
 
-    ints: jax.Array  # int32 [15 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
+    ints: jax.Array  # int32 [14 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
     floats: jax.Array  # [12 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
     # then <Y_i, u_prev> for the stored rows (orthogonal history: <Y_i, y> = <Y_i, u> minus
     # it, so each step needs one pass of inner products over Y, not two)
@@ -799,10 +798,9 @@ def scale_by_anderson(
             z = (r2 > _NOISE_RATIO**2 * p2).astype(dt)  # this pair disagrees with its gradients
             noise_r = jnp.where(use, decay * state.noise_r + (1.0 - decay) * z, state.noise_r)
             noise_p = jnp.where(use, decay * state.noise_p + (1.0 - decay), state.noise_p)
-            n_pairs = state.n_pairs + use.astype(jnp.int32)
             noisy = noise_r > 0.5 * noise_p
         else:
-            f, noise_r, noise_p, n_pairs = state.f_prev, state.noise_r, state.noise_p, state.n_pairs
+            f, noise_r, noise_p = state.f_prev, state.noise_r, state.noise_p
 
         # 4. Extrapolate (scheduled, not noisy, not backing off) and safeguard it.
         phase = count - warmup
@@ -913,7 +911,6 @@ def scale_by_anderson(
                 "n_rejected": state.n_rejected + reject.astype(jnp.int32),
                 "n_averaged": state.n_averaged + average_now.astype(jnp.int32),
                 "n_stretched": state.n_stretched + stretched.astype(jnp.int32),
-                "n_pairs": n_pairs,
                 "n_noisy": n_noisy,
                 "has_prev": jnp.where(reject, state.has_prev, u_finite),
                 "pending": (accelerate | average_now | stretched) & checked,

@@ -71,7 +71,7 @@ from jaxsci.reconstruct.losses import (
     tether,
 )
 from jaxsci.reconstruct.polish import fingerprint_fn, polish
-from jaxsci.reconstruct.starts import EMT_ELEMENTS, MotifQueue, emt_relax
+from jaxsci.reconstruct.starts import EMT_ELEMENTS, RELAX_SECONDS, MotifQueue, emt_relax
 
 Array = jax.Array
 
@@ -842,7 +842,7 @@ def reconstruct(
             # which the next round starts from at once. Their wall-clock budget applies only
             # under a time limit: without one, a call is a function of its key alone (a
             # loaded machine relaxed fewer copies and changed the search from round 3 on).
-            budget = 4.0 if time_limit is not None else np.inf
+            budget = RELAX_SECONDS if time_limit is not None else np.inf
             inject = queue.add_relaxed(relax, seconds=budget) > 0
         if bar is not None:
             bar.update(1)

@@ -32,6 +32,7 @@ SCALES = (0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02)
 
 #: Elements whose clusters :func:`emt_relax` relaxes (the fcc metals of ase's EMT).
 EMT_ELEMENTS = frozenset(atomic_numbers[s] for s in EMT_FCC_ELEMENTS)
+RELAX_SECONDS = 4.0  # wall-clock budget of MotifQueue.add_relaxed under a time limit
 
 
 def emt_relax(positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ class MotifQueue:
         relax: Callable[[np.ndarray, np.ndarray], np.ndarray],
         n_relax: int = 12,
         rattles: int = 2,
-        seconds: float = 4.0,
+        seconds: float = RELAX_SECONDS,
     ) -> int:
         """Add locally relaxed copies of the ``n_relax`` best-ranked candidates, each
         rattled (0.1 A) ``rattles`` times and relaxed by ``relax`` (``(positions [n, 3],
