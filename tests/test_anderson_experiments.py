@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments.anderson.problems import burgers_2d_exact, burgers_cole_hopf
 from experiments.anderson.runner import iters_to_target
@@ -108,8 +109,12 @@ def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path):
             "--out",
             str(tmp_path),
             "--no-plots",
+            "--methods",  # the tuned Nesterov grid and Anderson's 1/L step: no other tuning
+            "nesterov",
+            "aa_sgd_m5",
         ]
     )
+    assert set(res["problems"]["least_squares_large"]["summary"]) == {"nesterov", "aa_sgd_m5"}
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
     spec = importlib.util.spec_from_file_location("bench_anderson", path)
     bench = importlib.util.module_from_spec(spec)
@@ -117,10 +122,9 @@ def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path):
     out = bench.time_to_target(f"{res['run_dir']}/results.json", 1)
     summary = res["problems"]["least_squares_large"]["summary"]
     timed = out["least_squares_large"]["ms"]
-    reached = [n for n in ("nesterov", "adam", "aa_sgd_m5") if summary[n]["seeds"][0]["iters"]]
-    assert {"nesterov", "aa_sgd_m5"} <= set(reached)  # ~210 and ~110 of 300 iterations
-    for name in reached:  # each method that reached the target is re-timed
-        assert timed[f"{name}/0"] > 0
+    # ~210 and ~110 of 300 iterations: both reach the target and both are re-timed.
+    assert all(summary[n]["seeds"][0]["iters"] for n in ("nesterov", "aa_sgd_m5"))
+    assert set(timed) == {"nesterov/0", "aa_sgd_m5/0"} and min(timed.values()) > 0
     assert out["least_squares_large"]["speedup"]["aa_sgd_m5"] > 0
 
 
@@ -161,3 +165,40 @@ def test_compiled_runs_belong_to_their_problem():
         np.testing.assert_allclose(res["loss"][0], own, rtol=1e-6)
         firsts.append(res["loss"][0])
     assert firsts[0] != firsts[1]
+
+
+def test_method_selection_brings_the_baselines_anderson_steps_on(tmp_path, capsys):
+    from dataclasses import replace
+
+    from experiments.anderson.problems import least_squares, mlp_diabetes
+    from experiments.anderson.run import METHODS, main, select_methods
+    from experiments.anderson.runner import anderson_base, anderson_methods, tuning_grids
+
+    convex, minibatch = least_squares(n=60, d=12), mlp_diabetes(True, epochs=2)
+    # All of METHODS, and nothing else, is what the study runs on one problem or another.
+    names = set()
+    for prob in (convex, minibatch):
+        grids = tuning_grids(prob)
+        names |= set(grids) | {
+            m.name for m in anderson_methods(prob, {f: g[0] for f, g in grids.items()})
+        }
+    assert names == set(METHODS)
+    # anderson_base names the only tuned family an Anderson variant reads: changing any
+    # other family's tuned step leaves it unchanged.
+    for prob in (convex, minibatch):
+        grids = tuning_grids(prob)
+        tuned = {f: g[0] for f, g in grids.items()}
+        for m in anderson_methods(prob, tuned):
+            base = anderson_base(prob, m.family)
+            for fam in set(grids) - {base}:
+                other = {**tuned, fam: replace(tuned[fam], lr=123.0, momentum=0.5)}
+                assert m in anderson_methods(prob, other), (m.name, fam)
+    grids, aa = select_methods(convex, ["aa_momentum_m5", "aa_sgd_m5"])
+    assert set(grids) == {"nesterov"} and aa == {"aa_momentum_m5", "aa_sgd_m5"}  # 1/L: no sgd
+    grids, aa = select_methods(minibatch, ["aa_sgd_m5_avg", "adam", "aa_sgd_m20"])
+    assert set(grids) == {"sgd", "adam"} and aa == {"aa_sgd_m5_avg"}  # m20: deterministic only
+    assert select_methods(convex, None)[0].keys() == tuning_grids(convex).keys()
+    # An unknown name stops before any run folder.
+    with pytest.raises(SystemExit):
+        main(["--methods", "aa_bogus", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err and not list(tmp_path.iterdir())

@@ -277,12 +277,17 @@ def test_two_ranks_anderson_matches_single_process_with_the_global_loss():
 
     def reference():
         tx, (x, y) = anderson(optax.sgd(0.1), 3), _data()
+
+        @jax.jit  # one program: Anderson's update run eagerly compiles each of its ops
+        def step(params, opt, batch):
+            loss, g = jax.value_and_grad(_loss)(params, batch)
+            u, opt = tx.update(g, opt, params, value=loss)
+            return optax.apply_updates(params, u), opt
+
         params = _init(jax.random.key(0))
         opt = tx.init(params)
         for s in range(N_STEPS):
-            loss, g = jax.value_and_grad(_loss)(params, (x[s], y[s]))
-            u, opt = tx.update(g, opt, params, value=loss)
-            params = optax.apply_updates(params, u)
+            params, opt = step(params, opt, (x[s], y[s]))
         return params, opt
 
     ref_params, ref_opt = reference()

@@ -63,8 +63,13 @@ def test_reconstruction_is_invariant_to_target_row_order(acsf, pt13, pt13_result
         target[perm], pt13.get_chemical_symbols(), acsf, key=jax.random.key(0), motif_starts=0
     )
     assert res.success
-    # Same key, same multiset of rows: the same structure comes back.
-    assert structure_rmsd(res.positions, pt13_result.positions) < 1e-3
+    # Same key, same multiset of rows: the same minimum comes back. Not bit for bit: the
+    # permuted rows are summed in another order, so float32 rounding differs and the two
+    # runs stop at different points within the solver's accuracy (0.0001-0.0009 A apart
+    # here over 6 permutations, 0.0015 on CI's CPU; each is 0.0012-0.0019 A from the truth).
+    # Another local minimum of Pt13 lies more than 0.1 A away.
+    assert res.n_rounds == pt13_result.n_rounds
+    assert structure_rmsd(res.positions, pt13_result.positions) < 0.01
     assert structure_rmsd(res.positions, pt13.positions) < 0.05
 
 

@@ -3,6 +3,10 @@
     python -m experiments.anderson.run                      # all problems, default sizes
     python -m experiments.anderson.run --problems least_squares logistic_regression
     python -m experiments.anderson.run --scale 4 --seeds 5  # longer runs, more seeds
+    python -m experiments.anderson.run --methods nesterov aa_sgd_m5  # part of the study
+
+The target of a nonconvex problem is the best loss any run reached, so it depends on
+which methods ran (``--methods``).
 
 Writes ``<out>/<timestamp>/results.json`` and one ``<problem>.png`` per problem
 (median loss over seeds vs iterations or epochs).
@@ -23,6 +27,7 @@ from tqdm import tqdm
 from experiments.anderson import problems as P
 from experiments.anderson.runner import (
     Method,
+    anderson_base,
     anderson_methods,
     iters_to_target,
     run_deterministic,
@@ -41,6 +46,21 @@ ALL = [
     "burgers_2d_pinn",
     "cnn_digits",
 ]
+# Every method the study knows: the tuned baselines, then the Anderson variants (m10 and m20
+# run on deterministic problems only, the moving-average ones on minibatch problems only).
+METHODS = (
+    "sgd",
+    "nesterov",
+    "adam",
+    "lbfgs",
+    "aa_sgd_m5",
+    "aa_sgd_m10",
+    "aa_sgd_m20",
+    "aa_momentum_m5",
+    "aa_adam_m5",
+    "aa_sgd_m5_avg",
+    "aa_adam_m5_avg",
+)
 # 1e-6 relative targets need float64
 X64 = {"least_squares", "least_squares_large", "logistic_regression"}
 
@@ -50,6 +70,7 @@ class Config:
     problems: list[str] = field(default_factory=lambda: list(ALL))
     seeds: int = 3
     scale: float = 1.0  # multiplies iterations / epochs
+    methods: list[str] | None = None  # a subset of METHODS; None: all
     out: str = "runs/anderson"
     plots: bool = True
 
@@ -104,10 +125,29 @@ def _score(prob: P.Problem, res: dict) -> tuple:
     return (final,)
 
 
-def study_problem(prob: P.Problem, seeds: int, bar: tqdm) -> dict:
-    """Tune baselines on seed 0, run all methods on all seeds, compute targets and ratios."""
+def select_methods(
+    prob: P.Problem, only: list[str] | None
+) -> tuple[dict[str, list[Method]], set[str]]:
+    """The baseline grids to tune and the Anderson variants to run for ``only`` (None: all).
+
+    A selected Anderson variant brings the baseline whose tuned step it takes, so that
+    baseline is tuned and run too (and its ratio can be formed).
+    """
     grids = tuning_grids(prob)
-    n_aa = len(anderson_methods(prob, {f: g[0] for f, g in grids.items()}))
+    placeholder = {f: g[0] for f, g in grids.items()}
+    aa = [m for m in anderson_methods(prob, placeholder) if only is None or m.name in only]
+    keep = set(grids) if only is None else set(only) & set(grids)
+    keep |= {anderson_base(prob, m.family) for m in aa} - {None}
+    return {f: g for f, g in grids.items() if f in keep}, {m.name for m in aa}
+
+
+def study_problem(prob: P.Problem, seeds: int, bar: tqdm, methods: list[str] | None = None) -> dict:
+    """Tune baselines on seed 0, run the methods on all seeds, compute targets and ratios.
+
+    ``methods``: a subset of :data:`METHODS` (None: all), see :func:`select_methods`.
+    """
+    grids, aa_names = select_methods(prob, methods)
+    n_aa = len(aa_names)
     bar.total = (bar.total or 0) + sum(map(len, grids.values())) + (len(grids) + n_aa) * seeds
     bar.refresh()
     tuned: dict[str, Method] = {}
@@ -121,7 +161,9 @@ def study_problem(prob: P.Problem, seeds: int, bar: tqdm) -> dict:
         scored.sort(key=lambda t: t[0])
         tuned[fam] = scored[0][1]
         tuning[fam] = [{"score": list(map(float, sc)), **asdict(m)} for sc, m in scored]
-    methods = list(tuned.values()) + anderson_methods(prob, tuned)
+    placeholder = {f: g[0] for f, g in tuning_grids(prob).items()}  # for unselected bases
+    aa = [m for m in anderson_methods(prob, {**placeholder, **tuned}) if m.name in aa_names]
+    methods = list(tuned.values()) + aa
     runs: dict[str, list[dict]] = {m.name: [] for m in methods}
     for m in methods:
         for seed in range(seeds):
@@ -187,7 +229,7 @@ def ratios(prob: P.Problem, summary: dict) -> dict:
     out = {}
     if prob.deterministic:
         for key in ("iters", "time_to_target_s"):
-            base = [med(b, key) for b in ("nesterov", "adam")]
+            base = [med(b, key) for b in ("nesterov", "adam") if b in summary]
             base = [b for b in base if b is not None]
             best = min(base) if base else None
             for name in summary:
@@ -198,7 +240,7 @@ def ratios(prob: P.Problem, summary: dict) -> dict:
         inner = {"aa_sgd": "sgd", "aa_momentum": "nesterov", "aa_adam": "adam"}
         for name, s in summary.items():
             fam = s["method"]["family"]
-            if fam in inner:
+            if fam in inner and inner[fam] in summary:
                 a = med(name, "final_loss")
                 b = med(inner[fam], "final_loss")
                 out[f"{name}:final_loss_over_{inner[fam]}"] = a / b if b else None
@@ -258,7 +300,7 @@ def train_and_evaluate(cfg: Config) -> dict:
         for name in cfg.problems:
             with jax.enable_x64(name in X64):  # data and params built in the same precision
                 p = build_problem(name, cfg.scale)
-                res = study_problem(p, cfg.seeds, bar)
+                res = study_problem(p, cfg.seeds, bar, cfg.methods)
             results["problems"][p.name] = res
             if cfg.plots:
                 plot_problem(res, os.path.join(run_dir, f"{p.name}.png"))
@@ -277,10 +319,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply iterations/epochs")
     ap.add_argument("--out", default="runs/anderson")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="run only these (default: all); an Anderson variant brings the baseline whose "
+        "tuned step it takes",
+    )
     a = ap.parse_args(argv)
     if a.seeds < 1 or not a.scale > 0:  # before any run folder
         ap.error(f"need --seeds >= 1 and --scale > 0, got {a.seeds} and {a.scale}")
-    cfg = Config(problems=a.problems, seeds=a.seeds, scale=a.scale, out=a.out, plots=not a.no_plots)
+    cfg = Config(
+        problems=a.problems,
+        seeds=a.seeds,
+        scale=a.scale,
+        methods=a.methods,
+        out=a.out,
+        plots=not a.no_plots,
+    )
     return train_and_evaluate(cfg)
 
 

@@ -273,6 +273,13 @@ def tuning_grids(problem: Problem) -> dict[str, list[Method]]:
     }
 
 
+def anderson_base(problem: Problem, family: str) -> str | None:
+    """The baseline family whose tuned step an Anderson family takes (None: the 1/L step)."""
+    if family == "aa_sgd":
+        return None if problem.f_star is not None else "sgd"
+    return {"aa_momentum": "nesterov", "aa_adam": "adam"}[family]
+
+
 def anderson_methods(problem: Problem, tuned: dict[str, Method]) -> list[Method]:
     """Anderson on SGD (1/L or tuned SGD step), on momentum and Adam (their tuned steps)."""
     lr = problem.lr_sgd if problem.f_star is not None else tuned["sgd"].lr

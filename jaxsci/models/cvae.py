@@ -97,11 +97,15 @@ class CVAEState(NamedTuple):
 def init_cvae_state(
     model: CVAE, optimizer: optax.GradientTransformation, cond_dim: int, key: jax.Array
 ) -> CVAEState:
-    """Initialise parameters (from ``key``) and the optimizer state."""
-    x = jnp.zeros((1, model.data_dim))
-    c = jnp.zeros((1, cond_dim))
-    params = model.init(key, x, c, jax.random.key(0))["params"]
-    return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    """Initialise parameters (from ``key``) and the optimizer state (one compiled program)."""
+
+    def init(key: jax.Array) -> CVAEState:
+        x = jnp.zeros((1, model.data_dim))
+        c = jnp.zeros((1, cond_dim))
+        params = model.init(key, x, c, jax.random.key(0))["params"]
+        return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    return jax.jit(init)(key)
 
 
 def make_epoch_fn(
