@@ -81,7 +81,8 @@ def test_two_processes_two_devices_equal_single_process(tmp_path):
     script = tmp_path / "hybrid.py"
     script.write_text(HYBRID)
     out = tmp_path / "out.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # the last device count given wins
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(root)
     cmd = [str(mpirun), "-n", "2", sys.executable, str(script), str(out)]
