@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from experiments.anderson.run import build_problem
-from experiments.anderson.runner import Method, run_minibatch
+from experiments.anderson.runner import AA_COUNTERS, Method, run_minibatch
 
 # Tuned on seed 0 by experiments.anderson.run (runs/anderson/20261126-162944/results.json).
 TUNED = {
@@ -43,8 +43,7 @@ def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
             ra = run_minibatch(prob, aa, key, prob.epochs)
             fin_b.append(rb["final_loss"])
             fin_a.append(ra["final_loss"])
-            keys = ("accelerated", "rejected", "averaged", "noisy")
-            counts.append({k: ra[k] for k in keys if k in ra})
+            counts.append({k: ra[k] for k in AA_COUNTERS if k in ra})
         ratios = [a / b for a, b in zip(fin_a, fin_b, strict=True)]
         out[inner] = {"inner": fin_b, "anderson": fin_a, "ratios": ratios, "counts": counts}
         print(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from experiments.anderson import problems as P
 from experiments.anderson.runner import (
+    AA_COUNTERS,
     Method,
     anderson_base,
     anderson_methods,
@@ -193,7 +194,7 @@ def study_problem(prob: P.Problem, seeds: int, bar: tqdm, methods: list[str] | N
             else:
                 row["epochs"] = it
                 row["time_to_target_s"] = r["wall"] * it / n if it is not None else None
-            for k in ("accelerated", "rejected", "averaged", "noisy", "rel_l2"):
+            for k in (*AA_COUNTERS, "rel_l2"):
                 if k in r:
                     row[k] = r[k]
             row["wall_s"] = r["wall"]
@@ -279,9 +280,8 @@ def print_summary(res: dict) -> None:
         fl = [r["final_loss"] for r in s["seeds"]]
         ex = ""
         if "accelerated" in s["seeds"][0]:
-            ex = " acc/rej/avg/noisy " + ",".join(
-                f"{r['accelerated']}/{r['rejected']}/{r['averaged']}/{r.get('noisy', 0)}"
-                for r in s["seeds"]
+            ex = f" {'/'.join(AA_COUNTERS)} " + ",".join(
+                "/".join(str(r.get(k, 0)) for k in AA_COUNTERS) for r in s["seeds"]
             )
         if "rel_l2" in s["seeds"][0]:
             ex += " relL2 " + ",".join(f"{r['rel_l2']:.3g}" for r in s["seeds"])

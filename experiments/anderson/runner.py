@@ -71,18 +71,16 @@ class Method:
         return self.family.startswith("aa_")
 
 
+# The Anderson state's step counters (``n_<name>``) that runs report, in this order.
+AA_COUNTERS = ("accelerated", "rejected", "averaged", "stretched", "noisy")
+
+
 def _aa_counts(state) -> dict:
     """Diagnostics of the Anderson state inside an optimizer state, if any."""
     a = getattr(state, "anderson_state", None)
     if a is None:
         return {}
-    return {
-        "accelerated": int(a.n_accelerated),
-        "rejected": int(a.n_rejected),
-        "averaged": int(a.n_averaged),
-        "stretched": int(a.n_stretched),
-        "noisy": int(a.n_noisy),
-    }
+    return {k: int(getattr(a, f"n_{k}")) for k in AA_COUNTERS}
 
 
 def _hyper(method: Method) -> tuple:
