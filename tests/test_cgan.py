@@ -259,3 +259,18 @@ def test_split_and_group():
     assert grouped[1, :, 0].tolist() == [1, 4, 0]
     with pytest.raises(ValueError, match="repeated"):
         split_labels([1, 1], 1)
+
+
+def test_fit_gan_runs_a_short_last_chunk_and_joins_the_history():
+    """5 steps in chunks of 2: calls of 2, 2 and 1 steps; the history is their concatenation."""
+    from jaxsci.train.gan import fit_gan
+
+    calls = []
+
+    def run_chunk(state, k):  # a counter as the state, its step numbers as the metric
+        calls.append(k)
+        return state + k, {"step": np.arange(state + 1, state + k + 1, dtype=np.float32)}
+
+    state, history = fit_gan(run_chunk, 0, n_steps=5, chunk_steps=2, progress=False)
+    assert calls == [2, 2, 1] and state == 5
+    np.testing.assert_array_equal(history["step"], [1, 2, 3, 4, 5])

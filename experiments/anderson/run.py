@@ -126,19 +126,29 @@ def _score(prob: P.Problem, res: dict) -> tuple:
     return (final,)
 
 
+# The baseline each Anderson family's minibatch ratio is taken against (see ratios).
+_INNER = {"aa_sgd": "sgd", "aa_momentum": "nesterov", "aa_adam": "adam"}
+
+
 def select_methods(
     prob: P.Problem, only: list[str] | None
 ) -> tuple[dict[str, list[Method]], set[str]]:
     """The baseline grids to tune and the Anderson variants to run for ``only`` (None: all).
 
-    A selected Anderson variant brings the baseline whose tuned step it takes, so that
-    baseline is tuned and run too (and its ratio can be formed).
+    A selected Anderson variant brings what its ratio is taken against (see :func:`ratios`):
+    on a deterministic problem tuned Nesterov and Adam (the best of the two) and the
+    baseline whose tuned step it takes; on a minibatch problem its inner optimizer. Both
+    parts are empty when nothing in ``only`` runs on this problem.
     """
     grids = tuning_grids(prob)
     placeholder = {f: g[0] for f, g in grids.items()}
     aa = [m for m in anderson_methods(prob, placeholder) if only is None or m.name in only]
     keep = set(grids) if only is None else set(only) & set(grids)
     keep |= {anderson_base(prob, m.family) for m in aa} - {None}
+    if aa and prob.deterministic:
+        keep |= {"nesterov", "adam"}
+    if not prob.deterministic:  # the minibatch ratio's inner optimizer
+        keep |= {_INNER[m.family] for m in aa}
     return {f: g for f, g in grids.items() if f in keep}, {m.name for m in aa}
 
 
@@ -238,13 +248,12 @@ def ratios(prob: P.Problem, summary: dict) -> dict:
                     v = med(name, key)
                     out[f"{name}:{key}_speedup"] = best / v if best and v else None
     else:
-        inner = {"aa_sgd": "sgd", "aa_momentum": "nesterov", "aa_adam": "adam"}
         for name, s in summary.items():
-            fam = s["method"]["family"]
-            if fam in inner and inner[fam] in summary:
+            inner = _INNER.get(s["method"]["family"])
+            if inner in summary:
                 a = med(name, "final_loss")
-                b = med(inner[fam], "final_loss")
-                out[f"{name}:final_loss_over_{inner[fam]}"] = a / b if b else None
+                b = med(inner, "final_loss")
+                out[f"{name}:final_loss_over_{inner}"] = a / b if b else None
     return out
 
 
@@ -300,6 +309,10 @@ def train_and_evaluate(cfg: Config) -> dict:
         for name in cfg.problems:
             with jax.enable_x64(name in X64):  # data and params built in the same precision
                 p = build_problem(name, cfg.scale)
+                if select_methods(p, cfg.methods) == ({}, set()):
+                    print(f"\n== {name}: none of --methods runs on it; skipped")
+                    results.setdefault("skipped", []).append(name)
+                    continue
                 res = study_problem(p, cfg.seeds, bar, cfg.methods)
             results["problems"][p.name] = res
             if cfg.plots:
@@ -307,6 +320,8 @@ def train_and_evaluate(cfg: Config) -> dict:
             print_summary(res)
             with open(os.path.join(run_dir, "results.json"), "w") as fh:
                 json.dump(results, fh)
+    with open(os.path.join(run_dir, "results.json"), "w") as fh:  # skipped problems too
+        json.dump(results, fh)
     results["run_dir"] = run_dir
     print(f"\nrun folder: {run_dir}")
     return results

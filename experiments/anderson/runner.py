@@ -280,8 +280,12 @@ def anderson_base(problem: Problem, family: str) -> str | None:
 
 def anderson_methods(problem: Problem, tuned: dict[str, Method]) -> list[Method]:
     """Anderson on SGD (1/L or tuned SGD step), on momentum and Adam (their tuned steps)."""
-    lr = problem.lr_sgd if problem.f_star is not None else tuned["sgd"].lr
-    nes, adam = tuned["nesterov"], tuned["adam"]
+    base = anderson_base(problem, "aa_sgd")
+    lr = problem.lr_sgd if base is None else tuned[base].lr
+    nes, adam = (
+        tuned[anderson_base(problem, "aa_momentum")],
+        tuned[anderson_base(problem, "aa_adam")],
+    )
     out = [Method("aa_sgd_m5", "aa_sgd", lr=lr, memory=5)]
     if problem.deterministic:
         out += [Method(f"aa_sgd_m{m}", "aa_sgd", lr=lr, memory=m) for m in (10, 20)]

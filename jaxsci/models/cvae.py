@@ -14,6 +14,7 @@ uninterrupted run bit for bit (on the same machine and JAX version).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -97,15 +98,17 @@ class CVAEState(NamedTuple):
 def init_cvae_state(
     model: CVAE, optimizer: optax.GradientTransformation, cond_dim: int, key: jax.Array
 ) -> CVAEState:
-    """Initialise parameters (from ``key``) and the optimizer state (one compiled program)."""
+    """Initialise parameters (from ``key``) and the optimizer state (one compiled program,
+    cached per model, optimizer and ``cond_dim``)."""
+    return _init_cvae_state(model, optimizer, cond_dim, key)
 
-    def init(key: jax.Array) -> CVAEState:
-        x = jnp.zeros((1, model.data_dim))
-        c = jnp.zeros((1, cond_dim))
-        params = model.init(key, x, c, jax.random.key(0))["params"]
-        return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    return jax.jit(init)(key)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_cvae_state(model, optimizer, cond_dim, key):
+    x = jnp.zeros((1, model.data_dim))
+    c = jnp.zeros((1, cond_dim))
+    params = model.init(key, x, c, jax.random.key(0))["params"]
+    return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def make_epoch_fn(
