@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--methods",
         nargs="+",
         choices=METHODS,
-        help="run only these (default: all); an Anderson variant brings the baseline whose "
-        "tuned step it takes",
+        help="run only these (default: all); an Anderson variant brings the baselines its "
+        "step and its ratio need",
     )
     a = ap.parse_args(argv)
     if a.seeds < 1 or not a.scale > 0:  # before any run folder
