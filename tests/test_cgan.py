@@ -14,13 +14,13 @@ from jaxsci.models.gan import PatchConv, dc_cgan, w_cgan
 from jaxsci.parallel.bootstrap import ProcessInfo
 from jaxsci.parallel.per_label import group_by_label, split_labels
 from jaxsci.train.gan import (
-    DataPool,
     discriminator_loss,
     generator_loss,
     gradient_penalty,
     init_gan_state,
     make_gan_trainer,
     make_pool,
+    per_label_pools,
     sample_per_label,
     train_per_label,
 )
@@ -78,13 +78,8 @@ def _alone(cgan, opt, run, digits, key, label, n_steps):
     """Reference: one label trained on its own, no vmap. Its images sit in a pool padded to
     the largest label's size (never drawn: draws stay below ``count``), so one compiled
     ``run`` serves every label."""
-    mask = digits.train_labels == label
-    n_max = np.bincount(digits.train_labels).max()
-    images = np.zeros((n_max, *digits.train_images.shape[1:]), np.float32)
-    images[: mask.sum()] = digits.train_images[mask]
-    pool = DataPool(
-        jnp.asarray(images), jnp.full((n_max,), label, jnp.int32), jnp.asarray(mask.sum())
-    )
+    pools = per_label_pools(digits.train_images, digits.train_labels, range(10))
+    pool = jax.tree.map(lambda x: x[label], pools)
     state = init_gan_state(cgan, opt, opt, jax.random.fold_in(key, label))
     return run(state, pool, n_steps)
 
