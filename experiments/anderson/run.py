@@ -130,6 +130,13 @@ def _score(prob: P.Problem, res: dict) -> tuple:
 _INNER = {"aa_sgd": "sgd", "aa_momentum": "nesterov", "aa_adam": "adam"}
 
 
+def _anderson_variants(prob: P.Problem, tuned: dict[str, Method]) -> list[Method]:
+    """:func:`anderson_methods` with the first grid point standing in for every baseline
+    not in ``tuned`` (only the variants that do not read it are kept by the callers)."""
+    placeholder = {f: g[0] for f, g in tuning_grids(prob).items()}
+    return anderson_methods(prob, {**placeholder, **tuned})
+
+
 def select_methods(
     prob: P.Problem, only: list[str] | None
 ) -> tuple[dict[str, list[Method]], set[str]]:
@@ -141,8 +148,7 @@ def select_methods(
     parts are empty when nothing in ``only`` runs on this problem.
     """
     grids = tuning_grids(prob)
-    placeholder = {f: g[0] for f, g in grids.items()}
-    aa = [m for m in anderson_methods(prob, placeholder) if only is None or m.name in only]
+    aa = [m for m in _anderson_variants(prob, {}) if only is None or m.name in only]
     keep = set(grids) if only is None else set(only) & set(grids)
     keep |= {anderson_base(prob, m.family) for m in aa} - {None}
     if aa and prob.deterministic:
@@ -172,8 +178,7 @@ def study_problem(prob: P.Problem, seeds: int, bar: tqdm, methods: list[str] | N
         scored.sort(key=lambda t: t[0])
         tuned[fam] = scored[0][1]
         tuning[fam] = [{"score": list(map(float, sc)), **asdict(m)} for sc, m in scored]
-    placeholder = {f: g[0] for f, g in tuning_grids(prob).items()}  # for unselected bases
-    aa = [m for m in anderson_methods(prob, {**placeholder, **tuned}) if m.name in aa_names]
+    aa = [m for m in _anderson_variants(prob, tuned) if m.name in aa_names]
     methods = list(tuned.values()) + aa
     runs: dict[str, list[dict]] = {m.name: [] for m in methods}
     for m in methods:
