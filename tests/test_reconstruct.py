@@ -9,6 +9,7 @@ from jaxsci.data.pt_clusters import relax
 from jaxsci.descriptors import ACSF, pool
 from jaxsci.metrics import fingerprint_error, structure_rmsd
 from jaxsci.reconstruct import ReconstructResult, reconstruct
+from jaxsci.reconstruct.solver import _canonical_order
 
 # A small G2 (Rs = 0) + G4 set keeps compilation and the search cheap in tests.
 G2 = [[eta, 0.0] for eta in (0.01, 0.1, 0.4, 1.0)]
@@ -74,15 +75,36 @@ def test_reconstruction_is_invariant_to_target_row_order(acsf, pt13, pt13_result
         time_limit=None,
     )
     assert res.success
-    # Same key, same multiset of rows: the same minimum comes back. Not bit for bit: the
-    # permuted rows are summed in another order, so float32 rounding differs and the two
-    # runs stop at different points within the solver's accuracy (0.0001-0.0009 A apart
-    # here over 6 permutations, 0.0015 on CI's CPU; each is 0.0012-0.0019 A from the truth,
-    # up to 0.013 A if the wall-clock-bounded refinement were cut short). Another local
-    # minimum of Pt13 lies more than 0.1 A away.
+    # Same key, same multiset of rows: bit for bit the same search and the same structure
+    # (the solver works in a canonical row order), its atoms listed in the caller's order.
     assert res.n_rounds == pt13_result.n_rounds
-    assert structure_rmsd(res.positions, pt13_result.positions) < 0.03
+    assert res.error == pt13_result.error
+    np.testing.assert_array_equal(res.history, pt13_result.history)
+    np.testing.assert_array_equal(_as_set(res.positions), _as_set(pt13_result.positions))
+    for a, b in zip(res.start_positions, pt13_result.start_positions, strict=True):
+        np.testing.assert_array_equal(_as_set(a), _as_set(b))
     assert structure_rmsd(res.positions, pt13.positions) < 0.05
+
+
+def _as_set(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` in lexicographic order (a point set, compared bit for bit)."""
+    return x[np.lexsort(x.T[::-1])]
+
+
+def test_canonical_order_lists_species_then_rows_whatever_the_input_order():
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(9, 4))
+    rows[5] = rows[2]  # an exact tie: interchangeable atoms
+    species = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1])
+    ref = _canonical_order(rows, species)
+    assert np.all(np.diff(species[ref]) >= 0)
+    for seed in range(5):
+        p = np.random.default_rng(seed).permutation(9)
+        order = _canonical_order(rows[p], species[p])
+        np.testing.assert_array_equal(rows[p][order], rows[ref])
+        np.testing.assert_array_equal(species[p][order], species[ref])
+    pooled = _canonical_order(rows[:, 0], species)  # 1-D target: species only, stable
+    np.testing.assert_array_equal(pooled, np.argsort(species, kind="stable"))
 
 
 def test_rattled_pt19_is_recovered(acsf):

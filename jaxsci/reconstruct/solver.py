@@ -200,6 +200,19 @@ def _check_inputs(target, species, descriptor, cell, loss, pool_ops):
     return t, np.asarray(species_idx, np.int32), z, cell, loss
 
 
+def _canonical_order(target: np.ndarray, species_idx: np.ndarray) -> np.ndarray:
+    """Permutation [n_atoms] that lists atoms by species, then by fingerprint row.
+
+    Rows are compared lexicographically (first feature first); a pooled (1-D) target
+    orders by species alone (stable). :func:`reconstruct` solves in this order, so a
+    target whose (row, species) pairs come in another order gives bitwise the same
+    structure, its atoms listed in the caller's order.
+    """
+    if target.ndim == 1:
+        return np.argsort(species_idx, kind="stable")
+    return np.lexsort((*target.T[::-1], species_idx))
+
+
 def _radius(z: np.ndarray) -> np.ndarray:
     return np.array([covalent_radii[int(a)] for a in z])
 
@@ -473,7 +486,9 @@ def reconstruct(
 
     Args:
         target: per-atom fingerprint ``[n_atoms, n_features]`` as made by
-            ``descriptor.create`` (compared as a set: atom order does not matter), or a
+            ``descriptor.create`` (compared as a set: the search runs in a canonical row
+            order, so the result does not depend on the order of the (row, species)
+            pairs, bit for bit; positions come back in the caller's atom order), or a
             pooled fingerprint ``[n_features * len(pool_ops)]``.
         species: one chemical symbol or atomic number per atom.
         descriptor: the :class:`jaxsci.descriptors.ACSF` that made the target.
@@ -627,6 +642,14 @@ def reconstruct(
         raise ValueError(f"reconstruct: need an integer refine_steps >= 0 (got {refine_steps!r})")
     n = len(species_idx)
     guesses = _check_guesses(initial_positions, n)
+    # Solve in a canonical atom order (the result is a function of the set of rows, bit
+    # for bit: per-feature scales sum over rows, and float32 sums depend on their order);
+    # the positions are handed back in the caller's order.
+    order = _canonical_order(t, species_idx)
+    if t.ndim == 2:
+        t = t[order]
+    species_idx, z, guesses = species_idx[order], z[order], guesses[:, order]
+    back = np.argsort(order)
     if len(guesses) > n_starts:
         raise ValueError(
             f"reconstruct: {len(guesses)} initial_positions but only n_starts={n_starts} starts"
@@ -894,10 +917,10 @@ def reconstruct(
     if cell_np is None:
         positions = positions - positions.mean(0)
     return ReconstructResult(
-        positions=positions,
+        positions=positions[back],
         error=best[0],
         success=bool(best[0] < tol),
-        start_positions=record_x,
+        start_positions=record_x[:, back],
         start_losses=record_loss,
         start_errors=record_err,
         start_success=record_err < tol,
