@@ -24,13 +24,12 @@ moves of the worst atoms to the best of many candidate sites, and an entropic
 optimal-transport set loss next to the sorted columns.
 
 Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedra,
-decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 atoms and
-random packings up to about 20 atoms are recovered within a minute on a 2-core CPU
-(held-out EMT-relaxed Pt clusters of 10-40 atoms, three seeds: 80 of 90), EMT-relaxed random
-packings of 25 atoms too (3 of 3, 15-52 s) but not of 30-40 atoms (0 of 9), icosahedral
-cuts that EMT moves 0.4-0.6 A from their ideal cut only when a relaxed motif start lands
-in their minimum (2 of 3), and rattled but unrelaxed symmetric clusters (MD snapshots)
-not reliably.
+decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 atoms are
+recovered within a minute on a 2-core CPU, random packings of 10-25 atoms mostly (held-out
+EMT-relaxed Pt clusters of 10-40 atoms, four seeds: 101 of 120; random packings of 10-25
+atoms 12 of 16, of 30-40 atoms 0 of 12), icosahedral cuts that EMT moves 0.4-0.6 A from
+their ideal cut only when a relaxed motif start lands in their minimum, and rattled but
+unrelaxed symmetric clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
