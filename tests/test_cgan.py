@@ -74,11 +74,10 @@ def test_patch_conv_equals_conv(kernel, stride):
     np.testing.assert_allclose(pc.apply(params, x), ref, rtol=1e-5, atol=1e-5)
 
 
-def _alone(cgan, opt, run, digits, key, label, n_steps):
+def _alone(cgan, opt, run, pools, key, label, n_steps):
     """Reference: one label trained on its own, no vmap. Its images sit in a pool padded to
     the largest label's size (never drawn: draws stay below ``count``), so one compiled
     ``run`` serves every label."""
-    pools = per_label_pools(digits.train_images, digits.train_labels, range(10))
     pool = jax.tree.map(lambda x: x[label], pools)
     state = init_gan_state(cgan, opt, opt, jax.random.fold_in(key, label))
     return run(state, pool, n_steps)
@@ -141,8 +140,9 @@ def test_vmapped_per_label_equals_alone(digits):
     )
     assert res.history["g_loss"].shape == (len(LABELS), STEPS)
     run = jax.jit(make_gan_trainer(cgan, opt, opt, 8), static_argnums=2)
+    pools = per_label_pools(digits.train_images, digits.train_labels, range(10))
     for i, label in enumerate(LABELS):
-        state, metrics = _alone(cgan, opt, run, digits, key, label, STEPS)
+        state, metrics = _alone(cgan, opt, run, pools, key, label, STEPS)
         mine = jax.tree.map(lambda x, i=i: x[i], (res.state.g_params, res.state.d_params))
         for a, b in zip(
             jax.tree.leaves((state.g_params, state.d_params)), jax.tree.leaves(mine), strict=True
