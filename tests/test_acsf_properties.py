@@ -279,3 +279,35 @@ def test_empty_structures_have_no_rows(acsf):
     assert acsf.create(Atoms()).shape == (0, acsf.n_features)
     assert periodic.create(Atoms(cell=5.0 * np.eye(3), pbc=True)).shape == (0, periodic.n_features)
     assert acsf.fn(jnp.zeros((0, 3)), jnp.zeros(0, jnp.int32)).shape == (0, acsf.n_features)
+
+
+def test_traced_capacity_keeps_the_nearest_neighbours():
+    """fn(capacity=K) under jit equals the exact (all images) features whenever K covers
+    every atom's neighbours, and its gradient too; a capacity below that drops only the
+    farthest neighbours (a small change, not garbage); a bad capacity raises."""
+    from jaxsci.geometry import neighbor_capacity
+
+    desc = ACSF(["Cu"], 6.0, G2, None, G4, periodic=True)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.1, seed=2)
+    cell = np.asarray(atoms.cell)
+    s = desc.encode_species(atoms.numbers)
+    cap = neighbor_capacity(len(atoms), cell, 6.0)
+    assert cap == 104  # 1.2 x 76.9 + 8, rounded up to 8; every atom has 78-80 here
+    with jax.enable_x64(True):
+        x = jnp.asarray(atoms.positions)
+        exact = jax.jit(lambda x: desc.fn(x, s, cell))(x)  # traced: every image slot (600)
+        pruned = jax.jit(lambda x: desc.fn(x, s, cell, capacity=cap))(x)
+        np.testing.assert_allclose(pruned, exact, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(pruned, desc.create(atoms), rtol=1e-12, atol=1e-12)
+        g_exact = jax.grad(lambda x: jnp.sum(desc.fn(x, s, cell) ** 2))(x)
+        g_pruned = jax.grad(lambda x: jnp.sum(desc.fn(x, s, cell, capacity=cap) ** 2))(x)
+        np.testing.assert_allclose(g_pruned, g_exact, rtol=1e-10, atol=1e-10)
+        short = desc.fn(x, s, cell, capacity=72)  # below every atom's count
+        rel = np.abs(np.asarray(short) - np.asarray(exact)) / np.abs(np.asarray(exact))
+        assert 0 < rel.max() < 0.05
+    for bad in (0, -8, 1.5, True):
+        with pytest.raises(ValueError, match="capacity must be a positive integer"):
+            desc.fn(jnp.asarray(atoms.positions), s, cell, capacity=bad)
+    with pytest.raises(ValueError, match="neighbor_capacity"):
+        neighbor_capacity(4, np.zeros((3, 3)), 6.0)

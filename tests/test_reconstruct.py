@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 import pytest
+from ase import Atoms
+from ase.build import bulk
 from ase.cluster import Decahedron, Icosahedron, Octahedron
 
 from jaxsci.data.pt_clusters import relax
@@ -185,6 +187,46 @@ def test_tether_keeps_clusters_whole_but_their_shape_free():
     down[tip, 2] -= h
     fd = (float(tether(jnp.asarray(up), bond)) - float(tether(jnp.asarray(down), bond))) / (2 * h)
     assert grad[tip, 2] == pytest.approx(fd, rel=1e-2)
+
+
+def test_periodic_cell_is_recovered():
+    """A rattled 8-atom fcc cell (two cubes, 7.8 x 3.9 x 3.9 A, r_cut 6 A: 600 image slots
+    per atom) is recovered from its periodic fingerprint, and the reported error is the
+    exact one of the returned positions (the search keeps 104 slots per atom: one round
+    took ~14 min with all 600)."""
+    acsf_p = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4, periodic=True)
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.1, seed=4)
+    target = acsf_p.create(atoms)
+    res = reconstruct(
+        target,
+        atoms.get_chemical_symbols(),
+        acsf_p,
+        key=jax.random.key(1),
+        cell=atoms.cell.array,
+        n_starts=16,
+        time_limit=None,
+    )
+    assert res.success and res.error < 1e-3
+    found = Atoms(atoms.get_chemical_symbols(), positions=res.positions, cell=atoms.cell, pbc=True)
+    assert fingerprint_error(acsf_p.create(found), target) == pytest.approx(
+        res.error, rel=5e-2, abs=1e-7
+    )  # (create computes in float32)
+
+
+def test_a_first_round_over_the_time_limit_warns_and_ends_the_search(acsf, pt13):
+    """The first round cannot be cut short (it is one compiled program): when it alone
+    overruns time_limit the call says so and returns after it (no second round)."""
+    with pytest.warns(UserWarning, match="first round .* over time_limit=0.001 s"):
+        res = reconstruct(
+            acsf.create(pt13),
+            pt13.get_chemical_symbols(),
+            acsf,
+            key=jax.random.key(3),
+            motif_starts=0,
+            time_limit=0.001,
+        )
+    assert res.n_rounds == 1
 
 
 def test_initial_positions_take_the_first_starts(acsf, pt13):

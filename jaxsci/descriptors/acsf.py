@@ -243,6 +243,7 @@ class ACSF:
         cell: Array | None = None,
         mask: Array | None = None,
         pbc: Sequence[bool] = (True, True, True),
+        capacity: int | None = None,
     ) -> Array:
         """Pure ACSF [N, F] of one structure; jit-, grad- and vmap-able in ``positions``.
 
@@ -252,6 +253,12 @@ class ACSF:
         shape; mask: [N] bool, False for padding atoms (they contribute nothing and get zero
         rows). Periodic positions are wrapped into the cell first (in the graph: the
         gradient passes through unchanged), so atoms may lie anywhere.
+        capacity: periodic only: neighbour slots (atoms and images) kept per atom, the
+        nearest within r_cut. Concrete positions get the exact count by default; traced
+        ones keep every atom of every image (exact, but a [K, K] triplet table per atom
+        with K = N x images: slow for small cells). A capacity below the true count drops
+        the farthest neighbours (:func:`jaxsci.geometry.neighbor_capacity` gives a
+        density-based size).
         """
         positions = jnp.asarray(positions)
         if positions.ndim != 2 or positions.shape[1] != 3:
@@ -264,12 +271,16 @@ class ACSF:
             return jnp.zeros((0, self.n_features), positions.dtype)
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
+        if capacity is not None and (
+            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
+        ):
+            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
         shifts, full = self._shifts_for([cell], pbc)
         positions = _wrap(positions[None], full, pbc)[0]
-        capacity = None
-        if not isinstance(positions, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
+        traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
+        if capacity is None and not traced:
             capacity = _host_capacity(positions, cell, shifts, self.r_cut, mask)
         cell = jnp.asarray(cell, dtype=positions.dtype)
         return _dense_features(

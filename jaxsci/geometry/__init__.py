@@ -19,6 +19,7 @@ from jaxsci.geometry.neighbors import (
     count_within,
     dense_slots,
     image_slots,
+    neighbor_capacity,
     neighbor_list_slots,
     prune_slots,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "image_slots",
     "motif_cuts",
     "motif_positions",
+    "neighbor_capacity",
     "neighbor_list_slots",
     "periodic_displacement",
     "perpendicular_widths",

@@ -82,6 +82,27 @@ def count_within(slots: Slots, r_cut: float) -> Array:
     return jnp.sum(slots.valid & (r2 <= r_cut * r_cut), axis=-1)
 
 
+def neighbor_capacity(
+    n_atoms: int, cell: np.ndarray, r_cut: float, multiplier: float = 1.2, extra: int = 8
+) -> int:
+    """Neighbour slots per atom for ``n_atoms`` spread over a periodic ``cell`` [3, 3]
+    (Angstrom): ``multiplier`` times the mean number within ``r_cut`` (density x sphere
+    volume) plus ``extra``, rounded up to 8. A size for :func:`prune_slots` when the
+    positions are not known on the host (e.g. a search); measured for 4-32 Cu atoms per
+    cell at r_cut 6 A (mean 77): fcc 80 and the most crowded of 300 uniformly random
+    placements at most 96, against 104 from this formula. Neighbours beyond the capacity are
+    the farthest ones, where the cutoff function is nearly 0.
+    """
+    volume = abs(float(np.linalg.det(np.asarray(cell, np.float64))))
+    if n_atoms < 1 or volume <= 0 or r_cut <= 0:
+        raise ValueError(
+            f"neighbor_capacity: need n_atoms >= 1, a non-singular cell and r_cut > 0 "
+            f"(got {n_atoms}, volume {volume}, {r_cut})"
+        )
+    mean = n_atoms / volume * (4.0 / 3.0) * np.pi * r_cut**3
+    return int(np.ceil((multiplier * mean + extra) / 8.0) * 8)
+
+
 def prune_slots(slots: Slots, r_cut: float, capacity: int) -> tuple[Slots, Array]:
     """Keep the ``capacity`` nearest slots within ``r_cut``; returns (slots, overflowed flag)."""
     if capacity >= slots.disp.shape[1]:

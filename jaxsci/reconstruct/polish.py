@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
+from jaxsci.geometry import neighbor_capacity
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.matching import gauss_newton_matchings
 
@@ -44,11 +45,22 @@ Array = jax.Array
 
 def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
     """Pure ``positions [N, 3] -> features [N, F]`` (``descriptor.fn`` wraps periodic
-    positions into the cell itself)."""
+    positions into the cell itself).
+
+    Periodic: each atom keeps :func:`jaxsci.geometry.neighbor_capacity` neighbour slots,
+    the nearest within r_cut, instead of every atom of every image (for 8 Cu atoms in a
+    7.2 x 3.6 x 3.6 A cell at r_cut 6 A: 104 of 600 slots, 64 gradients in 0.24-0.4 s
+    instead of 14 s; a search's positions are not known in advance). Crowded placements
+    may lose their farthest neighbours, at the cutoff's edge; :func:`reconstruct` reports
+    the exact error of its result.
+    """
     spec_arr = np.asarray(species_idx, np.int32)
+    capacity = None
+    if cell is not None:
+        capacity = neighbor_capacity(len(spec_arr), cell, descriptor.r_cut)
 
     def fp(x: Array) -> Array:
-        return descriptor.fn(x, jnp.asarray(spec_arr), cell=cell)
+        return descriptor.fn(x, jnp.asarray(spec_arr), cell=cell, capacity=capacity)
 
     return fp
 
