@@ -303,11 +303,19 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
         g_exact = jax.grad(lambda x: jnp.sum(desc.fn(x, s, cell) ** 2))(x)
         g_pruned = jax.grad(lambda x: jnp.sum(desc.fn(x, s, cell, capacity=cap) ** 2))(x)
         np.testing.assert_allclose(g_pruned, g_exact, rtol=1e-10, atol=1e-10)
+        b = desc.batch([atoms, atoms])
+        args = (b.positions, b.species, b.mask, b.cells, b.pbc)
+        eager = desc.batch_fn(*args)  # concrete: the batch's exact largest count
+        traced = jax.jit(lambda p: desc.batch_fn(p, *args[1:], capacity=cap))(b.positions)
+        for out in (eager, traced):
+            np.testing.assert_allclose(out[:, : len(atoms)], np.stack([exact] * 2), rtol=1e-12)
         short = desc.fn(x, s, cell, capacity=72)  # below every atom's count
         rel = np.abs(np.asarray(short) - np.asarray(exact)) / np.abs(np.asarray(exact))
         assert 0 < rel.max() < 0.05
     for bad in (0, -8, 1.5, True):
         with pytest.raises(ValueError, match="capacity must be a positive integer"):
             desc.fn(jnp.asarray(atoms.positions), s, cell, capacity=bad)
+        with pytest.raises(ValueError, match="capacity must be a positive integer"):
+            desc.batch_fn(*args, capacity=bad)
     with pytest.raises(ValueError, match="neighbor_capacity"):
         neighbor_capacity(4, np.zeros((3, 3)), 6.0)

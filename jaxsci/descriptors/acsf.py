@@ -94,6 +94,13 @@ def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig, c
     return jnp.where(mask[:, None], out, 0.0)
 
 
+def _check_capacity(capacity) -> None:
+    if capacity is not None and (
+        isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
+    ):
+        raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+
+
 def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
     """Largest number of neighbours (images included) within r_cut, rounded up to 8."""
     pos = np.asarray(positions, dtype=np.float64)
@@ -271,10 +278,7 @@ class ACSF:
             return jnp.zeros((0, self.n_features), positions.dtype)
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
-        if capacity is not None and (
-            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
-        ):
-            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+        _check_capacity(capacity)
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
         shifts, full = self._shifts_for([cell], pbc)
@@ -325,18 +329,29 @@ class ACSF:
         mask: Array,
         cells: Array | None = None,
         pbc: Sequence[bool] = (True, True, True),
+        capacity: int | None = None,
     ) -> Array:
         """Batched ACSF [B, N, F] of padded structures [B, N, 3] (see :meth:`batch`).
 
         ``cells`` [B, 3, 3] and ``pbc`` apply to every structure; pass a :class:`Batch`'s
         own ``cells`` and ``pbc`` (a slab's batch has ``pbc=(True, True, False)``).
+        ``capacity``: neighbour slots kept per atom, as in :meth:`fn` (concrete positions
+        get the batch's exact largest count by default, traced ones every image slot).
         """
+        _check_capacity(capacity)
         positions = jnp.asarray(positions)
         self._check_species(species)
         if not self.periodic or cells is None:
             return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
         shifts, full = self._shifts_for(list(np.asarray(cells)), pbc)
         positions = _wrap(positions, full, pbc)
+        traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
+        if capacity is None and not traced:
+            m = np.asarray(mask, bool)
+            capacity = max(
+                _host_capacity(p, c, shifts, self.r_cut, k)
+                for p, c, k in zip(np.asarray(positions), full, m, strict=True)
+            )
         return _dense_batched(
             positions,
             jnp.asarray(species),
@@ -344,6 +359,7 @@ class ACSF:
             jnp.asarray(cells, dtype=positions.dtype),
             jnp.asarray(shifts),
             self.config,
+            capacity,
         )
 
     def batch(self, structures: Sequence[Atoms], size: int | None = None) -> Batch:
