@@ -145,6 +145,16 @@ def test_pool(acsf, cluster):
     assert np.allclose(out, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="pool ops"):
         pool(feats, ops=("median",))
+    # A padded batch slot with no atoms pools to zeros (max/min gave -inf/+inf), and the
+    # gradient through the batch stays finite.
+    batch = jnp.stack([padded, padded])
+    none = jnp.stack([mask, jnp.zeros(16, bool)])
+    ops = ("max", "min", "mean", "sum")
+    out = pool(batch, none, ops=ops)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_allclose(out[0], pool(feats, ops=ops), rtol=1e-6)
+    grad = jax.grad(lambda f: jnp.sum(pool(f, none, ops=ops)))(batch)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad[1]) == 0.0)
 
 
 def _poly_fc(r, rc):

@@ -239,9 +239,11 @@ def align(
     triangle of atoms onto a distinctive triangle of the reference, principal-axis
     frames and ``n_random`` random rotations) it alternates the Hungarian assignment on
     squared distances with the Kabsch rotation until the assignment is stable,
-    and keeps the best. Species default to those of ``ase.Atoms`` inputs, else
-    all atoms are one species. Raises ``ValueError`` when atom counts or species
-    compositions differ.
+    and keeps the best. Species default to those of ``ase.Atoms`` inputs; a bare
+    array next to an ``Atoms`` takes its species atom for atom (so its atoms must come
+    in the same species order, as :func:`jaxsci.reconstruct.reconstruct` returns them;
+    else pass ``species``); two bare arrays are one species. Raises ``ValueError`` when
+    atom counts or species compositions differ.
     """
 
     def numbers(x: Any) -> np.ndarray | None:
