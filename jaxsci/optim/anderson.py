@@ -448,10 +448,11 @@ def scale_by_anderson(
 
     Cost on small problems: an update is ~50 small kernels whatever the size, and XLA's CPU
     runtime charges a jitted call about 0.5 us per kernel, against ~0.1 us inside a loop.
-    Measured on least squares with 105 weights (float64, 2-core CPU): a step is 5.5-6.0 us
-    in a ``lax.scan`` against Nesterov's 2.6, but 23-30 us from a Python loop of jitted
-    steps against 5.6 (RESULTS.md, #5). For problems of a few thousand weights or fewer,
-    run the steps inside ``lax.scan`` / ``fori_loop``.
+    Measured on least squares with 105 weights (float64, the 2-core CPU, two sessions whose
+    clocks differed ~2x): a step costs 2.1-2.8x Nesterov's in a ``lax.scan`` (5.5-6.0 us
+    against 2.6; 10-13 against 4.8) and 2.5-4.3x from a Python loop of jitted steps (23-30
+    us against 5.6; 40-71 against 17-30) (RESULTS.md, #5). For problems of a few thousand
+    weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
     """
     _check_args(
         memory,
