@@ -11,7 +11,7 @@ from jaxsci.data.pt_clusters import relax
 from jaxsci.descriptors import ACSF, pool
 from jaxsci.metrics import fingerprint_error, structure_rmsd
 from jaxsci.reconstruct import ReconstructResult, reconstruct
-from jaxsci.reconstruct.solver import _canonical_order
+from jaxsci.reconstruct.solver import _canonical_order, _crowded
 
 # A small G2 (Rs = 0) + G4 set keeps compilation and the search cheap in tests.
 G2 = [[eta, 0.0] for eta in (0.01, 0.1, 0.4, 1.0)]
@@ -212,6 +212,16 @@ def test_periodic_cell_is_recovered():
     assert fingerprint_error(acsf_p.create(found), target) == pytest.approx(
         res.error, rel=5e-2, abs=1e-7
     )  # (create computes in float32)
+
+
+def test_crowded_flags_positions_with_more_neighbours_than_the_search_kept():
+    """The solver recomputes a periodic result's error with every neighbour only when an
+    atom has more within r_cut than neighbor_capacity's density-based count."""
+    fcc = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 1, 1))
+    assert not _crowded(fcc.positions, fcc.cell.array, 6.0)  # 80 neighbours, 104 kept
+    rng = np.random.default_rng(0)
+    clump = 10.0 + rng.uniform(-2.0, 2.0, size=(30, 3))  # 30 atoms in a 20 A box: 29 > 16
+    assert _crowded(clump, 20.0 * np.eye(3), 6.0)
 
 
 def test_a_first_round_over_the_time_limit_warns_and_ends_the_search(acsf, pt13):

@@ -285,7 +285,7 @@ def polish(
         if best_err >= tol:
             best_x, best_err = descend(best_x, best_err, perm)
         rng = np.random.default_rng(seed)
-        if tol <= best_err < swap_below and gauss_newton_trials > 0:
+        if tol <= best_err < swap_below and gauss_newton_trials > 0 and not late():
             # Matchings found by Gauss-Newton steps on the linearised fingerprint (see
             # jaxsci.reconstruct.matching), each finished by the matched descent.
             candidates = gauss_newton_matchings(

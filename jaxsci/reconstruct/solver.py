@@ -53,6 +53,13 @@ import numpy as np
 import optax
 from ase.data import covalent_radii
 
+from jaxsci.geometry import (
+    count_within,
+    dense_slots,
+    image_shifts,
+    neighbor_capacity,
+    wrap_positions,
+)
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
@@ -415,6 +422,16 @@ def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pool
             for f in np.asarray(feats, np.float64)
         ]
     )
+
+
+def _crowded(positions: np.ndarray, cell: np.ndarray, r_cut: float) -> bool:
+    """Whether an atom of ``positions [N, 3]`` (periodic ``cell``) has more neighbours within
+    ``r_cut`` than the search kept (:func:`jaxsci.geometry.neighbor_capacity`)."""
+    pos = jnp.asarray(wrap_positions(positions, cell))
+    shifts = jnp.asarray(image_shifts(cell, r_cut))
+    slots = dense_slots(pos, jnp.asarray(cell, pos.dtype), shifts)
+    most = int(jnp.max(count_within(slots, r_cut)))
+    return most > neighbor_capacity(len(positions), cell, r_cut)
 
 
 def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
@@ -937,7 +954,9 @@ def reconstruct(
     positions, error = best[1], best[0]
     if cell_np is None:
         positions = positions - positions.mean(0)
-    else:  # the search kept a density-sized neighbour count (polish.fingerprint_fn): exact now
+    elif _crowded(positions, cell_np, descriptor.r_cut):
+        # The search kept a density-sized neighbour count (polish.fingerprint_fn) and these
+        # positions have more neighbours: their error with all of them.
         with jax.enable_x64(True):
             feats = descriptor.fn(jnp.asarray(positions), jnp.asarray(species_idx), cell=cell_np)
             feats = np.asarray(feats, np.float64)
