@@ -303,7 +303,7 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
     cell = np.asarray(atoms.cell)
     s = desc.encode_species(atoms.numbers)
     cap = neighbor_capacity(len(atoms), cell, 6.0)
-    assert cap == 104  # 1.2 x 76.9 + 8, rounded up to 8; every atom has 78-80 here
+    assert cap == 104  # 1.2 x 76.9 + 8, rounded up to 8; the atoms have 76-79 here
     with jax.enable_x64(True):
         x = jnp.asarray(atoms.positions)
         exact = jax.jit(lambda x: desc.fn(x, s, cell))(x)  # traced: every image slot (600)

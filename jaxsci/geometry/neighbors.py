@@ -89,9 +89,10 @@ def neighbor_capacity(
     (Angstrom): ``multiplier`` times the mean number within ``r_cut`` (density x sphere
     volume) plus ``extra``, rounded up to 8. A size for :func:`prune_slots` when the
     positions are not known on the host (e.g. a search); measured for 4-32 Cu atoms per
-    cell at r_cut 6 A (mean 77): fcc 80 and the most crowded of 300 uniformly random
-    placements at most 96, against 104 from this formula. Neighbours beyond the capacity are
-    the farthest ones, where the cutoff function is nearly 0.
+    cell at r_cut 6 A (mean 77): fcc 78 and the most crowded of 300 uniformly random
+    placements at most 89-96 (counts rounded up to 8), against 104 from this formula.
+    Neighbours beyond the capacity are the farthest ones, where the cutoff function is
+    nearly 0.
     """
     volume = abs(float(np.linalg.det(np.asarray(cell, np.float64))))
     if n_atoms < 1 or volume <= 0 or r_cut <= 0:
