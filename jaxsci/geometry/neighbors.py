@@ -90,7 +90,7 @@ def neighbor_capacity(
     volume) plus ``extra``, rounded up to 8. A size for :func:`prune_slots` when the
     positions are not known on the host (e.g. a search); measured for 4-32 Cu atoms per
     cell at r_cut 6 A (mean 77): fcc 78 and the most crowded of 300 uniformly random
-    placements at most 89-96 (counts rounded up to 8), against 104 from this formula.
+    placements at most 88-96 (counts rounded up to 8), against 104 from this formula.
     Neighbours beyond the capacity are the farthest ones, where the cutoff function is
     nearly 0.
     """
