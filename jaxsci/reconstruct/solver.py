@@ -896,8 +896,13 @@ def reconstruct(
             # which the next round starts from at once. Their wall-clock budget applies only
             # under a time limit: without one, a call is a function of its key alone (a
             # loaded machine relaxed fewer copies and changed the search from round 3 on).
-            budget = RELAX_SECONDS if time_limit is not None else np.inf
-            inject = queue.add_relaxed(relax, seconds=budget) > 0
+            # Not past the search's end either: no round would use them (a Pt40 whose first
+            # round and polish ended at 55 s relaxed for 4 s more and returned at 60.8 s).
+            budget = np.inf
+            if search_end is not None:
+                budget = min(RELAX_SECONDS, search_end - time.perf_counter())
+            if budget > 0:
+                inject = queue.add_relaxed(relax, seconds=budget) > 0
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best_error=f"{best[0]:.2e}")
