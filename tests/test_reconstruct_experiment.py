@@ -9,6 +9,9 @@ from experiments.reconstruct_pt.config import Config, tiny
 from experiments.reconstruct_pt.run import build_clusters, train_and_evaluate
 
 
+# The tiny config's 5 s limit is shorter than the first round's compilation: the solver
+# says so (tested in test_reconstruct.py), which is expected here.
+@pytest.mark.filterwarnings("ignore:reconstruct. the first round:UserWarning")
 def test_tiny_run_writes_results_plot_and_structures(tmp_path):
     results = train_and_evaluate(tiny(), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
