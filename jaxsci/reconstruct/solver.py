@@ -27,7 +27,8 @@ Limits (benchmarks/RESULTS.md, issue 3): motif-like clusters (complete icosahedr
 decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 atoms are
 recovered within a minute on a 2-core CPU, random packings of 10-25 atoms mostly (held-out
 EMT-relaxed Pt clusters of 10-40 atoms, four seeds: 101 of 120; random packings of 10-25
-atoms 12 of 16, of 30-40 atoms 0 of 12), icosahedral cuts that EMT moves 0.4-0.6 A from
+atoms 12 of 16, of 30-40 atoms 0 of 12; 97 of 120 with seed 2 rerun on a day the CPU ran 2x
+slower: fewer rounds per minute), icosahedral cuts that EMT moves 0.4-0.6 A from
 their ideal cut only when a relaxed motif start lands in their minimum, and rattled but
 unrelaxed symmetric clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
