@@ -754,3 +754,27 @@ def test_flat_layout_inits_from_shape_dtype_struct_and_keeps_leaf_dtypes():
         assert u.shape == p.shape and u.dtype == p.dtype
     with pytest.raises(ValueError, match="layout"):
         anderson(optax.sgd(0.1), 3, layout="rows")
+
+
+def test_without_a_loss_anderson_on_adam_does_not_blow_up():
+    """No ``value`` passed (e.g. flax's TrainState.apply_gradients): the residual check must
+    judge extrapolations by the gradient, not by Adam's step, whose norm is ~lr sqrt(n)
+    however bad the point (it ended at f = +9795 here, f* = -1.01, before)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+        a = jnp.asarray((q * np.logspace(0, 3, 10)) @ q.T)
+        b = jnp.asarray(rng.normal(size=10))
+        f = lambda x: 0.5 * x @ a @ x - b @ x
+        f_star = float(f(jnp.linalg.solve(a, b)))
+        opt = anderson(optax.adam(1e-2), 5)
+
+        def step(carry, _):
+            x, s = carry
+            u, s = opt.update(jax.grad(f)(x), s, x)
+            return (x + u, s), None
+
+        x0 = jnp.zeros(10)
+        (x, s), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=1500)
+        assert abs(float(f(x)) - f_star) < 1e-8 * abs(f_star)
+        assert int(s.anderson_state.n_accelerated) > 0  # it did extrapolate
