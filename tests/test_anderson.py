@@ -778,3 +778,32 @@ def test_without_a_loss_anderson_on_adam_does_not_blow_up():
         (x, s), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=1500)
         assert abs(float(f(x)) - f_star) < 1e-8 * abs(f_star)
         assert int(s.anderson_state.n_accelerated) > 0  # it did extrapolate
+
+
+def test_named_state_fields_of_a_vmapped_state_read_one_value_per_problem():
+    """vmap over independent problems batches the packed state; its named fields must give
+    each problem's own counters, equal to solving that problem alone."""
+    n, b = 5, 3
+    mats = jnp.stack([jnp.eye(n) * (k + 1.0) for k in range(b)])
+    opt = anderson(optax.sgd(0.1), 2)
+
+    def solve(a):
+        f = lambda x: 0.5 * x @ a @ x - jnp.sum(x)
+
+        def step(carry, _):
+            x, s = carry
+            v, g = jax.value_and_grad(f)(x)
+            u, s = opt.update(g, s, x, value=v)
+            return (x + u, s), None
+
+        x0 = jnp.zeros(n)
+        return jax.lax.scan(step, (x0, opt.init(x0)), None, length=7)[0][1].anderson_state
+
+    batched = jax.vmap(solve)(mats)
+    alone = [solve(mats[k]) for k in range(b)]
+    for name in ("count", "n_accelerated", "n_rejected", "pending", "valid", "loss_hist"):
+        got = np.asarray(getattr(batched, name))
+        want = np.stack([np.asarray(getattr(s, name)) for s in alone])
+        assert got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(batched.count), 7)

@@ -174,7 +174,8 @@ class ScaleByAndersonState(NamedTuple):
     """State of :func:`scale_by_anderson` (all leaves are arrays).
 
     Scalars live in ``ints`` / ``floats``; read them by name (``state.count``,
-    ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...).
+    ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...);
+    a state batched by ``vmap`` reads them along its last axis (one per problem).
     """
 
     ints: jax.Array  # int32 [14 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
@@ -192,32 +193,32 @@ class ScaleByAndersonState(NamedTuple):
 
     @property
     def valid(self) -> jax.Array:
-        """[m] bool: which history rows hold data."""
-        return self.ints[_N_SCALAR_INTS:] != 0
+        """[..., m] bool: which history rows hold data."""
+        return self.ints[..., _N_SCALAR_INTS:] != 0
 
     @property
     def loss_hist(self) -> jax.Array:
-        """[safeguard_memory] recent accepted losses (-inf: empty)."""
-        m = self.ints.shape[0] - _N_SCALAR_INTS
-        return self.floats[len(_FLOATS) : self.floats.shape[0] - m]
+        """[..., safeguard_memory] recent accepted losses (-inf: empty)."""
+        m = self.ints.shape[-1] - _N_SCALAR_INTS
+        return self.floats[..., len(_FLOATS) : self.floats.shape[-1] - m]
 
     @property
     def yu_prev(self) -> jax.Array:
-        """[m] inner products of the stored residual rows with ``u_prev``."""
-        m = self.ints.shape[0] - _N_SCALAR_INTS
-        return self.floats[self.floats.shape[0] - m :]
+        """[..., m] inner products of the stored residual rows with ``u_prev``."""
+        m = self.ints.shape[-1] - _N_SCALAR_INTS
+        return self.floats[..., self.floats.shape[-1] - m :]
 
 
 def _int_view(i: int) -> property:
-    return property(lambda self: self.ints[i], doc=f"int32 scalar: {_INTS[i]}")
+    return property(lambda self: self.ints[..., i], doc=f"int32 scalar: {_INTS[i]}")
 
 
 def _bool_view(i: int) -> property:
-    return property(lambda self: self.ints[len(_INTS) + i] != 0, doc=f"bool: {_BOOLS[i]}")
+    return property(lambda self: self.ints[..., len(_INTS) + i] != 0, doc=f"bool: {_BOOLS[i]}")
 
 
 def _float_view(i: int) -> property:
-    return property(lambda self: self.floats[i], doc=f"scalar: {_FLOATS[i]}")
+    return property(lambda self: self.floats[..., i], doc=f"scalar: {_FLOATS[i]}")
 
 
 for _i, _name in enumerate(_INTS):
