@@ -295,7 +295,13 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
     """fn(capacity=K) under jit equals the exact (all images) features whenever K covers
     every atom's neighbours, and its gradient too; a capacity below that drops only the
     farthest neighbours (a small change, not garbage); a bad capacity raises."""
-    from jaxsci.geometry import neighbor_capacity
+    from jaxsci.geometry import (
+        count_within,
+        dense_slots,
+        image_shifts,
+        max_neighbor_count,
+        neighbor_capacity,
+    )
 
     desc = ACSF(["Cu"], 6.0, G2, None, G4, periodic=True)
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
@@ -304,6 +310,10 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
     s = desc.encode_species(atoms.numbers)
     cap = neighbor_capacity(len(atoms), cell, 6.0)
     assert cap == 104  # 1.2 x 76.9 + 8, rounded up to 8; the atoms have 76-79 here
+    shifts = image_shifts(cell, 6.0)
+    slots = dense_slots(jnp.asarray(atoms.positions), jnp.asarray(cell), jnp.asarray(shifts))
+    most = max_neighbor_count(atoms.positions, cell, shifts, 6.0)
+    assert most == int(jnp.max(count_within(slots, 6.0))) == 79
     with jax.enable_x64(True):
         x = jnp.asarray(atoms.positions)
         exact = jax.jit(lambda x: desc.fn(x, s, cell))(x)  # traced: every image slot (600)

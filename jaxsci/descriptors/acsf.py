@@ -37,6 +37,7 @@ from jaxsci.geometry.neighbors import (
     NeighborList,
     cell_list_allocate,
     dense_slots,
+    max_neighbor_count,
     neighbor_list_slots,
     prune_slots,
 )
@@ -102,18 +103,10 @@ def _check_capacity(capacity) -> None:
 
 
 def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
-    """Largest number of neighbours (images included) within r_cut, rounded up to 8."""
-    pos = np.asarray(positions, dtype=np.float64)
-    if mask is not None:
-        pos = pos[np.asarray(mask)]
-    offs = np.asarray(shifts, dtype=np.float64) @ np.asarray(cell, dtype=np.float64)
-    best = 1
-    for start in range(0, len(pos), 256):
-        d = pos[None, None, :, :] + offs[None, :, None, :] - pos[start : start + 256, None, None]
-        r2 = np.sum(d * d, axis=-1)
-        count = np.sum(r2 <= r_cut * r_cut, axis=(1, 2)) - 1  # minus self
-        best = max(best, int(count.max()))
-    return int(np.ceil(best / 8) * 8)
+    """Largest number of neighbours (images included) within r_cut, at least 1, rounded up
+    to 8 (:func:`jaxsci.geometry.max_neighbor_count`)."""
+    most = max(1, max_neighbor_count(positions, cell, shifts, r_cut, mask))
+    return int(np.ceil(most / 8) * 8)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))

@@ -82,6 +82,29 @@ def count_within(slots: Slots, r_cut: float) -> Array:
     return jnp.sum(slots.valid & (r2 <= r_cut * r_cut), axis=-1)
 
 
+def max_neighbor_count(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    shifts: np.ndarray,
+    r_cut: float,
+    mask: np.ndarray | None = None,
+) -> int:
+    """Largest number of neighbours within ``r_cut`` (periodic images included) of any atom
+    (host side, float64). positions: [N, 3] inside the cell (Angstrom); shifts: [M, 3]
+    integer lattice shifts that reach r_cut (:func:`image_shifts`); mask: [N] bool, atoms
+    that count. Atoms are assumed distinct (the zero-shift self pair is the one removed)."""
+    pos = np.asarray(positions, dtype=np.float64)
+    if mask is not None:
+        pos = pos[np.asarray(mask, bool)]
+    offs = np.asarray(shifts, dtype=np.float64) @ np.asarray(cell, dtype=np.float64)
+    most = 0
+    for start in range(0, len(pos), 256):  # [256, M, N, 3] at a time
+        d = pos[None, None, :, :] + offs[None, :, None, :] - pos[start : start + 256, None, None]
+        count = np.sum(np.sum(d * d, axis=-1) <= r_cut * r_cut, axis=(1, 2)) - 1  # minus self
+        most = max(most, int(count.max()))
+    return most
+
+
 def neighbor_capacity(
     n_atoms: int, cell: np.ndarray, r_cut: float, multiplier: float = 1.2, extra: int = 8
 ) -> int:

@@ -55,9 +55,8 @@ import optax
 from ase.data import covalent_radii
 
 from jaxsci.geometry import (
-    count_within,
-    dense_slots,
     image_shifts,
+    max_neighbor_count,
     neighbor_capacity,
     wrap_positions,
 )
@@ -428,10 +427,8 @@ def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pool
 def _crowded(positions: np.ndarray, cell: np.ndarray, r_cut: float) -> bool:
     """Whether an atom of ``positions [N, 3]`` (periodic ``cell``) has more neighbours within
     ``r_cut`` than the search kept (:func:`jaxsci.geometry.neighbor_capacity`)."""
-    pos = jnp.asarray(wrap_positions(positions, cell))
-    shifts = jnp.asarray(image_shifts(cell, r_cut))
-    slots = dense_slots(pos, jnp.asarray(cell, pos.dtype), shifts)
-    most = int(jnp.max(count_within(slots, r_cut)))
+    pos = wrap_positions(positions, cell)
+    most = max_neighbor_count(pos, cell, image_shifts(cell, r_cut), r_cut)
     return most > neighbor_capacity(len(positions), cell, r_cut)
 
 
