@@ -807,3 +807,83 @@ def test_named_state_fields_of_a_vmapped_state_read_one_value_per_problem():
         assert got.shape == want.shape, name
         np.testing.assert_array_equal(got, want, err_msg=name)
     np.testing.assert_array_equal(np.asarray(batched.count), 7)
+
+
+@pytest.mark.parametrize("layout", ["tree", "flat"])
+def test_update_rejects_params_unlike_those_the_state_was_initialised_for(layout):
+    """The flat layout's state is one vector of the params' total size: a pytree of the same
+    size but another structure, leaf shapes or dtype must still be refused, not mixed in."""
+    opt = anderson(optax.sgd(0.1), 3, layout=layout)
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    state = opt.init(params)
+    assert state.anderson_state.spec.flat == (layout == "flat")
+    swapped = {"a": jnp.ones(2), "b": jnp.ones(3)}  # same size, leaf shapes swapped
+    as_list = [jnp.ones(3), jnp.ones(2)]
+    half = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    update = jax.jit(opt.update)
+    with pytest.raises(ValueError, match=r"leaf 0 is float32\[2\].*float32\[3\]"):
+        update(swapped, state, swapped, value=1.0)
+    with pytest.raises(ValueError, match="structure"):
+        update(as_list, state, as_list, value=1.0)
+    with pytest.raises(ValueError, match=r"bfloat16\[3\].*float32\[3\]"):
+        update(half, state, half, value=1.0)
+    upd, state = update(params, state, params, value=1.0)  # the right params still pass
+    assert int(state.anderson_state.count) == 1
+
+
+@pytest.mark.parametrize("layout", ["tree", "flat", "auto"])
+def test_empty_params_pass_through(layout):
+    opt = anderson(optax.adam(0.1), 3, layout=layout)
+    state = opt.init({})
+    upd, state = jax.jit(opt.update)({}, state, {}, value=1.0)
+    assert upd == {}
+
+
+def test_integer_loss_and_concrete_array_options_are_accepted():
+    """An integer loss is a loss; options given as concrete 0-d arrays (what
+    ``optax.inject_hyperparams`` passes at init) act as the numbers they hold; traced
+    options are refused with a message naming the way out."""
+    loss, params = quadratic()
+
+    def run(opt, as_int):
+        p, s = params, opt.init(params)
+        for _ in range(6):
+            v, g = jax.value_and_grad(loss)(p)
+            v = jnp.round(v * 1e3).astype(jnp.int32) if as_int else jnp.round(v * 1e3)
+            u, s = opt.update(g, s, p, value=v)
+            p = optax.apply_updates(p, u)
+        return p, s.anderson_state
+
+    kw = {"beta_max": 10.0, "noise_test": False}  # the rounded loss is not smooth
+    plain = run(anderson(optax.sgd(0.1), 3, **kw), as_int=False)
+    as_int = run(anderson(optax.sgd(0.1), 3, **kw), as_int=True)
+    kw_arrays = {"beta_max": jnp.float32(10.0), "noise_test": np.bool_(False)}
+    arrays = run(anderson(optax.sgd(0.1), jnp.int32(3), **kw_arrays), as_int=False)
+    assert int(plain[1].n_accelerated) > 0
+    for other in (as_int, arrays):
+        leaves = jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(other)
+        for x, y in zip(*leaves, strict=True):
+            np.testing.assert_array_equal(x, y)
+    injected = optax.inject_hyperparams(anderson)(optax.sgd(0.1), memory=3)
+    state = injected.init(params)
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        jax.jit(injected.update)(params, state, params, value=1.0)
+
+
+def test_state_round_trips_through_an_orbax_checkpoint(tmp_path):
+    from jaxsci.train import Checkpointer
+
+    loss, params = quadratic()
+    opt = anderson(optax.sgd(0.1), 3, layout="flat")
+    state = opt.init(params)
+    for _ in range(4):
+        v, g = jax.value_and_grad(loss)(params)
+        u, state = opt.update(g, state, params, value=v)
+        params = optax.apply_updates(params, u)
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(4, state, force=True)
+        restored = ckpt.restore(opt.init(params))
+    assert restored.anderson_state.spec == state.anderson_state.spec
+    leaves = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)
+    for x, y in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(x, y)

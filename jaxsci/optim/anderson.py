@@ -110,6 +110,7 @@ Inner products accumulate in float64 when x64 is on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal, NamedTuple
 
@@ -170,6 +171,43 @@ _FLOATS = (
 _N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class ParamsSpec:
+    """What :func:`scale_by_anderson` was initialised for: a static pytree node (no leaves,
+    nothing to checkpoint) holding the params' structure, leaf shapes and dtypes, and the
+    layout chosen. ``update`` checks its params against it (the flat layout's state is
+    one vector, which alone cannot tell two pytrees of the same size apart)."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    flat: bool
+
+    @classmethod
+    def of(cls, params: PyTree, flat: bool) -> ParamsSpec:
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+        return cls(treedef, shapes, tuple(jnp.dtype(x.dtype).name for x in leaves), flat)
+
+    def check(self, params: PyTree) -> None:
+        """Raise ``ValueError`` unless ``params`` has this structure, shapes and dtypes."""
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        if treedef != self.treedef:
+            raise ValueError(
+                f"anderson: params pytree structure {treedef} does not match the one the "
+                f"state was initialised with, {self.treedef}"
+            )
+        for i, x in enumerate(leaves):
+            shape, dtype = tuple(jnp.shape(x)), jnp.dtype(x.dtype).name
+            if shape != self.shapes[i] or dtype != self.dtypes[i]:
+                raise ValueError(
+                    f"anderson: params leaf {i} is {dtype}{list(shape)} but the state was "
+                    f"initialised for {self.dtypes[i]}{list(self.shapes[i])} (init with the "
+                    "params you update, in the same dtype)"
+                )
+
+
 class ScaleByAndersonState(NamedTuple):
     """State of :func:`scale_by_anderson` (all leaves are arrays).
 
@@ -190,6 +228,7 @@ class ScaleByAndersonState(NamedTuple):
     rollback: PyTree  # update from the extrapolated point back to the plain one
     ema_step: PyTree  # EMA of the steps taken (noise test); () when average is off
     ema_x: PyTree  # EMA of post-step iterates x + u (moving average); () when off
+    spec: ParamsSpec  # static: the params' structure, shapes, dtypes and the layout
 
     @property
     def valid(self) -> jax.Array:
@@ -283,6 +322,22 @@ class AndersonState(NamedTuple):
     anderson_state: ScaleByAndersonState
 
 
+def _python_scalar(name: str, value: object) -> object:
+    """A concrete 0-d NumPy / JAX array as the Python scalar it holds (what
+    ``optax.inject_hyperparams`` passes); other values unchanged. The options shape the
+    program (buffer sizes, branches), so a traced one cannot be used."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"anderson: {name} must be a Python number, got a traced array: the options "
+            "set the program's shapes and branches. To schedule the inner optimizer, wrap "
+            "it instead: anderson(optax.inject_hyperparams(optax.sgd)(learning_rate=...)); "
+            "around anderson, optax.inject_hyperparams needs its options in static_args"
+        )
+    if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
+        return np.asarray(value).item()
+    return value
+
+
 def _check_args(
     memory: int,
     regularization: float,
@@ -353,14 +408,6 @@ def _check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
             raise ValueError(
                 f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
             )
-
-
-def _is_flat_of(vec: jax.Array, params: PyTree) -> bool:
-    """Whether ``vec`` is the flat layout of ``params`` (a vector of their total size)."""
-    leaves = jax.tree_util.tree_leaves(params)
-    if len(leaves) == 1 and leaves[0].ndim <= 1:
-        return False  # a single vector leaf: both layouts coincide, keep the leaf
-    return vec.ndim == 1 and vec.shape[0] == sum(math.prod(jnp.shape(x)) for x in leaves)
 
 
 def scale_by_anderson(
@@ -458,6 +505,21 @@ def scale_by_anderson(
     us against 5.6; 40-71 against 17-30) (RESULTS.md, #5). For problems of a few thousand
     weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
     """
+    memory, regularization, beta, beta_max, frequency, warmup = map(
+        _python_scalar,
+        ("memory", "regularization", "beta", "beta_max", "frequency", "warmup"),
+        (memory, regularization, beta, beta_max, frequency, warmup),
+    )
+    safeguard, safeguard_memory, average, average_window, average_threshold = map(
+        _python_scalar,
+        ("safeguard", "safeguard_memory", "average", "average_window", "average_threshold"),
+        (safeguard, safeguard_memory, average, average_window, average_threshold),
+    )
+    max_backoff, loss_margin, stretch, noise_test = map(
+        _python_scalar,
+        ("max_backoff", "loss_margin", "stretch", "noise_test"),
+        (max_backoff, loss_margin, stretch, noise_test),
+    )
     _check_args(
         memory,
         regularization,
@@ -489,8 +551,8 @@ def scale_by_anderson(
 
     def use_flat(params: PyTree) -> bool:
         leaves = jax.tree_util.tree_leaves(params)
-        if layout == "tree" or len(leaves) == 1 and leaves[0].ndim <= 1:
-            return False
+        if layout == "tree" or not leaves or len(leaves) == 1 and leaves[0].ndim <= 1:
+            return False  # nothing to ravel, or a single vector: both layouts coincide
         sharded = any(
             isinstance(getattr(x, "sharding", None), NamedSharding)
             and any(a is not None for a in x.sharding.spec)
@@ -507,7 +569,9 @@ def scale_by_anderson(
         for leaf in jax.tree_util.tree_leaves(params):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise ValueError(f"anderson: params must be floating point, got {leaf.dtype}")
-        if use_flat(params):  # one [n] vector, one [m, n] history per quantity
+        flat = use_flat(params)
+        spec = ParamsSpec.of(params, flat)
+        if flat:  # one [n] vector, one [m, n] history per quantity
             leaves = jax.tree_util.tree_leaves(params)
             n = sum(math.prod(leaf.shape) for leaf in leaves)
             params = jax.ShapeDtypeStruct((n,), jnp.result_type(*[x.dtype for x in leaves]))
@@ -545,6 +609,7 @@ def scale_by_anderson(
             rollback=zeros(),
             ema_step=zeros() if average else (),
             ema_x=zeros() if average else (),
+            spec=spec,
         )
 
     shrink = 1.0 / (1.0 + regularization)
@@ -661,17 +726,29 @@ def scale_by_anderson(
         del extra_args  # optax convention: extra args of other transforms are ignored
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
+        state.spec.check(params)
         _check_tree("updates", updates, params)
         if grad is not None:
             _check_tree("grad", grad, params)
+        if value is not None:
+            value = jnp.asarray(value)
+            if value.shape != () or not (
+                jnp.issubdtype(value.dtype, jnp.floating)
+                or jnp.issubdtype(value.dtype, jnp.integer)
+            ):
+                raise ValueError(
+                    f"anderson: value must be a real scalar loss, got {value.dtype}"
+                    f"{list(value.shape)}"
+                )
+        if not state.spec.shapes:  # no parameters: nothing to accelerate
+            return updates, state
         unravel = None
-        if isinstance(state.x_prev, jax.Array) and _is_flat_of(state.x_prev, params):
+        if state.spec.flat:
             unravel = flatten_util.ravel_pytree(params)[1]
             params = _ravel(params)
             updates = _ravel(updates, params.dtype)
             if grad is not None:
                 grad = _ravel(grad, params.dtype)
-        _check_tree("state", state.x_prev, params)
         dt = _tree.acc_dtype()
         where = lambda c, a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(c, p, q), a, b)
         u, x = updates, params
@@ -702,9 +779,7 @@ def scale_by_anderson(
                 v = 0.5 * jnp.log(jnp.maximum(r2, jnp.finfo(dt).tiny))
                 ok = jnp.isfinite(v) & (v <= state.res_min + _RESIDUAL_SLACK)
             else:
-                v = jnp.asarray(value).astype(dt)
-                if v.shape != ():
-                    raise ValueError(f"anderson: value must be a scalar loss, got shape {v.shape}")
+                v = value.astype(dt)
                 ref = jnp.max(state.loss_hist)  # -inf: no accepted loss yet
                 ok = jnp.isfinite(v) & ((v <= ref) | (ref == -jnp.inf))
             if average:  # noise-aware: beat the running mean by loss_margin std devs
@@ -795,10 +870,11 @@ def scale_by_anderson(
         d_raw = tree_lin(lambda a, c: jnp.asarray(mix, a.dtype) * a - c, u, comb)
         if noise:
             gd = _tree.dots(grad, [s, u, d_raw])
-            f = jnp.asarray(value).astype(dt)
+            f = value.astype(dt)
             a, b = state.gs_prev, gd[0]
             mismatch = (f - state.f_prev) - 0.5 * (a + b)
-            floor = _NOISE_FLOOR * jnp.finfo(jnp.asarray(value).dtype).eps
+            loss_dt = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else dt
+            floor = _NOISE_FLOOR * jnp.finfo(loss_dt).eps
             floor = floor * jnp.maximum(jnp.abs(f), jnp.abs(state.f_prev))
             r2 = jnp.maximum(mismatch * mismatch - floor * floor, 0.0)
             p2 = 0.25 * (jnp.abs(a) + jnp.abs(b)) ** 2
@@ -959,6 +1035,7 @@ def scale_by_anderson(
             rollback=jax.tree_util.tree_map(jnp.subtract, u, out),
             ema_step=ema_step,
             ema_x=ema_x,
+            spec=state.spec,
         )
         new_updates = where(reject, state.rollback, out)
         if unravel is not None:
