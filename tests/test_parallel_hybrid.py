@@ -30,7 +30,7 @@ COMMON = textwrap.dedent(
 
     X = jax.random.normal(jax.random.key(1), (6, 16, 5))
     Y = jnp.sin(X.sum(-1, keepdims=True))
-    TX = optax.adam(1e-2)
+    TX = optax.sgd(0.1, momentum=0.9)  # sees the gradient's scale (Adam would not)
     """
 )
 

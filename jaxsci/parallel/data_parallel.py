@@ -214,6 +214,12 @@ class DataParallel:
             return self._local_grads(store, batch, scale)
 
         def body(s: Any, b: Any, sc: jax.Array) -> tuple[Any, jax.Array]:
+            # Differentiate with respect to a per-device ("varying") copy of the replicated
+            # parameters: the gradient with respect to the replicated input itself is
+            # already summed over the devices (the transpose of replication), and the mean
+            # below would then keep n_devices times the gradient (what this did until SGD
+            # on 4 devices was compared with 1 device; Adam is blind to the scale).
+            s = jax.lax.pcast(s, self.axis, to="varying")
             g, loss = self._local_grads(s, b, sc)
             return jax.lax.pmean(g, self.axis), jax.lax.pmean(loss, self.axis)
 
