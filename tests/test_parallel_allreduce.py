@@ -138,3 +138,22 @@ def test_default_comm_results_identical_on_all_ranks():
     assert blobs[0] == blobs[1]
     total = comm.allreduce(float(np.asarray(tree["c"], np.float64).sum()))
     np.testing.assert_allclose(float(out["c"].sum()), total, rtol=1e-5)
+
+
+@pytest.mark.mpi
+def test_bool_leaves_reduce_as_any_and_all():
+    """A per-rank flag ("finite here") all-reduced: max is any rank, min every rank (MPI has
+    no max/min for its bool type: this aborted the job); sum is refused up front."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    tree = {"first": jnp.array(rank == 0), "all": jnp.ones(3, bool), "x": 1.0 + rank}
+    fn = jax.jit(lambda t, op: tree_allreduce(t, op=op, comm=comm), static_argnums=1)
+    anyone, everyone = fn(tree, "max"), fn(tree, "min")
+    assert anyone["first"].dtype == jnp.bool_ and bool(anyone["first"])
+    assert not bool(everyone["first"])
+    assert bool(jnp.all(everyone["all"])) and everyone["all"].dtype == jnp.bool_
+    assert float(anyone["x"]) == comm.Get_size() and float(everyone["x"]) == 1.0
+    with pytest.raises(ValueError, match="bool leaves"):
+        tree_allreduce(tree, op="sum", comm=comm)

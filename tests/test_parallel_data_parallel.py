@@ -193,6 +193,8 @@ def test_bad_inputs_raise_clear_errors():
     x, y = _data(1)
     with pytest.raises(ValueError, match="disagree on the batch size"):
         dp.step(state, (x[0], y[0, :5]))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        dp.step(state, (x[0, :0], y[0, :0]))
     with pytest.raises(ValueError, match="only floating parameters"):
         data_parallel(_loss, optax.sgd(0.1)).init({"n": jnp.arange(3)})
     solo4 = data_parallel(
@@ -315,6 +317,27 @@ def test_two_ranks_unequal_local_batches_are_weighted():
     for s in range(5):
         state, _ = dp.step(state, (x[s, part], y[s, part]))
     assert _max_diff(dp.params(state), ref_params) < 1e-5
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scaled", [False, True])
+def test_two_ranks_an_empty_batch_on_one_rank_weighs_nothing(scaled):
+    """All 8 samples on rank 0, none on rank 1 (what an uneven split can give): the step is
+    rank 0's, the loss finite, and a loss scale is not mistaken for an overflow."""
+    rank = _world().Get_rank()
+    ls = DynamicLossScale(initial=8.0) if scaled else None
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1), loss_scale=ls)
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(3)
+    x, y = x[:, :8], y[:, :8]
+    ref_params, _ = _reference_on(x, y, optax.sgd(0.1))
+    part = slice(0, 8) if rank == 0 else slice(8, 8)
+    for s in range(3):
+        state, loss = dp.step(state, (x[s, part], y[s, part]))
+        assert np.isfinite(float(loss))
+    assert _max_diff(dp.params(state), ref_params) < 1e-5
+    if scaled:
+        assert float(state.loss_scale.scale) == 8.0
 
 
 def _reference_on(x, y, tx):

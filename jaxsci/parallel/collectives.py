@@ -218,14 +218,21 @@ def tree_allreduce(
     if op not in ("mean", "sum", "max", "min"):
         raise ValueError(f"op must be 'mean', 'sum', 'max' or 'min', got {op!r}")
     leaves, treedef = jax.tree.flatten(tree)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]  # Python scalars too
     if op == "mean":
         for leaf in leaves:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise ValueError(f"op='mean' needs floating leaves, got {leaf.dtype}")
+    dtypes = [leaf.dtype for leaf in leaves]
+    if any(dt == jnp.bool_ for dt in dtypes):  # MPI defines no max/min on its bool type
+        if op == "sum":
+            raise ValueError("op='sum' on bool leaves: use 'max' (any rank) or 'min' (every rank)")
+        leaves = [leaf.astype(jnp.uint8) if leaf.dtype == jnp.bool_ else leaf for leaf in leaves]
     size, comm, active = _resolve_comm(comm)
     if not active:
         return tree
-    plan = allreduce_plan(tree, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
+    sent = jax.tree.unflatten(treedef, leaves)
+    plan = allreduce_plan(sent, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
     mpi_op = "sum" if op == "mean" else op
     transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
     # fp16 sums can overflow where the mean would not: divide before sending instead of after
@@ -252,10 +259,10 @@ def tree_allreduce(
     for i, leaf in enumerate(leaves):
         segs = sorted(pieces[i], key=lambda p: p[0])
         if not segs:  # empty leaf
-            out.append(leaf)
+            out.append(leaf.astype(dtypes[i]))
             continue
         vals = [p for _, p in segs]
-        value = (vals[0] if len(vals) == 1 else jnp.concatenate(vals)).astype(leaf.dtype)
+        value = (vals[0] if len(vals) == 1 else jnp.concatenate(vals)).astype(dtypes[i])
         if op == "mean" and not prescaled[i]:
             value = value / jnp.asarray(size, leaf.dtype)
         out.append(value.reshape(jnp.shape(leaf)))

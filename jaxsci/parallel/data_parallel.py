@@ -239,6 +239,8 @@ class DataParallel:
                 return grads, loss
             inv = 1.0 / scale
             return jax.tree.map(lambda g: g * inv.astype(g.dtype), grads), loss
+        if n_local == 0:  # weight 0: the mean loss and gradients of no samples are 0 / 0
+            grads, loss = jax.tree.map(jnp.zeros_like, grads), jnp.zeros_like(loss)
         n = jnp.float32(n_local)
         stats = jnp.stack([loss * n, n])
         if self.transfer_dtype is None:  # one message: weighted gradients, loss, batch sizes
@@ -319,8 +321,12 @@ class DataParallel:
         """One optimizer step on this process's ``batch``; returns (new state, global loss).
 
         The old ``state``'s buffers are donated (reused in place): keep using the new one.
+        Under MPI a rank may hold an empty batch (weight 0 in the means); on one process an
+        empty batch is an error.
         """
         n = _leading_size(batch)
+        if n == 0 and self._comm is None:
+            raise ValueError("the batch is empty: nothing to take a gradient of")
         if n % self.n_devices:
             raise ValueError(
                 f"this process's batch of {n} does not divide over its {self.n_devices} devices"
