@@ -168,3 +168,33 @@ def test_resume_on_a_different_process_count(tmp_path):
         state, start = ck.resume(_train(0))
     assert start == 5
     _assert_same(_train(9, None, state, start), _train(9))
+
+
+def test_python_and_numpy_numbers_round_trip(tmp_path):
+    """Numbers in a state (epoch, learning rate, a flag) restore into their own structure;
+    NumPy scalars (which Orbax refuses) come back as the Python numbers they hold."""
+    state = {"w": jnp.ones(2), "epoch": 7, "lr": 0.1, "flag": True, "f": np.float32(2.5)}
+    state["i"] = np.int64(3)
+    with Checkpointer(tmp_path) as ck:
+        ck.save(0, state)
+        restored, step = ck.resume(state)
+        assert step == 0
+        np.testing.assert_array_equal(restored["w"], state["w"])
+        assert (restored["epoch"], restored["lr"], restored["flag"]) == (7, 0.1, True)
+        assert (restored["f"], restored["i"]) == (2.5, 3)
+        assert type(restored["epoch"]) is int and type(restored["flag"]) is bool
+        with pytest.raises(ValueError, match="'epoch' was saved as int64"):
+            ck.restore(dict(state, epoch=7.0))
+
+
+def test_incomplete_folder_and_older_step_are_reported(tmp_path):
+    state = {"w": jnp.ones(2)}
+    with Checkpointer(tmp_path) as ck:
+        ck.save(6, state)
+        with pytest.warns(UserWarning, match="already holds step 6 > 1"):
+            assert ck.save(1, state)  # written, but resume would pick step 6
+        (tmp_path / "9").mkdir()  # not a checkpoint (e.g. a crash, or user output)
+    with Checkpointer(tmp_path) as ck:
+        with pytest.raises(ValueError, match="9 is not a complete jaxsci checkpoint"):
+            ck.resume(state)
+        np.testing.assert_array_equal(ck.restore(state, step=6)["w"], state["w"])

@@ -16,6 +16,7 @@ half-written step that ``latest_step`` would return.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -118,7 +119,8 @@ class Checkpointer:
 
         Args:
           step: number of updates applied to ``state`` (>= 0).
-          state: a pytree of arrays (jax or numpy), scalars and PRNG keys, identical on all ranks.
+          state: a pytree of arrays (jax or numpy), numbers and PRNG keys, identical on all
+            ranks. Python and NumPy numbers come back as Python numbers.
           metadata: JSON-serialisable extras stored beside the state (config, data position).
           force: save even off the interval.
 
@@ -129,6 +131,7 @@ class Checkpointer:
             raise ValueError(f"step must be >= 0, got {step}")
         if not (force or self.should_save(step)):
             return False
+        state = _numbers_as_python(state)
         # finish this rank's pending device work (it may include mpi4jax collectives) before
         # the host-side collective below
         jax.block_until_ready(state)
@@ -137,6 +140,13 @@ class Checkpointer:
         if self.info.is_root:
             try:
                 self._manager.reload()
+                newer = [s for s in self._manager.all_steps() if s > step]
+                if newer:  # e.g. a fresh run pointed at an old run's folder
+                    warnings.warn(
+                        f"{self.directory} already holds step {max(newer)} > {step}: "
+                        f"latest_step() and resume() will pick step {max(newer)}, not this one",
+                        stacklevel=2,
+                    )
                 if step not in self._manager.all_steps():
                     meta = {"step": int(step), "process_count": self.info.size}
                     meta.update(metadata or {})
@@ -177,8 +187,18 @@ class Checkpointer:
           ValueError: the saved tree does not match ``target``'s structure, shapes or dtypes.
         """
         step = self._resolve(step)
-        self._check_saved_matches(target, step)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        target = _numbers_as_python(target)
+        try:
+            self._check_saved_matches(target, step)
+        except (KeyError, FileNotFoundError) as err:  # e.g. an empty folder named "9"
+            raise ValueError(
+                f"{os.path.join(self.directory, str(step))} is not a complete jaxsci "
+                f"checkpoint ({type(err).__name__}: {err}); remove it or restore another step"
+            ) from err
+        abstract = jax.tree.map(
+            lambda x: x if isinstance(x, int | float) else ocp.utils.to_shape_dtype_struct(x),
+            target,
+        )
         try:
             out = self._manager.restore(
                 step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
@@ -220,7 +240,10 @@ class Checkpointer:
             name = ".".join(_key_str(k) for k in path)
             if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
                 leaf = jax.eval_shape(jax.random.key_data, leaf)
-            if hasattr(leaf, "shape"):
+            if isinstance(leaf, int | float):  # Orbax stores Python numbers as 64-bit scalars
+                kind = bool if isinstance(leaf, bool) else type(leaf)
+                wanted[name] = ((), np.dtype({bool: bool, int: np.int64}.get(kind, np.float64)))
+            elif hasattr(leaf, "shape"):
                 wanted[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
         where = f"checkpoint step {step} in {self.directory}"
         missing = sorted(set(wanted) - set(saved))
@@ -247,6 +270,12 @@ class Checkpointer:
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}: {steps}")
         return step
+
+
+def _numbers_as_python(tree: Any) -> Any:
+    """NumPy scalar leaves (``np.float32(2.5)``) as the Python numbers they hold: Orbax
+    stores Python numbers, not NumPy scalars."""
+    return jax.tree.map(lambda x: x.item() if isinstance(x, np.generic) else x, tree)
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
