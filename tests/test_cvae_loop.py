@@ -34,6 +34,27 @@ def test_fit_runs_logs_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in records] == [r["loss"] for r in full.history]
 
 
+def test_resume_after_a_crash_mid_record(tmp_path):
+    """A run killed while writing a record leaves half a line: resuming drops it (with a
+    warning) and keeps the finished records, NaN metrics included; a bad line before the
+    last is an error naming it."""
+    log = tmp_path / "m.jsonl"
+    nan_at_1 = lambda s, e: (s + 1, {"loss": float("nan") if e == 1 else float(e)})
+    full = fit(0, nan_at_1, num_epochs=3, metrics_path=log, progress=False)
+    log.write_text(log.read_text() + '{"epoch": 3, "lo')
+    with pytest.warns(UserWarning, match="unfinished last line 4"):
+        resumed = fit(
+            full.state, nan_at_1, num_epochs=5, start_epoch=3, metrics_path=log, progress=False
+        )
+    assert [r["epoch"] for r in read_jsonl(log)] == [0, 1, 2, 3, 4]
+    assert np.isnan(resumed.history[1]["loss"]) and resumed.history[4]["loss"] == 4.0
+    log.write_text('{"epoch": 0}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(ValueError, match="line 2: not JSON"):
+        read_jsonl(log)
+    with pytest.raises(ValueError, match="'epoch' or 'time_s'"):
+        fit(0.0, lambda s, e: (s, {"epoch": 1.0}), num_epochs=1, progress=False)
+
+
 def test_callbacks_every_and_early_stop(tmp_path):
     seen = []
     stop = lambda epoch, state, m: epoch == 4

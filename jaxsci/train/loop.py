@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -56,12 +57,25 @@ def _to_float(value: Any) -> float:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file into a list of dicts (an empty list if the file is absent)."""
+    """Read a JSON-lines file into a list of dicts (an empty list if the file is absent).
+
+    A last line cut short (a run killed while writing it) is dropped with a warning; a bad
+    line anywhere else raises ``ValueError`` naming it.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    with path.open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1:
+                warnings.warn(f"{path}: dropped its unfinished last line {i}", stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {i}: not JSON ({err})") from err
+    return records
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,7 +101,11 @@ class JsonlLogger:
         with self.path.open("w") as fh:
             for record in kept:
                 fh.write(json.dumps(record) + "\n")
-        self.records: list[dict] = kept
+        # as logged: the nulls the file holds for NaN / inf metrics read back as NaN
+        nan = float("nan")
+        self.records: list[dict] = [
+            {k: nan if v is None else v for k, v in r.items()} for r in kept
+        ]
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Write one record (values must be JSON-serialisable; NaN/inf become null)."""
@@ -140,6 +158,9 @@ def fit(
         already in it are dropped first.
       progress: show a tqdm bar (with the last metrics as postfix).
       postfix_keys: metrics shown in the bar (default: all).
+
+    Under MPI every rank runs ``fit``; give ``metrics_path`` and ``progress=True`` on one
+    rank only (``info.is_root``), or each rank writes every record.
     """
     if num_epochs < 0 or start_epoch < 0:
         raise ValueError(f"num_epochs ({num_epochs}) and start_epoch ({start_epoch}) must be >= 0")
@@ -163,6 +184,8 @@ def fit(
     for epoch in bar:
         t0 = time.perf_counter()
         state, raw = epoch_fn(state, epoch)
+        if "epoch" in raw or "time_s" in raw:
+            raise ValueError("epoch_fn's metrics may not be named 'epoch' or 'time_s' (fit's)")
         metrics = {k: _to_float(v) for k, v in raw.items()}
         record = {"epoch": epoch, **metrics, "time_s": time.perf_counter() - t0}
         history.append(record)
