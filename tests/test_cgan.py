@@ -254,6 +254,8 @@ def test_split_and_group():
     assert grouped[1, :, 0].tolist() == [1, 4, 0]
     with pytest.raises(ValueError, match="repeated"):
         split_labels([1, 1], 1)
+    with pytest.raises(ValueError, match="fit in int32"):  # 2**33 wrapped to label 0
+        group_by_label(data, np.array([2, 0, 2, 2, 0, 1]), [2**33])
 
 
 def test_fit_gan_runs_a_short_last_chunk_and_joins_the_history():

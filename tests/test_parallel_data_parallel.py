@@ -149,6 +149,15 @@ def test_dynamic_loss_scale_rules():
     assert float(s.scale) == 16.0 and int(s.good_steps) == 0
     s = ls.adjust(ls.adjust(ls.adjust(s, jnp.bool_(False)), jnp.bool_(False)), jnp.bool_(False))
     assert float(s.scale) == 2.0  # halved three times, floored at min_scale
+    top = DynamicLossScale(initial=2.0**126, period=1)  # grows every finite step
+    s = top.init()
+    for _ in range(4):
+        s = top.adjust(s, jnp.bool_(True))
+    assert np.isfinite(float(s.scale))  # capped at the float32 max, never inf
+    assert float(top.adjust(s, jnp.bool_(False)).scale) < float(s.scale)  # can come down
+    for bad in ({"initial": 1.0, "min_scale": 4.0}, {"period": 1.5}, {"factor": 1.0}):
+        with pytest.raises(ValueError, match="DynamicLossScale needs"):
+            DynamicLossScale(**bad)
 
 
 def test_loss_scaling_skips_overflow_and_matches_unscaled_training():

@@ -46,6 +46,9 @@ def _check_label_set(label_set: Sequence[int] | np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if np.unique(labels).size != labels.size:
         raise ValueError(f"label_set has repeated labels: {labels.tolist()}")
+    info = np.iinfo(np.int32)
+    if labels.min() < info.min or labels.max() > info.max:
+        raise ValueError(f"labels must fit in int32, got {labels.min()} .. {labels.max()}")
     return labels.astype(np.int32)
 
 

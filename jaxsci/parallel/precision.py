@@ -96,6 +96,9 @@ def get_policy(spec: str) -> Policy:
     )
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 class LossScaleState(NamedTuple):
     """Current scale (float32 scalar) and the number of finite steps since the last change."""
 
@@ -120,11 +123,12 @@ class DynamicLossScale:
     min_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.initial > 0 and self.min_scale > 0 and self.factor > 1 and self.period >= 1):
+        ok = 0 < self.min_scale <= self.initial <= _F32_MAX and 1 < self.factor <= _F32_MAX
+        if not (ok and isinstance(self.period, int | np.integer) and self.period >= 1):
             raise ValueError(
-                "DynamicLossScale needs initial > 0, min_scale > 0, factor > 1 and period >= 1; "
-                f"got initial={self.initial}, min_scale={self.min_scale}, "
-                f"factor={self.factor}, period={self.period}"
+                "DynamicLossScale needs 0 < min_scale <= initial <= float32 max, factor > 1 "
+                f"and an integer period >= 1; got initial={self.initial}, "
+                f"min_scale={self.min_scale}, factor={self.factor}, period={self.period}"
             )
 
     def init(self) -> LossScaleState:
@@ -135,7 +139,8 @@ class DynamicLossScale:
         grow = finite & (state.good_steps + 1 >= self.period)
         scale = jnp.where(
             finite,
-            jnp.where(grow, state.scale * self.factor, state.scale),
+            # never to inf (then inf / factor = inf: no overflow could bring it back)
+            jnp.where(grow, jnp.minimum(state.scale * self.factor, _F32_MAX), state.scale),
             jnp.maximum(state.scale / self.factor, self.min_scale),
         )
         good = jnp.where(finite & ~grow, state.good_steps + 1, 0)
