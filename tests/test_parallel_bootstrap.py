@@ -59,6 +59,9 @@ def test_rank_keys_distinct_and_reproducible():
     np.testing.assert_array_equal(
         jax.random.key_data(k0), jax.random.key_data(rank_key(jax.random.key(7), _info(0, 2)))
     )
+    np.testing.assert_array_equal(  # a NumPy integer seed is a seed
+        jax.random.key_data(k0), jax.random.key_data(rank_key(np.int64(7), _info(0, 2)))
+    )
 
 
 @pytest.mark.mpi

@@ -111,6 +111,11 @@ def test_params_view_round_trips_and_keeps_dtypes():
     for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
+    # NumPy float64 (x64 off) and Python float leaves: what JAX computes in, one buffer
+    dp = data_parallel(lambda p, b: jnp.sum(b) * 0.0, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init({"a": np.ones((2, 3)), "c": 0.0})
+    assert [x.dtype for x in state.params] == [jnp.float32]
+    assert dp.layout.groups == (np.dtype(np.float32),)
 
 
 def test_mixed_precision_policy_computes_in_bf16_keeps_fp32_params():

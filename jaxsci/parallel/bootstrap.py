@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = [
     "ProcessInfo",
@@ -123,8 +124,8 @@ def rank_key(key: jax.Array | int, info: ProcessInfo) -> jax.Array:
     Args:
       key: a JAX PRNG key (typed or raw uint32) or an integer seed, the same on every rank.
     """
-    if isinstance(key, int):
-        key = jax.random.key(key)
+    if isinstance(key, int | np.integer):
+        key = jax.random.key(int(key))
     return jax.random.fold_in(key, info.rank)
 
 

@@ -132,7 +132,9 @@ class DataParallel:
     # -- set-up ---------------------------------------------------------------------------
     def init(self, params: Any) -> DataParallelState:
         """State for ``params`` (identical tree on every rank; rank 0's values are used)."""
-        params = self.policy.cast_to_param(params)
+        # as JAX arrays: Python numbers become leaves with a dtype, and NumPy float64 the
+        # float32 JAX computes in when x64 is off (else the layout kept a float64 group)
+        params = self.policy.cast_to_param(jax.tree.map(jnp.asarray, params))
         self._check_same_tree(params)
         layout = FlatLayout.from_tree(params)  # also rejects non-floating parameters
         if self.layout is not None and layout != self.layout:
