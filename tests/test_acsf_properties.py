@@ -261,6 +261,18 @@ def test_bad_input_errors(acsf, cluster):
             acsf.fn(jnp.zeros((2, 3)), jnp.asarray(bad))
     with pytest.raises(ValueError, match="same position"):
         acsf.create(Atoms("Pt2", positions=[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
+    with pytest.raises(ValueError, match="zero lattice vector"):  # ase's default cell
+        periodic.create(Atoms("Pt", positions=[[0, 0, 0]], pbc=True))
+    one_site = Atoms("Pt2", positions=[[0.5, 0, 0], [3.5, 0, 0]], cell=3 * np.eye(3), pbc=True)
+    with pytest.raises(ValueError, match="same site"):  # one lattice vector apart
+        periodic.create(one_site)
+    one_site.pbc = False  # not periodic: two distinct atoms
+    assert np.all(np.isfinite(ACSF(["Pt"], 5.0, G2).create(one_site)))
+    nan_pos = jnp.array([[0.0, 0, 0], [np.nan, 0, 0]])
+    with pytest.raises(ValueError, match="NaN or inf"):  # it zeroed every row, silently
+        acsf.fn(nan_pos, jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="pad with finite"):  # NaN padding poisons the rest
+        acsf.fn(nan_pos, jnp.array([0, 1]), mask=jnp.array([True, False]))
 
 
 def test_periodic_fn_wraps_atoms_outside_the_cell():
@@ -289,6 +301,7 @@ def test_empty_structures_have_no_rows(acsf):
     assert acsf.create(Atoms()).shape == (0, acsf.n_features)
     assert periodic.create(Atoms(cell=5.0 * np.eye(3), pbc=True)).shape == (0, periodic.n_features)
     assert acsf.fn(jnp.zeros((0, 3)), jnp.zeros(0, jnp.int32)).shape == (0, acsf.n_features)
+    np.testing.assert_array_equal(pool(acsf.create(Atoms())), np.zeros(2 * acsf.n_features))
 
 
 def test_traced_capacity_keeps_the_nearest_neighbours():

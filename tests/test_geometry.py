@@ -54,6 +54,12 @@ def test_validate_cell_errors():
     # a zero vector along a non-periodic axis is completed, not rejected
     c = validate_cell([[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=(True, True, False))
     assert abs(np.linalg.det(c)) > 0
+    # along a periodic axis it is refused (completing it invented a 1 A period)
+    with pytest.raises(ValueError, match=r"zero lattice vector\(s\) \[2\] along periodic"):
+        validate_cell([[3, 0, 0], [0, 3, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match=r"\[0, 1, 2\]"):  # ase's default cell
+        validate_cell(np.zeros((3, 3)), pbc=True)
+    np.testing.assert_array_equal(validate_cell(np.zeros((3, 3)), pbc=False), np.eye(3))
 
 
 def test_widths_and_images():

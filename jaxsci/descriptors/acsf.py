@@ -95,6 +95,23 @@ def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig, c
     return jnp.where(mask[:, None], out, 0.0)
 
 
+def _check_distinct_sites(pos: np.ndarray, cell: np.ndarray | None, pbc: tuple) -> None:
+    """ValueError when two atoms sit on one site (a pair at r = 0): identical positions,
+    or, along periodic axes, positions one lattice vector apart (fractional coordinates
+    equal modulo 1, to 1e-9). O(N log N)."""
+    if len(pos) < 2:
+        return
+    key = pos
+    if cell is not None:
+        key = np.linalg.solve(cell.T, pos.T).T
+        periodic = np.asarray(pbc)
+        key[:, periodic] = np.round(key[:, periodic] % 1.0, 9) % 1.0
+    srt = key[np.lexsort(key.T[::-1])]
+    if np.any(np.all(srt[1:] == srt[:-1], axis=1)):
+        where = "the same position" if cell is None else "the same site (modulo the cell)"
+        raise ValueError(f"two atoms sit at {where}")
+
+
 def _check_capacity(capacity) -> None:
     if capacity is not None and (
         isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
@@ -271,6 +288,9 @@ class ACSF:
             return jnp.zeros((0, self.n_features), positions.dtype)
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
+        if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
+            # (padding rows too: a NaN anywhere poisons the masked sums of the others)
+            raise ValueError("positions contain NaN or inf (pad with finite values)")
         _check_capacity(capacity)
         if not self.periodic or cell is None:
             return _dense_features(positions, species, mask, None, None, self.config)
@@ -369,15 +389,13 @@ class ACSF:
         if not np.all(np.isfinite(pos)):
             raise ValueError("atomic positions contain NaN or inf")
         species = self.encode_species(atoms.get_atomic_numbers())
-        if len(pos) > 1:  # identical positions: a pair at r = 0 (exact duplicates, O(N log N))
-            srt = pos[np.lexsort(pos.T[::-1])]
-            if np.any(np.all(srt[1:] == srt[:-1], axis=1)):
-                raise ValueError("two atoms sit at the same position")
         pbc = tuple(bool(p) for p in atoms.get_pbc())
         if self.periodic and any(pbc):
             cell = validate_cell(np.asarray(atoms.get_cell()), pbc)
+            _check_distinct_sites(pos, cell, pbc)
             pos = wrap_positions(pos, cell, pbc)
             return pos, species, cell, pbc
+        _check_distinct_sites(pos, None, (False, False, False))
         return pos, species, None, (False, False, False)
 
     def create(

@@ -27,13 +27,16 @@ def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max"
         mask = jnp.ones(features.shape[:-1], dtype=bool)
     m = jnp.asarray(mask)[..., None]
     count = jnp.maximum(jnp.sum(m, axis=-2), 1)
-    some = jnp.any(m, axis=-2)  # a structure with no atoms pools to 0 for every op
+    some = jnp.any(m, axis=-2)  # a structure with no (unmasked) atoms pools to 0 for every op
     out = []
+    inf = jnp.inf
     for op in ops:
         if op == "max":
-            out.append(jnp.where(some, jnp.max(jnp.where(m, features, -jnp.inf), axis=-2), 0.0))
+            top = jnp.max(jnp.where(m, features, -inf), axis=-2, initial=-inf)
+            out.append(jnp.where(some, top, 0.0))
         elif op == "min":
-            out.append(jnp.where(some, jnp.min(jnp.where(m, features, jnp.inf), axis=-2), 0.0))
+            low = jnp.min(jnp.where(m, features, inf), axis=-2, initial=inf)
+            out.append(jnp.where(some, low, 0.0))
         elif op == "mean":
             out.append(jnp.sum(jnp.where(m, features, 0.0), axis=-2) / count)
         else:

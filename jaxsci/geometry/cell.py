@@ -23,6 +23,12 @@ def validate_cell(cell: object, pbc: object = (True, True, True)) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError("cell contains NaN or inf")
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    zero = [i for i in range(3) if pbc[i] and not np.any(arr[i])]
+    if zero:  # completing it would invent a 1 A period (ase's default cell is all zeros)
+        raise ValueError(
+            f"cell has zero lattice vector(s) {zero} along periodic axes: give the cell "
+            "(e.g. Atoms(cell=...)) or make those axes non-periodic"
+        )
     arr = _complete_cell(arr)
     if not np.any(pbc):
         return arr
