@@ -57,6 +57,13 @@ def test_cvae_learns_the_conditional_mean():
     assert mean.shape == logvar.shape == (5, 2)
 
 
+def test_hidden_widths_may_be_a_list():
+    """The model is a static (hashed) jit argument: a list of widths could not be hashed."""
+    model = CVAE(data_dim=4, latent_dim=2, hidden=[8, 8])
+    state = init_cvae_state(model, optax.adam(1e-3), 1, jax.random.key(0))
+    assert model.hidden == (8, 8) and state.params["encoder"]["dense_0"]["kernel"].shape == (5, 8)
+
+
 def test_bad_inputs():
     model = CVAE(data_dim=3)
     opt = optax.adam(1e-3)

@@ -13,6 +13,7 @@ scikit-learn digits: seconds on a CPU), not downloaded Inception weights:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -49,8 +50,9 @@ class FeatureClassifier(NamedTuple):
         return np.asarray(jax.nn.softmax(logits), np.float64)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))  # compiled once per model and shape
 def _apply(model, params, x, features):
-    return jax.jit(model.apply, static_argnums=2)(params, x, features)
+    return model.apply(params, x, features)
 
 
 def fit_feature_classifier(
@@ -135,7 +137,8 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("features contain NaN or inf")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # [d, d] even for d = 1 (np.cov returns a 0-d array for one variable)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
     m = root_a @ s_b @ root_a
@@ -190,8 +193,8 @@ def evaluate_samples(
         g, r = labels == lab, ref_labels == lab
         if r.sum() < 2:
             raise ValueError(f"the reference set has fewer than 2 images of label {lab}")
-        out["per_label"][int(lab)] = {
-            "fid": frechet_distance(f_gen[g], f_ref[r]),
+        out["per_label"][int(lab)] = {  # a covariance needs 2 samples: NaN below that
+            "fid": frechet_distance(f_gen[g], f_ref[r]) if g.sum() >= 2 else float("nan"),
             "inception_score": inception_score(p_gen[g]),
             "accuracy": float(np.mean(pred[g] == lab)),
             "n": int(g.sum()),

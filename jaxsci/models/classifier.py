@@ -23,6 +23,10 @@ class MLPClassifier(nn.Module):
     n_labels: int = 10
     hidden: tuple[int, ...] = (128, 64)
 
+    def __post_init__(self) -> None:  # a tuple even when given a list: the model is hashed
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, features: bool = False) -> jax.Array:
         h = jnp.reshape(x, (x.shape[0], -1))

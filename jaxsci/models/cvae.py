@@ -46,6 +46,10 @@ class CVAE(nn.Module):
     hidden: Sequence[int] = (128, 128, 128)
     activation: Callable[[jax.Array], jax.Array] = nn.elu
 
+    def __post_init__(self) -> None:  # a tuple: the model is a static (hashed) jit argument
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        super().__post_init__()
+
     def setup(self) -> None:
         if self.data_dim < 1 or self.latent_dim < 1:
             raise ValueError(

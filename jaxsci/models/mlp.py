@@ -21,6 +21,10 @@ class MLP(nn.Module):
     activation: Callable[[jax.Array], jax.Array] = nn.elu
     activate_final: bool = False
 
+    def __post_init__(self) -> None:  # a tuple: hashable, as static jit arguments must be
+        object.__setattr__(self, "features", tuple(self.features))
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if not self.features:
