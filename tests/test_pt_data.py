@@ -110,3 +110,9 @@ def test_relax_many_lowers_energy_and_keeps_nan_structures():
     assert np.isfinite(energies[0]) and np.isnan(energies[1])
     assert check_validity(relaxed[0]).valid
     assert 0.5 < energies[0] < 1.0
+    gold = a.copy()
+    gold.symbols[3] = "Au"
+    with pytest.raises(ValueError, match=r"structure 1 holds \['Au'\]"):  # was relaxed as Pt
+        relax_many([a, gold], n_workers=1, progress=False)
+    with pytest.raises(ValueError, match="n_workers"):
+        relax_many([a], n_workers=0, progress=False)

@@ -241,10 +241,20 @@ def relax_many(
 ) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
     """Relax clusters with EMT + FIRE in worker processes.
 
+    Every cluster must consist of ``element`` (the energies are relative to its bulk).
     Returns ``(relaxed atoms, energies [n] in eV/atom relative to bulk, converged [n])``.
     Clusters with non-finite positions are returned unchanged with energy NaN.
     """
     from tqdm.auto import tqdm
+
+    if n_workers is not None and n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    for i, a in enumerate(structures):
+        other = sorted(set(a.get_chemical_symbols()) - {element})
+        if other:  # it was relaxed as element, silently
+            raise ValueError(
+                f"relax_many relaxes {element} clusters (element=...); structure {i} holds {other}"
+            )
 
     e_bulk = bulk_energy if bulk_energy is not None else bulk_energy_per_atom(element)
     tasks = [(np.asarray(a.positions), element, fmax, steps, e_bulk) for a in structures]
