@@ -21,6 +21,7 @@ from jaxsci.train.gan import (
     make_gan_trainer,
     make_pool,
     per_label_pools,
+    sample_images,
     sample_per_label,
     train_per_label,
 )
@@ -220,6 +221,38 @@ def test_label_without_data_is_an_error(digits):
         )
     with pytest.raises(ValueError, match="empty"):
         make_pool(np.zeros((0, 8, 8, 1)), np.zeros((0,), int))
+
+
+def test_labels_outside_the_classes_are_refused():
+    """one_hot gives zeros beyond n_labels (the generator then ignores its label) and the
+    critic's embedding NaN: such labels must raise, not train or sample silently."""
+    cgan = tiny_dcgan()
+    state = init_gan_state(cgan, optax.adam(1e-3), optax.adam(1e-3), jax.random.PRNGKey(0))
+    z, x = jnp.zeros((1, cgan.latent_dim)), jnp.zeros((1, 8, 8, 1))
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
+            cgan.generator.apply(state.g_params, z, jnp.array([bad]))
+        with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
+            cgan.discriminator.apply(state.d_params, x, jnp.array([bad]))
+        with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
+            sample_images(cgan, state.g_params, jax.random.PRNGKey(1), jnp.array([3, bad]))
+        with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
+            make_pool(np.zeros((2, 8, 8, 1)), np.array([0, bad]), n_labels=10)
+    with pytest.raises(ValueError, match="integers"):
+        make_pool(np.zeros((2, 8, 8, 1)), np.array([0.0, 2.7]))
+    with pytest.raises(ValueError, match="square"):
+        cgan.discriminator.apply(state.d_params, jnp.zeros((1, 8, 16, 1)), jnp.array([1]))
+    for bad in ({"image_size": 12}, {"latent_dim": 0}, {"n_labels": 0}):
+        with pytest.raises(ValueError):
+            dc_cgan(**bad)
+    with pytest.raises(ValueError, match="gp_weight"):
+        w_cgan(gp_weight=-1.0)
+    assert sample_images(cgan, state.g_params, jax.random.PRNGKey(1), jnp.arange(10)).shape == (
+        10,
+        8,
+        8,
+        1,
+    )
 
 
 def test_more_ranks_than_labels_is_an_error(digits):

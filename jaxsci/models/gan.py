@@ -28,12 +28,14 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "CGAN",
     "CondDiscriminator",
     "CondGenerator",
     "PatchConv",
+    "check_labels",
     "dc_cgan",
     "w_cgan",
 ]
@@ -44,6 +46,18 @@ def _n_halvings(image_size: int) -> int:
     if image_size < 8 or 2**k != image_size:
         raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
     return k
+
+
+def check_labels(labels: jax.Array, n_labels: int) -> None:
+    """ValueError unless concrete ``labels`` are integers in ``0 .. n_labels - 1`` (one_hot
+    silently gives zeros beyond them, the label embedding NaN). Traced labels pass."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    arr = np.asarray(labels)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n_labels):
+        raise ValueError(f"labels must lie in 0..{n_labels - 1}, got {arr.min()}..{arr.max()}")
 
 
 class PatchConv(nn.Module):
@@ -108,6 +122,7 @@ class CondGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, labels: jax.Array) -> jax.Array:
+        check_labels(labels, self.n_labels)
         n_up = _n_halvings(self.image_size) - 2  # from 4 x 4
         width = self.features * 2 ** max(n_up - 1, 0)
         y = jax.nn.one_hot(labels, self.n_labels, dtype=z.dtype)
@@ -136,6 +151,9 @@ class CondDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
+        check_labels(labels, self.n_labels)
+        if x.ndim != 4 or x.shape[1] != x.shape[2]:
+            raise ValueError(f"images must be [B, S, S, C] (square), got {x.shape}")
         n_down = _n_halvings(x.shape[1]) - 1  # down to 2 x 2
         y = jax.nn.one_hot(labels, self.n_labels, dtype=x.dtype)
         maps = jnp.broadcast_to(y[:, None, None, :], (*x.shape[:3], self.n_labels))
@@ -177,6 +195,12 @@ class CGAN:
             raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
         if self.generator.n_labels != self.discriminator.n_labels:
             raise ValueError("generator and discriminator disagree on n_labels")
+        if self.n_labels < 1 or self.latent_dim < 1 or not self.gp_weight >= 0:
+            raise ValueError(
+                f"need n_labels >= 1, latent_dim >= 1 and gp_weight >= 0; got "
+                f"{self.n_labels}, {self.latent_dim}, {self.gp_weight}"
+            )
+        _n_halvings(self.generator.image_size)  # a power of two >= 8, checked now
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxsci.models.gan import CGAN
+from jaxsci.models.gan import CGAN, check_labels
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.parallel.mesh import make_mesh
 from jaxsci.parallel.per_label import (
@@ -91,9 +91,14 @@ class GANState(NamedTuple):
     step: jax.Array  # scalar int32, generator updates done
 
 
-def make_pool(images: Any, labels: Any) -> DataPool:
-    """A :class:`DataPool` holding all of ``images [N, S, S, C]`` with ``labels [N]``."""
+def make_pool(images: Any, labels: Any, n_labels: int | None = None) -> DataPool:
+    """A :class:`DataPool` holding all of ``images [N, S, S, C]`` with integer ``labels [N]``
+    (in ``0 .. n_labels - 1`` when ``n_labels`` is given: one bad label made training NaN)."""
     images = jnp.asarray(images, jnp.float32)
+    if not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {np.asarray(labels).dtype}")
+    if n_labels is not None:
+        check_labels(np.asarray(labels), n_labels)
     labels = jnp.asarray(labels, jnp.int32)
     if images.ndim != 4 or labels.shape != images.shape[:1]:
         raise ValueError(
@@ -260,6 +265,7 @@ def make_gan_trainer(
 
 def sample_images(cgan: CGAN, g_params: Any, key: jax.Array, labels: jax.Array) -> jax.Array:
     """Generated images ``[B, S, S, C]`` on [-1, 1], conditioned on ``labels [B]``."""
+    check_labels(labels, cgan.n_labels)
     labels = jnp.asarray(labels, jnp.int32)
     z = jax.random.normal(key, (labels.shape[0], cgan.latent_dim))
     return cgan.generator.apply(g_params, z, labels)
@@ -393,6 +399,7 @@ def train_per_label(
       ValueError: a label without data, more ranks than labels, unknown strategy.
     """
     label_set = np.asarray(label_set)
+    check_labels(label_set, cgan.n_labels)  # each model is conditioned on its own label
     if strategy not in ("vmap", "shard", "mpi"):
         raise ValueError(f"strategy must be 'vmap', 'shard' or 'mpi', got {strategy!r}")
     local = label_set
@@ -560,7 +567,7 @@ def train_conditional(
     progress: bool = True,
 ) -> tuple[GANState, dict[str, np.ndarray]]:
     """Train ONE conditional GAN on all labels (the baseline); returns ``(state, history)``."""
-    pool = make_pool(images, labels)
+    pool = make_pool(images, labels, cgan.n_labels)
     state = init_gan_state(cgan, g_opt, d_opt, key)
     run = jax.jit(make_gan_trainer(cgan, g_opt, d_opt, batch_size), static_argnums=2)
     ckpt = None
