@@ -84,6 +84,18 @@ def test_matches_dscribe_float64(name, species, periodic, atoms):
     assert _rel_err(out, expected) < 1e-6, name
 
 
+def test_dscribe_create_keywords_run_unchanged():
+    """A DScribe call with its own keywords runs as is and gives the same values."""
+    name, species, periodic, atoms = _structures()[0]
+    ref, ours = _pair(species, periodic)
+    kw = {"n_jobs": 2, "only_physical_cores": True, "verbose": False}
+    with jax.enable_x64(True):
+        out = ours.create([atoms, atoms], **kw)
+    assert _rel_err(out, ref.create([atoms, atoms], **kw)) < 1e-6, name
+    with pytest.raises(ValueError, match="n_jobs"):
+        ours.create(atoms, n_jobs=0)
+
+
 @pytest.mark.parametrize("name,species,periodic,atoms", _structures()[1::3], ids=str)
 def test_fractional_zeta_matches_dscribe_float64(name, species, periodic, atoms):
     """Non-integer zeta takes the per-triplet kernel instead of the moment expansion."""

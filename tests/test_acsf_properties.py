@@ -231,6 +231,10 @@ def test_bad_input_errors(acsf, cluster):
         ACSF(["Pt"], 0.0)
     with pytest.raises(ValueError, match="r_cut"):
         ACSF(["Pt"], -1.0)
+    with pytest.raises(ValueError, match="r_cut"):
+        ACSF(["Pt"], True)
+    with pytest.raises(ValueError, match=r"list of symbols.*\['CO'\]"):  # not C and O
+        ACSF("CO", 5.0)
     with pytest.raises(ValueError, match="g2_params"):
         ACSF(["Pt"], 5.0, g2_params=[[0.1, 1.0, 2.0]])
     with pytest.raises(ValueError, match="g3_params"):

@@ -191,9 +191,13 @@ class ACSF:
         periodic: bool = False,
         cutoff: str = "cosine",
     ) -> None:
+        if isinstance(species, str):  # "CO" would read as C and O, "Pt" as P and t
+            raise ValueError(f"species must be a list of symbols or numbers, e.g. [{species!r}]")
         if species is None or len(species) == 0:
             raise ValueError("species must list at least one element")
         zs = sorted({_to_atomic_number(x) for x in species})
+        if isinstance(r_cut, bool | np.bool_):
+            raise ValueError(f"r_cut must be a number, got {r_cut!r}")
         try:
             r_cut = float(r_cut)
         except (TypeError, ValueError) as err:
@@ -402,13 +406,21 @@ class ACSF:
         self,
         system: Atoms | Sequence[Atoms],
         centers: Sequence[int] | Sequence[Sequence[int] | None] | None = None,
+        n_jobs: int = 1,
+        only_physical_cores: bool = False,
+        verbose: bool = False,
     ) -> np.ndarray | list[np.ndarray]:
         """DScribe-compatible ``create``: [n_centers, F] for one Atoms, or for a list an array
         [n_systems, n_centers, F] when all have the same number of centres, else a list.
 
         Values are float64 numpy arrays computed in JAX's default float dtype (float32, or
-        float64 under ``jax.enable_x64(True)``).
+        float64 under ``jax.enable_x64(True)``). ``n_jobs``, ``only_physical_cores`` and
+        ``verbose`` are DScribe's and accepted so its calls run unchanged; they change
+        nothing here (one compiled program per padded batch, not a process pool).
         """
+        if not isinstance(n_jobs, int | np.integer) or n_jobs == 0 or n_jobs < -1:
+            raise ValueError(f"n_jobs must be a positive integer or -1 (DScribe), got {n_jobs!r}")
+        del only_physical_cores, verbose
         single = isinstance(system, Atoms)
         systems = [system] if single else list(system)
         if single:
