@@ -106,6 +106,10 @@ def test_mask_padding_and_batch(acsf, cluster):
     assert np.all(out[1, 9:] == 0.0)
     # a different size within the same bucket keeps the padded shape (no recompilation)
     assert acsf.batch([cluster[:15]]).positions.shape[1] == 16
+    # a Batch is a pytree: its arrays are the leaves and it passes through jit whole
+    assert len(jax.tree.leaves(batch)) == 4  # positions, species, mask, n_atoms (no cells)
+    feats = jax.jit(lambda b: acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc))
+    np.testing.assert_allclose(feats(batch), out, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_of_slabs_keeps_their_pbc():

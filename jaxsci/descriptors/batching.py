@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import numpy as np
 
 #: padded sizes; a jitted function compiles once per bucket, not once per atom count.
@@ -19,12 +21,18 @@ def bucket_size(n_atoms: int) -> int:
     return int(np.ceil(n_atoms / 128) * 128)
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["positions", "species", "mask", "cells", "n_atoms"],
+    meta_fields=["pbc"],
+)
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """Padded structures. positions [B, N, 3] (Angstrom), species [B, N] int32 indices,
     mask [B, N] bool (False = padding), cells [B, 3, 3] or None (free clusters),
     n_atoms [B] true sizes, pbc: the periodic directions shared by every structure (pass it
-    on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``)."""
+    on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``). A pytree (its
+    arrays the leaves, ``pbc`` static): it passes through ``jit`` and ``tree.map``."""
 
     positions: np.ndarray
     species: np.ndarray
