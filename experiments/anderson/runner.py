@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from experiments.anderson.problems import Problem
-from jaxsci.optim import anderson
+from jaxsci.optim import anderson, averaged_params, moving_average
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,9 @@ AA_COUNTERS = ("accelerated", "rejected", "averaged", "stretched", "noisy")
 
 
 def _aa_counts(state) -> dict:
-    """Diagnostics of the Anderson state inside an optimizer state, if any."""
+    """Diagnostics of the Anderson state inside an optimizer state (or chain), if any."""
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):  # optax.chain
+        return next((c for c in map(_aa_counts, state) if c), {})
     a = getattr(state, "anderson_state", None)
     if a is None:
         return {}
@@ -186,8 +188,16 @@ def _det_step(method: Method, opt, f):
     return step
 
 
+# Span of the moving average that minibatch runs track alongside (jaxsci.optim.moving_average).
+AVERAGE_WINDOW = 10
+
+
 def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int) -> dict:
-    """Minibatch run: full training loss after each epoch, wall time."""
+    """Minibatch run: full training loss after each epoch, wall time, and the final full
+    training loss at the moving average of the iterates (``final_loss_average``) and at
+    :func:`jaxsci.optim.averaged_params` (``final_loss_adaptive``: the average while its
+    test holds). The average is tracked by ``moving_average`` chained first (it tests the
+    gradients; it passes them on unchanged, so the steps are the method's own)."""
     data = problem.data
     n = data[0].shape[0]
     bs = problem.batch_size
@@ -213,13 +223,15 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
         return (optax.apply_updates(p, u), s), v
 
     def program(p0, hyper, perms):
-        opt = method.build(*hyper)
+        opt = optax.chain(moving_average(AVERAGE_WINDOW), method.build(*hyper))
 
         def epoch(carry, perm):
             carry, _ = jax.lax.scan(lambda c, i: step(opt, c, i), carry, perm)
             return carry, full(carry[0])
 
-        return _mb_run(p0, opt, epoch, perms, full)
+        p, s, losses = _mb_run(p0, opt, epoch, perms, full)
+        avg, adaptive = averaged_params(s, p, always=True), averaged_params(s, p)
+        return p, s, losses, full(avg), full(adaptive), s[0].noisy
 
     cache, cache_key = problem.compiled, ("mb", epochs, jax.config.jax_enable_x64, method.structure)
     if cache_key not in cache:
@@ -229,13 +241,16 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
     hyper = _hyper(method)
     jax.block_until_ready(run_j(p0, hyper, perms))
     t0 = time.perf_counter()
-    p, s, losses = jax.block_until_ready(run_j(p0, hyper, perms))
-    wall = time.perf_counter() - t0
+    p, s, losses, f_avg, f_adaptive, noisy = jax.block_until_ready(run_j(p0, hyper, perms))
+    wall = time.perf_counter() - t0  # (includes the two extra full losses: negligible)
     return {
         "loss": np.asarray(losses, np.float64).tolist(),  # [epochs + 1], full train loss
         "wall": wall,
         "steps_per_epoch": nb,
         "final_loss": float(losses[-1]),
+        "final_loss_average": float(f_avg),
+        "final_loss_adaptive": float(f_adaptive),
+        "average_on": bool(noisy),
         **_aa_counts(s),
     }
 

@@ -6,13 +6,22 @@ from jaxsci.optim.anderson import (
     anderson,
     scale_by_anderson,
 )
-from jaxsci.optim.averaging import aadl_statistic, step_rsd
+from jaxsci.optim.averaging import (
+    MovingAverageState,
+    aadl_statistic,
+    averaged_params,
+    moving_average,
+    step_rsd,
+)
 
 __all__ = [
     "AndersonState",
+    "MovingAverageState",
     "ScaleByAndersonState",
     "aadl_statistic",
     "anderson",
+    "averaged_params",
+    "moving_average",
     "scale_by_anderson",
     "step_rsd",
 ]

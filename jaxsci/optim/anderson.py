@@ -469,7 +469,10 @@ def scale_by_anderson(
         default, and not for deterministic problems: the running variance of a falling
         loss is its trend, so the bar lies below the next losses and every extrapolation
         is rolled back (measured: least squares and logistic regression, 26-33 of 26-33
-        rejected; plain SGD speed).
+        rejected; plain SGD speed). The moving average's gain on minibatches comes from
+        *evaluating* it: chain :func:`jaxsci.optim.moving_average` in front and evaluate at
+        :func:`jaxsci.optim.averaged_params` (measured on the study's minibatch MLP and
+        CNN, default options: final loss 0.45-0.99x the inner optimizer's, medians).
       average_window: window (EMA span) of the noise tests and of the moving average.
       average_threshold: rsd above which steps count as noise-dominated; default
         ``sqrt(average_window / 2)`` (see :mod:`jaxsci.optim.averaging`).
