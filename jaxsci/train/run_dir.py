@@ -27,7 +27,10 @@ __all__ = [
 
 
 def make_run_dir(root: str | Path = "runs", name: str = "run", *, timestamp: bool = True) -> Path:
-    """Create and return a fresh run folder ``root/name-YYYYmmdd-HHMMSS`` (suffix if taken)."""
+    """Create and return a fresh run folder ``root/name-YYYYmmdd-HHMMSS`` (suffix if taken).
+
+    Under MPI call it on rank 0 only and broadcast the path (``info.comm.bcast``), as
+    ``experiments/cgan_digits`` does: each rank calling it gets a folder of its own."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"run name must be a plain folder name, got {name!r}")
     root = Path(root)
