@@ -53,7 +53,16 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-mpi", action="store_true", help="without mpi4py/mpi4jax: tree vs flat step only"
     )
     ap.add_argument("--json", type=str, default=None, help="write results to this JSON file")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    counts = {k: getattr(args, k) for k in ("layers", "width", "batch", "steps", "rounds")}
+    if any(v < 1 for v in counts.values()):
+        ap.error(f"counts must be >= 1, got {counts}")
+    try:
+        if any(int(b) < 0 for b in args.buckets.split(",")):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--buckets must be comma-separated byte counts >= 0, got {args.buckets!r}")
+    return args
 
 
 def _model(layers: int, width: int, key: jax.Array) -> list[dict[str, jax.Array]]:

@@ -250,6 +250,8 @@ def main(argv=None):
             ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
     if min(a.sizes) < 1 or min(a.memories) < 1 or min(a.batch) < 1:
         ap.error("--sizes, --memories and --batch must be >= 1")
+    if a.time_to_target and not a.results:  # it was silently ignored
+        ap.error("--time-to-target needs --results (the study whose problems to re-time)")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
     if a.results and a.time_to_target:
         print_study_ratios(a.results)

@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["jaxsci", "seed"], choices=["jaxsci", "seed"])
     ap.add_argument("--json", default=None, help="write all records to this file")
     args = ap.parse_args()
+    if args.per_size < 1 or min(args.sizes) < 4 or not args.time_limit > 0:
+        ap.error("need --per-size >= 1, --sizes >= 4 atoms and --time-limit > 0")
 
     acsf = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4)
     print(
