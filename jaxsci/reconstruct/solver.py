@@ -836,7 +836,8 @@ def reconstruct(
             warnings.warn(
                 f"reconstruct: the first round (compilation included) took "
                 f"{time.perf_counter() - t0:.0f} s, over time_limit={time_limit} s; the call "
-                f"returns after it. Fewer n_starts (now {n_starts}) or steps_per_round (now "
+                "searches no further and returns once its best start is polished (a few "
+                f"seconds more). Fewer n_starts (now {n_starts}) or steps_per_round (now "
                 f"{steps_per_round}) make a round shorter.",
                 stacklevel=2,
             )
