@@ -122,6 +122,9 @@ def test_bad_input():
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.full((5, 3), np.nan), np.zeros((5, 3)))
+    for bad in (np.full((4, 3), np.nan), np.array([[2.0, -1.0, 3.0]])):  # NaN, logits
+        with pytest.raises(ValueError, match="summing to 1"):
+            inception_score(bad)
     for n_labels, match in ((3, "labels must lie in 0..2"), (5, "no training images for labels")):
         with pytest.raises(ValueError, match=match):  # labels 0..3 against 3 or 5 classes
             fit_feature_classifier(

@@ -152,6 +152,8 @@ def inception_score(probs: Any, eps: float = 1e-12) -> float:
     p = np.asarray(probs, np.float64)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"probs must be [N, K] with N > 0, got {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(np.abs(p.sum(1) - 1) > 1e-3):
+        raise ValueError("probs must be finite, non-negative rows summing to 1 (NaN? logits?)")
     p_y = p.mean(0, keepdims=True)
     kl = np.sum(p * (np.log(p + eps) - np.log(p_y + eps)), axis=1)
     return float(np.exp(kl.mean()))
