@@ -126,7 +126,7 @@ def moving_average(
     decay = ema_decay(window)
 
     def init_fn(params: Any) -> MovingAverageState:
-        zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, p.dtype), params)
+        zeros = jax.tree_util.tree_map(_tree.zeros_like, params)  # sharded like the params
         dt = _tree.acc_dtype()
         return MovingAverageState(
             count=jnp.zeros((), jnp.int32),
