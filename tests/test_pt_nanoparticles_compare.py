@@ -1,0 +1,66 @@
+"""experiments/pt_nanoparticles/compare_representations: run folder, progress and CLI checks.
+
+The tiny comparison itself (``--tiny``) takes ~35 s of CPU, nearly all of it compiling
+``reconstruct``'s set and pooled searches; here ``reconstruct`` is replaced by a stand-in
+that checks each target's shape and returns a Pt10 icosahedron, so the test covers the
+data set, the representations, relaxation, RMSDs, the summary and the run folder in
+seconds (``reconstruct`` has tests of its own).
+"""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import jaxsci.reconstruct
+from experiments.pt_nanoparticles import compare_representations as cr
+from jaxsci.data.pt_clusters import seed_cluster
+
+
+def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def fake_reconstruct(target, species, descriptor, *, key, n_starts, max_rounds, time_limit):
+        n, f = len(species), descriptor.get_number_of_features()
+        assert np.shape(target) in ((n, f), (2 * f,)) and (n_starts, max_rounds) == (2, 1)
+        seen.append(np.shape(target))
+        return SimpleNamespace(positions=seed_cluster("icosahedron", n).positions, error=0.5)
+
+    monkeypatch.setattr(jaxsci.reconstruct, "reconstruct", fake_reconstruct)
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    rc = cr.main(["--tiny", "--no-progress", "--cache-dir", str(cache), "--out-root", str(out)])
+    assert rc == 0
+    run_dir = out / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    saved = json.loads((run_dir / "results.json").read_text())
+    names = ["exact_set", "pooled_max_min", "quantiles_4_step"]
+    assert list(saved["summary"]) == names and len(seen) == 3
+    assert [r["representation"] for r in saved["rows"]] == names
+    for r in saved["rows"]:
+        assert r["n"] == 10 and r["rmsd"] > 0 and r["rmsd_after_relax"] >= 0
+        assert r["fingerprint_error"] == 0.5
+    assert saved["config"]["sizes"] == [10] and saved["summary"]["exact_set"]["n"] == 1
+    assert (run_dir / "representations.png").stat().st_size > 1000
+    # a size with too few relaxed clusters is refused once the (cached) data set is read
+    args = ["--tiny", "--per-size", "50", "--cache-dir", str(cache), "--out-root", str(out)]
+    assert cr.main(args) == 2
+    assert "fewer than per_size=50" in capsys.readouterr().err
+    assert list(out.iterdir()) == [run_dir]
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--sizes", "70"], "outside the data set's range 10..60"),
+        (["--tiny", "--sizes", "13"], "outside the data set's range 10..12"),
+        (["--per-size", "0"], "per_size must be >= 1"),
+        (["--n-quantiles", "0"], "n_quantiles must be >= 1"),
+        (["--time-limit", "nan"], "time_limit must be > 0"),
+        (["--methods", "step", "step"], "methods must be distinct"),
+    ],
+)
+def test_bad_flags_exit_before_any_work(tmp_path, capsys, flags, match):
+    with pytest.raises(SystemExit) as exc:
+        cr.main([*flags, "--out-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path)])
+    assert exc.value.code == 2 and match in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
