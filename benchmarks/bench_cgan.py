@@ -12,8 +12,11 @@
    gather of the parameters; the slowest rank counts; efficiency = t(1 rank) / t(r ranks)
    (1.0 is perfect weak scaling). Each launch times ``--inner-repeats`` runs (same models
    from the same init, a barrier before each), after one untimed warm-up run; ``--repeats``
-   launches cycle through the rank counts. The persistent compile cache (``.cache/jax``)
-   spares the launches after the first a compile.
+   launches cycle through the rank counts. A persistent compile cache spares the launches
+   after the first a compile (the timed runs exclude compilation either way): by default a
+   temporary folder, removed when the benchmark ends, so nothing is written into the source
+   tree or the user's cache; set ``JAX_COMPILATION_CACHE_DIR`` to keep it elsewhere (e.g.
+   ``~/.cache/jaxsci/jax``, reused by later invocations).
 
     python benchmarks/bench_cgan.py                      # defaults: CPU-sized
     python benchmarks/bench_cgan.py --labels 10 --steps 40 --batch-size 64 --repeats 5
@@ -29,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,8 +154,15 @@ def _mpirun() -> str:
 def weak_scaling(args) -> dict:
     """Time ``mpirun -n r`` runs for every r in ``args.ranks``; efficiency t(1) / t(r)."""
     env = dict(os.environ, XLA_FLAGS=XLA_CPU_FLAGS, JAX_PLATFORMS="cpu")
-    # every rank compiles the same program (same labels per rank): compile it once, not per launch
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
+    # every rank compiles the same program (same labels per rank): compile it once, not per
+    # launch, in the caller's JAX_COMPILATION_CACHE_DIR or else a folder of this invocation
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        return _weak_scaling(args, env)
+    with tempfile.TemporaryDirectory(prefix="bench_cgan-jax-cache-") as cache:
+        return _weak_scaling(args, {**env, "JAX_COMPILATION_CACHE_DIR": cache})
+
+
+def _weak_scaling(args, env: dict[str, str]) -> dict:
     base = [
         sys.executable, __file__, "--worker", "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--features", str(args.features),
