@@ -7,7 +7,12 @@ from jaxsci.geometry.cell import (
     validate_cell,
     wrap_positions,
 )
-from jaxsci.geometry.displacement import free_displacement, periodic_displacement, safe_norm
+from jaxsci.geometry.displacement import (
+    free_displacement,
+    minimum_image,
+    periodic_displacement,
+    safe_norm,
+)
 from jaxsci.geometry.motifs import MOTIFS, complete_motifs, motif_cuts, motif_positions
 from jaxsci.geometry.neighbors import (
     CellListSpec,
@@ -41,6 +46,7 @@ __all__ = [
     "image_shifts",
     "image_slots",
     "max_neighbor_count",
+    "minimum_image",
     "motif_cuts",
     "motif_positions",
     "neighbor_capacity",

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci.descriptors import pool
+from jaxsci.geometry.displacement import minimum_image
 
 Array = jax.Array
 
@@ -159,12 +160,16 @@ def morse(r: Array, r0: Array, a: float = 1.5) -> Array:
 
 
 def min_image(d: Array, cell: np.ndarray | None) -> Array:
-    """Minimum-image displacement vectors for a periodic ``cell`` (rows), else ``d``."""
+    """Minimum-image displacement vectors ``d [..., 3]`` (Angstrom) for a fully periodic
+    ``cell`` (rows), else ``d``; in ``d``'s dtype.
+
+    Exact in skewed cells too (:func:`jaxsci.geometry.minimum_image`: the cell is reduced
+    on the host, then the rounded guess is compared with the few images that can beat it;
+    orthorhombic cells need only the guess).
+    """
     if cell is None:
         return d
-    c = jnp.asarray(cell, d.dtype)
-    frac = d @ jnp.linalg.inv(c)
-    return (frac - jnp.round(frac)) @ c
+    return minimum_image(cell, dtype=d.dtype)(d)
 
 
 def repulsion(positions: Array, min_distance: Array, cell: np.ndarray | None = None) -> Array:
