@@ -261,6 +261,30 @@ def test_initial_positions_take_the_first_starts(acsf, pt13):
     assert short.start_errors[0] < 0.2 * short.start_errors[1:].min()
 
 
+def test_an_exact_guess_is_never_lost(acsf, pt13):
+    """L-BFGS without a line search walks off the exact answer (loss 9e-14 to 1.1 in 30
+    steps); the round keeps its lowest point, so the guess stays the start's best."""
+    res = reconstruct(
+        acsf.create(pt13), pt13.get_chemical_symbols(), acsf, key=jax.random.key(0),
+        motif_starts=0, initial_positions=pt13.positions, n_starts=4, max_rounds=1,
+        steps_per_round=30, refine_steps=0, polish_below=0.0, time_limit=None,
+    )  # fmt: skip
+    assert res.history[0, 0] < 1e-10  # the guess's own loss
+    assert res.start_errors[0] < 1e-6 and res.error < 1e-6
+    assert structure_rmsd(res.positions, pt13.positions) < 1e-3
+
+
+def test_pool_ops_may_be_one_name(acsf, pt13):
+    """``pool_ops="mean"`` is the one op "mean", as in :func:`jaxsci.descriptors.pool`."""
+    target = np.asarray(pool(acsf.create(pt13), ops=("mean",)))
+    kw = dict(key=jax.random.key(1), n_starts=4, max_rounds=1, steps_per_round=5)
+    kw |= dict(motif_starts=0, time_limit=None)
+    one = reconstruct(target, pt13.get_chemical_symbols(), acsf, pool_ops="mean", **kw)
+    seq = reconstruct(target, pt13.get_chemical_symbols(), acsf, pool_ops=["mean"], **kw)
+    assert np.isfinite(one.error)
+    np.testing.assert_array_equal(one.positions, seq.positions)
+
+
 def _bad(acsf, target, species, match, **kw):
     with pytest.raises(ValueError, match=match):
         reconstruct(target, species, acsf, key=jax.random.key(0), **kw)
@@ -312,6 +336,25 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, target, species, "compact_steps >= 0", compact_steps=-1)
     _bad(acsf, target, species, "time_limit", time_limit=-1.0)
     _bad(acsf, target, species, "patience", patience=0)
+    # Options of the wrong type or out of range, each caught before any work.
+    _bad(acsf, target, species, "integer patience", patience=2.5)
+    _bad(acsf, target, species, "integer n_starts", n_starts=4.0)
+    _bad(acsf, target, species, "ot_eps > 0", ot_eps=0.0)
+    for name in ("ot_weight", "coarse_length", "temperature", "polish_below", "kick_size"):
+        _bad(acsf, target, species, f"need {name} >= 0", **{name: float("nan")})
+    _bad(acsf, target, species, "tol > 0", tol=float("nan"))
+    _bad(acsf, target, species, "time_limit > 0", time_limit=float("nan"))
+    _bad(acsf, target, species, "kick_fraction must be a real number", kick_fraction="0.1")
+    _bad(acsf, target, species, "optimizer must be an optax", optimizer="adam")
+    _bad(acsf, target, species, "need kick_size >= 0", kick_size=float("inf"))
+    _bad(acsf, target, species, "twist is a share of crossover", twist=0.5)
+    with pytest.raises(ValueError, match="key must be one jax.random key"):
+        reconstruct(target, species, acsf, key=0)
+    with pytest.raises(ValueError, match="key must be one jax.random key"):
+        reconstruct(target, species, acsf, key=jax.random.split(jax.random.key(0)))
+    _bad(acsf, target, species, "numeric", initial_positions=[np.zeros((13, 3)), np.zeros(3)])
+    pooled = np.asarray(pool(target, ops=("mean",)))
+    _bad(acsf, pooled, species, "pool_ops must be a non-empty", pool_ops=("median",))
 
 
 def test_feature_etas_follow_the_descriptor_layout(acsf):

@@ -4,7 +4,7 @@ from jaxsci.descriptors.acsf import ACSF
 from jaxsci.descriptors.acsf_kernel import KernelConfig, acsf_from_slots
 from jaxsci.descriptors.batching import Batch, bucket_size
 from jaxsci.descriptors.cutoff import cosine_cutoff, polynomial_cutoff
-from jaxsci.descriptors.pooling import pool
+from jaxsci.descriptors.pooling import POOL_OPS, pool
 
 __all__ = [
     "ACSF",
@@ -14,5 +14,6 @@ __all__ = [
     "bucket_size",
     "cosine_cutoff",
     "polynomial_cutoff",
+    "POOL_OPS",
     "pool",
 ]

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 Array = jnp.ndarray
-_OPS = ("max", "min", "mean", "sum")
+#: The pooling operations :func:`pool` knows.
+POOL_OPS = ("max", "min", "mean", "sum")
 
 
 def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max", "min")) -> Array:
@@ -19,9 +20,9 @@ def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max"
     """
     if isinstance(ops, str):
         ops = (ops,)
-    bad = [o for o in ops if o not in _OPS]
+    bad = [o for o in ops if o not in POOL_OPS]
     if bad or not ops:
-        raise ValueError(f"pool ops must be a non-empty subset of {_OPS}, got {list(ops)}")
+        raise ValueError(f"pool ops must be a non-empty subset of {POOL_OPS}, got {list(ops)}")
     features = jnp.asarray(features)
     if mask is None:
         mask = jnp.ones(features.shape[:-1], dtype=bool)
