@@ -199,3 +199,69 @@ def test_cell_list_overflow_flag_and_reallocation():
         assert fresh.spec.capacity > nbrs.spec.capacity
     got = _neighbour_set(np.asarray(fresh.index), np.asarray(fresh.shift), 60)
     assert got == _brute_set(squeezed, cell, 3.0)
+
+
+def test_cell_list_refuses_bad_input_on_the_host():
+    """NaN positions or r_cut were accepted silently; a multiplier below 1, [N, 2] positions
+    gave a RuntimeError / TypeError from deep inside (user probe)."""
+    cell = np.diag([9.0, 9.0, 9.0])
+    pos = np.random.default_rng(0).random((20, 3)) @ cell
+    bad = pos.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"positions contain NaN or inf \(atoms \[3\]\)"):
+        cell_list_allocate(bad, cell, 3.0)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cell_list_allocate(bad, cell, 3.0)
+    for r_cut in (np.nan, np.inf, 0.0, -1.0):
+        with pytest.raises(ValueError, match="r_cut must be positive and finite"):
+            cell_list_allocate(pos, cell, r_cut)
+    for mult in (0.5, 0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="capacity_multiplier must be finite and >= 1"):
+            cell_list_allocate(pos, cell, 3.0, capacity_multiplier=mult)
+    for shape in ((20, 2), (60,), (20, 3, 1)):
+        with pytest.raises(ValueError, match=r"positions must be an \[N, 3\] array"):
+            cell_list_allocate(np.zeros(shape), cell, 3.0)
+
+
+def test_cell_list_update_flags_non_finite_input():
+    """The jitted update cannot raise: NaN positions or cell set did_overflow, so the host
+    reallocates, and that raises."""
+    cell = np.diag([9.0, 9.0, 9.0])
+    pos = np.random.default_rng(0).random((20, 3)) @ cell
+    nbrs = cell_list_allocate(pos, cell, 3.0)
+    assert not bool(nbrs.did_overflow)
+    bad = pos.copy()
+    bad[5] = np.nan
+    update = jax.jit(cell_list_update, static_argnames="spec")
+    assert bool(update(jnp.asarray(bad), jnp.asarray(cell), nbrs.spec).did_overflow)
+    nan_cell = cell.copy()
+    nan_cell[0, 0] = np.nan
+    assert bool(update(jnp.asarray(pos), jnp.asarray(nan_cell), nbrs.spec).did_overflow)
+    assert not bool(update(jnp.asarray(pos), jnp.asarray(cell), nbrs.spec).did_overflow)
+
+
+def test_cell_list_of_zero_atoms_is_empty():
+    """Zero atoms: an empty list (no error), which the jitted update and the ACSF cell-list
+    path handle too (it gave ZeroDivisionError)."""
+    from jaxsci.descriptors import ACSF
+    from jaxsci.geometry import neighbor_list_slots
+
+    cell = np.diag([9.0, 9.0, 9.0])
+    nbrs = cell_list_allocate(np.zeros((0, 3)), cell, 3.0)
+    assert nbrs.index.shape[0] == 0 and nbrs.shift.shape[0] == 0 and nbrs.shift.shape[2] == 3
+    assert not bool(nbrs.did_overflow)
+    update = jax.jit(cell_list_update, static_argnames="spec")
+    again = update(jnp.zeros((0, 3)), jnp.asarray(cell), nbrs.spec)
+    assert again.index.shape == nbrs.index.shape and not bool(again.did_overflow)
+    assert neighbor_list_slots(jnp.zeros((0, 3)), jnp.asarray(cell), nbrs).disp.shape[0] == 0
+    acsf = ACSF(["Pt"], 3.0, [[0.1, 0.0]], periodic=True)
+    empty = acsf.neighbor_list(np.zeros((0, 3)), cell)
+    out = acsf.neighbor_fn(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32), jnp.asarray(cell), empty)
+    assert out.shape == (0, acsf.n_features)
+    # the list of a non-empty system sharing the cell is unaffected
+    full = cell_list_allocate(np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]]), cell, 3.0)
+    assert _neighbour_set(np.asarray(full.index), np.asarray(full.shift), 2) == {
+        (0, 1, 0, 0, 0),
+        (1, 0, 0, 0, 0),
+    }

@@ -139,8 +139,10 @@ def _free_batched(positions, species, mask, cfg: KernelConfig):
 
 
 def _cell_list_features(positions, species, cell, nbrs, cfg: KernelConfig):
-    slots = neighbor_list_slots(positions, cell, nbrs)
     n = positions.shape[0]
+    if n == 0:  # an empty list: no atoms, no rows (as ACSF.fn)
+        return jnp.zeros((0, cfg.n_features), positions.dtype)
+    slots = neighbor_list_slots(positions, cell, nbrs)
     nb_species = species[jnp.minimum(slots.index, n - 1)]
     return chunked_centres(
         lambda d, s, v: acsf_from_slots(slots._replace(disp=d, valid=v), s, cfg),

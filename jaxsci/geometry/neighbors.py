@@ -178,10 +178,25 @@ def cell_list_spec(
     """Choose bin counts and capacities on the host for ``positions`` [N, 3] in ``cell``.
 
     Bins are at least ``r_cut`` wide (perpendicular), so neighbours are within +-1 bin.
-    Raises ValueError when a periodic width is below ``r_cut`` (use :func:`dense_slots`).
+    ``capacity_multiplier`` (>= 1) scales the measured bin and neighbour counts.
+    Raises ValueError for a non-finite or non-positive ``r_cut``, a ``capacity_multiplier``
+    below 1 or not finite, positions that are not [N, 3] or not finite, and when a periodic
+    width is below ``r_cut`` (use :func:`dense_slots`). Zero atoms give the smallest spec
+    (bin and neighbour capacity 1), whose list is empty.
     """
-    if r_cut <= 0:
-        raise ValueError(f"r_cut must be positive, got {r_cut}")
+    if not np.isfinite(r_cut) or r_cut <= 0:
+        raise ValueError(f"r_cut must be positive and finite, got {r_cut}")
+    if not np.isfinite(capacity_multiplier) or capacity_multiplier < 1:
+        raise ValueError(
+            f"capacity_multiplier must be finite and >= 1 (it scales the measured bin and "
+            f"neighbour counts; below 1 the fresh list would overflow), got {capacity_multiplier}"
+        )
+    pos = np.asarray(positions)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must be an [N, 3] array (Angstrom), got shape {pos.shape}")
+    if not np.all(np.isfinite(pos)):
+        bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+        raise ValueError(f"positions contain NaN or inf (atoms {bad[:10].tolist()})")
     pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
     if not all(pbc):
         raise ValueError("the cell list needs a fully periodic cell (pbc all True)")
@@ -193,6 +208,8 @@ def cell_list_spec(
             "use dense_slots with image_shifts for such small cells"
         )
     n_bins = tuple(int(max(1, np.floor(w / r_cut))) for w in widths)
+    if len(pos) == 0:  # nothing to measure: an empty list (index and shift [0, 1])
+        return CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
     spec0 = CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
     bins = jax.jit(_bin_ids, static_argnames=("spec",))(
         jnp.asarray(positions), jnp.asarray(cell), spec0
@@ -212,7 +229,9 @@ def cell_list_allocate(
     pbc: object = (True, True, True),
     capacity_multiplier: float = 1.25,
 ) -> NeighborList:
-    """Host side: size the buffers for ``positions`` and build the first list."""
+    """Host side: size the buffers for ``positions`` [N, 3] (Angstrom) and build the first
+    list; ValueError for bad input (see :func:`cell_list_spec`). Zero atoms give an empty
+    list (``index`` and ``shift`` with N = 0 rows)."""
     spec = cell_list_spec(positions, cell, r_cut, pbc, capacity_multiplier)
     nbrs = cell_list_update(jnp.asarray(positions), jnp.asarray(cell), spec)
     if bool(nbrs.did_overflow):  # cannot happen with freshly measured sizes
@@ -250,7 +269,7 @@ def _candidates(positions: Array, cell: Array, spec: CellListSpec):
     cross = jnp.floor_divide(nbr3, nb)  # lattice wrap of the bin
     nbr3 = nbr3 - cross * nb
     nbr_flat = (nbr3[..., 0] * spec.n_bins[1] + nbr3[..., 1]) * spec.n_bins[2] + nbr3[..., 2]
-    cand = table[nbr_flat].reshape(n, -1)  # [N, 27 * cap]
+    cand = table[nbr_flat].reshape(n, 27 * spec.bin_capacity)  # [N, 27 * cap] (N may be 0)
     cand_cross = jnp.repeat(cross, spec.bin_capacity, axis=1)  # [N, 27 * cap, 3]
     safe = jnp.minimum(cand, n - 1)
     # shift such that R[j] + shift @ cell - R[i] is the image found in the neighbouring bin
@@ -267,7 +286,9 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     """Pure, jittable: rebuild the neighbour slots for new ``positions`` [N, 3] and ``cell``.
 
     ``spec`` must be static under jit (it is hashable). Check ``did_overflow`` on the host: it
-    is also set when ``cell`` has shrunk so far that a bin is narrower than ``r_cut``.
+    is also set when ``cell`` has shrunk so far that a bin is narrower than ``r_cut``, and
+    when ``positions`` or ``cell`` hold NaN or inf (the list is then meaningless; the host's
+    reallocation raises ValueError for them).
     """
     n = positions.shape[0]
     cand, shift, inside, count, bin_overflow = _candidates(positions, cell, spec)
@@ -282,7 +303,8 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     # away are then missed: flag it as an overflow so the host reallocates.
     widths = perpendicular_widths(jnp.asarray(cell))
     too_narrow = jnp.any(widths / jnp.asarray(spec.n_bins, widths.dtype) < spec.r_cut)
-    overflow = bin_overflow | jnp.any(count > k) | too_narrow
+    finite = jnp.all(jnp.isfinite(positions)) & jnp.all(jnp.isfinite(cell))
+    overflow = bin_overflow | jnp.any(count > k) | too_narrow | ~finite
     return NeighborList(index, shifts, overflow, spec)
 
 
