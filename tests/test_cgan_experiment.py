@@ -8,7 +8,7 @@ import pytest
 
 from experiments.cgan_digits.config import tiny
 from experiments.cgan_digits.run import main
-from experiments.cgan_digits.train import train_and_evaluate
+from experiments.cgan_digits.train import CompileTimer, train_and_evaluate
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path):
@@ -31,6 +31,10 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
         assert (run_dir / f"losses_{name}.png").stat().st_size > 0
         m = saved["models"][name]
         assert np.isfinite(m["fid"]) and np.isfinite(m["inception_score"])
+        # every model compiles its trainer: train_seconds leaves that time out
+        assert m["compile_seconds"] > 0 and m["train_seconds"] >= 0
+        total = m["compile_seconds"] + m["train_seconds"]
+        assert total == pytest.approx(m["train_wall_seconds"])
         assert len(m["per_label"]) == 10
     assert (
         saved["reference_fid"]["real_heldout_vs_train"]
@@ -88,3 +92,19 @@ def test_resume_refuses_other_training_settings_and_keeps_other_models(tmp_path)
     assert set(metrics["models"]) == {"baseline_dcgan", "perlabel_dcgan"}
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["models"]) == {"baseline_dcgan", "perlabel_dcgan"}
+
+
+def test_compile_timer_counts_compilation_once():
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T)
+    x = jnp.ones((8, 8))
+    with CompileTimer() as first:
+        f(x).block_until_ready()
+    with CompileTimer() as again:  # cached: no compilation
+        f(x).block_until_ready()
+    assert first.seconds > 0 and again.seconds == 0
+    timer = CompileTimer()
+    timer.spans = [(1.0, 3.0), (0.0, 2.0), (1.5, 2.5), (5.0, 6.0)]  # overlaps count once
+    assert timer.seconds == pytest.approx(4.0)

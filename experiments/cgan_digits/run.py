@@ -68,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         f"FID real held-out {ref['real_heldout_vs_train']:.2f}, "
         f"noise {ref['uniform_noise_vs_train']:.1f}"
     )
-    print(f"{'model':<16}{'FID':>8}{'IS':>7}{'acc':>7}{'train s':>9}")
+    # train s: the training wall time less compilation (see train.py's module docstring)
+    print(f"{'model':<16}{'FID':>8}{'IS':>7}{'acc':>7}{'compile s':>11}{'train s':>9}")
     for name, m in metrics["models"].items():
+        compile_s = m.get("compile_seconds")  # absent from entries of older runs
         print(
             f"{name:<16}{m['fid']:>8.2f}{m['inception_score']:>7.2f}{m['accuracy']:>7.3f}"
-            f"{m['train_seconds']:>9.1f}"
+            + (f"{compile_s:>11.1f}" if compile_s is not None else f"{'-':>11}")
+            + f"{m['train_seconds']:>9.1f}"
         )
     print(run_dir)
     return 0

@@ -7,8 +7,13 @@ on 0..16, ``labels``), ``samples_<model>.png`` (one row per label), ``losses_<mo
 and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``workdir``
 resumes from them; ``training_config.json`` holds the settings they were made with, and a
 rerun with other training settings is refused). A rerun that trains some of the models
-keeps the others' entries in ``metrics.json``; ``train_seconds`` is the training time of
-the invocation that finished the model (after a resume: the remaining steps only).
+keeps the others' entries in ``metrics.json``.
+
+Timing, per model, of the invocation that finished it (after a resume: the remaining steps
+only): ``compile_seconds`` is the wall time spent tracing, lowering and compiling JAX
+programs during training (the ``jax.monitoring`` compile spans, nested ones counted once);
+``train_seconds`` is the rest of the training wall time, i.e. the steps themselves plus the
+checkpoint writes after each chunk; ``train_wall_seconds`` is their sum.
 """
 
 from __future__ import annotations
@@ -109,6 +114,45 @@ def equal_compute(config: Config, cgan: CGAN, per_label: bool) -> dict[str, Any]
     }
 
 
+#: ``jax.monitoring`` events whose time spans are compilation (tracing, lowering, XLA).
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileTimer:
+    """Wall time JAX spends compiling while the context is active (seconds).
+
+    Collects the time spans of :data:`COMPILE_EVENTS` and measures their union, so a trace
+    nested in another (an inner ``jit`` traced while tracing its caller) counts once.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+
+    def _record(self, event: str, start: float, end: float, **_: Any) -> None:
+        if event in COMPILE_EVENTS:
+            self.spans.append((start, end))
+
+    def __enter__(self) -> CompileTimer:
+        jax.monitoring.register_event_time_span_listener(self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        jax.monitoring.unregister_event_time_span_listener(self._record)
+
+    @property
+    def seconds(self) -> float:
+        total, reach = 0.0, -np.inf
+        for start, end in sorted(self.spans):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
+
+
 def _train_one(
     name: str,
     config: Config,
@@ -117,52 +161,60 @@ def _train_one(
     ckpt_root: Path,
     info: ProcessInfo,
     progress: bool,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, Any], float]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Train model ``name``; returns (images [N, S, S, 1] on [-1, 1], labels, history, budget,
-    seconds)."""
+    timing: ``train_seconds``, ``compile_seconds``, ``train_wall_seconds``, see the module
+    docstring)."""
     kind, family = name.split("_")
     cgan, opt = build_model(config, family)
     k_train, k_sample = jax.random.split(key)
-    t0 = time.perf_counter()
-    if kind == "perlabel":
-        result = train_per_label(
-            cgan,
-            opt,
-            opt,
-            data.train_images,
-            data.train_labels,
-            key=k_train,
-            label_set=range(N_LABELS),
-            n_steps=config.steps,
-            batch_size=config.batch_size,
-            chunk_steps=config.chunk_steps,
-            strategy=config.strategy,
-            info=info,
-            checkpoint_dir=ckpt_root / name,
-            progress=progress,
-        )
+    with CompileTimer() as compiling:  # the training only, not the sampling after it
+        t0 = time.perf_counter()
+        if kind == "perlabel":
+            result = train_per_label(
+                cgan,
+                opt,
+                opt,
+                data.train_images,
+                data.train_labels,
+                key=k_train,
+                label_set=range(N_LABELS),
+                n_steps=config.steps,
+                batch_size=config.batch_size,
+                chunk_steps=config.chunk_steps,
+                strategy=config.strategy,
+                info=info,
+                checkpoint_dir=ckpt_root / name,
+                progress=progress,
+            )
+        else:
+            _, steps, batch = schedule(config, per_label=False)
+            state, history = train_conditional(
+                cgan,
+                opt,
+                opt,
+                data.train_images,
+                data.train_labels,
+                key=k_train,
+                n_steps=steps,
+                batch_size=batch,
+                chunk_steps=config.chunk_steps,
+                checkpoint_dir=ckpt_root / name,
+                progress=progress,
+            )
         seconds = time.perf_counter() - t0
+    timing = {
+        "train_seconds": max(seconds - compiling.seconds, 0.0),
+        "compile_seconds": compiling.seconds,
+        "train_wall_seconds": seconds,
+    }
+    if kind == "perlabel":
         images, labels = sample_per_label(cgan, result, k_sample, config.samples_per_label)
         history = result.history
     else:
-        _, steps, batch = schedule(config, per_label=False)
-        state, history = train_conditional(
-            cgan,
-            opt,
-            opt,
-            data.train_images,
-            data.train_labels,
-            key=k_train,
-            n_steps=steps,
-            batch_size=batch,
-            chunk_steps=config.chunk_steps,
-            checkpoint_dir=ckpt_root / name,
-            progress=progress,
-        )
-        seconds = time.perf_counter() - t0
         labels = np.repeat(np.arange(N_LABELS), config.samples_per_label)
         images = np.asarray(sample_images(cgan, state.g_params, k_sample, labels))
-    return images, labels, history, equal_compute(config, cgan, kind == "perlabel"), seconds
+    return images, labels, history, equal_compute(config, cgan, kind == "perlabel"), timing
 
 
 def train_and_evaluate(
@@ -257,10 +309,10 @@ def train_and_evaluate(
         "process_count": info.size,
         "models": {},
     }
-    for name, (images, labels, history, budget, seconds) in trained.items():
+    for name, (images, labels, history, budget, timing) in trained.items():
         images8 = downscale(images, 8)
         result = evaluate_samples(clf, images8, labels, data8.train_images, data8.train_labels)
-        result["train_seconds"] = seconds
+        result.update(timing)
         result["final_losses"] = {k: float(np.mean(v[..., -1])) for k, v in history.items()}
         metrics["equal_compute"][name] = budget
         metrics["models"][name] = result
