@@ -214,3 +214,28 @@ def test_method_selection_brings_the_baselines_anderson_steps_on(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--methods", "aa_bogus", "--out", str(tmp_path / "bad")])
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_minibatch_check_writes_a_fresh_run_folder_each_run(tmp_path, monkeypatch, capsys):
+    # The check itself compiles six programs (~40 s); a stand-in returns its record shape.
+    from experiments.anderson import minibatch
+
+    def fake_check(problem, seeds, scale, average, bar=None):
+        bar.update(2 * seeds * len(minibatch.TUNED[problem]))
+        return {
+            inner: {"ratios": [1.0 + 0.01 * s for s in range(seeds)]} for inner in ("sgd", "adam")
+        }
+
+    monkeypatch.setattr(minibatch, "check", fake_check)
+    argv = ["--problems", "cnn_digits", "--seeds", "2", "--out", str(tmp_path), "--no-progress"]
+    first, second = minibatch.main(argv), minibatch.main(argv)  # same second: still two folders
+    assert first != second and sorted(tmp_path.iterdir()) == sorted([first, second])
+    for run_dir in (first, second):
+        saved = json.loads((run_dir / "minibatch.json").read_text())
+        assert saved["settings"]["problems"] == ["cnn_digits"] and saved["settings"]["seeds"] == 2
+        assert saved["problems"]["cnn_digits"]["adam"]["ratios"] == [1.0, 1.01]
+        assert (run_dir / "minibatch.png").stat().st_size > 1000
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(second)
+    with pytest.raises(SystemExit):
+        minibatch.main(["--seeds", "0", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

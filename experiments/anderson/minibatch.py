@@ -7,7 +7,11 @@ The issue's minibatch criterion: at equal epochs, Anderson is never more than 5%
 its inner optimizer. Step sizes are the study's tuned ones (``experiments.anderson.run``,
 seed-0 grids; heavy ball uses Nesterov's tuned lr and momentum). Prints, per problem and
 inner, the final full-train loss of the inner and of Anderson (median over seeds) and the
-per-seed ratios Anderson / inner, and writes them to ``<out>/minibatch.json``.
+per-seed ratios Anderson / inner. Every run writes a fresh run folder
+``<out>/minibatch-<UTC timestamp>`` (earlier runs are never overwritten) with
+``minibatch.json`` (``settings``, and under ``problems``, per problem and inner, the
+losses, ratios and counters) and ``minibatch.png`` (the per-seed ratios against the 5%
+bound); the folder's path is printed last.
 
 Where the papers claim a gain (the moving average), it is in *evaluating* the average, not
 in stepping to it: every run also tracks ``jaxsci.optim.moving_average`` (span 10) and
@@ -18,8 +22,7 @@ ratio to the inner optimizer's last iterate ("adaptive").
 from __future__ import annotations
 
 import argparse
-import json
-import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,8 +37,14 @@ TUNED = {
 }
 
 
-def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
-    """Final full-train losses of each inner and of Anderson on it, per seed."""
+#: The issue's bound: Anderson's final loss at most 5% above its inner optimizer's.
+BOUND = 1.05
+
+
+def check(problem: str, seeds: int, scale: float, average: bool, bar=None) -> dict:
+    """Final full-train losses of each inner and of Anderson on it, per seed.
+
+    ``bar``: a tqdm bar advanced by one per training run (``2 * seeds`` per inner)."""
     prob = build_problem(problem, scale)
     out = {}
     for inner, (lr, mom) in TUNED[problem].items():
@@ -44,8 +53,10 @@ def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
         runs = {"inner": [], "anderson": []}
         for seed in range(seeds):
             key = jax.random.PRNGKey(seed)
-            runs["inner"].append(run_minibatch(prob, base, key, prob.epochs))
-            runs["anderson"].append(run_minibatch(prob, aa, key, prob.epochs))
+            for kind, method in (("inner", base), ("anderson", aa)):
+                runs[kind].append(run_minibatch(prob, method, key, prob.epochs))
+                if bar is not None:
+                    bar.update(1)
         fin_b = [r["final_loss"] for r in runs["inner"]]
         fin_a = [r["final_loss"] for r in runs["anderson"]]
         ratios = [a / b for a, b in zip(fin_a, fin_b, strict=True)]
@@ -64,13 +75,12 @@ def check(problem: str, seeds: int, scale: float, average: bool) -> dict:
             "average_on": {k: [r["average_on"] for r in v] for k, v in runs.items()},
             "counts": counts,
         }
-        print(
+        (bar.write if bar is not None else print)(
             f"{problem:24s} {inner:8s} avg={average!s:5s} inner {np.median(fin_b):.4g}"
             f"  AA {np.median(fin_a):.4g}  ratio median {np.median(ratios):.3f}"
             f"  per seed {[round(r, 3) for r in ratios]}  {counts}\n"
             f"{'':33s} adaptive average / inner: inner {_fmt(adaptive['inner'])}"
-            f"  AA {_fmt(adaptive['anderson'])}",
-            flush=True,
+            f"  AA {_fmt(adaptive['anderson'])}"
         )
     return out
 
@@ -79,20 +89,55 @@ def _fmt(ratios: list[float]) -> str:
     return f"{np.median(ratios):.3f} {[round(r, 3) for r in ratios]}"
 
 
-def main() -> None:
+def plot(results: dict, path: Path) -> Path:
+    """Per-seed final-loss ratios Anderson / inner, one column per (problem, inner) (PNG)."""
+    from matplotlib.figure import Figure
+
+    cols = [(p, inner) for p, per in results.items() for inner in per]
+    fig = Figure(figsize=(max(4.0, 1.2 * len(cols) + 1.5), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for j, (p, inner) in enumerate(cols):
+        ratios = results[p][inner]["ratios"]
+        ax.scatter([j] * len(ratios), ratios, s=24, color="C0")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(BOUND, color="r", lw=0.8, ls="--", label=f"bound {BOUND}")
+    ax.set_xticks(range(len(cols)), [f"{p}\n{i}" for p, i in cols], fontsize=7)
+    ax.set_ylabel("final loss: Anderson / inner (per seed)")
+    ax.set_title("minibatch: Anderson on its inner optimizer, equal epochs")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the check; returns the run folder."""
+    from tqdm.auto import tqdm
+
+    from jaxsci.train import make_run_dir, write_json
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--problems", nargs="+", default=list(TUNED), choices=list(TUNED))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply epochs")
     ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
-    ap.add_argument("--out", default="runs/anderson")
-    args = ap.parse_args()
+    ap.add_argument("--out", default="runs/anderson", help="parent of the run folder")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = ap.parse_args(argv)
     if args.seeds < 1 or not args.scale > 0:
         ap.error(f"need --seeds >= 1 and --scale > 0, got {args.seeds} and {args.scale}")
-    res = {p: check(p, args.seeds, args.scale, args.average) for p in args.problems}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "minibatch.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    problems = list(dict.fromkeys(args.problems))  # a problem named twice runs once
+    run_dir = make_run_dir(args.out, "minibatch")  # a fresh folder: never an earlier run's
+    total = sum(2 * args.seeds * len(TUNED[p]) for p in problems)
+    with tqdm(total=total, desc="minibatch check", disable=args.no_progress) as bar:
+        res = {p: check(p, args.seeds, args.scale, args.average, bar) for p in problems}
+    settings = {
+        "problems": problems,
+        **{k: getattr(args, k) for k in ("seeds", "scale", "average")},
+    }
+    write_json(run_dir / "minibatch.json", {"settings": settings, "problems": res})
+    plot(res, run_dir / "minibatch.png")
+    print(run_dir)
+    return run_dir
 
 
 if __name__ == "__main__":
