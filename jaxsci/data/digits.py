@@ -8,6 +8,7 @@ heavier 32 x 32 variant and bring generated images back to 8 x 8 (block average)
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -35,36 +36,60 @@ def to_digits_scale(images: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, DIGITS_MAX).astype(np.float32)
 
 
+def _check_size(fn: str, size: object) -> int:
+    """``size`` as a positive int; ValueError otherwise (bools and floats too)."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"{fn}: size must be a positive integer (pixels), got {size!r}")
+    return int(size)
+
+
+def _check_images(fn: str, images: np.ndarray) -> np.ndarray:
+    """``images`` as float32 ``[N, S, S, C]`` with S >= 1; ValueError otherwise."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[1] < 1:
+        raise ValueError(
+            f"{fn}: images must be [N, S, S, C] (square, S >= 1), got shape {images.shape}"
+        )
+    return images
+
+
 def upscale(images: np.ndarray, size: int, method: str = "nearest") -> np.ndarray:
-    """``[N, s, s, C]`` -> ``[N, size, size, C]`` with ``size = k * s``.
+    """``[N, s, s, C]`` -> ``[N, size, size, C]`` with ``size = k * s`` (pixels, k >= 1).
 
     ``"nearest"`` replicates each pixel into a k x k block, so :func:`downscale` inverts it
     exactly (generated 32 x 32 images are scored on the same 8 x 8 grid as the data);
-    ``"bilinear"`` gives smoother copies (``jax.image.resize``).
+    ``"bilinear"`` gives smoother copies (``jax.image.resize``). ValueError for images that
+    are not ``[N, s, s, C]``, a size that is not a positive multiple of s, or another method.
     """
-    images = np.asarray(images, np.float32)
+    if method not in ("nearest", "bilinear"):
+        raise ValueError(f"method must be 'nearest' or 'bilinear', got {method!r}")
+    size = _check_size("upscale", size)
+    images = _check_images("upscale", images)
     s = images.shape[1]
     if size % s:
         raise ValueError(f"upscale: size {size} is not a multiple of the image size {s}")
     k = size // s
     if method == "nearest":
         return np.repeat(np.repeat(images, k, axis=1), k, axis=2)
-    if method == "bilinear":
-        import jax
+    import jax
 
-        shape = (images.shape[0], size, size, images.shape[3])
-        return np.asarray(jax.image.resize(images, shape, "bilinear"), np.float32)
-    raise ValueError(f"method must be 'nearest' or 'bilinear', got {method!r}")
+    shape = (images.shape[0], size, size, images.shape[3])
+    return np.asarray(jax.image.resize(images, shape, "bilinear"), np.float32)
 
 
 def downscale(images: np.ndarray, size: int = 8) -> np.ndarray:
-    """``[N, S, S, C]`` -> ``[N, size, size, C]`` by averaging S/size x S/size blocks."""
-    images = np.asarray(images, np.float32)
+    """``[N, S, S, C]`` -> ``[N, size, size, C]`` by averaging S/size x S/size blocks (pixels).
+
+    ValueError for images that are not ``[N, S, S, C]`` or a size that is not a positive
+    divisor of S.
+    """
+    size = _check_size("downscale", size)
+    images = _check_images("downscale", images)
     n, s, _, c = images.shape
-    if s == size:
-        return images
     if s % size:
         raise ValueError(f"downscale: image size {s} is not a multiple of {size}")
+    if s == size:
+        return images
     f = s // size
     return images.reshape(n, size, f, size, f, c).mean(axis=(2, 4))
 
