@@ -8,6 +8,8 @@ from jaxsci.data.pt_clusters import (
     PtClusterConfig,
     build_pt_clusters,
     bulk_energy_per_atom,
+    lattice_constant,
+    nearest_neighbour_distance,
     relax_many,
     seed_cluster,
 )
@@ -41,6 +43,21 @@ def test_bad_config_fails_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_pt_clusters(cfg, cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_lattice_constant_refuses_unknown_and_non_fcc_elements():
+    """An unknown symbol raised a bare KeyError; bcc Fe returned its bcc a (2.87 A) as an
+    fcc lattice constant, so its fcc nearest-neighbour distance came out 2.03 A."""
+    assert lattice_constant("Pt") == pytest.approx(3.92)
+    assert nearest_neighbour_distance("Cu") == pytest.approx(3.61 / np.sqrt(2.0))
+    for bad in ("Xx", "pt", "", None, 78):
+        with pytest.raises(ValueError, match="unknown chemical element"):
+            lattice_constant(bad)
+    for element, kind in (("Fe", "bcc"), ("Si", "diamond"), ("H", "diatom")):
+        with pytest.raises(ValueError, match=f"no fcc reference state.*{kind}"):
+            lattice_constant(element)
+    with pytest.raises(ValueError, match="no fcc reference state"):
+        nearest_neighbour_distance("Fe")
 
 
 def test_bulk_reference_energy_is_emt_zero():

@@ -174,8 +174,21 @@ def _attach(atoms: Atoms, calc: Any, name: str) -> None:
 
 
 def lattice_constant(element: str = "Pt") -> float:
-    """ase's reference fcc lattice constant ``a`` (Angstrom) of ``element``, e.g. 3.92 for Pt."""
-    return reference_states[atomic_numbers[element]]["a"]
+    """ase's reference fcc lattice constant ``a`` (Angstrom) of ``element``, e.g. 3.92 for Pt.
+
+    ValueError for an unknown chemical symbol and for an element whose reference state is
+    not fcc (ase's ``a`` of bcc Fe or diamond Si is no fcc lattice constant).
+    """
+    z = atomic_numbers.get(element) if isinstance(element, str) else None
+    if z is None:
+        raise ValueError(f"unknown chemical element {element!r} (give a symbol such as 'Pt')")
+    ref = reference_states[z] or {}
+    if ref.get("symmetry") != "fcc" or "a" not in ref:
+        raise ValueError(
+            f"{element} has no fcc reference state in ase (it is {ref.get('symmetry')}): "
+            "no fcc lattice constant"
+        )
+    return float(ref["a"])
 
 
 def nearest_neighbour_distance(element: str) -> float:
