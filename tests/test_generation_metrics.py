@@ -53,6 +53,22 @@ def test_kabsch_rmsd_rotation_free_but_not_mirror_free():
         kabsch_rmsd(pos, pos[:5])
 
 
+def test_kabsch_rmsd_refuses_nan_and_empty_input():
+    """NaN/inf raised numpy's LinAlgError ("SVD did not converge"); zero atoms returned NaN."""
+    pos = _pt13()
+    bad = pos.copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in positions"):
+        kabsch_rmsd(bad, pos)
+    with pytest.raises(ValueError, match="NaN or inf in reference"):
+        kabsch_rmsd(pos, np.where(np.isnan(bad), np.inf, bad))
+    with pytest.raises(ValueError, match="no atoms"):
+        kabsch_rmsd(np.zeros((0, 3)), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match=r"shape \[n_atoms, 3\]"):
+        kabsch_rmsd(pos[:, :2], pos[:, :2])
+    assert kabsch_rmsd(pos[:1], pos[:1] + 3.0) == 0.0  # one atom: translation only
+
+
 def test_uniqueness_and_novelty_use_sorted_pair_distances():
     rng = np.random.default_rng(1)
     a = _pt13()

@@ -143,6 +143,11 @@ def kabsch_rmsd(positions: Any, reference: Any) -> float:
     p, q = _positions(positions), _positions(reference)
     if p.shape != q.shape:
         raise ValueError(f"kabsch_rmsd: shapes differ: {p.shape} vs {q.shape}")
+    if len(p) == 0:
+        raise ValueError("kabsch_rmsd: no atoms")
+    for name, x in (("positions", p), ("reference", q)):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"kabsch_rmsd: NaN or inf in {name}")
     p, q = p - p.mean(0), q - q.mean(0)
     rot = _kabsch(p, q, allow_reflection=False)
     return float(np.sqrt(((p @ rot.T - q) ** 2).sum(-1).mean()))
