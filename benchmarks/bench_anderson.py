@@ -3,7 +3,7 @@
     python benchmarks/bench_anderson.py                        # 100k and 1M params, m = 5, 10
     python benchmarks/bench_anderson.py --sizes 1000000 --repeats 9
     python benchmarks/bench_anderson.py --sizes 1000000 --batch 1024 --memories 5
-    python benchmarks/bench_anderson.py --results runs/anderson/<stamp>/results.json
+    python benchmarks/bench_anderson.py --results runs/anderson/study-<stamp>/results.json
     python benchmarks/bench_anderson.py --results <...>/results.json --time-to-target --repeats 21
 
 Times a full training step (forward, backward, optimizer update, apply) of an MLP with

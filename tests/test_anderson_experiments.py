@@ -204,12 +204,13 @@ def test_method_selection_brings_the_baselines_anderson_steps_on(tmp_path, capsy
     assert select_methods(minibatch, ["aa_sgd_m20"]) == ({}, set())
     assert select_methods(convex, None)[0].keys() == tuning_grids(convex).keys()
     # A problem none of the methods runs on is skipped, and said so.
-    res = main(
-        ["--problems", "least_squares", "--methods", "aa_adam_m5_avg", "--out", str(tmp_path)]
-    )
+    argv = ["--problems", "least_squares", "--methods", "aa_adam_m5_avg", "--out", str(tmp_path)]
+    res, again = main(argv), main(argv)
     assert res["skipped"] == ["least_squares"] and res["problems"] == {}
     with open(os.path.join(res["run_dir"], "results.json")) as fh:
         assert json.load(fh)["skipped"] == ["least_squares"]
+    # two runs started within a second get a run folder each (the second used to reuse it)
+    assert res["run_dir"] != again["run_dir"] and len(os.listdir(tmp_path)) == 2
     # An unknown name stops before any run folder.
     with pytest.raises(SystemExit):
         main(["--methods", "aa_bogus", "--out", str(tmp_path / "bad")])

@@ -8,8 +8,9 @@
 The target of a nonconvex problem is the best loss any run reached, so it depends on
 which methods ran (``--methods``).
 
-Writes ``<out>/<timestamp>/results.json`` and one ``<problem>.png`` per problem
-(median loss over seeds vs iterations or epochs).
+Writes a fresh run folder ``<out>/study-<UTC timestamp>`` (``jaxsci.train.make_run_dir``:
+a run started in the same second gets a suffixed folder of its own) with ``results.json``
+and one ``<problem>.png`` per problem (median loss over seeds vs iterations or epochs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import jax
@@ -36,6 +36,7 @@ from experiments.anderson.runner import (
     time_deterministic,
     tuning_grids,
 )
+from jaxsci.train import make_run_dir
 
 ALL = [
     "least_squares",
@@ -158,12 +159,17 @@ def select_methods(
     return {f: g for f, g in grids.items() if f in keep}, {m.name for m in aa}
 
 
-def study_problem(prob: P.Problem, seeds: int, bar: tqdm, methods: list[str] | None = None) -> dict:
+def study_problem(
+    prob: P.Problem, seeds: int, bar: tqdm, methods: list[str] | None = None
+) -> dict | None:
     """Tune baselines on seed 0, run the methods on all seeds, compute targets and ratios.
 
     ``methods``: a subset of :data:`METHODS` (None: all), see :func:`select_methods`.
+    Returns None, having run nothing, when none of ``methods`` runs on ``prob``.
     """
     grids, aa_names = select_methods(prob, methods)
+    if not grids and not aa_names:
+        return None
     n_aa = len(aa_names)
     bar.total = (bar.total or 0) + sum(map(len, grids.values())) + (len(grids) + n_aa) * seeds
     bar.refresh()
@@ -307,18 +313,17 @@ def print_summary(res: dict) -> None:
 
 def train_and_evaluate(cfg: Config) -> dict:
     """Run the study; returns the results dict that is also written to the run folder."""
-    run_dir = os.path.join(cfg.out, time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = str(make_run_dir(cfg.out, "study"))
     results = {"config": asdict(cfg), "problems": {}}
     with tqdm(total=0, desc="anderson study") as bar:  # each problem adds its runs
         for name in cfg.problems:
             with jax.enable_x64(name in X64):  # data and params built in the same precision
                 p = build_problem(name, cfg.scale)
-                if select_methods(p, cfg.methods) == ({}, set()):
-                    print(f"\n== {name}: none of --methods runs on it; skipped")
-                    results.setdefault("skipped", []).append(name)
-                    continue
                 res = study_problem(p, cfg.seeds, bar, cfg.methods)
+            if res is None:
+                print(f"\n== {name}: none of --methods runs on it; skipped")
+                results.setdefault("skipped", []).append(name)
+                continue
             results["problems"][p.name] = res
             if cfg.plots:
                 plot_problem(res, os.path.join(run_dir, f"{p.name}.png"))
