@@ -317,6 +317,21 @@ def test_empty_structures_have_no_rows(acsf):
     np.testing.assert_array_equal(pool(acsf.create(Atoms())), np.zeros(2 * acsf.n_features))
 
 
+def test_angular_terms_are_never_negative_for_unit_lambda():
+    """(1 + lambda cos)^zeta >= 0 for |lambda| <= 1; the moment expansion's round-off made
+    nearly linear Pt3 (true G4 of the middle atom 0) come out down to -8e-8 in float32."""
+    params = [[0.005, z, lam] for z in (1.0, 2.0, 4.0, 6.0) for lam in (1.0, -1.0)]
+    desc = ACSF(["Pt"], 6.0, [[0.1, 0.0]], None, params, params)
+    rng = np.random.default_rng(0)
+    line = np.array([[-2.5, 0.0, 0.0], [0.0, 0.0, 0.0], [2.5, 0.0, 0.0]])
+    feats = np.stack(
+        [desc.create(Atoms("Pt3", positions=line + rng.normal(0, 1e-7, (3, 3)))) for _ in range(50)]
+    )
+    assert feats.min() >= 0.0
+    # The middle atom's lambda = +1 terms are (1 + cos 180)^zeta = 0, up to round-off.
+    assert np.abs(feats[:, 1, 2:][..., 0::2]).max() < 1e-6
+
+
 def test_traced_capacity_keeps_the_nearest_neighbours():
     """fn(capacity=K) under jit equals the exact (all images) features whenever K covers
     every atom's neighbours, and its gradient too; a capacity below that drops only the
