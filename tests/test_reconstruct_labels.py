@@ -49,9 +49,28 @@ def test_diagnose_reports_every_labeling(tmp_path):
     assert (tmp_path / "labels.png").stat().st_size > 0
 
 
-def test_bad_arguments_fail_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="n-atoms"):
-        main(["--n-atoms", "2", "--out-dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="transpositions"):
-        main(["--n-atoms", "8", "--transpositions", "5", "--out-dir", str(tmp_path)])
-    assert not any(tmp_path.iterdir())
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--n-atoms", "2"], "--n-atoms must be >= 4"),
+        (["--n-starts", "0"], "--n-starts and --search-steps must be >= 1"),
+        (["--search-steps", "-1"], "--n-starts and --search-steps must be >= 1"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--n-atoms", "8", "--transpositions", "5"], "--transpositions must lie in 1..4"),
+        (["--transpositions", "0"], "--transpositions must lie in 1..12"),
+        (["--transpositions", "1", "1"], "--transpositions must be distinct"),
+        (["--out-dir", "FILE"], "exists and is not a folder"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, flags, match):
+    (tmp_path / "FILE").write_text("")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    with pytest.raises(SystemExit) as exc:
+        main([*flags, *([] if "--out-dir" in flags else ["--out-dir", str(tmp_path / "runs")])])
+    assert exc.value.code == 2 and match in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["FILE"]
+
+
+def test_diagnose_refuses_repeated_transpositions():
+    with pytest.raises(ValueError, match="distinct"):
+        diagnose(8, 1, transpositions=(1, 1))

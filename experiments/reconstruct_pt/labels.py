@@ -52,6 +52,8 @@ def diagnose(
     """
     if any(k < 0 or 2 * k > n_atoms for k in transpositions):
         raise ValueError(f"transpositions must lie in 0..{n_atoms // 2}, got {transpositions}")
+    if len(set(transpositions)) != len(transpositions):  # one oracle_k entry per k
+        raise ValueError(f"transpositions must be distinct, got {transpositions}")
     import jax
     from ase import Atoms
     from tqdm.auto import tqdm
@@ -142,15 +144,37 @@ def plot(out: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description="Oracle vs feature labels for the matched descent")
-    ap.add_argument("--n-atoms", type=int, default=25)
-    ap.add_argument("--seed", type=int, default=101)
-    ap.add_argument("--n-starts", type=int, default=24)
-    ap.add_argument("--search-steps", type=int, default=1)
-    ap.add_argument("--transpositions", type=int, nargs="*", default=[1])
-    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--n-atoms", type=int, default=25, help="atoms of the target (>= 4)")
+    ap.add_argument("--seed", type=int, default=101, help="target cluster and label swaps (>= 0)")
+    ap.add_argument("--n-starts", type=int, default=24, help="start structures (>= 1)")
+    ap.add_argument("--search-steps", type=int, default=1, help="search steps per start (>= 1)")
+    ap.add_argument(
+        "--transpositions",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="k of each oracle_k labeling, distinct, 1 <= k <= n_atoms // 2 "
+        "(given empty: oracle and features only)",
+    )
+    ap.add_argument("--out-dir", default="runs", help="parent of the run folder")
     args = ap.parse_args(argv)
-    if args.n_atoms < 4 or args.n_starts < 1 or args.search_steps < 1:
-        raise ValueError("need --n-atoms >= 4, --n-starts >= 1 and --search-steps >= 1")
+    # every check before any work: the run folder is made only once the results are in
+    if args.n_atoms < 4:
+        ap.error(f"--n-atoms must be >= 4, got {args.n_atoms}")
+    if args.n_starts < 1 or args.search_steps < 1:
+        ap.error(
+            f"--n-starts and --search-steps must be >= 1, got {args.n_starts} and "
+            f"{args.search_steps}"
+        )
+    if args.seed < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
+    top = args.n_atoms // 2
+    if any(not 1 <= k <= top for k in args.transpositions):
+        ap.error(f"--transpositions must lie in 1..{top} (n_atoms // 2), got {args.transpositions}")
+    if len(set(args.transpositions)) != len(args.transpositions):
+        ap.error(f"--transpositions must be distinct, got {args.transpositions}")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        ap.error(f"--out-dir {args.out_dir} exists and is not a folder")
     from jaxsci.train.run_dir import make_run_dir, write_json
 
     t0 = time.perf_counter()
