@@ -37,7 +37,17 @@ def test_cli_one_layout_reports_and_rejects_bad_steps(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 process(es): 3 steps" in printed and str(out) in printed
     assert len(json.loads(out.read_text())["losses"]) == 3
-    for bad in ("0", "-1"):
-        with pytest.raises(ValueError, match="--steps must be >= 1"):
-            run.main(["--all", "--tiny", "--steps", bad, "--root", str(tmp_path / "r")])
-    assert not (tmp_path / "r").exists()  # failed before any run folder
+    root, curve = ["--root", str(tmp_path / "r")], str(tmp_path / "c.json")
+    bad = [
+        (["--all", "--steps", "0", *root], "--steps must be >= 1"),
+        (["--all", "--steps", "-1", *root], "--steps must be >= 1"),
+        (["--all", "--out", curve, *root], "--out writes one layout's curve"),  # was ignored
+        (["--out", curve, *root], "--root is the parent of --all's run folder"),  # was ignored
+        (["--out", str(tmp_path / "none" / "c.json")], "its folder does not exist"),
+    ]
+    for flags, match in bad:
+        with pytest.raises(SystemExit) as exc:
+            run.main(["--tiny", *flags])
+        assert exc.value.code == 2 and match in capsys.readouterr().err
+    # each failed before any run folder, curve or training
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.json"]

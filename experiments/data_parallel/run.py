@@ -61,7 +61,7 @@ def run_one(args: argparse.Namespace) -> None:
 def run_all(args: argparse.Namespace) -> Path:
     from jaxsci.train import make_run_dir, write_metrics
 
-    run_dir = make_run_dir(args.root, "data_parallel").resolve()  # the children run in root
+    run_dir = make_run_dir(args.root or "runs", "data_parallel").resolve()  # children: in root
     root = Path(__file__).resolve().parents[2]
     mpirun = str(Path(sys.executable).with_name("mpirun"))
     curves = {}
@@ -136,9 +136,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=str, default=None, help="(one layout) write the curve here")
     ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
     ap.add_argument("--tiny", action="store_true", help="smoke-test configuration")
-    ap.add_argument("--root", type=str, default="runs", help="parent of the run folder")
+    ap.add_argument("--root", type=str, default=None, help="(--all) parent of the run folder")
     args = ap.parse_args(argv)
-    _config(args)  # a bad --steps fails here, before any run folder or child process
+    # every check here, before any run folder, training or child process
+    try:
+        _config(args)
+    except ValueError as err:
+        ap.error(str(err))
+    if args.all and args.out is not None:
+        ap.error("--out writes one layout's curve; --all writes its run folder under --root")
+    if not args.all and args.root is not None:
+        ap.error("--root is the parent of --all's run folder; one layout writes only --out")
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        ap.error(f"--out {args.out}: its folder does not exist")
     if args.all:
         run_all(args)
     else:
