@@ -61,7 +61,8 @@ def run_one(args: argparse.Namespace) -> None:
 def run_all(args: argparse.Namespace) -> Path:
     from jaxsci.train import make_run_dir, write_metrics
 
-    run_dir = make_run_dir(args.root or "runs", "data_parallel").resolve()  # children: in root
+    # absolute: the child processes run in the repository root
+    run_dir = make_run_dir(args.root or "runs", "data_parallel").resolve()
     root = Path(__file__).resolve().parents[2]
     mpirun = str(Path(sys.executable).with_name("mpirun"))
     curves = {}
