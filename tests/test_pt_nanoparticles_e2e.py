@@ -46,6 +46,9 @@ def test_tiny_end_to_end_run_writes_a_complete_run_folder(tmp_path):
     e_bulk = bulk_energy_per_atom("Pt")
     for atoms in generated[:3]:
         assert {"target_energy", "energy_per_atom"} <= set(atoms.info)
+        # the error belongs to the coordinates before relaxation, and says so
+        assert "reconstruction_fingerprint_error" in atoms.info
+        assert "fingerprint_error" not in atoms.info
         assert cfg.data.min_size <= len(atoms) <= cfg.data.max_size
         # obtained energy checked independently with ase's EMT
         atoms.calc = EMT()

@@ -9,7 +9,9 @@
 - ``reconstructed.extxyz``: coordinates recovered from the sampled fingerprints;
 - ``generated.extxyz``: the same structures after EMT relaxation -- the generated
   nanoparticles (``info``: ``target_energy`` and ``energy_per_atom`` in eV/atom relative to
-  bulk, ``valid``, ``unique``, ``novel``, ``rmsd_to_reconstructed``);
+  bulk, ``valid``, ``unique``, ``novel``, ``rmsd_to_reconstructed``, and
+  ``reconstruction_fingerprint_error``: that of the coordinates before relaxation against
+  the sampled fingerprint);
 - PNG plots: training curves, target vs obtained energy, latent space, a few clusters.
 
 The CVAE models sorted per-feature ACSF columns read at fixed quantiles (see
@@ -403,7 +405,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
             unique=bool(unique[i]),
             novel=bool(novel[i]),
             rmsd_to_reconstructed=float(rmsd[i]),
-            fingerprint_error=float(fp_errors[i]),
+            # of the reconstructed (pre-relaxation) coordinates against the sample
+            reconstruction_fingerprint_error=float(fp_errors[i]),
         )
         generated.append(a)
     write(run_dir / "generated.extxyz", generated, format="extxyz")

@@ -43,7 +43,7 @@ def emt_relax(positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
     return relaxed.positions - relaxed.positions.mean(0)
 
 
-def lattice_constant(z: np.ndarray) -> float:
+def motif_lattice_constant(z: np.ndarray) -> float:
     """fcc lattice constant (Angstrom) for motifs of atomic numbers ``z``: the element's
     reference one when it is a single fcc metal, else from the mean sum of covalent radii
     as the nearest-neighbour distance."""
@@ -78,7 +78,7 @@ class MotifQueue:
         self._z = np.asarray(z)
         self._score = score
         self._rng = rng
-        a = lattice_constant(z)
+        a = motif_lattice_constant(z)
         mixed = len(set(int(v) for v in z)) > 1
 
         def placed(pos: np.ndarray) -> np.ndarray:
