@@ -217,25 +217,27 @@ def test_method_selection_brings_the_baselines_anderson_steps_on(tmp_path, capsy
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_minibatch_check_writes_a_fresh_run_folder_each_run(tmp_path, monkeypatch, capsys):
-    # The check itself compiles six programs (~40 s); a stand-in returns its record shape.
+def test_minibatch_check_writes_a_fresh_run_folder_each_run(tmp_path, capsys):
+    # Real runs at 5% of the epochs, one seed (~14 s, compiling six programs once).
     from experiments.anderson import minibatch
 
-    def fake_check(problem, seeds, scale, average, bar=None):
-        bar.update(2 * seeds * len(minibatch.TUNED[problem]))
-        return {
-            inner: {"ratios": [1.0 + 0.01 * s for s in range(seeds)]} for inner in ("sgd", "adam")
-        }
-
-    monkeypatch.setattr(minibatch, "check", fake_check)
-    argv = ["--problems", "cnn_digits", "--seeds", "2", "--out", str(tmp_path), "--no-progress"]
+    argv = ["--problems", "mlp_diabetes_minibatch", "--seeds", "1", "--scale", "0.05"]
+    argv += ["--out", str(tmp_path), "--no-progress"]
     first, second = minibatch.main(argv), minibatch.main(argv)  # same second: still two folders
     assert first != second and sorted(tmp_path.iterdir()) == sorted([first, second])
+    runs = []
     for run_dir in (first, second):
         saved = json.loads((run_dir / "minibatch.json").read_text())
-        assert saved["settings"]["problems"] == ["cnn_digits"] and saved["settings"]["seeds"] == 2
-        assert saved["problems"]["cnn_digits"]["adam"]["ratios"] == [1.0, 1.01]
+        assert saved["settings"]["problems"] == ["mlp_diabetes_minibatch"]
+        assert saved["settings"]["seeds"] == 1 and saved["settings"]["scale"] == 0.05
+        per_inner = saved["problems"]["mlp_diabetes_minibatch"]
+        assert set(per_inner) == set(minibatch.TUNED["mlp_diabetes_minibatch"])
+        for rec in per_inner.values():
+            assert np.isfinite(rec["inner"] + rec["anderson"]).all()
+            np.testing.assert_allclose(rec["ratios"], np.divide(rec["anderson"], rec["inner"]))
+        runs.append(per_inner)
         assert (run_dir / "minibatch.png").stat().st_size > 1000
+    assert runs[0] == runs[1]  # a function of its seeds
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(second)
     with pytest.raises(SystemExit):
         minibatch.main(["--seeds", "0", "--out", str(tmp_path / "bad")])
