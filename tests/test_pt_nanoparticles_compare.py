@@ -1,44 +1,30 @@
 """experiments/pt_nanoparticles/compare_representations: run folder, progress and CLI checks.
 
-The tiny comparison itself (``--tiny``) takes ~35 s of CPU, nearly all of it compiling
-``reconstruct``'s set and pooled searches; here ``reconstruct`` is replaced by a stand-in
-that checks each target's shape and returns a Pt10 icosahedron, so the test covers the
-data set, the representations, relaxation, RMSDs, the summary and the run folder in
-seconds (``reconstruct`` has tests of its own).
+The tiny comparison (``--tiny``: one Pt10, two starts, one round) runs for real, ~25 s at
+XLA optimisation level 0, nearly all of it compiling ``reconstruct``'s set and pooled
+searches.
 """
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-import jaxsci.reconstruct
 from experiments.pt_nanoparticles import compare_representations as cr
-from jaxsci.data.pt_clusters import seed_cluster
 
 
-def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys, monkeypatch):
-    seen = []
-
-    def fake_reconstruct(target, species, descriptor, *, key, n_starts, max_rounds, time_limit):
-        n, f = len(species), descriptor.get_number_of_features()
-        assert np.shape(target) in ((n, f), (2 * f,)) and (n_starts, max_rounds) == (2, 1)
-        seen.append(np.shape(target))
-        return SimpleNamespace(positions=seed_cluster("icosahedron", n).positions, error=0.5)
-
-    monkeypatch.setattr(jaxsci.reconstruct, "reconstruct", fake_reconstruct)
+def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     rc = cr.main(["--tiny", "--no-progress", "--cache-dir", str(cache), "--out-root", str(out)])
     assert rc == 0
     run_dir = out / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
     saved = json.loads((run_dir / "results.json").read_text())
     names = ["exact_set", "pooled_max_min", "quantiles_4_step"]
-    assert list(saved["summary"]) == names and len(seen) == 3
+    assert list(saved["summary"]) == names
     assert [r["representation"] for r in saved["rows"]] == names
     for r in saved["rows"]:
-        assert r["n"] == 10 and r["rmsd"] > 0 and r["rmsd_after_relax"] >= 0
-        assert r["fingerprint_error"] == 0.5
+        assert r["n"] == 10 and np.isfinite(r["fingerprint_error"])
+        assert r["rmsd"] >= 0 and r["rmsd_after_relax"] >= 0
     assert saved["config"]["sizes"] == [10] and saved["summary"]["exact_set"]["n"] == 1
     assert (run_dir / "representations.png").stat().st_size > 1000
     # a size with too few relaxed clusters is refused once the (cached) data set is read
