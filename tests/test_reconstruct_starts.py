@@ -9,7 +9,7 @@ from jaxsci.descriptors import ACSF
 from jaxsci.geometry.motifs import complete_motifs, motif_cuts
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.polish import fingerprint_fn
-from jaxsci.reconstruct.starts import MOTIF_JITTER, SCALES, MotifQueue, lattice_constant
+from jaxsci.reconstruct.starts import MOTIF_JITTER, SCALES, MotifQueue, motif_lattice_constant
 
 A = 3.92  # Pt, Angstrom
 N = 20
@@ -38,10 +38,10 @@ def setup():
     return cuts, target_pos, _scorer(fp, target)
 
 
-def test_lattice_constant():
-    assert lattice_constant(np.full(5, 78)) == pytest.approx(3.92)  # Pt reference state
+def test_motif_lattice_constant():
+    assert motif_lattice_constant(np.full(5, 78)) == pytest.approx(3.92)  # Pt reference state
     # No single fcc element: twice the mean covalent radius is the bond length.
-    assert lattice_constant(np.array([78, 79])) > 0
+    assert motif_lattice_constant(np.array([78, 79])) > 0
 
 
 def test_queue_ranks_the_target_cut_first_at_its_scaling(setup):
