@@ -55,7 +55,7 @@ def _mic_tables(cell_key: bytes, pbc_key: tuple[bool, bool, bool]) -> tuple[np.n
 
     Returns ``basis`` [3, 3] (periodic rows lattice-reduced, the others an orthonormal
     completion, so rounding the periodic fractional coordinates only shifts by lattice
-    vectors), its inverse, the periodic mask [3] and ``shifts`` [K, 3] (Angstrom): the lattice
+    vectors), its inverse and ``shifts`` [K, 3] (Angstrom): the lattice
     vectors ``n @ basis`` that can beat the rounded guess for some fractional part in
     [-1/2, 1/2]^3 (``n G n < sum_i |(G n)_i|``, ``G = basis basis^T``), zero first. The
     shortest of ``guess + shifts`` is then the exact minimum image of any vector.
@@ -77,7 +77,7 @@ def _mic_tables(cell_key: bytes, pbc_key: tuple[bool, bool, bool]) -> tuple[np.n
         if np.any(n) and n @ gn < np.sum(np.abs(gn[pbc])) - 1e-9 * (n @ gn):
             keep.append(n.astype(np.float64))
     shifts = np.stack(keep) @ basis
-    return basis, np.linalg.inv(basis), pbc, shifts
+    return basis, np.linalg.inv(basis), shifts
 
 
 def minimum_image(
@@ -113,12 +113,10 @@ def minimum_image(
     host = validate_cell(np.asarray(cell), pbc_arr)
     if not pbc_arr.any():
         return lambda dr: dr
-    basis_np, inv_np, mask_np, shifts_np = _mic_tables(
-        host.tobytes(), tuple(bool(p) for p in pbc_arr)
-    )
+    basis_np, inv_np, shifts_np = _mic_tables(host.tobytes(), tuple(bool(p) for p in pbc_arr))
     basis = jnp.asarray(basis_np, dtype)
     inv = jnp.asarray(inv_np, dtype)
-    mask = jnp.asarray(mask_np)
+    mask = jnp.asarray(pbc_arr)
     shifts = jnp.asarray(shifts_np, dtype)
     sq = jnp.sum(shifts * shifts, axis=-1)
 

@@ -683,6 +683,7 @@ def reconstruct(
     """
     t0 = time.perf_counter()
     pool_ops = (pool_ops,) if isinstance(pool_ops, str) else tuple(pool_ops)
+    time_limit = None if time_limit == np.inf else time_limit  # inf: no limit, as None
     t, species_idx, z, cell_np, loss = _check_inputs(
         target, species, descriptor, cell, loss, pool_ops
     )
@@ -714,9 +715,8 @@ def reconstruct(
             "twist": (twist, 0.0, 1.0, False),
             "temperature": (temperature, 0.0, np.inf, False),
         }
-        | ({} if time_limit in (None, np.inf) else {"time_limit": (time_limit, 0.0, np.inf, True)}),
+        | ({} if time_limit is None else {"time_limit": (time_limit, 0.0, np.inf, True)}),
     )
-    time_limit = None if time_limit == np.inf else time_limit
     _check_key(key)
     if search_norm not in ("l2", "l1"):
         raise ValueError(f"reconstruct: search_norm must be 'l2' or 'l1', got {search_norm!r}")
@@ -918,10 +918,10 @@ def reconstruct(
         low_loss = np.asarray(low_loss, np.float64)
         reached = np.asarray(x_low, np.float64)
         # The record keeps every start's best so far, across restarts, from the lowest
-        # point of each round: rows are matched for the starts whose search loss
-        # improved, and a point replaces the record only
-        # if its matched error is lower too (a polished record, lower in error than its
-        # search loss says, is not overwritten by a worse point of lower search loss).
+        # point of each round: rows are matched for the starts whose search loss improved,
+        # and a point replaces the record only if its matched error is lower too (a
+        # polished record, lower in error than its search loss says, is not overwritten by
+        # a worse point of lower search loss).
         idx = np.flatnonzero(low_loss < record_loss)
         if idx.size:
             errs = _errors(np.asarray(features_fn(x_low))[idx], t, species_idx, pooled, pool_ops)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, covalent_radii, reference_states
+from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
-from jaxsci.data.pt_clusters import EMT_FCC_ELEMENTS, relax
+from jaxsci.data.pt_clusters import EMT_FCC_ELEMENTS, lattice_constant, relax
 from jaxsci.geometry.motifs import complete_motifs, motif_cuts
 
 #: Gaussian noise (Angstrom per coordinate) added to motif starts.
@@ -47,10 +47,11 @@ def motif_lattice_constant(z: np.ndarray) -> float:
     """fcc lattice constant (Angstrom) for motifs of atomic numbers ``z``: the element's
     reference one when it is a single fcc metal, else from the mean sum of covalent radii
     as the nearest-neighbour distance."""
-    zs = set(int(a) for a in z)
-    ref = reference_states[int(z[0])] if len(zs) == 1 else None
-    if ref is not None and ref.get("symmetry") == "fcc":
-        return float(ref["a"])
+    if len(set(int(a) for a in z)) == 1:
+        try:  # the element's fcc reference state, if it has one
+            return lattice_constant(chemical_symbols[int(z[0])])
+        except ValueError:
+            pass
     radii = np.array([covalent_radii[int(a)] for a in z])
     return float(np.sqrt(2.0) * 2.0 * np.mean(radii))
 
