@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,10 +66,57 @@ def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | 
     return fp
 
 
+class _Programs(NamedTuple):
+    """The polish's float64 programs for one (descriptor, species, cell); see
+    :func:`_compiled`. ``xf`` is the flat ``[3N]`` positions."""
+
+    losses: Callable  # (xf, perm, t_sorted, t_scaled, scale, w) -> ((value, features), grad)
+    jac: Callable  # xf -> (features [N, F], Jacobian [N, F, 3N])
+    n_features: int
+
+    def feats(self, xf: Array) -> Array:
+        """Features ``[N, F]`` at ``xf`` (from the loss program: one compilation fewer)."""
+        n, zero = xf.shape[0] // 3, jnp.zeros((), xf.dtype)
+        dummy = jnp.zeros((n, self.n_features), xf.dtype)
+        ones = jnp.ones(self.n_features, xf.dtype)
+        (_, feats), _ = self.losses(xf, jnp.arange(n, dtype=jnp.int32), dummy, dummy, ones, zero)
+        return feats
+
+    def sorted_vg(self, xf: Array, t_sorted: Array, scale: Array) -> tuple[Array, Array]:
+        """Value and gradient of the sorted-column loss."""
+        perm = jnp.arange(t_sorted.shape[0], dtype=jnp.int32)
+        (value, _), grad = self.losses(xf, perm, t_sorted, t_sorted, scale, jnp.ones((), xf.dtype))
+        return value, grad
+
+    def matched_vg(
+        self, xf: Array, perm: Array, t_scaled: Array, scale: Array
+    ) -> tuple[Array, Array]:
+        """Value and gradient of the row-matched loss (atom ``perm[i]`` against row i)."""
+        zero = jnp.zeros((), xf.dtype)
+        perm = jnp.asarray(perm, jnp.int32)
+        (value, _), grad = self.losses(xf, perm, t_scaled, t_scaled, scale, zero)
+        return value, grad
+
+    def compile(self, n_atoms: int) -> None:
+        """Compile both programs for ``n_atoms`` ahead of their first use (e.g. in a
+        background thread while the search runs). Must be called inside
+        ``jax.enable_x64(True)``."""
+        f64 = jnp.float64
+        xf = jax.ShapeDtypeStruct((3 * n_atoms,), f64)
+        t = jax.ShapeDtypeStruct((n_atoms, self.n_features), f64)
+        perm = jax.ShapeDtypeStruct((n_atoms,), jnp.int32)
+        scale = jax.ShapeDtypeStruct((self.n_features,), f64)
+        self.losses.lower(xf, perm, t, t, scale, jax.ShapeDtypeStruct((), f64)).compile()
+        self.jac.lower(xf).compile()
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled(descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[float, ...] | None):
-    """Jitted float64 features, value-and-grads of the sorted and matched losses, and the
-    Jacobian of the features.
+def _compiled(
+    descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[float, ...] | None
+) -> _Programs:
+    """Jitted float64 losses (value, features and gradient of the sorted and the matched
+    loss in one program: each separate program cost a first call ~3 s of compilation at
+    35 atoms) and the Jacobian of the features.
 
     Must be called (and its functions used) inside ``jax.enable_x64(True)``.
     """
@@ -82,15 +129,16 @@ def _compiled(descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[flo
     def sort_cols(f):
         return jnp.concatenate([jnp.sort(f[g], axis=0) for g in groups], axis=0)
 
-    def sorted_l2(xf, t_sorted, scale):
-        d = sort_cols(fp(xf.reshape(n, 3)) / scale) - t_sorted
-        return jnp.mean(d * d)
-
-    def matched_l2(xf, perm, t_scaled, scale):
-        d = fp(xf.reshape(n, 3))[perm] / scale - t_scaled
-        return jnp.mean(d * d)
-
-    feats = jax.jit(lambda xf: fp(xf.reshape(n, 3)))
+    def losses(xf, perm, t_sorted, t_scaled, scale, w_sorted):
+        """``w_sorted`` (1 or 0) picks the sorted-column loss or the row-matched one (the
+        other term is multiplied by 0)."""
+        f = fp(xf.reshape(n, 3))
+        scaled = f / scale
+        d_sorted = sort_cols(scaled) - t_sorted
+        d_matched = scaled[perm] - t_scaled
+        sorted_l2 = jnp.mean(d_sorted * d_sorted)
+        matched_l2 = jnp.mean(d_matched * d_matched)
+        return w_sorted * sorted_l2 + (1.0 - w_sorted) * matched_l2, f
 
     @jax.jit
     def jac(xf):
@@ -103,19 +151,22 @@ def _compiled(descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[flo
         out = jax.vmap(lambda z: fp(z.reshape(n, 3)))(shifted)
         return fp(xf.reshape(n, 3)), jnp.moveaxis((out[: 3 * n] - out[3 * n :]) / (2 * h), 0, -1)
 
-    return (
-        feats,
-        jax.jit(jax.value_and_grad(sorted_l2)),
-        jax.jit(jax.value_and_grad(matched_l2)),
-        jac,
-    )
+    vg = jax.jit(jax.value_and_grad(losses, has_aux=True))
+    return _Programs(vg, jac, descriptor.n_features)
 
 
-def _functions(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
+def _functions(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None) -> _Programs:
     """:func:`_compiled` for ``species_idx [N]`` and ``cell`` (``[3, 3]`` or None), keyed
     by their values. Must be called inside ``jax.enable_x64(True)``."""
     cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
     return _compiled(descriptor, tuple(int(s) for s in species_idx), cell_key)
+
+
+def precompile(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None) -> None:
+    """Compile the polish's programs for ``species_idx [N]`` and ``cell`` now, so that its
+    first call does not (about 6 s at 35 atoms on the 2-core CPU); thread-safe."""
+    with jax.enable_x64(True):
+        _functions(descriptor, species_idx, cell).compile(len(species_idx))
 
 
 def _lbfgsb(
@@ -159,7 +210,8 @@ def matched_descent(
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
     with jax.enable_x64(True):
-        feats_fn, _, matched_vg, _ = _functions(descriptor, species_idx, cell)
+        programs = _functions(descriptor, species_idx, cell)
+        feats_fn, matched_vg = programs.feats, programs.matched_vg
         args = (jnp.asarray(labels), jnp.asarray(t / scale), jnp.asarray(scale, jnp.float64))
         x = _lbfgsb(matched_vg, np.ravel(np.asarray(positions, np.float64)), steps, args)
         f = np.asarray(feats_fn(jnp.asarray(x)), np.float64)
@@ -217,7 +269,9 @@ def polish(
     t = np.asarray(target, np.float64)
     t_norm = max(float(np.linalg.norm(t)), 1e-300)
     with jax.enable_x64(True):
-        feats_fn, sorted_vg, matched_vg, jac_fn = _functions(descriptor, species_idx, cell)
+        programs = _functions(descriptor, species_idx, cell)
+        feats_fn, sorted_vg, matched_vg = programs.feats, programs.sorted_vg, programs.matched_vg
+        jac_fn = programs.jac
         sc = jnp.asarray(scale, jnp.float64)
         groups = [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
         t_sorted = jnp.asarray(np.concatenate([np.sort(t[g] / scale, axis=0) for g in groups]))

@@ -47,6 +47,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -79,7 +80,7 @@ from jaxsci.reconstruct.losses import (
     species_groups,
     tether,
 )
-from jaxsci.reconstruct.polish import fingerprint_fn, polish
+from jaxsci.reconstruct.polish import fingerprint_fn, polish, precompile
 from jaxsci.reconstruct.starts import EMT_ELEMENTS, RELAX_SECONDS, MotifQueue, emt_relax
 
 Array = jax.Array
@@ -141,11 +142,18 @@ def default_optimizer(steps_per_round: int) -> optax.GradientTransformation:
 
 
 def _value_and_grad(f, state):
-    """value_and_grad that reuses a line search's stored value/grad when the state has one."""
+    """``x -> ((value, aux), grad)`` for ``f(x) -> (value, aux)``; reuses a line search's
+    stored value and gradient when the optimizer state has them (then ``aux`` costs one
+    more evaluation of ``f``)."""
     if optax.tree_utils.tree_get(state, "value") is None:
-        return jax.value_and_grad(f)
-    vg = optax.value_and_grad_from_state(f)
-    return lambda x: vg(x, state=state)
+        return jax.value_and_grad(f, has_aux=True)
+    vg = optax.value_and_grad_from_state(lambda x: f(x)[0])
+
+    def stored(x):
+        value, grad = vg(x, state=state)
+        return (value, f(x)[1]), grad
+
+    return stored
 
 
 def _clip_per_atom(update: Array, max_step: Array) -> Array:
@@ -307,6 +315,7 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
     n = spec.n_atoms
 
     def search_loss(x, aux, col_w=None):
+        """Search loss at ``x`` and the features it compared (aux output)."""
         feats = fp(x)
         if spec.loss == "sorted":
             val = sorted_loss(feats, aux["t_sorted"], aux["scale"], groups, spec.norm, col_w)
@@ -319,55 +328,66 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         rep = repulsion(x, aux["dmin"], cell)
         if cell is None:
             rep = rep + tether(x, aux["r0"], TETHER_STRETCH)
-        return val + aux["w_rep"] * rep
+        return val + aux["w_rep"] * rep, feats
 
     def optimize(x, aux, steps, age):
-        f = functools.partial(search_loss, aux=aux)
+        """``steps`` optimizer steps from ``x``: the loss history [steps], and the lowest
+        point visited (the end point included), its loss and its features [n, F].
+
+        The scan evaluates ``steps + 1`` points and discards the last update, so the end
+        point's loss and features come from the same program as the steps' (one copy of
+        the descriptor's forward pass in the compiled round, not three: its compilation
+        is most of a first call's)."""
 
         def body(carry, step):
-            x, st, low_x, low_val = carry
-            fw = f
+            x, st, low_x, low_val, low_feats = carry
+            col_w = None
             if spec.coarse:
                 # Coarse-to-fine continuation: a start's first ``coarse_rounds`` rounds weight
                 # feature f by exp(-eta_f L^2), L shrinking linearly from ``coarse_length``
                 # to 0, so the smooth long-range features fix the shape before the sharp ones.
+                # The end point is scored unweighted, comparable with other rounds.
                 frac = (age * steps + step) / jnp.maximum(aux["coarse_steps"], 1.0)
                 ell = aux["coarse_length"] * jnp.maximum(0.0, 1.0 - frac)
-                col_w = jnp.exp(-aux["etas"] * ell * ell)
-                fw = functools.partial(search_loss, aux=aux, col_w=col_w)
-            val, g = _value_and_grad(fw, st)(x)
-            upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=fw)
+                col_w = jnp.exp(-aux["etas"] * jnp.where(step == steps, 0.0, ell * ell))
+            f = functools.partial(search_loss, aux=aux, col_w=col_w)
+            (val, feats), g = _value_and_grad(f, st)(x)
+            upd, st = opt.update(g, st, x, value=val, grad=g, value_fn=lambda y: f(y)[0])
             x_new = x + _clip_per_atom(upd, aux["max_step"])
             x_new = jnp.where(jnp.all(jnp.isfinite(x_new)), x_new, x)
-            # The lowest point visited, the first (e.g. a guess) included. Under the
-            # continuation the weighted losses are not comparable across steps: the end
-            # point only.
-            lower = jnp.logical_and(not spec.coarse, val < low_val)  # NaN never is
+            # The lowest point visited, the first (e.g. a guess) and the last included.
+            # Under the continuation the weighted losses are not comparable across steps:
+            # the end point only (its weights are all 1 by then).
+            last = step == steps
+            lower = (val < low_val) if not spec.coarse else last  # NaN never is lower
+            lower = lower | (last & (val <= low_val))
             low_x = jnp.where(lower, x, low_x)
-            return (x_new, st, low_x, jnp.where(lower, val, low_val)), val
+            low_feats = jnp.where(lower, feats, low_feats)
+            low_val = jnp.where(lower, val, low_val)
+            return (x_new, st, low_x, low_val, low_feats), val
 
-        init = (x, opt.init(x), x, jnp.asarray(jnp.inf, x.dtype))
-        steps_axis = jnp.arange(steps, dtype=jnp.float32)
-        (x, _, low_x, low_val), hist = jax.lax.scan(body, init, steps_axis)
-        val = f(x)
-        lower = val <= low_val
-        return hist, jnp.where(lower, x, low_x), jnp.where(lower, val, low_val)
+        feats0 = jnp.zeros((n, spec.descriptor.n_features), x.dtype)
+        init = (x, opt.init(x), x, jnp.asarray(jnp.inf, x.dtype), feats0)
+        steps_axis = jnp.arange(steps + 1, dtype=jnp.float32)
+        (_, _, low_x, low_val, low_feats), hist = jax.lax.scan(body, init, steps_axis)
+        return hist[:steps], low_x, low_val, low_feats
 
-    def per_atom_error(x, aux):
-        feats = fp(x)
+    def per_atom_error(feats, aux):
         if spec.loss == "sorted":
             return per_atom_sorted_error(feats, aux["t_sorted"], aux["scale"], groups)
-        return jnp.zeros(n, x.dtype)
+        return jnp.zeros(n, feats.dtype)
 
-    def one_round(x, best_x, best_loss, stale, age, fresh, force, key, aux):
-        """One round for one start; returns the state for the next round.
+    def one_round(x, best_x, best_loss, best_err, stale, age, fresh, force, key, aux):
+        """One round for one start; returns the state for the next round, the loss
+        history, and the round's lowest point with its loss and features.
 
-        The start begins again from ``fresh`` after ``patience`` stale rounds, or now when
+        ``best_err [n]`` is the per-atom error of ``best_x`` (which atoms are kicked). The
+        start begins again from ``fresh`` after ``patience`` stale rounds, or now when
         ``force`` (a crossover child takes its place)."""
         # The round's outcome is the lowest point it visited: L-BFGS without a line search
         # can leave a minimum it reached (measured: from the exact Pt13, loss 9e-14, it
         # ended a 30-step round at 1.1).
-        hist, x, val = optimize(x, aux, spec.steps_per_round, age)
+        hist, x, val, feats = optimize(x, aux, spec.steps_per_round, age)
         improved = val < best_loss
         k_kick, k_who, k_jit = jax.random.split(key, 3)  # the stream of temperature 0
         if spec.temperature > 0:
@@ -379,8 +399,8 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             accept = improved
         best_x = jnp.where(accept, x, best_x)
         best_loss = jnp.where(accept, val, best_loss)
+        err = jnp.where(accept, per_atom_error(feats, aux), best_err)
         stale = jnp.where(improved, 0, stale + 1)
-        err = per_atom_error(best_x, aux)
         # Kick: the n_kick worst-matching atoms (with a random tie-break) move up to
         # kick_size; every atom jitters a little.
         noise = jax.random.uniform(k_who, (n,), x.dtype) * (jnp.max(err) + 1e-12) * 0.5
@@ -390,7 +410,8 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         if spec.n_sites > 0:
             # Directed moves: each of the worst atoms in turn goes to the best of n_sites
             # candidate sites at bond length from a random atom (one batched evaluation).
-            f0 = functools.partial(search_loss, aux=aux)
+            def f0(y):
+                return search_loss(y, aux)[0]
 
             def relocate(i, carry):
                 y, k = carry
@@ -412,12 +433,13 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
         x_next = jnp.where(restart, fresh, kicked)
         best_loss = jnp.where(restart, jnp.inf, best_loss)
         best_x = jnp.where(restart, fresh, best_x)
+        best_err = jnp.where(restart, 0.0, err)  # a fresh start's is set by its first round
         stale = jnp.where(restart, 0, stale)
         age = jnp.where(restart, 0, age + 1)
-        return x_next, best_x, best_loss, stale, age, hist, x, val
+        return x_next, best_x, best_loss, best_err, stale, age, hist, x, val, feats
 
-    in_axes = (0, 0, 0, 0, 0, 0, 0, 0, None)
-    out_axes = (0, 0, 0, 0, 0, 1, 0, 0)
+    in_axes = (0, 0, 0, 0, 0, 0, 0, 0, 0, None)
+    out_axes = (0, 0, 0, 0, 0, 0, 1, 0, 0, 0)
     round_fn = jax.jit(jax.vmap(one_round, in_axes=in_axes, out_axes=out_axes))
 
     def features(x):
@@ -504,6 +526,21 @@ def _check_guesses(initial_positions: Any | None, n: int) -> np.ndarray:
     if not np.all(np.isfinite(g)):
         raise ValueError("reconstruct: initial_positions contain NaN or inf")
     return g
+
+
+def _initial_state(x: Array, n_starts: int) -> tuple[Array, ...]:
+    """Search state of starts ``x [n_starts, n, 3]``: positions, best positions, best
+    loss, per-atom error of the best [n_starts, n], rounds without improvement, age."""
+    n = x.shape[1]
+    state = (
+        x,
+        x,
+        jnp.full((n_starts,), jnp.inf, jnp.float32),
+        jnp.zeros((n_starts, n), jnp.float32),
+        jnp.zeros((n_starts,), jnp.int32),
+        jnp.zeros((n_starts,), jnp.int32),
+    )
+    return _shard(state, n_starts)
 
 
 def _shard(x, n_starts):
@@ -799,6 +836,23 @@ def reconstruct(
     key, k0 = jax.random.split(key)
     aux["radius"] = jnp.float32(radius * 1.2)
     aux["r0"] = jnp.asarray(rcov[:, None] + rcov[None, :], jnp.float32)
+    # The round's and the polish's compilations (at 35 atoms ~8 s and ~6 s of a first
+    # call's minute) run in a background thread while this one builds the starts and the
+    # motif queue and runs the first round: XLA releases the GIL while it compiles.
+    compiling = ThreadPoolExecutor(1, thread_name_prefix="reconstruct-compile")
+    zeros = jnp.zeros((n_starts, n, 3), jnp.float32)
+    example = (
+        *_initial_state(zeros, n_starts),
+        _shard(zeros, n_starts),
+        _shard(jnp.zeros(n_starts, bool), n_starts),
+        jax.random.split(key, n_starts),
+        aux,
+    )
+    round_ready = compiling.submit(lambda: round_fn.lower(*example).compile())
+    polish_ready = None
+    if not pooled and (polish_below > 0 or refine_steps > 0):
+        polish_ready = compiling.submit(precompile, descriptor, species_idx, cell_np)
+    compiling.shutdown(wait=False)  # the thread ends after these two
     x = starts_fn(jax.random.split(k0, n_starts), aux)
     n_motif = min(motif_starts, n_starts) if cell_np is None and n >= 4 else 0
     queue = None
@@ -832,16 +886,7 @@ def reconstruct(
         guesses = np.concatenate([guesses, motifs])
     if len(guesses):
         x = x.at[: len(guesses)].set(jnp.asarray(guesses, x.dtype))
-    state = _shard(
-        (
-            x,
-            x,
-            jnp.full((n_starts,), jnp.inf, jnp.float32),
-            jnp.zeros((n_starts,), jnp.int32),
-            jnp.zeros((n_starts,), jnp.int32),
-        ),
-        n_starts,
-    )
+    state = _initial_state(x, n_starts)
 
     record_x = np.zeros((n_starts, n, 3))
     record_loss = np.full(n_starts, np.inf)
@@ -887,7 +932,7 @@ def reconstruct(
             # Generational step: the n_children starts of highest best-so-far loss among
             # those at least two rounds old begin again from cut-and-splice children.
             cur = np.asarray(state[2], np.float64)
-            old = np.flatnonzero(np.asarray(state[4]) >= 2)
+            old = np.flatnonzero(np.asarray(state[5]) >= 2)
             who = old[np.argsort(-cur[old], kind="stable")[:n_children]]
             if len(who):
                 kids = [child(population, species_idx, rng, twist) for _ in who]
@@ -896,9 +941,9 @@ def reconstruct(
                 motif_slot[who] = -1
         fresh = _shard(fresh, n_starts)
         keys = jax.random.split(k_round, n_starts)
-        x_next, best_x, best_loss, stale, age, hist, x_low, low_loss = round_fn(
-            *state, fresh, _shard(jnp.asarray(force), n_starts), keys, aux
-        )
+        round_ready.result()  # (no second compilation of it here)
+        out = round_fn(*state, fresh, _shard(jnp.asarray(force), n_starts), keys, aux)
+        x_next, best_x, best_loss, best_err, stale, age, hist, x_low, low_loss, low_feats = out
         history.append(np.asarray(hist))  # (waits for the round)
         if rounds > 0:  # the first round compiles: not a prediction of the next
             round_time = min(round_time, time.perf_counter() - round_start)
@@ -924,13 +969,13 @@ def reconstruct(
         # a worse point of lower search loss).
         idx = np.flatnonzero(low_loss < record_loss)
         if idx.size:
-            errs = _errors(np.asarray(features_fn(x_low))[idx], t, species_idx, pooled, pool_ops)
+            errs = _errors(np.asarray(low_feats)[idx], t, species_idx, pooled, pool_ops)
             lower = errs < record_err[idx]
             sel = idx[lower]
             record_loss[sel] = low_loss[sel]
             record_x[sel] = reached[sel]
             record_err[sel] = errs[lower]
-        state = (x_next, best_x, best_loss, stale, age)
+        state = (x_next, best_x, best_loss, best_err, stale, age)
         if use_crossover:
             for s in np.argsort(low_loss)[: 2 * population_size]:
                 population.add(reached[s], float(low_loss[s]))
@@ -939,6 +984,8 @@ def reconstruct(
         if not pooled:
             top = np.argsort(record_err, kind="stable")[: spec.n_polish]
             order = [int(s) for s in top if record_err[s] < min(polish_below, polished_err[s])]
+            if order and polish_ready is not None:
+                polish_ready.result()
             for i, s in enumerate(order):
                 y, err = polish(
                     record_x[s],
@@ -983,6 +1030,8 @@ def reconstruct(
             break
     if bar is not None:
         bar.close()
+    if polish_ready is not None:  # no compilation left running after the call
+        polish_ready.result()
     assert best is not None
     if not np.isfinite(best[0]):
         raise FloatingPointError(
