@@ -52,6 +52,17 @@ class _Linear:
         jtj = self.jac.T @ self.jac
         lam = ridge * np.trace(jtj) / jtj.shape[0]
         self.pinv = np.linalg.solve(jtj + lam * np.eye(jtj.shape[0]), self.jac.T)
+        self._gram: np.ndarray | None = None
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``A^T A [N F, N F]`` for the residual map ``A = I - J J^+``: the squared
+        residual of target rows ``g [N, F]`` (row a for atom a) is ``v^T A^T A v`` with
+        ``v = vec(g - f0)``."""
+        if self._gram is None:
+            a = np.eye(self.jac.shape[0]) - self.jac @ self.pinv
+            self._gram = a.T @ a
+        return self._gram
 
     def step(self, perm: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
         """Residual norm after the least-squares step for ``perm``, and the step ``[3N]``."""
@@ -80,6 +91,63 @@ def _swap_descent(
     return perm, step
 
 
+def frank_wolfe_matching(
+    x0: np.ndarray,
+    t: np.ndarray,
+    model: _Linear,
+    allowed: np.ndarray,
+    iters: int = 60,
+) -> np.ndarray:
+    """Matching ``perm [N]`` (target row i <- atom ``perm[i]``) of low linearised residual,
+    by Frank-Wolfe on its relaxation over doubly stochastic matrices (the FAQ method of
+    Vogelstein et al. 2015 for quadratic assignment).
+
+    The squared residual after the least-squares step, ``||A vec(X t - f0)||^2``, is
+    quadratic in the assignment ``X [atom, row]``; each iteration solves the linear
+    assignment of its gradient (Hungarian), then moves ``X`` towards it by the exact line
+    search, from ``x0 [N, N]`` (doubly stochastic, zero where ``allowed [N, N]``, the
+    same-species mask, is False); the result is the permutation nearest the last ``X``.
+    Pair exchanges alone stall in this landscape: at 0.08 A from an EMT-relaxed Pt35
+    icosahedral cut, where 11 of 35 Hungarian rows were wrong, they ended with 18 wrong.
+    """
+    n = len(t)
+    s = model.gram
+    forbid = np.where(allowed, 0.0, np.inf)
+    x = np.asarray(x0, np.float64)
+    for _ in range(iters):
+        v = (x @ t - model.f0).ravel()
+        sv = s @ v
+        grad = 2.0 * sv.reshape(n, -1) @ t.T
+        _, cols = linear_sum_assignment(np.where(allowed, grad, 1e30))
+        d = -x
+        d[np.arange(n), cols] += 1.0
+        u = (d @ t).ravel()
+        curv, slope = float(u @ s @ u), 2.0 * float(u @ sv)
+        if curv > 1e-300:
+            step = min(max(-slope / (2.0 * curv), 0.0), 1.0)
+        else:
+            step = 1.0 if slope < 0 else 0.0
+        if step <= 1e-9:
+            break
+        x = x + step * d
+    _, cols = linear_sum_assignment(-x + forbid)  # atom a <- row cols[a]
+    perm = np.empty(n, dtype=np.int64)
+    perm[cols] = np.arange(n)
+    return perm
+
+
+def _random_doubly_stochastic(
+    allowed: np.ndarray, rng: np.random.Generator, iters: int = 50
+) -> np.ndarray:
+    """A random doubly stochastic ``[N, N]`` matrix, zero where ``allowed`` is False
+    (Sinkhorn scaling of ``exp(U(0, 1))``)."""
+    m = np.exp(rng.uniform(0.0, 1.0, allowed.shape)) * allowed
+    for _ in range(iters):
+        m /= m.sum(1, keepdims=True)
+        m /= m.sum(0, keepdims=True)
+    return m
+
+
 def gauss_newton_matchings(
     x: np.ndarray,
     t: np.ndarray,
@@ -97,9 +165,18 @@ def gauss_newton_matchings(
 
     ``x [N, 3]``: positions near the target (Angstrom); ``t [N, F]``: the scaled target;
     ``features_and_jacobian(x)`` returns the scaled features ``[N, F]`` and their Jacobian
-    ``[N, F, 3N]`` at ``x``. Each of ``trials`` runs ``steps`` Gauss-Newton steps from a
-    Hungarian matching with random tie-breaking, improving the matching by pair
-    exchanges among each row's ``neighbours`` most similar rows before every step.
+    ``[N, F, 3N]`` at ``x``. Each of ``trials`` runs ``steps`` Gauss-Newton steps,
+    improving the matching by pair exchanges among each row's ``neighbours`` most similar
+    rows before every step, from one of two kinds of matching, taken in turn:
+
+    - :func:`frank_wolfe_matching` on the linearised residual, started halfway between the
+      Hungarian matching of the rows and a random doubly stochastic matrix. Measured at
+      0.08 A from an EMT-relaxed Pt35 icosahedral cut (11 of 35 Hungarian rows wrong, the
+      polish stalled at 2.5e-3 with the other kind alone): 6 of 6 such matchings descend
+      to 2.9e-4-4.1e-4 (0.013-0.018 A).
+    - the Hungarian matching with random tie-breaking: for the near-identical rows of a
+      nearly symmetric cluster from its ideal shape (the rattled Pt19 octahedron above),
+      where the linearised residual barely tells matchings apart.
     """
     x = np.asarray(x, np.float64)
     species_idx = np.asarray(species_idx)
@@ -110,8 +187,16 @@ def gauss_newton_matchings(
     same = species_idx[:, None] == species_idx[None, :]
     spread = float(np.std(cost[same]))  # scale of the random tie-breaking
     cost = np.where(same, cost, 1e30)
-    for _ in range(trials):
-        _, perm = linear_sum_assignment(cost + rng.uniform(0.0, 1.0, cost.shape) * spread)
+    _, hungarian = linear_sum_assignment(cost)
+    nearest = np.zeros((n, n))
+    nearest[hungarian, np.arange(n)] = 1.0  # [atom, row]
+    for trial in range(trials):
+        if trial % 2 == 0:
+            start = 0.5 * nearest + 0.5 * _random_doubly_stochastic(same, rng)
+            perm = frank_wolfe_matching(start, t, base, same)
+        else:
+            noise = rng.uniform(0.0, 1.0, cost.shape) * spread
+            _, perm = linear_sum_assignment(cost + noise)
         y, model = x, base
         for s in range(steps):
             perm, d = _swap_descent(perm, t, model, pairs)
