@@ -15,8 +15,9 @@ point). This polish runs in float64 with scipy's L-BFGS-B (a real line search):
    re-descend 2, keep the best, up to ``max_swaps`` times (from 0.1 A of EMT-relaxed
    Pt25-Pt40 this took 11 of 12 noisy starts below 1e-4-1e-3, against 3 of 12 without);
 4. if that stalls too, try ``gauss_newton_trials`` matchings found by Gauss-Newton steps on
-   the linearised fingerprint (:mod:`jaxsci.reconstruct.matching`; for near-identical rows
-   of symmetry-equivalent atoms, where no row matching is reliable), each finished by 2;
+   the linearised fingerprint (:mod:`jaxsci.reconstruct.matching`: Frank-Wolfe on the
+   relaxed matching, and randomly tie-broken Hungarian matchings for near-identical rows of
+   symmetry-equivalent atoms, where no row matching is reliable), each finished by 2;
 5. if that stalls too (a kink of the sorted loss or a self-consistent wrong
    matching, typically ~4e-3 at 0.05 A from the solution), hop: displace the best
    positions by Gaussian noise of 0.03-0.2 A, repeat 1-3 and keep the best (monotonic

@@ -29,7 +29,9 @@ decahedra of any elongation and truncated octahedra, and cuts of them) up to 55 
 recovered within a minute on a 2-core CPU, random packings of 10-25 atoms mostly (held-out
 EMT-relaxed Pt clusters of 10-40 atoms, four seeds: 101 of 120; random packings of 10-25
 atoms 12 of 16, of 30-40 atoms 0 of 12; 97 of 120 with seed 2 rerun on a day the CPU ran 2x
-slower: fewer rounds per minute), icosahedral cuts that EMT moves 0.4-0.6 A from
+slower: fewer rounds per minute; two seeds since the Frank-Wolfe matchings of the polish and
+the background compilation: 51 of 60, every motif-like cluster of 30-40 atoms, no random
+packing of 30-40 atoms), icosahedral cuts that EMT moves 0.4-0.6 A from
 their ideal cut only when a relaxed motif start lands in their minimum, and rattled but
 unrelaxed symmetric clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
@@ -38,7 +40,8 @@ most random compact starts, but no labeling found without the answer does
 no funnel towards the target.
 
 The compiled round/score functions are cached by shapes and static options,
-so repeated calls with targets of the same size do not recompile.
+so repeated calls with targets of the same size do not recompile; a first call compiles the
+round and the polish in a background thread while it builds its starts.
 """
 
 from __future__ import annotations
