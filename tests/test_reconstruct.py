@@ -274,6 +274,34 @@ def test_an_exact_guess_is_never_lost(acsf, pt13):
     assert structure_rmsd(res.positions, pt13.positions) < 1e-3
 
 
+def test_a_call_compiles_each_program_once(pt13):
+    """The round and the polish compile in a background thread while the host builds the
+    starts; the call then finds them compiled (no second compilation of either, which an
+    example argument of another shape or dtype than the real ones would cause), and a
+    second call with the same shapes compiles neither."""
+    acsf = ACSF(["Pt"], 5.9, g2_params=G2, g4_params=G4)  # programs no other test compiled
+    compiled: list[str] = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(str(kwargs.get("fun_name")))
+
+    kw = dict(key=jax.random.key(2), n_starts=3, max_rounds=2, steps_per_round=7)
+    kw |= dict(motif_starts=0, polish_below=10.0, time_limit=None)
+    target = acsf.create(pt13)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        first = reconstruct(target, pt13.get_chemical_symbols(), acsf, **kw)
+        counts = {name: compiled.count(f"jit({name})") for name in ("one_round", "losses")}
+        compiled.clear()
+        second = reconstruct(target, pt13.get_chemical_symbols(), acsf, **kw)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert counts == {"one_round": 1, "losses": 1}
+    assert "jit(one_round)" not in compiled and "jit(losses)" not in compiled
+    np.testing.assert_array_equal(first.positions, second.positions)
+
+
 def test_pool_ops_may_be_one_name(acsf, pt13):
     """``pool_ops="mean"`` is the one op "mean", as in :func:`jaxsci.descriptors.pool`."""
     target = np.asarray(pool(acsf.create(pt13), ops=("mean",)))
