@@ -52,17 +52,16 @@ class _Linear:
         jtj = self.jac.T @ self.jac
         lam = ridge * np.trace(jtj) / jtj.shape[0]
         self.pinv = np.linalg.solve(jtj + lam * np.eye(jtj.shape[0]), self.jac.T)
-        self._gram: np.ndarray | None = None
 
-    @property
-    def gram(self) -> np.ndarray:
-        """``A^T A [N F, N F]`` for the residual map ``A = I - J J^+``: the squared
-        residual of target rows ``g [N, F]`` (row a for atom a) is ``v^T A^T A v`` with
-        ``v = vec(g - f0)``."""
-        if self._gram is None:
-            a = np.eye(self.jac.shape[0]) - self.jac @ self.pinv
-            self._gram = a.T @ a
-        return self._gram
+    def residual(self, v: np.ndarray) -> np.ndarray:
+        """``A v`` for the residual map ``A = I - J J^+`` (``v`` flat ``[N F]``): what is
+        left of a change ``v`` of the rows after the least-squares step, without forming
+        the ``[N F, N F]`` matrix."""
+        return v - self.jac @ (self.pinv @ v)
+
+    def residual_transpose(self, w: np.ndarray) -> np.ndarray:
+        """``A^T w`` (``w`` flat ``[N F]``)."""
+        return w - self.pinv.T @ (self.jac.T @ w)
 
     def step(self, perm: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
         """Residual norm after the least-squares step for ``perm``, and the step ``[3N]``."""
@@ -111,18 +110,16 @@ def frank_wolfe_matching(
     icosahedral cut, where 11 of 35 Hungarian rows were wrong, they ended with 18 wrong.
     """
     n = len(t)
-    s = model.gram
     forbid = np.where(allowed, 0.0, np.inf)
     x = np.asarray(x0, np.float64)
     for _ in range(iters):
-        v = (x @ t - model.f0).ravel()
-        sv = s @ v
-        grad = 2.0 * sv.reshape(n, -1) @ t.T
+        av = model.residual((x @ t - model.f0).ravel())
+        grad = 2.0 * model.residual_transpose(av).reshape(n, -1) @ t.T
         _, cols = linear_sum_assignment(np.where(allowed, grad, 1e30))
         d = -x
         d[np.arange(n), cols] += 1.0
-        u = (d @ t).ravel()
-        curv, slope = float(u @ s @ u), 2.0 * float(u @ sv)
+        au = model.residual((d @ t).ravel())
+        curv, slope = float(au @ au), 2.0 * float(au @ av)
         if curv > 1e-300:
             step = min(max(-slope / (2.0 * curv), 0.0), 1.0)
         else:
