@@ -362,8 +362,10 @@ def _compile(spec: _Spec, species_key: tuple[int, ...]):
             # Under the continuation the weighted losses are not comparable across steps:
             # the end point only (its weights are all 1 by then).
             last = step == steps
-            lower = (val < low_val) if not spec.coarse else last  # NaN never is lower
-            lower = lower | (last & (val <= low_val))
+            if spec.coarse:
+                lower = last
+            else:  # NaN never is lower; the end point wins a tie
+                lower = (val < low_val) | (last & (val <= low_val))
             low_x = jnp.where(lower, x, low_x)
             low_feats = jnp.where(lower, feats, low_feats)
             low_val = jnp.where(lower, val, low_val)
