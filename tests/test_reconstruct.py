@@ -10,7 +10,7 @@ from ase.cluster import Decahedron, Icosahedron, Octahedron
 from jaxsci.data.pt_clusters import relax
 from jaxsci.descriptors import ACSF, pool
 from jaxsci.metrics import fingerprint_error, structure_rmsd
-from jaxsci.reconstruct import ReconstructResult, reconstruct
+from jaxsci.reconstruct import ReconstructResult, chunks, reconstruct
 from jaxsci.reconstruct.solver import _canonical_order, _crowded
 
 # A small G2 (Rs = 0) + G4 set keeps compilation and the search cheap in tests.
@@ -189,14 +189,17 @@ def test_tether_keeps_clusters_whole_but_their_shape_free():
     assert grad[tip, 2] == pytest.approx(fd, rel=1e-2)
 
 
-def test_periodic_cell_is_recovered():
+def test_periodic_cell_is_recovered(monkeypatch):
     """A rattled 8-atom fcc cell (two cubes, 7.8 x 3.9 x 3.9 A, r_cut 6 A: 600 image slots
     per atom) is recovered from its periodic fingerprint, and the reported error is the
     exact one of the returned positions (the search keeps 88 slots per atom, for 54-57
-    neighbours; with all 600 a round of 64 starts took ~14 min for a Cu cell like it)."""
+    neighbours; with all 600 a round of 64 starts took ~14 min for a Cu cell like it).
+    Its rounds run in two chunks of 8 starts (the work of a chunk set down to 8 starts)."""
     acsf_p = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4, periodic=True)
     atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 1, 1))
     atoms.rattle(0.1, seed=4)
+    monkeypatch.setattr(chunks, "CHUNK_WORK", 8 * 8 * 88**2)
+    assert chunks.round_chunk(16, 8, atoms.cell.array, 6.0) == 8
     target = acsf_p.create(atoms)
     res = reconstruct(
         target,
@@ -208,6 +211,7 @@ def test_periodic_cell_is_recovered():
         time_limit=None,
     )
     assert res.success and res.error < 1e-3
+    assert res.history.shape[1] == 16 and np.isfinite(res.history).all()  # every chunk ran
     found = Atoms(atoms.get_chemical_symbols(), positions=res.positions, cell=atoms.cell, pbc=True)
     assert fingerprint_error(acsf_p.create(found), target) == pytest.approx(
         res.error, rel=5e-2, abs=1e-7

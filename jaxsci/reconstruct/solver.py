@@ -67,6 +67,7 @@ from jaxsci.geometry import (
     wrap_positions,
 )
 from jaxsci.metrics.structure import match_rows
+from jaxsci.reconstruct.chunks import round_chunk, run_round
 from jaxsci.reconstruct.crossover import Population, child
 from jaxsci.reconstruct.losses import (
     feature_etas,
@@ -623,14 +624,16 @@ def reconstruct(
         max_rounds: rounds at most; time_limit: seconds (compilation included) within
             which the call returns, give or take one L-BFGS-B iteration (``None`` or inf: no
             limit): no round starts whose search phase would end (predicted by the
-            shortest one after the compiling first round) later than ``min(3 s, 10%)``
-            before it, the search's polish stops there, and the
-            final refinement gets the rest (at least 1 s). By default the time limit ends
-            the search. The first round always runs to its end (a warning says when it
-            alone overran the limit): periodic cells cost about N x K^2 per start and
-            step (K = :func:`jaxsci.geometry.neighbor_capacity`, ~104 for a metal at
-            r_cut 6 A), measured with 64 starts on the 2-core CPU: 8 Cu atoms 25 s, 32
-            Cu atoms 88 s for the first round; fewer ``n_starts`` shorten it.
+            shortest one so far) later than ``min(3 s, 10%)`` before it, the search's
+            polish stops there, and the final refinement gets the rest (at least 1 s). By
+            default the time limit ends the search. Periodic cells cost about N x K^2 per
+            start and step (K = :func:`jaxsci.geometry.neighbor_capacity`, ~104 for a
+            metal at r_cut 6 A); on a CPU their rounds run in chunks of starts
+            (:func:`jaxsci.reconstruct.chunks.round_chunk`, ~4 s each on the 2-core CPU)
+            and the chunks that would end past that point are skipped (measured, 64
+            starts: a 32-atom Cu cell ran 3 of 16 chunks of 4 starts in its first round
+            and returned in 56 s; in one piece, the round took 66 s). The first chunk
+            always runs (a warning says when the first round alone overran the limit).
         tol: relative fingerprint error below which a start counts as recovered; the
             search stops at the first one.
         kick_size: kick length (Angstrom) for the worst-matching atoms;
@@ -845,12 +848,15 @@ def reconstruct(
     # call's minute) run in a background thread while this one builds the starts and the
     # motif queue and runs the first round: XLA releases the GIL while it compiles.
     compiling = ThreadPoolExecutor(1, thread_name_prefix="reconstruct-compile")
-    zeros = jnp.zeros((n_starts, n, 3), jnp.float32)
+    # Periodic targets on a CPU run a round in chunks of starts (the clock is checked
+    # between them); free clusters in one call.
+    chunk = round_chunk(n_starts, n, cell_np, descriptor.r_cut)
+    zeros = jnp.zeros((chunk, n, 3), jnp.float32)
     example = (
-        *_initial_state(zeros, n_starts),
-        _shard(zeros, n_starts),
-        _shard(jnp.zeros(n_starts, bool), n_starts),
-        jax.random.split(key, n_starts),
+        *_initial_state(zeros, chunk),
+        _shard(zeros, chunk),
+        _shard(jnp.zeros(chunk, bool), chunk),
+        jax.random.split(key, chunk),
         aux,
     )
     round_ready = compiling.submit(lambda: round_fn.lower(*example).compile())
@@ -915,7 +921,13 @@ def reconstruct(
     n_children = int(round(crossover * n_starts))
     # The search ends early enough to leave the final refinement a reserve.
     search_end = None if time_limit is None else t0 + time_limit - min(3.0, 0.1 * time_limit)
-    round_time = np.inf  # shortest search phase of a round after the first (which compiles)
+    # Predictions of a round's search phase: the shortest host preparation and the
+    # shortest call of the round program (compiled beforehand, so the first counts too).
+    prep_time, chunk_time = np.inf, np.inf
+
+    def fits(seconds: float) -> bool:
+        return search_end is None or time.perf_counter() + seconds <= search_end
+
     while rounds < max_rounds and not done:
         round_start = time.perf_counter()
         key, k_fresh, k_round = jax.random.split(key, 3)
@@ -946,13 +958,13 @@ def reconstruct(
                 motif_slot[who] = -1
         fresh = _shard(fresh, n_starts)
         keys = jax.random.split(k_round, n_starts)
+        prep_time = min(prep_time, time.perf_counter() - round_start)
         round_ready.result()  # (no second compilation of it here)
-        out = round_fn(*state, fresh, _shard(jnp.asarray(force), n_starts), keys, aux)
+        per_start = (fresh, _shard(jnp.asarray(force), n_starts), keys)
+        out, ran, chunk_time = run_round(round_fn, state, per_start, aux, chunk, fits, chunk_time)
         x_next, best_x, best_loss, best_err, stale, age, hist, x_low, low_loss, low_feats = out
-        history.append(np.asarray(hist))  # (waits for the round)
-        if rounds > 0:  # the first round compiles: not a prediction of the next
-            round_time = min(round_time, time.perf_counter() - round_start)
-        elif time_limit is not None and time.perf_counter() - t0 > time_limit:
+        history.append(np.asarray(hist))
+        if rounds == 0 and time_limit is not None and time.perf_counter() - t0 > time_limit:
             warnings.warn(
                 f"reconstruct: the first round (compilation included) took "
                 f"{time.perf_counter() - t0:.0f} s, over time_limit={time_limit} s; the call "
@@ -963,7 +975,7 @@ def reconstruct(
             )
         rounds += 1
         if queue is not None:  # the starts that began again (age 0) took their slot's motif
-            began = (np.asarray(age) == 0) & (motif_slot >= 0)
+            began = (np.asarray(age) == 0) & (motif_slot >= 0) & ran
             queue.used([int(i) for i in motif_slot[began]])
         low_loss = np.asarray(low_loss, np.float64)
         reached = np.asarray(x_low, np.float64)
@@ -1028,10 +1040,9 @@ def reconstruct(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best_error=f"{best[0]:.2e}")
-        # No round starts whose search would end after search_end (its polish stops there
-        # by itself); the prediction is the shortest search phase of a round so far.
-        ahead = round_time if np.isfinite(round_time) else 0.0  # unknown after round 1
-        if search_end is not None and time.perf_counter() + ahead > search_end:
+        # No round starts whose search (its first chunk) would end after search_end (its
+        # polish stops there by itself), nor after a round cut short.
+        if not (ran.all() and fits(prep_time + chunk_time)):
             break
     if bar is not None:
         bar.close()
