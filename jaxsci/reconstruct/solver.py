@@ -665,8 +665,8 @@ def reconstruct(
             metal at r_cut 6 A); on a CPU their rounds run in chunks of starts
             (:func:`jaxsci.reconstruct.chunks.round_chunk`, ~4 s each on the 2-core CPU)
             and the chunks that would end past that point are skipped (measured, 64
-            starts: a 32-atom Cu cell ran 3 of 16 chunks of 4 starts in its first round
-            and returned in 56 s; in one piece, the round took 66 s). The first chunk
+            starts: a 32-atom Cu cell ran 14 of 16 chunks of 4 starts in its first round
+            and returned in 55 s; in one piece, the round took 66 s). The first chunk
             always runs (a warning says when the first round alone overran the limit).
         tol: relative fingerprint error below which a start counts as recovered; the
             search stops at the first one.
@@ -684,8 +684,7 @@ def reconstruct(
             2e-2): when the best error so far is new (5% below the last one treated so),
             below this and above ``tol``, and no round has lowered it for
             :data:`REPAIR_AFTER` rounds, every atom of that structure is moved to every
-            hollow site
-            (:func:`jaxsci.reconstruct.relocate.relocations`, at most
+            hollow site (:func:`jaxsci.reconstruct.relocate.relocations`, at most
             :data:`REPAIR_MOVES_PER_START` x ``n_starts`` moves), the moves are ranked
             by the sorted-column loss, and the ``n_starts`` best replace the starts of
             highest loss after the next rounds, :data:`REPAIR_SHARE` of them a round. A
@@ -693,8 +692,8 @@ def reconstruct(
             within ~0.4 A, where no descent or matching reaches the target (measured: a
             held-out random Pt20 and icosahedral Pt25 cut, each recovered this way: the
             right move ranked 3rd-48th of 762-1088). Off by default: on three held-out
-            seeds it recovered those two and lost two others to the rounds it took (74 of
-            90 either way, benchmarks/RESULTS.md).
+            seeds a form that replaced every start at once recovered those two and lost
+            two others (74 of 90 either way, benchmarks/RESULTS.md).
         search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
         compact_steps: Morse-relaxation steps that make the random starts compact with
             bond lengths near the sums of covalent radii (0: plain random in a sphere).
