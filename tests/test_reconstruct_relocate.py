@@ -78,8 +78,7 @@ def test_the_move_back_of_a_misplaced_atom_ranks_first():
 
     from jaxsci.data.pt_clusters import relax, seed_cluster
     from jaxsci.descriptors import ACSF
-    from jaxsci.reconstruct.losses import feature_scales
-    from jaxsci.reconstruct.solver import _sorted_losses
+    from jaxsci.reconstruct.losses import feature_scales, sorted_loss
 
     g2 = [[eta, 0.0] for eta in (0.01, 0.1, 0.4, 1.0)]
     g4 = [[eta, z, lam] for eta in (0.005, 0.05) for z in (1.0, 4.0) for lam in (1.0, -1.0)]
@@ -93,11 +92,13 @@ def test_the_move_back_of_a_misplaced_atom_ranks_first():
     assert np.linalg.norm(near[k] - x[k]) > 2.0
     target = np.asarray(acsf.create(atoms), np.float64)
     scale = feature_scales(target)
-    t_sorted = np.sort(target / scale, axis=0)
+    t_sorted = jnp.asarray(np.sort(target / scale, axis=0), jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
     feats = jax.jit(jax.vmap(lambda p: acsf.fn(p, jnp.zeros(20, jnp.int32))))
     moves = relocations(near, 2.72, np.random.default_rng(0), 10_000)
-    losses = _sorted_losses(np.asarray(feats(moves)), t_sorted, scale, [np.arange(20)])
-    base = _sorted_losses(np.asarray(feats(near[None])), t_sorted, scale, [np.arange(20)])
+    loss = jax.vmap(lambda f: sorted_loss(f, t_sorted, scale, [np.arange(20)], "l2"))
+    losses = np.asarray(loss(feats(moves)))
+    base = np.asarray(loss(feats(near[None])))
     best = int(np.argmin(losses))
     assert np.linalg.norm(moves[best, k] - x[k]) < 0.7
     assert losses[best] < 0.7 * base[0]

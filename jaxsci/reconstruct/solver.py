@@ -509,15 +509,6 @@ def _batched(features_fn: Callable, cands: np.ndarray, batch: int) -> np.ndarray
     return np.concatenate(feats)[: len(cands)]
 
 
-def _sorted_losses(
-    feats: np.ndarray, t_sorted: np.ndarray, scale: np.ndarray, groups
-) -> np.ndarray:
-    """The search's sorted-column L2 loss (without repulsion) of features ``[k, n, F]``."""
-    f = feats / scale
-    f = np.concatenate([np.sort(f[:, np.asarray(g)], axis=1) for g in groups], axis=1)
-    return np.mean((f - t_sorted) ** 2, axis=(1, 2))
-
-
 def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, ops) -> float:
     if perm is None:
         from jaxsci.descriptors import pool
@@ -1100,7 +1091,8 @@ def reconstruct(
             and fits(repair_time + 2.0 * (prep_time + chunk_time))
         ):
             # The best structure with one atom moved to a hollow site, every atom to
-            # every site; the next round starts from the moves of lowest search loss.
+            # every site; the starts of highest loss begin again from the moves of lowest
+            # search loss (the search's own sorted-column loss), half of them a round.
             began = time.perf_counter()
             seed = int(jax.random.randint(jax.random.fold_in(k_round, 1), (), 0, 2**31 - 1))
             cands = relocations(
@@ -1108,7 +1100,11 @@ def reconstruct(
             )
             if len(cands):
                 feats = _batched(features_fn, cands, n_starts)
-                losses = _sorted_losses(feats, np.asarray(aux["t_sorted"]), scale, spec.groups)
+                losses = np.asarray(
+                    jax.vmap(
+                        lambda f: sorted_loss(f, aux["t_sorted"], aux["scale"], groups, spec.norm)
+                    )(jnp.asarray(feats))
+                )
                 moved = cands[np.argsort(losses, kind="stable")[:n_starts]]  # 2 rounds
             repaired = best[0]
             repair_time = time.perf_counter() - began
