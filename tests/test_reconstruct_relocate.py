@@ -105,8 +105,9 @@ def test_the_move_back_of_a_misplaced_atom_ranks_first():
 
 
 def test_reconstruct_starts_a_round_from_relocations_of_its_best(monkeypatch):
-    """With ``repair_below`` set, the best structure's relocations replace half the starts
-    (REPAIR_AFTER set to 0: relocated after round 1, set in round 2, searched in round 3)."""
+    """With ``repair_below`` (on by default), the best structure's relocations replace half
+    the starts (REPAIR_AFTER set to 0: relocated after round 1, set in round 2, searched in
+    round 3)."""
     import jax
 
     from jaxsci.data.pt_clusters import relax, seed_cluster
@@ -132,7 +133,9 @@ def test_reconstruct_starts_a_round_from_relocations_of_its_best(monkeypatch):
     assert len(calls) == 1  # after round 1 (those after round 2 would never run)
     assert res.n_rounds == 3 and np.isfinite(res.history).all()
     # Round 3 differs from a call without relocations in half of the starts (4 of 8).
-    off = solver.reconstruct(acsf.create(atoms), ["Pt"] * 20, acsf, key=jax.random.key(0), **kw)
+    off = solver.reconstruct(
+        acsf.create(atoms), ["Pt"] * 20, acsf, key=jax.random.key(0), repair_below=0.0, **kw
+    )
     assert len(calls) == 1 and off.n_rounds == 3
     steps = res.history.shape[0] // 3
     np.testing.assert_array_equal(res.history[: 2 * steps], off.history[: 2 * steps])

@@ -1,5 +1,6 @@
 """jaxsci.reconstruct: atomic coordinates from a target ACSF fingerprint."""
 
-from jaxsci.reconstruct.solver import ReconstructResult, default_optimizer, reconstruct
+from jaxsci.reconstruct.program import default_optimizer
+from jaxsci.reconstruct.solver import ReconstructResult, reconstruct
 
 __all__ = ["ReconstructResult", "default_optimizer", "reconstruct"]
