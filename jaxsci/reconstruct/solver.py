@@ -33,10 +33,10 @@ EMT-relaxed Pt clusters of 10-40 atoms, four seeds: 101 of 120; random packings 
 atoms 12 of 16, of 30-40 atoms 0 of 12; 97 of 120 with seed 2 rerun on a day the CPU ran 2x
 slower: fewer rounds per minute; two seeds since the Frank-Wolfe matchings of the polish and
 the background compilation: 51 of 60, every motif-like cluster of 30-40 atoms, no random
-packing of 30-40 atoms; seeds 1-3 with the relocations: 81 of 90, every motif-like cluster
-and random packing of 10-25 atoms, none of 30-40), icosahedral cuts that EMT moves 0.4-0.6 A from
-their ideal cut only when a relaxed motif start lands in their minimum, and rattled but
-unrelaxed symmetric clusters (MD snapshots) not reliably.
+packing of 30-40 atoms; four seeds with the relocations: 106 of 120, every motif-like
+cluster, random packings of 10-25 atoms 14 of 16, none of 30-40), icosahedral cuts that EMT
+moves 0.4-0.6 A from their ideal cut only when a relaxed motif start lands in their minimum,
+and rattled but unrelaxed symmetric clusters (MD snapshots) not reliably.
 For those the row-matched loss *with the right atom labels* descends to the target from
 most random compact starts, but no labeling found without the answer does
 (``experiments/reconstruct_pt/labels.py``), and the label-free sorted-column loss has
@@ -384,9 +384,9 @@ def reconstruct(
             within ~0.4 A, where no descent or matching reaches the target (measured: a
             held-out random Pt20 and icosahedral Pt25 cut, each recovered this way: the
             right move ranked 3rd-48th of 762-1088). Held-out EMT-relaxed Pt clusters of
-            10-40 atoms, on against off: seeds 1-3 run the same day 81 of 90 against 78
-            (two random Pt20 and an icosahedral Pt25 cut gained, none lost), seed 4 23 of
-            30 either way (benchmarks/RESULTS.md).
+            10-40 atoms, on against off, four seeds run the same day: 106 of 120 against
+            102 (two random Pt20 and icosahedral Pt25 and Pt30 cuts gained, none lost;
+            benchmarks/RESULTS.md).
         search_norm: ``"l2"`` or ``"l1"`` (pseudo-Huber) on the sorted columns.
         compact_steps: Morse-relaxation steps that make the random starts compact with
             bond lengths near the sums of covalent radii (0: plain random in a sphere).
