@@ -673,12 +673,15 @@ def reconstruct(
         fresh = starts_fn(jax.random.split(k_fresh, n_starts), aux)
         motif_slot = np.full(n_starts, -1)  # queue index of the motif a slot offers
         force = np.zeros(n_starts, bool)
+        # Starts by best-so-far loss, highest first: those that begin again from relaxed
+        # motifs, relocations or crossover children.
+        by_loss = np.argsort(-np.asarray(state[2], np.float64), kind="stable")
         if queue is not None:
             # A start that begins again does so from the next motif of the queue with the
             # share of motif starts in the first round; unused ones go back to the queue.
             who = rng_motif.choice(n_starts, n_motif, replace=False)
             if inject:  # relaxed motifs just joined: the starts of highest loss take them now
-                who = np.argsort(-np.asarray(state[2], np.float64), kind="stable")[:n_motif]
+                who = by_loss[:n_motif]
                 force[who] = True
                 inject = False
             motifs, picked = queue.peek(n_motif)
@@ -687,16 +690,14 @@ def reconstruct(
         if len(moved):  # relocations of the best begin again the starts of highest loss
             # (after this round: fresh starts take effect in the next one)
             take, moved = moved[:n_repair], moved[n_repair:]
-            who = np.argsort(-np.asarray(state[2], np.float64), kind="stable")[: len(take)]
+            who = by_loss[: len(take)]
             fresh = fresh.at[who].set(jnp.asarray(take, fresh.dtype))
             force[who] = True
             motif_slot[who] = -1
         if rng is not None and len(population) >= 2:
             # Generational step: the n_children starts of highest best-so-far loss among
             # those at least two rounds old begin again from cut-and-splice children.
-            cur = np.asarray(state[2], np.float64)
-            old = np.flatnonzero(np.asarray(state[5]) >= 2)
-            who = old[np.argsort(-cur[old], kind="stable")[:n_children]]
+            who = by_loss[np.asarray(state[5])[by_loss] >= 2][:n_children]
             if len(who):
                 kids = [child(population, species_idx, rng, twist) for _ in who]
                 fresh = fresh.at[who].set(jnp.asarray(np.stack(kids), fresh.dtype))
