@@ -5,6 +5,7 @@
     python benchmarks/bench_anderson.py --sizes 1000000 --batch 1024 --memories 5
     python benchmarks/bench_anderson.py --results runs/anderson/study-<stamp>/results.json
     python benchmarks/bench_anderson.py --results <...>/results.json --time-to-target --repeats 21
+    python benchmarks/bench_anderson.py --sizes 1000000 --memories 5 --profile 12  # per kernel
 
 Times a full training step (forward, backward, optimizer update, apply) of an MLP with
 about 100k and 1M parameters, batch 64 and 1024 (``--batch``; the overhead is a fixed cost per
@@ -12,16 +13,22 @@ step, so its ratio is largest at small batches), for the inner optimizer alone (
 for ``anderson(inner, memory=m)``; and the optimizer update alone (gradients fixed).
 Each timing runs ``--steps`` steps inside one jitted ``lax.scan``; configurations are
 interleaved in every repeat and the median over repeats is reported, with the ratio
-to the inner optimizer measured in the same repeat loop. ``--results`` prints the
-iteration and wall-time ratios of a finished ``experiments.anderson.run`` study.
+to the inner optimizer measured in the same repeat loop. ``--profile K`` then traces one
+call of each (``jax.profiler``) and prints kernels per step, their busy time and span, and
+the ``K`` costliest kernels (GPU: the kernels on the streams; CPU: XLA's thunks).
+``--results`` prints the iteration and wall-time ratios of a finished
+``experiments.anderson.run`` study.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import json
 import os
 import sys
+import tempfile
 import time
 
 import jax
@@ -86,7 +93,66 @@ def make_update_only(opt, grads, steps, with_value):
     )
 
 
-def bench_size(n_params, inner_name, memories, steps, repeats, batch=64, layouts=("auto",)):
+_CONTAINERS = ("while", "conditional", "call", "cond")  # CPU thunks that hold other thunks
+
+
+def kernel_profile(fn, args, steps: int) -> dict:
+    """Where one call of ``fn(*args)`` (``steps`` scanned steps) spends its device time.
+
+    Traces the call with ``jax.profiler`` and reads the trace back (``ProfileData``). GPU:
+    every event on the device's streams (kernels, copies). CPU: XLA's thunks (events with
+    an ``hlo_op``), without the loops and conditionals that contain others. Returns
+    ``kernels`` (per step), ``busy_us`` (summed durations per step), ``span_us`` (first
+    start to last end, per step) and ``top``: ``(name, per step, mean us)``, costliest first.
+    """
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            jax.block_until_ready(fn(*args))
+        (path,) = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+        data = ProfileData.from_file(path)
+    events = []  # (name, start ns, duration ns)
+    for plane in data.planes:
+        device = plane.name.startswith("/device:")
+        if not device and plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if device and "Stream" not in line.name:
+                continue  # aggregate lines (XLA modules, ops) repeat the stream events
+            for ev in line.events:
+                if not device and (
+                    "hlo_op" not in dict(ev.stats) or ev.name.startswith(_CONTAINERS)
+                ):
+                    continue
+                events.append((ev.name, ev.start_ns, ev.duration_ns))
+    if not events:
+        return {"kernels": 0.0, "busy_us": 0.0, "span_us": 0.0, "top": []}
+    per = collections.defaultdict(lambda: [0, 0.0])
+    for name, _, dur in events:
+        per[name][0] += 1
+        per[name][1] += dur
+    start = min(e[1] for e in events)
+    end = max(e[1] + e[2] for e in events)
+    top = sorted(per.items(), key=lambda kv: -kv[1][1])
+    return {
+        "kernels": len(events) / steps,
+        "busy_us": sum(e[2] for e in events) / steps / 1e3,
+        "span_us": (end - start) / steps / 1e3,
+        "top": [(name, c / steps, d / c / 1e3) for name, (c, d) in top],
+    }
+
+
+def bench_size(
+    n_params,
+    inner_name,
+    memories,
+    steps,
+    repeats,
+    batch=64,
+    layouts=("auto",),
+    profile=0,
+):
     key = jax.random.PRNGKey(0)
     sizes = mlp_sizes(n_params)
     params = init_mlp(key, sizes)
@@ -143,6 +209,18 @@ def bench_size(n_params, inner_name, memories, steps, repeats, batch=64, layouts
             "update_ms": 1e3 * t["update"],
             "update_ratio": ru,
         }
+    for name, f in fns.items() if profile else ():
+        for kind in ("train", "update"):
+            p = jax.tree_util.tree_map(jnp.copy, params)
+            s = jax.block_until_ready(f["opt"].init(p))
+            prof = kernel_profile(f[kind], (p, s), steps)
+            rows[name][f"{kind}_profile"] = prof
+            print(
+                f"  {name} {kind}: {prof['kernels']:.1f} kernels/step, busy"
+                f" {prof['busy_us']:.1f} us, span {prof['span_us']:.1f} us per step"
+            )
+            for kname, per_step, mean_us in prof["top"][:profile]:
+                print(f"      {per_step:5.1f}/step {mean_us:8.2f} us  {kname[:90]}")
     return {"n_params": n, "inner": inner_name, "batch": batch, "rows": rows}
 
 
@@ -238,6 +316,13 @@ def main(argv=None):
         help="Anderson state layout(s) to time (auto: flat for unsharded params)",
     )
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 1024], help="minibatch size(s)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="trace each configuration once and print its K costliest kernels (0: off)",
+    )
     ap.add_argument("--results", default=None, help="results.json of an Anderson study")
     ap.add_argument(
         "--time-to-target",
@@ -248,8 +333,8 @@ def main(argv=None):
     for name in ("steps", "repeats"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
-    if min(a.sizes) < 1 or min(a.memories) < 1 or min(a.batch) < 1:
-        ap.error("--sizes, --memories and --batch must be >= 1")
+    if min(a.sizes) < 1 or min(a.memories) < 1 or min(a.batch) < 1 or a.profile < 0:
+        ap.error("--sizes, --memories and --batch must be >= 1, --profile >= 0")
     if a.time_to_target and not a.results:  # it was silently ignored
         ap.error("--time-to-target needs --results (the study whose problems to re-time)")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
@@ -257,7 +342,7 @@ def main(argv=None):
         print_study_ratios(a.results)
         return time_to_target(a.results, a.repeats)
     out = [
-        bench_size(n, inner, a.memories, a.steps, a.repeats, b, tuple(a.layout))
+        bench_size(n, inner, a.memories, a.steps, a.repeats, b, tuple(a.layout), a.profile)
         for b in a.batch
         for n in a.sizes
         for inner in a.inner

@@ -242,3 +242,40 @@ def test_minibatch_check_writes_a_fresh_run_folder_each_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         minibatch.main(["--seeds", "0", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_bench_kernel_profile_counts_the_anderson_steps_kernels():
+    # bench_anderson --profile reads XLA's thunks back from a jax.profiler trace: an
+    # Anderson step runs more of them, for longer, than its inner SGD step.
+    import importlib.util
+
+    import jax
+    import optax
+
+    from jaxsci.optim import anderson
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
+    spec = importlib.util.spec_from_file_location("bench_anderson", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    key = jax.random.PRNGKey(0)
+    params = bench.init_mlp(key, [16, 16, 8, 10])
+    x = jax.random.normal(key, (8, 16))
+    y = jax.random.randint(key, (8,), 0, 10)
+    steps = 4
+    prof = {}
+    for name, opt, with_value in (
+        ("sgd", optax.sgd(1e-2), False),
+        ("aa", anderson(optax.sgd(1e-2), 3), True),
+    ):
+        fn = bench.make_train(opt, x, y, steps, with_value)
+        p = jax.tree_util.tree_map(lambda a: a.copy(), params)
+        jax.block_until_ready(fn(p, opt.init(p)))  # compiled outside the trace
+        p = jax.tree_util.tree_map(lambda a: a.copy(), params)
+        prof[name] = bench.kernel_profile(fn, (p, opt.init(p)), steps)
+    for r in prof.values():
+        assert r["kernels"] > 0 and 0 < r["busy_us"] and r["top"]
+        totals = [per_step * mean for _, per_step, mean in r["top"]]
+        assert totals == sorted(totals, reverse=True)
+        assert not any(n.startswith("while") for n, _, _ in r["top"])  # containers left out
+    assert prof["aa"]["kernels"] > 2 * prof["sgd"]["kernels"]
