@@ -172,6 +172,12 @@ def zeros_like(p: object) -> jax.Array:
     return jnp.zeros(p.shape, p.dtype)
 
 
+def lin(fn, *trees: PyTree) -> PyTree:
+    """``fn`` applied leafwise (one fused elementwise expression per leaf), each result cast
+    to the dtype of the first tree's leaf."""
+    return jax.tree_util.tree_map(lambda *a: fn(*a).astype(a[0].dtype), *trees)
+
+
 def select(pred: jax.Array, a: PyTree, b: PyTree) -> PyTree:
     """Leafwise ``a if pred else b`` for a scalar boolean ``pred``."""
     return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)

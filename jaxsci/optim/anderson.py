@@ -110,18 +110,26 @@ Inner products accumulate in float64 when x64 is on.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import flatten_util
 from jax.sharding import NamedSharding
 
+from jaxsci.optim import _anderson_history as _history
 from jaxsci.optim import _tree, averaging
+from jaxsci.optim._anderson_checks import check_args, check_tree, python_scalar
+from jaxsci.optim._anderson_state import (
+    BOOLS,
+    INTS,
+    ParamsSpec,
+    ScaleByAndersonState,
+    pack,
+    ravel,
+)
 
 PyTree = Any
 _TRUST_INIT = 4.0  # first extrapolation may be 4x the inner step; x2 per accepted, /4 per rejected
@@ -133,188 +141,6 @@ History = Literal["orthogonal", "window"]
 Layout = Literal["auto", "flat", "tree"]
 
 
-# Scalar bookkeeping is packed into one int32 and one float vector: a few carried buffers
-# and a few fused kernels per step instead of ~20 scalar ones (on small problems an
-# Anderson step costs its kernel count). The named views below read them.
-_INTS = (
-    "count",  # calls to update
-    "head",  # next history row to overwrite (the oldest when full)
-    "next_try",  # first step at which acceleration may be tried again
-    "penalty",  # current back-off length after rejections
-    "n_ema",  # EMA updates so far
-    "n_loss",  # losses in the running loss statistics
-    "n_accelerated",  # extrapolations taken
-    "n_rejected",  # extrapolations rolled back
-    "n_averaged",  # moving-average steps taken
-    "n_stretched",  # stretched inner steps taken (see `stretch`)
-    "n_noisy",  # steps on which the noise test held acceleration off
-)
-_BOOLS = (
-    "has_prev",  # x_prev/u_prev hold an accepted step
-    "pending",  # last update was an extrapolation awaiting its loss
-    "rejected",  # this update rolled an extrapolation back
-)
-_FLOATS = (
-    "trust",  # max ||extrapolation step|| / ||inner step|| (loss safeguard only)
-    "ema_sq",  # EMA of ||u||^2
-    "loss_mean",  # EMA of the accepted losses (average mode: the noise-aware check)
-    "loss_var",  # EMA of their squared deviation from the running mean
-    "rsd",  # last relative standard deviation of the steps
-    "beta",  # mixing of the last step (beta="auto": its latest Barzilai-Borwein ratio)
-    "stretch",  # factor of the next stretched inner step (see `stretch`), 1 after a rejection
-    "res_min",  # smallest log ||g|| (else ||u||) at an accepted point (residual check, no loss)
-    "f_prev",  # loss at the previous step (noise test)
-    "gs_prev",  # <gradient, step taken> at the previous step (noise test)
-    "noise_r",  # EMA weight of the pairs that disagreed with their gradients (noise test)
-    "noise_p",  # EMA weight of all pairs, two agreeing prior pairs included (noise test)
-)
-_N_SCALAR_INTS = len(_INTS) + len(_BOOLS)
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class ParamsSpec:
-    """What :func:`scale_by_anderson` was initialised for: a static pytree node (no leaves,
-    nothing to checkpoint) holding the params' structure, leaf shapes and dtypes, and the
-    layout chosen. ``update`` checks its params against it (the flat layout's state is
-    one vector, which alone cannot tell two pytrees of the same size apart)."""
-
-    treedef: Any
-    shapes: tuple[tuple[int, ...], ...]
-    dtypes: tuple[str, ...]
-    flat: bool
-
-    @classmethod
-    def of(cls, params: PyTree, flat: bool) -> ParamsSpec:
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
-        return cls(treedef, shapes, tuple(jnp.dtype(x.dtype).name for x in leaves), flat)
-
-    def check(self, params: PyTree) -> None:
-        """Raise ``ValueError`` unless ``params`` has this structure, shapes and dtypes."""
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        if treedef != self.treedef:
-            raise ValueError(
-                f"anderson: params pytree structure {treedef} does not match the one the "
-                f"state was initialised with, {self.treedef}"
-            )
-        for i, x in enumerate(leaves):
-            shape, dtype = tuple(jnp.shape(x)), jnp.dtype(x.dtype).name
-            if shape != self.shapes[i] or dtype != self.dtypes[i]:
-                raise ValueError(
-                    f"anderson: params leaf {i} is {dtype}{list(shape)} but the state was "
-                    f"initialised for {self.dtypes[i]}{list(self.shapes[i])} (init with the "
-                    "params you update, in the same dtype)"
-                )
-
-
-class ScaleByAndersonState(NamedTuple):
-    """State of :func:`scale_by_anderson` (all leaves are arrays).
-
-    Scalars live in ``ints`` / ``floats``; read them by name (``state.count``,
-    ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...);
-    a state batched by ``vmap`` reads them along its last axis (one per problem).
-    """
-
-    ints: jax.Array  # int32 [14 + m]: _INTS, _BOOLS (0/1), then valid history rows (0/1)
-    floats: jax.Array  # [12 + safeguard_memory + m] acc dtype: _FLOATS, recent losses (-inf),
-    # then <Y_i, u_prev> for the stored rows (orthogonal history: <Y_i, y> = <Y_i, u> minus
-    # it, so each step needs one pass of inner products over Y, not two)
-    s_hist: PyTree  # [m, ...] per leaf: iterate differences (orthogonalised in that mode)
-    y_hist: PyTree  # [m, ...] per leaf: residual (update) differences
-    gram: jax.Array  # [m, m] Y^T Y ("window" mode), accumulation dtype
-    x_prev: PyTree  # params at the previous accepted step
-    u_prev: PyTree  # inner update at the previous accepted step
-    rollback: PyTree  # update from the extrapolated point back to the plain one
-    ema_step: PyTree  # EMA of the steps taken (noise test); () when average is off
-    ema_x: PyTree  # EMA of post-step iterates x + u (moving average); () when off
-    spec: ParamsSpec  # static: the params' structure, shapes, dtypes and the layout
-
-    @property
-    def valid(self) -> jax.Array:
-        """[..., m] bool: which history rows hold data."""
-        return self.ints[..., _N_SCALAR_INTS:] != 0
-
-    @property
-    def loss_hist(self) -> jax.Array:
-        """[..., safeguard_memory] recent accepted losses (-inf: empty)."""
-        m = self.ints.shape[-1] - _N_SCALAR_INTS
-        return self.floats[..., len(_FLOATS) : self.floats.shape[-1] - m]
-
-    @property
-    def yu_prev(self) -> jax.Array:
-        """[..., m] inner products of the stored residual rows with ``u_prev``."""
-        m = self.ints.shape[-1] - _N_SCALAR_INTS
-        return self.floats[..., self.floats.shape[-1] - m :]
-
-
-def _int_view(i: int) -> property:
-    return property(lambda self: self.ints[..., i], doc=f"int32 scalar: {_INTS[i]}")
-
-
-def _bool_view(i: int) -> property:
-    return property(lambda self: self.ints[..., len(_INTS) + i] != 0, doc=f"bool: {_BOOLS[i]}")
-
-
-def _float_view(i: int) -> property:
-    return property(lambda self: self.floats[..., i], doc=f"scalar: {_FLOATS[i]}")
-
-
-for _i, _name in enumerate(_INTS):
-    setattr(ScaleByAndersonState, _name, _int_view(_i))
-for _i, _name in enumerate(_BOOLS):
-    setattr(ScaleByAndersonState, _name, _bool_view(_i))
-for _i, _name in enumerate(_FLOATS):
-    setattr(ScaleByAndersonState, _name, _float_view(_i))
-
-
-def _pack(
-    ints: dict, floats: dict, valid: jax.Array, loss_hist: jax.Array, yu_prev: jax.Array, dt
-) -> tuple:
-    """The ``ints`` and ``floats`` vectors of the state from named scalars.
-
-    Built as one elementwise select chain over an iota (XLA fuses it, with the scalar
-    arithmetic feeding it, into one loop kernel; a concatenate of scalars is not fused).
-    """
-
-    def vec(scalars: list, tail: jax.Array, dtype) -> jax.Array:
-        k = len(scalars)
-        idx = jnp.arange(k + tail.shape[0])
-        out = jnp.pad(tail.astype(dtype), (k, 0))
-        for i, v in enumerate(scalars):
-            out = jnp.where(idx == i, jnp.asarray(v).astype(dtype), out)
-        return out
-
-    iv = vec([ints[k] for k in _INTS + _BOOLS], valid, jnp.int32)
-    fv = vec([floats[k] for k in _FLOATS], jnp.concatenate([loss_hist, yu_prev]), dt)
-    return iv, fv
-
-
-def _ravel(tree: PyTree, dtype: object = None) -> jax.Array:
-    """The leaves of ``tree`` as one vector (``ravel_pytree`` order), materialised once.
-
-    Written leaf by leaf into a buffer (in-place slice writes, a copy each) rather than
-    by ``concatenate``: XLA fuses a concatenate into each of its consumers, and its CPU
-    backend emits a fused concatenate element by element (profiled at 1M parameters:
-    ~100 ms per consuming fusion, five of them per Anderson step, the flat layout's
-    10x slower CPU step). On accelerators, where fused concatenates are fast and each
-    slice write would be a kernel launch, a plain concatenate.
-    """
-    leaves = jax.tree_util.tree_leaves(tree)
-    dt = jnp.result_type(*leaves) if dtype is None else dtype
-    if jax.default_backend() != "cpu":  # fused concatenates are fast there; writes = launches
-        return jnp.concatenate([x.reshape(-1).astype(dt) for x in leaves])
-    offsets = [0]
-    for x in leaves:
-        offsets.append(offsets[-1] + x.size)
-    buf = jnp.empty((offsets[-1],), dt)
-    # Largest leaf first: XLA turns the first write into an empty buffer into a pad (a
-    # full-length write); the other writes are in place (measured: pad 1.45 -> 0.59 ms).
-    for i in sorted(range(len(leaves)), key=lambda i: -leaves[i].size):
-        buf = jax.lax.dynamic_update_slice(buf, leaves[i].reshape(-1).astype(dt), (offsets[i],))
-    return buf
-
-
 class AndersonState(NamedTuple):
     """State of :func:`anderson`: the inner optimizer's state and the Anderson state."""
 
@@ -322,92 +148,17 @@ class AndersonState(NamedTuple):
     anderson_state: ScaleByAndersonState
 
 
-def _python_scalar(name: str, value: object) -> object:
-    """A concrete 0-d NumPy / JAX array as the Python scalar it holds (what
-    ``optax.inject_hyperparams`` passes); other values unchanged. The options shape the
-    program (buffer sizes, branches), so a traced one cannot be used."""
-    if isinstance(value, jax.core.Tracer):
-        raise ValueError(
-            f"anderson: {name} must be a Python number, got a traced array: the options "
-            "set the program's shapes and branches. To schedule the inner optimizer, wrap "
-            "it instead: anderson(optax.inject_hyperparams(optax.sgd)(learning_rate=...)); "
-            "around anderson, optax.inject_hyperparams needs its options in static_args"
-        )
-    if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
-        return np.asarray(value).item()
-    return value
+class _Verdict(NamedTuple):
+    """What the delayed safeguard decided about the point proposed last step, and the
+    loss (or residual) statistics after it."""
 
-
-def _check_args(
-    memory: int,
-    regularization: float,
-    beta: float | str,
-    beta_max: float,
-    frequency: int,
-    warmup: int,
-    safeguard: bool,
-    safeguard_memory: int,
-    average: bool,
-    average_window: int,
-    average_threshold: float | None,
-    history: str,
-    max_backoff: int,
-    loss_margin: float,
-    stretch: bool,
-    noise_test: bool,
-) -> None:
-    def bad(name: str, value: object, need: str) -> ValueError:
-        return ValueError(f"anderson: {name} must be {need}, got {value!r}")
-
-    def integer(name: str, value: object, low: int) -> None:
-        ok = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-        if not ok or value < low:
-            raise bad(name, value, f"an integer >= {low}")
-
-    def number(name: str, value: object, need: str, test) -> None:
-        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-            value, bool | np.bool_
-        )
-        if not ok or not math.isfinite(float(value)) or not test(float(value)):
-            raise bad(name, value, need)
-
-    integer("memory", memory, 1)
-    number("regularization", regularization, "a finite number >= 0", lambda v: v >= 0)
-    if beta != "auto":
-        number("beta", beta, "'auto' or a finite number > 0", lambda v: v > 0)
-    number("beta_max", beta_max, "a finite number >= 1", lambda v: v >= 1)
-    integer("frequency", frequency, 1)
-    integer("warmup", warmup, 0)
-    flags = (
-        ("safeguard", safeguard),
-        ("average", average),
-        ("stretch", stretch),
-        ("noise_test", noise_test),
-    )
-    for name, flag in flags:
-        if not isinstance(flag, bool | np.bool_):
-            raise bad(name, flag, "True or False")
-    integer("safeguard_memory", safeguard_memory, 1)
-    integer("average_window", average_window, 2)
-    if average_threshold is not None:
-        number(
-            "average_threshold", average_threshold, "a finite number > 0 or None", lambda v: v > 0
-        )
-    if history not in ("orthogonal", "window"):
-        raise bad("history", history, "'orthogonal' or 'window'")
-    integer("max_backoff", max_backoff, 1)
-    number("loss_margin", loss_margin, "a finite number >= 0", lambda v: v >= 0)
-
-
-def _check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
-    ts, rs = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(ref)
-    if ts != rs:
-        raise ValueError(f"anderson: {name} pytree structure {ts} does not match params {rs}")
-    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref), strict=True):
-        if jnp.shape(a) != jnp.shape(b):
-            raise ValueError(
-                f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
-            )
+    reject: jax.Array
+    accepted_pending: jax.Array
+    res_min: jax.Array
+    loss_hist: jax.Array
+    loss_mean: jax.Array
+    loss_var: jax.Array
+    n_loss: jax.Array
 
 
 def scale_by_anderson(
@@ -509,21 +260,21 @@ def scale_by_anderson(
     weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
     """
     memory, regularization, beta, beta_max, frequency, warmup = map(
-        _python_scalar,
+        python_scalar,
         ("memory", "regularization", "beta", "beta_max", "frequency", "warmup"),
         (memory, regularization, beta, beta_max, frequency, warmup),
     )
     safeguard, safeguard_memory, average, average_window, average_threshold = map(
-        _python_scalar,
+        python_scalar,
         ("safeguard", "safeguard_memory", "average", "average_window", "average_threshold"),
         (safeguard, safeguard_memory, average, average_window, average_threshold),
     )
     max_backoff, loss_margin, stretch, noise_test = map(
-        _python_scalar,
+        python_scalar,
         ("max_backoff", "loss_margin", "stretch", "noise_test"),
         (max_backoff, loss_margin, stretch, noise_test),
     )
-    _check_args(
+    check_args(
         memory,
         regularization,
         beta,
@@ -580,8 +331,8 @@ def scale_by_anderson(
             params = jax.ShapeDtypeStruct((n,), jnp.result_type(*[x.dtype for x in leaves]))
         zeros = lambda: jax.tree_util.tree_map(_tree.zeros_like, params)
         hist = lambda: jax.tree_util.tree_map(lambda p: _tree.stacked_zeros(p, m), params)
-        ints, floats = _pack(
-            dict.fromkeys(_INTS + _BOOLS, 0),
+        ints, floats = pack(
+            dict.fromkeys(INTS + BOOLS, 0),
             {
                 "trust": _TRUST_INIT,
                 "ema_sq": 0.0,
@@ -615,124 +366,96 @@ def scale_by_anderson(
             spec=spec,
         )
 
-    shrink = 1.0 / (1.0 + regularization)
-
-    def tree_lin(fn, *trees):  # one fused elementwise expression per leaf
-        return jax.tree_util.tree_map(lambda *a: fn(*a).astype(a[0].dtype), *trees)
-
-    def insert_orthogonal(state, s, y, u, pair_ok, g0, mix):
-        """Orthogonalise (s, y) against the history.
-
-        Returns the rows to store, whether they are stored, the new bookkeeping and
-        ``comb = sum_i gamma_i (S_i + beta Y_i)`` (``beta = mix``, this step's mixing)
-        over the *updated* history, computed from the old history (so the ring buffer
-        is only read before its one-row write, which XLA then does in place): one pass of
-        inner products over ``Y`` and one pass over ``Y`` and ``S`` producing both
-        coefficient vectors' combinations at once. The new pair always takes the head slot
-        (emptied when the pair is not stored), so the old head row is never read out
-        (measured at 1M parameters on CPU: update 6.8-6.85 -> 6.05-6.2 ms for m = 5).
-        """
-        valid, head = state.valid, state.head
-        # <Y_i, y> = <Y_i, u> - <Y_i, u_prev>, the latter kept from the previous step: one
-        # pass over Y (a matrix-vector product per leaf) instead of two.
-        cu = _tree.hist_dot(state.y_hist, [u])[:, 0] * valid
-        cy = (cu - state.yu_prev) * valid
-        slot = jnp.arange(m) == head
-        a_keep = jnp.where(slot, 0.0, cu) * shrink  # old rows' gamma (the head row is replaced)
-        ny0 = jnp.sqrt(g0[0, 0])
-        # With Y orthonormal and cy = Y^T y: ||y1||^2 = ||y||^2 - ||cy||^2 and
-        # <y1, u> = <y, u> - <cy, Y^T u>, from scalars already at hand (no pass over y1).
-        # Accurate while ||y1|| >= 0.7 ||y||; below, the second pass computes them exactly.
-        # (Clipped at 0: a cancellation below zero means y lies in the span; second pass.)
-        ny1_sq = jnp.maximum(g0[0, 0] - jnp.sum(cy * cy), 0.0)
-        y1yu = jnp.stack([ny1_sq, g0[0, 1] - jnp.sum(cy * cu)])
-
-        def second_pass(vals):  # "twice is enough" (Kahan-Parlett), only when needed
-            # Only coefficients and scalars leave the branch: the rows themselves are
-            # formed once, after it, as y - Y c (fused into their consumers). A branch
-            # returning rows made y1 and s1 buffers on every step (~0.09x of a 1M step).
-            # y is recomputed from u and u_prev (buffers anyway): a branch reading y itself
-            # would make y a buffer too.
-            c, _ = vals
-            yb = jax.tree_util.tree_map(jnp.subtract, u, state.u_prev)
-            off_span = lambda c: jax.tree_util.tree_map(  # y - Y c
-                jnp.subtract, yb, _tree.hist_combine_many(state.y_hist, c[None, :])[0]
-            )
-            c = c + _tree.hist_dot(state.y_hist, [off_span(c)])[:, 0] * valid
-            y2 = off_span(c)
-            return c, _tree.dots(y2, [y2, u])
-
-        cy, y1yu = jax.lax.cond(jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu))
-        ny = jnp.sqrt(y1yu[0])
-        eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
-        keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
-        inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)
-        new_valid = jnp.where(keep, valid | slot, valid & ~slot)
-        g_head = y1yu[1] * inv * shrink  # <yn, u>
-        # comb = (S + beta Y) a_keep + g_head (sn + beta yn), sn = (s - S cy) inv (and yn):
-        # (S + beta Y) (a_keep - g_head inv cy) + g_head inv (s + beta y) needs the
-        # combinations with cy only for the rows written, not in comb.
-        gi = g_head * inv
-        coefs = jnp.stack([cy, a_keep - gi * cy])
-        y_cy, y_a = _tree.hist_combine_many(state.y_hist, coefs)
-        s_cy, s_a = _tree.hist_combine_many(state.s_hist, coefs)
-        yn = tree_lin(lambda a, c: (a - c) * inv, y, y_cy)
-        sn = tree_lin(lambda a, c: (a - c) * inv, s, s_cy)
-
-        def comb_leaf(sa, ya, s_, y_):
-            b = jnp.asarray(mix, sa.dtype)
-            new = jnp.where(keep, gi.astype(sa.dtype) * (s_ + b * y_), 0.0)
-            return jnp.where(pair_ok, sa + b * ya + new, 0.0)
-
-        comb = tree_lin(comb_leaf, s_a, y_a, s, y)
-        new_head = jnp.where(keep, (head + 1) % m, head)
-        yu = jnp.where(slot & keep, y1yu[1] * inv, cu)  # <Y_i, u> over the updated rows
-        return sn, yn, None, None, keep, state.gram, new_valid, new_head, comb, yu, cu
-
-    def insert_window(state, s, y, u, pair_ok, g0, mix):
-        """Textbook windowed history with an incrementally updated Gram matrix."""
-        dt = _tree.acc_dtype()
-        head = state.head
-        c = _tree.hist_dot(state.y_hist, [y, u])
-        yy, yu = g0[0, 0], g0[0, 1]
-        slot = jnp.arange(m) == head
-        valid = state.valid | slot
-        row = jnp.where(slot, yy, c[:, 0]) * valid
-        gram = state.gram.at[head, :].set(row).at[:, head].set(row)
-        rhs = jnp.where(slot, yu, c[:, 1]) * valid
-        g = jnp.where(valid[:, None] & valid[None, :], gram, 0.0)
-        lam = regularization * jnp.sum(jnp.diag(g)) / jnp.maximum(jnp.sum(valid), 1)
-        eye = jnp.eye(m, dtype=dt)
-        a = g + lam * eye * valid[:, None] + eye * (~valid)[:, None]
-        gamma = (jnp.linalg.solve(a, rhs) * valid).astype(dt)
-        # sum_i gamma_i (S_i + beta Y_i) over the updated history, read from the old one.
-        coefs = jnp.stack([jnp.where(slot, 0.0, gamma), slot.astype(gamma.dtype)])
-        s_a, s_old = _tree.hist_combine_many(state.s_hist, coefs)
-        y_a, y_old = _tree.hist_combine_many(state.y_hist, coefs)
-        g_head = gamma[head]
-
-        def comb_leaf(sa, ya, s_, y_):
-            b = jnp.asarray(mix, sa.dtype)
-            full = sa + b * ya + g_head.astype(sa.dtype) * (s_ + b * y_)
-            return jnp.where(pair_ok, full, 0.0)
-
-        comb = tree_lin(comb_leaf, s_a, y_a, s, y)
-        zero = jnp.zeros((m,), dt)  # <Y_i, u_prev> is not used by this mode
-        return s, y, s_old, y_old, jnp.asarray(True), gram, valid, (head + 1) % m, comb, zero, zero
-
     # The orthogonal history empties the head slot when no pair is stored (it never reads the
     # old head row: insert returns None for it); the window writes the old row back.
     empties_head = history == "orthogonal"
-    insert = insert_orthogonal if empties_head else insert_window
+    insert = (_history.orthogonal if empties_head else _history.window)(m, regularization)
+
+    def judge(state, value, grad, nu2, residual_check: bool) -> _Verdict:
+        """Judge the point proposed last step, now that its loss ``value`` arrives: at most
+        the max of the last ``safeguard_memory`` accepted losses (minibatch mode: also
+        ``loss_margin`` standard deviations below their running mean).
+
+        Without a loss (deterministic mode), the residual stands in for it: the
+        gradient (``grad``, which :func:`anderson` passes; else the inner step) at an
+        extrapolated point may be at most 10x the smallest one at any accepted point so
+        far (a guard against blow-ups, not a descent test: AA's residuals are not
+        monotone; against the smallest, so it cannot ratchet up). Not the inner step
+        when the gradient is known: Adam's step is ~lr sqrt(n) however bad the point,
+        and anderson(adam) without a loss diverged on a convex quadratic.
+        """
+        dt = _tree.acc_dtype()
+        if residual_check:
+            r2 = nu2 if grad is None else _tree.dots(grad, [grad])[0]
+            v = 0.5 * jnp.log(jnp.maximum(r2, jnp.finfo(dt).tiny))
+            ok = jnp.isfinite(v) & (v <= state.res_min + _RESIDUAL_SLACK)
+        else:
+            v = value.astype(dt)
+            ref = jnp.max(state.loss_hist)  # -inf: no accepted loss yet
+            ok = jnp.isfinite(v) & ((v <= ref) | (ref == -jnp.inf))
+        if average:  # noise-aware: beat the running mean by loss_margin std devs
+            bar = state.loss_mean - loss_margin * jnp.sqrt(state.loss_var)
+            ok = ok & (v <= bar)
+        reject = state.pending & ~ok
+        accepted_pending = state.pending & ok
+        res_min, loss_hist = state.res_min, state.loss_hist
+        if residual_check:  # the losses stay empty; only the smallest residual is kept
+            use_v = jnp.isfinite(v) & ~reject
+            res_min = jnp.where(use_v, jnp.minimum(res_min, v), res_min)
+        else:
+            loss_hist = jnp.where(jnp.isfinite(v), jnp.roll(loss_hist, 1).at[0].set(v), loss_hist)
+        # Running mean and variance of the losses at accepted points (span
+        # average_window); in a trending phase the variance also holds the lag^2 of the
+        # mean, so the bar then asks for more than the trend alone gives.
+        # Only minibatch mode reads them: not computed otherwise (dead work).
+        if average:
+            use = jnp.isfinite(v) & ~reject
+            first = state.n_loss == 0
+            delta = v - state.loss_mean
+            loss_mean = jnp.where(first, v, state.loss_mean + (1.0 - decay) * delta)
+            loss_var = jnp.where(
+                first, 0.0, decay * (state.loss_var + (1.0 - decay) * delta * delta)
+            )
+            loss_mean = jnp.where(use, loss_mean, state.loss_mean).astype(dt)
+            loss_var = jnp.where(use, loss_var, state.loss_var).astype(dt)
+            n_loss = state.n_loss + use.astype(jnp.int32)
+        else:
+            loss_mean, loss_var, n_loss = state.loss_mean, state.loss_var, state.n_loss
+        return _Verdict(reject, accepted_pending, res_min, loss_hist, loss_mean, loss_var, n_loss)
+
+    def noise_check(state, value, grad, s, u, d_raw, count):
+        """The noise test (module doc) on the pair ending at this step.
+
+        Does the loss change between the last two iterates as the trapezoid rule on their
+        gradients predicts? Returns the loss, the test's two EMA weights, whether most
+        recent pairs disagreed, and ``[<g, s>, <g, u>, <g, d_raw>]`` (one pass over the
+        gradient; the last two give ``<g, step taken>``).
+        """
+        dt = _tree.acc_dtype()
+        gd = _tree.dots(grad, [s, u, d_raw])
+        f = value.astype(dt)
+        a, b = state.gs_prev, gd[0]
+        mismatch = (f - state.f_prev) - 0.5 * (a + b)
+        loss_dt = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else dt
+        floor = _NOISE_FLOOR * jnp.finfo(loss_dt).eps
+        floor = floor * jnp.maximum(jnp.abs(f), jnp.abs(state.f_prev))
+        r2 = jnp.maximum(mismatch * mismatch - floor * floor, 0.0)
+        p2 = 0.25 * (jnp.abs(a) + jnp.abs(b)) ** 2
+        # x_prev is the previous iterate unless the previous step was a rollback
+        use = (count >= 1) & ~state.rejected & jnp.isfinite(r2) & jnp.isfinite(p2)
+        z = (r2 > _NOISE_RATIO**2 * p2).astype(dt)  # this pair disagrees with its gradients
+        noise_r = jnp.where(use, decay * state.noise_r + (1.0 - decay) * z, state.noise_r)
+        noise_p = jnp.where(use, decay * state.noise_p + (1.0 - decay), state.noise_p)
+        return f, noise_r, noise_p, noise_r > 0.5 * noise_p, gd
 
     def update_fn(updates, state, params=None, *, value=None, grad=None, **extra_args):
         del extra_args  # optax convention: extra args of other transforms are ignored
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
         state.spec.check(params)
-        _check_tree("updates", updates, params)
+        check_tree("updates", updates, params)
         if grad is not None:
-            _check_tree("grad", grad, params)
+            check_tree("grad", grad, params)
         if value is not None:
             value = jnp.asarray(value)
             if value.shape != () or not (
@@ -748,10 +471,10 @@ def scale_by_anderson(
         unravel = None
         if state.spec.flat:
             unravel = flatten_util.ravel_pytree(params)[1]
-            params = _ravel(params)
-            updates = _ravel(updates, params.dtype)
+            params = ravel(params)
+            updates = ravel(updates, params.dtype)
             if grad is not None:
-                grad = _ravel(grad, params.dtype)
+                grad = ravel(grad, params.dtype)
         dt = _tree.acc_dtype()
         where = lambda c, a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(c, p, q), a, b)
         u, x = updates, params
@@ -766,61 +489,23 @@ def scale_by_anderson(
         nu2 = g0[1, 1]
         u_finite = jnp.isfinite(nu2)  # u_prev was finite when stored (has_prev)
 
-        # 1. Delayed safeguard: the loss of the point proposed last step arrives now.
-        #    Without a loss (deterministic mode), the residual stands in for it: the
-        #    gradient (``grad``, which :func:`anderson` passes; else the inner step) at an
-        #    extrapolated point may be at most 10x the smallest one at any accepted point so
-        #    far (a guard against blow-ups, not a descent test: AA's residuals are not
-        #    monotone; against the smallest, so it cannot ratchet up). Not the inner step
-        #    when the gradient is known: Adam's step is ~lr sqrt(n) however bad the point,
-        #    and anderson(adam) without a loss diverged on a convex quadratic.
+        # 1. Delayed safeguard: the loss (else the residual) of the point proposed last
+        #    step arrives now (see ``judge``).
         residual_check = value is None and safeguard and not average
         checked = (value is not None and safeguard) or residual_check
         if checked:
-            if residual_check:
-                r2 = nu2 if grad is None else _tree.dots(grad, [grad])[0]
-                v = 0.5 * jnp.log(jnp.maximum(r2, jnp.finfo(dt).tiny))
-                ok = jnp.isfinite(v) & (v <= state.res_min + _RESIDUAL_SLACK)
-            else:
-                v = value.astype(dt)
-                ref = jnp.max(state.loss_hist)  # -inf: no accepted loss yet
-                ok = jnp.isfinite(v) & ((v <= ref) | (ref == -jnp.inf))
-            if average:  # noise-aware: beat the running mean by loss_margin std devs
-                bar = state.loss_mean - loss_margin * jnp.sqrt(state.loss_var)
-                ok = ok & (v <= bar)
-            reject = state.pending & ~ok
-            accepted_pending = state.pending & ok
-            res_min, loss_hist = state.res_min, state.loss_hist
-            if residual_check:  # the losses stay empty; only the smallest residual is kept
-                use_v = jnp.isfinite(v) & ~reject
-                res_min = jnp.where(use_v, jnp.minimum(res_min, v), res_min)
-            else:
-                loss_hist = jnp.where(
-                    jnp.isfinite(v), jnp.roll(loss_hist, 1).at[0].set(v), loss_hist
-                )
-            # Running mean and variance of the losses at accepted points (span
-            # average_window); in a trending phase the variance also holds the lag^2 of the
-            # mean, so the bar then asks for more than the trend alone gives.
-            # Only minibatch mode reads them: not computed otherwise (dead work).
-            if average:
-                use = jnp.isfinite(v) & ~reject
-                first = state.n_loss == 0
-                delta = v - state.loss_mean
-                loss_mean = jnp.where(first, v, state.loss_mean + (1.0 - decay) * delta)
-                loss_var = jnp.where(
-                    first, 0.0, decay * (state.loss_var + (1.0 - decay) * delta * delta)
-                )
-                loss_mean = jnp.where(use, loss_mean, state.loss_mean).astype(dt)
-                loss_var = jnp.where(use, loss_var, state.loss_var).astype(dt)
-                n_loss = state.n_loss + use.astype(jnp.int32)
-            else:
-                loss_mean, loss_var, n_loss = state.loss_mean, state.loss_var, state.n_loss
+            verdict = judge(state, value, grad, nu2, residual_check)
         else:
-            reject = jnp.asarray(False)
-            accepted_pending = state.pending
-            res_min = state.res_min
-            loss_hist = state.loss_hist
-            loss_mean, loss_var, n_loss = state.loss_mean, state.loss_var, state.n_loss
+            verdict = _Verdict(
+                jnp.asarray(False),
+                state.pending,
+                state.res_min,
+                state.loss_hist,
+                state.loss_mean,
+                state.loss_var,
+                state.n_loss,
+            )
+        reject, accepted_pending, res_min, loss_hist, loss_mean, loss_var, n_loss = verdict
 
         # 2. Store the pair: one history row written (O(n), in place when the state is
         #    donated), never a copy of the whole buffer.
@@ -866,27 +551,11 @@ def scale_by_anderson(
         else:
             rsd, noisy = jnp.zeros((), dt), jnp.asarray(False)
 
-        # 3b. Noise test (module doc): does the loss change between the last two iterates
-        #     as the trapezoid rule on their gradients predicts? One pass over the gradient
-        #     for <g, s>, <g, u> and <g, mix u - comb> (the last two give <g, step taken>).
+        # 3b. Noise test (module doc, ``noise_check``) on the pair ending here.
         noise = noise_test and value is not None and grad is not None and checked and not average
-        d_raw = tree_lin(lambda a, c: jnp.asarray(mix, a.dtype) * a - c, u, comb)
+        d_raw = _tree.lin(lambda a, c: jnp.asarray(mix, a.dtype) * a - c, u, comb)
         if noise:
-            gd = _tree.dots(grad, [s, u, d_raw])
-            f = value.astype(dt)
-            a, b = state.gs_prev, gd[0]
-            mismatch = (f - state.f_prev) - 0.5 * (a + b)
-            loss_dt = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else dt
-            floor = _NOISE_FLOOR * jnp.finfo(loss_dt).eps
-            floor = floor * jnp.maximum(jnp.abs(f), jnp.abs(state.f_prev))
-            r2 = jnp.maximum(mismatch * mismatch - floor * floor, 0.0)
-            p2 = 0.25 * (jnp.abs(a) + jnp.abs(b)) ** 2
-            # x_prev is the previous iterate unless the previous step was a rollback
-            use = (count >= 1) & ~state.rejected & jnp.isfinite(r2) & jnp.isfinite(p2)
-            z = (r2 > _NOISE_RATIO**2 * p2).astype(dt)  # this pair disagrees with its gradients
-            noise_r = jnp.where(use, decay * state.noise_r + (1.0 - decay) * z, state.noise_r)
-            noise_p = jnp.where(use, decay * state.noise_p + (1.0 - decay), state.noise_p)
-            noisy = noise_r > 0.5 * noise_p
+            f, noise_r, noise_p, noisy, gd = noise_check(state, value, grad, s, u, d_raw, count)
         else:
             f, noise_r, noise_p = state.f_prev, state.noise_r, state.noise_p
 
@@ -902,7 +571,7 @@ def scale_by_anderson(
             gate = ~noisy
         try_acc = scheduled & gate & jnp.any(valid) & u_finite & ~reject
 
-        d = tree_lin(lambda a, c: jnp.where(try_acc, a, c), d_raw, u)
+        d = _tree.lin(lambda a, c: jnp.where(try_acc, a, c), d_raw, u)
         if empties_head:  # the head slot is emptied when nothing is stored
             zero = lambda r: jax.tree_util.tree_map(lambda a: jnp.where(write, a, 0), r)
             s_wr, y_wr = zero(s_row), zero(y_row)
@@ -952,7 +621,7 @@ def scale_by_anderson(
                 1.0,
                 jnp.where(stretched, jnp.minimum(2.0 * state.stretch, beta_max), state.stretch),
             ).astype(dt)
-            out = tree_lin(lambda o, a: jnp.where(stretched, stretch_next * a, o), out, u)
+            out = _tree.lin(lambda o, a: jnp.where(stretched, stretch_next * a, o), out, u)
         else:
             stretched = jnp.asarray(False)
             stretch_next = state.stretch
@@ -987,7 +656,7 @@ def scale_by_anderson(
         # feeds it, so XLA updates the donated buffer in place (no copy of m x n floats).
         s_h = _tree.hist_set(state.s_hist, idx, s_wr)
         y_h = _tree.hist_set(state.y_hist, idx, y_wr)
-        ints, floats = _pack(
+        ints, floats = pack(
             {
                 "count": count + 1,
                 "head": jnp.where(reset, 0, head),
@@ -1104,7 +773,7 @@ def anderson(
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
-        _check_tree("updates", updates, params)
+        check_tree("updates", updates, params)
         u, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         # The incoming updates are the gradient (the noise test compares the loss changes
         # with it); a grad passed by the caller takes precedence.

@@ -1,0 +1,100 @@
+"""Validation of :func:`jaxsci.optim.anderson`'s options and of the pytrees it is passed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def python_scalar(name: str, value: object) -> object:
+    """A concrete 0-d NumPy / JAX array as the Python scalar it holds (what
+    ``optax.inject_hyperparams`` passes); other values unchanged. The options shape the
+    program (buffer sizes, branches), so a traced one cannot be used."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"anderson: {name} must be a Python number, got a traced array: the options "
+            "set the program's shapes and branches. To schedule the inner optimizer, wrap "
+            "it instead: anderson(optax.inject_hyperparams(optax.sgd)(learning_rate=...)); "
+            "around anderson, optax.inject_hyperparams needs its options in static_args"
+        )
+    if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
+        return np.asarray(value).item()
+    return value
+
+
+def check_args(
+    memory: int,
+    regularization: float,
+    beta: float | str,
+    beta_max: float,
+    frequency: int,
+    warmup: int,
+    safeguard: bool,
+    safeguard_memory: int,
+    average: bool,
+    average_window: int,
+    average_threshold: float | None,
+    history: str,
+    max_backoff: int,
+    loss_margin: float,
+    stretch: bool,
+    noise_test: bool,
+) -> None:
+    def bad(name: str, value: object, need: str) -> ValueError:
+        return ValueError(f"anderson: {name} must be {need}, got {value!r}")
+
+    def integer(name: str, value: object, low: int) -> None:
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+        if not ok or value < low:
+            raise bad(name, value, f"an integer >= {low}")
+
+    def number(name: str, value: object, need: str, test) -> None:
+        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool | np.bool_
+        )
+        if not ok or not math.isfinite(float(value)) or not test(float(value)):
+            raise bad(name, value, need)
+
+    integer("memory", memory, 1)
+    number("regularization", regularization, "a finite number >= 0", lambda v: v >= 0)
+    if beta != "auto":
+        number("beta", beta, "'auto' or a finite number > 0", lambda v: v > 0)
+    number("beta_max", beta_max, "a finite number >= 1", lambda v: v >= 1)
+    integer("frequency", frequency, 1)
+    integer("warmup", warmup, 0)
+    flags = (
+        ("safeguard", safeguard),
+        ("average", average),
+        ("stretch", stretch),
+        ("noise_test", noise_test),
+    )
+    for name, flag in flags:
+        if not isinstance(flag, bool | np.bool_):
+            raise bad(name, flag, "True or False")
+    integer("safeguard_memory", safeguard_memory, 1)
+    integer("average_window", average_window, 2)
+    if average_threshold is not None:
+        number(
+            "average_threshold", average_threshold, "a finite number > 0 or None", lambda v: v > 0
+        )
+    if history not in ("orthogonal", "window"):
+        raise bad("history", history, "'orthogonal' or 'window'")
+    integer("max_backoff", max_backoff, 1)
+    number("loss_margin", loss_margin, "a finite number >= 0", lambda v: v >= 0)
+
+
+def check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
+    ts, rs = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(ref)
+    if ts != rs:
+        raise ValueError(f"anderson: {name} pytree structure {ts} does not match params {rs}")
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref), strict=True):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
+            )
