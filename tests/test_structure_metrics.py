@@ -129,3 +129,20 @@ def test_sorted_pair_distances_known_values_and_invariances():
     assert pair_distance_difference(ref[:10], ref) == math.inf
     # Precomputed fingerprints are accepted as 1-D arrays.
     assert pair_distance_difference(sorted_pair_distances(ref), ref) == 0.0
+
+
+def test_rmsd_with_a_minority_species_finds_the_known_correspondence():
+    # Three atoms of a Pt55 icosahedron relabelled: the symmetry-equivalent frames of the
+    # anchor triangle tie on species-blind distances, and the frames kept could all put the
+    # minority atoms in the wrong place (0.55-1.1 A where the true matching gives 0.04 A).
+    base = Icosahedron("Pt", 3).positions
+    n = len(base)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        sq = np.zeros(n, int)
+        sq[rng.choice(n, 3, replace=False)] = 1
+        rot = Rotation.random(random_state=seed).as_matrix()
+        noisy = base @ rot.T + rng.normal(0.0, 0.02, (n, 3))
+        perm = rng.permutation(n)
+        known = _kabsch_rmsd(noisy, base)
+        assert structure_rmsd(noisy[perm], base, sq[perm], sq) <= known + 1e-9

@@ -210,10 +210,15 @@ def _anchor_rotations(
             if allow_reflection:
                 rots.append(_kabsch(pa @ mirror, qa, False) @ mirror)
         rots = np.asarray(rots)
+        # Species-blind scores tie on symmetric clusters (every symmetry-equivalent frame
+        # scores alike), and the kept frames could all put the minority atoms in the wrong
+        # place: 0.55-1.1 A instead of 0.04 A on relabelled Pt55 icosahedra.
+        other_species = sq[:, None] != sp[None, :]  # [n_q, n_p]
         score = np.empty(len(rots))
         for lo in range(0, len(rots), 128):  # nearest-neighbour RMSD^2, [128, n, n] at a time
             moved = np.einsum("nj,rij->rni", p, rots[lo : lo + 128])
             d2 = ((moved[:, None, :, :] - q[None, :, None, :]) ** 2).sum(-1)
+            d2 = d2 + np.where(other_species, np.inf, 0.0)  # nearest of the same species
             score[lo : lo + 128] = d2.min(-1).mean(-1)
         return list(rots[np.argsort(score)[:keep]])
 
