@@ -155,8 +155,17 @@ def test_large_cluster_cell_list_path_matches_dscribe(monkeypatch):
     import jaxsci.descriptors.acsf as acsf_module
 
     monkeypatch.setattr(acsf_module, "LARGE_CLUSTER", 8)  # route a small cluster there
+    monkeypatch.setattr(acsf_module, "CELL_LIST_MIN_ATOMS", 1)  # and on to the cell list
+    allocated = []
+    allocate = acsf_module.cell_list_allocate
+    monkeypatch.setattr(
+        acsf_module,
+        "cell_list_allocate",
+        lambda *a, **k: allocated.append(len(a[0])) or allocate(*a, **k),
+    )
     ref, ours = _pair(["Pt", "Cu", "O"], False, g3=None)
     atoms = _cluster3()
     with jax.enable_x64(True):
         out = ours.create(atoms)
+    assert allocated == [len(atoms)]  # the cell-list path ran (not the dense one)
     assert _rel_err(out, ref.create(atoms)) < 1e-6

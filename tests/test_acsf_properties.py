@@ -231,6 +231,9 @@ def test_cell_list_overflow_reallocate_gives_dense_result():
         out = np.asarray(ours.neighbor_fn(jnp.asarray(compressed), s, jnp.asarray(cell), nbrs))
         dense = np.asarray(jax.jit(lambda x: ours.fn(x, s, cell))(jnp.asarray(compressed)))
     assert np.allclose(out, dense, rtol=1e-9, atol=1e-12)
+    # a species index the descriptor does not have: an error, as for fn (was all-zero rows)
+    with pytest.raises(ValueError, match="species indices"):
+        ours.neighbor_fn(jnp.asarray(compressed), s + 1, jnp.asarray(cell), nbrs)
 
 
 def test_bad_input_errors(acsf, cluster):

@@ -518,7 +518,16 @@ class ACSF:
             positions, cell, self.r_cut, (True, True, True), capacity_multiplier
         )
 
-    def neighbor_fn(self, positions: Array, species: Array, cell: Array, nbrs) -> Array:
+    def neighbor_fn(
+        self, positions: Array, species: Array, cell: Array, nbrs: NeighborList
+    ) -> Array:
         """Pure ACSF [N, F] from a cell-list neighbour list (memory linear in N); jitted,
-        differentiable in positions and cell. Check ``nbrs.did_overflow`` after updates."""
+        differentiable in positions and cell.
+
+        positions: [N, 3] Angstrom; species: [N] int indices (:meth:`encode_species`);
+        cell: [3, 3] Angstrom. The list has no skin: after atoms move, update it
+        (:func:`jaxsci.geometry.cell_list_update`) before calling this, and check
+        ``nbrs.did_overflow`` (then re-allocate); a stale list gives wrong features.
+        """
+        self._check_species(species)
         return _cell_list_features_jit(positions, species, cell, nbrs, self.config)
