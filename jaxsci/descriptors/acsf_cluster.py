@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxsci.descriptors.acsf_kernel import KernelConfig, acsf_from_slots, pair_blocks, radial_block
+from jaxsci.descriptors.acsf_kernel import (
+    KernelConfig,
+    acsf_from_slots,
+    pair_blocks,
+    radial_block,
+    unique,
+)
 from jaxsci.descriptors.acsf_moments import (
     combine,
     g4_power_sums_table,
@@ -21,14 +27,6 @@ from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import dense_slots
 
 Array = jnp.ndarray
-
-
-def _unique(values) -> tuple[list, list[int]]:
-    uniq: list = []
-    for v in values:
-        if v not in uniq:
-            uniq.append(v)
-    return uniq, [uniq.index(v) for v in values]
 
 
 def acsf_cluster(positions: Array, species: Array, mask: Array, cfg: KernelConfig) -> Array:
@@ -59,14 +57,14 @@ def acsf_cluster(positions: Array, species: Array, mask: Array, cfg: KernelConfi
     harm = harmonics(unit, int(max(p[1] for p in cfg.g4 + cfg.g5)))
     per_pair = []
     if cfg.g4:
-        etas, which = _unique([p[0] for p in cfg.g4])
+        etas, which = unique([p[0] for p in cfg.g4])
         deg = int(max(p[1] for p in cfg.g4))
         sums = jnp.stack(
             [g4_power_sums_table(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]
         )
         per_pair.append(combine(cfg.g4, which, sums))  # [S, T, N, P4], ordered sums
     if cfg.g5:
-        etas, which = _unique([p[0] for p in cfg.g5])
+        etas, which = unique([p[0] for p in cfg.g5])
         deg = int(max(p[1] for p in cfg.g5))
         sums = jnp.stack(
             [g5_power_sums(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas]

@@ -77,7 +77,8 @@ def _base(base: Array, zeta: float) -> Array:
     return base if float(zeta).is_integer() else jnp.maximum(base, 0.0)
 
 
-def _unique(values) -> tuple[list, list[int]]:
+def unique(values) -> tuple[list, list[int]]:
+    """Distinct values in first-seen order, and each value's index among them."""
     uniq: list = []
     where: list[int] = []
     for v in values:
@@ -91,13 +92,12 @@ def _angular_sums(
     params: tuple[tuple[float, float, float], ...],
     cos: Array,
     pair_ok: Array,
-    e_pair: dict,
+    e_pair: dict | None,
     a_site: dict,
-    n_species: int,
 ) -> Array:
     """Sum over ordered (j != k) of prefactor * angular * a_ij a_ik [* e_jk]: [C, S, S, P]."""
-    etas, eta_of = _unique([p[0] for p in params])
-    zls, zl_of = _unique([(p[1], p[2]) for p in params])
+    etas, eta_of = unique([p[0] for p in params])
+    zls, zl_of = unique([(p[1], p[2]) for p in params])
     ang = jnp.stack(
         [2.0 ** (1.0 - z) * _power(_base(1.0 + lam * cos, z), z) for z, lam in zls],
         axis=-1,
@@ -155,7 +155,7 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
         rjk = jnp.where(pjk, jnp.sqrt(jnp.where(pjk, rjk2, 1.0)), 0.0)
         fc_jk = jnp.where(in_jk, fc_fn(rjk, rc), 0.0)
         if moment_ok(cfg.g4):
-            etas, which = _unique([p[0] for p in cfg.g4])
+            etas, which = unique([p[0] for p in cfg.g4])
             deg = int(max(p[1] for p in cfg.g4))
             harm4 = harmonics(disp * inv_r[..., None], deg)
             ps = jnp.stack(
@@ -170,16 +170,16 @@ def acsf_from_slots(slots: Slots, neighbour_species: Array, cfg: KernelConfig) -
         else:
             etas4 = sorted({p[0] for p in cfg.g4})
             e_pair = {eta: jnp.exp(-eta * rjk2) * fc_jk for eta in etas4}
-            sums.append(_angular_sums(cfg.g4, cos, in_jk, e_pair, site_factors(etas4), s))
+            sums.append(_angular_sums(cfg.g4, cos, in_jk, e_pair, site_factors(etas4)))
     if g5_moments:
-        etas, which = _unique([p[0] for p in cfg.g5])
+        etas, which = unique([p[0] for p in cfg.g5])
         deg = int(max(p[1] for p in cfg.g5))
         harm = harmonics(disp * inv_r[..., None], deg)
         ps = jnp.stack([g5_power_sums(harm, jnp.exp(-eta * r2) * fc, onehot, deg) for eta in etas])
         sums.append(jnp.moveaxis(combine(cfg.g5, which, ps), 2, 0))
     elif cfg.g5:
         etas5 = sorted({p[0] for p in cfg.g5})
-        sums.append(_angular_sums(cfg.g5, cos, pair_ok, None, site_factors(etas5), s))
+        sums.append(_angular_sums(cfg.g5, cos, pair_ok, None, site_factors(etas5)))
     full = jnp.concatenate(sums, axis=-1)  # [C, S, S, P4 + P5], ordered-pair sums
     blocks.append(pair_blocks(full, s))
     return jnp.concatenate(blocks, axis=-1)
