@@ -49,6 +49,29 @@ def test_gradient_matches_finite_differences_cluster(acsf, cluster):
         _fd_check(jax.jit(lambda p: jnp.sum(w * acsf.fn(p, s))), jnp.asarray(cluster.positions))
 
 
+def test_gradient_matches_finite_differences_moment_path(monkeypatch):
+    # One species and integer zetas (the Pt default): free clusters go through the
+    # power-sum (moment) kernels and quad_diag's custom gradient, which the fixtures above
+    # (two species, zeta 1.5) never reach.
+    import jaxsci.descriptors.acsf_cluster as cluster_module
+
+    calls = []
+    table = cluster_module.g4_power_sums_table
+    monkeypatch.setattr(
+        cluster_module,
+        "g4_power_sums_table",
+        lambda *a: calls.append("g4") or table(*a),
+    )
+    atoms = Icosahedron("Pt", 2)
+    atoms.rattle(0.1, seed=5)
+    ours = ACSF(["Pt"], R_CUT, G2, None, G4, [[0.01, 2, 1], [0.02, 4, -1]])
+    with jax.enable_x64(True):
+        s = jnp.asarray(ours.encode_species(atoms.numbers))
+        w = jax.random.normal(jax.random.PRNGKey(5), (len(atoms), ours.n_features))
+        _fd_check(jax.jit(lambda p: jnp.sum(w * ours.fn(p, s))), jnp.asarray(atoms.positions))
+    assert calls  # the moment path ran
+
+
 def test_gradient_matches_finite_differences_periodic():
     atoms = bulk("Cu", "fcc", a=3.6) * (1, 1, 2)  # cell narrower than 2 r_cut
     atoms.numbers[0] = 78
