@@ -93,7 +93,7 @@ def make_update_only(opt, grads, steps, with_value):
     )
 
 
-_CONTAINERS = ("while", "conditional", "call", "cond")  # CPU thunks that hold other thunks
+_CONTAINERS = ("while", "cond", "call")  # CPU thunks holding others (cond*: conditional)
 
 
 def kernel_profile(fn, args, steps: int) -> dict:
@@ -174,9 +174,12 @@ def bench_size(
             "opt": opt,
         }
 
-    def timed(fn, opt):
+    def fresh(opt):  # donated by every call: a new copy and state each time
         p = jax.tree_util.tree_map(jnp.copy, params)
-        s = jax.block_until_ready(opt.init(p))  # the copy and init stay outside the timer
+        return p, jax.block_until_ready(opt.init(p))
+
+    def timed(fn, opt):
+        p, s = fresh(opt)  # the copy and init stay outside the timer
         t0 = time.perf_counter()
         jax.block_until_ready(fn(p, s))
         return (time.perf_counter() - t0) / steps
@@ -211,9 +214,7 @@ def bench_size(
         }
     for name, f in fns.items() if profile else ():
         for kind in ("train", "update"):
-            p = jax.tree_util.tree_map(jnp.copy, params)
-            s = jax.block_until_ready(f["opt"].init(p))
-            prof = kernel_profile(f[kind], (p, s), steps)
+            prof = kernel_profile(f[kind], fresh(f["opt"]), steps)
             rows[name][f"{kind}_profile"] = prof
             print(
                 f"  {name} {kind}: {prof['kernels']:.1f} kernels/step, busy"

@@ -90,12 +90,21 @@ def test_study_smoke_writes_run_folder(tmp_path):
     assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
 
 
+def _bench_anderson():
+    """benchmarks/bench_anderson.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
+    spec = importlib.util.spec_from_file_location("bench_anderson", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path):
     # bench_anderson --time-to-target rebuilds each problem as the study did (sizes, steps,
     # precision): it used to look the name up in problems.py, which has no
     # least_squares_large or mlp_diabetes_fullbatch, and ran everything in float64.
-    import importlib.util
-
     from experiments.anderson.run import main
 
     res = main(
@@ -115,10 +124,7 @@ def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path):
     )
     summary = res["problems"]["least_squares_large"]["summary"]
     assert set(summary) == {"nesterov", "adam", "aa_sgd_m5"}
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
-    spec = importlib.util.spec_from_file_location("bench_anderson", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_anderson()
     out = bench.time_to_target(f"{res['run_dir']}/results.json", 1)
     timed = out["least_squares_large"]["ms"]
     # Nesterov and Anderson reach the target (~210 and ~110 of 300 iterations); each method
@@ -247,17 +253,12 @@ def test_minibatch_check_writes_a_fresh_run_folder_each_run(tmp_path, capsys):
 def test_bench_kernel_profile_counts_the_anderson_steps_kernels():
     # bench_anderson --profile reads XLA's thunks back from a jax.profiler trace: an
     # Anderson step runs more of them, for longer, than its inner SGD step.
-    import importlib.util
-
     import jax
     import optax
 
     from jaxsci.optim import anderson
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_anderson.py")
-    spec = importlib.util.spec_from_file_location("bench_anderson", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_anderson()
     key = jax.random.PRNGKey(0)
     params = bench.init_mlp(key, [16, 16, 8, 10])
     x = jax.random.normal(key, (8, 16))
