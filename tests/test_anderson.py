@@ -1,5 +1,7 @@
 """Anderson acceleration (jaxsci.optim): NumPy reference, optax contract, safeguard, noise test."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -610,41 +612,56 @@ def test_frequency_and_warmup_schedule_the_extrapolations(frequency, warmup):
 
 
 @pytest.mark.multidevice
-def test_sharded_params_match_single_device():
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_sharded_params_match_single_device(axis_type):
+    """Sharded params over an Auto (GSPMD) or an Explicit mesh axis (``jax.make_mesh``'s
+    default; its leaves cannot be reshaped, and ``jit`` needs ``jax.set_mesh``) take the
+    single-device steps, with the history sharded like the params, from an eager or a
+    jitted ``init``."""
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
     # Like CG, windowed AA amplifies rounding differences (here ~10x per step once the
     # memory is full), so sharded and single-device runs agree to rounding for the first
     # steps (float64) and in loss afterwards.
     with jax.enable_x64(True):
-        mesh = jax.make_mesh((4,), ("d",), axis_types=(AxisType.Auto,))
+        mesh = jax.make_mesh((4,), ("d",), axis_types=(getattr(AxisType, axis_type),))
         rng = np.random.default_rng(0)
         a = jnp.asarray(rng.normal(size=(64, 32)) * np.logspace(0, -1.0, 32))
+        a3 = a.reshape(64, 8, 4)
         b = jnp.asarray(rng.normal(size=64))
 
-        def loss(p):
-            return 0.5 * jnp.mean((a @ p["w"].reshape(-1) + p["c"] - b) ** 2)
+        def loss(p):  # no reshape of the sharded leaf (an Explicit-axis type error)
+            return 0.5 * jnp.mean((jnp.einsum("kij,ij->k", a3, p["w"]) + p["c"] - b) ** 2)
 
         lr = 1.0 / (float(jnp.linalg.eigvalsh(a.T @ a / 64).max()) + 1.0)
         params = {"w": jnp.zeros((8, 4)), "c": jnp.zeros(())}
         opt = anderson(optax.sgd(lr), 5)
         single, s_state = train(opt, loss, params, 8)
+        single40, _ = train(opt, loss, params, 40)
+        w_sharding = NamedSharding(mesh, PartitionSpec("d", None))
         shard = {
-            "w": jax.device_put(params["w"], NamedSharding(mesh, PartitionSpec("d", None))),
+            "w": jax.device_put(params["w"], w_sharding),
             "c": jax.device_put(params["c"], NamedSharding(mesh, PartitionSpec())),
         }
-        state0 = opt.init(shard)
-        s_hist = state0.anderson_state.s_hist["w"]
-        assert s_hist.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "d")), 3)
-        multi, m_state = train(opt, loss, shard, 8)
-        assert multi["w"].sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("d")), 2)
+        hist_sharding = NamedSharding(mesh, PartitionSpec(None, "d"))
+        with jax.set_mesh(mesh) if axis_type == "Explicit" else contextlib.nullcontext():
+            s_hist = opt.init(shard).anderson_state.s_hist["w"]
+            assert s_hist.sharding.is_equivalent_to(hist_sharding, 3)
+            if axis_type == "Explicit":  # the type carries the sharding: jit knows it
+                s_hist = jax.jit(opt.init)(shard).anderson_state.s_hist["w"]
+                assert s_hist.sharding.is_equivalent_to(hist_sharding, 3)
+                with pytest.raises(ValueError, match="layout='tree'"):
+                    anderson(optax.sgd(lr), 5, layout="flat").init(shard)
+            multi, m_state = train(opt, loss, shard, 8)
+            multi40, _ = train(opt, loss, shard, 40)
+        assert multi["w"].sharding.is_equivalent_to(w_sharding, 2)
+        s_hist = m_state.anderson_state.s_hist["w"]
+        assert s_hist.sharding.is_equivalent_to(hist_sharding, 3)
         np.testing.assert_allclose(multi["w"], single["w"], rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(multi["c"], single["c"], rtol=1e-7, atol=1e-9)
         n_acc = int(m_state.anderson_state.n_accelerated)
         assert n_acc == int(s_state.anderson_state.n_accelerated) > 0
-        single, _ = train(opt, loss, params, 40)
-        multi, _ = train(opt, loss, shard, 40)
-        np.testing.assert_allclose(loss(multi), loss(single), rtol=1e-3)
+        np.testing.assert_allclose(loss(multi40), loss(single40), rtol=1e-3)
 
 
 def _probe_loss_check(average: bool, last_loss: float) -> bool:

@@ -69,10 +69,25 @@ def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sum(x.astype(dt) * y.astype(dt))
 
 
+def explicit_spec(x: object) -> PartitionSpec | None:
+    """The partition spec of ``x`` when it is sharded over *Explicit* mesh axes (its type
+    carries the sharding, under ``jit`` too), else ``None``.
+
+    Such leaves must not be reshaped (a reshape that merges a sharded axis is a type
+    error), so the history products below reduce over their axes in place instead.
+    """
+    try:
+        spec = jax.typeof(x).sharding.spec
+    except (AttributeError, TypeError):  # ShapeDtypeStruct, Python scalars
+        return None
+    return spec if any(a is not None for a in spec) else None
+
+
 def _leaf_dot(x: jax.Array, y: jax.Array) -> jax.Array:
     """``<x, y>`` of two leaves in ``acc_dtype()``: small leaves by :func:`sum_last` (one
-    fused kernel on CPU instead of up to three), large ones by a plain reduction."""
-    if x.size > _STACK_MAX:
+    fused kernel on CPU instead of up to three), large or explicitly sharded ones by a
+    plain reduction."""
+    if x.size > _STACK_MAX or explicit_spec(x) is not None:
         return _dot(x, y)
     dt = acc_dtype()
     return sum_last(x.reshape(-1).astype(dt) * y.reshape(-1).astype(dt))
@@ -107,13 +122,18 @@ def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
 
     Large leaves: one matrix-vector product per vector and leaf (stacking the vectors
     into an ``[n, k]`` operand was 3-10x slower on CPU: strided layout). Small leaves:
-    a product-and-reduce loop (no library call).
+    a product-and-reduce loop (no library call). Explicitly sharded leaves: a product
+    reduced over the leaf's own axes (no reshape).
     """
     dt = acc_dtype()
     cols = []
     for v in vecs:
         col = jnp.zeros((_leaves(hist)[0].shape[0],), dt)
         for h, x in zip(_leaves(hist), _leaves(v), strict=True):
+            if explicit_spec(x) is not None:
+                prod = h.astype(dt) * x[None].astype(dt)
+                col = col + jnp.sum(prod, axis=tuple(range(1, h.ndim)))
+                continue
             hf = h.reshape(h.shape[0], -1)
             if x.size <= _STACK_MAX:
                 col = col + sum_last(hf.astype(dt) * x.reshape(1, -1).astype(dt))
@@ -154,20 +174,39 @@ def hist_set(hist: PyTree, index: jax.Array, vec: PyTree) -> PyTree:
     )
 
 
+def _named(x: object, spec: PartitionSpec) -> NamedSharding:
+    """``spec`` on the (abstract) mesh of ``x``'s explicit sharding."""
+    return NamedSharding(jax.typeof(x).sharding.mesh, spec)
+
+
 def stacked_zeros(p: object, m: int) -> jax.Array:
-    """Zeros of shape ``(m, *p.shape)`` in ``p.dtype``, sharded like ``p`` when it is sharded."""
+    """Zeros of shape ``(m, *p.shape)`` in ``p.dtype``, sharded like ``p`` when it is sharded.
+
+    Under ``jit`` only an explicit sharding is known (it is part of the type); an
+    ``Auto``-axis leaf's sharding is chosen by the compiler, as for ``optax``'s own
+    states: give ``jit`` ``out_shardings``, or call ``init`` outside ``jit``.
+    """
     shape = (m, *p.shape)
+    if isinstance(p, jax.core.Tracer):
+        spec = explicit_spec(p)
+        if spec is not None:
+            return jnp.zeros(shape, p.dtype, out_sharding=_named(p, PartitionSpec(None, *spec)))
+        return jnp.zeros(shape, p.dtype)
     sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, NamedSharding) and not isinstance(p, jax.core.Tracer):
+    if isinstance(sharding, NamedSharding):
         spec = PartitionSpec(None, *sharding.spec)
         return jax.device_put(jnp.zeros(shape, p.dtype), NamedSharding(sharding.mesh, spec))
     return jnp.zeros(shape, p.dtype)
 
 
 def zeros_like(p: object) -> jax.Array:
-    """Zeros shaped like ``p`` (an array or ``jax.ShapeDtypeStruct``), sharded like it."""
+    """Zeros shaped like ``p`` (an array or ``jax.ShapeDtypeStruct``), sharded like it
+    (under ``jit``: when the sharding is explicit; see :func:`stacked_zeros`)."""
+    if isinstance(p, jax.core.Tracer):
+        spec = explicit_spec(p)
+        return jnp.zeros(p.shape, p.dtype, out_sharding=_named(p, spec) if spec else None)
     sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, NamedSharding) and not isinstance(p, jax.core.Tracer):
+    if isinstance(sharding, NamedSharding):
         return jax.device_put(jnp.zeros(p.shape, p.dtype), sharding)
     return jnp.zeros(p.shape, p.dtype)
 

@@ -105,6 +105,10 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
 Everything is pure jnp on pytrees with a leading history axis on every leaf, so sharded
 parameters keep their sharding (history rows are sharded like the leaf) and the state
 is a deterministic function of the inputs (identical on every data-parallel rank).
+Leaves sharded over Explicit mesh axes (``jax.make_mesh``'s default) are never reshaped,
+and a jitted ``init`` shards their history too (run under ``jax.set_mesh``, as JAX asks);
+over Auto axes, a jitted ``init`` leaves the layout of its outputs to the compiler, as
+for optax's own states: call ``init`` eagerly or give ``jit`` ``out_shardings``.
 Inner products accumulate in float64 when x64 is on.
 """
 
@@ -250,6 +254,7 @@ def scale_by_anderson(
         a few per leaf); ``"tree"``: per-leaf buffers shaped like the params, each history
         row sharded like its leaf; ``"auto"`` (default): tree on CPU or when a leaf is
         sharded (``NamedSharding`` with a partitioned axis) at ``init``, flat otherwise.
+        ``"flat"`` with leaves sharded over Explicit axes raises ``ValueError``.
 
     Cost on small problems: an update is ~50 small kernels whatever the size, and XLA's CPU
     runtime charges a jitted call about 0.5 us per kernel, against ~0.1 us inside a loop.
@@ -307,10 +312,20 @@ def scale_by_anderson(
         leaves = jax.tree_util.tree_leaves(params)
         if layout == "tree" or not leaves or len(leaves) == 1 and leaves[0].ndim <= 1:
             return False  # nothing to ravel, or a single vector: both layouts coincide
+        if any(_tree.explicit_spec(x) is not None for x in leaves):
+            if layout == "flat":
+                raise ValueError(
+                    "anderson: layout='flat' ravels the params into one replicated vector, "
+                    "which leaves sharded over Explicit mesh axes cannot be without a "
+                    "gather; use layout='tree' (or 'auto'), which shards the history like "
+                    "the params"
+                )
+            return False
         sharded = any(
             isinstance(getattr(x, "sharding", None), NamedSharding)
             and any(a is not None for a in x.sharding.spec)
             for x in leaves
+            if not isinstance(x, jax.core.Tracer)
         )
         # auto: flat on accelerators (fewer kernels: H200, 1M params, m = 5, train step
         # 3.7x vs 5.8x the SGD step); per-leaf on CPU, where the leaves are already large
