@@ -10,7 +10,8 @@
 Times a full training step (forward, backward, optimizer update, apply) of an MLP with
 about 100k and 1M parameters, batch 64 and 1024 (``--batch``; the overhead is a fixed cost per
 step, so its ratio is largest at small batches), for the inner optimizer alone (the anchor) and
-for ``anderson(inner, memory=m)``; and the optimizer update alone (gradients fixed).
+for ``anderson(inner, memory=m)``; and the optimizer update alone, on a separable quadratic
+whose gradient is one elementwise pass (with counters of what it did: accelerated...).
 Each timing runs ``--steps`` steps inside one jitted ``lax.scan``; configurations are
 interleaved in every repeat and the median over repeats is reported, with the ratio
 to the inner optimizer measured in the same repeat loop. ``--profile K`` then traces one
@@ -76,21 +77,50 @@ def make_train(opt, x, y, steps, with_value):
     )
 
 
-def make_update_only(opt, grads, steps, with_value):
-    def step(carry, i):
+def separable_quadratic(params, key):
+    """``0.5 sum h (p - p0)^2`` over every parameter, curvatures ``h`` in [0.01, 1]: a real
+    problem for timing the update alone, whose gradient is one elementwise pass (its
+    directions turn as the stiff coordinates converge first, and its loss is that of the
+    point the step reached; a gradient rescaled each step, with made-up losses, gave a
+    collinear history and held acceleration off on most steps)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    h = [
+        10.0 ** jax.random.uniform(k, p.shape, p.dtype, -2.0, 0.0)
+        for k, p in zip(keys, leaves, strict=True)
+    ]
+    h = jax.tree_util.tree_unflatten(treedef, h)
+    p0 = jax.tree_util.tree_map(jnp.copy, params)
+
+    def loss(p):
+        terms = jax.tree_util.tree_map(lambda a, b, c: jnp.sum(a * (b - c) ** 2), h, p, p0)
+        return 0.5 * sum(jax.tree_util.tree_leaves(terms))
+
+    return loss, jax.tree_util.tree_map(lambda p: p + 1.0, params)
+
+
+def make_update_only(opt, loss, steps, with_value):
+    """``steps`` updates of ``opt`` on ``loss`` (:func:`separable_quadratic`) in one jitted
+    scan: the optimizer's cost plus one elementwise gradient pass, not a model's."""
+
+    def step(carry, _):
         p, s = carry
-        g = jax.tree_util.tree_map(lambda a: a * (1.0 + 1e-3 * i), grads)
-        u, s = (
-            opt.update(g, s, p, value=jnp.float32(1.0) / (i + 1.0))
-            if with_value
-            else opt.update(g, s, p)
-        )
+        v, g = jax.value_and_grad(loss)(p)
+        u, s = opt.update(g, s, p, value=v) if with_value else opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
 
     return jax.jit(
-        lambda p, s: jax.lax.scan(step, (p, s), jnp.arange(steps, dtype=jnp.float32)),
-        donate_argnums=(0, 1),
+        lambda p, s: jax.lax.scan(step, (p, s), None, length=steps)[0], donate_argnums=(0, 1)
     )
+
+
+def counters(state) -> dict:
+    """Anderson's step counters from an ``anderson(...)`` state, else ``{}``."""
+    aa = getattr(state, "anderson_state", None)
+    if aa is None:
+        return {}
+    names = ("n_accelerated", "n_rejected", "n_noisy", "n_stretched", "n_averaged")
+    return {k.removeprefix("n_"): int(getattr(aa, k)) for k in names}
 
 
 _CONTAINERS = ("while", "cond", "call")  # CPU thunks holding others (cond*: conditional)
@@ -159,7 +189,7 @@ def bench_size(
     n = sum(p.size for p in jax.tree_util.tree_leaves(params))
     x = jax.random.normal(key, (batch, sizes[0]))
     y = jax.random.randint(key, (batch,), 0, 10)
-    grads = jax.grad(loss_fn)(params, x, y)
+    quad, quad_start = separable_quadratic(params, jax.random.PRNGKey(1))
     inner = {"sgd": lambda: optax.sgd(1e-2), "adam": lambda: optax.adam(1e-3)}[inner_name]
     configs = {inner_name: (inner(), False)}
     for m in memories:
@@ -170,28 +200,32 @@ def bench_size(
     for name, (opt, wv) in configs.items():
         fns[name] = {
             "train": make_train(opt, x, y, steps, wv),
-            "update": make_update_only(opt, grads, steps, wv),
+            "update": make_update_only(opt, quad, steps, wv),
             "opt": opt,
         }
 
-    def fresh(opt):  # donated by every call: a new copy and state each time
-        p = jax.tree_util.tree_map(jnp.copy, params)
+    start = {"train": params, "update": quad_start}
+
+    def fresh(opt, kind):  # donated by every call: a new copy and state each time
+        p = jax.tree_util.tree_map(jnp.copy, start[kind])
         return p, jax.block_until_ready(opt.init(p))
 
-    def timed(fn, opt):
-        p, s = fresh(opt)  # the copy and init stay outside the timer
+    def timed(f, kind):
+        p, s = fresh(f["opt"], kind)  # the copy and init stay outside the timer
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(p, s))
+        jax.block_until_ready(f[kind](p, s))
         return (time.perf_counter() - t0) / steps
 
     for f in fns.values():  # compile
-        timed(f["train"], f["opt"])
-        timed(f["update"], f["opt"])
+        timed(f, "train")
+        timed(f, "update")
+        # What the update-alone scan did (a harness that never extrapolates times no AA).
+        f["counters"] = counters(f["update"](*fresh(f["opt"], "update"))[1])
     times = {name: {"train": [], "update": []} for name in fns}
     for _ in range(repeats):  # interleaved
         for name, f in fns.items():
-            times[name]["train"].append(timed(f["train"], f["opt"]))
-            times[name]["update"].append(timed(f["update"], f["opt"]))
+            times[name]["train"].append(timed(f, "train"))
+            times[name]["update"].append(timed(f, "update"))
     med = {k: {kk: float(np.median(vv)) for kk, vv in v.items()} for k, v in times.items()}
     print(
         f"\n{n} parameters (MLP {sizes}), batch {batch}, inner {inner_name},"
@@ -211,10 +245,14 @@ def bench_size(
             "train_ratio": rt,
             "update_ms": 1e3 * t["update"],
             "update_ratio": ru,
+            "update_counters": fns[name]["counters"],
         }
+        if fns[name]["counters"]:
+            c = ", ".join(f"{k} {v}" for k, v in fns[name]["counters"].items())
+            print(f"  {'':16s} update alone, {steps} steps: {c}")
     for name, f in fns.items() if profile else ():
         for kind in ("train", "update"):
-            prof = kernel_profile(f[kind], fresh(f["opt"]), steps)
+            prof = kernel_profile(f[kind], fresh(f["opt"], kind), steps)
             rows[name][f"{kind}_profile"] = prof
             print(
                 f"  {name} {kind}: {prof['kernels']:.1f} kernels/step, busy"
@@ -314,7 +352,7 @@ def main(argv=None):
         nargs="+",
         default=["auto"],
         choices=["auto", "flat", "tree"],
-        help="Anderson state layout(s) to time (auto: flat for unsharded params)",
+        help="Anderson state layout(s) to time (auto: per leaf on CPU, flat on accelerators)",
     )
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 1024], help="minibatch size(s)")
     ap.add_argument(
@@ -339,17 +377,15 @@ def main(argv=None):
     if a.time_to_target and not a.results:  # it was silently ignored
         ap.error("--time-to-target needs --results (the study whose problems to re-time)")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
-    if a.results and a.time_to_target:
+    if a.results:  # a finished study's ratios (re-timed with --time-to-target), no bench
         print_study_ratios(a.results)
-        return time_to_target(a.results, a.repeats)
+        return time_to_target(a.results, a.repeats) if a.time_to_target else None
     out = [
         bench_size(n, inner, a.memories, a.steps, a.repeats, b, tuple(a.layout), a.profile)
         for b in a.batch
         for n in a.sizes
         for inner in a.inner
     ]
-    if a.results:
-        print_study_ratios(a.results)
     return out
 
 
