@@ -372,6 +372,20 @@ def test_moving_average_is_evaluated_where_noise_dominates_and_never_changes_the
         moving_average(10, threshold=-1.0)
 
 
+def test_moving_average_threshold_zero_is_always_once_a_window_is_seen():
+    """``threshold=0`` means always: identical updates (alignment exactly 1) included."""
+    ma = moving_average(4, threshold=0.0)
+    x = {"w": jnp.ones(3)}
+    state = ma.init(x)
+    flags = []
+    for _ in range(6):
+        _, state = ma.update({"w": jnp.full(3, 0.1)}, state, x)
+        flags.append(bool(state.noisy))
+    assert flags == [False, False, False, True, True, True]
+    _, state = moving_average(4).update({"w": jnp.full(3, 0.1)}, state, x)
+    assert not bool(state.noisy)  # the default threshold: agreeing updates are not noise
+
+
 def test_auto_mixing_is_the_clipped_bb_ratio_of_the_newest_pair():
     # Gradient descent on a diagonal quadratic: the mixing recorded after each step must be
     # <s, -y> / ||y||^2 of that step's secant pair (iterates and inner steps recomputed here
@@ -909,6 +923,27 @@ def test_empty_params_pass_through(layout):
     state = opt.init({})
     upd, state = jax.jit(opt.update)({}, state, {}, value=1.0)
     assert upd == {}
+
+
+@pytest.mark.parametrize("layout", ["tree", "flat"])
+def test_python_number_leaves_take_the_steps_of_arrays(layout):
+    """A Python float leaf is a float32 scalar parameter (optax's transforms take them;
+    it raised AttributeError); a Python int leaf is refused like an integer array."""
+    loss = lambda p: (p["a"] - 1.0) ** 2 + jnp.sum((p["b"] - 2.0) ** 2) * 0.1  # noqa: E731
+    opt = anderson(optax.sgd(0.2), 3, layout=layout)
+    runs = []
+    for a0 in (3.0, jnp.float32(3.0)):
+        p = {"a": a0, "b": jnp.zeros(2)}
+        state = opt.init(p)
+        for _ in range(8):
+            v, g = jax.value_and_grad(loss)(p)
+            upd, state = jax.jit(opt.update)(g, state, p, value=v)
+            p = optax.apply_updates(p, upd)
+        runs.append((p, int(state.anderson_state.n_accelerated)))
+    assert runs[0][1] == runs[1][1] > 0
+    np.testing.assert_array_equal(runs[0][0]["a"], runs[1][0]["a"])
+    with pytest.raises(ValueError, match="floating point"):
+        opt.init({"a": 1, "b": jnp.zeros(2)})
 
 
 def test_integer_loss_and_concrete_array_options_are_accepted():

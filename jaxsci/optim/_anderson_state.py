@@ -37,7 +37,7 @@ FLOATS = (
     "ema_sq",  # EMA of ||u||^2
     "loss_mean",  # EMA of the accepted losses (average mode: the noise-aware check)
     "loss_var",  # EMA of their squared deviation from the running mean
-    "rsd",  # last relative standard deviation of the steps
+    "rsd",  # last relative standard deviation of the inner steps (average mode)
     "beta",  # mixing of the last step (beta="auto": its latest Barzilai-Borwein ratio)
     "stretch",  # factor of the next stretched inner step (see `stretch`), 1 after a rejection
     "res_min",  # smallest log ||g|| (else ||u||) at an accepted point (residual check, no loss)
@@ -104,7 +104,7 @@ class ScaleByAndersonState(NamedTuple):
     x_prev: PyTree  # params at the previous accepted step
     u_prev: PyTree  # inner update at the previous accepted step
     rollback: PyTree  # update from the extrapolated point back to the plain one
-    ema_step: PyTree  # EMA of the steps taken (noise test); () when average is off
+    ema_step: PyTree  # EMA of the inner steps u (the rsd test); () when average is off
     ema_x: PyTree  # EMA of post-step iterates x + u (moving average); () when off
     spec: ParamsSpec  # static: the params' structure, shapes, dtypes and the layout
 

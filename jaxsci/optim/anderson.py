@@ -125,7 +125,7 @@ from jax.sharding import NamedSharding
 
 from jaxsci.optim import _anderson_history as _history
 from jaxsci.optim import _tree, averaging
-from jaxsci.optim._anderson_checks import check_args, check_tree, python_scalar
+from jaxsci.optim._anderson_checks import as_arrays, check_args, check_tree, python_scalar
 from jaxsci.optim._anderson_state import (
     BOOLS,
     INTS,
@@ -335,6 +335,7 @@ def scale_by_anderson(
 
     def init_fn(params: PyTree) -> ScaleByAndersonState:
         dt = _tree.acc_dtype()
+        params = as_arrays(params)
         for leaf in jax.tree_util.tree_leaves(params):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise ValueError(f"anderson: params must be floating point, got {leaf.dtype}")
@@ -467,6 +468,7 @@ def scale_by_anderson(
         del extra_args  # optax convention: extra args of other transforms are ignored
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
+        params = as_arrays(params)
         state.spec.check(params)
         check_tree("updates", updates, params)
         if grad is not None:
@@ -552,7 +554,8 @@ def scale_by_anderson(
             valid = jnp.where(pair_ok, valid, state.valid)
         head = jnp.where(pair_ok, head, state.head)
 
-        # 3. Noise test on the recent steps actually taken (decided before this step).
+        # 3. The moving average's rsd test on the recent inner steps (decided before this
+        # step; their statistics are updated in 4, after the choice).
         if average:
             rsd = averaging.ema_rsd(state.ema_step, state.ema_sq, state.n_ema, decay)
             noisy = (rsd > threshold) & (state.n_ema >= average_window)

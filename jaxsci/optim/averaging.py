@@ -154,7 +154,8 @@ def moving_average(
             mean_norm, tiny
         )
         n = state.count + 1
-        noisy = (align < align_max) & (n >= window)
+        # threshold 0: always (updates that agree exactly have align 1, not below it)
+        noisy = ((align < align_max) | (thr == 0.0)) & (n >= window)
         new = state._replace(count=n, mean_step=mean, mean_norm=mean_norm, noisy=noisy)
         return updates, new._replace(average=_fold(state, params))
 
