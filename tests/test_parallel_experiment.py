@@ -50,4 +50,4 @@ def test_cli_one_layout_reports_and_rejects_bad_steps(tmp_path, capsys):
             run.main(["--tiny", *flags])
         assert exc.value.code == 2 and match in capsys.readouterr().err
     # each failed before any run folder, curve or training
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.json", "curve.mllog"]

@@ -19,6 +19,7 @@ class Config:
       seed: data order and parameter initialisation.
       devices: local devices per process (None: all visible).
       bucket_bytes: cross-process message size (None: one flat message).
+      target_accuracy: test accuracy that ends the timed run (MLPerf-style time to train).
     """
 
     hidden: tuple[int, ...] = (128, 128)
@@ -30,6 +31,7 @@ class Config:
     seed: int = 0
     devices: int | None = None
     bucket_bytes: int | None = None
+    target_accuracy: float = 0.95
 
 
 def tiny() -> Config:

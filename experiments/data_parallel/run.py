@@ -38,27 +38,43 @@ def _config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(base, steps=args.steps)
 
 
+def mllog_path(out: str | Path) -> Path:
+    """The MLPerf-style event log written beside a layout's curve ``out``."""
+    return Path(out).with_suffix(".mllog")
+
+
 def run_one(args: argparse.Namespace) -> None:
     from experiments.data_parallel.train import train_and_evaluate
     from jaxsci.parallel import bootstrap
+    from jaxsci.train import MLLogger, time_to_train
 
     info = bootstrap()
+    log = MLLogger(mllog_path(args.out) if args.out else None, is_root=info.is_root)
     t0 = time.perf_counter()
-    result = train_and_evaluate(_config(args), info=info)
+    result = train_and_evaluate(_config(args), info=info, mllog=log)
     result["wall_s"] = time.perf_counter() - t0
     if not info.is_root:
         return
     if args.out:
+        ttt = time_to_train(mllog_path(args.out))
+        result["time_to_train"] = ttt._asdict()
         Path(args.out).write_text(json.dumps(result))
     losses = result["losses"]
     print(
         f"{info.size} process(es): {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
         f"test accuracy {result['final_test_accuracy']:.3f}, {result['wall_s']:.1f} s"
-        + (f"; curve written to {args.out}" if args.out else "")
+        + (
+            f"; time to train {ttt.time_to_train_s:.2f} s"
+            f" ({'target reached' if ttt.success else 'target not reached'})"
+            f"; curve written to {args.out}"
+            if args.out
+            else ""
+        )
     )
 
 
 def run_all(args: argparse.Namespace) -> Path:
+    from jaxsci.metrics import scaling_efficiency
     from jaxsci.train import make_run_dir, write_metrics
 
     # absolute: the child processes run in the repository root
@@ -90,9 +106,24 @@ def run_all(args: argparse.Namespace) -> Path:
                 "max_abs_loss_diff_vs_1proc_1dev": _max_diff(c["losses"], ref),
                 "max_abs_loss_diff_first_100_steps": _max_diff(c["losses"][:100], ref[:100]),
                 "wall_s": c["wall_s"],
+                "time_to_train": c["time_to_train"],
             }
             for name, c in curves.items()
         },
+    }
+    # Strong scaling (the same global batches on more workers), by time to train when every
+    # layout reached the target, else by the whole run's wall time.
+    reached = all(c["time_to_train"]["success"] for c in curves.values())
+    times = {
+        c["processes"] * c["devices_per_process"]: (
+            c["time_to_train"]["time_to_train_s"] if reached else c["wall_s"]
+        )
+        for c in curves.values()  # workers: processes x devices (1, 4, 2, 8)
+    }
+    summary["scaling"] = {
+        "measure": "time_to_train_s" if reached else "wall_s",
+        "strong_efficiency_by_workers": scaling_efficiency(times, "strong"),
+        "note": "simulated CPU devices share this machine's cores: contention, not scaling",
     }
     write_metrics(run_dir, summary)
     _plot(curves, run_dir / "loss_curves.png")
@@ -101,8 +132,14 @@ def run_all(args: argparse.Namespace) -> Path:
             f"{name}: final loss {s['final_loss']:.4f}, test acc {s['final_test_accuracy']:.3f}, "
             f"max |loss - 1proc_1dev| {s['max_abs_loss_diff_vs_1proc_1dev']:.2e} "
             f"(first 100 steps {s['max_abs_loss_diff_first_100_steps']:.2e}), "
-            f"{s['wall_s']:.1f} s"
+            f"{s['wall_s']:.1f} s, time to train {s['time_to_train']['time_to_train_s']:.2f} s"
+            f" ({'reached' if s['time_to_train']['success'] else 'not reached'})"
         )
+    eff = summary["scaling"]["strong_efficiency_by_workers"]
+    print(
+        f"strong-scaling efficiency by {summary['scaling']['measure']}: "
+        + ", ".join(f"{n} workers {e:.2f}" for n, e in eff.items())
+    )
     print(f"run folder: {run_dir}")
     return run_dir
 

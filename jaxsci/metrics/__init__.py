@@ -17,6 +17,7 @@ from jaxsci.metrics.generation import (  # issue 4: generated-structure scores
     novelty_mask,
     uniqueness_mask,
 )
+from jaxsci.metrics.scaling import scaling_efficiency  # MLPerf-HPC-style scaling
 from jaxsci.metrics.structure import (  # issue 3: structure comparison
     Alignment,
     align,
@@ -45,6 +46,7 @@ __all__ = [
     "match_rows",
     "novelty_mask",
     "pair_distance_difference",
+    "scaling_efficiency",
     "sorted_pair_distances",
     "structure_rmsd",
     "uniqueness_mask",

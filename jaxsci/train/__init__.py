@@ -21,6 +21,7 @@ from jaxsci.train.gan import (  # issue 6: conditional GANs, per-label training
     train_per_label,
 )
 from jaxsci.train.loop import Callback, FitResult, JsonlLogger, every, fit, read_jsonl
+from jaxsci.train.mllog import MLLogger, TimeToTrain, read_mllog, time_to_train
 from jaxsci.train.run_dir import (
     make_run_dir,
     plot_curves,
@@ -52,12 +53,16 @@ __all__ = [
     "Checkpointer",
     "FitResult",
     "JsonlLogger",
+    "MLLogger",
+    "TimeToTrain",
     "every",
     "fit",
     "make_run_dir",
     "plot_curves",
     "plot_scatter",
     "read_jsonl",
+    "read_mllog",
+    "time_to_train",
     "to_jsonable",
     "write_json",
     "write_metrics",

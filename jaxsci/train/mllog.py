@@ -1,0 +1,187 @@
+"""MLPerf-HPC-style event logs and the time to train read back from them.
+
+A run writes one ``:::MLLOG {json}`` line per event (the format of MLCommons'
+``mlperf_logging``: ``namespace``, ``time_ms``, ``event_type``, ``key``, ``value``,
+``metadata``), from the root process only. The keys that time a run are MLPerf HPC's:
+
+* ``init_start`` / ``init_stop``: set-up before the clock (mesh, model, compilation);
+* ``run_start`` / ``run_stop``: the timed run; ``run_stop`` carries
+  ``metadata={"status": "success"}`` when the quality target was reached, else
+  ``"aborted"``;
+* ``staging_start`` / ``staging_stop``: moving the data set to where training reads it
+  (host memory, devices), *inside* the timed run, as MLPerf HPC counts it;
+* ``epoch_start`` / ``epoch_stop`` and ``eval_start`` / ``eval_stop``, with
+  ``eval_accuracy`` points, each with ``metadata={"epoch_num": ...}``.
+
+:func:`time_to_train` turns such a log into seconds: the score (run start to stop), and
+its parts (staging, evaluation, training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+PREFIX = ":::MLLOG "
+EVENT_TYPES = ("POINT_IN_TIME", "INTERVAL_START", "INTERVAL_END")
+
+
+class MLLogger:
+    """Append MLPerf-style events to ``path`` (root process only; other ranks write nothing;
+    ``path=None``: events are checked, nothing is written).
+
+    ``clock`` returns seconds (default ``time.time``); events store integer milliseconds
+    as MLPerf does, and :func:`time_to_train` reads them back in seconds. ``echo`` also
+    prints every line (MLPerf's submission logs are the job's stdout).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        is_root: bool = True,
+        clock: Callable[[], float] = time.time,
+        echo: bool = False,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.is_root = is_root and self.path is not None
+        self.clock = clock
+        self.echo = echo
+        if self.is_root:
+            if not self.path.parent.is_dir():
+                raise ValueError(f"MLLogger: the folder of {self.path} does not exist")
+            self.path.write_text("")  # a fresh log: a run is one file
+
+    def event(
+        self,
+        key: str,
+        value: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_type: str = "POINT_IN_TIME",
+    ) -> None:
+        """Log one event now (``value`` and ``metadata`` must be JSON-serialisable)."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(
+                f"MLLogger: event_type must be one of {EVENT_TYPES}, got {event_type!r}"
+            )
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"MLLogger: key must be a non-empty string, got {key!r}")
+        if not self.is_root:
+            return
+        record = {
+            "namespace": "",
+            "time_ms": int(round(1e3 * self.clock())),
+            "event_type": event_type,
+            "key": key,
+            "value": value,
+            "metadata": dict(metadata or {}),
+        }
+        line = PREFIX + json.dumps(record, allow_nan=False)  # a bad value fails, not the file
+        with self.path.open("a") as fh:
+            fh.write(line + "\n")
+        if self.echo:
+            print(line, flush=True)
+
+    def start(self, key: str, value: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """``<key>_start`` (an ``INTERVAL_START``)."""
+        self.event(f"{key}_start", value, metadata, "INTERVAL_START")
+
+    def stop(self, key: str, value: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """``<key>_stop`` (an ``INTERVAL_END``)."""
+        self.event(f"{key}_stop", value, metadata, "INTERVAL_END")
+
+    @contextmanager
+    def interval(self, key: str, metadata: Mapping[str, Any] | None = None) -> Iterator[None]:
+        """``<key>_start`` on entry, ``<key>_stop`` on exit (also when the body raises)."""
+        self.start(key, metadata=metadata)
+        try:
+            yield
+        finally:
+            self.stop(key, metadata=metadata)
+
+
+def read_mllog(path: str | Path) -> list[dict]:
+    """The events of an MLPerf-style log (lines without the ``:::MLLOG`` prefix skipped)."""
+    events = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.startswith(PREFIX):
+            continue
+        try:
+            events.append(json.loads(line[len(PREFIX) :]))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not a JSON event ({err})") from None
+    return events
+
+
+class TimeToTrain(NamedTuple):
+    """An MLPerf-HPC-style score and its parts, in seconds."""
+
+    time_to_train_s: float  # run_start -> run_stop: the score
+    success: bool  # run_stop's status was "success" (the quality target reached)
+    init_s: float  # init_start -> init_stop (outside the score); nan when not logged
+    staging_s: float  # staging intervals (inside the score)
+    eval_s: float  # eval intervals (inside the score)
+    train_s: float  # the score less staging and evaluation
+    epochs: int  # epoch_stop events inside the run
+    last_eval_accuracy: float  # the last eval_accuracy value; nan when none
+
+
+def _intervals(events: list[dict], key: str, lo: float, hi: float) -> float:
+    """Total seconds of the ``<key>_start`` / ``<key>_stop`` pairs, clipped to [lo, hi]."""
+    total, opened = 0.0, None
+    for e in events:
+        if e["key"] == f"{key}_start":
+            if opened is not None:
+                raise ValueError(f"time_to_train: {key}_start twice without {key}_stop")
+            opened = e["time_ms"] / 1e3
+        elif e["key"] == f"{key}_stop":
+            if opened is None:
+                raise ValueError(f"time_to_train: {key}_stop without {key}_start")
+            total += max(0.0, min(e["time_ms"] / 1e3, hi) - max(opened, lo))
+            opened = None
+    if opened is not None:
+        raise ValueError(f"time_to_train: {key}_start without {key}_stop")
+    return total
+
+
+def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
+    """The time to train of a finished run's log (events or a log file).
+
+    Raises ``ValueError`` when the log has not exactly one ``run_start`` followed by one
+    ``run_stop``, or unbalanced intervals.
+    """
+    if isinstance(events, str | Path):
+        events = read_mllog(events)
+    starts = [e for e in events if e.get("key") == "run_start"]
+    stops = [e for e in events if e.get("key") == "run_stop"]
+    if len(starts) != 1 or len(stops) != 1:
+        raise ValueError(
+            f"time_to_train: a finished run logs one run_start and one run_stop, found "
+            f"{len(starts)} and {len(stops)}"
+        )
+    t0, t1 = starts[0]["time_ms"] / 1e3, stops[0]["time_ms"] / 1e3
+    if t1 < t0:
+        raise ValueError("time_to_train: run_stop is logged before run_start")
+    init = [e for e in events if e["key"] in ("init_start", "init_stop")]
+    init_s = math.nan
+    if init:
+        init_s = _intervals(events, "init", -math.inf, math.inf)
+    staging = _intervals(events, "staging", t0, t1)
+    evals = _intervals(events, "eval", t0, t1)
+    inside = [e for e in events if t0 <= e["time_ms"] / 1e3 <= t1]
+    accs = [e["value"] for e in inside if e["key"] == "eval_accuracy"]
+    return TimeToTrain(
+        time_to_train_s=t1 - t0,
+        success=stops[0].get("metadata", {}).get("status") == "success",
+        init_s=init_s,
+        staging_s=staging,
+        eval_s=evals,
+        train_s=(t1 - t0) - staging - evals,
+        epochs=sum(e["key"] == "epoch_stop" for e in inside),
+        last_eval_accuracy=float(accs[-1]) if accs else math.nan,
+    )
