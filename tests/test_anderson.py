@@ -1,6 +1,7 @@
 """Anderson acceleration (jaxsci.optim): NumPy reference, optax contract, safeguard, noise test."""
 
 import contextlib
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -994,3 +995,51 @@ def test_state_round_trips_through_an_orbax_checkpoint(tmp_path):
     leaves = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)
     for x, y in zip(*leaves, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_anderson_takes_every_option_of_scale_by_anderson_with_the_same_default():
+    """``anderson`` repeats ``scale_by_anderson``'s options (a readable signature, no
+    ``**kwargs``): the two lists and their defaults must not drift apart."""
+    outer = inspect.signature(anderson).parameters
+    inner = inspect.signature(scale_by_anderson).parameters
+    assert list(outer)[:2] == ["inner", "memory"]
+    assert list(outer)[1:] == list(inner)
+    for name, p in inner.items():
+        assert outer[name].default == p.default, name
+        assert outer[name].kind == p.kind, name
+
+
+def test_anderson_forwards_each_option_to_scale_by_anderson(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("jaxsci.optim.anderson")  # the module, not the function
+    seen = {}
+
+    def spy(memory, **options):
+        seen.update(memory=memory, **options)
+        return scale_by_anderson(memory, **options)
+
+    monkeypatch.setattr(module, "scale_by_anderson", spy)
+    options = dict(  # every option away from its default
+        regularization=1e-6,
+        beta=0.5,
+        beta_max=7.0,
+        frequency=2,
+        warmup=3,
+        safeguard=False,
+        safeguard_memory=4,
+        average=True,
+        average_window=6,
+        average_threshold=1.5,
+        history="window",
+        max_backoff=8,
+        loss_margin=1.0,
+        stretch=False,
+        noise_test=False,
+        layout="tree",
+    )
+    defaults = inspect.signature(scale_by_anderson).parameters
+    assert set(options) == set(defaults) - {"memory"}
+    assert all(options[k] != defaults[k].default for k in options)
+    module.anderson(optax.sgd(0.1), 9, **options)
+    assert seen == {"memory": 9, **options}
