@@ -85,6 +85,8 @@ def test_read_mllog_skips_other_output_and_non_root_writes_nothing(tmp_path):
     other.start("run")
     assert not (tmp_path / "rank1.txt").exists()
     MLLogger(None).start("run")  # a disabled log checks its events, writes nothing
+    with pytest.raises(ValueError):  # on every rank, not only where it is written
+        other.event("eval_accuracy", math.nan)
     with pytest.raises(ValueError, match="key"):
         MLLogger(None).event("")
 

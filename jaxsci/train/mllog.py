@@ -71,8 +71,6 @@ class MLLogger:
             )
         if not isinstance(key, str) or not key:
             raise ValueError(f"MLLogger: key must be a non-empty string, got {key!r}")
-        if not self.is_root:
-            return
         record = {
             "namespace": "",
             "time_ms": int(round(1e3 * self.clock())),
@@ -81,7 +79,11 @@ class MLLogger:
             "value": value,
             "metadata": dict(metadata or {}),
         }
-        line = PREFIX + json.dumps(record, allow_nan=False)  # a bad value fails, not the file
+        # Serialised on every rank: a bad value fails everywhere (not on the root alone,
+        # which would leave the other ranks waiting), and before the file is touched.
+        line = PREFIX + json.dumps(record, allow_nan=False)
+        if not self.is_root:
+            return
         with self.path.open("a") as fh:
             fh.write(line + "\n")
         if self.echo:
