@@ -8,6 +8,8 @@ positions. Repeats are interleaved and medians reported; compilation is excluded
 Case (b): periodic fcc Pt supercells (500 ... 32,000 atoms): time and peak resident memory
 per size, each measured in a fresh subprocess (jaxsci uses its cell list; median of
 ``--repeats`` calls after a first one, which for jaxsci compiles), with the time ratio.
+``--pbc TTF`` makes them slabs (15 A of vacuum above, no periodicity along z), ``--pbc TFF``
+wires (periodic along x only, 15 A of vacuum around); the cell list serves both.
 
 DScribe computes in float64; jaxsci in JAX's default float32 unless ``--x64`` (the dtype of
 each side is printed with the results). Speedups are time ratios on the same structures:
@@ -19,6 +21,7 @@ relative to each feature's own scale (column maximum), not to the largest featur
     python benchmarks/bench_acsf.py                      # both cases, with DScribe
     python benchmarks/bench_acsf.py --case a --n-structures 200 --repeats 3
     python benchmarks/bench_acsf.py --case b --sizes 500 4000 32000 --dscribe-max-atoms 4000
+    python benchmarks/bench_acsf.py --case b --sizes 4800 --pbc TTF   # a slab with vacuum
     python benchmarks/bench_acsf.py --x64 --case a       # jaxsci in float64 too
     python benchmarks/bench_acsf.py --skip-dscribe       # e.g. on a GPU box without DScribe
     python benchmarks/bench_acsf.py --case a --cores 1   # one core each, like for like
@@ -154,21 +157,28 @@ def case_a(args) -> dict:
     return res
 
 
-def _supercell(n_atoms: int):
+def _supercell(n_atoms: int, pbc: str = "TTT"):
+    """Rattled fcc Pt of about ``n_atoms``; ``pbc`` "TTT" bulk, "TTF" slab, "TFF" wire (the
+    open axes get 15 A of vacuum in the cell, which the features ignore)."""
     from ase.build import bulk
 
     reps = round((n_atoms / 4) ** (1 / 3))
     a = bulk("Pt", "fcc", a=3.92, cubic=True) * (reps, reps, reps)
     a.rattle(0.05, seed=0)
+    periodic = [c == "T" for c in pbc]
+    for axis, p in enumerate(periodic):
+        if not p:
+            a.cell[axis, axis] += 15.0
+    a.pbc = periodic
     return a
 
 
-def worker_b(tool: str, size: int, repeats: int) -> dict:
+def worker_b(tool: str, size: int, repeats: int, pbc: str = "TTT") -> dict:
     """Runs in a fresh process: a first create() (jaxsci compiles in it), then the median of
     ``repeats`` more, and the peak RSS."""
     import resource
 
-    atoms = _supercell(size)
+    atoms = _supercell(size, pbc)
     if tool == "dscribe":
         from dscribe.descriptors import ACSF as DScribeACSF
 
@@ -185,6 +195,7 @@ def worker_b(tool: str, size: int, repeats: int) -> dict:
     return {
         "tool": tool,
         "n_atoms": len(atoms),
+        "pbc": pbc,
         "time_s": statistics.median(times),
         "all_s": times,
         "first_call_s": first,
@@ -201,6 +212,7 @@ def case_b(args) -> dict:
         done = {}
         for tool in tools:
             cmd = [sys.executable, __file__, "--worker-b", tool, str(size), str(args.repeats)]
+            cmd += ["--pbc", args.pbc]
             if args.x64:
                 cmd.append("--x64")
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -228,6 +240,12 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 13500, 32000])
     p.add_argument("--dscribe-max-atoms", type=int, default=32000)
     p.add_argument("--skip-dscribe", action="store_true")
+    p.add_argument(
+        "--pbc",
+        choices=["TTT", "TTF", "TFF"],
+        default="TTT",
+        help="case b's periodic axes: bulk, slab, wire",
+    )
     p.add_argument("--x64", action="store_true", help="jaxsci in float64 (DScribe's dtype)")
     p.add_argument(
         "--cores", type=int, default=None, help="pin the run to this many cores (default: all)"
@@ -248,7 +266,7 @@ def main() -> None:
         jax.config.update("jax_enable_x64", True)
     if args.worker_b:
         tool, size, n = args.worker_b
-        print(json.dumps(worker_b(tool, int(size), int(n))))
+        print(json.dumps(worker_b(tool, int(size), int(n), args.pbc)))
         return
 
     header = {

@@ -361,7 +361,9 @@ def test_angular_terms_are_never_negative_for_unit_lambda():
 def test_traced_capacity_keeps_the_nearest_neighbours():
     """fn(capacity=K) under jit equals the exact (all images) features whenever K covers
     every atom's neighbours, and its gradient too; a capacity below that drops only the
-    farthest neighbours (a small change, not garbage); a bad capacity raises."""
+    farthest neighbours (a small change, not garbage) and says so: ValueError naming the
+    count needed for concrete input, the overflow flag under jit (it was silent); a bad
+    capacity raises."""
     from jaxsci.geometry import (
         count_within,
         dense_slots,
@@ -396,9 +398,24 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
         traced = jax.jit(lambda p: desc.batch_fn(p, *args[1:], capacity=cap))(b.positions)
         for out in (eager, traced):
             np.testing.assert_allclose(out[:, : len(atoms)], np.stack([exact] * 2), rtol=1e-12)
-        short = desc.fn(x, s, cell, capacity=72)  # below every atom's count
+        with pytest.raises(ValueError, match="capacity=72 .* the 79 neighbours .* >= 79"):
+            desc.fn(x, s, cell, capacity=72)  # below every atom's count
+        with pytest.raises(ValueError, match="capacity=72 .* the 79 neighbours"):
+            desc.batch_fn(*args, capacity=72)
+        short_fn = jax.jit(
+            lambda x: desc.fn(x, s, cell, capacity=72, return_overflow=True)
+        )  # traced: cannot raise, so the flag
+        short, flag = short_fn(x)
+        assert bool(flag)
         rel = np.abs(np.asarray(short) - np.asarray(exact)) / np.abs(np.asarray(exact))
         assert 0 < rel.max() < 0.05
+        full, flag = jax.jit(lambda x: desc.fn(x, s, cell, capacity=cap, return_overflow=True))(x)
+        assert not bool(flag)
+        np.testing.assert_allclose(full, exact, rtol=1e-12, atol=1e-12)
+        flags = jax.jit(
+            lambda p: desc.batch_fn(p, *args[1:], capacity=72, return_overflow=True)[1]
+        )(b.positions)
+        assert flags.shape == (2,) and bool(np.all(flags))
     for bad in (0, -8, 1.5, True):
         with pytest.raises(ValueError, match="capacity must be a positive integer"):
             desc.fn(jnp.asarray(atoms.positions), s, cell, capacity=bad)
@@ -406,3 +423,86 @@ def test_traced_capacity_keeps_the_nearest_neighbours():
             desc.batch_fn(*args, capacity=bad)
     with pytest.raises(ValueError, match="neighbor_capacity"):
         neighbor_capacity(4, np.zeros((3, 3)), 6.0)
+
+
+def _vacuum_slab(pbc):
+    from ase.build import fcc111
+
+    a = fcc111("Pt", size=(2, 2, 4), vacuum=10.0, periodic=True)  # 20 A of vacuum in c
+    a.pbc = pbc
+    a.rattle(0.02, seed=0)
+    return a
+
+
+@pytest.mark.parametrize("pbc", [(True, True, False), (True, True, True)], ids=["TTF", "TTT"])
+def test_neighbor_capacity_from_positions_covers_a_slab_with_vacuum(pbc):
+    """The density of the whole cell (vacuum included) gave 40 slots where atoms have 48
+    neighbours (features off by 1%, silently); counted from the positions the capacity
+    covers every atom, and the features under jit are exact."""
+    from jaxsci.geometry import image_shifts, max_neighbor_count, neighbor_capacity
+
+    desc = ACSF(["Pt"], 6.0, G2, None, G4, periodic=True)
+    atoms = _vacuum_slab(pbc)
+    cell, pos = np.asarray(atoms.cell), atoms.positions
+    cap = neighbor_capacity(len(atoms), cell, 6.0, positions=pos, pbc=pbc)
+    most = max_neighbor_count(pos, cell, image_shifts(cell, 6.0, pbc), 6.0)
+    assert most == 48 and cap == 72  # 1.2 x 48 + 8, rounded up to 8
+    if all(pbc):  # the density estimate (no positions) cannot see the vacuum
+        assert neighbor_capacity(len(atoms), cell, 6.0) == 40
+    s = desc.encode_species(atoms.numbers)
+    with jax.enable_x64(True):
+        fn = jax.jit(lambda x: desc.fn(x, s, cell, pbc=pbc, capacity=cap, return_overflow=True))
+        out, flag = fn(jnp.asarray(pos))
+        exact = desc.create(atoms)
+    assert not bool(flag)
+    np.testing.assert_allclose(out, exact, rtol=1e-12, atol=1e-12)
+    if not all(pbc):
+        with pytest.raises(ValueError, match="pass positions="):
+            neighbor_capacity(len(atoms), cell, 6.0, pbc=pbc)
+    with pytest.raises(ValueError, match=r"positions must be a finite \[16, 3\]"):
+        neighbor_capacity(len(atoms), cell, 6.0, positions=pos[:3], pbc=pbc)
+
+
+def _args(bb):
+    """A Batch's positional arguments of batch_fn."""
+    return bb.positions, bb.species, bb.mask, bb.cells, bb.pbc
+
+
+def test_batch_fn_under_jit_with_traced_cells():
+    """A Batch passed whole through jit traces its cells: batch_fn raised an obscure
+    TracerArrayConversionError; with the batch's static ``images`` it now works (values and
+    position gradients as with concrete cells, slabs with a zero cell row too), a cell too
+    small for those images sets the overflow flag, and without them a clear error says
+    what to pass."""
+    desc = ACSF(["Cu"], 4.0, G2, None, G4, periodic=True)
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    b = a.copy()
+    b.rattle(0.05, seed=1)
+    slab = Atoms("Cu2", [[0, 0, 0], [1.8, 1.8, 1.9]], cell=[3.6, 3.6, 0.0], pbc=(1, 1, 0))
+    with jax.enable_x64(True):
+        for batch in (desc.batch([a, b]), desc.batch([slab, slab])):
+            assert batch.images == ((2, 2, 2) if all(batch.pbc) else (2, 2, 0))
+            eager = desc.batch_fn(*_args(batch))
+            traced = jax.jit(lambda bb: desc.batch_fn(*_args(bb), images=bb.images))(batch)
+            np.testing.assert_allclose(traced, eager, rtol=1e-10, atol=1e-12)
+
+            def loss(p, c, bb=batch):
+                out = desc.batch_fn(p, bb.species, bb.mask, c, bb.pbc, images=bb.images)
+                return jnp.sum(out**2)
+
+            g_traced = jax.jit(jax.grad(loss))(batch.positions, batch.cells)
+            g_eager = jax.grad(loss)(jnp.asarray(batch.positions), np.asarray(batch.cells))
+            np.testing.assert_allclose(g_traced, g_eager, rtol=1e-8, atol=1e-10)
+            with pytest.raises(ValueError, match="cells are traced .* pass images="):
+                jax.jit(lambda bb: desc.batch_fn(*_args(bb)))(batch)
+        batch = desc.batch([a, b])
+        shrink = jax.jit(
+            lambda bb, f: desc.batch_fn(
+                *_args(bb)[:3], bb.cells * f, bb.pbc, images=bb.images, return_overflow=True
+            )[1]
+        )
+        assert not np.any(shrink(batch, 1.0)) and np.all(shrink(batch, 0.5))
+        with pytest.raises(ValueError, match=r"images=\(1, 1, 1\) .* need .*\(2, 2, 2\)"):
+            desc.batch_fn(*_args(batch), images=(1, 1, 1))
+        with pytest.raises(ValueError, match="images must be three non-negative integers"):
+            desc.batch_fn(*_args(batch), images=(1.5, 1, 1))

@@ -32,11 +32,12 @@ def _neighbour_set(index, shift, n):
     return out
 
 
-def _brute_set(pos, cell, r_cut):
-    """All (i, j, shift) with |R_j + shift @ cell - R_i| <= r_cut, excluding self."""
+def _brute_set(pos, cell, r_cut, pbc=(True, True, True)):
+    """All (i, j, shift) with |R_j + shift @ cell - R_i| <= r_cut, excluding self (shifts
+    only along the periodic axes)."""
     out = set()
-    rng = range(-3, 4)
-    for s in itertools.product(rng, rng, rng):
+    ranges = [range(-3, 4) if p else range(1) for p in pbc]
+    for s in itertools.product(*ranges):
         d = pos[None, :, :] + np.array(s) @ cell - pos[:, None, :]
         r = np.linalg.norm(d, axis=-1)
         for i, j in zip(*np.nonzero(r <= r_cut), strict=True):
@@ -152,6 +153,36 @@ def test_cell_list_matches_brute_force(cell):
         nbrs = cell_list_allocate(pos, cell, r_cut)
     got = _neighbour_set(np.asarray(nbrs.index), np.asarray(nbrs.shift), len(pos))
     assert got == _brute_set(pos, cell, r_cut)
+
+
+@pytest.mark.parametrize(
+    "pbc",
+    [(True, True, False), (True, False, False), (False, False, False)],
+    ids=["slab", "wire", "free"],
+)
+def test_cell_list_with_open_axes_matches_brute_force(pbc):
+    """Non-periodic axes (slabs, wires, clusters) are binned over the atoms' extent without
+    wrap; they were refused ("needs a fully periodic cell"). Their cell rows may be zero
+    (ase's slabs), and an atom moved past the allocation's extent is still found."""
+    rng = np.random.default_rng(3)
+    open_axes = ~np.asarray(pbc)
+    pos = rng.random((80, 3)) @ (1.7 * TRICLINIC)
+    pos[:, open_axes] *= 1.6  # beyond the cell along the open axes
+    cell = np.where(open_axes[:, None], 0.0, 1.7 * TRICLINIC)
+    full, r_cut = validate_cell(cell, pbc), 3.5
+    with jax.enable_x64(True):
+        nbrs = cell_list_allocate(pos, cell, r_cut, pbc)
+        assert nbrs.spec.pbc == pbc and max(nbrs.spec.n_bins) >= 2
+        moved = pos.copy()
+        moved[0, open_axes] += 5.0
+        moved[1, open_axes] -= 5.0
+        up = cell_list_update(jnp.asarray(moved), jnp.asarray(cell), nbrs.spec)
+        assert not bool(up.did_overflow)
+    got = _neighbour_set(np.asarray(nbrs.index), np.asarray(nbrs.shift), len(pos))
+    assert got == _brute_set(pos, full, r_cut, pbc)
+    assert all(s[2 + k] == 0 for s in got for k in np.flatnonzero(open_axes))
+    got = _neighbour_set(np.asarray(up.index), np.asarray(up.shift), len(pos))
+    assert got == _brute_set(moved, full, r_cut, pbc)
 
 
 def test_cell_list_flags_a_shrunk_cell():

@@ -7,6 +7,7 @@ Angstrom, kappa 1/A) and returns DScribe's feature layout (see ``acsf_kernel``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -27,8 +28,8 @@ from jaxsci.descriptors.acsf_kernel import (
 from jaxsci.descriptors.batching import Batch, bucket_size, pad_structures
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.cell import (
+    complete_nonperiodic,
     image_multipliers,
-    image_shifts,
     perpendicular_widths,
     validate_cell,
     wrap_positions,
@@ -36,6 +37,7 @@ from jaxsci.geometry.cell import (
 from jaxsci.geometry.neighbors import (
     NeighborList,
     cell_list_allocate,
+    cell_list_usable,
     dense_slots,
     max_neighbor_count,
     neighbor_list_slots,
@@ -70,17 +72,19 @@ def _to_atomic_number(x) -> int:
 
 
 def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig, capacity=None):
-    """[N, F] features of one structure from dense (all-atoms x images) slots.
+    """[N, F] features of one structure from dense (all-atoms x images) slots, and a bool
+    scalar: an atom had more than ``capacity`` neighbours (the farthest were dropped).
 
-    With ``capacity`` the image slots are pruned to the nearest ``capacity`` within r_cut
-    (sized on the host, so nothing is dropped); centres are processed in chunks small enough
-    that the [chunk, K, K] triplet tensors stay within ``TRIPLET_BUDGET`` elements.
+    With ``capacity`` the image slots are pruned to the nearest ``capacity`` within r_cut;
+    centres are processed in chunks small enough that the [chunk, K, K] triplet tensors
+    stay within ``TRIPLET_BUDGET`` elements.
     """
+    overflow = jnp.asarray(False)
     if cell is None:
-        return acsf_cluster(positions, species, mask, cfg)
+        return acsf_cluster(positions, species, mask, cfg), overflow
     slots = dense_slots(positions, cell, shifts, mask)
     if capacity is not None and capacity < slots.disp.shape[1]:
-        slots, _ = prune_slots(slots, cfg.r_cut, capacity)
+        slots, overflow = prune_slots(slots, cfg.r_cut, capacity)
     nb_species = species[slots.index]
     k = slots.disp.shape[1]
     chunk = max(1, min(CENTRE_CHUNK, TRIPLET_BUDGET // (k * k)))
@@ -92,7 +96,7 @@ def _dense_features(positions, species, mask, cell, shifts, cfg: KernelConfig, c
         nb_species,
         slots.valid,
     )
-    return jnp.where(mask[:, None], out, 0.0)
+    return jnp.where(mask[:, None], out, 0.0), overflow
 
 
 def _check_distinct_sites(pos: np.ndarray, cell: np.ndarray | None, pbc: tuple) -> None:
@@ -119,6 +123,25 @@ def _check_capacity(capacity) -> None:
         raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
 
 
+def _check_images(images, pbc) -> np.ndarray:
+    """``images`` as an int64 [3] array (zero along non-periodic axes); ValueError unless it
+    is three non-negative integers (or one, for every axis)."""
+    arr = np.asarray(images)
+    if arr.dtype.kind not in "iu" or arr.ndim > 1 or arr.size not in (1, 3) or np.any(arr < 0):
+        raise ValueError(
+            f"images must be three non-negative integers (periodic copies per axis, e.g. a "
+            f"Batch's .images or jaxsci.geometry.image_multipliers), got {images!r}"
+        )
+    periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    return np.where(periodic, np.broadcast_to(arr, (3,)), 0).astype(np.int64)
+
+
+def _shifts_from(mult: np.ndarray) -> np.ndarray:
+    """Integer lattice shifts [S, 3] for ``mult`` [3] copies per axis, (0, 0, 0) first."""
+    axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in mult]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+
+
 def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
     """Largest number of neighbours (images included) within r_cut, at least 1, rounded up
     to 8 (:func:`jaxsci.geometry.max_neighbor_count`)."""
@@ -128,13 +151,14 @@ def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
 def _dense_batched(positions, species, mask, cells, shifts, cfg: KernelConfig, capacity=None):
+    """Features [B, N, F] and capacity-overflow flags [B] of padded periodic structures."""
     fn = lambda p, s, m, c: _dense_features(p, s, m, c, shifts, cfg, capacity)
     return jax.vmap(fn)(positions, species, mask, cells)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _free_batched(positions, species, mask, cfg: KernelConfig):
-    fn = lambda p, s, m: _dense_features(p, s, m, None, None, cfg)
+    fn = lambda p, s, m: _dense_features(p, s, m, None, None, cfg)[0]
     return jax.vmap(fn)(positions, species, mask)
 
 
@@ -167,6 +191,25 @@ def _wrap(positions: Array, cells: np.ndarray, pbc: Sequence[bool]) -> Array:
     frac = jnp.einsum("bni,bij->bnj", positions, inv)
     frac = jnp.where(jnp.asarray(periodic), frac - jax.lax.stop_gradient(jnp.floor(frac)), frac)
     return jnp.einsum("bnj,bjk->bnk", frac, jnp.asarray(full, positions.dtype))
+
+
+def _wrap_traced(positions: Array, cells: Array, pbc: Sequence[bool]) -> Array:
+    """:func:`_wrap` for traced cells [B, 3, 3]: fractional coordinates of the cells with
+    their non-periodic rows completed (:func:`jaxsci.geometry.complete_nonperiodic`)."""
+    periodic = jnp.asarray(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    boxes = jax.vmap(lambda c: complete_nonperiodic(c, pbc))(cells)
+    frac = jnp.einsum("bni,bij->bnj", positions, jnp.linalg.inv(boxes))
+    frac = jnp.where(periodic, frac - jax.lax.stop_gradient(jnp.floor(frac)), frac)
+    return jnp.einsum("bnj,bjk->bnk", frac, boxes)
+
+
+def _too_few_images(cells: Array, pbc: Sequence[bool], r_cut: float, mult: np.ndarray) -> Array:
+    """[B] bool: a (traced) cell [B, 3, 3] needs more than ``mult`` [3] periodic copies per
+    axis to reach ``r_cut`` (its features would miss neighbours)."""
+    periodic = jnp.asarray(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    boxes = jax.vmap(lambda c: complete_nonperiodic(c, pbc))(cells)
+    need = jnp.ceil(r_cut / jax.vmap(perpendicular_widths)(boxes))
+    return jnp.any(periodic & (need > jnp.asarray(mult)), axis=-1)
 
 
 class ACSF:
@@ -267,21 +310,30 @@ class ACSF:
         mask: Array | None = None,
         pbc: Sequence[bool] = (True, True, True),
         capacity: int | None = None,
-    ) -> Array:
+        images: Sequence[int] | None = None,
+        return_overflow: bool = False,
+    ) -> Array | tuple[Array, Array]:
         """Pure ACSF [N, F] of one structure; jit-, grad- and vmap-able in ``positions``.
 
         positions: [N, 3] Angstrom; species: [N] int indices (see :meth:`encode_species`);
-        cell: [3, 3] lattice vectors (rows), used when ``periodic`` - it must be concrete
-        (a host array closed over under jit) because the number of periodic images is a
-        shape; mask: [N] bool, False for padding atoms (they contribute nothing and get zero
-        rows). Periodic positions are wrapped into the cell first (in the graph: the
-        gradient passes through unchanged), so atoms may lie anywhere.
+        cell: [3, 3] lattice vectors (rows, Angstrom), used when ``periodic``; mask: [N]
+        bool, False for padding atoms (they contribute nothing and get zero rows). Periodic
+        positions are wrapped into the cell first (in the graph: the gradient passes
+        through unchanged), so atoms may lie anywhere.
+        images: periodic copies per axis (static ints). The number of images is a shape,
+        so a traced ``cell`` (an argument of a jitted function) needs it, e.g.
+        ``tuple(jaxsci.geometry.image_multipliers(cell, r_cut, pbc))`` of the smallest cell
+        to come; a concrete cell gets the exact count by default.
         capacity: periodic only: neighbour slots (atoms and images) kept per atom, the
         nearest within r_cut. Concrete positions get the exact count by default; traced
         ones keep every atom of every image (exact, but a [K, K] triplet table per atom
-        with K = N x images: slow for small cells). A capacity below the true count drops
-        the farthest neighbours (:func:`jaxsci.geometry.neighbor_capacity` gives a
-        density-based size).
+        with K = N x images: slow for small cells)
+        (:func:`jaxsci.geometry.neighbor_capacity` gives a size).
+        Overflow (jax-md's convention): with concrete positions and cell, a ``capacity`` or
+        ``images`` below what the structure needs raises ValueError naming the size needed.
+        Under jit that is impossible: the features then miss the farthest neighbours, and
+        ``return_overflow=True`` returns ``(features, did_overflow)``, a bool scalar that
+        the caller must check (then call again with a larger capacity / images).
         """
         positions = jnp.asarray(positions)
         if positions.ndim != 2 or positions.shape[1] != 3:
@@ -290,25 +342,24 @@ class ACSF:
         if species.shape != positions.shape[:1]:
             raise ValueError(f"species must have shape [{positions.shape[0]}], got {species.shape}")
         self._check_species(species)
+        _check_capacity(capacity)
+        no_overflow = jnp.asarray(False)
         if positions.shape[0] == 0:  # no atoms, no rows
-            return jnp.zeros((0, self.n_features), positions.dtype)
+            out = jnp.zeros((0, self.n_features), positions.dtype)
+            return (out, no_overflow) if return_overflow else out
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
         if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
             # (padding rows too: a NaN anywhere poisons the masked sums of the others)
             raise ValueError("positions contain NaN or inf (pad with finite values)")
-        _check_capacity(capacity)
         if not self.periodic or cell is None:
-            return _dense_features(positions, species, mask, None, None, self.config)
-        shifts, full = self._shifts_for([cell], pbc)
-        positions = _wrap(positions[None], full, pbc)[0]
-        traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
-        if capacity is None and not traced:
-            capacity = _host_capacity(positions, cell, shifts, self.r_cut, mask)
-        cell = jnp.asarray(cell, dtype=positions.dtype)
-        return _dense_features(
-            positions, species, mask, cell, jnp.asarray(shifts), self.config, capacity
+            out = _dense_features(positions, species, mask, None, None, self.config)[0]
+            return (out, no_overflow) if return_overflow else out
+        cells = cell[None] if isinstance(cell, jax.core.Tracer) else np.asarray(cell)[None]
+        out, overflow = self._periodic(
+            positions[None], species[None], jnp.asarray(mask)[None], cells, pbc, capacity, images
         )
+        return (out[0], overflow[0]) if return_overflow else out[0]
 
     def _check_species(self, species: Array) -> None:
         """ValueError for a concrete species index outside ``[0, n_species)`` (such an atom
@@ -323,23 +374,71 @@ class ACSF:
                 f"{sorted(set(idx[(idx < 0) | (idx >= n)].tolist()))[:5]}"
             )
 
-    def _shifts_for(self, cells: Sequence, pbc) -> tuple[np.ndarray, np.ndarray]:
-        """Image shifts [S, 3] that reach ``r_cut`` in every cell, and the validated cells
-        [B, 3, 3] (:func:`validate_cell`)."""
+    def _multipliers(self, cells: Sequence, pbc) -> tuple[np.ndarray, np.ndarray]:
+        """Periodic copies [3] per axis that reach ``r_cut`` in every concrete cell, and the
+        validated cells [B, 3, 3] (:func:`validate_cell`)."""
         mult = np.zeros(3, dtype=np.int64)
         full = []
         for cell in cells:
-            if isinstance(cell, jax.core.Tracer):
-                raise ValueError(
-                    "ACSF.fn needs a concrete cell (the number of periodic images is a "
-                    "shape): close over the cell instead of passing it as a traced argument"
-                )
             c = validate_cell(np.asarray(cell), pbc)
             mult = np.maximum(mult, image_multipliers(c, self.r_cut, pbc))
             full.append(c)
-        axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in mult]
-        shifts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        return shifts.astype(np.int32), np.stack(full)
+        return mult, np.stack(full)
+
+    def _periodic(self, positions, species, mask, cells, pbc, capacity, images):
+        """Features [B, N, F] and overflow flags [B] of padded periodic structures (see
+        :meth:`batch_fn`); concrete input is checked on the host (ValueError)."""
+        pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+        given = None if images is None else _check_images(images, pbc)
+        if isinstance(cells, jax.core.Tracer):
+            if given is None:
+                raise ValueError(
+                    "the cells are traced (passed as an argument of a jitted function): the "
+                    "number of periodic images is a shape, so pass images= (static copies "
+                    "per axis: a Batch's .images, or jaxsci.geometry.image_multipliers(cell, "
+                    "r_cut, pbc) of the smallest cell to come), or close over concrete cells"
+                )
+            mult = given
+            positions = _wrap_traced(positions, cells, pbc)
+            cells = jnp.asarray(cells, positions.dtype)
+            short = _too_few_images(cells, pbc, self.r_cut, mult)
+        else:
+            mult, full = self._multipliers(list(np.asarray(cells)), pbc)
+            if given is not None and np.any(given < mult):
+                raise ValueError(
+                    f"images={tuple(given.tolist())} periodic copies are fewer than these "
+                    f"cells need to reach r_cut={self.r_cut}: {tuple(mult.tolist())}"
+                )
+            mult = mult if given is None else given
+            positions = _wrap(positions, full, pbc)
+            cells = jnp.asarray(cells, dtype=positions.dtype)
+            short = jnp.zeros(positions.shape[:1], dtype=bool)
+        shifts = _shifts_from(mult)
+        traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
+        if not traced:  # concrete: the exact count, and no capacity below it
+            m = np.asarray(mask, bool)
+            most = max(
+                max_neighbor_count(p, c, shifts, self.r_cut, k)
+                for p, c, k in zip(np.asarray(positions), full, m, strict=True)
+            )
+            if capacity is None:
+                capacity = int(np.ceil(max(1, most) / 8) * 8)
+            elif capacity < most:
+                raise ValueError(
+                    f"capacity={capacity} neighbour slots are fewer than the {most} neighbours "
+                    f"(periodic images included) within r_cut={self.r_cut} of the most "
+                    f"crowded atom: pass capacity >= {most}, or None for the exact count"
+                )
+        out, overflow = _dense_batched(
+            positions,
+            jnp.asarray(species),
+            jnp.asarray(mask),
+            cells,
+            jnp.asarray(shifts),
+            self.config,
+            capacity,
+        )
+        return out, overflow | short
 
     def batch_fn(
         self,
@@ -349,43 +448,41 @@ class ACSF:
         cells: Array | None = None,
         pbc: Sequence[bool] = (True, True, True),
         capacity: int | None = None,
-    ) -> Array:
+        images: Sequence[int] | None = None,
+        return_overflow: bool = False,
+    ) -> Array | tuple[Array, Array]:
         """Batched ACSF [B, N, F] of padded structures [B, N, 3] (see :meth:`batch`).
 
-        ``cells`` [B, 3, 3] and ``pbc`` apply to every structure; pass a :class:`Batch`'s
-        own ``cells`` and ``pbc`` (a slab's batch has ``pbc=(True, True, False)``).
-        ``capacity``: neighbour slots kept per atom, as in :meth:`fn` (concrete positions
-        get the batch's exact largest count by default, traced ones every image slot).
+        ``cells`` [B, 3, 3] (Angstrom) and ``pbc`` apply to every structure; pass a
+        :class:`Batch`'s own ``cells``, ``pbc`` and ``images`` (a slab's batch has
+        ``pbc=(True, True, False)``). ``capacity`` and ``images`` as in :meth:`fn`: under
+        jit with the batch as an argument the cells are traced, so pass
+        ``images=b.images``: ``jax.jit(lambda b: acsf.batch_fn(b.positions, b.species,
+        b.mask, b.cells, b.pbc, images=b.images))``. Too small a capacity or images raises
+        ValueError for concrete input; under jit, ``return_overflow=True`` returns
+        ``(features, did_overflow)`` with a [B] bool flag per structure.
         """
         _check_capacity(capacity)
         positions = jnp.asarray(positions)
         self._check_species(species)
         if not self.periodic or cells is None:
-            return _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
-        shifts, full = self._shifts_for(list(np.asarray(cells)), pbc)
-        positions = _wrap(positions, full, pbc)
-        traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
-        if capacity is None and not traced:
-            m = np.asarray(mask, bool)
-            capacity = max(
-                _host_capacity(p, c, shifts, self.r_cut, k)
-                for p, c, k in zip(np.asarray(positions), full, m, strict=True)
-            )
-        return _dense_batched(
-            positions,
-            jnp.asarray(species),
-            jnp.asarray(mask),
-            jnp.asarray(cells, dtype=positions.dtype),
-            jnp.asarray(shifts),
-            self.config,
-            capacity,
-        )
+            out = _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
+            return (out, jnp.zeros(out.shape[:1], dtype=bool)) if return_overflow else out
+        if not isinstance(cells, jax.core.Tracer):
+            cells = np.asarray(cells)
+        out, overflow = self._periodic(positions, species, mask, cells, pbc, capacity, images)
+        return (out, overflow) if return_overflow else out
 
     def batch(self, structures: Sequence[Atoms], size: int | None = None) -> Batch:
         """Pad ``structures`` to a common bucketed size (no recompilation within a bucket);
-        their ``pbc`` must agree (it travels in ``Batch.pbc``)."""
+        their ``pbc`` must agree (it travels in ``Batch.pbc``). A periodic batch also
+        carries ``images``, the periodic copies per axis its cells need (for jit)."""
         prepared = [self._prepare(a) for a in structures]
-        return pad_structures(prepared, size)
+        b = pad_structures(prepared, size)
+        if b.cells is None:
+            return b
+        mult, _ = self._multipliers(list(b.cells), b.pbc)
+        return dataclasses.replace(b, images=tuple(int(k) for k in mult))
 
     # ------------------------------------------------------------------ DScribe-style API
     def _prepare(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple]:
@@ -482,41 +579,45 @@ class ACSF:
         return result
 
     def _large_cluster(self, pos, species):
-        """Free cluster with many atoms: cell list in a box so large that no periodic image
-        comes within r_cut (exact), so memory and time stay linear in N."""
-        lo = pos.min(axis=0) - self.r_cut
-        extent = pos.max(axis=0) - lo + 2.0 * self.r_cut
-        box = np.diag(extent)
-        return self._periodic_single(pos - lo, species, box, (True, True, True))
+        """Free cluster with many atoms: a cell list with no periodic axis (bins over the
+        atoms' extent), so memory and time stay linear in N."""
+        return self._cell_list_single(pos, species, np.eye(3), (False, False, False))
+
+    def _cell_list_single(self, pos, species, cell, pbc):
+        dtype = jnp.zeros(()).dtype
+        p = jnp.asarray(pos, dtype=dtype)
+        c = jnp.asarray(cell, dtype=dtype)
+        nbrs = cell_list_allocate(p, c, self.r_cut, pbc)
+        return _cell_list_features_jit(p, jnp.asarray(species), c, nbrs, self.config)
 
     def _periodic_single(self, pos, species, cell, pbc):
+        """Features [N, F] of one structure in its validated ``cell``: a cell list for
+        large ones whose periodic axes are at least r_cut wide (bulk, slabs and wires),
+        else dense slots over every image within reach."""
+        if len(pos) >= CELL_LIST_MIN_ATOMS and cell_list_usable(cell, self.r_cut, pbc):
+            return self._cell_list_single(pos, species, cell, pbc)
         dtype = jnp.zeros(()).dtype
-        widths = perpendicular_widths(cell)
-        use_cell_list = (
-            all(pbc) and len(pos) >= CELL_LIST_MIN_ATOMS and np.all(widths >= self.r_cut)
-        )
-        p = jnp.asarray(pos, dtype=dtype)
-        s = jnp.asarray(species)
-        c = jnp.asarray(cell, dtype=dtype)
-        if use_cell_list:
-            nbrs = cell_list_allocate(p, c, self.r_cut, pbc)
-            return _cell_list_features_jit(p, s, c, nbrs, self.config)
-        shifts = image_shifts(cell, self.r_cut, pbc)
+        mult, _ = self._multipliers([cell], pbc)
+        shifts = _shifts_from(mult)
         capacity = _host_capacity(pos, cell, shifts, self.r_cut)
-        mask = jnp.ones(len(pos), dtype=bool)
-        return _dense_batched(
-            p[None], s[None], mask[None], c[None], jnp.asarray(shifts), self.config, capacity
-        )[0]
+        p = jnp.asarray(pos, dtype=dtype)[None]
+        c = jnp.asarray(cell, dtype=dtype)[None]
+        mask = jnp.ones((1, len(pos)), dtype=bool)
+        s = jnp.asarray(species)[None]
+        return _dense_batched(p, s, mask, c, jnp.asarray(shifts), self.config, capacity)[0][0]
 
-    # ------------------------------------------------------------------ large periodic systems
+    # ------------------------------------------------------------------ large systems
     def neighbor_list(
-        self, positions: np.ndarray, cell: np.ndarray, capacity_multiplier: float = 1.25
+        self,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        capacity_multiplier: float = 1.25,
+        pbc: Sequence[bool] = (True, True, True),
     ) -> NeighborList:
-        """Host side: allocate a cell-list neighbour list for a large periodic system
-        (positions [N, 3] and cell [3, 3] in Angstrom; see :meth:`neighbor_fn`)."""
-        return cell_list_allocate(
-            positions, cell, self.r_cut, (True, True, True), capacity_multiplier
-        )
+        """Host side: allocate a cell-list neighbour list for a large system (positions
+        [N, 3] and cell [3, 3] in Angstrom; ``pbc`` may be partial: slabs, wires; see
+        :meth:`neighbor_fn`)."""
+        return cell_list_allocate(positions, cell, self.r_cut, pbc, capacity_multiplier)
 
     def neighbor_fn(
         self, positions: Array, species: Array, cell: Array, nbrs: NeighborList

@@ -24,15 +24,17 @@ def bucket_size(n_atoms: int) -> int:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["positions", "species", "mask", "cells", "n_atoms"],
-    meta_fields=["pbc"],
+    meta_fields=["pbc", "images"],
 )
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """Padded structures. positions [B, N, 3] (Angstrom), species [B, N] int32 indices,
     mask [B, N] bool (False = padding), cells [B, 3, 3] or None (free clusters),
     n_atoms [B] true sizes, pbc: the periodic directions shared by every structure (pass it
-    on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``). A pytree (its
-    arrays the leaves, ``pbc`` static): it passes through ``jit`` and ``tree.map``."""
+    on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``), images: the
+    periodic copies per axis that its cells need to reach r_cut (set by ``ACSF.batch``;
+    pass ``images=b.images`` when the cells are traced, under jit). A pytree (its arrays
+    the leaves, ``pbc`` and ``images`` static): it passes through ``jit`` and ``tree.map``."""
 
     positions: np.ndarray
     species: np.ndarray
@@ -40,6 +42,7 @@ class Batch:
     cells: np.ndarray | None
     n_atoms: np.ndarray
     pbc: tuple[bool, bool, bool] = (False, False, False)
+    images: tuple[int, int, int] | None = None
 
 
 def pad_structures(prepared: list, size: int | None = None) -> Batch:

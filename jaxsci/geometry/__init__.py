@@ -1,6 +1,7 @@
 """jaxsci.geometry: cells, displacements, neighbor lists (free and periodic), cluster motifs."""
 
 from jaxsci.geometry.cell import (
+    complete_nonperiodic,
     image_multipliers,
     image_shifts,
     perpendicular_widths,
@@ -21,6 +22,7 @@ from jaxsci.geometry.neighbors import (
     cell_list_allocate,
     cell_list_spec,
     cell_list_update,
+    cell_list_usable,
     count_within,
     dense_slots,
     image_slots,
@@ -38,7 +40,9 @@ __all__ = [
     "cell_list_allocate",
     "cell_list_spec",
     "cell_list_update",
+    "cell_list_usable",
     "complete_motifs",
+    "complete_nonperiodic",
     "count_within",
     "dense_slots",
     "free_displacement",

@@ -105,3 +105,35 @@ def wrap_positions(
     # floating point can leave exactly 1.0 after the subtraction
     frac = np.where(pbc & (frac >= 1.0), 0.0, frac)
     return frac @ cell
+
+
+def complete_nonperiodic(
+    cell: np.ndarray | jax.Array, pbc: object = (True, True, True)
+) -> np.ndarray | jax.Array:
+    """``cell`` [3, 3] (Angstrom) with every non-periodic row replaced by a unit vector
+    orthogonal to the periodic rows and to each other (traceable; a host array gives NumPy).
+
+    A non-periodic row carries no physics (no image lies along it), but it is often zero
+    (ase's slabs) or a vacuum length; this completion makes the fractional coordinate along
+    it the distance (Angstrom) along the plane's normal, and the perpendicular widths of the
+    periodic axes the in-plane ones. All rows non-periodic give the identity.
+    """
+    xp = jnp if isinstance(cell, jax.Array) else np
+    cell = cell if xp is jnp else np.asarray(cell, dtype=np.float64)
+    pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    periodic = [i for i in range(3) if pbc[i]]
+    unit = lambda v: v / xp.linalg.norm(v)
+    if len(periodic) == 3:
+        return cell
+    if not periodic:
+        return xp.eye(3, dtype=cell.dtype)
+    rows = [cell[i] for i in range(3)]
+    if len(periodic) == 2:
+        rows[pbc.index(False)] = unit(xp.cross(cell[periodic[0]], cell[periodic[1]]))
+    else:  # a wire: two orthonormal vectors around its axis
+        v = unit(cell[periodic[0]])
+        trial = xp.eye(3, dtype=cell.dtype)[xp.argmin(xp.abs(v))]
+        u1 = unit(xp.cross(v, trial))
+        missing = [i for i in range(3) if not pbc[i]]
+        rows[missing[0]], rows[missing[1]] = u1, xp.cross(v, u1)
+    return xp.stack(rows)

@@ -8,10 +8,12 @@ periodic images are neighbours (``index == i`` with a non-zero shift), as in DSc
 * :func:`dense_slots` - every atom (times every periodic image) is a slot: O(N^2 M) memory,
   no capacity to overflow; right for clusters and small cells.
 * :func:`prune_slots` - keep the ``capacity`` nearest slots within ``r_cut`` (top-k).
-* :func:`cell_list_allocate` / :func:`cell_list_update` - a cell list for large periodic
-  systems. ``allocate`` runs on the host and sizes the buffers; ``update`` is pure and
-  jittable and sets ``did_overflow`` when a buffer was too small; the host checks the flag
-  and answers by calling ``allocate`` again.
+* :func:`cell_list_allocate` / :func:`cell_list_update` - a cell list for large systems,
+  periodic along any of the axes (bulk, slabs, wires, free clusters). ``allocate`` runs on
+  the host and sizes the buffers; ``update`` is pure and jittable and sets ``did_overflow``
+  when a buffer was too small; the host checks the flag and answers by calling ``allocate``
+  again. The same convention holds for a ``capacity`` of :func:`prune_slots` (its flag) and
+  of ``ACSF.fn`` (``return_overflow=True``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsci.geometry.cell import image_shifts, perpendicular_widths, validate_cell
+from jaxsci.geometry.cell import (
+    complete_nonperiodic,
+    image_shifts,
+    perpendicular_widths,
+    validate_cell,
+    wrap_positions,
+)
 
 Array = jnp.ndarray
 
@@ -106,25 +114,58 @@ def max_neighbor_count(
 
 
 def neighbor_capacity(
-    n_atoms: int, cell: np.ndarray, r_cut: float, multiplier: float = 1.2, extra: int = 8
+    n_atoms: int,
+    cell: np.ndarray,
+    r_cut: float,
+    multiplier: float = 1.2,
+    extra: int = 8,
+    *,
+    positions: np.ndarray | None = None,
+    pbc: object = (True, True, True),
 ) -> int:
-    """Neighbour slots per atom for ``n_atoms`` spread over a periodic ``cell`` [3, 3]
-    (Angstrom): ``multiplier`` times the mean number within ``r_cut`` (density x sphere
-    volume) plus ``extra``, rounded up to 8. A size for :func:`prune_slots` when the
-    positions are not known on the host (e.g. a search); measured for 4-32 Cu atoms per
-    cell at r_cut 6 A (mean 77): fcc 78 and the most crowded of 300 uniformly random
-    placements at most 88-96 (counts rounded up to 8), against 104 from this formula.
-    Neighbours beyond the capacity are the farthest ones, where the cutoff function is
-    nearly 0.
+    """Neighbour slots per atom (periodic images included) for :func:`prune_slots` /
+    ``ACSF.fn(capacity=...)``: ``multiplier`` times a neighbour count plus ``extra``,
+    rounded up to 8. ``cell``: [3, 3] Angstrom; ``r_cut`` Angstrom.
+
+    With ``positions`` [n_atoms, 3] (Angstrom, host side) the count is the largest exact
+    one of any atom (:func:`max_neighbor_count`), so the capacity is never too small for
+    that structure (slabs, wires and vacuum-padded cells included; ``pbc`` gives the
+    periodic axes). Without them (e.g. a search, where positions are not known in advance)
+    the count is the mean for ``n_atoms`` filling a fully periodic ``cell`` uniformly
+    (density x sphere volume): measured for 4-32 Cu atoms per cell at r_cut 6 A (mean 77):
+    fcc 78 and the most crowded of 300 uniformly random placements at most 88-96 (counts
+    rounded up to 8), against 104 from this formula. That estimate is too small for a slab
+    or cluster in a cell with vacuum (the density is higher where the atoms are), so a
+    partially periodic ``pbc`` needs ``positions``. Neighbours beyond a capacity are the
+    farthest ones; ``ACSF.fn`` raises (concrete input) or flags (under jit) the overflow.
     """
-    volume = abs(float(np.linalg.det(np.asarray(cell, np.float64))))
-    if n_atoms < 1 or volume <= 0 or r_cut <= 0:
+    pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    if n_atoms < 1 or not np.isfinite(r_cut) or r_cut <= 0:
         raise ValueError(
-            f"neighbor_capacity: need n_atoms >= 1, a non-singular cell and r_cut > 0 "
-            f"(got {n_atoms}, volume {volume}, {r_cut})"
+            f"neighbor_capacity: need n_atoms >= 1 and r_cut > 0 (got {n_atoms}, {r_cut})"
         )
-    mean = n_atoms / volume * (4.0 / 3.0) * np.pi * r_cut**3
-    return int(np.ceil((multiplier * mean + extra) / 8.0) * 8)
+    if positions is not None:
+        pos = np.asarray(positions, dtype=np.float64)
+        if pos.shape != (n_atoms, 3) or not np.all(np.isfinite(pos)):
+            raise ValueError(
+                f"neighbor_capacity: positions must be a finite [{n_atoms}, 3] array "
+                f"(Angstrom), got shape {pos.shape}"
+            )
+        full = validate_cell(cell, pbc)
+        count = max_neighbor_count(
+            wrap_positions(pos, full, pbc), full, image_shifts(full, r_cut, pbc), r_cut
+        )
+    else:
+        if not all(pbc):
+            raise ValueError(
+                f"neighbor_capacity: a partially periodic cell (pbc={pbc}) has no bulk "
+                "density to estimate from: pass positions= to count the neighbours"
+            )
+        volume = abs(float(np.linalg.det(np.asarray(cell, np.float64))))
+        if volume <= 0 or not np.isfinite(volume):
+            raise ValueError(f"neighbor_capacity: need a non-singular cell (got volume {volume})")
+        count = n_atoms / volume * (4.0 / 3.0) * np.pi * r_cut**3
+    return int(np.ceil((multiplier * count + extra) / 8.0) * 8)
 
 
 def prune_slots(slots: Slots, r_cut: float, capacity: int) -> tuple[Slots, Array]:
@@ -168,6 +209,15 @@ class NeighborList:
     spec: CellListSpec = dataclasses.field(metadata=dict(static=True))
 
 
+def cell_list_usable(cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)) -> bool:
+    """Whether a cell list can serve ``cell`` [3, 3] (Angstrom, validated): every periodic
+    axis is at least ``r_cut`` wide (perpendicular, in-plane for slabs and wires; see
+    :func:`jaxsci.geometry.complete_nonperiodic`). Non-periodic axes always can."""
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    widths = perpendicular_widths(complete_nonperiodic(np.asarray(cell, np.float64), pbc))
+    return bool(np.all(widths[pbc] >= r_cut))
+
+
 def cell_list_spec(
     positions: np.ndarray,
     cell: np.ndarray,
@@ -178,6 +228,9 @@ def cell_list_spec(
     """Choose bin counts and capacities on the host for ``positions`` [N, 3] in ``cell``.
 
     Bins are at least ``r_cut`` wide (perpendicular), so neighbours are within +-1 bin.
+    Periodic axes are binned over the cell (wrapping around); non-periodic ones (slabs,
+    wires, ``pbc`` all False for a free cluster) over the positions' extent, without wrap
+    (their cell row is ignored, see :func:`jaxsci.geometry.complete_nonperiodic`).
     ``capacity_multiplier`` (>= 1) scales the measured bin and neighbour counts.
     Raises ValueError for a non-finite or non-positive ``r_cut``, a ``capacity_multiplier``
     below 1 or not finite, positions that are not [N, 3] or not finite, and when a periodic
@@ -198,16 +251,20 @@ def cell_list_spec(
         bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
         raise ValueError(f"positions contain NaN or inf (atoms {bad[:10].tolist()})")
     pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
-    if not all(pbc):
-        raise ValueError("the cell list needs a fully periodic cell (pbc all True)")
     cell = validate_cell(cell, pbc)
-    widths = perpendicular_widths(cell)
-    if np.any(widths < r_cut):
+    box = complete_nonperiodic(cell, pbc)
+    widths = perpendicular_widths(box)
+    if not cell_list_usable(cell, r_cut, pbc):
         raise ValueError(
-            f"cell widths {np.round(widths, 3).tolist()} A are below r_cut={r_cut}: "
-            "use dense_slots with image_shifts for such small cells"
+            f"periodic cell widths {np.round(widths[list(pbc)], 3).tolist()} A are below "
+            f"r_cut={r_cut}: use dense_slots with image_shifts for such small cells"
         )
-    n_bins = tuple(int(max(1, np.floor(w / r_cut))) for w in widths)
+    # non-periodic axes: box rows are unit normals, so the fractional coordinate is Angstrom
+    extent = np.ptp(pos @ np.linalg.inv(box), axis=0) if len(pos) else np.zeros(3)
+    n_bins = tuple(
+        int(max(1, np.floor((w if p else e) / r_cut)))
+        for w, e, p in zip(widths, extent, pbc, strict=True)
+    )
     if len(pos) == 0:  # nothing to measure: an empty list (index and shift [0, 1])
         return CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
     spec0 = CellListSpec(float(r_cut), n_bins, 1, 1, pbc)
@@ -231,21 +288,34 @@ def cell_list_allocate(
 ) -> NeighborList:
     """Host side: size the buffers for ``positions`` [N, 3] (Angstrom) and build the first
     list; ValueError for bad input (see :func:`cell_list_spec`). Zero atoms give an empty
-    list (``index`` and ``shift`` with N = 0 rows)."""
+    list (``index`` and ``shift`` with N = 0 rows). ``pbc`` may be partial (slabs, wires)."""
     spec = cell_list_spec(positions, cell, r_cut, pbc, capacity_multiplier)
-    nbrs = cell_list_update(jnp.asarray(positions), jnp.asarray(cell), spec)
+    full = validate_cell(cell, spec.pbc)  # zero rows of non-periodic axes completed
+    nbrs = cell_list_update(jnp.asarray(positions), jnp.asarray(full), spec)
     if bool(nbrs.did_overflow):  # cannot happen with freshly measured sizes
         raise RuntimeError("cell list overflowed right after allocation")
     return nbrs
 
 
 def _bin_ids(positions: Array, cell: Array, spec: CellListSpec) -> tuple[Array, Array, Array]:
-    """Flat bin id [N], 3-d bin index [N, 3] and integer wrap offset [N, 3] of each atom."""
-    frac = positions @ jnp.linalg.inv(cell)
-    wrap = jnp.floor(frac)
+    """Flat bin id [N], 3-d bin index [N, 3] and integer wrap offset [N, 3] of each atom.
+
+    Periodic axes: ``n`` equal bins of the cell. Non-periodic axes: bins from the lowest
+    atom, ``max(extent / n, r_cut)`` Angstrom wide, the last one open-ended (atoms that
+    moved past the allocation's extent land in an edge bin; bins stay >= r_cut wide, so
+    the +-1 bin search stays exact); no wrap.
+    """
+    periodic = jnp.asarray(spec.pbc)
+    box = complete_nonperiodic(cell, spec.pbc)
+    frac = positions @ jnp.linalg.inv(box)
+    wrap = jnp.where(periodic, jnp.floor(frac), 0.0)
     frac = frac - wrap
     nb = jnp.asarray(spec.n_bins, dtype=jnp.int32)
-    b3 = jnp.clip(jnp.floor(frac * nb).astype(jnp.int32), 0, nb - 1)
+    lo = jnp.min(frac, axis=0, initial=jnp.inf)
+    hi = jnp.max(frac, axis=0, initial=-jnp.inf)
+    size = jnp.maximum((hi - lo) / nb, spec.r_cut * (1.0 + 1e-6))
+    scaled = jnp.where(periodic, frac * nb, (frac - lo) / size)
+    b3 = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, nb - 1)
     flat = (b3[:, 0] * spec.n_bins[1] + b3[:, 1]) * spec.n_bins[2] + b3[:, 2]
     return flat, b3, wrap.astype(jnp.int32)
 
@@ -264,15 +334,20 @@ def _candidates(positions: Array, cell: Array, spec: CellListSpec):
     table = table.at[sorted_bins, rank].set(order.astype(jnp.int32), mode="drop")
     bin_overflow = jnp.any(rank >= spec.bin_capacity)
 
+    periodic = jnp.asarray(spec.pbc)
     nb = jnp.asarray(spec.n_bins, dtype=jnp.int32)
     nbr3 = b3[:, None, :] + jnp.asarray(_OFFSETS)[None]  # [N, 27, 3]
     cross = jnp.floor_divide(nbr3, nb)  # lattice wrap of the bin
-    nbr3 = nbr3 - cross * nb
+    reach = jnp.all(periodic | (cross == 0), axis=-1)  # [N, 27]: no wrap on open axes
+    cross = jnp.where(periodic, cross, 0)
+    nbr3 = jnp.clip(nbr3 - cross * nb, 0, nb - 1)
     nbr_flat = (nbr3[..., 0] * spec.n_bins[1] + nbr3[..., 1]) * spec.n_bins[2] + nbr3[..., 2]
-    cand = table[nbr_flat].reshape(n, 27 * spec.bin_capacity)  # [N, 27 * cap] (N may be 0)
+    cand = jnp.where(reach[..., None], table[nbr_flat], n)  # [N, 27, cap]
+    cand = cand.reshape(n, 27 * spec.bin_capacity)  # (N may be 0)
     cand_cross = jnp.repeat(cross, spec.bin_capacity, axis=1)  # [N, 27 * cap, 3]
     safe = jnp.minimum(cand, n - 1)
     # shift such that R[j] + shift @ cell - R[i] is the image found in the neighbouring bin
+    # (zero along non-periodic axes, so their cell rows never enter)
     shift = (cand_cross - wrap[safe] + wrap[:, None, :]).astype(jnp.int32)
     disp = positions[safe] + shift.astype(positions.dtype) @ cell - positions[:, None, :]
     r2 = jnp.sum(disp * disp, axis=-1)
@@ -286,9 +361,10 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     """Pure, jittable: rebuild the neighbour slots for new ``positions`` [N, 3] and ``cell``.
 
     ``spec`` must be static under jit (it is hashable). Check ``did_overflow`` on the host: it
-    is also set when ``cell`` has shrunk so far that a bin is narrower than ``r_cut``, and
-    when ``positions`` or ``cell`` hold NaN or inf (the list is then meaningless; the host's
-    reallocation raises ValueError for them).
+    is also set when ``cell`` has shrunk so far that a bin of a periodic axis is narrower
+    than ``r_cut``, and when ``positions`` or ``cell`` hold NaN or inf (the list is then
+    meaningless; the host's reallocation raises ValueError for them). Along non-periodic
+    axes the bins follow the atoms (no flag for moving ones, only for crowded bins).
     """
     n = positions.shape[0]
     cand, shift, inside, count, bin_overflow = _candidates(positions, cell, spec)
@@ -301,8 +377,9 @@ def cell_list_update(positions: Array, cell: Array, spec: CellListSpec) -> Neigh
     # Bins were sized on the host for the allocation's cell; a cell that has since shrunk
     # (e.g. under a barostat) can make a bin narrower than r_cut, and neighbours two bins
     # away are then missed: flag it as an overflow so the host reallocates.
-    widths = perpendicular_widths(jnp.asarray(cell))
-    too_narrow = jnp.any(widths / jnp.asarray(spec.n_bins, widths.dtype) < spec.r_cut)
+    widths = perpendicular_widths(complete_nonperiodic(jnp.asarray(cell), spec.pbc))
+    narrow = widths / jnp.asarray(spec.n_bins, widths.dtype) < spec.r_cut
+    too_narrow = jnp.any(narrow & jnp.asarray(spec.pbc))
     finite = jnp.all(jnp.isfinite(positions)) & jnp.all(jnp.isfinite(cell))
     overflow = bin_overflow | jnp.any(count > k) | too_narrow | ~finite
     return NeighborList(index, shifts, overflow, spec)
