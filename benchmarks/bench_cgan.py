@@ -3,7 +3,9 @@
 1. Throughput (in-process): ``--labels`` per-label W-CGANs trained ``--steps`` generator
    updates each, (a) stacked and vmapped in one compiled call, (b) one model at a time with
    one compiled single-model trainer reused for every label (the anchor). Compilation is
-   excluded (warm-up call first); repeats are interleaved; medians and the ratio printed.
+   excluded (warm-up call first); repeats are interleaved; medians and the ratio printed,
+   with images per second counted two ways and labelled so (:func:`image_rates`): the
+   generator updates' generated images, and all images through generator and critic.
 2. Weak scaling (subprocesses): ``mpirun -bind-to core -n r`` runs of this script in
    ``--worker`` mode for r = 1 and every ``--ranks``, each rank training
    ``--labels-per-rank`` labels (so r ranks train r times as many labels in total), each rank
@@ -99,16 +101,40 @@ def throughput(args) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    examples = args.labels * args.steps * args.batch_size
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "device": str(jax.devices()[0]),
-        "examples_per_run": examples,
+        **image_rates(args, med),
         "times_s": times,
         "median_s": med,
-        "images_per_s": {k: examples / v for k, v in med.items()},
         "speedup_stacked_over_sequential": med["sequential"] / med["stacked"],
         "warmup_incl_compile_s": t_compile,
+    }
+
+
+def image_rates(args, median_s: dict[str, float]) -> dict:
+    """Images per run and per second, by what each counts (the W-CGAN step of
+    :func:`jaxsci.train.gan.make_gan_step`, per model and generator update):
+
+    * ``generator_images``: ``batch`` generated images of the generator update;
+    * ``critic_images``: real + generated images of the ``n_critic`` critic updates,
+      ``2 * n_critic * batch`` (plus as many interpolates through the gradient penalty,
+      not counted);
+    * ``all_images``: the two together, ``(2 * n_critic + 1) * batch``.
+
+    Each is multiplied by ``labels * steps`` and divided by the median time of a run.
+    """
+    per_step = {
+        "generator_images": args.batch_size,
+        "critic_images": 2 * args.n_critic * args.batch_size,
+        "all_images": (2 * args.n_critic + 1) * args.batch_size,
+    }
+    runs = args.labels * args.steps
+    return {
+        "images_per_run": {k: runs * v for k, v in per_step.items()},
+        "images_per_s": {
+            k: {name: runs * v / t for name, t in median_s.items()} for k, v in per_step.items()
+        },
     }
 
 
@@ -240,12 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_throughput:
         r = throughput(args)
         results["throughput"] = r
+        rate = r["images_per_s"]
         print(
             f"throughput, {args.labels} W-CGANs x {args.steps} steps x batch {args.batch_size} "
-            f"on {r['device']}: stacked {r['median_s']['stacked']:.3f} s "
-            f"({r['images_per_s']['stacked']:.0f} img/s), one at a time "
-            f"{r['median_s']['sequential']:.3f} s ({r['images_per_s']['sequential']:.0f} img/s)"
-            f" -> stacked speed-up {r['speedup_stacked_over_sequential']:.2f}x"
+            f"(n_critic {args.n_critic}) on {r['device']}, images/s as generator updates' "
+            f"generated images / all images through generator and critic updates: "
+            f"stacked {r['median_s']['stacked']:.3f} s "
+            f"({rate['generator_images']['stacked']:.0f} / {rate['all_images']['stacked']:.0f}), "
+            f"one at a time {r['median_s']['sequential']:.3f} s "
+            f"({rate['generator_images']['sequential']:.0f} / "
+            f"{rate['all_images']['sequential']:.0f}) "
+            f"-> stacked speed-up {r['speedup_stacked_over_sequential']:.2f}x"
         )
     if not args.skip_weak_scaling:
         r = weak_scaling(args)

@@ -304,3 +304,170 @@ def test_fit_gan_runs_a_short_last_chunk_and_joins_the_history():
     state, history = fit_gan(run_chunk, 0, n_steps=5, chunk_steps=2, progress=False)
     assert calls == [2, 2, 1] and state == 5
     np.testing.assert_array_equal(history["step"], [1, 2, 3, 4, 5])
+
+
+def _ckpt_steps(folder):
+    from jaxsci.train.checkpoint import Checkpointer
+
+    with Checkpointer(folder, keep=None, info=ProcessInfo(0, 1, 1)) as ck:
+        return ck.all_steps()
+
+
+def test_resume_picks_the_newest_holder_of_each_label_after_two_resplits(digits, tmp_path):
+    """Labels 1-4: 2 ranks to step 2, then 3 ranks to step 6 (blocks 1-2, 3 and 4; keep=2
+    leaves 3-4 at step 2 only), then one process and 2 ranks again. The first holder of
+    each label (3 in labels-3, 4 in labels-3-4) share no step: the resume was refused, and
+    the block 3-4 restarted from its own step 2. Each label's newest holder is at step 6."""
+    cgan, opt, key = tiny_dcgan(), optax.adam(1e-3, 0.5), jax.random.PRNGKey(6)
+    kw = dict(key=key, label_set=[1, 2, 3, 4], batch_size=8, chunk_steps=2, progress=False)
+    args = (cgan, opt, opt, digits.train_images, digits.train_labels)
+    ck = tmp_path / "ck"
+    for size, n_steps in ((2, 2), (3, 6)):
+        for rank in range(size):
+            info = ProcessInfo(rank=rank, size=size, local_device_count=1)
+            train_per_label(
+                *args, n_steps=n_steps, strategy="mpi", info=info, checkpoint_dir=ck, **kw
+            )
+    assert _ckpt_steps(ck / "labels-3-4") == [2] and _ckpt_steps(ck / "labels-3") == [4, 6]
+    full = train_per_label(*args, n_steps=6, **kw)
+    resumed = train_per_label(*args, n_steps=6, checkpoint_dir=ck, **kw)
+    assert _ckpt_steps(ck / "labels-1-2-3-4") == [6]  # assembled at 6, nothing left to train
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.history["g_loss"], resumed.history["g_loss"], rtol=1e-5)
+    # rank 1 of 2 again: its own block is at step 2, labels-3 and labels-4 at 6 -> from 6
+    info = ProcessInfo(rank=1, size=2, local_device_count=1)
+    again = train_per_label(*args, n_steps=6, strategy="mpi", info=info, checkpoint_dir=ck, **kw)
+    assert _ckpt_steps(ck / "labels-3-4") == [2, 6]  # no step 4: not retrained from 2
+    np.testing.assert_allclose(again.history["g_loss"], full.history["g_loss"][2:], rtol=1e-5)
+
+
+def test_resume_refused_when_no_step_is_saved_for_every_label(digits, tmp_path):
+    cgan, opt, key = tiny_dcgan(), optax.adam(1e-3, 0.5), jax.random.PRNGKey(6)
+    kw = dict(key=key, batch_size=8, chunk_steps=2, progress=False, checkpoint_dir=tmp_path)
+    args = (cgan, opt, opt, digits.train_images, digits.train_labels)
+    train_per_label(*args, n_steps=2, label_set=[1], **kw)
+    train_per_label(*args, n_steps=6, label_set=[2], **kw)  # keeps steps 4 and 6
+    with pytest.raises(ValueError, match=r"label 1: steps \[2\] in labels-1; label 2: steps"):
+        train_per_label(*args, n_steps=6, label_set=[1, 2], **kw)
+    assert _ckpt_steps(tmp_path / "labels-1-2") == []
+
+
+def _tree_files(folder):
+    return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_resume_with_other_settings_is_refused_naming_them(digits, tmp_path):
+    """A resume with another learning rate, batch size, latent size, architecture or key
+    mixed two runs silently; now it raises, naming the setting, and writes nothing. More
+    steps, another chunking and no progress bar are allowed."""
+    from jaxsci.train.gan import train_conditional
+
+    def run(n_steps=2, lr=1e-3, batch=8, cgan=None, key=0, n_images=None, chunk=2, **kw):
+        opt = optax.adam(lr, 0.5)  # a new optimizer object every call, as a rerun makes
+        return train_conditional(
+            cgan or tiny_dcgan(),
+            opt,
+            opt,
+            digits.train_images[:n_images],
+            digits.train_labels[:n_images],
+            key=jax.random.PRNGKey(key),
+            n_steps=n_steps,
+            batch_size=batch,
+            chunk_steps=chunk,
+            checkpoint_dir=tmp_path / "ck",
+            **{"progress": False, **kw},
+        )
+
+    run()
+    before = _tree_files(tmp_path)
+    refused = {
+        "d_optimizer, g_optimizer": dict(lr=2e-3),
+        "batch_size": dict(batch=16),
+        "model.latent_dim": dict(cgan=dc_cgan(latent_dim=4, g_features=8, d_features=8)),
+        "model.generator.features": dict(cgan=dc_cgan(latent_dim=8, g_features=16, d_features=8)),
+        "key": dict(key=1),
+        r"data\.label_counts\.2, .*, data\.shape": dict(n_images=-5),
+        "extra": dict(settings={"note": "b"}),
+    }
+    for name, changes in refused.items():
+        with pytest.raises(ValueError, match=rf"other settings \({name} differ\)"):
+            run(n_steps=4, **changes)
+        assert _tree_files(tmp_path) == before, name  # nothing written
+    _, history = run(n_steps=6, chunk=4, progress=True)  # the same run, extended: fine
+    assert history["g_loss"].shape == (6,)
+
+
+def test_per_label_resume_with_other_settings_is_refused_before_assembling(digits, tmp_path):
+    cgan, key = tiny_dcgan(), jax.random.PRNGKey(5)
+    kw = dict(key=key, label_set=[1, 2, 3], batch_size=8, chunk_steps=2, progress=False)
+    args = (cgan, digits.train_images, digits.train_labels)
+    opt = optax.adam(1e-3, 0.5)
+    for rank in (0, 1):
+        info = ProcessInfo(rank=rank, size=2, local_device_count=1)
+        train_per_label(
+            cgan, opt, opt, *args[1:], n_steps=2, strategy="mpi", info=info,
+            checkpoint_dir=tmp_path, **kw,
+        )  # fmt: skip
+    other = optax.adam(1e-3, 0.9)  # another beta1: only the updates tell
+    with pytest.raises(ValueError, match=r"other settings \(d_optimizer, g_optimizer differ\)"):
+        train_per_label(cgan, other, other, *args[1:], n_steps=4, checkpoint_dir=tmp_path, **kw)
+    assert _ckpt_steps(tmp_path / "labels-1-2-3") == []  # nothing assembled
+    with pytest.raises(ValueError, match=r"other settings \(batch_size differ\)"):  # own checkpoint
+        info = ProcessInfo(rank=1, size=2, local_device_count=1)
+        kw2 = dict(kw, batch_size=4)
+        train_per_label(
+            cgan, opt, opt, *args[1:], n_steps=4, strategy="mpi", info=info,
+            checkpoint_dir=tmp_path, **kw2,
+        )  # fmt: skip
+    assert _ckpt_steps(tmp_path / "labels-3") == [2]
+    same = optax.adam(1e-3, 0.5)  # an equal optimizer, another object: resumes
+    res = train_per_label(cgan, same, same, *args[1:], n_steps=4, checkpoint_dir=tmp_path, **kw)
+    assert res.history["g_loss"].shape == (3, 4)
+
+
+def test_init_does_not_recompile_for_an_equal_new_optimizer():
+    """The init was one jit keyed on the optimizer objects: optax.adam(...) called again (a
+    new object, the same configuration) compiled it again, each time."""
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    cgan = tiny_wgan()
+    opt = optax.adam(1e-3, 0.5, 0.9)
+    jax.block_until_ready(init_gan_state(cgan, opt, opt, jax.random.PRNGKey(0)))  # warm
+    stacked = lambda o: jax.vmap(lambda k: init_gan_state(cgan, o, o, k))  # noqa: E731
+    jax.block_until_ready(stacked(opt)(jax.random.split(jax.random.PRNGKey(0), 3)))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for i in range(2):
+            new = optax.adam(1e-3, 0.5, 0.9)
+            jax.block_until_ready(init_gan_state(cgan, new, new, jax.random.PRNGKey(i)))
+            jax.block_until_ready(stacked(new)(jax.random.split(jax.random.PRNGKey(i), 3)))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+
+
+def test_bench_cgan_labels_say_what_the_images_per_second_count():
+    """bench_cgan reported labels * steps * batch / s as "img/s": the generator updates'
+    images only, while each step also pushes 2 * n_critic * batch images through the critic."""
+    import argparse
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_cgan.py")
+    spec = importlib.util.spec_from_file_location("bench_cgan", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(labels=10, steps=20, batch_size=32, n_critic=5)
+    rates = bench.image_rates(args, {"stacked": 2.0, "sequential": 4.0})
+    assert rates["images_per_run"] == {
+        "generator_images": 6400,
+        "critic_images": 64000,
+        "all_images": 70400,
+    }
+    assert rates["images_per_s"]["generator_images"] == {"stacked": 3200, "sequential": 1600}
+    assert rates["images_per_s"]["all_images"]["stacked"] == 35200

@@ -108,3 +108,23 @@ def test_compile_timer_counts_compilation_once():
     timer = CompileTimer()
     timer.spans = [(1.0, 3.0), (0.0, 2.0), (1.5, 2.5), (5.0, 6.0)]  # overlaps count once
     assert timer.seconds == pytest.approx(4.0)
+
+
+def test_resume_may_extend_training_and_fids_compare_at_equal_n(tmp_path):
+    """More steps on a rerun extend the run (they were refused as another setting); the
+    real-vs-real floor was FID at n=450 while the models were scored at n=2000 (FID falls
+    with n): now every FID of the run is at one n and label mix."""
+    base = dataclasses.replace(tiny(), steps=2, samples_per_label=12, models=("baseline_dcgan",))
+    run_dir, _ = train_and_evaluate(base, tmp_path / "run", progress=False)
+    longer = dataclasses.replace(base, steps=4)
+    _, metrics = train_and_evaluate(longer, run_dir, progress=False)
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "baseline_dcgan").iterdir()) == [
+        "2",
+        "4",
+    ]
+    ref, model = metrics["reference_fid"], metrics["models"]["baseline_dcgan"]
+    assert ref["n"] == model["fid_n"] == 10 * 12  # 12 of each label (held-out: 44-46)
+    assert ref["per_label_n"] == {lab: 12 for lab in range(10)}
+    assert ref["real_heldout_subsets"] == 3 and model["fid_subsets"] == 1
+    assert np.isfinite(model["fid_all_samples"]) and model["n"] == 120
+    assert ref["real_heldout_vs_train"] < ref["uniform_noise_vs_train"]

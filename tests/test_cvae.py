@@ -71,3 +71,24 @@ def test_bad_inputs():
         make_epoch_fn(model, opt, np.zeros((4, 3)), np.zeros((5, 1)), batch_size=2, beta=1, seed=0)
     with pytest.raises(ValueError, match="empty training set"):
         make_epoch_fn(model, opt, np.zeros((0, 3)), np.zeros((0, 1)), batch_size=2, beta=1, seed=0)
+
+
+def test_init_does_not_recompile_for_an_equal_new_optimizer():
+    """The init was one jit keyed on the optimizer object: a new optax.adam(1e-3) (the same
+    configuration) compiled it again on every call."""
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    model = CVAE(data_dim=5, latent_dim=2, hidden=(8,))
+    jax.block_until_ready(init_cvae_state(model, optax.adam(1e-3), 2, jax.random.key(0)))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for i in range(2):
+            state = init_cvae_state(model, optax.adam(1e-3), 2, jax.random.key(i))
+            jax.block_until_ready(state)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []

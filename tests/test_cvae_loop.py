@@ -92,3 +92,29 @@ def test_run_dir_and_plots(tmp_path):
     )
     with pytest.raises(ValueError, match="plain folder name"):
         make_run_dir(tmp_path, "a/b")
+
+
+def test_jsonl_logger_records_hold_nan_for_missing_values_everywhere(tmp_path):
+    """Records kept from an earlier run held NaN for a null while records logged now held
+    None; the file must stay strict JSON (null, never a bare NaN), NumPy NaN included."""
+    import math
+
+    from jaxsci.train.loop import JsonlLogger
+
+    path = tmp_path / "m.jsonl"
+    logger = JsonlLogger(path)
+    logger.log({"epoch": 0, "loss": float("nan"), "big": float("inf"), "x": 1.5})
+    assert math.isnan(logger.records[0]["loss"])  # was None here, NaN once resumed
+    logger.log({"epoch": 1, "loss": np.float32("nan"), "big": np.float64(2.0), "x": None})
+    strict = [
+        json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()
+    ]
+    assert strict[0] == {"epoch": 0, "loss": None, "big": None, "x": 1.5}
+    assert strict[1] == {"epoch": 1, "loss": None, "big": 2.0, "x": None}
+    resumed = JsonlLogger(path, resume_from=2)
+    for records in (logger.records, resumed.records):
+        assert [r["epoch"] for r in records] == [0, 1]
+        assert all(math.isnan(r["loss"]) for r in records)
+        assert math.isnan(records[0]["big"]) and records[1]["big"] == 2.0
+        assert records[0]["x"] == 1.5 and math.isnan(records[1]["x"])
+        assert all(type(v) in (int, float) for r in records for v in r.values())

@@ -146,3 +146,45 @@ def test_digit_scales_round_trip(digits):
     smooth = upscale(digits.test_images[:3], 32, method="bilinear")
     assert smooth.shape == (3, 32, 32, 1)
     assert np.abs(downscale(smooth, 8) - digits.test_images[:3]).mean() < 0.2
+
+
+def test_fid_is_biased_by_n_and_equal_n_fid_compares_like_with_like():
+    """Samples of one Gaussian against a reference from it: FID falls with n (the bias the
+    cgan_digits floor had at n=450 against models at n=2000); at equal n, 2000 samples
+    split into 4 disjoint subsets of 450 score like 450 samples."""
+    from jaxsci.metrics.fid import equal_n_fid, equal_n_subsets, matched_counts
+
+    rng = np.random.default_rng(0)
+    d = 16
+    ref = rng.normal(size=(1347, d))
+    big, big_labels = rng.normal(size=(2000, d)), np.repeat(np.arange(10), 200)
+    small, small_labels = rng.normal(size=(450, d)), np.repeat(np.arange(10), 45)
+    assert frechet_distance(small, ref) > 2.0 * frechet_distance(big, ref)
+    counts = matched_counts(small_labels, big_labels)
+    assert counts == {lab: 45 for lab in range(10)}
+    subsets = equal_n_subsets(big_labels, counts)
+    assert len(subsets) == 4 and all(len(s) == 450 for s in subsets)
+    assert len(np.unique(np.concatenate(subsets))) == 1800  # disjoint
+    eq = equal_n_fid(big, big_labels, counts, ref)
+    floor = equal_n_fid(small, small_labels, counts, ref)
+    assert eq["n"] == floor["n"] == 450 and (eq["subsets"], floor["subsets"]) == (4, 1)
+    assert eq["fid"] == pytest.approx(floor["fid"], rel=0.25)
+    assert matched_counts(np.array([0, 0, 1]), np.array([0, 1, 1, 2])) == {0: 1, 1: 1}
+    with pytest.raises(ValueError, match="too few rows"):
+        equal_n_subsets(np.array([0, 1, 1]), {0: 2, 1: 1})
+
+
+def test_evaluate_samples_at_equal_n(digits, classifier):
+    from jaxsci.metrics.fid import matched_counts
+
+    counts = matched_counts(digits.test_labels, np.repeat(np.arange(10), 20))
+    out = evaluate_samples(
+        classifier,
+        digits.test_images,
+        digits.test_labels,
+        digits.train_images,
+        digits.train_labels,
+        per_label_n=counts,
+    )
+    assert out["fid_n"] == 200 and out["fid_subsets"] == 2 and out["n"] == len(digits.test_labels)
+    assert out["fid"] > out["fid_all_samples"]  # fewer samples, larger bias

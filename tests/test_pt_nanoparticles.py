@@ -72,3 +72,41 @@ def test_training_resumes_from_checkpoint_with_identical_parameters(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [r["epoch"] for r in hist_b] == list(range(6))
     assert [r["loss"] for r in hist_b] == [r["loss"] for r in hist_a]
+
+
+def _files(folder):
+    return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_resume_with_other_training_settings_is_refused(tmp_path, monkeypatch):
+    """A restart with another learning rate, batch size, latent size, architecture or seed
+    resumed the other run's checkpoint silently; now it raises naming the settings, before
+    anything is built or written. More epochs and another checkpoint interval are fine."""
+    from experiments.pt_nanoparticles import pipeline
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    c = rng.normal(size=(40, 2)).astype(np.float32)
+    cfg = tiny_config(epochs=2, checkpoint_every=2, hidden=(16,), latent_dim=2, batch_size=8)
+    train_cvae(cfg, x, c, None, None, tmp_path)
+    before = _files(tmp_path)
+    for changes, names in (
+        ({"learning_rate": 2e-3}, "learning_rate"),
+        ({"batch_size": 4, "seed": 3}, "batch_size, seed"),
+        ({"latent_dim": 3, "hidden": (8,)}, "hidden, latent_dim"),
+    ):
+        with pytest.raises(ValueError, match=rf"other settings \({names} differ\)"):
+            train_cvae(dataclasses.replace(cfg, epochs=4, **changes), x, c, None, None, tmp_path)
+        assert _files(tmp_path) == before
+    with pytest.raises(ValueError, match=r"other settings \(data_dim differ\)"):
+        train_cvae(dataclasses.replace(cfg, epochs=4), x[:, :5], c, None, None, tmp_path)
+    # the whole study refuses before building the data set or writing into the run folder
+    monkeypatch.setattr(pipeline, "build_pt_clusters", lambda *a, **k: pytest.fail("built"))
+    other = dataclasses.replace(cfg, learning_rate=2e-3)  # (and its data_dim is not 6)
+    with pytest.raises(ValueError, match=r"other settings \(.*learning_rate differ\)"):
+        train_and_evaluate(other, tmp_path)
+    assert _files(tmp_path) == before
+    monkeypatch.undo()
+    allowed = dataclasses.replace(cfg, epochs=4, checkpoint_every=1, progress=True)
+    _, state, history = train_cvae(allowed, x, c, None, None, tmp_path)
+    assert int(state.step) == 4 * (40 // 8) and len(history) == 4

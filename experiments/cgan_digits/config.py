@@ -26,15 +26,19 @@ class Config:
     """All knobs of :func:`experiments.cgan_digits.train.train_and_evaluate`.
 
     Attributes:
-      image_size: 8 (native digits) or 32 (bilinear upscaled copies, the heavier variant);
-        samples are averaged back to 8 x 8 for the metrics and the ``.npz`` files.
+      image_size: 8 (native digits) or 32 (copies upscaled by pixel replication, i.e.
+        nearest-neighbour, the heavier variant: :func:`jaxsci.data.digits.upscale`);
+        samples are block-averaged back to 8 x 8 for the metrics and the ``.npz`` files
+        (which inverts the replication exactly on the data).
       steps: generator updates per model.
       batch_size: images per update of each per-label model (baselines: ``n_labels`` x it).
       g_features, d_features, latent_dim: model sizes.
       n_critic, gp_weight: W-CGAN critic updates per generator update and GP weight.
       lr_wgan, lr_dcgan: Adam learning rates (betas 0.5/0.9 for W-CGAN, 0.5/0.999 DC-CGAN).
       chunk_steps: steps per compiled call (progress bar and checkpoint granularity).
-      samples_per_label: generated images per label for metrics and the ``.npz`` files.
+      samples_per_label: generated images per label for metrics and the ``.npz`` files
+        (FIDs are scored at ``min(samples_per_label, held-out count)`` images per label,
+        the size of the real-vs-real floor; see :mod:`experiments.cgan_digits.train`).
       classifier_steps: full-batch training steps of the metric classifier.
       baseline_schedule: how the baselines spend the equal budget ("larger_batch" or
         "more_steps", see above).
@@ -42,7 +46,8 @@ class Config:
         "mpi" (labels over ranks; run under mpirun).
       models: which of :data:`MODELS` to train.
       seed: everything random derives from it.
-      test_fraction: held-out share of the digits (for the real-vs-real FID floor).
+      test_fraction: held-out share of the digits (for the real-vs-real FID floor, whose
+        size caps the ``n`` all FIDs are compared at).
       out_root: where run folders are created.
     """
 

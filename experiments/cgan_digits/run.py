@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = metrics["reference_fid"]
     print(
         f"classifier test accuracy {metrics['classifier']['test_accuracy']:.3f}; "
-        f"FID real held-out {ref['real_heldout_vs_train']:.2f}, "
+        f"FID at n={ref['n']} (models too): real held-out {ref['real_heldout_vs_train']:.2f}, "
         f"noise {ref['uniform_noise_vs_train']:.1f}"
     )
     # train s: the training wall time less compilation (see train.py's module docstring)

@@ -6,8 +6,19 @@ accuracy overall and per label, wall time), ``samples_<model>.npz`` (``images`` 
 on 0..16, ``labels``), ``samples_<model>.png`` (one row per label), ``losses_<model>.png``
 and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``workdir``
 resumes from them; ``training_config.json`` holds the settings they were made with, and a
-rerun with other training settings is refused). A rerun that trains some of the models
-keeps the others' entries in ``metrics.json``.
+rerun with other training settings is refused, while ``steps`` may grow to extend
+training). A rerun that trains some of the models keeps the others' entries in
+``metrics.json``.
+
+FID at equal sample size: FID is biased upwards by a term shrinking like ``1/n``, so a
+model's FID and the real-vs-real floor are computed at the same ``n`` and label mix. The
+floor needs real images disjoint from the reference (the training split), so its ``n``
+is capped by the held-out split (450 digits at the default 25 %); more generated samples
+cannot raise it. Both are therefore scored on subsets with ``min(held-out, generated)``
+images of each label (450 at the defaults), averaging the FIDs of disjoint subsets (4
+subsets of a model's 2000 generated images, 1 of the held-out set): each subset has the
+same ``n``, so the average keeps the bias of that ``n`` and only lowers the variance.
+``fid_all_samples`` keeps the FID of all generated samples, not comparable with the floor.
 
 Timing, per model, of the invocation that finished it (after a resume: the remaining steps
 only): ``compile_seconds`` is the wall time spent tracing, lowering and compiling JAX
@@ -31,7 +42,13 @@ import optax
 from experiments.cgan_digits import plots
 from experiments.cgan_digits.config import MODELS, Config
 from jaxsci.data.digits import downscale, load_digits_split, to_digits_scale
-from jaxsci.metrics.fid import evaluate_samples, fit_feature_classifier, frechet_distance
+from jaxsci.metrics.fid import (
+    equal_n_fid,
+    evaluate_samples,
+    fit_feature_classifier,
+    frechet_distance,
+    matched_counts,
+)
 from jaxsci.models.gan import CGAN, dc_cgan, w_cgan
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.train.gan import (
@@ -44,9 +61,9 @@ from jaxsci.train.run_dir import make_run_dir, write_metrics
 
 N_LABELS = 10
 #: Settings that change what the checkpoints hold; a resume must agree on all of them.
+#: Not ``steps`` (a resume may extend training), nor the evaluation / parallelism knobs.
 TRAINING_FIELDS = (
     "image_size",
-    "steps",
     "batch_size",
     "g_features",
     "d_features",
@@ -282,7 +299,12 @@ def train_and_evaluate(
         test_labels=data8.test_labels,
     )
     ref = clf.features(data8.train_images)
-    noise = np.random.default_rng(config.seed).uniform(-1, 1, data8.test_images.shape)
+    # every model samples samples_per_label images of each label: one composition for all
+    generated_labels = np.repeat(np.arange(N_LABELS), config.samples_per_label)
+    per_label_n = matched_counts(data8.test_labels, generated_labels)
+    floor = equal_n_fid(clf.features(data8.test_images), data8.test_labels, per_label_n, ref)
+    n_eq = floor["n"]
+    noise = np.random.default_rng(config.seed).uniform(-1, 1, (n_eq, *data8.test_images.shape[1:]))
     metrics: dict[str, Any] = {
         "config": dataclasses.asdict(config),
         "equal_compute": {
@@ -303,7 +325,16 @@ def train_and_evaluate(
             "seconds": time.perf_counter() - t0,
         },
         "reference_fid": {
-            "real_heldout_vs_train": frechet_distance(clf.features(data8.test_images), ref),
+            "definition": (
+                "FID against the training split at n images with per_label_n of each label, "
+                "the n every model's fid is scored at (FID is biased by n); mean over "
+                "disjoint subsets"
+            ),
+            "n": n_eq,
+            "per_label_n": per_label_n,
+            "real_heldout_vs_train": floor["fid"],
+            "real_heldout_vs_train_std": floor["fid_std"],
+            "real_heldout_subsets": floor["subsets"],
             "uniform_noise_vs_train": frechet_distance(clf.features(noise), ref),
         },
         "process_count": info.size,
@@ -311,7 +342,9 @@ def train_and_evaluate(
     }
     for name, (images, labels, history, budget, timing) in trained.items():
         images8 = downscale(images, 8)
-        result = evaluate_samples(clf, images8, labels, data8.train_images, data8.train_labels)
+        result = evaluate_samples(
+            clf, images8, labels, data8.train_images, data8.train_labels, per_label_n=per_label_n
+        )
         result.update(timing)
         result["final_losses"] = {k: float(np.mean(v[..., -1])) for k, v in history.items()}
         metrics["equal_compute"][name] = budget

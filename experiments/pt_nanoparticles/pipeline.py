@@ -4,7 +4,10 @@
 
 - ``config.json``, ``metrics.json``, ``train_metrics.jsonl`` (one line per epoch),
   ``checkpoints/`` (Orbax; a run restarted with the same ``workdir`` resumes from the
-  newest one and ends with the same parameters as an uninterrupted run);
+  newest one and ends with the same parameters as an uninterrupted run; each checkpoint
+  holds the :func:`training_settings` it was made with, and a restart with other ones is
+  refused before anything is built or written: ``epochs`` may grow, and the settings of
+  generation, progress, workers and folders may change);
 - ``train.extxyz``: every data set structure (``info``: ``energy_per_atom``, ``split``);
 - ``reconstructed.extxyz``: coordinates recovered from the sampled fingerprints;
 - ``generated.extxyz``: the same structures after EMT relaxation -- the generated
@@ -62,8 +65,15 @@ from jaxsci.models.cvae import (
     sample,
 )
 from jaxsci.train import Checkpointer, fit, make_run_dir, write_json, write_metrics
+from jaxsci.train.checkpoint import normalize_settings
 
-__all__ = ["Standardizer", "make_descriptor", "train_and_evaluate", "train_cvae"]
+__all__ = [
+    "Standardizer",
+    "make_descriptor",
+    "train_and_evaluate",
+    "train_cvae",
+    "training_settings",
+]
 
 
 def make_descriptor(config: Config) -> ACSF:
@@ -98,6 +108,47 @@ class Standardizer:
 
 # --------------------------------------------------------------------------- training
 
+#: Config fields that define the CVAE training run (with the data and descriptor settings).
+TRAINING_FIELDS = (
+    "r_cut",
+    "g2_params",
+    "g4_params",
+    "n_quantiles",
+    "latent_dim",
+    "hidden",
+    "beta",
+    "learning_rate",
+    "batch_size",
+    "val_fraction",
+    "seed",
+)
+
+
+def training_settings(config: Config, data_dim: int, cond_dim: int) -> dict[str, Any]:
+    """What defines a CVAE training run, as JSON: the data set's settings, the descriptor,
+    the representation, the split, the model, the optimizer and the seed (plus the model's
+    input sizes). Not ``epochs`` (a resume may extend training), ``checkpoint_every``, the
+    generation settings, ``progress``, ``n_workers`` or the folders."""
+    fields = {name: getattr(config, name) for name in TRAINING_FIELDS}
+    return normalize_settings(
+        {
+            "data": dataclasses.asdict(config.data),
+            **fields,
+            "data_dim": int(data_dim),
+            "cond_dim": int(cond_dim),
+        }
+    )
+
+
+def _check_resume(checkpoint_dir: Path, settings: dict[str, Any]) -> None:
+    """ValueError if ``checkpoint_dir`` holds a checkpoint made with other ``settings``;
+    reads only (no folder is created)."""
+    if not checkpoint_dir.is_dir():
+        return
+    with Checkpointer(checkpoint_dir, keep=None) as ckpt:
+        if ckpt.latest_step() is not None:
+            ckpt.check_settings(settings)
+
 
 def train_cvae(
     config: Config,
@@ -111,8 +162,12 @@ def train_cvae(
 
     Checkpoints go to ``run_dir/checkpoints`` every ``config.checkpoint_every`` epochs and at
     the end; per-epoch metrics to ``run_dir/train_metrics.jsonl``. If a checkpoint exists,
-    training continues from it and reproduces the uninterrupted run exactly.
+    training continues from it and reproduces the uninterrupted run exactly; a checkpoint
+    made with other :func:`training_settings` raises ``ValueError`` naming them (nothing is
+    written then).
     """
+    settings = training_settings(config, x_train.shape[1], c_train.shape[1])
+    _check_resume(run_dir / "checkpoints", settings)
     model = CVAE(data_dim=x_train.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
     optimizer = optax.adam(config.learning_rate)
     init = init_cvae_state(model, optimizer, c_train.shape[1], jax.random.key(config.seed))
@@ -140,7 +195,8 @@ def train_cvae(
         state, start = ckpt.resume(init)
 
         def save(epoch: int, st: CVAEState, _metrics) -> None:
-            ckpt.save(epoch + 1, st, force=epoch + 1 == config.epochs)
+            last = epoch + 1 == config.epochs
+            ckpt.save(epoch + 1, st, force=last, metadata={"settings": settings})
 
         result = fit(
             state,
@@ -243,6 +299,11 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     timings: dict[str, float] = {}
     element = config.data.element
     descriptor = make_descriptor(config)
+    q = config.n_quantiles if config.n_quantiles is not None else config.data.max_size
+    if workdir is not None:  # refuse a resume with other settings before any work
+        _check_resume(
+            Path(workdir) / "checkpoints", training_settings(config, q * descriptor.n_features, 2)
+        )
 
     t0 = time.perf_counter()
     dataset = build_pt_clusters(
@@ -264,7 +325,6 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     # ---- representation, split, standardisation
-    q = config.n_quantiles if config.n_quantiles is not None else config.data.max_size
     feats = dataset.fingerprints
     assert feats is not None
     x_all = np.stack([to_quantiles(f, q).ravel() for f in feats])

@@ -9,11 +9,19 @@ scikit-learn digits: seconds on a CPU), not downloaded Inception weights:
 * :func:`inception_score` -- ``exp E_x KL(p(y|x) || p(y))`` from class probabilities;
 * :func:`evaluate_samples` -- overall and per-label FID, inception score and the fraction of
   samples classified as the label they were conditioned on.
+* :func:`matched_counts`, :func:`equal_n_fid` -- FID at a fixed sample size and label mix.
+
+FID is biased upwards by a term that shrinks like ``1/n`` with the number ``n`` of samples
+scored (the covariance estimates are noisy): two FIDs are comparable only at equal ``n``.
+:func:`equal_n_fid` scores disjoint subsets of a given per-label composition and averages
+them; scoring real held-out images and generated ones with the same composition (from
+:func:`matched_counts`) gives a "real vs real" floor at the models' ``n``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -25,10 +33,13 @@ from jaxsci.models.classifier import MLPClassifier
 
 __all__ = [
     "FeatureClassifier",
+    "equal_n_fid",
+    "equal_n_subsets",
     "evaluate_samples",
     "fit_feature_classifier",
     "frechet_distance",
     "inception_score",
+    "matched_counts",
 ]
 
 
@@ -159,12 +170,61 @@ def inception_score(probs: Any, eps: float = 1e-12) -> float:
     return float(np.exp(kl.mean()))
 
 
+def matched_counts(*label_sets: Any) -> dict[int, int]:
+    """``{label: the smallest count of it among label_sets}`` over labels in all of them:
+    the largest per-label composition every set can fill at least once."""
+    counts = [
+        dict(zip(*np.unique(np.asarray(y), return_counts=True), strict=True)) for y in label_sets
+    ]
+    common = set.intersection(*(set(c) for c in counts)) if counts else set()
+    return {int(lab): int(min(c[lab] for c in counts)) for lab in sorted(common)}
+
+
+def equal_n_subsets(labels: Any, per_label: Mapping[int, int]) -> list[np.ndarray]:
+    """Disjoint index sets into ``labels``, each with ``per_label[l]`` rows of every label
+    ``l`` (taken in order), as many as the scarcest label allows (ValueError if none)."""
+    labels = np.asarray(labels)
+    if not per_label or any(k < 1 for k in per_label.values()):
+        raise ValueError(f"per_label needs positive counts, got {dict(per_label)}")
+    rows = {lab: np.flatnonzero(labels == lab) for lab in per_label}
+    n_sets = min(len(rows[lab]) // k for lab, k in per_label.items())
+    if n_sets == 0:
+        short = {lab: len(rows[lab]) for lab, k in per_label.items() if len(rows[lab]) < k}
+        raise ValueError(f"too few rows for one subset of {dict(per_label)}: {short}")
+    return [
+        np.concatenate([rows[lab][i * k : (i + 1) * k] for lab, k in per_label.items()])
+        for i in range(n_sets)
+    ]
+
+
+def equal_n_fid(
+    features: Any, labels: Any, per_label: Mapping[int, int], reference: Any
+) -> dict[str, Any]:
+    """FID at a fixed sample size: the mean over the disjoint :func:`equal_n_subsets` of
+    ``features [N, d]`` (rows labelled ``labels``) of their FID against ``reference``.
+
+    Returns ``{"fid": mean, "fid_std": std over subsets (0 for one), "n": subset size,
+    "subsets": count}``. Every subset has the same size, so the mean carries the bias of
+    that ``n`` exactly, whatever the number of subsets (which only lowers the variance).
+    """
+    feats = np.asarray(features, np.float64)
+    values = [frechet_distance(feats[idx], reference) for idx in equal_n_subsets(labels, per_label)]
+    return {
+        "fid": float(np.mean(values)),
+        "fid_std": float(np.std(values)),
+        "n": int(sum(per_label.values())),
+        "subsets": len(values),
+    }
+
+
 def evaluate_samples(
     classifier: FeatureClassifier,
     images: Any,
     labels: Any,
     reference_images: Any,
     reference_labels: Any,
+    *,
+    per_label_n: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """FID (vs the reference set), inception score and conditional accuracy, overall and per label.
 
@@ -172,12 +232,17 @@ def evaluate_samples(
       classifier: the feature space.
       images, labels: generated ``[N, ...]`` images and the labels they were conditioned on.
       reference_images, reference_labels: real images (e.g. the GAN's training set).
+      per_label_n: score ``fid`` at this fixed composition (:func:`equal_n_fid`), to compare
+        it with another set scored the same way (e.g. a real held-out floor); ``None``: all
+        samples.
 
     Returns:
       ``{"fid", "inception_score", "accuracy", "n", "per_label": {label: {"fid",
       "inception_score", "accuracy", "n"}}}``; ``accuracy`` is the fraction of samples the
       classifier assigns to the conditioning label. Per-label inception scores are near 1
       for a good conditional model (one class per label); they are reported for completeness.
+      With ``per_label_n``: ``fid`` is the equal-``n`` mean, and ``fid_std``, ``fid_n``,
+      ``fid_subsets`` and ``fid_all_samples`` (the FID of all ``n`` samples) are added.
     """
     labels = np.asarray(labels)
     ref_labels = np.asarray(reference_labels)
@@ -191,6 +256,11 @@ def evaluate_samples(
         "n": int(labels.size),
         "per_label": {},
     }
+    if per_label_n is not None:
+        eq = equal_n_fid(f_gen, labels, per_label_n, f_ref)
+        out["fid_all_samples"] = out["fid"]
+        out["fid"] = eq["fid"]
+        out.update(fid_std=eq["fid_std"], fid_n=eq["n"], fid_subsets=eq["subsets"])
     for lab in np.unique(labels):
         g, r = labels == lab, ref_labels == lab
         if r.sum() < 2:

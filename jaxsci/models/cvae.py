@@ -102,17 +102,21 @@ class CVAEState(NamedTuple):
 def init_cvae_state(
     model: CVAE, optimizer: optax.GradientTransformation, cond_dim: int, key: jax.Array
 ) -> CVAEState:
-    """Initialise parameters (from ``key``) and the optimizer state (one compiled program,
-    cached per model, optimizer and ``cond_dim``)."""
-    return _init_cvae_state(model, optimizer, cond_dim, key)
+    """Initialise parameters (from ``key``) and the optimizer state.
+
+    The parameters come from one compiled program cached per ``(model, cond_dim)``; the
+    optimizer state is initialised outside it, so a new but equal optimizer object compiles
+    nothing (a jit keyed on the optimizer object recompiled on every call).
+    """
+    params = _init_cvae_params(model, cond_dim, key)
+    return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_cvae_state(model, optimizer, cond_dim, key):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_cvae_params(model: CVAE, cond_dim: int, key: jax.Array) -> dict:
     x = jnp.zeros((1, model.data_dim))
     c = jnp.zeros((1, cond_dim))
-    params = model.init(key, x, c, jax.random.key(0))["params"]
-    return CVAEState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    return model.init(key, x, c, jax.random.key(0))["params"]
 
 
 def make_epoch_fn(

@@ -11,12 +11,20 @@ state does not depend on the process count, so a run may resume with a different
 ranks as long as its global batch still divides over them (see ``metadata()["process_count"]``).
 Orbax writes into a temporary folder and renames it when complete: a crash never leaves a
 half-written step that ``latest_step`` would return.
+
+Run settings: ``save(..., metadata={"settings": {...}})`` stores what defines a run (model,
+optimizer, batch size, seed...) beside each step; :meth:`Checkpointer.check_settings`
+refuses, naming them, settings that differ from those a checkpoint was saved with, so that
+a resume never mixes two different runs.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -24,8 +32,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.train.run_dir import to_jsonable
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "check_settings", "normalize_settings", "settings_differences"]
 
 _STATE = "state"
 _META = "meta"
@@ -101,6 +110,24 @@ class Checkpointer:
         args = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
         out = self._manager.restore(step, args=args)
         return dict(out[_META])
+
+    def check_settings(self, settings: Mapping[str, Any], step: int | None = None) -> None:
+        """ValueError naming every setting in which ``settings`` differ from the
+        ``metadata["settings"]`` saved with ``step`` (default: latest).
+
+        A checkpoint saved without settings (an older run) is not checked: a warning says so.
+        Reads only; nothing is written.
+        """
+        step = self._resolve(step)
+        saved = self.metadata(step).get("settings")
+        if saved is None:
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} holds no run settings: "
+                f"resuming without checking that they match",
+                stacklevel=2,
+            )
+            return
+        check_settings(saved, settings, f"checkpoint step {step} in {self.directory}")
 
     # -- save / restore -----------------------------------------------------------------
     def should_save(self, step: int) -> bool:
@@ -270,6 +297,71 @@ class Checkpointer:
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}: {steps}")
         return step
+
+
+def normalize_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as they read back from JSON (tuples as lists, NumPy numbers as Python
+    ones, NaN as None): the form :func:`settings_differences` compares."""
+    return json.loads(json.dumps(to_jsonable(dict(settings)), allow_nan=False))
+
+
+def settings_differences(
+    saved: Mapping[str, Any],
+    mine: Mapping[str, Any],
+    *,
+    rel_tol: float = 1e-5,
+    abs_tol: float = 1e-9,
+) -> dict[str, tuple[Any, Any]]:
+    """``{dotted name: (saved, mine)}`` of the settings that differ (missing on one side
+    included). Numbers compare with ``rel_tol`` / ``abs_tol`` (the same setting computed on
+    other hardware may differ in its last bits), everything else exactly; a list differs as
+    a whole."""
+    out: dict[str, tuple[Any, Any]] = {}
+    _diff(normalize_settings(saved), normalize_settings(mine), "", out, rel_tol, abs_tol)
+    return out
+
+
+def _diff(a: Any, b: Any, path: str, out: dict, rel_tol: float, abs_tol: float) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            name = f"{path}.{k}" if path else k
+            if k not in a or k not in b:
+                out[name] = (a.get(k, "<absent>"), b.get(k, "<absent>"))
+            else:
+                _diff(a[k], b[k], name, out, rel_tol, abs_tol)
+    elif not _same(a, b, rel_tol, abs_tol):
+        out[path] = (a, b)
+
+
+def _same(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(
+            _same(x, y, rel_tol, abs_tol) for x, y in zip(a, b, strict=True)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel_tol, abs_tol) for k in a)
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return a is b
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+    return a == b
+
+
+def check_settings(saved: Mapping[str, Any], mine: Mapping[str, Any], where: str) -> None:
+    """ValueError naming the settings in which ``mine`` differ from ``saved`` (of ``where``)."""
+    diff = settings_differences(saved, mine)
+    if diff:
+        shown = "; ".join(f"{k}: saved {_short(a)}, now {_short(b)}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{where} was made with other settings ({', '.join(diff)} differ): {shown}. "
+            f"Resume with the settings it was made with, or use a fresh checkpoint folder."
+        )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _numbers_as_python(tree: Any) -> Any:

@@ -16,13 +16,16 @@ the same step trains one conditional model on all labels (the baseline) or, unde
 * :func:`train_per_label` -- one GAN per label, stacked (vmap), sharded over a device mesh
   or split over MPI ranks; :func:`train_conditional` -- the single conditional baseline.
 * :func:`sample_images`, :func:`sample_per_label` -- images for given labels.
+* :func:`run_settings` -- what defines a run (model, optimizers, batch, key, data), saved
+  with its checkpoints: a resume with other settings is refused, naming them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -41,7 +44,7 @@ from jaxsci.parallel.per_label import (
     rank_labels,
     shard_over_labels,
 )
-from jaxsci.train.checkpoint import Checkpointer
+from jaxsci.train.checkpoint import Checkpointer, normalize_settings
 
 __all__ = [
     "DataPool",
@@ -57,6 +60,7 @@ __all__ = [
     "make_gan_trainer",
     "make_pool",
     "per_label_pools",
+    "run_settings",
     "sample_images",
     "sample_per_label",
     "train_conditional",
@@ -117,19 +121,14 @@ def init_gan_state(
 ) -> GANState:
     """Initial parameters (from ``key``) and optimizer states; vmappable over keys.
 
-    Runs as one compiled program, cached per ``(cgan, g_opt, d_opt)``: flax's ``init``
-    called eagerly compiles every operation on its own (about 20 s for the two tiny test
-    models on a 2-core CPU, 1 s jitted).
+    The parameters come from one compiled program cached per ``cgan`` (a frozen dataclass,
+    equal models share it): flax's ``init`` called eagerly compiles every operation on its
+    own (about 20 s for the two tiny test models on a 2-core CPU, 1 s jitted). The optimizer
+    states are initialised outside it, so a new but equal optimizer object (``optax.adam``
+    called again) compiles nothing: a jit keyed on the optimizer, a new object each call,
+    recompiled the whole init every time.
     """
-    return _init_gan_state(cgan, g_opt, d_opt, key)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_gan_state(cgan, g_opt, d_opt, key):
-    k_g, k_d, k_state = jax.random.split(key, 3)
-    labels = jnp.zeros((1,), jnp.int32)
-    g_params = cgan.generator.init(k_g, jnp.zeros((1, cgan.latent_dim)), labels)
-    d_params = cgan.discriminator.init(k_d, jnp.zeros((1, *cgan.image_shape)), labels)
+    g_params, d_params, k_state = _init_gan_params(cgan, key)
     return GANState(
         g_params,
         d_params,
@@ -138,6 +137,15 @@ def _init_gan_state(cgan, g_opt, d_opt, key):
         k_state,
         jnp.zeros((), jnp.int32),
     )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_gan_params(cgan: CGAN, key: jax.Array) -> tuple[Any, Any, jax.Array]:
+    k_g, k_d, k_state = jax.random.split(key, 3)
+    labels = jnp.zeros((1,), jnp.int32)
+    g_params = cgan.generator.init(k_g, jnp.zeros((1, cgan.latent_dim)), labels)
+    d_params = cgan.discriminator.init(k_d, jnp.zeros((1, *cgan.image_shape)), labels)
+    return g_params, d_params, k_state
 
 
 def _draw(pool: DataPool, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -280,6 +288,7 @@ def fit_gan(
     checkpointer: Checkpointer | None = None,
     desc: str = "gan",
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[GANState, dict[str, np.ndarray]]:
     """Run ``run_chunk(state, k)`` until ``n_steps`` generator updates are done.
 
@@ -295,6 +304,10 @@ def fit_gan(
         from its latest step (state and metric history) and saves after every chunk.
       desc: progress-bar label.
       progress: show a tqdm progress bar.
+      settings: JSON-serialisable description of the run (model, optimizer, batch size,
+        seed...; not ``n_steps``, which may grow on resume), saved with every checkpoint.
+        A resume from a checkpoint saved with other settings raises ``ValueError`` naming
+        them, before anything is trained or written. ``None``: not saved nor checked.
 
     Returns:
       The final state and the metric histories ``{name: [..., n_steps]}`` (numpy).
@@ -308,12 +321,15 @@ def fit_gan(
         done = checkpointer.latest_step()
         if done > n_steps:
             raise ValueError(f"the checkpoint is at step {done}, past n_steps={n_steps}")
+        if settings is not None:
+            checkpointer.check_settings(settings, done)
         shapes = jax.eval_shape(lambda s: run_chunk(s, 1)[1], state)
         target_history = {
             name: np.zeros((*v.shape[:-1], done), v.dtype) for name, v in shapes.items()
         }
         restored = checkpointer.restore({"state": state, "history": target_history}, done)
         state, history = restored["state"], jax.tree.map(np.asarray, restored["history"])
+    meta = {"settings": normalize_settings(settings)} if settings is not None else None
     bar = tqdm(total=n_steps, initial=done, desc=desc, disable=not progress, leave=False)
     while done < n_steps:
         k = min(chunk_steps, n_steps - done)
@@ -325,7 +341,7 @@ def fit_gan(
             for name, v in metrics.items()
         }
         if checkpointer is not None:
-            checkpointer.save(done, {"state": state, "history": history}, force=True)
+            checkpointer.save(done, {"state": state, "history": history}, force=True, metadata=meta)
         post = {name: f"{float(np.mean(v[..., -1])):.3g}" for name, v in metrics.items()}
         bar.set_postfix(post, refresh=False)
         bar.update(k)
@@ -371,6 +387,7 @@ def train_per_label(
     info: ProcessInfo | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> PerLabelResult:
     """Train one GAN per label on that label's images only, all labels concurrently.
 
@@ -392,11 +409,17 @@ def train_per_label(
       checkpoint_dir: Orbax checkpoints, resumed from if present. Each block of labels trained
         together (all labels for "vmap"/"shard", one rank's block for "mpi") writes its own
         ``labels-<l0>-<l1>-...`` sub-folder (independent, no collective), so a run resumes
-        with any strategy or rank count: a block with no checkpoint of its own is assembled
-        from the newest step that every block holding its labels has saved.
+        with any strategy or rank count: a block starts from the newest step at which every
+        one of its labels is saved in some block (its own, or cut out of others'). The run's
+        settings (:func:`run_settings`: model, optimizers, batch size, key, data) are saved
+        with every checkpoint; resuming with other settings is refused.
+      settings: extra JSON settings recorded and checked with the checkpoints (e.g. the
+        optimizer's hyperparameters by name; the optimizers are otherwise told apart by
+        their updates on a probe gradient).
 
     Raises:
-      ValueError: a label without data, more ranks than labels, unknown strategy.
+      ValueError: a label without data, more ranks than labels, unknown strategy, or a
+        resume from checkpoints made with other settings (naming them; nothing written).
     """
     label_set = np.asarray(label_set)
     check_labels(label_set, cgan.n_labels)  # each model is conditioned on its own label
@@ -421,32 +444,32 @@ def train_per_label(
     else:
         stacked = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), static_argnums=2)
         run_chunk = lambda s, k: stacked(s, pools, k)
-    ckpt = None
+    ckpt, mine = None, None
     if checkpoint_dir is not None:
-        folder = label_checkpoint_folder(checkpoint_dir, local)
-        ckpt = Checkpointer(folder, keep=2, info=single)
-        if ckpt.latest_step() is None:
+        mine = run_settings(cgan, g_opt, d_opt, batch_size, key, images, labels, settings)
 
-            @functools.cache
-            def metric_dtypes() -> dict[str, Any]:  # traces the step: once, and only if needed
-                one = jax.tree.map(lambda x: x[0], (states, pools))
-                metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
-                return {k: v.dtype for k, v in metrics.items()}
+        @functools.cache
+        def metric_dtypes() -> dict[str, Any]:  # traces the step: once, and only if needed
+            one = jax.tree.map(lambda x: x[0], (states, pools))
+            metrics = jax.eval_shape(lambda s, p: run(s, p, 1)[1], *one)
+            return {k: v.dtype for k, v in metrics.items()}
 
-            def block_target(block: Sequence[int], step: int) -> dict[str, Any]:
-                """Shapes of a saved block's ``{"state", "history"}`` at ``step``."""
-                init = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))
-                return {
-                    "state": jax.eval_shape(init, label_keys(key, block)),
-                    "history": {
-                        k: jax.ShapeDtypeStruct((len(block), step), dt)
-                        for k, dt in metric_dtypes().items()
-                    },
-                }
+        def block_target(block: Sequence[int], step: int) -> dict[str, Any]:
+            """Shapes of a saved block's ``{"state", "history"}`` at ``step``."""
+            init = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))
+            return {
+                "state": jax.eval_shape(init, label_keys(key, block)),
+                "history": {
+                    k: jax.ShapeDtypeStruct((len(block), step), dt)
+                    for k, dt in metric_dtypes().items()
+                },
+            }
 
-            _assemble_from_other_blocks(ckpt, checkpoint_dir, local, block_target)
+        ckpt = Checkpointer(label_checkpoint_folder(checkpoint_dir, local), keep=2, info=single)
     is_root = info is None or info.is_root
     try:
+        if ckpt is not None:
+            _assemble_from_other_blocks(ckpt, checkpoint_dir, local, block_target, mine)
         state, history = fit_gan(
             run_chunk,
             states,
@@ -455,6 +478,7 @@ def train_per_label(
             checkpointer=ckpt,
             desc=f"per-label {cgan.loss} x{len(local)}",
             progress=progress and is_root,
+            settings=mine,
         )
     finally:
         if ckpt is not None:
@@ -491,65 +515,86 @@ def _assemble_from_other_blocks(
     checkpoint_dir: str | os.PathLike,
     labels: np.ndarray,
     block_target: Callable[[Sequence[int], int], dict[str, Any]],
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
-    """Save into ``ckpt`` the models of ``labels`` at the newest step that every saved block
-    holding them has, cut out of those blocks' checkpoints.
+    """Bring ``ckpt``, the block of ``labels``, to the newest step at which every one of
+    ``labels`` is saved by some block: its own checkpoint, or models cut out of others'.
 
     Lets a run resume after its labels were split differently (another rank count or
-    strategy). Does nothing when no saved block holds any of ``labels``.
+    strategy), possibly several times: each label's holders are all the saved blocks that
+    hold it, not only the first found, so the newest consistent step wins. Does nothing when
+    no saved block holds any of ``labels`` or the own checkpoint is at that step already.
 
     Args:
       block_target: ``(labels, step) -> {"state", "history"}`` of ``jax.ShapeDtypeStruct``
         stacked over ``labels``, the restore target of a saved block (called only when a
         block is restored).
+      settings: the run's settings; the blocks used must have been saved with them.
 
     Raises:
-      ValueError: some of ``labels`` are saved and others not, or their blocks share no step.
+      ValueError: some of ``labels`` are saved and others not, no step is saved for all of
+        them, or a block used was saved with other settings (nothing is written then).
     """
-    mine = set(labels.tolist())
+    mine = tuple(int(lab) for lab in labels.tolist())
+    own = ckpt.latest_step()
     single = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
-    readers = {}
-    for block, folder in _saved_blocks(checkpoint_dir).items():
-        if block != tuple(labels.tolist()) and mine & set(block):
-            reader = Checkpointer(folder, keep=None, info=single)
-            if reader.latest_step() is None:  # stopped before its first save
-                reader.close()
-            else:
-                readers[block] = reader
+    readers: dict[tuple[int, ...], Checkpointer] = {}
     try:
-        source = {}
-        for lab in labels.tolist():
-            holders = [b for b in readers if lab in b]
-            if holders:
-                source[lab] = holders[0]
-        if not source:
+        for block, folder in _saved_blocks(checkpoint_dir).items():
+            if block != mine and set(mine) & set(block):
+                reader = Checkpointer(folder, keep=None, info=single)
+                if reader.latest_step() is None:  # stopped before its first save
+                    reader.close()
+                else:
+                    readers[block] = reader
+        steps = {b: set(r.all_steps()) for b, r in readers.items()}
+        if own is not None:
+            steps[mine] = set(ckpt.all_steps())
+        held = {lab: set().union(*(s for b, s in steps.items() if lab in b)) for lab in mine}
+        saved = sorted(lab for lab in mine if held[lab])
+        if not saved:
             return
-        missing = sorted(mine - set(source))
+        missing = sorted(lab for lab in mine if not held[lab])
         if missing:
             raise ValueError(
-                f"checkpoints in {os.fspath(checkpoint_dir)} hold labels {sorted(source)} but "
-                f"not {missing}: cannot resume the block of labels {labels.tolist()}"
+                f"checkpoints in {os.fspath(checkpoint_dir)} hold labels {saved} but "
+                f"not {missing}: cannot resume the block of labels {list(mine)}"
             )
-        used = sorted(set(source.values()))
-        common = set.intersection(*(set(readers[b].all_steps()) for b in used))
+        common = set.intersection(*held.values())
         if not common:
-            names = [_block_name(b) for b in used]
-            raise ValueError(f"the checkpoint blocks {names} share no saved step")
-        step = max(common)
-        restored = {}
-        for b in used:
-            restored[b] = readers[b].restore(block_target(b, step), step)
+            each = "; ".join(
+                f"label {lab}: steps {sorted(held[lab])} in "
+                + ", ".join(_block_name(b) for b in sorted(steps) if lab in b)
+                for lab in mine
+            )
+            raise ValueError(
+                f"checkpoints in {os.fspath(checkpoint_dir)} share no step saved for every "
+                f"one of labels {list(mine)} ({each}): cannot resume their block"
+            )
+        step = max(common)  # >= own: the own block holds all of mine at its latest step
+        if own is not None and step == own:
+            return
+        source = {}
+        for lab in mine:  # a block holding lab at step; the one covering most of mine
+            options = [b for b in sorted(readers) if lab in b and step in steps[b]]
+            source[lab] = max(options, key=lambda b: len(set(b) & set(mine)))
+        used = sorted(set(source.values()))
+        if settings is not None:
+            for b in used:  # before anything is written
+                readers[b].check_settings(settings, step)
+        restored = {b: readers[b].restore(block_target(b, step), step) for b in used}
     finally:
         for reader in readers.values():
             reader.close()
-    rows = [(restored[source[lab]], source[lab].index(lab)) for lab in labels.tolist()]
+    rows = [(restored[source[lab]], source[lab].index(lab)) for lab in mine]
     stacked = jax.tree.map(
         lambda *leaves: np.stack(
             [np.asarray(x)[i] for x, (_, i) in zip(leaves, rows, strict=True)]
         ),
         *[r for r, _ in rows],
     )
-    ckpt.save(step, stacked, force=True)
+    meta = {"settings": normalize_settings(settings)} if settings is not None else None
+    ckpt.save(step, stacked, force=True, metadata=meta)
 
 
 def train_conditional(
@@ -565,13 +610,21 @@ def train_conditional(
     chunk_steps: int = 100,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[GANState, dict[str, np.ndarray]]:
-    """Train ONE conditional GAN on all labels (the baseline); returns ``(state, history)``."""
+    """Train ONE conditional GAN on all labels (the baseline); returns ``(state, history)``.
+
+    ``checkpoint_dir``: Orbax checkpoints, resumed from if present; the run's settings
+    (:func:`run_settings`, plus the extra ``settings``) are saved with them, and resuming
+    with other settings raises ``ValueError`` naming them (before anything is written).
+    ``n_steps`` may grow on resume.
+    """
     pool = make_pool(images, labels, cgan.n_labels)
     state = init_gan_state(cgan, g_opt, d_opt, key)
     run = jax.jit(make_gan_trainer(cgan, g_opt, d_opt, batch_size), static_argnums=2)
-    ckpt = None
+    ckpt, mine = None, None
     if checkpoint_dir is not None:
+        mine = run_settings(cgan, g_opt, d_opt, batch_size, key, images, labels, settings)
         info = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
         ckpt = Checkpointer(checkpoint_dir, keep=2, info=info)
     try:
@@ -583,10 +636,91 @@ def train_conditional(
             checkpointer=ckpt,
             desc=f"conditional {cgan.loss}",
             progress=progress,
+            settings=mine,
         )
     finally:
         if ckpt is not None:
             ckpt.close()
+
+
+def run_settings(
+    cgan: CGAN,
+    g_opt: optax.GradientTransformation,
+    d_opt: optax.GradientTransformation,
+    batch_size: int,
+    key: jax.Array,
+    images: Any,
+    labels: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What defines a GAN training run, as JSON: saved with its checkpoints and compared on
+    resume (see :func:`train_per_label`, :func:`train_conditional`).
+
+    ``model``: the CGAN's fields (architecture, loss, latent size, n_critic, gp_weight);
+    ``batch_size``; ``key``: the key's data (the seed); ``data``: shape, label counts and
+    the first two moments of the training images; ``g_optimizer`` / ``d_optimizer``: the
+    updates each optimizer makes from a fixed probe gradient (optax transformations hide
+    their hyperparameters: a learning rate or beta shows in these); ``extra``: the
+    caller's own settings (e.g. the hyperparameters by name). Not the number of steps, the
+    chunking, the strategy or the label split: those may change on resume.
+    """
+    x = np.asarray(images, np.float64)
+    y = np.asarray(labels)
+    values, counts = np.unique(y, return_counts=True)
+    key = jnp.asarray(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    out = {
+        "model": _describe(cgan),
+        "batch_size": int(batch_size),
+        "key": np.asarray(key).ravel().tolist(),
+        "data": {
+            "shape": list(x.shape),
+            "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+            "mean": float(x.mean()) if x.size else 0.0,
+            "mean_square": float(np.mean(x**2)) if x.size else 0.0,
+        },
+        "g_optimizer": _optimizer_probe(g_opt),
+        "d_optimizer": _optimizer_probe(d_opt),
+    }
+    if extra:
+        out["extra"] = dict(extra)
+    return normalize_settings(out)
+
+
+def _describe(obj: Any) -> Any:
+    """A dataclass (a flax module too) as ``{"type", field: value...}``, recursively."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            if f.name not in ("parent", "name"):  # flax module bookkeeping
+                out[f.name] = _describe(getattr(obj, f.name))
+        return out
+    if isinstance(obj, list | tuple):
+        return [_describe(v) for v in obj]
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
+    return obj
+
+
+def _optimizer_probe(opt: optax.GradientTransformation) -> list[float] | None:
+    """Three updates of ``opt`` on a fixed 8-vector and gradients: per update, a weighted
+    sum and the L1 norm. Run eagerly (a jit would compile once per optimizer object).
+    ``None`` for an optimizer that cannot update such a vector (e.g. masks by name)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+    weights = jnp.arange(1.0, 9.0, dtype=jnp.float32)
+    out = []
+    try:
+        state = opt.init(params)
+        for i, scale in enumerate((1.0, -0.5, 2.0)):
+            grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
+            updates, state = opt.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+            u = updates["w"]
+            out += [float(jnp.sum(u * weights)), float(jnp.sum(jnp.abs(u)))]
+    except Exception:  # noqa: BLE001  any optimizer that cannot run on the probe
+        return None
+    return out
 
 
 def sample_per_label(

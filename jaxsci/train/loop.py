@@ -79,8 +79,28 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` as written: NumPy scalars as Python ones, NaN / inf as None (JSON has no
+    NaN), recursively through dicts and lists."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _as_read(value: Any) -> Any:
+    """A written value as :attr:`JsonlLogger.records` hold it: null (a NaN, inf or missing
+    metric) as NaN, recursively."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, Mapping):
+        return {k: _as_read(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_read(v) for v in value]
     return value
 
 
@@ -90,6 +110,10 @@ class JsonlLogger:
     ``resume_from``: keep only the records of epochs ``< resume_from`` already in the file
     (the ones a checkpoint at that epoch covers) and drop later ones, so that a resumed run
     does not log an epoch twice. ``None`` starts a fresh file.
+
+    The file is strict JSON: a NaN or inf value is written as ``null``. :attr:`records`
+    holds every record as the file reads back with ``null`` as NaN, the same for records
+    kept from an earlier run and records logged now.
     """
 
     def __init__(self, path: str | Path, *, resume_from: int | None = None) -> None:
@@ -98,21 +122,19 @@ class JsonlLogger:
         kept = []
         if resume_from is not None:
             kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) < resume_from]
+        kept = [_jsonable(r) for r in kept]  # a bare NaN in the old file: null from now on
         with self.path.open("w") as fh:
             for record in kept:
-                fh.write(json.dumps(record) + "\n")
-        # as logged: the nulls the file holds for NaN / inf metrics read back as NaN
-        nan = float("nan")
-        self.records: list[dict] = [
-            {k: nan if v is None else v for k, v in r.items()} for r in kept
-        ]
+                fh.write(json.dumps(record, allow_nan=False) + "\n")
+        self.records: list[dict] = [_as_read(r) for r in kept]
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Write one record (values must be JSON-serialisable; NaN/inf become null)."""
-        clean = {k: _jsonable(v) for k, v in record.items()}
+        clean = _jsonable(record)
+        line = json.dumps(clean, allow_nan=False)
         with self.path.open("a") as fh:
-            fh.write(json.dumps(clean) + "\n")
-        self.records.append(clean)
+            fh.write(line + "\n")
+        self.records.append(_as_read(clean))
 
 
 def every(n: int, fn: Callable[[int, Any, Mapping[str, float]], Any], *, last: int | None = None):
