@@ -1,9 +1,10 @@
 """Data-parallel SGD step of a 200-leaf model: per-leaf all-reduce vs buckets vs flat state.
 
-Run under MPI (the anchor is the same jitted step with one mpi4jax all-reduce per leaf):
+Run under MPI (the anchor is the same jitted step with one mpi4jax all-reduce per leaf), each
+rank pinned to its own core as in ``benchmarks/bench_cgan.py``:
 
-    .venv/bin/mpirun -n 2 .venv/bin/python -m benchmarks.bench_allreduce
-    .venv/bin/mpirun -n 1 .venv/bin/python -m benchmarks.bench_allreduce   # size-1 communicator
+    .venv/bin/mpirun -bind-to core -n 2 .venv/bin/python -m benchmarks.bench_allreduce
+    .venv/bin/mpirun -bind-to core -n 1 .venv/bin/python -m benchmarks.bench_allreduce  # size 1
     .venv/bin/mpirun -n 1 .venv/bin/python -m benchmarks.bench_allreduce --gpu  # one GPU
     python -m benchmarks.bench_allreduce --gpu --no-mpi   # no mpi4jax: tree vs flat step only
 
@@ -21,7 +22,12 @@ Rounds interleave the variants; each round times ``--steps`` steps per variant; 
 the median per-step time over rounds and its ratio to ``per_leaf``. With 2+ ranks it also times
 the ``dp_flat`` step of rank 0 alone (size-1 communicator, the other ranks sleeping) to report
 throughput and weak-scaling efficiency ``t(1 rank) / t(N ranks)`` at a fixed per-rank batch.
-Parameters after 10 steps of ``dp_flat`` are compared with ``per_leaf``.
+On CPU that 1-rank baseline must use the hardware of one rank of the N-rank run, no more: XLA
+runs single-threaded (``--xla_cpu_multi_thread_eigen=false``, added to ``XLA_FLAGS``) and, with
+2+ ranks, the run fails unless the launcher pinned the ranks to disjoint, equal sets of cpus
+(``mpirun -bind-to core``); an unpinned rank 0 spreads over the sleeping ranks' idle cores
+and the efficiency reads low. The cpu sets and the baseline's CPU time per wall second are
+reported. Parameters after 10 steps of ``dp_flat`` are compared with ``per_leaf``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+#: As in ``benchmarks/bench_cgan.py``: XLA's CPU client keeps a thread pool whatever the flags
+#: say, so ranks are pinned to one core each by the launcher (checked in :func:`_cpu_sets`)
+#: and run XLA single-threaded; the 1-rank baseline then uses one rank's hardware.
+XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+BIND = ["-bind-to", "core"]
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,10 +94,27 @@ def _loss(params: list[dict[str, jax.Array]], batch: tuple[jax.Array, jax.Array]
     return jnp.mean((h - y) ** 2)
 
 
+def _cpu_sets(world) -> list[list[int]]:
+    """Every rank's cpus; RuntimeError unless they are disjoint and of equal size (pinned)."""
+    mine = sorted(os.sched_getaffinity(0))
+    cores = world.allgather(mine) if world is not None else [mine]
+    sets = [set(c) for c in cores]  # a core may hold several hardware threads
+    if len(set().union(*sets)) != sum(map(len, sets)) or len(set(map(len, sets))) > 1:
+        raise RuntimeError(
+            f"ranks not pinned to disjoint, equal sets of cpus: {cores}; launch with "
+            f"`mpirun {' '.join(BIND)} -n N` (the 1-rank baseline would use the idle cores)"
+        )
+    return cores
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     if not args.gpu:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # before the backend starts (it reads XLA_FLAGS once); the caller's flags are kept
+        flags = os.environ.get("XLA_FLAGS", "")
+        if XLA_CPU_FLAGS not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAGS}".strip()
     from jaxsci.parallel import ProcessInfo, data_parallel, make_mesh, tree_allreduce
 
     world = None
@@ -95,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         world = MPI.COMM_WORLD
     rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    cpu_sets = _cpu_sets(world) if size > 1 and not args.gpu else None
     comm = world.Clone() if world is not None else None  # device collectives
     tx = optax.sgd(args.lr)
     params0 = _model(args.layers, args.width, jax.random.key(0))
@@ -185,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     times["dp_flat_1rank"] = []
+    solo_cpu_per_wall: list[float] = []
     for _ in range(args.rounds):
         for name, (kind, obj) in variants.items():
             barrier()
@@ -194,9 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
         if size > 1:
             world.Barrier()
             if rank == 0:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 states["solo"] = run("dp", solo, states["solo"], args.steps)
-                times["dp_flat_1rank"].append((time.perf_counter() - t0) / args.steps * 1e3)
+                wall = time.perf_counter() - t0
+                times["dp_flat_1rank"].append(wall / args.steps * 1e3)
+                solo_cpu_per_wall.append((time.process_time() - c0) / wall)
                 world.Ibarrier().Wait()
             else:
                 sleep_until_rank0_done()
@@ -229,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{size} ranks": size * args.batch / tn * 1e3,
         }
         result["weak_scaling_efficiency"] = t1 / tn
+        result["cpu_sets"] = cpu_sets
+        if rank == 0 and solo_cpu_per_wall:  # ~1 when pinned: one core's worth of CPU
+            result["dp_flat_1rank_cpu_per_wall"] = statistics.median(solo_cpu_per_wall)
     if rank == 0:
         _print(result)
         if args.json:
@@ -254,6 +290,10 @@ def _print(r: dict) -> None:
         tp = ", ".join(f"{k}: {v:.0f}" for k, v in r["throughput_samples_per_s"].items())
         print(f"throughput (samples/s, dp_flat): {tp}")
         print(f"weak-scaling efficiency t(1)/t({r['ranks']}): {r['weak_scaling_efficiency']:.2f}")
+        if r.get("cpu_sets") is not None:
+            cpw = r.get("dp_flat_1rank_cpu_per_wall")
+            cpw_s = f", 1-rank baseline CPU s per wall s {cpw:.2f}" if cpw is not None else ""
+            print(f"cpu sets per rank: {r['cpu_sets']}{cpw_s}")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,15 @@ def test_plan_covers_every_element_once(bucket_bytes, transfer):
     tree = _tree()
     plan = allreduce_plan(tree, bucket_bytes=bucket_bytes, transfer_dtype=transfer)
     assert _covered(plan, tree)
+    leaves = jax.tree.leaves(tree)
     for b in plan:
-        assert len({np.dtype(b.dtype)}) == 1
+        # every segment travels in its leaf's transfer dtype: floating leaves in ``transfer``
+        # when given, the others (and all leaves without ``transfer``) in their own
+        for seg in b.segments:
+            own = np.dtype(leaves[seg.leaf].dtype)
+            floating = np.issubdtype(own, np.floating) or own == jnp.bfloat16
+            want = np.dtype(transfer) if transfer is not None and floating else own
+            assert b.dtype == want, (seg, b.dtype, want)
         if bucket_bytes:
             assert b.nbytes <= max(bucket_bytes, b.dtype.itemsize)
 
@@ -61,6 +68,26 @@ def test_plan_order_and_modes():
     # a bucket smaller than a leaf cuts it in chunks
     chunks = allreduce_plan({"x": jnp.zeros(10)}, bucket_bytes=16)
     assert [(s.start, s.stop) for b in chunks for s in b.segments] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_plan_bucket_order_is_as_documented():
+    """Reverse leaf order within a dtype; one open bucket per dtype, whatever lies between; a
+    full bucket goes when the next leaf of its dtype comes, the open ones at the end in the
+    order their dtypes were first met (so a float32 bucket with the last leaf goes last)."""
+    tree = [jnp.zeros(3), jnp.zeros(100, jnp.int32), jnp.zeros(2), jnp.zeros(5, jnp.int32)]
+    plan = allreduce_plan(tree, bucket_bytes=64)  # 16 elements of 4 bytes
+    got = [(b.dtype.name, [(s.leaf, s.start, s.stop) for s in b.segments]) for b in plan]
+    chunks = [("int32", [(1, a, min(a + 16, 100))]) for a in range(11, 100, 16)]
+    assert got == [
+        ("int32", [(3, 0, 5), (1, 0, 11)]),  # leaf 3 first, leaf 2 (float32) did not close it
+        *chunks,
+        ("float32", [(2, 0, 2), (0, 0, 3)]),  # opened before any int32 bucket, sent last
+    ]
+    flat = allreduce_plan(tree, bucket_bytes=None)
+    assert [(b.dtype.name, [s.leaf for s in b.segments]) for b in flat] == [
+        ("int32", [3, 1]),
+        ("float32", [2, 0]),
+    ]
 
 
 def test_plan_rejects_bad_arguments():
@@ -119,11 +146,50 @@ def test_16bit_transfer_keeps_dtypes_and_rounds_once(transfer):
     comm = MPI.COMM_WORLD
     x = {"w": jnp.linspace(-3, 3, 1000, dtype=jnp.float32) * (comm.Get_rank() + 1)}
     out = jax.jit(lambda t: tree_allreduce(t, op="mean", comm=comm, transfer_dtype=transfer))(x)
-    want = np.linspace(-3, 3, 1000) * 1.5  # mean of 1x and 2x
+    got = np.asarray(out["w"])
     assert out["w"].dtype == jnp.float32
-    eps = float(jnp.finfo(transfer).eps)
-    np.testing.assert_allclose(np.asarray(out["w"]), want, atol=4.5 * 4 * eps)
-    assert not np.array_equal(np.asarray(out["w"]), want.astype(np.float32))  # really 16-bit
+    # what it computes: each rank's value rounded to 16 bits (float16: after dividing by the
+    # rank count, so the sum cannot overflow), their sum in float32 rounded to 16 bits once,
+    # back to float32 (bfloat16: then divided by the rank count)
+    size, t = comm.Get_size(), np.dtype(transfer)
+    base = np.asarray(jnp.linspace(-3, 3, 1000, dtype=jnp.float32))
+    ranks = [base * np.float32(r + 1) for r in range(size)]
+    if t == np.float16:
+        total = sum((v / np.float32(size)).astype(t).astype(np.float32) for v in ranks)
+        model = total.astype(t).astype(np.float32)
+    else:
+        total = sum(v.astype(t).astype(np.float32) for v in ranks)
+        model = total.astype(t).astype(np.float32) / np.float32(size)
+    np.testing.assert_array_equal(got, model)
+    # so within one 16-bit unit of the exact mean: |err| <= 2 u |mean| (unit roundoff u):
+    # one rounding of the inputs, one of the sum
+    want = np.linspace(-3, 3, 1000) * (size + 1) / 2  # mean of 1x .. size x
+    u = float(jnp.finfo(transfer).eps) / 2
+    assert np.all(np.abs(got - want) <= 2 * u * np.abs(want) + 1e-7)
+    assert not np.array_equal(got, want.astype(np.float32))  # really 16-bit
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("transfer", [None, jnp.float32, jnp.bfloat16, jnp.float16])
+def test_float16_mean_does_not_overflow(transfer):
+    """40000 and 30000 in float16 (max 65504): their sum overflows, their mean (35000) does
+    not. Sent in float32 or bfloat16 the sum was cast back to float16 (inf) before the
+    division; it is now divided first."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    x = {"h": jnp.full((3,), 40000.0 - 10000.0 * (rank % 2), jnp.float16)}
+    out = jax.jit(lambda t: tree_allreduce(t, op="mean", comm=comm, transfer_dtype=transfer))(x)
+    assert out["h"].dtype == jnp.float16
+    values = [40000.0 - 10000.0 * (r % 2) for r in range(size)]
+    want = np.float16(np.float32(np.mean(values)))  # the float32 mean, rounded to float16
+    got = np.asarray(out["h"])
+    if transfer == jnp.bfloat16:  # the sum is rounded to 8 bits of mantissa on the way
+        u = float(jnp.finfo(jnp.bfloat16).eps) / 2
+        np.testing.assert_allclose(got.astype(np.float32), float(want), rtol=2 * u)
+    else:
+        np.testing.assert_array_equal(got, np.full(3, want))
 
 
 @pytest.mark.mpi

@@ -9,10 +9,12 @@ import pytest
 from jaxsci.parallel import (
     DynamicLossScale,
     ProcessInfo,
+    all_finite,
     bootstrap,
     data_parallel,
     get_policy,
     make_mesh,
+    rank_shard,
 )
 
 N_STEPS = 20
@@ -187,16 +189,26 @@ def test_loss_scaling_skips_overflow_and_matches_unscaled_training():
 
 
 def test_fp16_compute_with_loss_scaling_trains():
+    """float16 compute, a loss scale of 2**20 that overflows at first, SGD (which sees the
+    gradient's scale, unlike Adam): the first k steps overflow, are skipped and halve the
+    scale; then the run follows float32 training on the remaining batches. Gradients left
+    scaled, overflows applied (NaN) or a scale that never backs off all fail here."""
+    ls = DynamicLossScale(initial=2.0**20, period=10**6)  # never grows back within the run
     dp = data_parallel(
-        _loss,
-        optax.adam(1e-2),
-        policy=get_policy("fp16"),
-        loss_scale=DynamicLossScale(initial=2.0**20, period=10),
-        mesh=make_mesh(1),
+        _loss, optax.sgd(0.1), policy=get_policy("fp16"), loss_scale=ls, mesh=make_mesh(1)
     )
-    state, losses = _train(dp)
-    assert float(state.loss_scale.scale) < 2.0**20  # overflowed at first and backed off
-    assert np.isfinite(losses[-1]) and losses[-1] < np.nanmax(losses[np.isfinite(losses)])
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data()
+    scales = []
+    for s in range(N_STEPS):
+        state, _ = dp.step(state, (x[s], y[s]))
+        scales.append(float(state.loss_scale.scale))
+    k = int(np.argmax(np.diff([2.0**20, *scales]) == 0))  # steps skipped before the first update
+    assert 1 <= k <= N_STEPS // 2, scales  # overflowed at first and backed off
+    assert scales == [2.0**20 / 2 ** min(i + 1, k) for i in range(N_STEPS)]  # then it held
+    ref_params, _ = _reference_on(x[k:], y[k:], optax.sgd(0.1))
+    assert _max_diff(dp.params(state), ref_params) < 5e-4  # float16 rounding, 15 steps
+    assert _max_diff(dp.params(state), _init(jax.random.key(0))) > 0.1  # it trained
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -209,6 +221,7 @@ def test_bad_inputs_raise_clear_errors():
         dp.step(state, (x[0], y[0, :5]))
     with pytest.raises(ValueError, match="the batch is empty"):
         dp.step(state, (x[0, :0], y[0, :0]))
+    assert int(dp.step(state, (x[0], y[0]))[0].step) == 1  # the errors left the state intact
     with pytest.raises(ValueError, match="only floating parameters"):
         data_parallel(_loss, optax.sgd(0.1)).init({"n": jnp.arange(3)})
     solo4 = data_parallel(
@@ -219,6 +232,25 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="scalar"):
         bad = data_parallel(lambda p, b: b[0] @ p[0]["w"], optax.sgd(0.1), mesh=make_mesh(1))
         bad.step(bad.init(_init(jax.random.key(0))), (x[0], y[0]))
+
+
+def test_shard_batch_is_this_ranks_rank_slice_block():
+    x, y = _data(1)
+    for rank in range(4):
+        info = ProcessInfo(rank, 4, 1)  # rank ``rank`` of a 4-rank job, seen from there
+        dp = data_parallel(_loss, optax.sgd(0.1), info=info, mesh=make_mesh(1))
+        bx, by = dp.shard_batch((x[0], y[0]))
+        np.testing.assert_array_equal(bx, x[0][4 * rank : 4 * rank + 4])
+        np.testing.assert_array_equal(by, rank_shard(y[0], info))
+
+
+def test_all_finite_is_one_shared_definition():
+    from jaxsci.optim import _tree
+
+    assert all_finite is _tree.all_finite  # the loss scale and Anderson share it
+    assert bool(all_finite({"i": jnp.arange(3), "f": jnp.ones(2, jnp.float16)}))
+    assert not bool(all_finite([jnp.ones(2), jnp.array([1.0, jnp.nan])]))
+    assert bool(all_finite({}))
 
 
 # -- 4 simulated devices ---------------------------------------------------------------------
@@ -243,6 +275,26 @@ def test_batch_not_dividing_over_devices_raises():
         dp.step(state, (x[0, :6], y[0, :6]))
     with pytest.raises(ValueError, match="does not divide over 1 processes x 4 devices"):
         dp.shard_batch((x[0, :6], y[0, :6]))
+
+
+@pytest.mark.multidevice
+def test_four_devices_fp16_gradients_averaged_without_overflow():
+    """float16 parameters, loss scale 2**12: each device's scaled gradient (16384) fits
+    float16, their sum over 4 devices (65536) does not, their mean does. pmean summed in
+    float16 (inf): 4 devices skipped the step and halved the scale where 1 device did not."""
+    loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)  # noqa: E731
+    x, y = jnp.ones((8, 4), jnp.float16), jnp.zeros((8, 1), jnp.float16)
+    results = []
+    for n_dev in (1, 4):
+        ls = DynamicLossScale(initial=2.0**12, period=10**6)
+        dp = data_parallel(loss, optax.sgd(1e-3), mesh=make_mesh(n_dev), loss_scale=ls)
+        state, _ = dp.step(dp.init({"w": jnp.full((4, 1), 0.5, jnp.float16)}), (x, y))
+        results.append((float(state.loss_scale.scale), np.asarray(dp.params(state)["w"])))
+    (scale1, w1), (scale4, w4) = results
+    assert scale1 == scale4 == 2.0**12  # no overflow on either
+    assert w4.dtype == np.float16
+    np.testing.assert_array_equal(w4, w1)
+    np.testing.assert_allclose(w1.astype(np.float32), 0.5 - 1e-3 * 4.0, rtol=1e-3)  # trained
 
 
 @pytest.mark.multidevice
@@ -377,6 +429,55 @@ def test_two_ranks_fixed_loss_scale_is_undone(transfer):
     state, _ = _train(dp)
     assert float(state.loss_scale.scale) == 2.0**14  # nothing overflowed, nothing skipped
     assert _max_diff(dp.params(state), ref_params) < (1e-5 if transfer is None else 3e-4)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("transfer", [None, jnp.float16])
+def test_two_ranks_float16_params_averaged_without_overflow(transfer):
+    """float16 parameters, loss scale 2**12: the scaled gradient (16384) fits float16, but
+    times the local batch size (8) it does not. The one-message path weighted and summed the
+    gradients in float16 (inf: the step was skipped and the scale halved)."""
+    loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)  # noqa: E731
+    x = jnp.ones((16, 4), jnp.float16) + jnp.arange(16, dtype=jnp.float16)[:, None] / 64
+    y = jnp.zeros((16, 1), jnp.float16)
+    w0 = {"w": jnp.full((4, 1), 0.5, jnp.float16)}
+    ls = DynamicLossScale(initial=2.0**12, period=10**6)
+    dp = data_parallel(
+        loss, optax.sgd(1e-3), loss_scale=ls, transfer_dtype=transfer, mesh=make_mesh(1)
+    )
+    state, _ = dp.step(dp.init(w0), dp.shard_batch((x, y)))
+    assert float(state.loss_scale.scale) == 2.0**12  # nothing overflowed, nothing skipped
+    grad = jax.grad(lambda w: loss({"w": w.astype(jnp.float32)}, (x, y)))(w0["w"])
+    want = np.asarray(w0["w"], np.float32) - 1e-3 * np.asarray(grad, np.float32)
+    got = dp.params(state)["w"]
+    assert got.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-3)
+    assert _same_on_all_ranks(got)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scaled", [False, True])
+def test_two_ranks_empty_batch_on_every_rank_raises_everywhere(scaled):
+    """Every rank empty: no sample to take a gradient of (the weighted mean was 0 / 0 and
+    turned the parameters into NaN). A ValueError on every rank, the state untouched."""
+    ls = DynamicLossScale(initial=8.0) if scaled else None
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1), loss_scale=ls)
+    state = dp.init(_init(jax.random.key(0)))
+    x, y = _data(1)
+    with pytest.raises(ValueError, match="the batch is empty on every rank"):
+        dp.step(state, (x[0, :0], y[0, :0]))
+    assert _max_diff(dp.params(state), _init(jax.random.key(0))) == 0.0  # not donated, intact
+    state, loss = dp.step(state, dp.shard_batch((x[0], y[0])))  # the ranks are still in step
+    assert np.isfinite(float(loss)) and _same_on_all_ranks(dp.params(state))
+    if scaled:
+        assert float(state.loss_scale.scale) == 8.0
+    # a size-1 communicator is "every rank" too
+    from mpi4py import MPI
+
+    solo = ProcessInfo(0, 1, 1, MPI.COMM_SELF)
+    dp1 = data_parallel(_loss, optax.sgd(0.1), info=solo, mesh=make_mesh(1), loss_scale=ls)
+    with pytest.raises(ValueError, match="the batch is empty"):
+        dp1.step(dp1.init(_init(jax.random.key(0))), (x[0, :0], y[0, :0]))
 
 
 @pytest.mark.mpi

@@ -5,7 +5,9 @@
 single-device training on the concatenated batch.
 """
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -55,6 +57,70 @@ HYBRID = COMMON + textwrap.dedent(
 )
 
 
+BAD_BATCHES = COMMON + textwrap.dedent(
+    """
+    import json, sys
+    from jaxsci.parallel import bootstrap, data_parallel, make_mesh
+
+    info = bootstrap()
+    assert info.size == 2 and info.local_device_count == 2, info
+    x, y = X[0][8 * info.rank : 8 * info.rank + 8], Y[0][8 * info.rank : 8 * info.rank + 8]
+    one = info.rank == 1
+    cases = {
+        "indivisible": (x[:3], y[:3]) if one else (x, y),  # 3 over rank 1's 2 devices
+        "ragged": (x, y[:6]) if one else (x, y),  # leaves of different lengths on rank 1
+        "empty": (x[:0], y[:0]),  # no sample anywhere
+    }
+    report = {}
+    for n_dev in (2, 1):  # hybrid (3 programs), and one device per rank (one program)
+        dp = data_parallel(loss_fn, TX, info=info, mesh=make_mesh(n_dev))
+        state = dp.init(init())
+        errors = {}
+        for name, batch in cases.items():
+            try:
+                state, _ = dp.step(state, batch)
+                errors[name] = None
+            except ValueError as err:
+                errors[name] = str(err)
+        state, loss = dp.step(state, (x, y))  # still in step, the state intact
+        flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(dp.params(state))])
+        report[n_dev] = {"errors": errors, "loss": float(loss), "params": flat.tolist()}
+    everyone = info.comm.allgather(report)
+    if info.rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(everyone, f)
+    """
+)
+
+
+def _mpirun(tmp_path: Path, source: str, out: Path, devices: int, timeout: float) -> None:
+    """Run ``source`` under ``mpirun -n 2`` with ``devices`` CPU devices per process; a run
+    past ``timeout`` (a hang) fails the test and its whole process group is killed."""
+    mpirun = Path(sys.executable).with_name("mpirun")
+    if not mpirun.exists():
+        pytest.skip("no mpirun beside the Python interpreter")
+    pytest.importorskip("mpi4jax")
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # the last device count given wins
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(root)
+    cmd = [str(mpirun), "-n", "2", sys.executable, str(script), str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: a hang is killed with every rank
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"mpirun -n 2 hung for {timeout} s:\n{stdout[-2000:]}{stderr[-4000:]}")
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+
+
 def _reference():
     namespace: dict = {}
     exec(COMMON, namespace)  # the same model and data, trained by plain optax on one device
@@ -73,21 +139,8 @@ def _reference():
 
 @pytest.mark.slow
 def test_two_processes_two_devices_equal_single_process(tmp_path):
-    mpirun = Path(sys.executable).with_name("mpirun")
-    if not mpirun.exists():
-        pytest.skip("no mpirun beside the Python interpreter")
-    pytest.importorskip("mpi4jax")
-    root = Path(__file__).resolve().parents[1]
-    script = tmp_path / "hybrid.py"
-    script.write_text(HYBRID)
     out = tmp_path / "out.npz"
-    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    env = dict(os.environ, XLA_FLAGS=flags.strip())  # the last device count given wins
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(root)
-    cmd = [str(mpirun), "-n", "2", sys.executable, str(script), str(out)]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _mpirun(tmp_path, HYBRID, out, devices=2, timeout=300)
     got = np.load(out)
     ref_params, ref_losses = _reference()
     np.testing.assert_allclose(got["params"], ref_params, atol=1e-5)
@@ -101,3 +154,29 @@ def _reference_init():
     exec(COMMON, namespace)
     jax = namespace["jax"]
     return np.concatenate([np.ravel(a) for a in jax.tree.leaves(namespace["init"]())])
+
+
+@pytest.mark.slow
+def test_bad_local_batch_on_one_rank_raises_on_every_rank(tmp_path):
+    """A local batch that cannot be stepped on rank 1 only (not dividing over its devices,
+    ragged leaves) raised there alone and left rank 0 in the all-reduce forever; an empty
+    batch on every rank gave NaN parameters. Now every rank raises the same ValueError before
+    stepping, and the next good step runs on every rank from the untouched state."""
+    out = tmp_path / "out.json"
+    _mpirun(tmp_path, BAD_BATCHES, out, devices=2, timeout=300)
+    rank0, rank1 = json.loads(out.read_text())
+    _, ref_losses = _reference()
+    for n_dev in ("2", "1"):
+        errors = rank0[n_dev]["errors"]
+        assert errors == rank1[n_dev]["errors"], n_dev  # the same message on every rank
+        if n_dev == "2":
+            want = "rank 1: this process's batch of 3 does not divide over its 2 devices"
+            assert want in errors["indivisible"]
+        else:  # 3 samples divide over 1 device: a legal uneven split, weighted
+            assert errors["indivisible"] is None
+        assert "rank 1: batch leaves disagree on the batch size: [6, 8]" in errors["ragged"]
+        assert "the batch is empty on every rank" in errors["empty"]
+        assert rank0[n_dev]["params"] == rank1[n_dev]["params"]
+        assert np.all(np.isfinite(rank0[n_dev]["params"]))
+    # with 2 devices no step ran before the good one: it is the reference's first step
+    np.testing.assert_allclose(rank0["2"]["loss"], ref_losses[0], rtol=1e-5)

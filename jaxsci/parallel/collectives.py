@@ -4,17 +4,27 @@ mpi4jax moves one array per call and each MPI call costs a fixed latency (~5 us 
 XLA custom-call overhead), so a 200-leaf gradient sent leaf by leaf is latency-bound. The plan
 below packs leaves into a few large messages (Horovod's tensor fusion, PyTorch DDP's buckets):
 
-* leaves are visited in **reverse** flatten order (the last layer's gradient is produced first
-  by backprop, so its bucket is the first one ready), consecutive leaves of the same transfer
-  dtype share a bucket of at most ``bucket_bytes``; a leaf larger than a bucket is cut in chunks;
+* leaves are visited in **reverse** flatten order (backprop produces the last layer's gradient
+  first); each transfer dtype has one open bucket of at most ``bucket_bytes``, which every
+  leaf of that dtype joins in turn, whatever leaves of other dtypes lie between them; a leaf
+  larger than the room left is cut: its first part fills the bucket, the rest opens the next;
+* a full bucket is emitted when the next leaf of its dtype arrives, and the buckets still open
+  at the end, one per dtype, in the order their dtypes were first met. Within one dtype the
+  messages therefore go last leaves first; across dtypes they need not (a leaf's partly filled
+  bucket of one dtype can be sent after the full buckets of another dtype holding earlier
+  leaves); inside a bucket the segments also run last leaf first;
 * ``bucket_bytes=None`` is the flat-buffer mode (one message per dtype, chunked only at MPI's
-  2**31 - 1 element limit), ``bucket_bytes=0`` the per-leaf baseline (one message per leaf);
+  2**31 - 1 element limit), ``bucket_bytes=0`` the per-leaf baseline (one message per leaf,
+  last leaf first);
 * the plan depends only on the tree structure, shapes and dtypes, so it is fixed at trace time
   and every rank runs the same sequence of collectives without talking to the others first.
 
-Floating leaves can travel as bfloat16 or float16 (``transfer_dtype``) and come back in their
-own dtype. MPI has no 16-bit float type, so those messages are bit-cast to uint16 and reduced
-by a user-defined MPI operation (computed in float32 and rounded once per pairwise step).
+Floating leaves can travel as bfloat16, float16 or float32 (``transfer_dtype``) and come back
+in their own dtype. MPI has no 16-bit float type, so those messages are bit-cast to uint16 and
+reduced by a user-defined MPI operation (computed in float32 and rounded once per pairwise
+step). A mean never overflows where the values do not: float16 messages carry each rank's
+value divided by the number of ranks, and the others are divided after the sum, in the wider of
+the transfer and leaf dtypes, before being cast back to the leaf dtype.
 """
 
 from __future__ import annotations
@@ -97,11 +107,13 @@ def allreduce_plan(
       tree: pytree of arrays or ``jax.ShapeDtypeStruct`` (only shapes and dtypes are read).
       bucket_bytes: capacity of one message in bytes; ``None`` one message per dtype (flat
         mode); ``0`` one message per leaf.
-      transfer_dtype: ``None`` (keep dtypes), ``jnp.bfloat16`` or ``jnp.float16`` for the
-        floating leaves.
+      transfer_dtype: ``None`` (keep dtypes), ``jnp.bfloat16``, ``jnp.float16`` or
+        ``jnp.float32`` for the floating leaves.
 
     Returns:
-      Buckets in the order they are sent (last leaves first).
+      Buckets in the order they are sent: see the module docstring (last leaves first within
+      a dtype; a full bucket goes when the next leaf of its dtype arrives, the buckets still
+      open at the end go in the order their dtypes were first met).
     """
     transfer = check_transfer(bucket_bytes, transfer_dtype)
     leaves = jax.tree.leaves(tree)
@@ -209,8 +221,9 @@ def tree_allreduce(
         A communicator of size 1 still runs the MPI calls.
       bucket_bytes: message capacity; ``None`` flat mode (one message per dtype); ``0`` one
         message per leaf. See :func:`allreduce_plan`.
-      transfer_dtype: ``None`` to send leaves in their own dtype, or ``jnp.bfloat16`` /
-        ``jnp.float16`` to send floating leaves in 16 bits (results come back in the leaf dtype).
+      transfer_dtype: ``None`` to send leaves in their own dtype, or ``jnp.bfloat16``,
+        ``jnp.float16`` or ``jnp.float32`` for the floating leaves (results come back in the
+        leaf dtype; a mean is divided before that cast, so it cannot overflow there).
 
     Returns:
       A tree like ``tree`` holding the reduction; identical on every rank.
@@ -235,7 +248,7 @@ def tree_allreduce(
     plan = allreduce_plan(sent, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
     mpi_op = "sum" if op == "mean" else op
     transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
-    # fp16 sums can overflow where the mean would not: divide before sending instead of after
+    # a float16 sum can overflow where the mean would not: divide before sending instead of after
     prescaled = [_transfer_dtype(np.dtype(leaf.dtype), transfer) == np.float16 for leaf in leaves]
     flat = [jnp.ravel(jnp.asarray(leaf)) for leaf in leaves]
     pieces: dict[int, list[tuple[int, jax.Array]]] = {i: [] for i in range(len(leaves))}
@@ -262,8 +275,11 @@ def tree_allreduce(
             out.append(leaf.astype(dtypes[i]))
             continue
         vals = [p for _, p in segs]
-        value = (vals[0] if len(vals) == 1 else jnp.concatenate(vals)).astype(dtypes[i])
+        value = vals[0] if len(vals) == 1 else jnp.concatenate(vals)
         if op == "mean" and not prescaled[i]:
-            value = value / jnp.asarray(size, leaf.dtype)
-        out.append(value.reshape(jnp.shape(leaf)))
+            # divide in the wider of the transfer and leaf dtypes, then narrow: a float16 leaf
+            # summed in float32 or bfloat16 passed 65504 where its mean does not
+            wide = jnp.promote_types(value.dtype, dtypes[i])
+            value = value.astype(wide) / jnp.asarray(size, wide)
+        out.append(value.astype(dtypes[i]).reshape(jnp.shape(leaf)))
     return jax.tree.unflatten(treedef, out)

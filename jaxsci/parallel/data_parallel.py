@@ -7,10 +7,13 @@ over the batch) and an optax transformation into
   shapes, dtypes; one small collective, so a mismatch is a ValueError on every rank instead of a
   hang), broadcasts rank 0's values, and stores the parameters as flat per-dtype buffers;
 * ``state, loss = dp.step(state, batch)``: ``batch`` is this process's part of the global batch
-  (see :meth:`DataParallel.shard_batch`); it is split over the local devices, gradients are
-  averaged over devices (``lax.pmean``) and processes (:func:`tree_allreduce`), weighted by
-  each process's batch size, so the result equals one process training on the concatenated
-  batch; ``loss`` is the global mean loss;
+  (see :meth:`DataParallel.shard_batch`); under MPI the ranks first agree that every local
+  batch is usable (one small host collective, so a bad batch on one rank is a ValueError on
+  every rank instead of a hang); it is split over the local devices, gradients are averaged
+  over devices (``lax.pmean``) and processes (:func:`tree_allreduce`), weighted by each
+  process's batch size, so the result equals one process training on the concatenated batch;
+  ``loss`` is the global mean loss. 16-bit gradients are averaged in float32 and rounded back
+  once (a float16 sum overflows where the mean does not);
 * ``dp.params(state)``: the user's parameter pytree.
 
 Why flat buffers: on XLA:CPU each small op costs tens of microseconds, so a 200-leaf model
@@ -41,7 +44,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap, rank_slice
 from jaxsci.parallel.collectives import check_transfer, tree_allreduce
 from jaxsci.parallel.flat import FlatLayout
 from jaxsci.parallel.mesh import make_mesh
@@ -75,6 +78,14 @@ def tree_signature(tree: Any) -> tuple[str, list[str]]:
     ]
     text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
     return hashlib.sha256(text.encode()).hexdigest(), desc
+
+
+_16BIT = (np.dtype(jnp.bfloat16), np.dtype(np.float16))
+
+
+def _widen(tree: Any) -> Any:
+    """16-bit floating leaves as float32 (sums and scalings of gradients without overflow)."""
+    return jax.tree.map(lambda g: g.astype(jnp.float32) if g.dtype in _16BIT else g, tree)
 
 
 def _leading_size(batch: Any) -> int:
@@ -211,9 +222,14 @@ class DataParallel:
         return grads, loss
 
     def _device_grads(self, store: Any, batch: Any, scale: jax.Array) -> tuple[Any, jax.Array]:
-        """Gradients averaged over the local devices (the batch is split along axis 0)."""
+        """Gradients averaged over the local devices (the batch is split along axis 0).
+
+        16-bit gradients come back as float32 (summed over devices without overflow);
+        :meth:`_apply` rounds them to the parameter dtype once, after every reduction.
+        """
         if self.n_devices == 1:
-            return self._local_grads(store, batch, scale)
+            grads, loss = self._local_grads(store, batch, scale)
+            return _widen(grads), loss
 
         def body(s: Any, b: Any, sc: jax.Array) -> tuple[Any, jax.Array]:
             # Differentiate with respect to a per-device ("varying") copy of the replicated
@@ -223,7 +239,7 @@ class DataParallel:
             # on 4 devices was compared with 1 device; Adam is blind to the scale).
             s = jax.lax.pcast(s, self.axis, to="varying")
             g, loss = self._local_grads(s, b, sc)
-            return jax.lax.pmean(g, self.axis), jax.lax.pmean(loss, self.axis)
+            return jax.lax.pmean(_widen(g), self.axis), jax.lax.pmean(loss, self.axis)
 
         return jax.shard_map(
             body,
@@ -235,7 +251,11 @@ class DataParallel:
     def _process_reduce(
         self, grads: Any, loss: jax.Array, n_local: int, scale: jax.Array
     ) -> tuple[Any, jax.Array]:
-        """Mean over processes weighted by batch size, unscaled: (gradients, global loss)."""
+        """Mean over processes weighted by batch size, unscaled: (gradients, global loss).
+
+        ``grads`` come from :meth:`_device_grads` (16-bit ones widened to float32); every
+        product and sum here runs in that dtype, and only ``transfer_dtype`` narrows messages.
+        """
         if self._comm is None:
             if self.loss_scale is None:
                 return grads, loss
@@ -245,7 +265,8 @@ class DataParallel:
             grads, loss = jax.tree.map(jnp.zeros_like, grads), jnp.zeros_like(loss)
         n = jnp.float32(n_local)
         stats = jnp.stack([loss * n, n])
-        if self.transfer_dtype is None:  # one message: weighted gradients, loss, batch sizes
+        # one message: weighted gradients (16-bit ones as float32), loss, batch sizes
+        if self.transfer_dtype is None:
             weighted = jax.tree.map(lambda g: g * n.astype(g.dtype), grads)
             weighted, stats = tree_allreduce(
                 (weighted, stats), op="sum", comm=self._comm, bucket_bytes=self.bucket_bytes
@@ -253,8 +274,8 @@ class DataParallel:
             inv = 1.0 / (stats[1] * scale)
             grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), weighted)
             return grads, stats[0] / stats[1]
-        # Gradients in 16 bits: the loss and batch sizes travel first (exactly), so each rank
-        # sends its share n_local / N of the mean. Summed in 16 bits, the shares never exceed
+        # Gradients in 16-bit messages: the loss and batch sizes travel first (exactly), so each
+        # rank sends its share n_local / N of the mean. Summed in 16 bits, the shares never exceed
         # the largest local (scaled) gradient, where n_local-weighted sums overflowed float16
         # (65504) at a few hundred samples per rank.
         stats = tree_allreduce(stats, op="sum", comm=self._comm, bucket_bytes=None)
@@ -270,6 +291,8 @@ class DataParallel:
         return jax.tree.map(lambda g: g * inv.astype(g.dtype), mean), stats[0] / stats[1]
 
     def _apply(self, state: DataParallelState, grads: Any, loss: jax.Array) -> DataParallelState:
+        # the reduced gradients in the parameter dtype (16-bit ones were averaged in float32)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         scale_state = state.loss_scale
@@ -319,20 +342,49 @@ class DataParallel:
 
         return three_programs
 
+    def _check_batch(self, batch: Any) -> None:
+        """Raise the same ValueError on every rank unless every rank's batch can be stepped.
+
+        A local check that fails on one rank only would leave the others waiting in the
+        gradient all-reduce forever, so under MPI each rank's verdict and batch size are
+        gathered first (one small host collective on the caller's communicator).
+        """
+        try:
+            n = _leading_size(batch)
+            problem = None
+            if n % self.n_devices:
+                problem = (
+                    f"this process's batch of {n} does not divide over its {self.n_devices} devices"
+                )
+        except Exception as err:  # any local failure must reach every rank
+            n, problem = 0, str(err) if isinstance(err, ValueError) else repr(err)
+        comm = self.info.comm
+        if comm is None or self.info.size == 1:
+            if problem is not None:
+                raise ValueError(problem)
+            if n == 0:
+                raise ValueError("the batch is empty: nothing to take a gradient of")
+            return
+        everyone = comm.allgather((n, problem))
+        bad = [f"rank {r}: {p}" for r, (_, p) in enumerate(everyone) if p is not None]
+        if bad:
+            raise ValueError("bad local batch, no rank steps: " + "; ".join(bad))
+        if sum(m for m, _ in everyone) == 0:
+            raise ValueError(
+                f"the batch is empty on every rank ({len(everyone)} ranks): nothing to take a "
+                "gradient of"
+            )
+
     def step(self, state: DataParallelState, batch: Any) -> tuple[DataParallelState, jax.Array]:
         """One optimizer step on this process's ``batch``; returns (new state, global loss).
 
         The old ``state``'s buffers are donated (reused in place): keep using the new one.
-        Under MPI a rank may hold an empty batch (weight 0 in the means); on one process an
-        empty batch is an error.
+        Under MPI a rank may hold an empty batch (weight 0 in the means), but not every rank.
+        A batch that cannot be stepped (empty everywhere, leaves of different lengths, not
+        dividing over the local devices) raises ValueError on every rank, before ``state``
+        is touched.
         """
-        n = _leading_size(batch)
-        if n == 0 and self._comm is None:
-            raise ValueError("the batch is empty: nothing to take a gradient of")
-        if n % self.n_devices:
-            raise ValueError(
-                f"this process's batch of {n} does not divide over its {self.n_devices} devices"
-            )
+        self._check_batch(batch)
         if self._step_fn is None:
             self._step_fn = self._build()
         if self.n_devices > 1:
@@ -362,8 +414,7 @@ class DataParallel:
                 f"global batch of {n} does not divide over {self.info.size} processes x "
                 f"{self.n_devices} devices = {per} shards (remainder {n % per})"
             )
-        k = n // self.info.size
-        sl = slice(self.info.rank * k, (self.info.rank + 1) * k)
+        sl = rank_slice(n, self.info)
         return jax.tree.map(lambda x: x[sl], global_batch)
 
 

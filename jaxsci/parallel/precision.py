@@ -18,6 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# one definition, shared with Anderson acceleration: True if every element of every leaf is
+# finite (non-floating leaves always are); re-exported as ``jaxsci.parallel.all_finite``
+from jaxsci.optim._tree import all_finite
+
 __all__ = ["DynamicLossScale", "LossScaleState", "Policy", "all_finite", "get_policy"]
 
 _ALIASES = {
@@ -145,15 +149,3 @@ class DynamicLossScale:
         )
         good = jnp.where(finite & ~grow, state.good_steps + 1, 0)
         return LossScaleState(scale.astype(jnp.float32), good.astype(jnp.int32))
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """True if every element of every floating leaf is finite (bool scalar)."""
-    checks = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-    ]
-    if not checks:
-        return jnp.bool_(True)
-    return jnp.stack(checks).all()
