@@ -2,11 +2,15 @@
 
 import json
 import math
+import time
 
+import jax
 import pytest
 
 from jaxsci.metrics import scaling_efficiency
 from jaxsci.train import MLLogger, read_mllog, time_to_train
+
+RUN_KEYS = ("run_start", "run_stop")
 
 
 class Clock:
@@ -91,6 +95,25 @@ def test_read_mllog_skips_other_output_and_non_root_writes_nothing(tmp_path):
         MLLogger(None).event("")
 
 
+def test_numpy_values_events_after_run_stop_and_folders_on_every_rank(tmp_path):
+    import numpy as np
+
+    clock = Clock()
+    log = MLLogger(tmp_path / "log.txt", clock=clock)
+    log.start("run")
+    clock.t += 1.0
+    log.event("eval_accuracy", np.float32(0.5), {"epoch_num": np.int64(1)})
+    log.stop("run", metadata={"status": "success"})
+    log.event("eval_accuracy", 0.9)  # the same millisecond, after the run: not counted
+    events = read_mllog(tmp_path / "log.txt")
+    assert events[1]["value"] == 0.5 and events[1]["metadata"] == {"epoch_num": 1}
+    assert time_to_train(events).last_eval_accuracy == 0.5
+    with pytest.raises(ValueError, match="no key"):
+        time_to_train([{"time_ms": 0}, *events])
+    with pytest.raises(ValueError, match="does not exist"):  # not only where it is written
+        MLLogger(tmp_path / "missing" / "log.txt", is_root=False)
+
+
 def test_interval_is_closed_when_its_body_raises(tmp_path):
     log = MLLogger(tmp_path / "log.txt", clock=Clock())
     with pytest.raises(RuntimeError), log.interval("eval"):
@@ -155,10 +178,22 @@ def test_data_parallel_experiment_logs_its_time_to_train(tmp_path, target, succe
 
     config = dataclasses.replace(tiny(), steps=12, eval_every=6, devices=1, target_accuracy=target)
     log = MLLogger(tmp_path / "run.mllog")
-    out = train_and_evaluate(config, info=ProcessInfo(0, 1, 1), progress=False, mllog=log)
+    compiles = []  # wall-clock ends of tracing, lowering, compiling (cached or not)
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            compiles.append(time.time())
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        out = train_and_evaluate(config, info=ProcessInfo(0, 1, 1), progress=False, mllog=log)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
     events = read_mllog(tmp_path / "run.mllog")
+    t0, t1 = (next(e["time_ms"] for e in events if e["key"] == k) / 1e3 for k in RUN_KEYS)
+    assert compiles and not [t for t in compiles if t0 <= t <= t1]  # compiled in init only
     keys = [e["key"] for e in events]
-    assert keys[:2] == ["init_start", "global_batch_size"] and "init_stop" in keys
+    assert keys[:2] == ["init_start", "submission_benchmark"] and "init_stop" in keys
     assert keys.index("init_stop") < keys.index("run_start") < keys.index("staging_start")
     accs = [e["value"] for e in events if e["key"] == "eval_accuracy"]
     assert accs == [ev["test_accuracy"] for ev in out["evals"]]  # both evaluations logged
@@ -167,4 +202,5 @@ def test_data_parallel_experiment_logs_its_time_to_train(tmp_path, target, succe
     stop = next(e for e in events if e["key"] == "run_stop")
     # reached: the run stops at the first evaluation (step 6); else after the last step
     assert stop["metadata"]["step"] == (6 if success else 12)
-    assert 0 < ttt.staging_s < ttt.time_to_train_s and 0 < ttt.eval_s < ttt.time_to_train_s
+    assert 0 <= ttt.staging_s < ttt.time_to_train_s and 0 <= ttt.eval_s < ttt.time_to_train_s
+    assert ttt.epochs >= 1 and {"train_samples", "eval_samples", "epoch_start"} <= set(keys)

@@ -52,9 +52,10 @@ class MLLogger:
         self.is_root = is_root and self.path is not None
         self.clock = clock
         self.echo = echo
+        # checked on every rank (a root-only raise would leave the others waiting later)
+        if self.path is not None and not self.path.parent.is_dir():
+            raise ValueError(f"MLLogger: the folder of {self.path} does not exist")
         if self.is_root:
-            if not self.path.parent.is_dir():
-                raise ValueError(f"MLLogger: the folder of {self.path} does not exist")
             self.path.write_text("")  # a fresh log: a run is one file
 
     def event(
@@ -76,8 +77,8 @@ class MLLogger:
             "time_ms": int(round(1e3 * self.clock())),
             "event_type": event_type,
             "key": key,
-            "value": value,
-            "metadata": dict(metadata or {}),
+            "value": _plain(value),
+            "metadata": {k: _plain(v) for k, v in (metadata or {}).items()},
         }
         # Serialised on every rank: a bad value fails everywhere (not on the root alone,
         # which would leave the other ranks waiting), and before the file is touched.
@@ -107,6 +108,13 @@ class MLLogger:
             self.stop(key, metadata=metadata)
 
 
+def _plain(value: Any) -> Any:
+    """NumPy / JAX 0-d numbers as the Python numbers they hold (JSON has no float32)."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
+
+
 def read_mllog(path: str | Path) -> list[dict]:
     """The events of an MLPerf-style log (lines without the ``:::MLLOG`` prefix skipped)."""
     events = []
@@ -128,7 +136,7 @@ class TimeToTrain(NamedTuple):
     init_s: float  # init_start -> init_stop (outside the score); nan when not logged
     staging_s: float  # staging intervals (inside the score)
     eval_s: float  # eval intervals (inside the score)
-    train_s: float  # the score less staging and evaluation
+    train_s: float  # the score less staging and evaluation (intervals that do not overlap)
     epochs: int  # epoch_stop events inside the run
     last_eval_accuracy: float  # the last eval_accuracy value; nan when none
 
@@ -159,15 +167,19 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
     """
     if isinstance(events, str | Path):
         events = read_mllog(events)
-    starts = [e for e in events if e.get("key") == "run_start"]
-    stops = [e for e in events if e.get("key") == "run_stop"]
+    for i, e in enumerate(events):
+        if not isinstance(e.get("key"), str) or not isinstance(e.get("time_ms"), int | float):
+            raise ValueError(f"time_to_train: event {i} has no key or time_ms: {e!r}")
+    starts = [i for i, e in enumerate(events) if e["key"] == "run_start"]
+    stops = [i for i, e in enumerate(events) if e["key"] == "run_stop"]
     if len(starts) != 1 or len(stops) != 1:
         raise ValueError(
             f"time_to_train: a finished run logs one run_start and one run_stop, found "
             f"{len(starts)} and {len(stops)}"
         )
-    t0, t1 = starts[0]["time_ms"] / 1e3, stops[0]["time_ms"] / 1e3
-    if t1 < t0:
+    i0, i1 = starts[0], stops[0]
+    t0, t1 = events[i0]["time_ms"] / 1e3, events[i1]["time_ms"] / 1e3
+    if i1 < i0 or t1 < t0:
         raise ValueError("time_to_train: run_stop is logged before run_start")
     init = [e for e in events if e["key"] in ("init_start", "init_stop")]
     init_s = math.nan
@@ -175,11 +187,11 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
         init_s = _intervals(events, "init", -math.inf, math.inf)
     staging = _intervals(events, "staging", t0, t1)
     evals = _intervals(events, "eval", t0, t1)
-    inside = [e for e in events if t0 <= e["time_ms"] / 1e3 <= t1]
+    inside = events[i0 : i1 + 1]  # by position: events in the run's last millisecond too
     accs = [e["value"] for e in inside if e["key"] == "eval_accuracy"]
     return TimeToTrain(
         time_to_train_s=t1 - t0,
-        success=stops[0].get("metadata", {}).get("status") == "success",
+        success=events[i1].get("metadata", {}).get("status") == "success",
         init_s=init_s,
         staging_s=staging,
         eval_s=evals,
