@@ -679,6 +679,54 @@ def test_sharded_params_match_single_device(axis_type):
         np.testing.assert_allclose(loss(multi40), loss(single40), rtol=1e-3)
 
 
+@pytest.mark.multidevice
+def test_vmapped_problems_over_an_explicit_mesh_and_a_state_sharded_otherwise():
+    """vmap over problems with a leaf axis or the batch axis on an Explicit mesh axis (a
+    batched leaf's type hides its batch axis; the orthogonal history's cond becomes a
+    select): the single-device steps. A state initialised for other shardings: a clear
+    error, not a sharding type error deep inside."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    a = jnp.arange(32.0).reshape(8, 4) / 32
+    loss = lambda p: 0.5 * jnp.sum((p["w"] - a) ** 2) + jnp.sum((p["b"] - 1.0) ** 2)  # noqa: E731
+    opt = anderson(optax.sgd(0.3), 3, layout="tree")
+    params = {"w": jnp.zeros((8, 4)), "b": jnp.zeros((4,))}
+    batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, x + 1.0, x - 1.0, x * 2.0]), params)
+
+    def run(p):
+        def body(c, _):
+            p, s = c
+            v, g = jax.value_and_grad(loss)(p)
+            u, s = opt.update(g, s, p, value=v)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(body, (p, opt.init(p)), None, 6)[0]
+
+    ref, ref_state = jax.jit(jax.vmap(run))(batch)
+    assert int(jnp.sum(ref_state.anderson_state.n_accelerated)) > 0
+    mesh = jax.make_mesh((4,), ("d",), axis_types=(AxisType.Explicit,))
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    with jax.set_mesh(mesh):
+        cases = {
+            "leaf": (
+                jax.vmap(run),
+                {"w": put(batch["w"], PartitionSpec(None, "d")), "b": batch["b"]},
+            ),
+            "batch": (
+                jax.vmap(run, spmd_axis_name="d"),
+                jax.tree_util.tree_map(lambda x: put(x, PartitionSpec("d")), batch),
+            ),
+        }
+        for name, (fn, inputs) in cases.items():
+            out, _ = jax.jit(fn)(inputs)
+            for k in params:
+                np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=name)
+        state = opt.init(params)  # replicated: initialised before the params were sharded
+        sharded = {"w": put(params["w"], PartitionSpec("d", None)), "b": params["b"]}
+        with pytest.raises(ValueError, match="init with the params as they are sharded"):
+            jax.jit(lambda p, s: opt.update(p, s, p, value=1.0))(sharded, state)
+
+
 def _probe_loss_check(average: bool, last_loss: float) -> bool:
     """Feed smooth steps with noisy losses until an extrapolation is pending; judge it."""
     rng = np.random.default_rng(0)
@@ -943,6 +991,13 @@ def test_python_number_leaves_take_the_steps_of_arrays(layout):
         runs.append((p, int(state.anderson_state.n_accelerated)))
     assert runs[0][1] == runs[1][1] > 0
     np.testing.assert_array_equal(runs[0][0]["a"], runs[1][0]["a"])
+    # eager update (not only traced), and the README's chain with the moving average
+    chain = optax.chain(moving_average(3), anderson(optax.sgd(0.2), 3, layout=layout))
+    p = {"a": 3.0, "b": jnp.zeros(2)}
+    state = chain.init(p)
+    v, g = jax.value_and_grad(loss)(p)
+    upd, state = chain.update(g, state, p, value=v)
+    assert float(upd["a"]) == pytest.approx(-0.2 * 4.0)
     with pytest.raises(ValueError, match="floating point"):
         opt.init({"a": 1, "b": jnp.zeros(2)})
 

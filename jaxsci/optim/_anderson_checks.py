@@ -89,13 +89,6 @@ def check_args(
     number("loss_margin", loss_margin, "a finite number >= 0", lambda v: v >= 0)
 
 
-def as_arrays(tree: PyTree) -> PyTree:
-    """``tree`` with its Python-number leaves as JAX arrays (as optax's own transforms
-    take them); arrays and ``jax.ShapeDtypeStruct`` leaves unchanged."""
-    scalar = lambda x: jnp.asarray(x) if isinstance(x, int | float | complex) else x  # noqa: E731
-    return jax.tree_util.tree_map(scalar, tree)
-
-
 def check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
     ts, rs = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(ref)
     if ts != rs:

@@ -69,7 +69,12 @@ def orthogonal(m: int, regularization: float) -> Insert:
             y2 = off_span(c)
             return c, _tree.dots(y2, [y2, u])
 
-        cy, y1yu = jax.lax.cond(jnp.sqrt(y1yu[0]) < 0.7 * ny0, second_pass, lambda v: v, (cy, y1yu))
+        need = jnp.sqrt(y1yu[0]) < 0.7 * ny0
+        if _tree.explicit_mesh():  # a select of both (batched cond: see explicit_mesh)
+            twice = second_pass((cy, y1yu))
+            cy, y1yu = jnp.where(need, twice[0], cy), jnp.where(need, twice[1], y1yu)
+        else:
+            cy, y1yu = jax.lax.cond(need, second_pass, lambda v: v, (cy, y1yu))
         ny = jnp.sqrt(y1yu[0])
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)

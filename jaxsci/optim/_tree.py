@@ -12,7 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 PyTree = object
 # On small problems (hundreds of parameters) an Anderson step costs its kernel count on
@@ -26,6 +26,13 @@ _STACK_MAX = 1 << 16
 # products are therefore folded in halves (elementwise adds: pairwise summation) down to
 # 32 lanes, then reduced: one kernel with the product fused in.
 _TILE = 32
+
+
+def as_arrays(tree: PyTree) -> PyTree:
+    """``tree`` with its Python-number leaves as JAX arrays (as optax's own transforms
+    take them); arrays and ``jax.ShapeDtypeStruct`` leaves unchanged."""
+    scalar = lambda x: jnp.asarray(x) if isinstance(x, int | float | complex) else x  # noqa: E731
+    return jax.tree_util.tree_map(scalar, tree)
 
 
 def acc_dtype() -> jnp.dtype:
@@ -83,11 +90,25 @@ def explicit_spec(x: object) -> PartitionSpec | None:
     return spec if any(a is not None for a in spec) else None
 
 
+def explicit_mesh() -> bool:
+    """Whether the mesh in context (``jax.set_mesh``) has an Explicit axis. Under ``vmap``
+    a leaf's type hides its batch axis, and with it that axis' sharding, so there the mesh
+    decides: no reshapes (and no ``lax.cond``, whose batched form Explicit sharding refuses).
+    """
+    return any(t == AxisType.Explicit for t in jax.sharding.get_abstract_mesh().axis_types)
+
+
+def keep_shape(x: object) -> bool:
+    """Whether ``x`` must not be reshaped: sharded over Explicit axes, or maybe (see
+    :func:`explicit_mesh`)."""
+    return explicit_spec(x) is not None or explicit_mesh()
+
+
 def _leaf_dot(x: jax.Array, y: jax.Array) -> jax.Array:
     """``<x, y>`` of two leaves in ``acc_dtype()``: small leaves by :func:`sum_last` (one
     fused kernel on CPU instead of up to three), large or explicitly sharded ones by a
     plain reduction."""
-    if x.size > _STACK_MAX or explicit_spec(x) is not None:
+    if x.size > _STACK_MAX or keep_shape(x):
         return _dot(x, y)
     dt = acc_dtype()
     return sum_last(x.reshape(-1).astype(dt) * y.reshape(-1).astype(dt))
@@ -130,7 +151,7 @@ def hist_dot(hist: PyTree, vecs: list[PyTree]) -> jax.Array:
     for v in vecs:
         col = jnp.zeros((_leaves(hist)[0].shape[0],), dt)
         for h, x in zip(_leaves(hist), _leaves(v), strict=True):
-            if explicit_spec(x) is not None:
+            if keep_shape(x):
                 prod = h.astype(dt) * x[None].astype(dt)
                 col = col + jnp.sum(prod, axis=tuple(range(1, h.ndim)))
                 continue

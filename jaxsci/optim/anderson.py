@@ -125,7 +125,7 @@ from jax.sharding import NamedSharding
 
 from jaxsci.optim import _anderson_history as _history
 from jaxsci.optim import _tree, averaging
-from jaxsci.optim._anderson_checks import as_arrays, check_args, check_tree, python_scalar
+from jaxsci.optim._anderson_checks import check_args, check_tree, python_scalar
 from jaxsci.optim._anderson_state import (
     BOOLS,
     INTS,
@@ -252,9 +252,12 @@ def scale_by_anderson(
       layout: ``"flat"``: the state keeps one ``[n]`` vector and one ``[m, n]`` history
         per quantity (the pytree is raveled once per step: a few large kernels instead of
         a few per leaf); ``"tree"``: per-leaf buffers shaped like the params, each history
-        row sharded like its leaf; ``"auto"`` (default): tree on CPU or when a leaf is
-        sharded (``NamedSharding`` with a partitioned axis) at ``init``, flat otherwise.
-        ``"flat"`` with leaves sharded over Explicit axes raises ``ValueError``.
+        row sharded like its leaf; ``"auto"`` (default): tree on CPU, when a leaf is
+        sharded (``NamedSharding`` with a partitioned axis) at ``init`` or under a mesh with
+        Explicit axes, flat otherwise. A jitted ``init`` over Auto axes cannot see the
+        params' sharding, so on accelerators it picks flat (a replicated history): call
+        ``init`` eagerly, or pass ``"tree"``. ``"flat"`` with leaves sharded over Explicit
+        axes raises ``ValueError``.
 
     Cost on small problems: an update is ~50 small kernels whatever the size, and XLA's CPU
     runtime charges a jitted call about 0.5 us per kernel, against ~0.1 us inside a loop.
@@ -312,7 +315,7 @@ def scale_by_anderson(
         leaves = jax.tree_util.tree_leaves(params)
         if layout == "tree" or not leaves or len(leaves) == 1 and leaves[0].ndim <= 1:
             return False  # nothing to ravel, or a single vector: both layouts coincide
-        if any(_tree.explicit_spec(x) is not None for x in leaves):
+        if any(_tree.explicit_spec(x) is not None for x in leaves) or _tree.explicit_mesh():
             if layout == "flat":
                 raise ValueError(
                     "anderson: layout='flat' ravels the params into one replicated vector, "
@@ -335,7 +338,7 @@ def scale_by_anderson(
 
     def init_fn(params: PyTree) -> ScaleByAndersonState:
         dt = _tree.acc_dtype()
-        params = as_arrays(params)
+        params = _tree.as_arrays(params)
         for leaf in jax.tree_util.tree_leaves(params):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise ValueError(f"anderson: params must be floating point, got {leaf.dtype}")
@@ -468,8 +471,22 @@ def scale_by_anderson(
         del extra_args  # optax convention: extra args of other transforms are ignored
         if params is None:
             raise ValueError("anderson: update needs params (Anderson mixes iterates)")
-        params = as_arrays(params)
+        params = _tree.as_arrays(params)
         state.spec.check(params)
+        if not state.spec.flat:  # Explicit shardings are types: the state's must be the params'
+            for i, (p, h) in enumerate(
+                zip(
+                    jax.tree_util.tree_leaves(params),
+                    jax.tree_util.tree_leaves(state.x_prev),
+                    strict=True,
+                )
+            ):
+                if _tree.explicit_spec(p) != _tree.explicit_spec(h):
+                    raise ValueError(
+                        f"anderson: params leaf {i} is sharded {_tree.explicit_spec(p)} but the "
+                        f"state was initialised for {_tree.explicit_spec(h)}: init with the "
+                        "params as they are sharded (or reshard the state like them)"
+                    )
         check_tree("updates", updates, params)
         if grad is not None:
             check_tree("grad", grad, params)

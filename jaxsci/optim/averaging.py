@@ -126,6 +126,7 @@ def moving_average(
     decay = ema_decay(window)
 
     def init_fn(params: Any) -> MovingAverageState:
+        params = _tree.as_arrays(params)  # Python-number leaves too
         zeros = jax.tree_util.tree_map(_tree.zeros_like, params)  # sharded like the params
         dt = _tree.acc_dtype()
         return MovingAverageState(
@@ -141,6 +142,7 @@ def moving_average(
         del extra_args
         if params is None:
             raise ValueError("moving_average: update needs params (it averages iterates)")
+        params = _tree.as_arrays(params)
         if jax.tree_util.tree_structure(updates) != jax.tree_util.tree_structure(params):
             raise ValueError("moving_average: updates and params differ in structure")
         mean = jax.tree_util.tree_map(
