@@ -158,11 +158,10 @@ def test_list_and_centers_like_dscribe():
     assert _rel_err(ragged[1], ref.create(b[:7])) < 1e-6
 
 
-def test_large_cluster_cell_list_path_matches_dscribe(monkeypatch):
+def _spy_on_cell_list(monkeypatch) -> list[int]:
+    """The atom counts of every cell-list allocation from now on (which path ran)."""
     import jaxsci.descriptors.acsf as acsf_module
 
-    monkeypatch.setattr(acsf_module, "LARGE_CLUSTER", 8)  # route a small cluster there
-    monkeypatch.setattr(acsf_module, "CELL_LIST_MIN_ATOMS", 1)  # and on to the cell list
     allocated = []
     allocate = acsf_module.cell_list_allocate
     monkeypatch.setattr(
@@ -170,6 +169,15 @@ def test_large_cluster_cell_list_path_matches_dscribe(monkeypatch):
         "cell_list_allocate",
         lambda *a, **k: allocated.append(len(a[0])) or allocate(*a, **k),
     )
+    return allocated
+
+
+def test_large_cluster_cell_list_path_matches_dscribe(monkeypatch):
+    import jaxsci.descriptors.acsf as acsf_module
+
+    monkeypatch.setattr(acsf_module, "LARGE_CLUSTER", 8)  # route a small cluster there
+    monkeypatch.setattr(acsf_module, "CELL_LIST_MIN_ATOMS", 1)  # and on to the cell list
+    allocated = _spy_on_cell_list(monkeypatch)
     ref, ours = _pair(["Pt", "Cu", "O"], False, g3=None)
     atoms = _cluster3()
     with jax.enable_x64(True):
@@ -205,13 +213,7 @@ def test_slab_and_wire_cell_list_path_matches_dense_and_dscribe(make, monkeypatc
     O(N^2): 4,800 slab atoms took 8 s and 3.5 GB), with the same features."""
     import jaxsci.descriptors.acsf as acsf_module
 
-    allocated = []
-    allocate = acsf_module.cell_list_allocate
-    monkeypatch.setattr(
-        acsf_module,
-        "cell_list_allocate",
-        lambda *a, **k: allocated.append(len(a[0])) or allocate(*a, **k),
-    )
+    allocated = _spy_on_cell_list(monkeypatch)
     atoms = make()
     ref, ours = _pair(["Pt", "Cu"], True, g3=None)
     with jax.enable_x64(True):
