@@ -34,7 +34,9 @@ class Batch:
     on: ``acsf.batch_fn(b.positions, b.species, b.mask, b.cells, b.pbc)``), images: the
     periodic copies per axis that its cells need to reach r_cut (set by ``ACSF.batch``;
     pass ``images=b.images`` when the cells are traced, under jit). A pytree (its arrays
-    the leaves, ``pbc`` and ``images`` static): it passes through ``jit`` and ``tree.map``."""
+    the leaves, ``pbc`` and ``images`` static): it passes through ``jit`` and ``tree.map``.
+    Being static, ``images`` is part of the structure: batches whose cells need different
+    image counts compile separately and cannot meet in one ``tree.map``."""
 
     positions: np.ndarray
     species: np.ndarray

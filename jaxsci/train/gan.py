@@ -663,6 +663,12 @@ def run_settings(
     their hyperparameters: a learning rate or beta shows in these); ``extra``: the
     caller's own settings (e.g. the hyperparameters by name). Not the number of steps, the
     chunking, the strategy or the label split: those may change on resume.
+
+    The probe takes 3 updates: a schedule tied to the total step count (cosine decay or a
+    warm-up over a share of the steps) changes them when the steps grow, and the resume is
+    refused (its learning-rate path did change); a change that shows only after step 3
+    (a piecewise drop at step 1000) is not seen. Pass such hyperparameters by name in
+    ``extra`` (``settings=``) to have them compared exactly.
     """
     x = np.asarray(images, np.float64)
     y = np.asarray(labels)
