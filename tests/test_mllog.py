@@ -204,3 +204,4 @@ def test_data_parallel_experiment_logs_its_time_to_train(tmp_path, target, succe
     assert stop["metadata"]["step"] == (6 if success else 12)
     assert 0 <= ttt.staging_s < ttt.time_to_train_s and 0 <= ttt.eval_s < ttt.time_to_train_s
     assert ttt.epochs >= 1 and {"train_samples", "eval_samples", "epoch_start"} <= set(keys)
+    assert keys.count("epoch_start") == keys.count("epoch_stop")  # balanced, also at the end

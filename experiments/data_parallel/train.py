@@ -128,14 +128,17 @@ def train_and_evaluate(
 
         steps = tqdm(steps, desc=f"{info.size} proc x {mesh.devices.size} dev", leave=False)
     losses, evals = [], []
+    in_epoch = False  # an epoch_start without its epoch_stop yet
     for step in steps:
-        if step % per_epoch == 0 and not reached:
+        if not reached and not in_epoch:
             log.start("epoch", metadata={"epoch_num": step // per_epoch + 1})
+            in_epoch = True
         idx = batch_indices(step, len(x_tr), config.global_batch, config.seed)
         state, loss = dp.step(state, dp.shard_batch((x_tr[idx], y_tr[idx])))
         losses.append(float(loss))
-        if not reached and ((step + 1) % per_epoch == 0 or step + 1 == config.steps):
+        if in_epoch and (step + 1) % per_epoch == 0:
             log.stop("epoch", metadata={"epoch_num": step // per_epoch + 1})
+            in_epoch = False
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             epoch = {"epoch_num": (step + 1) / per_epoch, "step": step + 1}
             with log.interval("eval", metadata=epoch):
@@ -144,9 +147,12 @@ def train_and_evaluate(
             evals.append({"step": step + 1, "test_accuracy": acc})
             if not reached and acc >= config.target_accuracy:
                 reached = True
-                if (step + 1) % per_epoch:  # the target ends the epoch under way
+                if in_epoch:  # the target ends the epoch under way
                     log.stop("epoch", metadata={"epoch_num": step // per_epoch + 1})
+                    in_epoch = False
                 log.stop("run", metadata={"status": "success", **epoch})
+    if in_epoch:
+        log.stop("epoch", metadata={"epoch_num": (config.steps - 1) // per_epoch + 1})
     if not reached:
         log.stop("run", metadata={"status": "aborted", "step": config.steps})
     return {
