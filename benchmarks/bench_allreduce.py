@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         flags = os.environ.get("XLA_FLAGS", "")
         if XLA_CPU_FLAGS not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAGS}".strip()
+    from jaxsci.metrics import scaling_efficiency
     from jaxsci.parallel import ProcessInfo, data_parallel, make_mesh, tree_allreduce
 
     world = None
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
             "1 rank": args.batch / t1 * 1e3,
             f"{size} ranks": size * args.batch / tn * 1e3,
         }
-        result["weak_scaling_efficiency"] = t1 / tn
+        result["weak_scaling_efficiency"] = scaling_efficiency({1: t1, size: tn}, "weak")[size]
         result["cpu_sets"] = cpu_sets
         if rank == 0 and solo_cpu_per_wall:  # ~1 when pinned: one core's worth of CPU
             result["dp_flat_1rank_cpu_per_wall"] = statistics.median(solo_cpu_per_wall)

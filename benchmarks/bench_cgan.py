@@ -222,6 +222,8 @@ def _weak_scaling(args, env: dict[str, str]) -> dict:
                 cpu[n].append(max(r[0][i][2] for r in per_rank))
             runs = ", ".join(f"{t:.3f}" for t in times[n][-args.inner_repeats :])
             print(f"  {n} rank(s): {runs} s (CPU of the last {cpu[n][-1]:.3f} s)", flush=True)
+    from jaxsci.metrics import scaling_efficiency
+
     med = {n: statistics.median(v) for n, v in times.items()}
     return {
         "labels_per_rank": args.labels_per_rank,
@@ -230,7 +232,7 @@ def _weak_scaling(args, env: dict[str, str]) -> dict:
         "times_s": {str(n): v for n, v in times.items()},
         "cpu_s": {str(n): v for n, v in cpu.items()},
         "median_s": {str(n): v for n, v in med.items()},
-        "efficiency": {str(n): med[1] / med[n] for n in ranks},
+        "efficiency": {str(n): e for n, e in scaling_efficiency(med, "weak").items()},
     }
 
 
