@@ -85,6 +85,16 @@ BAD_BATCHES = COMMON + textwrap.dedent(
         state, loss = dp.step(state, (x, y))  # still in step, the state intact
         flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(dp.params(state))])
         report[n_dev] = {"errors": errors, "loss": float(loss), "params": flat.tolist()}
+        def rank1_fails(p, b):  # a loss that fails to trace on rank 1 only
+            if one:
+                raise TypeError("rank 1's loss does not trace")
+            return loss_fn(p, b)
+        bad = data_parallel(rank1_fails, TX, info=info, mesh=make_mesh(n_dev))
+        try:
+            bad.step(bad.init(init()), (x, y))
+            report[n_dev]["loss_fn"] = None
+        except ValueError as err:
+            report[n_dev]["loss_fn"] = str(err)
     everyone = info.comm.allgather(report)
     if info.rank == 0:
         with open(sys.argv[1], "w") as f:
@@ -176,6 +186,9 @@ def test_bad_local_batch_on_one_rank_raises_on_every_rank(tmp_path):
             assert errors["indivisible"] is None
         assert "rank 1: batch leaves disagree on the batch size: [6, 8]" in errors["ragged"]
         assert "the batch is empty on every rank" in errors["empty"]
+        # a loss_fn that fails to trace on rank 1 alone: the same error everywhere, no hang
+        assert rank0[n_dev]["loss_fn"] == rank1[n_dev]["loss_fn"]
+        assert "rank 1: TypeError" in rank0[n_dev]["loss_fn"], rank0[n_dev]["loss_fn"]
         assert rank0[n_dev]["params"] == rank1[n_dev]["params"]
         assert np.all(np.isfinite(rank0[n_dev]["params"]))
     # with 2 devices no step ran before the good one: it is the reference's first step

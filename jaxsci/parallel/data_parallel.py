@@ -139,6 +139,7 @@ class DataParallel:
         self._batch_sharding = NamedSharding(mesh, P(self.axis))
         self._step_fn: Callable | None = None
         self._params_fn: Callable | None = None
+        self._traced: set = set()  # batch signatures whose loss traced on every rank
 
     # -- set-up ---------------------------------------------------------------------------
     def init(self, params: Any) -> DataParallelState:
@@ -342,13 +343,17 @@ class DataParallel:
 
         return three_programs
 
-    def _check_batch(self, batch: Any) -> None:
+    def _check_batch(self, state: DataParallelState, batch: Any) -> None:
         """Raise the same ValueError on every rank unless every rank's batch can be stepped.
 
         A local check that fails on one rank only would leave the others waiting in the
         gradient all-reduce forever, so under MPI each rank's verdict and batch size are
-        gathered first (one small host collective on the caller's communicator).
+        gathered first (one small host collective on the caller's communicator). For a batch
+        signature (structure, shapes, dtypes) not seen before, the verdict includes tracing
+        the loss and its gradient on a device's share of the batch (``jax.eval_shape``: no
+        compilation): a ``loss_fn`` that fails on one rank only also fails everywhere.
         """
+        signature = None
         try:
             n = _leading_size(batch)
             problem = None
@@ -356,6 +361,21 @@ class DataParallel:
                 problem = (
                     f"this process's batch of {n} does not divide over its {self.n_devices} devices"
                 )
+            elif self.info.comm is not None and self.info.size > 1:
+                signature = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype).name), batch)
+                signature = (jax.tree.structure(batch), tuple(jax.tree.leaves(signature)))
+                if signature not in self._traced and n > 0:
+                    share = jax.tree.map(
+                        lambda x: jax.ShapeDtypeStruct(
+                            (x.shape[0] // self.n_devices, *x.shape[1:]), x.dtype
+                        ),
+                        batch,
+                    )
+                    jax.eval_shape(
+                        lambda s, b: self._local_grads(s, b, jnp.float32(1.0)),
+                        state.params,
+                        share,
+                    )
         except Exception as err:  # any local failure must reach every rank
             n, problem = 0, str(err) if isinstance(err, ValueError) else repr(err)
         comm = self.info.comm
@@ -374,6 +394,8 @@ class DataParallel:
                 f"the batch is empty on every rank ({len(everyone)} ranks): nothing to take a "
                 "gradient of"
             )
+        if signature is not None and n > 0:
+            self._traced.add(signature)
 
     def step(self, state: DataParallelState, batch: Any) -> tuple[DataParallelState, jax.Array]:
         """One optimizer step on this process's ``batch``; returns (new state, global loss).
@@ -381,10 +403,10 @@ class DataParallel:
         The old ``state``'s buffers are donated (reused in place): keep using the new one.
         Under MPI a rank may hold an empty batch (weight 0 in the means), but not every rank.
         A batch that cannot be stepped (empty everywhere, leaves of different lengths, not
-        dividing over the local devices) raises ValueError on every rank, before ``state``
-        is touched.
+        dividing over the local devices, a ``loss_fn`` that fails to trace on it) raises
+        ValueError on every rank, before ``state`` is touched.
         """
-        self._check_batch(batch)
+        self._check_batch(state, batch)
         if self._step_fn is None:
             self._step_fn = self._build()
         if self.n_devices > 1:
