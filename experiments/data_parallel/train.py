@@ -126,7 +126,7 @@ def train_and_evaluate(
     if progress and info.is_root:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"{info.size} proc x {mesh.devices.size} dev", leave=False)
+        steps = tqdm(steps, desc=f"{info.size} proc x {n_devices} dev", leave=False)
     losses, evals = [], []
     in_epoch = False  # an epoch_start without its epoch_stop yet
     for step in steps:
@@ -157,7 +157,7 @@ def train_and_evaluate(
         log.stop("run", metadata={"status": "aborted", "step": config.steps})
     return {
         "processes": info.size,
-        "devices_per_process": int(mesh.devices.size),
+        "devices_per_process": n_devices,
         "losses": losses,
         "evals": evals,
         "final_test_accuracy": evals[-1]["test_accuracy"],

@@ -30,6 +30,8 @@ from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.cell import (
     complete_nonperiodic,
     image_multipliers,
+    image_shifts,
+    lattice_shifts,
     perpendicular_widths,
     validate_cell,
     wrap_positions,
@@ -136,17 +138,15 @@ def _check_images(images, pbc) -> np.ndarray:
     return np.where(periodic, np.broadcast_to(arr, (3,)), 0).astype(np.int64)
 
 
-def _shifts_from(mult: np.ndarray) -> np.ndarray:
-    """Integer lattice shifts [S, 3] for ``mult`` [3] copies per axis, (0, 0, 0) first."""
-    axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in mult]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
-
-
 def _host_capacity(positions, cell, shifts, r_cut: float, mask=None) -> int:
-    """Largest number of neighbours (images included) within r_cut, at least 1, rounded up
-    to 8 (:func:`jaxsci.geometry.max_neighbor_count`)."""
-    most = max(1, max_neighbor_count(positions, cell, shifts, r_cut, mask))
-    return int(np.ceil(most / 8) * 8)
+    """Largest number of neighbours (images included) within r_cut, as slots
+    (:func:`_slots`; :func:`jaxsci.geometry.max_neighbor_count`)."""
+    return _slots(max_neighbor_count(positions, cell, shifts, r_cut, mask))
+
+
+def _slots(most: int) -> int:
+    """Neighbour slots for ``most`` neighbours: at least 1, rounded up to 8."""
+    return int(np.ceil(max(1, most) / 8) * 8)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
@@ -413,7 +413,7 @@ class ACSF:
             positions = _wrap(positions, full, pbc)
             cells = jnp.asarray(cells, dtype=positions.dtype)
             short = jnp.zeros(positions.shape[:1], dtype=bool)
-        shifts = _shifts_from(mult)
+        shifts = lattice_shifts(mult)
         traced = isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer)
         if not traced:  # concrete: the exact count, and no capacity below it
             m = np.asarray(mask, bool)
@@ -422,7 +422,7 @@ class ACSF:
                 for p, c, k in zip(np.asarray(positions), full, m, strict=True)
             )
             if capacity is None:
-                capacity = int(np.ceil(max(1, most) / 8) * 8)
+                capacity = _slots(most)
             elif capacity < most:
                 raise ValueError(
                     f"capacity={capacity} neighbour slots are fewer than the {most} neighbours "
@@ -597,8 +597,7 @@ class ACSF:
         if len(pos) >= CELL_LIST_MIN_ATOMS and cell_list_usable(cell, self.r_cut, pbc):
             return self._cell_list_single(pos, species, cell, pbc)
         dtype = jnp.zeros(()).dtype
-        mult, _ = self._multipliers([cell], pbc)
-        shifts = _shifts_from(mult)
+        shifts = image_shifts(cell, self.r_cut, pbc)
         capacity = _host_capacity(pos, cell, shifts, self.r_cut)
         p = jnp.asarray(pos, dtype=dtype)[None]
         c = jnp.asarray(cell, dtype=dtype)[None]

@@ -89,8 +89,13 @@ def image_multipliers(
 
 def image_shifts(cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)) -> np.ndarray:
     """Integer lattice shifts [M, 3] of all periodic images within reach, (0, 0, 0) first."""
-    n = image_multipliers(cell, r_cut, pbc)
-    axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in n]
+    return lattice_shifts(image_multipliers(cell, r_cut, pbc))
+
+
+def lattice_shifts(multipliers: object) -> np.ndarray:
+    """Integer lattice shifts [M, 3] for ``multipliers`` [3] periodic copies on each side of
+    each axis (e.g. :func:`image_multipliers`), (0, 0, 0) first."""
+    axes = [np.concatenate([np.arange(0, k + 1), np.arange(-k, 0)]) for k in multipliers]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     return grid.astype(np.int32)
 

@@ -207,29 +207,27 @@ def stacked_zeros(p: object, m: int) -> jax.Array:
     ``Auto``-axis leaf's sharding is chosen by the compiler, as for ``optax``'s own
     states: give ``jit`` ``out_shardings``, or call ``init`` outside ``jit``.
     """
-    shape = (m, *p.shape)
-    if isinstance(p, jax.core.Tracer):
-        spec = explicit_spec(p)
-        if spec is not None:
-            return jnp.zeros(shape, p.dtype, out_sharding=_named(p, PartitionSpec(None, *spec)))
-        return jnp.zeros(shape, p.dtype)
-    sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, NamedSharding):
-        spec = PartitionSpec(None, *sharding.spec)
-        return jax.device_put(jnp.zeros(shape, p.dtype), NamedSharding(sharding.mesh, spec))
-    return jnp.zeros(shape, p.dtype)
+    return _zeros(p, (m,))
 
 
 def zeros_like(p: object) -> jax.Array:
     """Zeros shaped like ``p`` (an array or ``jax.ShapeDtypeStruct``), sharded like it
     (under ``jit``: when the sharding is explicit; see :func:`stacked_zeros`)."""
+    return _zeros(p, ())
+
+
+def _zeros(p: object, lead: tuple[int, ...]) -> jax.Array:
+    """Zeros of shape ``(*lead, *p.shape)``, sharded like ``p`` on its own axes."""
+    shape, free = (*lead, *p.shape), (None,) * len(lead)
     if isinstance(p, jax.core.Tracer):
         spec = explicit_spec(p)
-        return jnp.zeros(p.shape, p.dtype, out_sharding=_named(p, spec) if spec else None)
+        out = None if spec is None else _named(p, PartitionSpec(*free, *spec))
+        return jnp.zeros(shape, p.dtype, out_sharding=out)
     sharding = getattr(p, "sharding", None)
     if isinstance(sharding, NamedSharding):
-        return jax.device_put(jnp.zeros(p.shape, p.dtype), sharding)
-    return jnp.zeros(p.shape, p.dtype)
+        spec = PartitionSpec(*free, *sharding.spec)
+        return jax.device_put(jnp.zeros(shape, p.dtype), NamedSharding(sharding.mesh, spec))
+    return jnp.zeros(shape, p.dtype)
 
 
 def lin(fn, *trees: PyTree) -> PyTree:

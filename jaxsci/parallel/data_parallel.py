@@ -45,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap, rank_slice
-from jaxsci.parallel.collectives import check_transfer, tree_allreduce
+from jaxsci.parallel.collectives import _16BIT, check_transfer, tree_allreduce
 from jaxsci.parallel.flat import FlatLayout
 from jaxsci.parallel.mesh import make_mesh
 from jaxsci.parallel.precision import DynamicLossScale, LossScaleState, Policy, all_finite
@@ -78,9 +78,6 @@ def tree_signature(tree: Any) -> tuple[str, list[str]]:
     ]
     text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
     return hashlib.sha256(text.encode()).hexdigest(), desc
-
-
-_16BIT = (np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
 
 def _widen(tree: Any) -> Any:
@@ -362,8 +359,7 @@ class DataParallel:
                     f"this process's batch of {n} does not divide over its {self.n_devices} devices"
                 )
             elif self.info.comm is not None and self.info.size > 1:
-                signature = jax.tree.map(lambda x: (np.shape(x), np.dtype(x.dtype).name), batch)
-                signature = (jax.tree.structure(batch), tuple(jax.tree.leaves(signature)))
+                signature = tree_signature(batch)[0]
                 if signature not in self._traced and n > 0:
                     share = jax.tree.map(
                         lambda x: jax.ShapeDtypeStruct(

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from jaxsci.train.run_dir import to_jsonable
 
 __all__ = ["Callback", "FitResult", "JsonlLogger", "every", "fit", "read_jsonl"]
 
@@ -78,20 +79,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` as written: NumPy scalars as Python ones, NaN / inf as None (JSON has no
-    NaN), recursively through dicts and lists."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _as_read(value: Any) -> Any:
     """A written value as :attr:`JsonlLogger.records` hold it: null (a NaN, inf or missing
     metric) as NaN, recursively."""
@@ -122,7 +109,7 @@ class JsonlLogger:
         kept = []
         if resume_from is not None:
             kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) < resume_from]
-        kept = [_jsonable(r) for r in kept]  # a bare NaN in the old file: null from now on
+        kept = [to_jsonable(r) for r in kept]  # a bare NaN in the old file: null from now on
         with self.path.open("w") as fh:
             for record in kept:
                 fh.write(json.dumps(record, allow_nan=False) + "\n")
@@ -130,7 +117,7 @@ class JsonlLogger:
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Write one record (values must be JSON-serialisable; NaN/inf become null)."""
-        clean = _jsonable(record)
+        clean = to_jsonable(record)
         line = json.dumps(clean, allow_nan=False)
         with self.path.open("a") as fh:
             fh.write(line + "\n")
