@@ -1,0 +1,151 @@
+"""Effective pair interactions (EPIs) of a substitutional alloy on a lattice.
+
+The energy of an occupation ``sigma`` (species index per site) is a sum over bonds::
+
+    E(sigma) = sum_s sum_{bonds (i, j) in shell s} V_s[sigma_i, sigma_j]        (eV)
+
+with ``V`` of shape ``[n_shells, n_species, n_species]`` (symmetric in the species). A
+swap of two sites changes only the bonds that touch them, so :func:`pair_hamiltonian`
+returns the exact change of a swap from the two sites' neighbourhoods (``2 z`` lookups)
+besides the full energy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsci.alloys.lattice import Lattice
+
+RYDBERG_EV = 13.605693122994  # eV per Rydberg
+
+
+@dataclasses.dataclass(frozen=True)
+class PairHamiltonian:
+    """Pure energy functions of an occupation on one lattice (see module doc).
+
+    Attributes:
+      energy: ``occupation [n_sites] int -> E`` (eV).
+      swap_delta: ``(occupation, i, j) -> E(after swapping sites i and j) - E`` (eV).
+      n_sites, n_species: sizes of the occupation and of the species axis.
+    """
+
+    energy: Callable[[jax.Array], jax.Array]
+    swap_delta: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    n_sites: int
+    n_species: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AlloyModel:
+    """A named alloy: species, default composition and pair energies per bond (eV).
+
+    Attributes:
+      species: chemical symbols, in the order of the species index.
+      composition: default atomic fractions (sum 1).
+      pair_energies: ``[n_shells, n_species, n_species]`` eV per bond.
+      source: where the interactions come from.
+    """
+
+    species: tuple[str, ...]
+    composition: tuple[float, ...]
+    pair_energies: np.ndarray
+    source: str
+
+
+def _check_pair_energies(pair_energies: np.ndarray, n_shells: int) -> np.ndarray:
+    v = np.asarray(pair_energies, np.float64)
+    if v.ndim != 3 or v.shape[1] != v.shape[2] or v.shape[1] < 1:
+        raise ValueError(
+            f"pair_energies must be [n_shells, n_species, n_species], got shape {v.shape}"
+        )
+    if v.shape[0] != n_shells:
+        raise ValueError(f"pair_energies has {v.shape[0]} shells but the lattice has {n_shells}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("pair_energies must be finite")
+    if not np.allclose(v, np.swapaxes(v, 1, 2), rtol=0.0, atol=1e-12):
+        raise ValueError("pair_energies must be symmetric in the two species of a bond")
+    return v
+
+
+def pair_hamiltonian(lattice: Lattice, pair_energies: np.ndarray) -> PairHamiltonian:
+    """The energy and swap-energy functions of ``pair_energies`` (eV per bond,
+    ``[n_shells, n_species, n_species]``) on ``lattice``."""
+    v = _check_pair_energies(pair_energies, lattice.n_shells)
+    dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    vc = jnp.asarray(v[lattice.shell], dt)  # [z, S, S]: the table of each neighbour column
+    nbr = jnp.asarray(lattice.neighbors)
+    cols = jnp.arange(nbr.shape[1])
+
+    def energy(occupation: jax.Array) -> jax.Array:
+        occ = jnp.asarray(occupation)
+        return 0.5 * jnp.sum(vc[cols[None, :], occ[:, None], occ[nbr]])
+
+    def swap_delta(occupation: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
+        occ = jnp.asarray(occupation)
+        a, b = occ[i], occ[j]
+        ki, kj = occ[nbr[i]], occ[nbr[j]]
+        di = jnp.sum(vc[cols, b, ki] - vc[cols, a, ki])  # site i: a -> b
+        dj = jnp.sum(vc[cols, a, kj] - vc[cols, b, kj])  # site j: b -> a
+        # If j neighbours i, the bond (i, j) keeps its pair {a, b}; the two sums above
+        # counted it as changing to (b, b) and (a, a): take that back.
+        bond = nbr[i] == j
+        kept = vc[cols, a, a] + vc[cols, b, b] - 2 * vc[cols, a, b]
+        back = jnp.sum(jnp.where(bond, kept, 0))
+        return di + dj - back
+
+    return PairHamiltonian(energy, swap_delta, lattice.n_sites, int(v.shape[1]))
+
+
+def epi_from_rydberg(couplings: Sequence, coordination: Sequence[int]) -> np.ndarray:
+    """Pair energies per bond (eV) from EPIs ``J_s`` in Rydberg given in the convention
+    ``E = sum_s (1 / z_s) sum_i sum_{k in shell s of i} J_s[sigma_i, sigma_k]`` (each bond
+    seen from both ends, ``z_s`` neighbours per site), i.e. ``V_s = 2 J_s / z_s``."""
+    j = np.asarray(couplings, np.float64)
+    z = np.asarray(coordination, np.float64)
+    if j.ndim != 3 or j.shape[0] != len(z):
+        raise ValueError(f"couplings must be [{len(z)}, S, S], got shape {j.shape}")
+    return 2.0 * j * RYDBERG_EV / z[:, None, None]
+
+
+# EPIs of MoNbTaW on BCC, 6 shells (Rydberg; off-diagonal, J_aa = 0), from the example
+# input of the alloy-thermo-skill Monte Carlo code (github.com/jqyin/alloy-thermo-skill,
+# examples/MoNbTaW/spec.json), the model behind Yin et al., "VAE order parameter",
+# Nat. Comput. Sci. 2021 (arXiv 2109.05598).
+_MONBTAW_J_RY = [
+    [[0.0, -0.0104916645, -0.0226029893, -0.00478937025],
+     [-0.0104916645, 0.0, -0.00274579744, -0.00365032259],
+     [-0.0226029893, -0.00274579744, 0.0, -0.00850713169],
+     [-0.00478937025, -0.00365032259, -0.00850713169, 0.0]],
+    [[0.0, -0.00282050854, -0.00447913643, -0.00121451818],
+     [-0.00282050854, 0.0, -0.000546276242, -0.00253567],
+     [-0.00447913643, -0.000546276242, 0.0, -0.00252228684],
+     [-0.00121451818, -0.00253567, -0.00252228684, 0.0]],
+    [[0.0, 0.000281365296, 0.0019837305, 0.00123430316],
+     [0.000281365296, 0.0, 0.000407628494, -0.000313096731],
+     [0.0019837305, 0.000407628494, 0.0, -0.000427894679],
+     [0.00123430316, -0.000313096731, -0.000427894679, 0.0]],
+    [[0.0, 0.000913059729, 0.00330016512, 0.00121299385],
+     [0.000913059729, 0.0, 0.000244493794, 0.000291732393],
+     [0.00330016512, 0.000244493794, 0.0, 0.000602658604],
+     [0.00121299385, 0.000291732393, 0.000602658604, 0.0]],
+    [[0.0, -0.000605194177, 0.000524596094, 0.00059501093],
+     [-0.000605194177, 0.0, 0.000163460057, -0.000933251056],
+     [0.000524596094, 0.000163460057, 0.0, -0.000754173014],
+     [0.00059501093, -0.000933251056, -0.000754173014, 0.0]],
+    [[0.0, 0.000191360869, 0.000236351583, 9.3381938e-05],
+     [0.000191360869, 0.0, 9.14803e-06, 0.000170173707],
+     [0.000236351583, 9.14803e-06, 0.0, 0.000105938587],
+     [9.3381938e-05, 0.000170173707, 0.000105938587, 0.0]],
+]  # fmt: skip
+
+MONBTAW = AlloyModel(
+    species=("Mo", "Nb", "Ta", "W"),
+    composition=(0.25, 0.25, 0.25, 0.25),
+    pair_energies=epi_from_rydberg(_MONBTAW_J_RY, (8, 6, 12, 24, 8, 6)),
+    source="jqyin/alloy-thermo-skill examples/MoNbTaW (Yin et al. 2021), BCC, 6 shells",
+)

@@ -1,0 +1,246 @@
+"""Swap Monte Carlo with parallel tempering for lattice alloys (canonical ensemble).
+
+A sweep attempts ``n_sites`` swaps of two sites drawn uniformly at random (a symmetric
+proposal: the composition is conserved exactly and the Metropolis rule
+``min(1, exp(-dE / k_B T))`` satisfies detailed balance). After every sweep, replicas at
+neighbouring temperatures exchange configurations with probability
+``min(1, exp((1/k_B T_r - 1/k_B T_r+1)(E_r - E_r+1)))`` (even pairs on even sweeps, odd
+pairs on odd ones), which lets low-temperature replicas leave metastable states. Energies
+are recomputed from scratch after every sweep (no drift from summed swap energies).
+
+:func:`pt_sweeps` is the pure, jittable kernel; :func:`parallel_tempering` drives it from
+the host with a progress bar and collects samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsci.alloys.hamiltonian import PairHamiltonian
+
+K_B = 8.617333262e-5  # Boltzmann constant, eV/K
+
+
+class PTState(NamedTuple):
+    """State of the replicas, one row per temperature slot (lowest first).
+
+    Attributes:
+      occupations: ``[R, n_sites]`` int32 species index per site.
+      energies: ``[R]`` energy of each slot's configuration (eV).
+      accepted: ``[R]`` int32 swaps accepted at each temperature.
+      exchanged: ``[R - 1]`` int32 accepted exchanges between slots ``r`` and ``r + 1``.
+      sweep: int32 sweeps done.
+    """
+
+    occupations: jax.Array
+    energies: jax.Array
+    accepted: jax.Array
+    exchanged: jax.Array
+    sweep: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PTResult:
+    """Samples of a parallel-tempering run.
+
+    Attributes:
+      temperatures: ``[R]`` K, increasing.
+      energies: ``[n_samples, R]`` total energy of each sample (eV).
+      samples: ``[n_samples, R, n_sites]`` int8 occupations.
+      swap_acceptance: ``[R]`` fraction of swap attempts accepted while sampling.
+      exchange_acceptance: ``[R - 1]`` fraction of exchange attempts accepted per pair.
+      n_sweeps: sweeps per replica while sampling (burn-in excluded).
+    """
+
+    temperatures: np.ndarray
+    energies: np.ndarray
+    samples: np.ndarray
+    swap_acceptance: np.ndarray
+    exchange_acceptance: np.ndarray
+    n_sweeps: int
+
+
+def random_occupation(key: jax.Array, n_sites: int, composition: Sequence[float]) -> jax.Array:
+    """A random occupation ``[n_sites]`` int32 with ``composition`` (fractions summing to 1)
+    rounded to whole site counts (largest remainders)."""
+    counts = site_counts(n_sites, composition)
+    species = np.repeat(np.arange(len(counts)), counts)
+    return jax.random.permutation(key, jnp.asarray(species, jnp.int32))
+
+
+def site_counts(n_sites: int, composition: Sequence[float]) -> np.ndarray:
+    """Whole numbers of sites per species for ``composition`` (largest remainders)."""
+    c = np.asarray(composition, np.float64)
+    if c.ndim != 1 or c.size < 1 or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError(f"composition must be non-negative fractions, got {composition!r}")
+    if abs(c.sum() - 1.0) > 1e-6:
+        raise ValueError(f"composition must sum to 1, got {c.sum():.6g}")
+    if n_sites < 1:
+        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+    raw = c * n_sites
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n_sites - counts.sum()]] += 1
+    return counts
+
+
+def _check_temperatures(temperatures: Sequence[float]) -> np.ndarray:
+    t = np.asarray(temperatures, np.float64)
+    if t.ndim != 1 or t.size < 1 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise ValueError(f"temperatures must be positive and finite (K), got {temperatures!r}")
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("temperatures must be strictly increasing")
+    return t
+
+
+def pt_init(hamiltonian: PairHamiltonian, occupations: jax.Array) -> PTState:
+    """State of ``R`` replicas from ``occupations`` ``[R, n_sites]``."""
+    occ = jnp.asarray(occupations, jnp.int32)
+    r = occ.shape[0]
+    return PTState(
+        occ,
+        jax.vmap(hamiltonian.energy)(occ),
+        jnp.zeros((r,), jnp.int32),
+        jnp.zeros((max(r - 1, 0),), jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def pt_sweeps(
+    hamiltonian: PairHamiltonian, state: PTState, betas: jax.Array, key: jax.Array, n: int
+) -> PTState:
+    """``n`` sweeps of every replica, each followed by an exchange round (pure; jit with
+    ``n`` static). ``betas``: ``[R]`` 1 / (k_B T) in 1/eV, decreasing."""
+    n_sites = hamiltonian.n_sites
+
+    def sweep_one(occ, beta, key):
+        ki, kj, ku = jax.random.split(key, 3)
+        i = jax.random.randint(ki, (n_sites,), 0, n_sites)
+        j = jax.random.randint(kj, (n_sites,), 0, n_sites)
+        log_u = jnp.log(jax.random.uniform(ku, (n_sites,)))
+
+        def attempt(carry, x):
+            occ, acc = carry
+            i, j, lu = x
+            delta = hamiltonian.swap_delta(occ, i, j)
+            ok = (occ[i] != occ[j]) & (lu < -beta * delta)
+            a, b = occ[i], occ[j]
+            occ = occ.at[i].set(jnp.where(ok, b, a)).at[j].set(jnp.where(ok, a, b))
+            return (occ, acc + ok.astype(jnp.int32)), None
+
+        (occ, acc), _ = jax.lax.scan(attempt, (occ, jnp.zeros((), jnp.int32)), (i, j, log_u))
+        return occ, acc
+
+    def exchange(occ, energies, key, parity):
+        r = occ.shape[0]
+        if r < 2:
+            return occ, energies, jnp.zeros((0,), bool)
+        lo = jnp.arange(r - 1)
+        log_p = (betas[lo] - betas[lo + 1]) * (energies[lo] - energies[lo + 1])
+        try_pair = lo % 2 == parity
+        ok = try_pair & (jnp.log(jax.random.uniform(key, (r - 1,))) < log_p)
+        # pairs tried in one round are disjoint, so the exchanges form a permutation
+        up = jnp.concatenate([ok, jnp.zeros((1,), bool)])  # slot r swaps with r + 1
+        down = jnp.concatenate([jnp.zeros((1,), bool), ok])  # slot r swaps with r - 1
+        idx = jnp.arange(r)
+        perm = jnp.where(up, idx + 1, jnp.where(down, idx - 1, idx))
+        return occ[perm], energies[perm], ok
+
+    def one(state, key):
+        k_sweep, k_ex = jax.random.split(key)
+        keys = jax.random.split(k_sweep, state.occupations.shape[0])
+        occ, acc = jax.vmap(sweep_one)(state.occupations, betas, keys)
+        energies = jax.vmap(hamiltonian.energy)(occ)
+        occ, energies, ok = exchange(occ, energies, k_ex, state.sweep % 2)
+        return PTState(
+            occ,
+            energies,
+            state.accepted + acc,
+            state.exchanged + ok.astype(jnp.int32),
+            state.sweep + 1,
+        ), None
+
+    state, _ = jax.lax.scan(one, state, jax.random.split(key, n))
+    return state
+
+
+def parallel_tempering(
+    key: jax.Array,
+    hamiltonian: PairHamiltonian,
+    occupation: jax.Array,
+    temperatures: Sequence[float],
+    *,
+    n_samples: int,
+    sample_every: int = 1,
+    n_burn: int = 0,
+    progress: bool = True,
+) -> PTResult:
+    """Sample the canonical ensemble of ``hamiltonian`` at ``temperatures`` (K, increasing).
+
+    Every replica starts from ``occupation`` (``[n_sites]`` int, or ``[R, n_sites]``), runs
+    ``n_burn`` sweeps, then records one sample every ``sample_every`` sweeps until it has
+    ``n_samples``.
+    """
+    t = _check_temperatures(temperatures)
+    occ = np.asarray(occupation)
+    if occ.ndim == 1:
+        occ = np.broadcast_to(occ, (len(t), occ.shape[0]))
+    if occ.shape != (len(t), hamiltonian.n_sites):
+        raise ValueError(
+            f"occupation must be [n_sites={hamiltonian.n_sites}] or "
+            f"[{len(t)}, {hamiltonian.n_sites}], got shape {np.shape(occupation)}"
+        )
+    if (
+        not np.issubdtype(occ.dtype, np.integer)
+        or occ.min() < 0
+        or occ.max() >= hamiltonian.n_species
+    ):
+        raise ValueError(f"occupation must hold species indices 0..{hamiltonian.n_species - 1}")
+    for name, v, low in (
+        ("n_samples", n_samples, 1),
+        ("sample_every", sample_every, 1),
+        ("n_burn", n_burn, 0),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    betas = jnp.asarray(1.0 / (K_B * t), dt)
+    advance = jax.jit(lambda s, k, n: pt_sweeps(hamiltonian, s, betas, k, n), static_argnums=2)
+    state = pt_init(hamiltonian, occ)
+    key_burn, key_run = jax.random.split(key)
+    if n_burn:
+        state = advance(state, key_burn, int(n_burn))
+    state = state._replace(
+        accepted=jnp.zeros_like(state.accepted), exchanged=jnp.zeros_like(state.exchanged)
+    )
+    energies = np.empty((n_samples, len(t)))
+    samples = np.empty((n_samples, len(t), hamiltonian.n_sites), np.int8)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_samples, desc="parallel tempering", leave=False)
+    for s, k in enumerate(jax.random.split(key_run, n_samples)):
+        state = advance(state, k, int(sample_every))
+        energies[s] = np.asarray(state.energies)
+        samples[s] = np.asarray(state.occupations)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    n_sweeps = n_samples * sample_every
+    tries = np.array([(n_sweeps + (1 - r % 2)) // 2 for r in range(len(t) - 1)])  # per pair
+    return PTResult(
+        temperatures=t,
+        energies=energies,
+        samples=samples,
+        swap_acceptance=np.asarray(state.accepted) / (n_sweeps * hamiltonian.n_sites),
+        exchange_acceptance=np.asarray(state.exchanged) / np.maximum(tries, 1),
+        n_sweeps=n_sweeps,
+    )
