@@ -208,3 +208,16 @@ def test_parallel_tempering_bad_input_raises():
         run(occ + 1, [300.0])
     with pytest.raises(ValueError, match="n_samples"):
         run(occ, [300.0], n_samples=0)
+
+
+def test_exchange_acceptance_counts_each_pair_s_tries():
+    # zero energies: every exchange is accepted, so each pair's rate is exactly 1, whatever
+    # the parity of the burn-in and of the sampling sweeps
+    lat = bcc_lattice(2, 1)
+    ham = pair_hamiltonian(lat, np.zeros((1, 2, 2)))
+    res = parallel_tempering(
+        jax.random.PRNGKey(0), ham, np.repeat([0, 1], 8), [100.0, 200.0, 300.0, 400.0],
+        n_samples=3, sample_every=1, n_burn=3, progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(res.exchange_acceptance, 1.0)
+    assert res.n_burn == 3 and res.n_sweeps == 3

@@ -15,6 +15,7 @@ the host with a progress bar and collects samples.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -56,6 +57,9 @@ class PTResult:
       swap_acceptance: ``[R]`` fraction of swap attempts accepted while sampling.
       exchange_acceptance: ``[R - 1]`` fraction of exchange attempts accepted per pair.
       n_sweeps: sweeps per replica while sampling (burn-in excluded).
+      n_burn: burn-in sweeps done (``n_burn`` rounded up to whole ``sample_every``).
+      timings: wall seconds of the burn-in (``burn_s``, compilation included) and of the
+        sampling (``sampling_s``).
     """
 
     temperatures: np.ndarray
@@ -64,6 +68,8 @@ class PTResult:
     swap_acceptance: np.ndarray
     exchange_acceptance: np.ndarray
     n_sweeps: int
+    n_burn: int
+    timings: dict[str, float]
 
 
 def random_occupation(key: jax.Array, n_sites: int, composition: Sequence[float]) -> jax.Array:
@@ -184,8 +190,8 @@ def parallel_tempering(
     """Sample the canonical ensemble of ``hamiltonian`` at ``temperatures`` (K, increasing).
 
     Every replica starts from ``occupation`` (``[n_sites]`` int, or ``[R, n_sites]``), runs
-    ``n_burn`` sweeps, then records one sample every ``sample_every`` sweeps until it has
-    ``n_samples``.
+    ``n_burn`` sweeps (rounded up to whole ``sample_every``), then records one sample every
+    ``sample_every`` sweeps until it has ``n_samples``. ``progress``: a bar over all sweeps.
     """
     t = _check_temperatures(temperatures)
     occ = np.asarray(occupation)
@@ -214,24 +220,37 @@ def parallel_tempering(
     advance = jax.jit(lambda s, k, n: pt_sweeps(hamiltonian, s, betas, k, n), static_argnums=2)
     state = pt_init(hamiltonian, occ)
     key_burn, key_run = jax.random.split(key)
-    if n_burn:
-        state = advance(state, key_burn, int(n_burn))
-    state = state._replace(
-        accepted=jnp.zeros_like(state.accepted), exchanged=jnp.zeros_like(state.exchanged)
-    )
+    n_burn_calls = -(-n_burn // sample_every)  # burn-in in calls of sample_every sweeps
     energies = np.empty((n_samples, len(t)))
     samples = np.empty((n_samples, len(t), hamiltonian.n_sites), np.int8)
+    timings = {"burn_s": 0.0, "sampling_s": 0.0}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_samples, desc="parallel tempering", leave=False)
+        total = (n_burn_calls + n_samples) * sample_every
+        bar = tqdm(total=total, desc="parallel tempering (sweeps)", leave=False)
+    t0 = time.perf_counter()
+    for k in jax.random.split(key_burn, n_burn_calls):
+        state = advance(state, k, int(sample_every))
+        if bar is not None:
+            state.energies.block_until_ready()
+            bar.update(sample_every)
+    state.energies.block_until_ready()
+    timings["burn_s"] = time.perf_counter() - t0
+    # statistics of the sampling phase only; exchange rounds alternate from an even sweep
+    zero = jnp.zeros_like
+    state = state._replace(
+        accepted=zero(state.accepted), exchanged=zero(state.exchanged), sweep=zero(state.sweep)
+    )
+    t0 = time.perf_counter()
     for s, k in enumerate(jax.random.split(key_run, n_samples)):
         state = advance(state, k, int(sample_every))
         energies[s] = np.asarray(state.energies)
         samples[s] = np.asarray(state.occupations)
         if bar is not None:
-            bar.update(1)
+            bar.update(sample_every)
+    timings["sampling_s"] = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     n_sweeps = n_samples * sample_every
@@ -243,4 +262,6 @@ def parallel_tempering(
         swap_acceptance=np.asarray(state.accepted) / (n_sweeps * hamiltonian.n_sites),
         exchange_acceptance=np.asarray(state.exchanged) / np.maximum(tries, 1),
         n_sweeps=n_sweeps,
+        n_burn=n_burn_calls * sample_every,
+        timings=timings,
     )

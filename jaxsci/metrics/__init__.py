@@ -27,6 +27,14 @@ from jaxsci.metrics.structure import (  # issue 3: structure comparison
     sorted_pair_distances,
     structure_rmsd,
 )
+from jaxsci.metrics.thermo import (  # VAE order parameter: C(T), chi(T), peaks, SRO
+    heat_capacity,
+    local_peaks,
+    manhattan_order_parameter,
+    peak_temperature,
+    susceptibility,
+    warren_cowley,
+)
 
 __all__ = [
     "FeatureClassifier",
@@ -50,4 +58,10 @@ __all__ = [
     "sorted_pair_distances",
     "structure_rmsd",
     "uniqueness_mask",
+    "heat_capacity",
+    "local_peaks",
+    "manhattan_order_parameter",
+    "peak_temperature",
+    "susceptibility",
+    "warren_cowley",
 ]

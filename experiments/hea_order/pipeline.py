@@ -1,0 +1,409 @@
+"""MoNbTaW order-disorder transitions: swap Monte Carlo -> heat capacity -> VAE order parameter.
+
+:func:`train_and_evaluate` runs the study (Yin et al., Nat. Comput. Sci. 2021, arXiv
+2109.05598) and writes a run folder:
+
+- ``config.json``; ``results.json``: temperatures, heat capacity ``C(T)`` (per site, units
+  of k_B), ``<M>(T)`` and ``chi(T)`` of the VAE order parameter ``M = sum_i |mu_i|``,
+  their peaks, block standard errors, the same measured from the hottest temperature's
+  latent centroid instead of the origin (``*_from_hot_centroid``), Warren-Cowley
+  ``alpha`` of the first shell, the B2 long-range order, acceptance rates, timings and
+  the paper's numbers (``anchors``);
+- ``vae_metrics.jsonl`` (one line per epoch); ``samples.npz`` (``save_samples``);
+- ``structures.extxyz``: the last sample at the lowest and at the highest temperature;
+- PNG plots: ``heat_capacity.png``, ``susceptibility.png``, ``order_parameter.png``,
+  ``latent_means.png``, ``warren_cowley.png``, ``vae_training.png``.
+
+Parallel tempering samples every temperature of the ladder; the VAE (MLP, no condition:
+``jaxsci.models.CVAE`` with ``cond_dim = 0``) is trained on the one-hot occupations of all
+samples of all temperatures together, and its encoder means give ``M`` per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.hea_order import plots
+from experiments.hea_order.config import ANCHORS, Config
+from jaxsci.alloys import (
+    MONBTAW,
+    Lattice,
+    PairHamiltonian,
+    PTResult,
+    bcc_lattice,
+    pair_hamiltonian,
+    parallel_tempering,
+    random_occupation,
+)
+from jaxsci.metrics.thermo import (
+    heat_capacity,
+    local_peaks,
+    manhattan_order_parameter,
+    peak_temperature,
+    susceptibility,
+    warren_cowley,
+)
+from jaxsci.models.cvae import CVAE, CVAEState, encode, init_cvae_state, make_epoch_fn, make_eval_fn
+from jaxsci.train import fit, make_run_dir, write_json
+
+__all__ = [
+    "b2_order",
+    "block_error",
+    "build_model",
+    "format_summary",
+    "latent_means",
+    "one_hot",
+    "run_parallel_tempering",
+    "train_and_evaluate",
+    "train_vae",
+]
+
+
+# --------------------------------------------------------------------------- Monte Carlo
+
+
+def build_model(config: Config) -> tuple[Lattice, PairHamiltonian]:
+    """The BCC lattice and the MoNbTaW Hamiltonian (first ``n_shells`` shells)."""
+    lattice = bcc_lattice(config.n_cells, config.n_shells)
+    return lattice, pair_hamiltonian(lattice, MONBTAW.pair_energies[: config.n_shells])
+
+
+def run_parallel_tempering(
+    config: Config, lattice: Lattice, hamiltonian: PairHamiltonian, temperatures: np.ndarray
+) -> tuple[PTResult, dict[str, float]]:
+    """Burn in and sample with :func:`jaxsci.alloys.parallel_tempering` (one progress bar
+    over all sweeps). Every replica starts from its own random equimolar occupation.
+    Returns ``(result, timings in s)``."""
+    key_init, key_run = jax.random.split(jax.random.key(config.seed))
+    occ = jnp.stack(
+        [
+            random_occupation(k, lattice.n_sites, MONBTAW.composition)
+            for k in jax.random.split(key_init, len(temperatures))
+        ]
+    )
+    result = parallel_tempering(
+        key_run,
+        hamiltonian,
+        np.asarray(occ),
+        temperatures,
+        n_samples=config.n_samples,
+        sample_every=config.sample_every,
+        n_burn=config.n_burn,
+        progress=config.progress,
+    )
+    return result, dict(result.timings)
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def one_hot(occupations: np.ndarray, n_species: int) -> np.ndarray:
+    """``[n, n_sites]`` species indices -> ``[n, n_sites * n_species]`` float32 one-hot."""
+    occ = np.asarray(occupations, np.int64)
+    return np.eye(n_species, dtype=np.float32)[occ].reshape(occ.shape[0], -1)
+
+
+def train_vae(config: Config, x: np.ndarray, run_dir: Path) -> tuple[CVAE, CVAEState, list[dict]]:
+    """Train the MLP VAE (a :class:`CVAE` with an empty condition) on rows ``x`` ``[n, D]``.
+
+    ``val_fraction`` of the rows (random) are held out for ``val_*`` metrics; per-epoch
+    metrics go to ``run_dir/vae_metrics.jsonl``. Returns ``(model, state, history)``.
+    """
+    rng = np.random.default_rng([config.seed, 1])
+    perm = rng.permutation(len(x))
+    n_val = int(round(config.val_fraction * len(x)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    x_train = x[train_idx]
+    no_cond = np.zeros((len(x_train), 0), np.float32)
+    model = CVAE(data_dim=x.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
+    optimizer = optax.adam(config.learning_rate)
+    state = init_cvae_state(model, optimizer, 0, jax.random.key(config.seed))
+    epoch_fn = make_epoch_fn(
+        model,
+        optimizer,
+        x_train,
+        no_cond,
+        batch_size=config.batch_size,
+        beta=config.beta,
+        seed=config.seed,
+    )
+    evaluate = make_eval_fn(model, beta=config.beta, seed=config.seed)
+    xv = jnp.asarray(x[val_idx]) if n_val else None
+    cv = jnp.zeros((n_val, 0), jnp.float32)
+
+    def epoch_with_val(st: CVAEState, epoch: int):
+        st, metrics = epoch_fn(st, epoch)
+        if xv is not None:
+            metrics = {**metrics, **{f"val_{k}": v for k, v in evaluate(st.params, xv, cv).items()}}
+        return st, metrics
+
+    result = fit(
+        state,
+        epoch_with_val,
+        num_epochs=config.epochs,
+        metrics_path=run_dir / "vae_metrics.jsonl",
+        progress=config.progress,
+        desc="VAE epochs",
+        postfix_keys=("loss", "recon", "kl", "val_loss"),
+    )
+    return model, result.state, result.history
+
+
+def latent_means(model: CVAE, params, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Encoder means ``[n, latent_dim]`` of rows ``x`` ``[n, D]`` (in batches)."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb = jnp.asarray(x[i : i + batch])
+        mean, _ = encode(model, params, xb, jnp.zeros((len(xb), 0), jnp.float32))
+        out.append(np.asarray(mean, np.float64))
+    return np.concatenate(out) if out else np.zeros((0, model.latent_dim))
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def block_error(
+    fn: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, n_blocks: int
+) -> np.ndarray:
+    """Standard error of ``fn(samples)`` from ``n_blocks`` blocks of consecutive samples:
+    ``std(fn(block)) / sqrt(n_blocks)`` (``samples`` ``[n_samples, ...]``)."""
+    values = np.stack([fn(b) for b in np.array_split(samples, n_blocks, axis=0)])
+    return values.std(axis=0, ddof=1) / np.sqrt(n_blocks)
+
+
+def b2_order(occupations: np.ndarray, positions: np.ndarray, n_species: int) -> np.ndarray:
+    """B2 long-range order ``eta = sum_s |x_s^A - x_s^B| / 2`` of occupations ``[..., n_sites]``.
+
+    ``x_s^A`` is the fraction of sublattice-A sites (cube corners; B: body centres) that
+    hold species ``s``; ``eta = 0`` when both sublattices have the same composition, 1 for
+    two species pairs fully separated onto the two sublattices (the periodic cell's
+    antiphase domains lower it).
+    """
+    sub_b = np.round(2.0 * np.asarray(positions)[:, 0]).astype(np.int64) % 2 == 1
+    occ = np.asarray(occupations)
+    frac = np.stack(
+        [
+            np.stack([(occ[..., ~sub_b] == s).mean(-1), (occ[..., sub_b] == s).mean(-1)])
+            for s in range(n_species)
+        ]
+    )  # [S, 2, ...]
+    return 0.5 * np.abs(frac[:, 0] - frac[:, 1]).sum(axis=0)
+
+
+def _peaks(temperatures: np.ndarray, values: np.ndarray, prominence: float) -> dict[str, Any]:
+    return {
+        "global_K": peak_temperature(temperatures, values),
+        "local_K": local_peaks(temperatures, values, min_prominence=prominence),
+    }
+
+
+def _nearest(peaks: list[float], target: float) -> float | None:
+    return min(peaks, key=lambda p: abs(p - target)) if peaks else None
+
+
+def compare_with_anchors(c_peaks: list[float], chi_peaks: list[float]) -> dict[str, Any]:
+    """The found peak nearest each of the paper's transition temperatures."""
+    out: dict[str, Any] = {}
+    for name in ("heat_capacity_T2_K", "heat_capacity_T1_K"):
+        lo, hi = ANCHORS[name]
+        near = _nearest(c_peaks, 0.5 * (lo + hi))
+        out[name] = {"anchor_K": [lo, hi], "nearest_peak_K": near}
+    for t in ANCHORS["susceptibility_peaks_K"]:
+        out[f"susceptibility_{int(t)}_K"] = {
+            "anchor_K": t,
+            "nearest_peak_K": _nearest(chi_peaks, t),
+        }
+    return out
+
+
+def _structures(
+    config: Config, lattice: Lattice, result: PTResult, m: np.ndarray, path: Path
+) -> None:
+    from ase import Atoms
+    from ase.io import write
+
+    a = config.lattice_constant
+    frames = []
+    for r in (0, len(result.temperatures) - 1):
+        occ = result.samples[-1, r].astype(np.int64)
+        atoms = Atoms(
+            [MONBTAW.species[s] for s in occ],
+            positions=lattice.positions * a,
+            cell=lattice.cell * a,
+            pbc=True,
+        )
+        atoms.info.update(
+            temperature_K=float(result.temperatures[r]),
+            energy_eV=float(result.energies[-1, r]),
+            order_parameter_M=float(m[-1, r]),
+        )
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the study; returns the results dict (also in ``<run folder>/results.json``).
+
+    ``run_dir``: folder to write into (created if absent); default a fresh
+    ``config.out_root/config.run_name-<timestamp>``. The config is validated before
+    anything is built or written.
+    """
+    config.validate()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    temperatures = config.ladder()
+    lattice, hamiltonian = build_model(config)
+    n_sites, n_species = lattice.n_sites, hamiltonian.n_species
+    if run_dir is None:
+        run_dir = make_run_dir(config.out_root, config.run_name)
+    else:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", dataclasses.asdict(config))
+
+    # ---- parallel tempering
+    result, pt_timings = run_parallel_tempering(config, lattice, hamiltonian, temperatures)
+    timings.update(pt_timings)
+    energies = result.energies  # [n_samples, R] eV
+    c = heat_capacity(energies, temperatures, n_sites)
+    c_err = block_error(
+        lambda e: heat_capacity(e, temperatures, n_sites), energies, config.n_blocks
+    )
+
+    # ---- VAE on all samples of all temperatures
+    t0 = time.perf_counter()
+    n_samples, n_temps = energies.shape
+    flat = result.samples.reshape(n_samples * n_temps, n_sites)
+    x = one_hot(flat, n_species)
+    model, state, history = train_vae(config, x, run_dir)
+    mu = latent_means(model, state.params, x)  # [n_samples * R, L]
+    timings["vae_s"] = time.perf_counter() - t0
+    m = manhattan_order_parameter(mu).reshape(n_samples, n_temps)
+    chi = susceptibility(m, temperatures, n_sites)
+    chi_err = block_error(lambda v: susceptibility(v, temperatures, n_sites), m, config.n_blocks)
+    # secondary: M measured from the hottest temperature's centroid instead of the origin
+    hot_centroid = mu.reshape(n_samples, n_temps, -1)[:, -1].mean(0)
+    m_hot = manhattan_order_parameter(mu - hot_centroid).reshape(n_samples, n_temps)
+    chi_hot = susceptibility(m_hot, temperatures, n_sites)
+
+    # ---- short- and long-range order
+    first = lattice.shell_neighbors(0)
+    wc = np.stack([warren_cowley(result.samples[:, r], first, n_species) for r in range(n_temps)])
+    ia, ib = (MONBTAW.species.index(s) for s in config.wc_pair)
+    eta = b2_order(result.samples, lattice.positions, n_species)  # [n_samples, R]
+
+    c_peaks = _peaks(temperatures, c, config.peak_prominence)
+    chi_peaks = _peaks(temperatures, chi, config.peak_prominence)
+    chi_hot_peaks = _peaks(temperatures, chi_hot, config.peak_prominence)
+    last = history[-1] if history else {}
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(config),
+        "alloy": {"species": MONBTAW.species, "source": MONBTAW.source},
+        "n_sites": n_sites,
+        "n_sweeps_sampled": result.n_sweeps,
+        "temperatures_K": temperatures,
+        "energy_per_site_eV": energies.mean(0) / n_sites,
+        "heat_capacity": c,  # per site, units of k_B
+        "heat_capacity_err": c_err,
+        "order_parameter_mean": m.mean(0),
+        "order_parameter_err": block_error(lambda v: v.mean(0), m, config.n_blocks),
+        "susceptibility": chi,  # 1/eV: N Var(M) / k_B T
+        "susceptibility_err": chi_err,
+        "hot_centroid": hot_centroid,
+        "order_parameter_from_hot_centroid_mean": m_hot.mean(0),
+        "susceptibility_from_hot_centroid": chi_hot,
+        "peaks": {
+            "heat_capacity": c_peaks,
+            "susceptibility": chi_peaks,
+            "susceptibility_from_hot_centroid": chi_hot_peaks,
+        },
+        "anchors": ANCHORS,
+        "comparison": compare_with_anchors(c_peaks["local_K"], chi_peaks["local_K"]),
+        "swap_acceptance": result.swap_acceptance,
+        "exchange_acceptance": result.exchange_acceptance,
+        "warren_cowley_first_shell": wc,  # [R, S, S]
+        "warren_cowley_pair": list(config.wc_pair),
+        "warren_cowley_pair_alpha": wc[:, ia, ib],
+        "b2_order_mean": eta.mean(0),
+        "vae": {
+            "final_loss": last.get("loss"),
+            "final_recon": last.get("recon"),
+            "final_kl": last.get("kl"),
+            "final_val_loss": last.get("val_loss"),
+            "n_train_rows": len(x) - int(round(config.val_fraction * len(x))),
+            "data_dim": int(x.shape[1]),
+        },
+        "timings_s": timings,
+    }
+
+    # ---- files
+    t0 = time.perf_counter()
+    _structures(config, lattice, result, m, run_dir / "structures.extxyz")
+    if config.save_samples:
+        np.savez_compressed(
+            run_dir / "samples.npz",
+            temperatures=temperatures,
+            energies=energies,
+            occupations=result.samples,
+            latent_means=mu.reshape(n_samples, n_temps, -1),
+            order_parameter=m,
+        )
+    plots.heat_capacity(temperatures, c, c_err, c_peaks["local_K"], run_dir / "heat_capacity.png")
+    plots.susceptibility(
+        temperatures, chi, chi_err, chi_peaks["local_K"], run_dir / "susceptibility.png",
+        chi_hot=chi_hot,
+    )  # fmt: skip
+    plots.order_parameter(
+        temperatures, m.mean(0), results["order_parameter_err"], eta.mean(0),
+        run_dir / "order_parameter.png", m_hot=m_hot.mean(0),
+    )  # fmt: skip
+    plots.latent_means(mu, np.tile(temperatures, n_samples), run_dir / "latent_means.png")
+    plots.warren_cowley(temperatures, wc, MONBTAW.species, run_dir / "warren_cowley.png")
+    plots.training_curves(history, run_dir / "vae_training.png")
+    timings["write_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    results["run_dir"] = str(run_dir)
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """A short text table of the run: peaks against the paper's, acceptance, time."""
+
+    def ks(values: list[float]) -> str:
+        return ", ".join(f"{v:.0f}" for v in values) if values else "none"
+
+    p = results["peaks"]
+    a = results["anchors"]
+    swap = np.asarray(results["swap_acceptance"], float)
+    ex = np.asarray(results["exchange_acceptance"], float)
+    rows = [
+        ("sites, temperatures", f"{results['n_sites']}, {len(results['temperatures_K'])}"),
+        ("C(T) peaks (K)", ks(p["heat_capacity"]["local_K"])),
+        ("C(T) global max (K)", f"{p['heat_capacity']['global_K']:.0f}"),
+        ("chi(T) peaks (K)", ks(p["susceptibility"]["local_K"])),
+        ("chi(T) global max (K)", f"{p['susceptibility']['global_K']:.0f}"),
+        (
+            "paper: C peaks / chi peaks",
+            f"{a['heat_capacity_T1_K'][0]:.0f}-{a['heat_capacity_T1_K'][1]:.0f} & "
+            f"{a['heat_capacity_T2_K'][0]:.0f}-{a['heat_capacity_T2_K'][1]:.0f} / "
+            f"{ks(list(a['susceptibility_peaks_K']))}",
+        ),
+        ("swap acceptance (min..max)", f"{swap.min():.4f}..{swap.max():.3f}"),
+        ("exchange acceptance (min..max)", f"{ex.min():.3f}..{ex.max():.3f}" if ex.size else "-"),
+        ("wall time (s)", f"{results['timings_s']['total_s']:.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,180 @@
+"""Smoke and physics tests of experiments/hea_order (one tiny run, shared by the tests)."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from experiments.hea_order import run
+from experiments.hea_order.config import Config, tiny_config
+from experiments.hea_order.pipeline import b2_order, block_error, one_hot, train_and_evaluate
+from jaxsci.alloys import bcc_lattice
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hea") / "run"
+    config = tiny_config()
+    results = train_and_evaluate(config, folder)
+    return config, results, folder
+
+
+def test_run_folder_has_every_file(tiny_run):
+    _, results, folder = tiny_run
+    assert results["run_dir"] == str(folder)
+    names = {p.name for p in folder.iterdir()}
+    expected = {
+        "config.json",
+        "results.json",
+        "structures.extxyz",
+        "samples.npz",
+        "vae_metrics.jsonl",
+        "heat_capacity.png",
+        "susceptibility.png",
+        "order_parameter.png",
+        "latent_means.png",
+        "warren_cowley.png",
+        "vae_training.png",
+    }
+    assert expected <= names
+    for name in expected:
+        assert (folder / name).stat().st_size > 0
+
+
+def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
+    config, _, folder = tiny_run
+    res = json.loads((folder / "results.json").read_text())
+    r = len(config.temperatures)
+    np.testing.assert_allclose(res["temperatures_K"], config.temperatures)
+    for key in (
+        "heat_capacity",
+        "heat_capacity_err",
+        "order_parameter_mean",
+        "order_parameter_err",
+        "susceptibility",
+        "susceptibility_err",
+        "energy_per_site_eV",
+        "swap_acceptance",
+        "warren_cowley_pair_alpha",
+        "b2_order_mean",
+    ):
+        v = np.asarray(res[key], float)  # a None (NaN/inf written as null) fails here
+        assert v.shape == (r,), key
+        assert np.all(np.isfinite(v)), key
+    assert np.all(np.asarray(res["heat_capacity"]) > 0)
+    assert np.all(np.asarray(res["susceptibility"]) >= 0)
+    ex = np.asarray(res["exchange_acceptance"], float)
+    assert ex.shape == (r - 1,) and np.all((ex >= 0) & (ex <= 1))
+    swap = np.asarray(res["swap_acceptance"], float)
+    assert np.all((swap > 0) & (swap < 1))
+    assert np.asarray(res["warren_cowley_first_shell"], float).shape == (r, 4, 4)
+    for name in ("heat_capacity", "susceptibility"):
+        peaks = res["peaks"][name]
+        assert config.temperatures[0] <= peaks["global_K"] <= config.temperatures[-1]
+        assert all(config.temperatures[0] < p < config.temperatures[-1] for p in peaks["local_K"])
+    assert res["anchors"]["heat_capacity_T2_K"] == [880.0, 960.0]
+    assert set(res["comparison"]) == {
+        "heat_capacity_T2_K",
+        "heat_capacity_T1_K",
+        "susceptibility_238_K",
+        "susceptibility_964_K",
+    }
+    assert np.isfinite(res["vae"]["final_loss"]) and np.isfinite(res["vae"]["final_val_loss"])
+    assert res["config"]["latent_dim"] == 3
+    with np.load(folder / "samples.npz") as npz:
+        n = config.n_samples
+        assert npz["occupations"].shape == (n, r, 250)
+        assert npz["latent_means"].shape == (n, r, 3)
+        m = np.abs(npz["latent_means"]).sum(-1)
+        np.testing.assert_allclose(npz["order_parameter"], m, rtol=1e-6)
+        np.testing.assert_allclose(res["order_parameter_mean"], m.mean(0), rtol=1e-6)
+
+
+def test_structures_read_back_with_symbols_cell_and_counts(tiny_run):
+    from ase.io import read
+
+    config, _, folder = tiny_run
+    frames = read(folder / "structures.extxyz", index=":")
+    assert len(frames) == 2
+    lattice = bcc_lattice(config.n_cells, 1)
+    a = config.lattice_constant
+    for atoms, t in zip(frames, (config.temperatures[0], config.temperatures[-1]), strict=True):
+        assert len(atoms) == 250
+        assert Counter(atoms.get_chemical_symbols()) == {"Mo": 63, "Nb": 63, "Ta": 62, "W": 62}
+        np.testing.assert_allclose(atoms.positions, lattice.positions * a, atol=1e-6)
+        np.testing.assert_allclose(atoms.cell[:], np.eye(3) * 5 * a, atol=1e-6)
+        assert atoms.pbc.all()
+        assert atoms.info["temperature_K"] == pytest.approx(t)
+        # nearest neighbours of BCC at a = 3.2 A: sqrt(3)/2 a = 2.77 A
+        assert atoms.get_distance(0, 1, mic=True) >= 0.86 * a
+
+
+def test_physics_mo_ta_order_and_order_parameters(tiny_run):
+    """Mo-Ta first-shell pairs are strongly favoured when cold (B2 ordering, alpha far below
+    0) and much less so when hot; the B2 long-range order and the VAE's <M> both differ
+    between the coldest and the hottest temperature (M is larger when ordered)."""
+    _, res, _ = tiny_run
+    alpha = np.asarray(res["warren_cowley_pair_alpha"])
+    assert alpha[0] < -1.0  # -3 is the bound (every Mo's neighbours all Ta)
+    assert alpha[-1] > -0.5 and alpha[-1] > alpha[0] + 1.0
+    eta = np.asarray(res["b2_order_mean"])
+    assert eta[0] > 0.3 and eta[-1] < 0.2
+    m, err = np.asarray(res["order_parameter_mean"]), np.asarray(res["order_parameter_err"])
+    assert m[0] > m[-1] + 3 * np.hypot(err[0], err[-1])  # ordered: farther from the origin
+
+
+def test_helpers():
+    occ = np.array([[0, 2, 1], [3, 3, 0]])
+    x = one_hot(occ, 4)
+    assert x.shape == (2, 12) and x.dtype == np.float32
+    np.testing.assert_array_equal(x.reshape(2, 3, 4).argmax(-1), occ)
+    # B2 order: species 0/1 on corners, 2/3 on body centres -> 1; a shuffle -> ~0
+    lat = bcc_lattice(4, 1)
+    corner = np.round(2 * lat.positions[:, 0]).astype(int) % 2 == 0
+    ordered = np.where(corner, np.arange(lat.n_sites) % 2, 2 + np.arange(lat.n_sites) % 2)
+    assert b2_order(ordered, lat.positions, 4) == pytest.approx(1.0)
+    shuffled = np.random.default_rng(0).permutation(ordered)
+    assert b2_order(shuffled, lat.positions, 4) < 0.25
+    err = block_error(lambda v: v.mean(0), np.arange(20.0)[:, None], 4)
+    assert err.shape == (1,) and err[0] == pytest.approx(np.std([2, 7, 12, 17], ddof=1) / 2)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"n_cells": 0}, "n_cells"),
+        ({"n_cells": 2, "n_shells": 6}, "too small"),
+        ({"n_shells": 7}, "n_shells"),
+        ({"temperatures": (300.0, 200.0)}, "increasing"),
+        ({"temperatures": None, "t_min": 500.0, "t_max": 400.0}, "t_max"),
+        ({"temperatures": None, "t_min": -1.0}, "t_min"),
+        ({"n_samples": 5, "n_blocks": 4}, "n_blocks"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"hidden": ()}, "hidden"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"wc_pair": ("Mo", "Xx")}, "wc_pair"),
+        ({"lattice_constant": 0.0}, "lattice_constant"),
+        ({"run_name": "a/b"}, "run_name"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, changes, match):
+    cfg = tiny_config(out_root=str(tmp_path / "runs"), **changes)
+    with pytest.raises(ValueError, match=match):
+        cfg.validate()
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_config_is_valid_and_cli_rejects_bad_flags(tmp_path, capsys):
+    Config().validate()
+    assert len(Config().ladder()) == 24
+    t = Config().ladder()
+    assert np.all(np.diff(t) > 0) and np.all(np.diff(np.diff(t)) > 0)  # denser at low T
+    rc = run.main(["--n-temperatures", "1", "--out-root", str(tmp_path / "runs")])
+    assert rc == 2 and "n_temperatures" in capsys.readouterr().err
+    rc = run.main(["--t-min", "2500", "--out-root", str(tmp_path / "runs")])
+    assert rc == 2 and "t_max" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
