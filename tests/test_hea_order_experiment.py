@@ -58,6 +58,7 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
         "swap_acceptance",
         "warren_cowley_pair_alpha",
         "b2_order_mean",
+        "b2_susceptibility",
     ):
         v = np.asarray(res[key], float)  # a None (NaN/inf written as null) fails here
         assert v.shape == (r,), key
@@ -69,7 +70,7 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
     swap = np.asarray(res["swap_acceptance"], float)
     assert np.all((swap > 0) & (swap < 1))
     assert np.asarray(res["warren_cowley_first_shell"], float).shape == (r, 4, 4)
-    for name in ("heat_capacity", "susceptibility"):
+    for name in ("heat_capacity", "susceptibility", "b2_susceptibility"):
         peaks = res["peaks"][name]
         assert config.temperatures[0] <= peaks["global_K"] <= config.temperatures[-1]
         assert all(config.temperatures[0] < p < config.temperatures[-1] for p in peaks["local_K"])
