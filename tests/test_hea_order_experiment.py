@@ -74,6 +74,14 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
         peaks = res["peaks"][name]
         assert config.temperatures[0] <= peaks["global_K"] <= config.temperatures[-1]
         assert all(config.temperatures[0] < p < config.temperatures[-1] for p in peaks["local_K"])
+    (win,) = res["vae_windows"]
+    assert win["t_range_K"] == [600.0, 2500.0]
+    np.testing.assert_allclose(win["temperatures_K"], [600.0, 900.0, 1400.0, 2500.0])
+    for key in ("order_parameter_mean", "order_parameter_err", "susceptibility"):
+        v = np.asarray(win[key], float)
+        assert v.shape == (4,) and np.all(np.isfinite(v)), key
+    assert (folder / "susceptibility_600-2500K.png").stat().st_size > 0
+    assert (folder / "vae_metrics_600-2500K.jsonl").read_text().count("\n") == config.epochs
     assert res["anchors"]["heat_capacity_T2_K"] == [880.0, 960.0]
     assert set(res["comparison"]) == {
         "heat_capacity_T2_K",
@@ -158,6 +166,8 @@ def test_helpers():
         ({"wc_pair": ("Mo", "Xx")}, "wc_pair"),
         ({"lattice_constant": 0.0}, "lattice_constant"),
         ({"run_name": "a/b"}, "run_name"),
+        ({"vae_windows": ((900.0, 500.0),)}, "vae_windows"),
+        ({"vae_windows": ((1000.0, 1100.0),)}, "fewer than 3"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, changes, match):

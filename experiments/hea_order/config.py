@@ -62,6 +62,9 @@ class Config:
     batch_size: int = 128
     epochs: int = 60
     val_fraction: float = 0.1  # random samples held out for a validation loss
+    # more VAEs, each trained on the ladder temperatures inside a window (K) only; the
+    # paper's MoNbTaW VAE saw 500-2000 K (the B2 transition)
+    vae_windows: tuple[tuple[float, float], ...] = ((500.0, 2000.0),)
 
     # analysis
     peak_prominence: float = 0.1  # fraction of a curve's range (jaxsci.metrics.thermo)
@@ -124,6 +127,12 @@ class Config:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.peak_prominence <= 1.0:
             raise ValueError(f"peak_prominence must be in [0, 1], got {self.peak_prominence}")
+        ladder = self.ladder()
+        for w in self.vae_windows:
+            if len(w) != 2 or not w[0] < w[1]:
+                raise ValueError(f"vae_windows: each window is (low, high) K, got {w}")
+            if np.sum((ladder >= w[0]) & (ladder <= w[1])) < 3:
+                raise ValueError(f"vae_windows: window {w} K holds fewer than 3 temperatures")
         unknown = [s for s in self.wc_pair if s not in MONBTAW.species]
         if len(self.wc_pair) != 2 or unknown:
             raise ValueError(f"wc_pair must be two of {MONBTAW.species}, got {self.wc_pair}")
@@ -146,6 +155,7 @@ def tiny_config(**changes) -> Config:
         hidden=(64,),
         batch_size=16,
         epochs=40,
+        vae_windows=((600.0, 2500.0),),
         progress=False,
     )
     return dataclasses.replace(base, **changes)

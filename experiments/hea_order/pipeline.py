@@ -9,11 +9,14 @@
   their peaks, block standard errors, the same measured from the hottest temperature's
   latent centroid instead of the origin (``*_from_hot_centroid``), Warren-Cowley
   ``alpha`` of the first shell, the B2 long-range order, acceptance rates, timings and
-  the paper's numbers (``anchors``);
-- ``vae_metrics.jsonl`` (one line per epoch); ``samples.npz`` (``save_samples``);
+  the paper's numbers (``anchors``); ``vae_windows``: the order parameter of a VAE trained
+  only on each of ``config.vae_windows`` (temperature ranges; the paper's: 500-2000 K);
+- ``vae_metrics.jsonl`` and ``vae_metrics_<low>-<high>K.jsonl`` (one line per epoch);
+  ``samples.npz`` (``save_samples``);
 - ``structures.extxyz``: the last sample at the lowest and at the highest temperature;
 - PNG plots: ``heat_capacity.png``, ``susceptibility.png``, ``order_parameter.png``,
-  ``latent_means.png``, ``warren_cowley.png``, ``vae_training.png``.
+  ``latent_means.png``, ``warren_cowley.png``, ``vae_training.png`` and
+  ``susceptibility_<low>-<high>K.png`` per window.
 
 Parallel tempering samples every temperature of the ladder; the VAE (MLP, no condition:
 ``jaxsci.models.CVAE`` with ``cond_dim = 0``) is trained on the one-hot occupations of all
@@ -113,11 +116,13 @@ def one_hot(occupations: np.ndarray, n_species: int) -> np.ndarray:
     return np.eye(n_species, dtype=np.float32)[occ].reshape(occ.shape[0], -1)
 
 
-def train_vae(config: Config, x: np.ndarray, run_dir: Path) -> tuple[CVAE, CVAEState, list[dict]]:
+def train_vae(
+    config: Config, x: np.ndarray, run_dir: Path, metrics_name: str = "vae_metrics.jsonl"
+) -> tuple[CVAE, CVAEState, list[dict]]:
     """Train the MLP VAE (a :class:`CVAE` with an empty condition) on rows ``x`` ``[n, D]``.
 
     ``val_fraction`` of the rows (random) are held out for ``val_*`` metrics; per-epoch
-    metrics go to ``run_dir/vae_metrics.jsonl``. Returns ``(model, state, history)``.
+    metrics go to ``run_dir/metrics_name``. Returns ``(model, state, history)``.
     """
     rng = np.random.default_rng([config.seed, 1])
     perm = rng.permutation(len(x))
@@ -151,7 +156,7 @@ def train_vae(config: Config, x: np.ndarray, run_dir: Path) -> tuple[CVAE, CVAES
         state,
         epoch_with_val,
         num_epochs=config.epochs,
-        metrics_path=run_dir / "vae_metrics.jsonl",
+        metrics_path=run_dir / metrics_name,
         progress=config.progress,
         desc="VAE epochs",
         postfix_keys=("loss", "recon", "kl", "val_loss"),
@@ -179,6 +184,48 @@ def block_error(
     ``std(fn(block)) / sqrt(n_blocks)`` (``samples`` ``[n_samples, ...]``)."""
     values = np.stack([fn(b) for b in np.array_split(samples, n_blocks, axis=0)])
     return values.std(axis=0, ddof=1) / np.sqrt(n_blocks)
+
+
+def window_order_parameter(
+    config: Config,
+    samples: np.ndarray,
+    temperatures: np.ndarray,
+    window: tuple[float, float],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """A VAE trained on the samples of the ladder temperatures inside ``window`` (K) only,
+    and its order parameter there: ``<M>(T)``, ``chi(T)`` with block errors and peaks.
+
+    The order parameter of a VAE depends on the temperatures it was trained on: trained
+    on the whole ladder, its latent space is spent on the low-temperature orderings; the
+    paper's MoNbTaW VAE saw 500-2000 K, the range of the B2 transition.
+    """
+    lo, hi = window
+    inside = (temperatures >= lo) & (temperatures <= hi)
+    t = temperatures[inside]
+    sub = samples[:, inside]  # [n_samples, R_w, n_sites]
+    n_samples, n_temps, n_sites = sub.shape
+    n_species = len(MONBTAW.species)
+    x = one_hot(sub.reshape(n_samples * n_temps, n_sites), n_species)
+    tag = f"{lo:.0f}-{hi:.0f}K"
+    model, state, history = train_vae(config, x, run_dir, f"vae_metrics_{tag}.jsonl")
+    mu = latent_means(model, state.params, x)
+    m = manhattan_order_parameter(mu).reshape(n_samples, n_temps)
+    chi = susceptibility(m, t, n_sites)
+    chi_err = block_error(lambda v: susceptibility(v, t, n_sites), m, config.n_blocks)
+    peaks = _peaks(t, chi, config.peak_prominence)
+    plots.susceptibility(t, chi, chi_err, peaks["local_K"], run_dir / f"susceptibility_{tag}.png")
+    last = history[-1] if history else {}
+    return {
+        "t_range_K": [lo, hi],
+        "temperatures_K": t,
+        "order_parameter_mean": m.mean(0),
+        "order_parameter_err": block_error(lambda v: v.mean(0), m, config.n_blocks),
+        "susceptibility": chi,
+        "susceptibility_err": chi_err,
+        "peaks": peaks,
+        "vae": {"final_loss": last.get("loss"), "final_val_loss": last.get("val_loss")},
+    }
 
 
 def b2_order(occupations: np.ndarray, positions: np.ndarray, n_species: int) -> np.ndarray:
@@ -212,7 +259,8 @@ def _nearest(peaks: list[float], target: float) -> float | None:
 
 
 def compare_with_anchors(c_peaks: list[float], chi_peaks: list[float]) -> dict[str, Any]:
-    """The found peak nearest each of the paper's transition temperatures."""
+    """The found peak nearest each of the paper's transition temperatures (``chi_peaks``:
+    those of every VAE, the whole ladder's and the windows')."""
     out: dict[str, Any] = {}
     for name in ("heat_capacity_T2_K", "heat_capacity_T1_K"):
         lo, hi = ANCHORS[name]
@@ -299,6 +347,14 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
     m_hot = manhattan_order_parameter(mu - hot_centroid).reshape(n_samples, n_temps)
     chi_hot = susceptibility(m_hot, temperatures, n_sites)
 
+    # ---- the same on temperature windows (the paper's MoNbTaW VAE: 500-2000 K)
+    t0 = time.perf_counter()
+    windows = [
+        window_order_parameter(config, result.samples, temperatures, w, run_dir)
+        for w in config.vae_windows
+    ]
+    timings["vae_windows_s"] = time.perf_counter() - t0
+
     # ---- short- and long-range order
     first = lattice.shell_neighbors(0)
     wc = np.stack([warren_cowley(result.samples[:, r], first, n_species) for r in range(n_temps)])
@@ -334,7 +390,11 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
             "b2_susceptibility": chi_eta_peaks,
         },
         "anchors": ANCHORS,
-        "comparison": compare_with_anchors(c_peaks["local_K"], chi_peaks["local_K"]),
+        "vae_windows": windows,
+        "comparison": compare_with_anchors(
+            c_peaks["local_K"],
+            chi_peaks["local_K"] + [p for w in windows for p in w["peaks"]["local_K"]],
+        ),
         "swap_acceptance": result.swap_acceptance,
         "exchange_acceptance": result.exchange_acceptance,
         "warren_cowley_first_shell": wc,  # [R, S, S]
@@ -400,6 +460,13 @@ def format_summary(results: dict[str, Any]) -> str:
         ("C(T) global max (K)", f"{p['heat_capacity']['global_K']:.0f}"),
         ("chi(T) peaks (K)", ks(p["susceptibility"]["local_K"])),
         ("chi(T) global max (K)", f"{p['susceptibility']['global_K']:.0f}"),
+        *[
+            (
+                f"chi(T) peaks, VAE on {w['t_range_K'][0]:.0f}-{w['t_range_K'][1]:.0f} K",
+                ks(w["peaks"]["local_K"]),
+            )
+            for w in results["vae_windows"]
+        ],
         ("B2 order: chi_eta(T) peaks (K)", ks(p["b2_susceptibility"]["local_K"])),
         (
             "paper: C peaks / chi peaks",

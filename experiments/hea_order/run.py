@@ -27,6 +27,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
     p.add_argument("--latent-dim", type=int, default=d.latent_dim)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--beta", type=float, default=d.beta, help="KL weight")
+    p.add_argument(
+        "--vae-window", nargs=2, type=float, action="append", metavar=("LOW", "HIGH"),
+        help="train another VAE on the temperatures in [LOW, HIGH] K (repeatable; default "
+        f"{' '.join(f'{lo:.0f}-{hi:.0f}' for lo, hi in d.vae_windows)})",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out-root", default=d.out_root, help="where run folders are created")
     p.add_argument("--run-dir", default=None, help="run folder to write (default: fresh)")
@@ -46,6 +51,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
         epochs=a.epochs,
         beta=a.beta,
         seed=a.seed,
+        vae_windows=d.vae_windows if a.vae_window is None else tuple(map(tuple, a.vae_window)),
         out_root=a.out_root,
         save_samples=not a.no_samples,
         progress=not a.no_progress,

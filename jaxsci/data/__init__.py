@@ -8,6 +8,17 @@ from jaxsci.data.digits import (  # issue 6: scikit-learn digits
     to_digits_scale,
     upscale,
 )
+from jaxsci.data.filtering import (  # data filtering for large batches (arXiv 2012.09272)
+    ForgettingState,
+    el2n_scores,
+    forgetting_init,
+    forgetting_scores,
+    forgetting_update,
+    grad_norm_scores,
+    n_keep,
+    per_example_loss,
+    select,
+)
 from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
     PtClusterConfig,
     PtClusterDataset,
@@ -24,6 +35,15 @@ __all__ = [
     "load_digits_split",
     "to_digits_scale",
     "upscale",
+    "ForgettingState",
+    "el2n_scores",
+    "forgetting_init",
+    "forgetting_scores",
+    "forgetting_update",
+    "grad_norm_scores",
+    "n_keep",
+    "per_example_loss",
+    "select",
     "PtClusterConfig",
     "PtClusterDataset",
     "build_pt_clusters",

@@ -1,0 +1,190 @@
+"""Does filtering the easiest examples help large-batch training? (arXiv 2012.09272)
+
+.venv/bin/python -m experiments.data_filtering.run            # default: ~20 s on 2 CPU cores
+.venv/bin/python -m experiments.data_filtering.run --tiny     # smoke size, seconds
+
+Per seed: warm-up runs on all data give EL2N / forgetting (/ GraNd) scores; then a fresh MLP
+trains for the same number of large-batch steps on all data, on the subsets that drop the
+easiest ``drop_fraction`` by each score, and on random subsets of the same size (control).
+Writes ``results.json``, ``config.json`` and ``test_accuracy.png`` to a run folder and
+prints a table of final test accuracy (mean +- std over seeds, and the paired difference to
+training on all data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from experiments.data_filtering.config import Config, tiny_config
+from experiments.data_filtering.train import (
+    batch_stream,
+    load_data,
+    make_model,
+    make_trainer,
+    train_run,
+    warmup_scores,
+)
+from jaxsci.data import n_keep, select
+from jaxsci.train import make_run_dir, write_json
+
+REFERENCE = "full-small-batch"
+
+
+def method_labels(config: Config) -> list[str]:
+    """``full``, then ``<score>-drop<f>`` and ``random-drop<f>`` per drop fraction."""
+    labels = ["full"]
+    for f in config.drop_fractions:
+        labels += [f"{s}-drop{f:g}" for s in (*config.scores, "random")]
+    return labels
+
+
+def summarize(runs: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Final test accuracy per method: mean, std (ddof 0), and paired difference to full."""
+    full = runs["full"]
+    out = {}
+    for label, per_seed in runs.items():
+        acc = np.array([r["final_test_accuracy"] for r in per_seed.values()])
+        diff = np.array(
+            [r["final_test_accuracy"] - full[s]["final_test_accuracy"] for s, r in per_seed.items()]
+        )
+        out[label] = {
+            "mean": float(acc.mean()),
+            "std": float(acc.std()),
+            "diff_vs_full_mean": float(diff.mean()),
+            "diff_vs_full_std": float(diff.std()),
+            "n_train_used": int(next(iter(per_seed.values()))["n_train_used"]),
+            "time_s_mean": float(np.mean([r["time_s"] for r in per_seed.values()])),
+        }
+    return out
+
+
+def plot_accuracy(config: Config, runs: dict[str, dict[str, dict]], path: Path) -> Path:
+    """Test accuracy vs step, one panel per drop fraction: mean line, min-max band."""
+    from matplotlib.figure import Figure
+
+    k = len(config.drop_fractions)
+    fig = Figure(figsize=(4.5 * k, 4.0), layout="constrained")
+    axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
+    for ax, f in zip(axes, config.drop_fractions, strict=True):
+        for label in ["full"] + [f"{s}-drop{f:g}" for s in (*config.scores, "random")]:
+            per_seed = list(runs[label].values())
+            acc = np.array([r["test_accuracy"] for r in per_seed])
+            steps = per_seed[0]["steps"]
+            (line,) = ax.plot(steps, acc.mean(0), label=label)
+            ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+        if REFERENCE in runs:
+            ref = np.mean([r["final_test_accuracy"] for r in runs[REFERENCE].values()])
+            ax.axhline(
+                ref, color="k", ls="--", lw=1, label=f"batch {config.base_batch}, same epochs"
+            )
+        ax.set_xlabel(f"optimizer step (batch {config.batch_size})")
+        ax.set_title(f"drop {f:g} of the training set")
+        ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel(f"test accuracy (mean, min-max over {len(config.seeds)} seeds)")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """Run the whole comparison; writes into ``run_dir`` (created) and returns the results."""
+    config.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", dataclasses.asdict(config))
+    data = load_data(config)
+    n = int(data.y_train.shape[0])
+    model = make_model(config)
+    trainer = make_trainer(model, config.optimizer(config.batch_size), data)
+    labels = method_labels(config)
+    runs: dict[str, dict[str, dict]] = {label: {} for label in labels}
+    scores_info: dict[str, dict] = {}
+    total = len(config.seeds) * (len(labels) + int(config.reference_small_batch))
+    bar = tqdm(total=total, desc="runs", disable=not config.progress, dynamic_ncols=True)
+    for seed in config.seeds:
+        t0 = time.perf_counter()
+        scores = warmup_scores(config, trainer, model, data, seed)
+        scores_info[str(seed)] = {
+            "time_s": time.perf_counter() - t0,
+            "fraction_at_min": {k: float(np.mean(v == v.min())) for k, v in scores.items()},
+        }
+        subsets = {"full": np.arange(n)}
+        for f in config.drop_fractions:
+            for s, v in scores.items():
+                subsets[f"{s}-drop{f:g}"] = select(v, 1.0 - f, drop="easiest")
+            key = jax.random.fold_in(jax.random.key(seed), 7)
+            subsets[f"random-drop{f:g}"] = select(np.zeros(n), 1.0 - f, drop="random", key=key)
+        for label in labels:
+            stream = batch_stream(subsets[label], config.steps, config.batch_size, seed)
+            run = train_run(trainer, jax.random.key(seed), stream, config.eval_every)
+            runs[label][str(seed)] = {**run, "n_train_used": len(subsets[label])}
+            bar.set_postfix({"seed": seed, label: f"{run['final_test_accuracy']:.3f}"})
+            bar.update()
+        if config.reference_small_batch:
+            ref = config.optimizer(config.base_batch)
+            steps = -(-config.steps * config.batch_size // config.base_batch)  # same epochs
+            stream = batch_stream(np.arange(n), steps, config.base_batch, seed)
+            every = config.eval_every * config.batch_size // config.base_batch
+            run = train_run(make_trainer(model, ref, data), jax.random.key(seed), stream, every)
+            runs.setdefault(REFERENCE, {})[str(seed)] = {**run, "n_train_used": n}
+            bar.update()
+    bar.close()
+    results = {
+        "n_train": n,
+        "n_test": int(data.y_test.shape[0]),
+        "lr": config.lr,
+        "kept": {f"{f:g}": n_keep(n, 1.0 - f) for f in config.drop_fractions},
+        "scoring": scores_info,
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    write_json(run_dir / "results.json", results)
+    plot_accuracy(config, runs, run_dir / "test_accuracy.png")
+    return {**results, "run_dir": str(run_dir)}
+
+
+def format_table(summary: dict[str, dict[str, float]], n_seeds: int) -> str:
+    """The summary as a fixed-width text table."""
+    head = f"{'method':<22}{'kept':>6}  {'final test acc':>16}  {'vs full (paired)':>17}  time/run"
+    lines = [head, "-" * len(head)]
+    for label, s in summary.items():
+        lines.append(
+            f"{label:<22}{s['n_train_used']:>6}  {s['mean']:.4f} +- {s['std']:.4f}  "
+            f"{s['diff_vs_full_mean']:+.4f} +- {s['diff_vs_full_std']:.4f}  "
+            f"{s['time_s_mean']:.2f} s"
+        )
+    lines.append(f"(mean +- std over {n_seeds} seeds)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="smoke-test size")
+    parser.add_argument("--out-root", default=None, help="parent of the run folder")
+    args = parser.parse_args(argv)
+    config = tiny_config() if args.tiny else Config()
+    if args.out_root is not None:
+        config = dataclasses.replace(config, out_root=args.out_root)
+    config.validate()
+    run_dir = make_run_dir(config.out_root, config.run_name)
+    t0 = time.perf_counter()
+    results = train_and_evaluate(config, run_dir)
+    print(format_table(results["summary"], len(config.seeds)))
+    print(
+        f"batch {config.batch_size}, lr {config.lr:g} (warm-up {config.lr_warmup_steps} steps), "
+        f"{config.steps} steps; "
+        f"{time.perf_counter() - t0:.1f} s; run folder {run_dir}"
+    )
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
