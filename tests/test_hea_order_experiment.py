@@ -8,7 +8,13 @@ import pytest
 
 from experiments.hea_order import run
 from experiments.hea_order.config import Config, tiny_config
-from experiments.hea_order.pipeline import b2_order, block_error, one_hot, train_and_evaluate
+from experiments.hea_order.pipeline import (
+    b2_order,
+    block_error,
+    mark_suspect,
+    one_hot,
+    train_and_evaluate,
+)
 from jaxsci.alloys import bcc_lattice
 
 
@@ -59,6 +65,7 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
         "warren_cowley_pair_alpha",
         "b2_order_mean",
         "b2_susceptibility",
+        "energy_drift_z",
     ):
         v = np.asarray(res[key], float)  # a None (NaN/inf written as null) fails here
         assert v.shape == (r,), key
@@ -72,6 +79,7 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
     assert np.asarray(res["warren_cowley_first_shell"], float).shape == (r, 4, 4)
     for name in ("heat_capacity", "susceptibility", "b2_susceptibility"):
         peaks = res["peaks"][name]
+        assert set(peaks["suspect_K"]) <= set(peaks["local_K"])
         assert config.temperatures[0] <= peaks["global_K"] <= config.temperatures[-1]
         assert all(config.temperatures[0] < p < config.temperatures[-1] for p in peaks["local_K"])
     (win,) = res["vae_windows"]
@@ -133,6 +141,16 @@ def test_physics_mo_ta_order_and_order_parameters(tiny_run):
     assert m[0] > m[-1] + 3 * np.hypot(err[0], err[-1])  # ordered: farther from the origin
 
 
+def test_mark_suspect_flags_peaks_beside_a_drifting_chain():
+    ladder = np.array([100.0, 120.0, 150.0, 200.0, 260.0, 340.0])
+    ok = np.array([True, False, True, True, True, True])
+    peaks = {"global_K": 250.0, "local_K": [150.0, 255.0]}
+    mark_suspect(peaks, ladder, ok)
+    assert peaks["suspect_K"] == [150.0]  # 150 K neighbours the drifting 120 K chain
+    mark_suspect(peaks, ladder, np.ones(6, bool))
+    assert peaks["suspect_K"] == []
+
+
 def test_helpers():
     occ = np.array([[0, 2, 1], [3, 3, 0]])
     x = one_hot(occ, 4)
@@ -167,6 +185,8 @@ def test_helpers():
         ({"lattice_constant": 0.0}, "lattice_constant"),
         ({"run_name": "a/b"}, "run_name"),
         ({"vae_windows": ((900.0, 500.0),)}, "vae_windows"),
+        ({"n_samples": 30, "n_blocks": 4}, "drift"),
+        ({"max_drift_z": 0.0}, "max_drift_z"),
         ({"vae_windows": ((1000.0, 1100.0),)}, "fewer than 3"),
     ],
 )

@@ -6,6 +6,7 @@ from scipy.optimize import brentq
 
 from jaxsci.alloys import K_B
 from jaxsci.metrics import (
+    drift_z,
     heat_capacity,
     local_peaks,
     manhattan_order_parameter,
@@ -277,3 +278,36 @@ def test_warren_cowley_validates_its_input():
         warren_cowley(occ[0], nb, 2)
     with pytest.raises(ValueError, match="n_species"):
         warren_cowley(occ, nb, 0)
+
+
+def test_drift_z_is_standard_normal_on_stationary_chains_and_flags_a_drift():
+    rng = np.random.default_rng(0)
+    # AR(1) chains (correlation time ~10 samples): stationary, so z ~ N(0, 1) if the batch
+    # means account for the autocorrelation (with 10 batches a share, a t-like spread)
+    n, cols, phi = 4000, 400, 0.9
+    noise = rng.normal(size=(n, cols))
+    x = np.empty_like(noise)
+    x[0] = noise[0] / np.sqrt(1 - phi**2)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + noise[i]
+    z = drift_z(x)
+    assert abs(z.mean()) < 0.2 and 0.85 < z.std() < 1.3
+    assert np.mean(np.abs(z) > 3) < 0.03
+    # the same chains relaxing towards equilibrium (an exponential drift of 3 stationary
+    # standard deviations, time constant 400 samples) are flagged
+    drifted = x + 3 * np.sqrt(1 / (1 - phi**2)) * np.exp(-np.arange(n) / 400)[:, None]
+    assert np.mean(np.abs(drift_z(drifted)) > 3) > 0.95
+    assert drift_z(np.ones((100, 2))).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"first": 0.6, "last": 0.5}, "first"), ({"n_batches": 1}, "n_batches")],
+)
+def test_drift_z_bad_input_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        drift_z(np.zeros((100, 2)), **kwargs)
+    with pytest.raises(ValueError, match="too few"):
+        drift_z(np.zeros((40, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        drift_z(np.zeros(100))

@@ -53,6 +53,10 @@ class Config:
     n_samples: int = 1000  # samples kept per temperature
     sample_every: int = 10  # sweeps between samples
     n_blocks: int = 10  # blocks of consecutive samples for error bars (standard errors)
+    # Geweke |z| above which a temperature's chain counts as still drifting: 10 batch means
+    # per share make z t-like (~9 dof): at 4, a false alarm among 24 temperatures has a 7%
+    # chance (30% at 3)
+    max_drift_z: float = 4.0
 
     # VAE on one-hot occupations [n_sites * n_species] (jaxsci.models.CVAE, no condition)
     latent_dim: int = 3
@@ -106,6 +110,13 @@ class Config:
                 f"n_samples ({self.n_samples}) must be >= 2 * n_blocks ({self.n_blocks}): "
                 "each error block needs two samples"
             )
+        if self.n_samples // 10 < self.n_blocks:
+            raise ValueError(
+                f"n_samples ({self.n_samples}) must be >= 10 * n_blocks ({self.n_blocks}): the "
+                "drift diagnostic compares n_blocks batches of the first tenth of the chain"
+            )
+        if not self.max_drift_z > 0:
+            raise ValueError(f"max_drift_z must be > 0, got {self.max_drift_z}")
         if not (np.isfinite(self.lattice_constant) and self.lattice_constant > 0):
             raise ValueError(f"lattice_constant must be > 0 Angstrom, got {self.lattice_constant}")
         if self.temperatures is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from jaxsci.alloys import (
     random_occupation,
 )
 from jaxsci.metrics.thermo import (
+    drift_z,
     heat_capacity,
     local_peaks,
     manhattan_order_parameter,
@@ -254,6 +255,17 @@ def _peaks(temperatures: np.ndarray, values: np.ndarray, prominence: float) -> d
     }
 
 
+def mark_suspect(peaks: dict[str, Any], ladder: np.ndarray, equilibrated: np.ndarray) -> None:
+    """Add ``suspect_K`` to a peaks dict: the local peaks next to a ladder temperature whose
+    chain was not equilibrated (its variance, hence the peak, is not an equilibrium one)."""
+    bad = []
+    for p in peaks["local_K"]:
+        i = int(np.argmin(np.abs(ladder - p)))
+        if not np.all(equilibrated[max(i - 1, 0) : i + 2]):
+            bad.append(p)
+    peaks["suspect_K"] = bad
+
+
 def _nearest(peaks: list[float], target: float) -> float | None:
     return min(peaks, key=lambda p: abs(p - target)) if peaks else None
 
@@ -366,6 +378,12 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
     chi_peaks = _peaks(temperatures, chi, config.peak_prominence)
     chi_hot_peaks = _peaks(temperatures, chi_hot, config.peak_prominence)
     chi_eta_peaks = _peaks(temperatures, chi_eta, config.peak_prominence)
+    # Geweke's diagnostic on each temperature's energy chain: a drift means the replica was
+    # still relaxing (slow low-temperature ordering), and a variance there is no C(T)
+    drift = drift_z(energies, n_batches=config.n_blocks)
+    equilibrated = np.abs(drift) <= config.max_drift_z
+    for peaks in (c_peaks, chi_peaks, chi_hot_peaks, chi_eta_peaks, *(w["peaks"] for w in windows)):
+        mark_suspect(peaks, temperatures, equilibrated)
     last = history[-1] if history else {}
     results: dict[str, Any] = {
         "config": dataclasses.asdict(config),
@@ -395,6 +413,8 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
             c_peaks["local_K"],
             chi_peaks["local_K"] + [p for w in windows for p in w["peaks"]["local_K"]],
         ),
+        "energy_drift_z": drift,
+        "not_equilibrated_K": temperatures[~equilibrated],
         "swap_acceptance": result.swap_acceptance,
         "exchange_acceptance": result.exchange_acceptance,
         "warren_cowley_first_shell": wc,  # [R, S, S]
@@ -447,8 +467,12 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
 def format_summary(results: dict[str, Any]) -> str:
     """A short text table of the run: peaks against the paper's, acceptance, time."""
 
-    def ks(values: list[float]) -> str:
-        return ", ".join(f"{v:.0f}" for v in values) if values else "none"
+    def ks(values: list[float], suspect: Sequence[float] = ()) -> str:
+        out = [f"{v:.0f}" + ("*" if v in suspect else "") for v in values]
+        return ", ".join(out) if out else "none"
+
+    def kp(peaks: dict[str, Any]) -> str:
+        return ks(peaks["local_K"], peaks.get("suspect_K", ()))
 
     p = results["peaks"]
     a = results["anchors"]
@@ -456,9 +480,9 @@ def format_summary(results: dict[str, Any]) -> str:
     ex = np.asarray(results["exchange_acceptance"], float)
     rows = [
         ("sites, temperatures", f"{results['n_sites']}, {len(results['temperatures_K'])}"),
-        ("C(T) peaks (K)", ks(p["heat_capacity"]["local_K"])),
+        ("C(T) peaks (K; *: beside a drifting chain)", kp(p["heat_capacity"])),
         ("C(T) global max (K)", f"{p['heat_capacity']['global_K']:.0f}"),
-        ("chi(T) peaks (K)", ks(p["susceptibility"]["local_K"])),
+        ("chi(T) peaks (K)", kp(p["susceptibility"])),
         ("chi(T) global max (K)", f"{p['susceptibility']['global_K']:.0f}"),
         *[
             (
@@ -467,12 +491,16 @@ def format_summary(results: dict[str, Any]) -> str:
             )
             for w in results["vae_windows"]
         ],
-        ("B2 order: chi_eta(T) peaks (K)", ks(p["b2_susceptibility"]["local_K"])),
+        ("B2 order: chi_eta(T) peaks (K)", kp(p["b2_susceptibility"])),
         (
             "paper: C peaks / chi peaks",
             f"{a['heat_capacity_T1_K'][0]:.0f}-{a['heat_capacity_T1_K'][1]:.0f} & "
             f"{a['heat_capacity_T2_K'][0]:.0f}-{a['heat_capacity_T2_K'][1]:.0f} / "
             f"{ks(list(a['susceptibility_peaks_K']))}",
+        ),
+        (
+            f"drifting chains, K (|Geweke z| > {results['config']['max_drift_z']:g})",
+            ks(list(results["not_equilibrated_K"])),
         ),
         ("swap acceptance (min..max)", f"{swap.min():.4f}..{swap.max():.3f}"),
         ("exchange acceptance (min..max)", f"{ex.min():.3f}..{ex.max():.3f}" if ex.size else "-"),

@@ -28,6 +28,7 @@ from jaxsci.metrics.structure import (  # issue 3: structure comparison
     structure_rmsd,
 )
 from jaxsci.metrics.thermo import (  # VAE order parameter: C(T), chi(T), peaks, SRO
+    drift_z,
     heat_capacity,
     local_peaks,
     manhattan_order_parameter,
@@ -58,6 +59,7 @@ __all__ = [
     "sorted_pair_distances",
     "structure_rmsd",
     "uniqueness_mask",
+    "drift_z",
     "heat_capacity",
     "local_peaks",
     "manhattan_order_parameter",

@@ -20,6 +20,7 @@ from scipy.signal import find_peaks
 from jaxsci.alloys.montecarlo import K_B  # eV/K
 
 __all__ = [
+    "drift_z",
     "heat_capacity",
     "local_peaks",
     "manhattan_order_parameter",
@@ -120,6 +121,52 @@ def susceptibility(
     m, t = _samples_and_temperatures("susceptibility", "values", values, temperatures)
     n = _n_sites(n_sites)
     return n * _variance("susceptibility", m, ddof) / (K_B * t)
+
+
+def drift_z(
+    samples: ArrayLike, *, first: float = 0.1, last: float = 0.5, n_batches: int = 10
+) -> np.ndarray:
+    """Geweke's equilibration diagnostic per column: the z-score of the difference between
+    the mean of the first ``first`` and of the last ``last`` share of a chain.
+
+    Each share's standard error comes from ``n_batches`` batch means, so autocorrelation is
+    accounted for (as long as a batch outlasts it). ``|z|`` of a few (e.g. > 3) means the
+    chain still drifts: it was not equilibrated when sampling began, and its variance (a heat
+    capacity, a susceptibility) is not an equilibrium value.
+
+    Args:
+      samples: ``[n_samples, n_cols]`` chains in time order (e.g. energies per temperature).
+      first, last: shares of the chain compared, ``first + last <= 1``.
+      n_batches: batches per share for its standard error (>= 2).
+
+    Returns:
+      ``[n_cols]`` z-scores (0 where both shares are constant and equal).
+    """
+    x = _finite("drift_z: samples", samples)
+    if x.ndim != 2:
+        raise ValueError(f"drift_z: samples must have shape [n_samples, n_cols], got {x.shape}")
+    if not (0 < first < 1 and 0 < last < 1 and first + last <= 1):
+        raise ValueError(
+            f"drift_z: need 0 < first, last and first + last <= 1, got {first}, {last}"
+        )
+    if isinstance(n_batches, bool) or not isinstance(n_batches, int | np.integer) or n_batches < 2:
+        raise ValueError(f"drift_z: n_batches must be an int >= 2, got {n_batches!r}")
+    n = x.shape[0]
+    n_a, n_b = int(first * n) // n_batches * n_batches, int(last * n) // n_batches * n_batches
+    if n_a < n_batches or n_b < n_batches:
+        raise ValueError(
+            f"drift_z: {n} samples are too few for {n_batches} batches in {first} and {last} "
+            "of the chain"
+        )
+
+    def mean_and_se(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        means = seg.reshape(n_batches, -1, seg.shape[1]).mean(axis=1)
+        return means.mean(axis=0), means.std(axis=0, ddof=1) / np.sqrt(n_batches)
+
+    (ma, sa), (mb, sb) = mean_and_se(x[:n_a]), mean_and_se(x[n - n_b :])
+    se = np.hypot(sa, sb)
+    diff = ma - mb
+    return np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.where(diff == 0, 0.0, np.inf))
 
 
 def _curve(fn: str, temperatures: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
