@@ -20,6 +20,7 @@ from jaxsci.alloys import (
     epi_from_rydberg,
     pair_hamiltonian,
     parallel_tempering,
+    pt_init,
     random_occupation,
     site_counts,
 )
@@ -104,19 +105,23 @@ def test_energy_and_swap_delta_against_brute_force():
         assert float(ham.swap_delta(occ, i, j)) == pytest.approx(want, abs=2e-5)
 
 
-def test_epi_from_rydberg_reproduces_the_per_site_convention():
-    # E = sum_s (1 / z_s) sum_i sum_{k in shell s of i} J_s[sigma_i, sigma_k], J in Ry
+def test_epi_from_rydberg_reproduces_the_reference_pair_count_energy():
+    # alloy-thermo-skill: E = sum_s sum_{a<b} W^s_ab J^s_ab / z_s, W counting the unlike
+    # a-b bonds of shell s from both ends; the diagonal J_aa is read but unused
     lat = bcc_lattice(5, 2)
     rng = np.random.default_rng(1)
-    j = rng.normal(size=(2, 3, 3)) * 1e-2
+    j = rng.normal(size=(2, 3, 3)) * 1e-2  # with a non-zero diagonal
     j = (j + j.transpose(0, 2, 1)) / 2
     occ = rng.integers(0, 3, lat.n_sites)
-    ref = sum(
-        j[s][occ[:, None], occ[lat.shell_neighbors(s)]].sum() / z
-        for s, z in enumerate(lat.coordination)
-    )
+    ref = 0.0
+    for s, z in enumerate(lat.coordination):
+        nb = occ[lat.shell_neighbors(s)]
+        for a, b in itertools.combinations(range(3), 2):
+            w = np.sum((occ[:, None] == a) & (nb == b)) + np.sum((occ[:, None] == b) & (nb == a))
+            ref += w * j[s, a, b] / z
     ham = pair_hamiltonian(lat, epi_from_rydberg(j, lat.coordination))
     assert float(ham.energy(occ)) == pytest.approx(ref * RYDBERG_EV, rel=1e-5)
+    assert np.all(np.diagonal(epi_from_rydberg(j, lat.coordination), axis1=1, axis2=2) == 0)
 
 
 @pytest.mark.parametrize(
@@ -138,6 +143,7 @@ def test_site_counts_and_random_occupation():
     assert site_counts(250, MONBTAW.composition).sum() == 250
     occ = np.asarray(random_occupation(jax.random.PRNGKey(0), 250, [0.5, 0.3, 0.2]))
     assert np.bincount(occ).tolist() == [125, 75, 50]
+    assert site_counts(5_000_000, [0.5000004, 0.5]).sum() == 5_000_000  # within tolerance
     for bad in ([0.5, 0.4], [1.2, -0.2], [np.nan, 1.0]):
         with pytest.raises(ValueError, match="composition"):
             site_counts(10, bad)
@@ -208,6 +214,24 @@ def test_parallel_tempering_bad_input_raises():
         run(occ + 1, [300.0])
     with pytest.raises(ValueError, match="n_samples"):
         run(occ, [300.0], n_samples=0)
+    with pytest.raises(ValueError, match="same composition"):
+        run(np.stack([occ, np.repeat([0, 1], [12, 4])]), [300.0, 400.0])
+
+
+def test_parallel_tempering_continues_from_a_state():
+    lat = bcc_lattice(2, 1)
+    ham = pair_hamiltonian(lat, np.array([[[0.0, -0.02], [-0.02, 0.0]]]))
+    occ = np.tile(np.repeat([0, 1], 8), (3, 1))
+    kw = dict(n_samples=5, n_burn=2, progress=False)
+    key, temps = jax.random.PRNGKey(4), [300.0, 600.0, 900.0]
+    fresh = parallel_tempering(key, ham, occ, temps, **kw)
+    again = parallel_tempering(key, ham, pt_init(ham, occ), temps, **kw)
+    np.testing.assert_array_equal(fresh.samples, again.samples)
+    more = parallel_tempering(jax.random.PRNGKey(5), ham, fresh.final_state, temps, **kw)
+    np.testing.assert_allclose(
+        more.energies[-1], [float(ham.energy(o)) for o in more.samples[-1]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(more.final_state.occupations, more.samples[-1])
 
 
 def test_exchange_acceptance_counts_each_pair_s_tries():

@@ -298,6 +298,8 @@ def test_drift_z_is_standard_normal_on_stationary_chains_and_flags_a_drift():
     drifted = x + 3 * np.sqrt(1 / (1 - phi**2)) * np.exp(-np.arange(n) / 400)[:, None]
     assert np.mean(np.abs(drift_z(drifted)) > 3) > 0.95
     assert drift_z(np.ones((100, 2))).tolist() == [0.0, 0.0]
+    step = np.repeat([[0.0], [1.0]], 50, axis=0)  # constant shares: an infinite z, signed
+    assert drift_z(np.hstack([step, step[::-1]])).tolist() == [-np.inf, np.inf]
 
 
 @pytest.mark.parametrize(

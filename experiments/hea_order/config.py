@@ -65,9 +65,9 @@ class Config:
     learning_rate: float = 1e-3
     batch_size: int = 128
     epochs: int = 60
-    val_fraction: float = 0.1  # random samples held out for a validation loss
-    # more VAEs, each trained on the ladder temperatures inside a window (K) only; the
-    # paper's MoNbTaW VAE saw 500-2000 K (the B2 transition)
+    val_fraction: float = 0.1  # the last samples of every chain, held out (validation loss)
+    # more VAEs, each trained on the ladder temperatures inside a window (K) only; default
+    # 500-2000 K, the B2 transition's range and that of the paper's MoNbTaW latent plot
     vae_windows: tuple[tuple[float, float], ...] = ((500.0, 2000.0),)
 
     # analysis

@@ -10,7 +10,7 @@
   latent centroid instead of the origin (``*_from_hot_centroid``), Warren-Cowley
   ``alpha`` of the first shell, the B2 long-range order, acceptance rates, timings and
   the paper's numbers (``anchors``); ``vae_windows``: the order parameter of a VAE trained
-  only on each of ``config.vae_windows`` (temperature ranges; the paper's: 500-2000 K);
+  only on each of ``config.vae_windows`` (temperature ranges; default 500-2000 K);
 - ``vae_metrics.jsonl`` and ``vae_metrics_<low>-<high>K.jsonl`` (one line per epoch);
   ``samples.npz`` (``save_samples``);
 - ``structures.extxyz``: the last sample at the lowest and at the highest temperature;
@@ -122,13 +122,13 @@ def train_vae(
 ) -> tuple[CVAE, CVAEState, list[dict]]:
     """Train the MLP VAE (a :class:`CVAE` with an empty condition) on rows ``x`` ``[n, D]``.
 
-    ``val_fraction`` of the rows (random) are held out for ``val_*`` metrics; per-epoch
+    The last ``val_fraction`` of the rows are held out for ``val_*`` metrics: rows are
+    sample-major (``[n_samples, R]`` flattened), so these are the last samples in time of
+    every chain, not rows interleaved with (and correlated to) training rows. Per-epoch
     metrics go to ``run_dir/metrics_name``. Returns ``(model, state, history)``.
     """
-    rng = np.random.default_rng([config.seed, 1])
-    perm = rng.permutation(len(x))
     n_val = int(round(config.val_fraction * len(x)))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    train_idx, val_idx = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
     x_train = x[train_idx]
     no_cond = np.zeros((len(x_train), 0), np.float32)
     model = CVAE(data_dim=x.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
@@ -198,8 +198,9 @@ def window_order_parameter(
     and its order parameter there: ``<M>(T)``, ``chi(T)`` with block errors and peaks.
 
     The order parameter of a VAE depends on the temperatures it was trained on: trained
-    on the whole ladder, its latent space is spent on the low-temperature orderings; the
-    paper's MoNbTaW VAE saw 500-2000 K, the range of the B2 transition.
+    on the whole ladder, its latent space is spent on the low-temperature orderings
+    (RESULTS.md, session 23). 500-2000 K, the default window, is the range of the paper's
+    MoNbTaW latent plot, which suggests (not states) that its VAE was trained there.
     """
     lo, hi = window
     inside = (temperatures >= lo) & (temperatures <= hi)
@@ -359,7 +360,7 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
     m_hot = manhattan_order_parameter(mu - hot_centroid).reshape(n_samples, n_temps)
     chi_hot = susceptibility(m_hot, temperatures, n_sites)
 
-    # ---- the same on temperature windows (the paper's MoNbTaW VAE: 500-2000 K)
+    # ---- the same on temperature windows (default 500-2000 K: the paper's latent plot)
     t0 = time.perf_counter()
     windows = [
         window_order_parameter(config, result.samples, temperatures, w, run_dir)
@@ -487,7 +488,7 @@ def format_summary(results: dict[str, Any]) -> str:
         *[
             (
                 f"chi(T) peaks, VAE on {w['t_range_K'][0]:.0f}-{w['t_range_K'][1]:.0f} K",
-                ks(w["peaks"]["local_K"]),
+                kp(w["peaks"]),
             )
             for w in results["vae_windows"]
         ],

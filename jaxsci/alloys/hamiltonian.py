@@ -28,6 +28,10 @@ RYDBERG_EV = 13.605693122994  # eV per Rydberg
 class PairHamiltonian:
     """Pure energy functions of an occupation on one lattice (see module doc).
 
+    The occupation must hold species indices ``0..n_species - 1``: under ``jit`` nothing
+    checks them, and JAX clamps an out-of-range index (``parallel_tempering`` checks its
+    input).
+
     Attributes:
       energy: ``occupation [n_sites] int -> E`` (eV).
       swap_delta: ``(occupation, i, j) -> E(after swapping sites i and j) - E`` (eV).
@@ -102,20 +106,24 @@ def pair_hamiltonian(lattice: Lattice, pair_energies: np.ndarray) -> PairHamilto
 
 
 def epi_from_rydberg(couplings: Sequence, coordination: Sequence[int]) -> np.ndarray:
-    """Pair energies per bond (eV) from EPIs ``J_s`` in Rydberg given in the convention
-    ``E = sum_s (1 / z_s) sum_i sum_{k in shell s of i} J_s[sigma_i, sigma_k]`` (each bond
-    seen from both ends, ``z_s`` neighbours per site), i.e. ``V_s = 2 J_s / z_s``."""
-    j = np.asarray(couplings, np.float64)
+    """Pair energies per bond (eV) from EPIs ``J_s`` in Rydberg in the alloy-thermo-skill
+    convention ``E = sum_s sum_{a < b} W^s_ab J^s_ab / z_s``, where ``W^s_ab`` counts the
+    unlike ``a-b`` bonds of shell ``s`` from both ends and ``z_s`` is the shell's
+    coordination: ``V_s = 2 J_s / z_s`` off the diagonal. Like that code, the diagonal
+    ``J_aa`` is ignored (like pairs contribute nothing)."""
+    j = np.array(couplings, np.float64)
     z = np.asarray(coordination, np.float64)
-    if j.ndim != 3 or j.shape[0] != len(z):
+    if j.ndim != 3 or j.shape[0] != len(z) or j.shape[1] != j.shape[2]:
         raise ValueError(f"couplings must be [{len(z)}, S, S], got shape {j.shape}")
+    j[:, np.arange(j.shape[1]), np.arange(j.shape[1])] = 0.0
     return 2.0 * j * RYDBERG_EV / z[:, None, None]
 
 
 # EPIs of MoNbTaW on BCC, 6 shells (Rydberg; off-diagonal, J_aa = 0), from the example
 # input of the alloy-thermo-skill Monte Carlo code (github.com/jqyin/alloy-thermo-skill,
 # examples/MoNbTaW/spec.json), the model behind Yin et al., "VAE order parameter",
-# Nat. Comput. Sci. 2021 (arXiv 2109.05598).
+# Nat. Comput. Sci. 2021 (arXiv 2109.05598). That input's composition is 0.36/0.22/0.22/0.20;
+# MONBTAW's default is the paper's equimolar alloy.
 _MONBTAW_J_RY = [
     [[0.0, -0.0104916645, -0.0226029893, -0.00478937025],
      [-0.0104916645, 0.0, -0.00274579744, -0.00365032259],
@@ -147,5 +155,6 @@ MONBTAW = AlloyModel(
     species=("Mo", "Nb", "Ta", "W"),
     composition=(0.25, 0.25, 0.25, 0.25),
     pair_energies=epi_from_rydberg(_MONBTAW_J_RY, (8, 6, 12, 24, 8, 6)),
-    source="jqyin/alloy-thermo-skill examples/MoNbTaW (Yin et al. 2021), BCC, 6 shells",
+    source="EPIs: jqyin/alloy-thermo-skill examples/MoNbTaW (Yin et al. 2021), BCC, 6 "
+    "shells; composition: equimolar (the paper's; that input uses 0.36/0.22/0.22/0.20)",
 )

@@ -95,11 +95,9 @@ def bcc_lattice(n_cells: int, n_shells: int = 6) -> Lattice:
         coordination.append(len(offsets))
         distances.append(float(np.sqrt(sq) / 2))
     neighbors = np.concatenate(columns, axis=1).astype(np.int32)
-    if len(np.unique(neighbors[0])) != neighbors.shape[1]:  # two shells on one site
-        raise ValueError(
-            f"bcc_lattice: n_cells={n_cells} is too small for {n_shells} shells: two shells "
-            "would share a site; use more cells or fewer shells"
-        )
+    # Two shells cannot share a site once each shell sees distinct sites: their offsets
+    # differ by less than a box length (a shared site would need a whole box between them).
+    assert len(np.unique(neighbors[0])) == neighbors.shape[1]
     return Lattice(
         positions=grid / 2.0,
         cell=np.eye(3) * n_cells,

@@ -60,6 +60,8 @@ class PTResult:
       n_burn: burn-in sweeps done (``n_burn`` rounded up to whole ``sample_every``).
       timings: wall seconds of the burn-in (``burn_s``, compilation included) and of the
         sampling (``sampling_s``).
+      final_state: the replicas at the end (pass it back as ``occupation`` to continue;
+        its acceptance counters cover the sampling phase).
     """
 
     temperatures: np.ndarray
@@ -70,6 +72,7 @@ class PTResult:
     n_sweeps: int
     n_burn: int
     timings: dict[str, float]
+    final_state: PTState
 
 
 def random_occupation(key: jax.Array, n_sites: int, composition: Sequence[float]) -> jax.Array:
@@ -89,10 +92,11 @@ def site_counts(n_sites: int, composition: Sequence[float]) -> np.ndarray:
         raise ValueError(f"composition must sum to 1, got {c.sum():.6g}")
     if n_sites < 1:
         raise ValueError(f"n_sites must be >= 1, got {n_sites}")
-    raw = c * n_sites
+    raw = c / c.sum() * n_sites
     counts = np.floor(raw).astype(np.int64)
     order = np.argsort(-(raw - counts), kind="stable")
     counts[order[: n_sites - counts.sum()]] += 1
+    assert counts.sum() == n_sites
     return counts
 
 
@@ -179,7 +183,7 @@ def pt_sweeps(
 def parallel_tempering(
     key: jax.Array,
     hamiltonian: PairHamiltonian,
-    occupation: jax.Array,
+    occupation: jax.Array | PTState,
     temperatures: Sequence[float],
     *,
     n_samples: int,
@@ -189,12 +193,15 @@ def parallel_tempering(
 ) -> PTResult:
     """Sample the canonical ensemble of ``hamiltonian`` at ``temperatures`` (K, increasing).
 
-    Every replica starts from ``occupation`` (``[n_sites]`` int, or ``[R, n_sites]``), runs
-    ``n_burn`` sweeps (rounded up to whole ``sample_every``), then records one sample every
-    ``sample_every`` sweeps until it has ``n_samples``. ``progress``: a bar over all sweeps.
+    Every replica starts from ``occupation`` (``[n_sites]`` int, or ``[R, n_sites]`` with the
+    same composition in every row), runs ``n_burn`` sweeps (rounded up to whole
+    ``sample_every``), then records one sample every ``sample_every`` sweeps until it has
+    ``n_samples``. To continue a run, pass its ``final_state`` as ``occupation`` (with the
+    same temperatures and a new key). ``progress``: a bar over all sweeps.
     """
     t = _check_temperatures(temperatures)
-    occ = np.asarray(occupation)
+    start = occupation if isinstance(occupation, PTState) else None
+    occ = np.asarray(occupation.occupations if start is not None else occupation)
     if occ.ndim == 1:
         occ = np.broadcast_to(occ, (len(t), occ.shape[0]))
     if occ.shape != (len(t), hamiltonian.n_sites):
@@ -208,6 +215,12 @@ def parallel_tempering(
         or occ.max() >= hamiltonian.n_species
     ):
         raise ValueError(f"occupation must hold species indices 0..{hamiltonian.n_species - 1}")
+    counts = np.stack([np.bincount(row, minlength=hamiltonian.n_species) for row in occ])
+    if np.any(counts != counts[0]):
+        raise ValueError(
+            "occupation: every replica must have the same composition (exchanges swap whole "
+            f"configurations between temperatures), got species counts {counts.tolist()}"
+        )
     for name, v, low in (
         ("n_samples", n_samples, 1),
         ("sample_every", sample_every, 1),
@@ -218,7 +231,7 @@ def parallel_tempering(
     dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     betas = jnp.asarray(1.0 / (K_B * t), dt)
     advance = jax.jit(lambda s, k, n: pt_sweeps(hamiltonian, s, betas, k, n), static_argnums=2)
-    state = pt_init(hamiltonian, occ)
+    state = pt_init(hamiltonian, occ) if start is None else start
     key_burn, key_run = jax.random.split(key)
     n_burn_calls = -(-n_burn // sample_every)  # burn-in in calls of sample_every sweeps
     energies = np.empty((n_samples, len(t)))
@@ -264,4 +277,5 @@ def parallel_tempering(
         n_sweeps=n_sweeps,
         n_burn=n_burn_calls * sample_every,
         timings=timings,
+        final_state=state,
     )

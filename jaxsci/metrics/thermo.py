@@ -166,7 +166,8 @@ def drift_z(
     (ma, sa), (mb, sb) = mean_and_se(x[:n_a]), mean_and_se(x[n - n_b :])
     se = np.hypot(sa, sb)
     diff = ma - mb
-    return np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.where(diff == 0, 0.0, np.inf))
+    signed_inf = np.where(diff > 0, np.inf, np.where(diff < 0, -np.inf, 0.0))
+    return np.where(se > 0, diff / np.where(se > 0, se, 1.0), signed_inf)
 
 
 def _curve(fn: str, temperatures: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
