@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci.optim import _tree
+
 PyTree = Any
 
 
@@ -98,3 +100,40 @@ def check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
             raise ValueError(
                 f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
             )
+
+
+def check_update(state, updates: PyTree, params: PyTree, grad: PyTree, value: Any):
+    """Validate the arguments of an Anderson ``update`` against its ``state``; returns
+    ``(params, value)`` with Python-number leaves as arrays and the loss as an array.
+
+    ``ValueError`` when ``params`` is missing or differs from what ``init`` saw (structure,
+    shapes, dtypes, Explicit shardings), when ``updates`` or ``grad`` do not match it, or
+    when ``value`` is not a real scalar.
+    """
+    if params is None:
+        raise ValueError("anderson: update needs params (Anderson mixes iterates)")
+    params = _tree.as_arrays(params)
+    state.spec.check(params)
+    if not state.spec.flat:  # Explicit shardings are types: the state's must be the params'
+        leaves = zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.x_prev), strict=True
+        )
+        for i, (p, h) in enumerate(leaves):
+            if _tree.explicit_spec(p) != _tree.explicit_spec(h):
+                raise ValueError(
+                    f"anderson: params leaf {i} is sharded {_tree.explicit_spec(p)} but the "
+                    f"state was initialised for {_tree.explicit_spec(h)}: init with the "
+                    "params as they are sharded (or reshard the state like them)"
+                )
+    check_tree("updates", updates, params)
+    if grad is not None:
+        check_tree("grad", grad, params)
+    if value is not None:
+        value = jnp.asarray(value)
+        if value.shape != () or not (
+            jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+        ):
+            raise ValueError(
+                f"anderson: value must be a real scalar loss, got {value.dtype}{list(value.shape)}"
+            )
+    return params, value

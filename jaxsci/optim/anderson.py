@@ -125,7 +125,7 @@ from jax.sharding import NamedSharding
 
 from jaxsci.optim import _anderson_history as _history
 from jaxsci.optim import _tree, averaging
-from jaxsci.optim._anderson_checks import check_args, check_tree, python_scalar
+from jaxsci.optim._anderson_checks import check_args, check_tree, check_update, python_scalar
 from jaxsci.optim._anderson_state import (
     BOOLS,
     INTS,
@@ -163,6 +163,19 @@ class _Verdict(NamedTuple):
     loss_mean: jax.Array
     loss_var: jax.Array
     n_loss: jax.Array
+
+    @classmethod
+    def unchecked(cls, state: ScaleByAndersonState) -> _Verdict:
+        """Nothing judged (no loss, no residual check): a pending point counts as accepted."""
+        return cls(
+            jnp.asarray(False),
+            state.pending,
+            state.res_min,
+            state.loss_hist,
+            state.loss_mean,
+            state.loss_var,
+            state.n_loss,
+        )
 
 
 def scale_by_anderson(
@@ -467,39 +480,55 @@ def scale_by_anderson(
         noise_p = jnp.where(use, decay * state.noise_p + (1.0 - decay), state.noise_p)
         return f, noise_r, noise_p, noise_r > 0.5 * noise_p, gd
 
+    def mixing(state, s, y, g0, pair_ok) -> jax.Array | float:
+        """This step's mixing: ``beta``, or with ``beta="auto"`` the Barzilai-Borwein (BB2)
+        ratio of the newest pair.
+
+        ``<s, -y> / ||y||^2`` is the step, in units of the inner step, that the newest
+        secant pair fits along the residual (``1 / (lr h)`` for gradient descent on
+        curvature ``h``), clipped to ``[1, beta_max]``. Without a usable pair (none,
+        non-finite) it is kept from the last step. Non-positive curvature (``<s, -y> <= 0``)
+        gives the floor 1. (Stepping long there instead, ``beta_max``, sped up Rosenbrock
+        and the full-batch MLP but let heavy ball on minibatches diverge: RESULTS.md, #5.)
+        """
+        if not adaptive:
+            return beta
+        bb = -_tree.dots(y, [s])[0] / g0[0, 0]
+        b_ok = pair_ok & jnp.isfinite(bb)
+        return jnp.where(b_ok, jnp.clip(bb, 1.0, beta_max), state.beta).astype(_tree.acc_dtype())
+
+    def check_step(state, d, u, nu2, checked: bool):
+        """Check the proposed step ``d`` and hold it within the trust region.
+
+        Returns ``(d, d_ok, <d, u>, shrink)``: ``d`` scaled by ``shrink`` so that
+        ``||d|| <= trust ||u||`` (when the point will be checked next step; ``shrink`` is
+        ``None`` otherwise), and whether it is a finite descent step for the inner
+        optimizer (with the safeguard; finite only without it, ``<d, u>`` then ``None``).
+        The checks come before the scaling (a positive factor: same sign of ``<d, u>``,
+        same finiteness). With ``u`` finite, ``<d, u>`` is non-finite whenever ``d`` is
+        (``inf * 0 = nan``), so it doubles as the finiteness test: fewer reductions.
+        """
+        du = shrink = None
+        if safeguard:
+            dd = _tree.dots(d, [u, d] if checked else [u])  # <d, u> (, ||d||^2)
+            du = dd[0]
+            d_ok = jnp.isfinite(du) & (du > 0)
+        else:
+            d_ok = _tree.all_finite(d)
+        if checked:  # extrapolations judged next step: trust region, adapted by the check
+            dt = _tree.acc_dtype()
+            nd2 = dd[1]
+            d_ok = d_ok & jnp.isfinite(nd2)
+            nd = jnp.sqrt(nd2)
+            shrink = jnp.minimum(
+                1.0, state.trust * jnp.sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
+            )
+            d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
+        return d, d_ok, du, shrink
+
     def update_fn(updates, state, params=None, *, value=None, grad=None, **extra_args):
         del extra_args  # optax convention: extra args of other transforms are ignored
-        if params is None:
-            raise ValueError("anderson: update needs params (Anderson mixes iterates)")
-        params = _tree.as_arrays(params)
-        state.spec.check(params)
-        if not state.spec.flat:  # Explicit shardings are types: the state's must be the params'
-            for i, (p, h) in enumerate(
-                zip(
-                    jax.tree_util.tree_leaves(params),
-                    jax.tree_util.tree_leaves(state.x_prev),
-                    strict=True,
-                )
-            ):
-                if _tree.explicit_spec(p) != _tree.explicit_spec(h):
-                    raise ValueError(
-                        f"anderson: params leaf {i} is sharded {_tree.explicit_spec(p)} but the "
-                        f"state was initialised for {_tree.explicit_spec(h)}: init with the "
-                        "params as they are sharded (or reshard the state like them)"
-                    )
-        check_tree("updates", updates, params)
-        if grad is not None:
-            check_tree("grad", grad, params)
-        if value is not None:
-            value = jnp.asarray(value)
-            if value.shape != () or not (
-                jnp.issubdtype(value.dtype, jnp.floating)
-                or jnp.issubdtype(value.dtype, jnp.integer)
-            ):
-                raise ValueError(
-                    f"anderson: value must be a real scalar loss, got {value.dtype}"
-                    f"{list(value.shape)}"
-                )
+        params, value = check_update(state, updates, params, grad, value)
         if not state.spec.shapes:  # no parameters: nothing to accelerate
             return updates, state
         unravel = None
@@ -530,33 +559,13 @@ def scale_by_anderson(
         if checked:
             verdict = judge(state, value, grad, nu2, residual_check)
         else:
-            verdict = _Verdict(
-                jnp.asarray(False),
-                state.pending,
-                state.res_min,
-                state.loss_hist,
-                state.loss_mean,
-                state.loss_var,
-                state.n_loss,
-            )
+            verdict = _Verdict.unchecked(state)
         reject, accepted_pending, res_min, loss_hist, loss_mean, loss_var, n_loss = verdict
 
         # 2. Store the pair: one history row written (O(n), in place when the state is
         #    donated), never a copy of the whole buffer.
         pair_ok = state.has_prev & u_finite & ~reject
-        if adaptive:
-            # Barzilai-Borwein (BB2) mixing: <s, -y> / ||y||^2 is the step, in units of the
-            # inner step, that the newest secant pair fits along the residual (1 / (lr h)
-            # for gradient descent on curvature h), clipped to [1, beta_max]. Without a
-            # usable pair (none, non-finite) it is kept from the last step.
-            # Non-positive curvature (<s, -y> <= 0) gives the floor 1. (Stepping long there
-            # instead, beta_max, sped up Rosenbrock and the full-batch MLP but let heavy
-            # ball on minibatches diverge: RESULTS.md, #5.)
-            bb = -_tree.dots(y, [s])[0] / g0[0, 0]
-            b_ok = pair_ok & jnp.isfinite(bb)
-            mix = jnp.where(b_ok, jnp.clip(bb, 1.0, beta_max), state.beta).astype(dt)
-        else:
-            mix = beta
+        mix = mixing(state, s, y, g0, pair_ok)
         s_row, y_row, s_old, y_old, keep, gram, valid, head, comb, yu_new, yu_old = insert(
             state, s, y, u, pair_ok, g0, mix
         )
@@ -613,23 +622,7 @@ def scale_by_anderson(
         else:
             s_wr = _tree.select(write, s_row, s_old)
             y_wr = _tree.select(write, y_row, y_old)
-        # Checks on d before the trust-region scaling (a positive factor: same sign of
-        # <d, u>, same finiteness). With u finite, <d, u> is non-finite whenever d is
-        # (inf * 0 = nan), so it doubles as the finiteness test: fewer reductions.
-        if safeguard:
-            dd = _tree.dots(d, [u, d] if checked else [u])  # <d, u> (, ||d||^2)
-            du = dd[0]
-            d_ok = jnp.isfinite(du) & (du > 0)
-        else:
-            d_ok = _tree.all_finite(d)
-        if checked:  # extrapolations judged next step: trust region, adapted by the check
-            nd2 = dd[1]
-            d_ok = d_ok & jnp.isfinite(nd2)
-            nd = jnp.sqrt(nd2)
-            shrink = jnp.minimum(
-                1.0, state.trust * jnp.sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
-            )
-            d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
+        d, d_ok, du, shrink = check_step(state, d, u, nu2, checked)
         accelerate = try_acc & d_ok
         average_now = (
             average
