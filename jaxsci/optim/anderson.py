@@ -526,6 +526,32 @@ def scale_by_anderson(
             d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
         return d, d_ok, du, shrink
 
+    def average_test(state, x, u):
+        """Minibatch mode: the rsd of the recent inner steps (decided before this step),
+        whether they are noise-dominated, and the moving average of the iterates with the
+        plain point ``x + u`` included."""
+        rsd = averaging.ema_rsd(state.ema_step, state.ema_sq, state.n_ema, decay)
+        noisy = (rsd > threshold) & (state.n_ema >= average_window)
+        x_next = jax.tree_util.tree_map(jnp.add, x, u)
+        first = state.n_ema == 0
+        ema_x = jax.tree_util.tree_map(
+            lambda e, xn: jnp.where(first, xn, decay * e + (1.0 - decay) * xn).astype(e.dtype),
+            state.ema_x,
+            x_next,
+        )
+        return rsd, noisy, ema_x
+
+    def average_stats(state, u, ema_x, reject):
+        """Minibatch mode: the statistics of the inner optimizer's steps after this one, all
+        kept unchanged by a rollback."""
+        where = lambda c, a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(c, p, q), a, b)
+        ema_step, ema_sq = averaging.ema_update(state.ema_step, state.ema_sq, u, decay)
+        ema_step = where(reject, state.ema_step, ema_step)
+        ema_sq = jnp.where(reject, state.ema_sq, ema_sq)
+        ema_x = where(reject, state.ema_x, ema_x)
+        n_ema = jnp.where(reject, state.n_ema, state.n_ema + 1)
+        return ema_step, ema_sq, ema_x, n_ema
+
     def update_fn(updates, state, params=None, *, value=None, grad=None, **extra_args):
         del extra_args  # optax convention: extra args of other transforms are ignored
         params, value = check_update(state, updates, params, grad, value)
@@ -583,15 +609,7 @@ def scale_by_anderson(
         # 3. The moving average's rsd test on the recent inner steps (decided before this
         # step; their statistics are updated in 4, after the choice).
         if average:
-            rsd = averaging.ema_rsd(state.ema_step, state.ema_sq, state.n_ema, decay)
-            noisy = (rsd > threshold) & (state.n_ema >= average_window)
-            x_next = jax.tree_util.tree_map(jnp.add, x, u)
-            first = state.n_ema == 0
-            ema_x = jax.tree_util.tree_map(
-                lambda e, xn: jnp.where(first, xn, decay * e + (1.0 - decay) * xn).astype(e.dtype),
-                state.ema_x,
-                x_next,
-            )
+            rsd, noisy, ema_x = average_test(state, x, u)
         else:
             rsd, noisy = jnp.zeros((), dt), jnp.asarray(False)
 
@@ -663,11 +681,7 @@ def scale_by_anderson(
         # Statistics of the inner optimizer's steps (not of the steps taken: accelerated
         # steps zig-zag and would read as noise, averaging jumps are not motion).
         if average:
-            ema_step, ema_sq = averaging.ema_update(state.ema_step, state.ema_sq, u, decay)
-            ema_step = where(reject, state.ema_step, ema_step)
-            ema_sq = jnp.where(reject, state.ema_sq, ema_sq)
-            ema_x = where(reject, state.ema_x, ema_x)
-            n_ema = jnp.where(reject, state.n_ema, state.n_ema + 1)
+            ema_step, ema_sq, ema_x, n_ema = average_stats(state, u, ema_x, reject)
         else:
             ema_step, ema_sq, ema_x, n_ema = (), state.ema_sq, (), state.n_ema
 
