@@ -124,6 +124,15 @@ def test_epi_from_rydberg_reproduces_the_reference_pair_count_energy():
     assert np.all(np.diagonal(epi_from_rydberg(j, lat.coordination), axis1=1, axis2=2) == 0)
 
 
+def test_species_out_of_range_give_a_nan_energy():
+    lat = bcc_lattice(5, 1)
+    ham = pair_hamiltonian(lat, np.ones((1, 4, 4)))
+    occ = np.zeros(lat.n_sites, np.int32)
+    assert np.isfinite(float(ham.energy(occ)))
+    occ[3] = 7  # no such species
+    assert np.isnan(float(ham.energy(occ)))
+
+
 @pytest.mark.parametrize(
     ("v", "match"),
     [

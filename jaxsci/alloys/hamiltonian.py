@@ -28,9 +28,9 @@ RYDBERG_EV = 13.605693122994  # eV per Rydberg
 class PairHamiltonian:
     """Pure energy functions of an occupation on one lattice (see module doc).
 
-    The occupation must hold species indices ``0..n_species - 1``: under ``jit`` nothing
-    checks them, and JAX clamps an out-of-range index (``parallel_tempering`` checks its
-    input).
+    The occupation must hold species indices ``0..n_species - 1``; under ``jit`` they cannot
+    raise: an index out of range makes ``energy`` NaN, while ``swap_delta`` (the Monte Carlo
+    hot loop) clamps it (``parallel_tempering`` checks its input, and swaps keep it valid).
 
     Attributes:
       energy: ``occupation [n_sites] int -> E`` (eV).
@@ -85,14 +85,19 @@ def pair_hamiltonian(lattice: Lattice, pair_energies: np.ndarray) -> PairHamilto
     nbr = jnp.asarray(lattice.neighbors)
     cols = jnp.arange(nbr.shape[1])
 
+    def table(c, a, b):  # V[c, a, b]; NaN for a species index out of range (not clamped)
+        return vc.at[c, a, b].get(mode="fill", fill_value=jnp.nan)
+
     def energy(occupation: jax.Array) -> jax.Array:
         occ = jnp.asarray(occupation)
-        return 0.5 * jnp.sum(vc[cols[None, :], occ[:, None], occ[nbr]])
+        return 0.5 * jnp.sum(table(cols[None, :], occ[:, None], occ[nbr]))
 
     def swap_delta(occupation: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
         occ = jnp.asarray(occupation)
         a, b = occ[i], occ[j]
         ki, kj = occ[nbr[i]], occ[nbr[j]]
+        # the hot loop of Monte Carlo: plain (clamping) gathers, 1.45x faster than checked
+        # ones; a bad species still shows, as NaN in the energy of the same sweep
         di = jnp.sum(vc[cols, b, ki] - vc[cols, a, ki])  # site i: a -> b
         dj = jnp.sum(vc[cols, a, kj] - vc[cols, b, kj])  # site j: b -> a
         # If j neighbours i, the bond (i, j) keeps its pair {a, b}; the two sums above
