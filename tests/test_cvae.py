@@ -92,3 +92,26 @@ def test_init_does_not_recompile_for_an_equal_new_optimizer():
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
+
+
+def test_with_validation_adds_the_eval_metrics_after_each_epoch():
+    from jaxsci.models import with_validation
+
+    def epoch_fn(state, epoch):
+        return state + 1, {"loss": float(epoch)}
+
+    def eval_fn(params, x, c):
+        return {"loss": params * 10.0 + x.sum(), "kl": c.sum()}
+
+    class S(int):  # a state whose params is itself
+        @property
+        def params(self):
+            return int(self)
+
+    assert with_validation(epoch_fn, eval_fn, None, None) is epoch_fn
+    run = with_validation(
+        lambda s, e: (S(s + 1), {"loss": float(e)}), eval_fn, np.ones(2), np.ones(3)
+    )
+    state, metrics = run(S(4), 7)
+    assert state == 5
+    assert metrics == {"loss": 7.0, "val_loss": 52.0, "val_kl": 3.0}

@@ -57,7 +57,15 @@ from jaxsci.metrics.thermo import (
     susceptibility,
     warren_cowley,
 )
-from jaxsci.models.cvae import CVAE, CVAEState, encode, init_cvae_state, make_epoch_fn, make_eval_fn
+from jaxsci.models.cvae import (
+    CVAE,
+    CVAEState,
+    encode,
+    init_cvae_state,
+    make_epoch_fn,
+    make_eval_fn,
+    with_validation,
+)
 from jaxsci.train import fit, make_run_dir, write_json
 
 __all__ = [
@@ -146,16 +154,9 @@ def train_vae(
     evaluate = make_eval_fn(model, beta=config.beta, seed=config.seed)
     xv = jnp.asarray(x[val_idx]) if n_val else None
     cv = jnp.zeros((n_val, 0), jnp.float32)
-
-    def epoch_with_val(st: CVAEState, epoch: int):
-        st, metrics = epoch_fn(st, epoch)
-        if xv is not None:
-            metrics = {**metrics, **{f"val_{k}": v for k, v in evaluate(st.params, xv, cv).items()}}
-        return st, metrics
-
     result = fit(
         state,
-        epoch_with_val,
+        with_validation(epoch_fn, evaluate, xv, cv),
         num_epochs=config.epochs,
         metrics_path=run_dir / metrics_name,
         progress=config.progress,

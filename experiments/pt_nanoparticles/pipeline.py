@@ -63,6 +63,7 @@ from jaxsci.models.cvae import (
     make_epoch_fn,
     make_eval_fn,
     sample,
+    with_validation,
 )
 from jaxsci.train import Checkpointer, fit, make_run_dir, write_json, write_metrics
 from jaxsci.train.checkpoint import normalize_settings
@@ -184,13 +185,6 @@ def train_cvae(
     xv = jnp.asarray(x_val, jnp.float32) if x_val is not None and len(x_val) else None
     cv = jnp.asarray(c_val, jnp.float32) if xv is not None else None
 
-    def epoch_with_val(state: CVAEState, epoch: int):
-        state, metrics = epoch_fn(state, epoch)
-        if xv is not None:
-            val = evaluate(state.params, xv, cv)
-            metrics = {**metrics, **{f"val_{k}": v for k, v in val.items()}}
-        return state, metrics
-
     with Checkpointer(run_dir / "checkpoints", every=config.checkpoint_every, keep=2) as ckpt:
         state, start = ckpt.resume(init)
 
@@ -200,7 +194,7 @@ def train_cvae(
 
         result = fit(
             state,
-            epoch_with_val,
+            with_validation(epoch_fn, evaluate, xv, cv),
             num_epochs=config.epochs,
             start_epoch=start,
             callbacks=[save],

@@ -11,6 +11,7 @@ from jaxsci.models.cvae import (  # issue 4: conditional VAE
     make_epoch_fn,
     make_eval_fn,
     sample,
+    with_validation,
 )
 from jaxsci.models.gan import (  # issue 6: conditional GANs
     CGAN,
@@ -40,4 +41,5 @@ __all__ = [
     "make_eval_fn",
     "sample",
     "w_cgan",
+    "with_validation",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "make_epoch_fn",
     "make_eval_fn",
     "sample",
+    "with_validation",
 ]
 
 
@@ -184,6 +185,25 @@ def make_eval_fn(
         return {"loss": loss, **aux}
 
     return eval_fn
+
+
+def with_validation(
+    epoch_fn: Callable[[CVAEState, int], tuple[CVAEState, dict]],
+    eval_fn: Callable[[dict, jax.Array, jax.Array], dict[str, jax.Array]],
+    x_val: jax.Array | None,
+    c_val: jax.Array | None,
+) -> Callable[[CVAEState, int], tuple[CVAEState, dict]]:
+    """``epoch_fn`` whose metrics also hold ``val_<name>`` of ``eval_fn`` on ``(x_val, c_val)``
+    after the epoch (``epoch_fn`` itself when there are no validation rows)."""
+    if x_val is None:
+        return epoch_fn
+
+    def run(state: CVAEState, epoch: int) -> tuple[CVAEState, dict]:
+        state, metrics = epoch_fn(state, epoch)
+        val = eval_fn(state.params, x_val, c_val)
+        return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+
+    return run
 
 
 def sample(
