@@ -78,6 +78,8 @@ __all__ = [
     "run_parallel_tempering",
     "train_and_evaluate",
     "train_vae",
+    "vae_order_parameter",
+    "window_order_parameter",
 ]
 
 
@@ -188,6 +190,29 @@ def block_error(
     return values.std(axis=0, ddof=1) / np.sqrt(n_blocks)
 
 
+def vae_order_parameter(
+    config: Config,
+    samples: np.ndarray,
+    temperatures: np.ndarray,
+    run_dir: Path,
+    metrics_name: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """Train a VAE on the one-hot ``samples`` ``[n_samples, R, n_sites]`` taken at
+    ``temperatures`` ``[R]`` and measure its order parameter on them.
+
+    Returns ``(mu [n_samples, R, L], M [n_samples, R], chi [R], chi block errors [R],
+    training history)``.
+    """
+    n_samples, n_temps, n_sites = samples.shape
+    x = one_hot(samples.reshape(n_samples * n_temps, n_sites), len(MONBTAW.species))
+    model, state, history = train_vae(config, x, run_dir, metrics_name)
+    mu = latent_means(model, state.params, x).reshape(n_samples, n_temps, -1)
+    m = manhattan_order_parameter(mu)
+    chi = susceptibility(m, temperatures, n_sites)
+    chi_err = block_error(lambda v: susceptibility(v, temperatures, n_sites), m, config.n_blocks)
+    return mu, m, chi, chi_err, history
+
+
 def window_order_parameter(
     config: Config,
     samples: np.ndarray,
@@ -206,16 +231,10 @@ def window_order_parameter(
     lo, hi = window
     inside = (temperatures >= lo) & (temperatures <= hi)
     t = temperatures[inside]
-    sub = samples[:, inside]  # [n_samples, R_w, n_sites]
-    n_samples, n_temps, n_sites = sub.shape
-    n_species = len(MONBTAW.species)
-    x = one_hot(sub.reshape(n_samples * n_temps, n_sites), n_species)
     tag = f"{lo:.0f}-{hi:.0f}K"
-    model, state, history = train_vae(config, x, run_dir, f"vae_metrics_{tag}.jsonl")
-    mu = latent_means(model, state.params, x)
-    m = manhattan_order_parameter(mu).reshape(n_samples, n_temps)
-    chi = susceptibility(m, t, n_sites)
-    chi_err = block_error(lambda v: susceptibility(v, t, n_sites), m, config.n_blocks)
+    _, m, chi, chi_err, history = vae_order_parameter(
+        config, samples[:, inside], t, run_dir, f"vae_metrics_{tag}.jsonl"
+    )
     peaks = _peaks(t, chi, config.peak_prominence)
     plots.susceptibility(t, chi, chi_err, peaks["local_K"], run_dir / f"susceptibility_{tag}.png")
     last = history[-1] if history else {}
@@ -348,17 +367,14 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
     # ---- VAE on all samples of all temperatures
     t0 = time.perf_counter()
     n_samples, n_temps = energies.shape
-    flat = result.samples.reshape(n_samples * n_temps, n_sites)
-    x = one_hot(flat, n_species)
-    model, state, history = train_vae(config, x, run_dir)
-    mu = latent_means(model, state.params, x)  # [n_samples * R, L]
+    mu, m, chi, chi_err, history = vae_order_parameter(
+        config, result.samples, temperatures, run_dir, "vae_metrics.jsonl"
+    )
+    n_rows = n_samples * n_temps  # one VAE row per sample and temperature
     timings["vae_s"] = time.perf_counter() - t0
-    m = manhattan_order_parameter(mu).reshape(n_samples, n_temps)
-    chi = susceptibility(m, temperatures, n_sites)
-    chi_err = block_error(lambda v: susceptibility(v, temperatures, n_sites), m, config.n_blocks)
     # secondary: M measured from the hottest temperature's centroid instead of the origin
-    hot_centroid = mu.reshape(n_samples, n_temps, -1)[:, -1].mean(0)
-    m_hot = manhattan_order_parameter(mu - hot_centroid).reshape(n_samples, n_temps)
+    hot_centroid = mu[:, -1].mean(0)
+    m_hot = manhattan_order_parameter(mu - hot_centroid)
     chi_hot = susceptibility(m_hot, temperatures, n_sites)
 
     # ---- the same on temperature windows (default 500-2000 K: the paper's latent plot)
@@ -429,8 +445,8 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
             "final_recon": last.get("recon"),
             "final_kl": last.get("kl"),
             "final_val_loss": last.get("val_loss"),
-            "n_train_rows": len(x) - int(round(config.val_fraction * len(x))),
-            "data_dim": int(x.shape[1]),
+            "n_train_rows": n_rows - int(round(config.val_fraction * n_rows)),
+            "data_dim": n_sites * n_species,
         },
         "timings_s": timings,
     }
@@ -444,7 +460,7 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
             temperatures=temperatures,
             energies=energies,
             occupations=result.samples,
-            latent_means=mu.reshape(n_samples, n_temps, -1),
+            latent_means=mu,
             order_parameter=m,
         )
     plots.heat_capacity(temperatures, c, c_err, c_peaks["local_K"], run_dir / "heat_capacity.png")
@@ -456,7 +472,10 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
         temperatures, m.mean(0), results["order_parameter_err"], eta.mean(0),
         run_dir / "order_parameter.png", m_hot=m_hot.mean(0),
     )  # fmt: skip
-    plots.latent_means(mu, np.tile(temperatures, n_samples), run_dir / "latent_means.png")
+    plots.latent_means(
+        mu.reshape(n_samples * n_temps, -1), np.tile(temperatures, n_samples),
+        run_dir / "latent_means.png",
+    )  # fmt: skip
     plots.warren_cowley(temperatures, wc, MONBTAW.species, run_dir / "warren_cowley.png")
     plots.training_curves(history, run_dir / "vae_training.png")
     timings["write_s"] = time.perf_counter() - t0
