@@ -18,6 +18,7 @@ from jaxsci.alloys import (
     RYDBERG_EV,
     bcc_lattice,
     epi_from_rydberg,
+    montecarlo,
     pair_hamiltonian,
     parallel_tempering,
     pt_init,
@@ -241,6 +242,10 @@ def test_parallel_tempering_continues_from_a_state():
         more.energies[-1], [float(ham.energy(o)) for o in more.samples[-1]], rtol=1e-6
     )
     np.testing.assert_array_equal(more.final_state.occupations, more.samples[-1])
+    # the continuation (same hamiltonian, shapes and sample_every) compiled nothing new
+    compiled = montecarlo._advance._cache_size()
+    parallel_tempering(jax.random.PRNGKey(6), ham, more.final_state, [300.0, 500.0, 900.0], **kw)
+    assert montecarlo._advance._cache_size() == compiled
 
 
 def test_exchange_acceptance_counts_each_pair_s_tries():

@@ -180,6 +180,11 @@ def pt_sweeps(
     return state
 
 
+# One compiled program per (hamiltonian, shapes, n): repeated or continued runs on the same
+# hamiltonian reuse it (a jit of a fresh closure per call compiled again, ~1 s each).
+_advance = jax.jit(pt_sweeps, static_argnums=(0, 4))
+
+
 def parallel_tempering(
     key: jax.Array,
     hamiltonian: PairHamiltonian,
@@ -230,7 +235,6 @@ def parallel_tempering(
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     betas = jnp.asarray(1.0 / (K_B * t), dt)
-    advance = jax.jit(lambda s, k, n: pt_sweeps(hamiltonian, s, betas, k, n), static_argnums=2)
     state = pt_init(hamiltonian, occ) if start is None else start
     key_burn, key_run = jax.random.split(key)
     n_burn_calls = -(-n_burn // sample_every)  # burn-in in calls of sample_every sweeps
@@ -245,7 +249,7 @@ def parallel_tempering(
         bar = tqdm(total=total, desc="parallel tempering (sweeps)", leave=False)
     t0 = time.perf_counter()
     for k in jax.random.split(key_burn, n_burn_calls):
-        state = advance(state, k, int(sample_every))
+        state = _advance(hamiltonian, state, betas, k, int(sample_every))
         if bar is not None:
             state.energies.block_until_ready()
             bar.update(sample_every)
@@ -258,7 +262,7 @@ def parallel_tempering(
     )
     t0 = time.perf_counter()
     for s, k in enumerate(jax.random.split(key_run, n_samples)):
-        state = advance(state, k, int(sample_every))
+        state = _advance(hamiltonian, state, betas, k, int(sample_every))
         energies[s] = np.asarray(state.energies)
         samples[s] = np.asarray(state.occupations)
         if bar is not None:
