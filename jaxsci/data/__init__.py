@@ -1,5 +1,12 @@
 """jaxsci.data."""
 
+from jaxsci.data.crystal_blocks import (  # specimens for jaxsci.imaging
+    MATERIALS,
+    CrystalBlock,
+    SlicedBlock,
+    crystal_block,
+    slice_block,
+)
 from jaxsci.data.digits import (  # issue 6: scikit-learn digits
     DigitsSplit,
     downscale,
@@ -29,6 +36,11 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
 )
 
 __all__ = [
+    "MATERIALS",
+    "CrystalBlock",
+    "SlicedBlock",
+    "crystal_block",
+    "slice_block",
     "DigitsSplit",
     "downscale",
     "from_digits_scale",

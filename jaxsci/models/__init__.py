@@ -13,6 +13,7 @@ from jaxsci.models.cvae import (  # issue 4: conditional VAE
     sample,
     with_validation,
 )
+from jaxsci.models.fcn import UNet  # inverse imaging (Laanait et al. 2019)
 from jaxsci.models.gan import (  # issue 6: conditional GANs
     CGAN,
     CondDiscriminator,
@@ -32,6 +33,7 @@ __all__ = [
     "MLP",
     "MLPClassifier",
     "PatchConv",
+    "UNet",
     "cvae_loss",
     "dc_cgan",
     "encode",
