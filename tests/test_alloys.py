@@ -132,6 +132,19 @@ def test_species_out_of_range_give_a_nan_energy():
     assert np.isfinite(float(ham.energy(occ)))
     occ[3] = 7  # no such species
     assert np.isnan(float(ham.energy(occ)))
+    occ[3] = -1  # would wrap to the last species
+    assert np.isnan(float(ham.energy(occ)))
+    with pytest.raises(ValueError, match="species indices"):
+        pt_init(ham, occ[None])
+
+
+def test_metropolis_log_uniform_is_finite_where_the_uniform_draws_zero():
+    # a float32 uniform is exactly 0 once in 2^23 draws; log(0) = -inf accepted any move
+    key, shape = jax.random.key(0), (1 << 23,)
+    assert np.any(np.asarray(jax.random.uniform(key, shape)) == 0)  # the stream has a 0
+    log_u = np.asarray(montecarlo._log_uniform(key, shape))
+    assert np.all(np.isfinite(log_u)) and log_u.max() <= 0.0
+    assert abs(log_u.mean() + 1.0) < 1e-3  # log U of a uniform has mean -1
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,11 @@ def pair_hamiltonian(lattice: Lattice, pair_energies: np.ndarray) -> PairHamilto
     nbr = jnp.asarray(lattice.neighbors)
     cols = jnp.arange(nbr.shape[1])
 
+    n_species = vc.shape[1]
+
     def table(c, a, b):  # V[c, a, b]; NaN for a species index out of range (not clamped)
+        # negative indices would wrap (-1 reads the last species): send them out of range too
+        a, b = (jnp.where(x < 0, n_species, x) for x in (a, b))
         return vc.at[c, a, b].get(mode="fill", fill_value=jnp.nan)
 
     def energy(occupation: jax.Array) -> jax.Array:

@@ -109,8 +109,25 @@ def _check_temperatures(temperatures: Sequence[float]) -> np.ndarray:
     return t
 
 
+def _log_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``log U`` of the Metropolis and exchange rules, as ``log(1 - U) = -Exponential(1)``:
+    always finite. ``log(U)`` is -inf for a draw of exactly 0 (1 in 2^23 in float32), which
+    accepted a move whatever its cost."""
+    return -jax.random.exponential(key, shape)
+
+
 def pt_init(hamiltonian: PairHamiltonian, occupations: jax.Array) -> PTState:
     """State of ``R`` replicas from ``occupations`` ``[R, n_sites]``."""
+    if not isinstance(occupations, jax.core.Tracer):
+        host = np.asarray(occupations)
+        if host.ndim != 2 or host.shape[1] != hamiltonian.n_sites:
+            raise ValueError(
+                f"occupations must be [R, n_sites={hamiltonian.n_sites}], got {host.shape}"
+            )
+        if host.size and (host.min() < 0 or host.max() >= hamiltonian.n_species):
+            raise ValueError(
+                f"occupations must hold species indices 0..{hamiltonian.n_species - 1}"
+            )
     occ = jnp.asarray(occupations, jnp.int32)
     r = occ.shape[0]
     return PTState(
@@ -133,7 +150,7 @@ def pt_sweeps(
         ki, kj, ku = jax.random.split(key, 3)
         i = jax.random.randint(ki, (n_sites,), 0, n_sites)
         j = jax.random.randint(kj, (n_sites,), 0, n_sites)
-        log_u = jnp.log(jax.random.uniform(ku, (n_sites,)))
+        log_u = _log_uniform(ku, (n_sites,))
 
         def attempt(carry, x):
             occ, acc = carry
@@ -154,7 +171,7 @@ def pt_sweeps(
         lo = jnp.arange(r - 1)
         log_p = (betas[lo] - betas[lo + 1]) * (energies[lo] - energies[lo + 1])
         try_pair = lo % 2 == parity
-        ok = try_pair & (jnp.log(jax.random.uniform(key, (r - 1,))) < log_p)
+        ok = try_pair & (_log_uniform(key, (r - 1,)) < log_p)
         # pairs tried in one round are disjoint, so the exchanges form a permutation
         up = jnp.concatenate([ok, jnp.zeros((1,), bool)])  # slot r swaps with r + 1
         down = jnp.concatenate([jnp.zeros((1,), bool), ok])  # slot r swaps with r - 1
@@ -207,12 +224,13 @@ def parallel_tempering(
     t = _check_temperatures(temperatures)
     start = occupation if isinstance(occupation, PTState) else None
     occ = np.asarray(occupation.occupations if start is not None else occupation)
+    given = occ.shape
     if occ.ndim == 1:
         occ = np.broadcast_to(occ, (len(t), occ.shape[0]))
     if occ.shape != (len(t), hamiltonian.n_sites):
         raise ValueError(
             f"occupation must be [n_sites={hamiltonian.n_sites}] or "
-            f"[{len(t)}, {hamiltonian.n_sites}], got shape {np.shape(occupation)}"
+            f"[{len(t)}, {hamiltonian.n_sites}], got shape {given}"
         )
     if (
         not np.issubdtype(occ.dtype, np.integer)
