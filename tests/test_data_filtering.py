@@ -189,8 +189,8 @@ def test_scores_reject_bad_shapes(problem):
         per_example_loss(loss_fn, params, x, y[:-1])
     with pytest.raises(ValueError, match="examples"):
         el2n_scores(logits_fn, params, x[:-1], y, C)
-    with pytest.raises(ValueError, match=r"\[13, 3\]"):
-        el2n_scores(logits_fn, params, x, y, 3)
+    with pytest.raises(ValueError, match=r"\[13, 3\]"):  # labels in range, logits [13, 4]
+        el2n_scores(logits_fn, params, x, np.minimum(y, 2), 3)
     with pytest.raises(ValueError, match="n_classes"):
         el2n_scores(logits_fn, params, x, y, 0)
     with pytest.raises(ValueError, match="integer labels"):
@@ -199,3 +199,75 @@ def test_scores_reject_bad_shapes(problem):
         grad_norm_scores(loss_fn, params, x, y, chunk_size=0)
     with pytest.raises(ValueError, match="scalar"):
         per_example_loss(lambda p, xi, yi: logits_fn(p, xi), params, x, y)
+
+
+def test_forgetting_counts_an_example_learned_only_at_the_last_update():
+    # ex0 is correct only at the last update: learned (score 0), not never-learned (score 2)
+    state = forgetting_init(3)
+    for row in ([0, 1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0]):
+        state = forgetting_update(state, np.array(row, bool))
+    np.testing.assert_array_equal(state.learned, [True, True, False])
+    np.testing.assert_array_equal(state.forgets, [0, 2, 0])
+    np.testing.assert_array_equal(forgetting_scores(state), [0.0, 2.0, 3.0])
+
+
+def test_forgetting_rejects_a_non_bool_correct():
+    with pytest.raises(ValueError, match="bool"):  # a probability is no correctness flag
+        forgetting_update(forgetting_init(3), jnp.array([0.2, 0.0, 0.9]))
+    with pytest.raises(ValueError, match="bool"):
+        forgetting_update(forgetting_init(3), np.array([1, 0, 1]))
+
+
+def test_select_with_a_key_breaks_ties_at_random_and_only_ties():
+    # 30 tied at 0 (unforgettable), 10 distinct scores above; keeping 20 drops 20 of the ties
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([np.zeros(30), 1.0 + rng.permutation(10)])[rng.permutation(40)]
+    tied, above = np.flatnonzero(scores == 0), np.flatnonzero(scores > 0)
+    kept = [select(scores, 0.5, key=jax.random.key(k)) for k in range(4)]
+    for keep in kept:
+        assert len(keep) == 20 and np.all(np.diff(keep) > 0)
+        assert set(above) <= set(keep)  # every non-tied example above the cut stays
+        assert len(set(keep) & set(tied)) == 10
+    assert len({tuple(k) for k in kept}) == 4  # different keys, different tied examples
+    np.testing.assert_array_equal(kept[0], select(scores, 0.5, key=jax.random.key(0)))
+    # without a key: unchanged, the lowest indices among the ties go first
+    np.testing.assert_array_equal(select(scores, 0.5), np.sort(np.concatenate([above, tied[20:]])))
+    # one key, nested kept sets across fractions; "hardest" breaks its ties at random too
+    key = jax.random.key(9)
+    assert set(select(scores, 0.3, key=key)) <= set(select(scores, 0.5, key=key))
+    hard = select(-scores, 0.5, drop="hardest", key=key)
+    assert set(above) <= set(hard) and len(hard) == 20
+    assert not np.array_equal(hard, select(-scores, 0.5, drop="hardest"))
+    # distinct scores: the key changes nothing
+    distinct = rng.normal(size=40)
+    np.testing.assert_array_equal(select(distinct, 0.6, key=key), select(distinct, 0.6))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.int8])
+def test_select_accepts_any_real_dtype(dtype):
+    scores = jnp.asarray([3, 0, 4, 1, 2], dtype)
+    np.testing.assert_array_equal(select(scores, 0.6), [0, 2, 4])
+
+
+@pytest.mark.parametrize("scores", [np.array([True, False]), np.array([1 + 1j, 2.0])])
+def test_select_rejects_non_real_scores(scores):
+    with pytest.raises(ValueError, match="real numbers"):
+        select(scores, 0.5)
+
+
+def test_el2n_rejects_labels_outside_the_classes_and_a_bare_pytree_ensemble(problem):
+    params, x, y = problem
+    for bad in (C, -1):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+            el2n_scores(logits_fn, params, x, _with(y, 3, bad), C)
+    with pytest.raises(ValueError, match="list or tuple"):
+        el2n_scores(logits_fn, params, x, y, C, ensemble=True)
+    # traced labels cannot be checked; in-range ones still work under jit
+    got = jax.jit(lambda yy: el2n_scores(logits_fn, params, x, yy, C))(y)
+    np.testing.assert_allclose(got, _numpy_loop(params, x, y)[1], rtol=1e-5, atol=1e-6)
+
+
+def _with(a: np.ndarray, i: int, value: int) -> np.ndarray:
+    out = a.copy()
+    out[i] = value
+    return out

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from experiments.data_filtering.run import (
     method_labels,
     train_and_evaluate,
 )
+from experiments.data_filtering.train import TrainState, train_run
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,7 @@ def test_results_are_finite_and_shaped(tiny_run):
         {"momentum": 1.0},
         {"hidden": ()},
         {"run_name": "a/b"},
+        {"base_batch": 128},  # > batch_size 64: the "small-batch" reference would be larger
     ],
 )
 def test_bad_config_raises_before_writing(tmp_path, change):
@@ -74,3 +78,38 @@ def test_bad_config_raises_before_writing(tmp_path, change):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     Config().validate()  # the default is valid
+
+
+def test_reference_batch_must_not_exceed_the_batch():
+    # base_batch > eval_every * batch_size made the reference run's evaluation interval 0:
+    # a crash after the first seed's training, with a partial run folder
+    with pytest.raises(ValueError, match=r"base_batch \(256\) must be <= batch_size \(64\)"):
+        dataclasses.replace(tiny_config(), base_batch=256).validate()
+    dataclasses.replace(tiny_config(), base_batch=64).validate()  # equal is fine
+    # without the reference run base_batch only scales the learning rate
+    dataclasses.replace(tiny_config(), base_batch=256, reference_small_batch=False).validate()
+
+
+def test_train_run_executes_every_step_of_the_stream_once():
+    """A fake trainer whose scanned step logs each batch it executes (a host callback):
+    the compile warm-up must not run any segment."""
+    executed = []
+
+    def step(count, idx):
+        jax.debug.callback(lambda i: executed.append(int(i)), idx[0], ordered=True)
+        return count + 1, jnp.float32(1.0)
+
+    @jax.jit
+    def segment(state, idx):
+        count, losses = jax.lax.scan(step, state.params, idx)
+        return TrainState(count, state.opt_state), losses.mean()
+
+    def init(key):
+        return TrainState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    accuracy = jax.jit(lambda count: count.astype(jnp.float32))  # "accuracy" = steps done
+    stream = np.arange(40 * 2).reshape(40, 2)  # 40 steps of batch 2; segments 15, 15, 10
+    run = train_run((init, segment, accuracy, None), jax.random.key(0), stream, 15)
+    assert executed == stream[:, 0].tolist()  # each step once, in order
+    assert run["steps"] == [0, 15, 30, 40] and run["test_accuracy"] == [0.0, 15.0, 30.0, 40.0]
+    assert run["train_loss"] == [1.0, 1.0, 1.0] and run["final_test_accuracy"] == 40.0

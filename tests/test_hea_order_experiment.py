@@ -11,11 +11,18 @@ from experiments.hea_order.config import Config, tiny_config
 from experiments.hea_order.pipeline import (
     b2_order,
     block_error,
+    compare_with_anchors,
     mark_suspect,
     one_hot,
     train_and_evaluate,
 )
 from jaxsci.alloys import bcc_lattice
+from jaxsci.metrics.thermo import (
+    drift_z,
+    heat_capacity,
+    manhattan_order_parameter,
+    susceptibility,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +113,77 @@ def test_results_json_has_finite_values_of_the_right_shapes(tiny_run):
         m = np.abs(npz["latent_means"]).sum(-1)
         np.testing.assert_allclose(npz["order_parameter"], m, rtol=1e-6)
         np.testing.assert_allclose(res["order_parameter_mean"], m.mean(0), rtol=1e-6)
+
+
+def test_results_json_recomputes_from_the_saved_samples(tiny_run):
+    """C(T), chi(T), the drift z and the hot-centroid quantities in results.json are the
+    jaxsci.metrics.thermo functions of the saved samples, at the configured temperatures
+    (increasing: a reversed ladder, a zeroed z or the coldest centroid would differ)."""
+    config, _, folder = tiny_run
+    res = json.loads((folder / "results.json").read_text())
+    t = np.asarray(config.temperatures)
+    n_sites = 2 * config.n_cells**3  # BCC: two sites per conventional cell
+    assert res["n_sites"] == n_sites == 250
+    with np.load(folder / "samples.npz") as npz:
+        np.testing.assert_array_equal(npz["temperatures"], t)
+        energies, m, mu = npz["energies"], npz["order_parameter"], npz["latent_means"]
+    n_blocks = config.n_blocks
+
+    def close(key, want):
+        np.testing.assert_allclose(np.asarray(res[key], float), want, rtol=1e-9, err_msg=key)
+
+    close("heat_capacity", heat_capacity(energies, t, n_sites))
+    close(
+        "heat_capacity_err",
+        block_error(lambda e: heat_capacity(e, t, n_sites), energies, n_blocks),
+    )
+    close("energy_per_site_eV", energies.mean(0) / n_sites)
+    close("susceptibility", susceptibility(m, t, n_sites))
+    close("order_parameter_mean", m.mean(0))
+    z = drift_z(energies, n_batches=n_blocks)
+    close("energy_drift_z", z)
+    assert np.any(z != 0)
+    np.testing.assert_allclose(
+        res["not_equilibrated_K"], t[np.abs(z) > config.max_drift_z], rtol=1e-12
+    )
+    hot = mu[:, -1].mean(0)  # the hottest temperature's latent centroid [latent_dim]
+    close("hot_centroid", hot)
+    m_hot = manhattan_order_parameter(mu - hot)
+    close("order_parameter_from_hot_centroid_mean", m_hot.mean(0))
+    close("susceptibility_from_hot_centroid", susceptibility(m_hot, t, n_sites))
+    # the comparison with the paper is that of the reported peaks
+    chi_peaks = res["peaks"]["susceptibility"]["local_K"] + [
+        p for w in res["vae_windows"] for p in w["peaks"]["local_K"]
+    ]
+    want = compare_with_anchors(res["peaks"]["heat_capacity"]["local_K"], chi_peaks)
+    assert res["comparison"] == json.loads(json.dumps(want))
+
+
+def test_compare_with_anchors_reports_only_peaks_near_each_anchor():
+    # one C peak at 300 K: near T1 (240-260 K, window 177.5-322.5 K), not near T2 (880-960)
+    out = compare_with_anchors([300.0], [250.0, 900.0, 2000.0])
+    assert out["heat_capacity_T1_K"]["nearest_peak_K"] == 300.0
+    assert "note" not in out["heat_capacity_T1_K"]
+    t2 = out["heat_capacity_T2_K"]
+    assert t2["nearest_peak_K"] is None and t2["note"] == "no peak near the anchor"
+    assert t2["anchor_K"] == [880.0, 960.0] and t2["window_K"] == [650.0, 1190.0]
+    assert out["susceptibility_238_K"]["nearest_peak_K"] == 250.0
+    assert out["susceptibility_964_K"]["nearest_peak_K"] == 900.0
+    # one peak between the anchors matches neither; none at all neither
+    for peaks in ([500.0], []):
+        out = compare_with_anchors(peaks, peaks)
+        assert all(v["nearest_peak_K"] is None for v in out.values()), peaks
+    # the window edge (964 K + 25% = 1205 K) is inside; the nearest of two inside wins
+    out = compare_with_anchors([], [1205.0, 1206.0, 700.0])
+    assert out["susceptibility_964_K"]["nearest_peak_K"] == 1205.0
+    out = compare_with_anchors([900.0, 1100.0], [])
+    assert out["heat_capacity_T2_K"]["nearest_peak_K"] == 900.0
+    assert (
+        compare_with_anchors([], [1100.0], tolerance=0.1)["susceptibility_964_K"]["nearest_peak_K"]
+        is None
+    )
+    with pytest.raises(ValueError, match="tolerance"):
+        compare_with_anchors([], [], tolerance=0.0)
 
 
 def test_structures_read_back_with_symbols_cell_and_counts(tiny_run):

@@ -26,8 +26,8 @@ class Config:
     (score warm-up, not the learning-rate one) of large-batch training on all data, EL2N averaged
     over ``n_ensemble`` warm-up runs, forgetting events counted on the whole training set
     after each step of the first one, GraNd at its end. ``reference_small_batch`` adds one
-    full-data run at ``base_batch`` for the same number of epochs (is there a large-batch
-    gap at all?).
+    full-data run at ``base_batch`` (``<= batch_size``) for the same number of epochs (is
+    there a large-batch gap at all?).
     """
 
     out_root: str = "runs"
@@ -85,6 +85,12 @@ class Config:
         for name, value in ints.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.reference_small_batch and self.base_batch > self.batch_size:
+            raise ValueError(
+                f"base_batch ({self.base_batch}) must be <= batch_size ({self.batch_size}) "
+                "with reference_small_batch: the reference run trains at the small batch "
+                "base_batch (and evaluates every eval_every * batch_size / base_batch steps)"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not 0.0 < self.test_fraction < 1.0:

@@ -118,8 +118,12 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
         }
         subsets = {"full": np.arange(n)}
         for f in config.drop_fractions:
-            for s, v in scores.items():
-                subsets[f"{s}-drop{f:g}"] = select(v, 1.0 - f, drop="easiest")
+            for i, (s, v) in enumerate(scores.items()):
+                # equal scores (most examples have no forgetting event) are dropped in a
+                # random order of the seed (Toneva et al.), not lowest index first; one key
+                # per score and seed for every fraction: the kept sets are nested
+                tie_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 8), i)
+                subsets[f"{s}-drop{f:g}"] = select(v, 1.0 - f, drop="easiest", key=tie_key)
             key = jax.random.fold_in(jax.random.key(seed), 7)
             subsets[f"random-drop{f:g}"] = select(np.zeros(n), 1.0 - f, drop="random", key=key)
         for label in labels:
@@ -132,6 +136,7 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
             ref = config.optimizer(config.base_batch)
             steps = -(-config.steps * config.batch_size // config.base_batch)  # same epochs
             stream = batch_stream(np.arange(n), steps, config.base_batch, seed)
+            # the large-batch runs' evaluation epochs (>= 1: validate() has base <= batch)
             every = config.eval_every * config.batch_size // config.base_batch
             run = train_run(make_trainer(model, ref, data), jax.random.key(seed), stream, every)
             runs.setdefault(REFERENCE, {})[str(seed)] = {**run, "n_train_used": n}

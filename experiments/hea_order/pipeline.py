@@ -287,23 +287,52 @@ def mark_suspect(peaks: dict[str, Any], ladder: np.ndarray, equilibrated: np.nda
     peaks["suspect_K"] = bad
 
 
-def _nearest(peaks: list[float], target: float) -> float | None:
-    return min(peaks, key=lambda p: abs(p - target)) if peaks else None
+#: A found peak matches one of the paper's temperatures when it lies within this fraction of
+#: the anchor temperature (of a range's midpoint) of it: 25% keeps the two transitions
+#: (~250 K and ~920 K) apart, so one peak can never be reported for both.
+ANCHOR_TOLERANCE = 0.25
 
 
-def compare_with_anchors(c_peaks: list[float], chi_peaks: list[float]) -> dict[str, Any]:
-    """The found peak nearest each of the paper's transition temperatures (``chi_peaks``:
-    those of every VAE, the whole ladder's and the windows')."""
+def _near_anchor(peaks: Sequence[float], lo: float, hi: float, tolerance: float) -> float | None:
+    """The peak nearest the midpoint of the anchor ``[lo, hi]`` (K) among those at most
+    ``tolerance * midpoint`` outside it; ``None`` if there is none."""
+    mid = 0.5 * (lo + hi)
+    near = [p for p in peaks if max(lo - p, p - hi, 0.0) <= tolerance * mid]
+    return min(near, key=lambda p: abs(p - mid)) if near else None
+
+
+def compare_with_anchors(
+    c_peaks: Sequence[float], chi_peaks: Sequence[float], tolerance: float = ANCHOR_TOLERANCE
+) -> dict[str, Any]:
+    """The found peak (K) nearest each of the paper's transition temperatures, if one lies
+    within ``tolerance`` times the anchor temperature of it (``chi_peaks``: those of every
+    VAE, the whole ladder's and the windows').
+
+    Per anchor: ``anchor_K`` (a temperature or a ``[low, high]`` range), ``window_K`` (where
+    a peak counts as near it), ``nearest_peak_K`` (``None`` if no peak is in the window)
+    and, then, ``note``: "no peak near the anchor".
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"compare_with_anchors: tolerance must be in (0, 1), got {tolerance}")
+
+    def entry(peaks: Sequence[float], anchor: Any, lo: float, hi: float) -> dict[str, Any]:
+        mid = 0.5 * (lo + hi)
+        near = _near_anchor(peaks, lo, hi, tolerance)
+        out = {
+            "anchor_K": anchor,
+            "window_K": [lo - tolerance * mid, hi + tolerance * mid],
+            "nearest_peak_K": near,
+        }
+        if near is None:
+            out["note"] = "no peak near the anchor"
+        return out
+
     out: dict[str, Any] = {}
     for name in ("heat_capacity_T2_K", "heat_capacity_T1_K"):
         lo, hi = ANCHORS[name]
-        near = _nearest(c_peaks, 0.5 * (lo + hi))
-        out[name] = {"anchor_K": [lo, hi], "nearest_peak_K": near}
+        out[name] = entry(c_peaks, [lo, hi], lo, hi)
     for t in ANCHORS["susceptibility_peaks_K"]:
-        out[f"susceptibility_{int(t)}_K"] = {
-            "anchor_K": t,
-            "nearest_peak_K": _nearest(chi_peaks, t),
-        }
+        out[f"susceptibility_{int(t)}_K"] = entry(chi_peaks, t, t, t)
     return out
 
 

@@ -94,14 +94,29 @@ def el2n_scores(
     """EL2N: ``||softmax(logits_fn(params, x)) - one_hot(y)||_2`` per example, ``[n]``.
 
     ``logits_fn(params, x [n, ...]) -> [n, n_classes]`` (batched, e.g. ``model.apply``);
-    ``y [n]`` integer labels in ``[0, n_classes)``. With ``ensemble=True``, ``params`` is a
-    non-empty sequence of parameter pytrees and the score is the mean of the members'
-    norms (Paul et al.'s expectation over initialisations).
+    ``y [n]`` integer labels in ``[0, n_classes)`` (checked when ``y`` is concrete, i.e.
+    not traced under ``jit``: ``one_hot`` would silently give an all-zero target). With
+    ``ensemble=True``, ``params`` is a non-empty list or tuple of parameter pytrees and the
+    score is the mean of the members' norms (Paul et al.'s expectation over
+    initialisations).
     """
     n = _check_xy("el2n_scores", x, y)
     n_classes = _check_positive_int("el2n_scores", "n_classes", n_classes)
     if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
         raise ValueError(f"el2n_scores: y must be [n] integer labels, got {jnp.shape(y)}")
+    if not isinstance(y, jax.core.Tracer) and n > 0:
+        y_host = np.asarray(y)
+        lo, hi = int(y_host.min()), int(y_host.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"el2n_scores: labels must lie in [0, {n_classes}) (n_classes = {n_classes}), "
+                f"got min {lo}, max {hi}"
+            )
+    if ensemble and not isinstance(params, list | tuple):
+        raise ValueError(
+            "el2n_scores: ensemble=True needs params as a list or tuple of parameter pytrees, "
+            f"got {type(params).__name__}"
+        )
     members = list(params) if ensemble else [params]
     if not members:
         raise ValueError("el2n_scores: an ensemble needs at least one member")
@@ -176,13 +191,22 @@ def forgetting_init(n: int) -> ForgettingState:
 
 
 def forgetting_update(state: ForgettingState, correct: jax.Array) -> ForgettingState:
-    """Record one evaluation ``correct [n] bool`` (is each example classified correctly)."""
+    """Record one evaluation ``correct [n] bool`` (is each example classified correctly).
+
+    ValueError for a wrong shape or a non-bool dtype (a float ``correct``, e.g. a
+    probability, would otherwise be cast: any non-zero value counting as correct).
+    """
     if jnp.shape(correct) != state.previous.shape:
         raise ValueError(
             f"forgetting_update: correct must have shape {state.previous.shape}, "
             f"got {jnp.shape(correct)}"
         )
-    correct = jnp.asarray(correct, bool)
+    correct = jnp.asarray(correct)
+    if correct.dtype != jnp.bool_:
+        raise ValueError(
+            f"forgetting_update: correct must be bool (e.g. argmax(logits) == y), "
+            f"got dtype {correct.dtype}"
+        )
     forgot = state.previous & ~correct
     return ForgettingState(
         previous=correct,
@@ -228,29 +252,41 @@ def select(
 
     ``drop``: ``"easiest"`` drops the lowest scores (the paper's filtering of examples least
     important to feature learning), ``"hardest"`` the highest, ``"random"`` a uniformly
-    random subset (needs ``key``; the scores only give ``n``). Ties are broken by index:
-    of equal scores the lower index is dropped first. Host-side (NumPy): ValueError for
-    scores that are not ``[n]`` with ``n >= 1``, NaN scores, ``keep_fraction`` outside
-    ``(0, 1]``, an unknown ``drop`` or ``"random"`` without a key. ``+-inf`` are allowed.
+    random subset (needs ``key``; the scores only give ``n``).
+
+    Ties (e.g. the many examples with zero forgetting events): without ``key``, of equal
+    scores the lower index is dropped first; with ``key`` (a ``jax.random`` key), a
+    uniformly random subset of the tied examples at the cut is dropped (as Toneva et al.
+    remove a random subset of the unforgettable examples). Only the order among equal
+    scores depends on the key; one key gives nested kept sets across ``keep_fraction``.
+
+    Scores may be any real floating (bfloat16 included) or integer dtype. Host-side
+    (NumPy): ValueError for scores that are not ``[n]`` real numbers with ``n >= 1``, NaN
+    scores, ``keep_fraction`` outside ``(0, 1]``, an unknown ``drop`` or ``"random"``
+    without a key. ``+-inf`` are allowed.
     """
     if drop not in DROP_MODES:
         raise ValueError(f"select: drop must be one of {DROP_MODES}, got {drop!r}")
     s = np.asarray(scores)
+    if s.dtype == np.bool_ or not (
+        jnp.issubdtype(s.dtype, jnp.floating) or jnp.issubdtype(s.dtype, jnp.integer)
+    ):  # jnp.issubdtype: NumPy's does not count bfloat16 as floating
+        raise ValueError(f"select: scores must be real numbers, got dtype {s.dtype}")
+    s = s.astype(np.float64)
     if s.ndim != 1:
         raise ValueError(f"select: scores must be [n], got shape {s.shape}")
-    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
-        raise ValueError(f"select: scores must be real numbers, got dtype {s.dtype}")
     n = s.shape[0]
     k = n_keep(n, keep_fraction)
-    s = s.astype(np.float64)
     if np.isnan(s).any():
         raise ValueError(f"select: {int(np.isnan(s).sum())} NaN score(s)")
     if drop == "random":
         if key is None:
             raise ValueError('select: drop="random" needs a key')
-        keep = np.asarray(jax.random.permutation(key, n))[:k]
-    elif drop == "easiest":  # ascending, ties by index: the first n - k go
-        keep = np.argsort(s, kind="stable")[n - k :]
-    else:  # hardest: descending, ties by index
-        keep = np.argsort(-s, kind="stable")[n - k :]
+        return np.sort(np.asarray(jax.random.permutation(key, n))[:k]).astype(np.int64)
+    # a stable sort of the scores in a candidate order: ties keep the candidate order
+    order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
+    if drop == "easiest":  # ascending: the first n - k go
+        keep = order[np.argsort(s[order], kind="stable")][n - k :]
+    else:  # hardest: descending
+        keep = order[np.argsort(-s[order], kind="stable")][n - k :]
     return np.sort(keep).astype(np.int64)
