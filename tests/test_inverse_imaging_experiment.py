@@ -1,0 +1,180 @@
+"""experiments/inverse_imaging: the simulated data against the library's forward model, and
+one tiny end-to-end run (shared by the tests)."""
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.inverse_imaging.config import Config, tiny_config
+from experiments.inverse_imaging.data import (
+    _specimens,
+    grid_of,
+    log_patterns,
+    lowpass,
+    probe_positions,
+    simulate,
+    species_of,
+)
+from experiments.inverse_imaging.run import format_table, main, train_and_evaluate
+from experiments.inverse_imaging.train import (
+    epie_objects,
+    epie_potential,
+    fcn_inputs,
+    relative_errors,
+)
+from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    config = tiny_config()
+    return config, simulate(config, 6, 3)
+
+
+def test_simulated_patterns_match_the_forward_model_without_padding(tiny_data):
+    # every specimen is padded to the thickest with empty slices (vacuum at the exit, a pure
+    # phase in diffraction space): the patterns equal those of its own slices alone
+    config, data = tiny_data
+    pos, num, thickness, material, _ = _specimens(config, 6, np.random.default_rng(3))
+    np.testing.assert_array_equal(thickness, data.thickness)
+    grid = grid_of(config)
+    for i in range(6):
+        s = int(round(thickness[i] / config.dz))
+        slices = jnp.stack(
+            [
+                projected_potential(pos[i, k], num[i, k], grid, rms_displacement=0.08)
+                for k in range(s)
+            ]
+        )
+        direct = cbed_stack(
+            slices,
+            probe_positions(config),
+            grid,
+            config.energy,
+            semiangle=config.semiangle,
+            defocus=config.defocus,
+            dz=config.dz,
+        )
+        np.testing.assert_allclose(data.patterns[i], direct, atol=2e-6 * float(direct.max()))
+        truth = np.asarray(lowpass(slices.sum(0), config)) / 1000.0
+        np.testing.assert_allclose(data.targets[i], truth, atol=1e-4 * np.abs(truth).max())
+        assert np.all(num[i, s:] == 0)  # the padding holds no atom
+
+
+def test_simulated_data_set_is_deterministic_and_well_formed(tiny_data):
+    config, data = tiny_data
+    again = simulate(config, 6, 3)
+    np.testing.assert_array_equal(data.patterns, again.patterns)
+    p, n = config.n_positions, config.grid
+    assert data.patterns.shape == (6, p, n, n) and data.targets.shape == (6, n, n)
+    total = data.patterns.sum(axis=(2, 3))
+    assert np.all(total <= 1.0 + 1e-5) and np.all(total > 0.5)  # band limit loses a little
+    np.testing.assert_allclose(data.targets.mean(axis=(1, 2)), 0.0, atol=1e-6)
+    assert np.all(np.abs(data.targets).max(axis=(1, 2)) > 0)  # no empty specimen
+    lo, hi = config.slices
+    assert set(np.round(data.thickness / config.dz).astype(int)) <= set(range(lo, hi + 1))
+    x = log_patterns(data.patterns)
+    assert x.shape == (6, n, n, p) and np.all(np.isfinite(x))
+    assert species_of(config) == (8, 12, 14, 22, 31, 33, 38, 74, 78)
+
+
+def test_dose_adds_poisson_noise_of_that_many_electrons():
+    config = dataclasses.replace(tiny_config(), dose=1e4)
+    clean = simulate(dataclasses.replace(config, dose=None), 4, 1)
+    noisy = simulate(config, 4, 1)
+    counts = noisy.patterns * 1e4
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-2)  # whole electrons
+    # Poisson: variance = mean, so the standardised residual has unit variance
+    lit = clean.patterns * 1e4 > 20
+    z = (counts - clean.patterns * 1e4)[lit] / np.sqrt(clean.patterns[lit] * 1e4)
+    assert 0.9 < z.std() < 1.1 and abs(z.mean()) < 0.1
+
+
+def test_epie_objects_equal_one_call_per_specimen_and_feed_the_fcn(tiny_data):
+    # chunked, vmapped and padded to one compiled shape: the same as ePIE on each stack
+    config, data = tiny_data
+    objects, seconds = epie_objects(config, data.patterns)
+    grid = grid_of(config)
+    p0 = probe(grid, config.energy, semiangle=config.semiangle, defocus=config.defocus)
+    for i in (0, 5):
+        one = epie(data.patterns[i], probe_positions(config), p0, grid, n_iter=config.epie_iters)
+        np.testing.assert_allclose(objects[i], one.object, atol=1e-5)
+    assert seconds > 0
+    pot = epie_potential(config, objects)
+    direct = lowpass(potential_from_object(jnp.asarray(objects[2]), config.energy), config)
+    np.testing.assert_allclose(pot[2], np.asarray(direct) / 1000.0, atol=1e-5)
+    x = fcn_inputs(config, data.patterns, objects)
+    assert x.shape == (6, config.grid, config.grid, 2)
+    np.testing.assert_array_equal(x[..., 0] + 1j * x[..., 1], objects)
+    cbed_config = dataclasses.replace(config, fcn_input="cbed")
+    assert fcn_inputs(cbed_config, data.patterns, None).shape[-1] == config.n_positions
+
+
+def test_relative_errors():
+    t = np.random.default_rng(0).normal(size=(3, 4, 4))
+    np.testing.assert_allclose(relative_errors(t, t), 0.0)
+    np.testing.assert_allclose(relative_errors(np.zeros_like(t), t), 1.0)
+    np.testing.assert_allclose(relative_errors(1.5 * t, t), 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imaging") / "run"
+    config = tiny_config()
+    return config, train_and_evaluate(config, folder), folder
+
+
+def test_tiny_run_writes_its_folder(tiny_run):
+    config, results, folder = tiny_run
+    for name in ("config.json", "results.json", "test_predictions.npz", "training.png",
+                 "examples.png", "error_vs_thickness.png"):  # fmt: skip
+        assert (folder / name).stat().st_size > 0
+    res = json.loads((folder / "results.json").read_text())
+    assert set(res["summary"]) == {"FCN(ePIE)", "ePIE"} and res["fcn_method"] == "FCN(ePIE)"
+    assert res["n_parameters"] > 0 and 0.0 <= res["fcn_better_fraction"] <= 1.0
+    assert len(res["history"]["train_loss"]) == config.epochs
+    assert np.all(np.isfinite(res["history"]["train_loss"]))
+    saved = np.load(folder / "test_predictions.npz")
+    for name in ("FCN(ePIE)", "ePIE"):
+        err = relative_errors(saved[name], saved["truth"])
+        assert res["summary"][name]["all"]["median"] == pytest.approx(float(np.median(err)))
+        assert res["summary"][name]["all"]["n"] == config.n_test
+    assert "median relative error" in format_table(res)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"grid": 31},  # not divisible by 2 for two levels
+        {"slices": (3, 2)},
+        {"resolution": 0.9},
+        {"dose": -1.0},
+        {"materials": ("Unobtainium",)},
+        {"n_examples": 99},
+        {"epochs": 0},
+        {"bottleneck": "global"},
+        {"fcn_input": "pixels"},
+        {"run_name": "a/b"},
+    ],
+)
+def test_bad_config_raises_before_any_work(change, tmp_path):
+    config = dataclasses.replace(tiny_config(), **change)
+    with pytest.raises(ValueError):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_main_tiny_from_raw_cbed(tmp_path, capsys):
+    # the paper's formulation: the FCN reads the CBED stack itself (dense bottleneck)
+    run_dir = main(["--tiny", "--out-root", str(tmp_path), "--fcn-input", "cbed",
+                    "--bottleneck", "dense"])  # fmt: skip
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["fcn_method"] == "FCN(CBED)"
+    assert "per specimen: FCN" in capsys.readouterr().out
+
+
+def test_default_config_is_valid():
+    Config().validate()
