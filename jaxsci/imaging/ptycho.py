@@ -6,8 +6,14 @@ probe moved to ``r`` (unitary FFT, zero frequency centred, as :func:`cbed` recor
 Each visit of a position (Maiden & Rodenburg 2009, object update only):
 
     psi  = O P_r
-    psi' = IFFT( sqrt(I_r) exp(i arg FFT psi) )
+    psi' = IFFT( sqrt(I_r) exp(i arg FFT psi) )   (inside the band limit; FFT psi outside)
     O   <- O + step conj(P_r) / max|P_r|^2 (psi' - psi)
+
+The modulus constraint applies only where the patterns were measured: inside the band limit
+that :func:`cbed_stack` applies (``band_limit``, the same default). Beyond it a simulated
+pattern is 0 by anti-aliasing, not because the specimen scatters nothing there; forcing the
+modulus to 0 there pulled the object away from the truth (one-slice specimens: 0.114
+relative error of the potential against 0.002 with the constraint inside the band).
 
 A global phase of ``O`` is not recoverable (``O`` and ``O e^{i c}`` give the same
 patterns), nor is ``O`` where the probe never goes (it stays ``object0``).
@@ -22,7 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsci.imaging.optics import Grid, _concrete, check_positive, interaction_constant, shift_phase
+from jaxsci.imaging.optics import (
+    Grid,
+    _check_band_limit,
+    _concrete,
+    band_limit_mask,
+    check_positive,
+    interaction_constant,
+    shift_phase,
+)
 
 __all__ = ["EPIEResult", "epie", "potential_from_object"]
 
@@ -76,9 +90,10 @@ def _check(patterns, probe_positions, probe0, grid, n_iter, step, object0) -> No
         raise ValueError(f"{where}: probe0 must be finite and not all zero")
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "n_iter", "shuffle"))
-def _epie(patterns, positions, probe0, object0, keys, step, *, grid, n_iter, shuffle):
+@functools.partial(jax.jit, static_argnames=("grid", "n_iter", "shuffle", "band_limit"))
+def _epie(patterns, positions, probe0, object0, keys, step, *, grid, n_iter, shuffle, band_limit):
     amplitude = jnp.sqrt(jnp.fft.ifftshift(patterns, axes=(-2, -1)))  # FFT order
+    measured = jnp.asarray(band_limit_mask(grid, band_limit)) > 0  # FFT order
     probe_hat = jnp.fft.fft2(probe0)
     probes = jax.vmap(lambda r: jnp.fft.ifft2(probe_hat * shift_phase(grid, r)))(positions)
     weight = jnp.conj(probes) / jnp.max(jnp.abs(probes) ** 2, axis=(-2, -1), keepdims=True)
@@ -89,9 +104,9 @@ def _epie(patterns, positions, probe0, object0, keys, step, *, grid, n_iter, shu
         psi = obj * probes[j]
         spectrum = jnp.fft.fft2(psi, norm="ortho")
         modulus = jnp.abs(spectrum)
-        err = jnp.sum((modulus - amplitude[j]) ** 2)
+        err = jnp.sum(jnp.where(measured, (modulus - amplitude[j]) ** 2, 0.0))
         unit = jnp.where(modulus > 0, spectrum / jnp.where(modulus > 0, modulus, 1.0), 1.0)
-        revised = jnp.fft.ifft2(amplitude[j] * unit, norm="ortho")
+        revised = jnp.fft.ifft2(jnp.where(measured, amplitude[j] * unit, spectrum), norm="ortho")
         return obj + step * weight[j] * (revised - psi), err
 
     def sweep(obj, key):
@@ -112,6 +127,7 @@ def epie(
     step=1.0,
     key: jax.Array | None = None,
     object0=None,
+    band_limit: float | None = 2 / 3,
 ) -> EPIEResult:
     """Reconstruct the object transmission from CBED patterns with a known probe (ePIE).
 
@@ -127,12 +143,16 @@ def epie(
       key: PRNG key; positions are visited in a fresh random order each sweep. ``None``
         visits them in the given order every sweep (deterministic).
       object0: complex ``[ny, nx]`` initial object; default all ones (vacuum).
+      band_limit: the anti-aliasing band limit the patterns were recorded with (fraction of
+        Nyquist, as in :func:`cbed_stack`; ``None``: all frequencies were measured). The
+        modulus constraint applies inside it only.
 
     Returns:
       :class:`EPIEResult` ``(object, errors)``. Pure and jitted (compiled once per grid,
-      ``n_iter``, shapes and whether ``key`` is given).
+      ``n_iter``, ``band_limit``, shapes and whether ``key`` is given).
     """
     _check(patterns, probe_positions, probe0, grid, n_iter, step, object0)
+    _check_band_limit(band_limit)
     cdt = jnp.result_type(1j)
     obj = jnp.ones(grid.shape, cdt) if object0 is None else jnp.asarray(object0, cdt)
     if key is None:
@@ -149,6 +169,7 @@ def epie(
         grid=grid,
         n_iter=n_iter,
         shuffle=key is not None,
+        band_limit=band_limit,
     )
     return EPIEResult(out_obj, errors)
 
