@@ -163,6 +163,7 @@ def crystal_block(
     zone_axis: Sequence[int] | None = (0, 0, 1),
     rotation: float | None = None,
     rng: np.random.Generator,
+    min_distance: float | None = None,
 ) -> CrystalBlock:
     """Cut a box of ``material`` with ``zone_axis`` along z (see the module docstring).
 
@@ -175,11 +176,17 @@ def crystal_block(
       rotation: rotation about z (radians) applied after the alignment; ``None`` draws it
         uniformly in ``[0, 2 pi)``.
       rng: the source of all randomness (zone axis, rotation, lattice translation).
+      min_distance: if given (Å), the seams are merged for use as a periodic x-y cell: an
+        atom closer than this to an atom before it (in the returned order), measured with
+        the minimum image in x and y, is dropped. Pick it below the material's shortest
+        bond (e.g. 1.5 Å for all of :data:`MATERIALS`), so that only pairs made by the
+        seams go. ``None`` keeps every atom of the box.
 
     Returns:
       :class:`CrystalBlock` with every atom of the rotated, translated lattice whose
       position lies in ``[0, Lx) x [0, Ly) x [0, thickness)``. Its expected number of atoms
-      (over the random translation) is exactly ``bulk_density * Lx * Ly * thickness``.
+      (over the random translation) is exactly ``bulk_density * Lx * Ly * thickness``
+      (less the seam atoms that ``min_distance`` drops).
     """
     cell_atoms = material_cell(material)
     try:
@@ -234,6 +241,9 @@ def crystal_block(
     nums = np.concatenate(keep_num, axis=0).astype(np.int32)
     order = np.lexsort((positions[:, 0], positions[:, 1], positions[:, 2]))
     positions, nums = positions[order], nums[order]
+    if min_distance is not None:
+        keep = _seam_keep(positions, (lx, ly), float(min_distance))
+        positions, nums = positions[keep], nums[keep]
     positions.setflags(write=False)
     nums.setflags(write=False)
     return CrystalBlock(
@@ -245,6 +255,27 @@ def crystal_block(
         extent=(ly, lx),
         thickness=thickness,
     )
+
+
+def _seam_keep(positions: np.ndarray, extent_xy: tuple[float, float], d: float) -> np.ndarray:
+    """Mask of atoms to keep: drop each atom within ``d`` (x-y minimum image, plain z) of an
+    earlier kept one. Only atoms within ``d`` of an x or y face can pair across a seam, so
+    only those are compared (pairs inside the box are at least a bond length apart)."""
+    if not (np.isfinite(d) and d > 0):
+        raise ValueError(f"min_distance must be positive and finite (Angstrom), got {d!r}")
+    box = np.asarray(extent_xy)
+    xy = positions[:, :2]
+    near = np.flatnonzero(np.any((xy < d) | (xy >= box - d), axis=1))
+    keep = np.ones(len(positions), bool)
+    for a, i in enumerate(near):
+        if not keep[i]:
+            continue
+        j = near[a + 1 :]
+        j = j[keep[j]]
+        delta = positions[j] - positions[i]
+        delta[:, :2] -= box * np.round(delta[:, :2] / box)
+        keep[j[np.einsum("ij,ij->i", delta, delta) < d * d]] = False
+    return keep
 
 
 def slice_block(block: CrystalBlock, n_slices: int, *, max_atoms: int | None = None) -> SlicedBlock:
