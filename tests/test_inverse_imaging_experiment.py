@@ -10,6 +10,7 @@ import pytest
 
 from experiments.inverse_imaging.config import Config, tiny_config
 from experiments.inverse_imaging.data import (
+    TEST_SEED_OFFSET,
     _specimens,
     grid_of,
     log_patterns,
@@ -145,6 +146,30 @@ def test_tiny_run_writes_its_folder(tiny_run):
     assert "median relative error" in format_table(res)
 
 
+def test_tiny_run_holds_out_its_test_specimens_and_scores_fairly(tiny_run):
+    config, results, folder = tiny_run
+    res = json.loads((folder / "results.json").read_text())
+    assert res["seeds"] == {"train": config.seed, "test": config.seed + TEST_SEED_OFFSET}
+    saved = np.load(folder / "test_predictions.npz")
+    test = simulate(config, config.n_test, config.seed + TEST_SEED_OFFSET)
+    np.testing.assert_array_equal(saved["truth"], test.targets)  # the held-out specimens
+    train = simulate(config, config.n_train, config.seed)
+    assert not any(np.allclose(t, u, atol=1e-6) for t in test.targets for u in train.targets)
+    for name in ("FCN(ePIE)", "ePIE"):  # scored in the truth's form: low-passed, mean-free
+        scale = float(np.abs(saved[name]).max())
+        np.testing.assert_allclose(lowpass(saved[name], config), saved[name], atol=1e-5 * scale)
+    # the inputs are standardised with the training specimens' statistics only
+    objects, _ = epie_objects(config, train.patterns)
+    raw = fcn_inputs(config, train.patterns, objects)
+    stats = res["input_standardization"]
+    assert stats["mean"] == pytest.approx(float(raw.mean()), rel=1e-5, abs=1e-6)
+    assert stats["std"] == pytest.approx(float(raw.std()), rel=1e-5)
+    t = res["timings"]  # FCN(ePIE) reads ePIE's answer: its cost includes ePIE's
+    assert t["fcn_pipeline_s_per_specimen"] == pytest.approx(
+        t["fcn_s_per_specimen"] + t["epie_s_per_specimen"]
+    )
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -157,6 +182,10 @@ def test_tiny_run_writes_its_folder(tiny_run):
         {"epochs": 0},
         {"bottleneck": "global"},
         {"fcn_input": "pixels"},
+        {"n_train": 4},  # fewer than one batch
+        {"features": (8, 0)},
+        {"semiangle": 60.0},  # beyond the band limit of 32 px over 8 Å at 200 keV
+        {"min_distance": 0.0},
         {"run_name": "a/b"},
     ],
 )

@@ -7,6 +7,7 @@ import numbers
 from dataclasses import dataclass
 
 from jaxsci.data.crystal_blocks import MATERIALS
+from jaxsci.imaging import wavelength
 
 __all__ = ["Config", "tiny_config"]
 
@@ -44,6 +45,7 @@ class Config:
     dz: float = 2.0  # Å per slice
     slices: tuple[int, int] = (1, 10)  # thickness from 1 * dz to 10 * dz (2-20 Å)
     rms_displacement: float = 0.08  # Å, Debye-Waller blur of the atoms
+    min_distance: float = 1.5  # Å: merge atoms the periodic cell's seams bring closer
     resolution: float = 0.5  # target low-pass, fraction of the Nyquist frequency
     dose: float | None = None  # electrons per pattern (Poisson noise); None: noise-free
     materials: tuple[str, ...] = MATERIALS
@@ -77,6 +79,8 @@ class Config:
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if not (math.isfinite(self.defocus) and math.isfinite(self.rms_displacement)):
             raise ValueError("defocus and rms_displacement must be finite")
+        if not (math.isfinite(self.min_distance) and self.min_distance > 0):
+            raise ValueError(f"min_distance must be positive (Å), got {self.min_distance}")
         if self.rms_displacement < 0:
             raise ValueError(f"rms_displacement must be >= 0, got {self.rms_displacement}")
         lo, hi = self.slices
@@ -96,6 +100,23 @@ class Config:
         if not self.materials or unknown:
             raise ValueError(
                 f"materials must be a non-empty subset of {MATERIALS}, got {self.materials}"
+            )
+        if self.n_train < self.batch_size:
+            raise ValueError(
+                f"n_train ({self.n_train}) must be at least batch_size ({self.batch_size})"
+            )
+        if not self.features or any(
+            isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 1
+            for f in self.features
+        ):
+            raise ValueError(f"features must be ints >= 1, got {self.features}")
+        # the probe's aperture must lie inside the simulation's 2/3 band limit
+        k_nyquist = self.grid / (2 * self.extent)  # 1/Å
+        top = 1e3 * float(wavelength(self.energy)) * (2 / 3) * k_nyquist  # mrad
+        if self.semiangle > top:
+            raise ValueError(
+                f"semiangle {self.semiangle} mrad exceeds the band limit of this sampling "
+                f"({top:.1f} mrad): use more pixels per Å (grid / extent)"
             )
         levels = len(self.features) - 1
         if not self.features or self.grid % 2**levels:

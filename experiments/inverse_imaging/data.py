@@ -2,12 +2,12 @@
 
 Each specimen is a :func:`jaxsci.data.crystal_blocks.crystal_block` of a random material,
 zone axis, rotation and thickness (``n`` slices of ``dz``, ``n`` uniform in
-``config.slices``), binned into slices and zero-padded to the largest thickness: trailing
-empty slices are vacuum, whose propagation is a pure phase in diffraction space, so the
-padding leaves every CBED pattern exactly as it is. One jitted, vmapped program per chunk of
-specimens computes each slice's projected potential, the multislice CBED stack and the
-target (the total projected potential low-passed to ``config.resolution`` x Nyquist, mean
-removed, kV·Å).
+``config.slices``; seams merged for the periodic cell, ``config.min_distance``), binned into
+slices and zero-padded to the largest thickness: trailing empty slices are vacuum, whose
+propagation is a pure phase in diffraction space, so the padding leaves every CBED pattern
+exactly as it is. One jitted, vmapped program per chunk of specimens computes each slice's
+projected potential, the multislice CBED stack and the target (the total projected
+potential low-passed to ``config.resolution`` x Nyquist, mean removed, kV·Å).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jaxsci.imaging import Grid, band_limit_mask, cbed_stack, projected_potentia
 __all__ = [
     "ImagingSet",
     "LOG_FLOOR",
+    "TEST_SEED_OFFSET",
     "grid_of",
     "log_patterns",
     "lowpass",
@@ -35,13 +36,15 @@ __all__ = [
 
 LOG_FLOOR = 1e-6  # added to intensities (total 1 per pattern) before the log
 CHUNK = 32  # specimens per call of the simulator
+TEST_SEED_OFFSET = 10_000  # the held-out specimens come from config.seed + this
 
 
 class ImagingSet(NamedTuple):
     """Simulated specimens.
 
     Attributes:
-      patterns: ``[n, P, H, W]`` float32 CBED intensities (each pattern sums to <= 1).
+      patterns: ``[n, P, H, W]`` float32 CBED intensities (noise-free, each pattern sums to
+        <= 1, the band limit losing a little; with ``config.dose``, electron counts / dose).
       targets: ``[n, H, W]`` float32 projected potential, low-passed, mean removed, kV·Å.
       thickness: ``[n]`` specimen thickness, Å.
       material: ``[n]`` index into ``config.materials``.
@@ -128,6 +131,7 @@ def _specimens(config: Config, n: int, rng: np.random.Generator):
                 thickness=n_slices * config.dz,
                 zone_axis=None,
                 rng=rng,
+                min_distance=config.min_distance,
             )
         blocks.append(slice_block(block, n_slices))
         meta.append((n_slices * config.dz, m, ZONE_AXES.index(block.zone_axis)))

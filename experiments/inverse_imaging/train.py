@@ -145,19 +145,23 @@ def train_fcn(
 def epie_objects(
     config: Config, patterns: np.ndarray, *, progress: bool = False
 ) -> tuple[np.ndarray, float]:
-    """ePIE with the known probe (projection approximation) on every stack ``[n, P, H, W]``:
+    """ePIE with the known probe (projection approximation; the modulus constraint inside
+    the simulation's band limit) on every stack ``[n, P, H, W]``:
     the objects (complex ``[n, H, W]``) and the wall seconds per specimen (compilation
     excluded; chunks of specimens are vmapped)."""
     grid = grid_of(config)
     positions = jnp.asarray(probe_positions(config))
     probe0 = probe(grid, config.energy, semiangle=config.semiangle, defocus=config.defocus)
 
-    def one(stack):
-        return epie(stack, positions, probe0, grid, n_iter=config.epie_iters).object
+    def one(stack):  # the band limit cbed_stack recorded the patterns with
+        return epie(
+            stack, positions, probe0, grid, n_iter=config.epie_iters, band_limit=2 / 3
+        ).object
 
     run = jax.jit(jax.vmap(one))
     chunk = 16
-    run(jnp.asarray(patterns[:chunk])).block_until_ready()  # compile outside the clock
+    warm = np.resize(patterns[:chunk], (chunk, *patterns.shape[1:]))  # the timed shape
+    run(jnp.asarray(warm)).block_until_ready()  # compile outside the clock
     starts = range(0, len(patterns), chunk)
     if progress:
         from tqdm.auto import tqdm
