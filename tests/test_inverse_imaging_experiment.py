@@ -25,6 +25,7 @@ from experiments.inverse_imaging.train import (
     epie_potential,
     fcn_inputs,
     relative_errors,
+    residual_answer,
 )
 from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
 
@@ -207,3 +208,14 @@ def test_main_tiny_from_raw_cbed(tmp_path, capsys):
 
 def test_default_config_is_valid():
     Config().validate()
+
+
+def test_residual_answer_is_the_base_plus_its_rms_times_the_output():
+    rng = np.random.default_rng(1)
+    base, out = rng.normal(size=(2, 3, 5, 5))
+    base[1] *= 100.0  # the unit is each specimen's own RMS
+    got = residual_answer(base, out)
+    for i in range(3):
+        want = base[i] + np.sqrt(np.mean(base[i] ** 2)) * out[i]
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(residual_answer(base, np.zeros_like(out)), base)

@@ -27,7 +27,8 @@ class Config:
     baseline. The FCN (U-Net) reads either the raw log CBED stack (``fcn_input="cbed"``, the
     paper's formulation; use ``bottleneck="dense"``: diffraction to real space is a global
     map) or the ePIE object (``"epie"``: a learned correction of the projection
-    approximation, real space to real space, a local map).
+    approximation, real space to real space, a local map; with ``residual`` the answer is
+    ePIE's potential plus the network's output, so where ePIE is right nothing is learned).
     """
 
     out_root: str = "runs"
@@ -54,6 +55,7 @@ class Config:
     n_train: int = 2048
     n_test: int = 256
     fcn_input: str = "epie"  # "epie": the ePIE object; "cbed": the log CBED stack
+    residual: bool = True  # with "epie": the network predicts ePIE's error (answer = ePIE + it)
     features: tuple[int, ...] = (16, 32, 64)
     bottleneck: str = "conv"  # "dense" for fcn_input="cbed"
     dense_channels: int = 4

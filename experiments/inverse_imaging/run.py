@@ -10,10 +10,11 @@ low-passed to the same resolution as the truth:
 
 * ePIE (known probe, projection approximation), the classical baseline;
 * a U-Net trained through ``jaxsci.parallel.data_parallel`` (all local devices; MPI ranks
-  under mpirun). By default it reads the ePIE object and learns to correct it (the
-  projection approximation fails as specimens thicken); ``--fcn-input cbed --bottleneck
-  dense`` makes it read the raw CBED stack, Laanait et al.'s formulation, which at this
-  size and training budget does not learn the global diffraction-to-real-space map.
+  under mpirun). By default it reads the ePIE object and predicts ePIE's error, in units of
+  each specimen's RMS potential (the projection approximation fails as specimens thicken);
+  ``--fcn-input cbed --bottleneck dense`` makes it read the raw CBED stack, Laanait et al.'s
+  formulation, which at this size and training budget does not learn the global
+  diffraction-to-real-space map.
 
 Writes ``results.json``, ``config.json``, ``test_predictions.npz`` and PNGs (training
 curve, examples, error against thickness) to a run folder.
@@ -43,6 +44,7 @@ from experiments.inverse_imaging.train import (
     fcn_inputs,
     predict,
     relative_errors,
+    residual_answer,
     train_fcn,
 )
 from jaxsci.train import make_run_dir, write_json
@@ -101,15 +103,21 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
     x_test = standardize(fcn_inputs(config, test.patterns, objects["test"]))
     del raw_train
 
+    epie_test = epie_potential(config, objects["test"])
+    residual = config.fcn_input == "epie" and config.residual
+    bases = {}
+    if residual:  # the network learns ePIE's error, not the potential
+        bases = {"train_base": epie_potential(config, objects["train"]), "test_base": epie_test}
     t0 = time.perf_counter()
     model, params, history = train_fcn(
-        config, x_train, train.targets, x_test, test.targets, progress=config.progress
+        config, x_train, train.targets, x_test, test.targets, progress=config.progress, **bases
     )
     timings["train_s"] = time.perf_counter() - t0
 
     predict(model, params, x_test)  # compile the timed shapes outside the clock
     t0 = time.perf_counter()
-    fcn = np.asarray(lowpass(predict(model, params, x_test), config))
+    fcn = predict(model, params, x_test)
+    fcn = np.asarray(lowpass(residual_answer(epie_test, fcn) if residual else fcn, config))
     timings["fcn_s_per_specimen"] = (time.perf_counter() - t0) / config.n_test
     timings["epie_s_per_specimen"] = timings["epie_test_s_per_specimen"]
     # what a specimen costs each method end to end: FCN(ePIE) reads ePIE's answer
@@ -117,7 +125,7 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
         timings["epie_s_per_specimen"] if config.fcn_input == "epie" else 0.0
     )
     label = "FCN(ePIE)" if config.fcn_input == "epie" else "FCN(CBED)"
-    predictions = {label: fcn, "ePIE": epie_potential(config, objects["test"])}
+    predictions = {label: fcn, "ePIE": epie_test}
     errors = {name: relative_errors(p, test.targets) for name, p in predictions.items()}
 
     results = {

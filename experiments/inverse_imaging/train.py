@@ -24,6 +24,7 @@ __all__ = [
     "make_model",
     "predict",
     "relative_errors",
+    "residual_answer",
     "train_fcn",
 ]
 
@@ -76,6 +77,16 @@ def _apply(model: UNet):
     return _APPLY[model]
 
 
+def _rms(base: np.ndarray) -> np.ndarray:
+    """Per-specimen RMS ``[n, 1, 1]`` of ``[n, H, W]`` maps (the residual's unit)."""
+    return np.sqrt(np.mean(base**2, axis=(1, 2), keepdims=True)) + 1e-6
+
+
+def residual_answer(base: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The answer of a residual network: ``base + rms(base) * output`` (``[n, H, W]``)."""
+    return base + _rms(base) * output
+
+
 def train_fcn(
     config: Config,
     train_inputs: np.ndarray,
@@ -83,15 +94,23 @@ def train_fcn(
     test_inputs: np.ndarray,
     test_targets: np.ndarray,
     *,
+    train_base: np.ndarray | None = None,
+    test_base: np.ndarray | None = None,
     progress: bool = False,
 ) -> tuple[UNet, Any, dict[str, list[float]]]:
     """Train the U-Net on the mean squared error (kV·Å)² with Adam (cosine decay) through
     ``jaxsci.parallel``'s data-parallel step (all local devices; MPI ranks under mpirun).
 
+    With ``train_base`` / ``test_base`` (``[n, H, W]``, e.g. ePIE's potentials) the network
+    learns the residual in units of each specimen's base: it is trained on ``(targets -
+    base) / rms(base)`` and predicts ``base + rms(base) * output`` (:func:`residual_answer`).
+
     Returns the model, its parameters and the history: per epoch the mean training loss
     and the test set's median relative error (after low-passing the prediction like the
     target).
     """
+    if train_base is not None:
+        train_targets = (train_targets - train_base) / _rms(train_base)
     model = make_model(config)
     n = len(train_inputs)
     per_epoch = n // config.batch_size
@@ -132,7 +151,10 @@ def train_fcn(
             if bar is not None:
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        pred = np.asarray(lowpass(predict(model, dp.params(state), test_inputs), config))
+        pred = predict(model, dp.params(state), test_inputs)
+        if test_base is not None:
+            pred = residual_answer(test_base, pred)
+        pred = np.asarray(lowpass(pred, config))
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(float(np.mean(losses)))
         history["test_median_error"].append(float(np.median(relative_errors(pred, test_targets))))
