@@ -16,3 +16,4 @@ def test_readme_first_look_runs():
     assert scope["result"].success and scope["result"].positions.shape == (13, 3)
     assert abs(float(scope["params"]["w"][0]) - 2.0) < 1e-3
     assert scope["mc"].samples.shape == (5, 3, 250)
+    assert scope["patterns"].shape == (16, 64, 64) and scope["obj"].shape == (64, 64)

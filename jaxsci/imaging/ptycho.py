@@ -62,7 +62,7 @@ def _check(patterns, probe_positions, probe0, grid, n_iter, step, object0) -> No
     shape = jnp.shape(patterns)
     if len(shape) != 3 or shape[1:] != grid.shape or shape[0] < 1:
         raise ValueError(f"{where}: patterns must be [P, ny, nx] = [P, *{grid.shape}], got {shape}")
-    pshape = jnp.shape(probe_positions)
+    pshape = np.shape(probe_positions)
     if pshape != (shape[0], 2):
         raise ValueError(f"{where}: probe_positions must be [P, 2] = [{shape[0]}, 2], got {pshape}")
     if jnp.shape(probe0) != grid.shape:

@@ -126,10 +126,12 @@ def cbed_stack(
     The probe (:func:`jaxsci.imaging.probe`, same arguments) is moved to each ``(x, y)``
     position (``[P, 2]``, Å) by a Fourier phase ramp, sent through :func:`multislice` and
     recorded with :func:`cbed`. Compiled once per ``(grid, band_limit, shapes)``; energy,
-    aberrations, ``dz`` and positions are traced, so new values do not recompile.
+    aberrations, ``dz`` and positions are traced, so new values do not recompile. The
+    scalars are cast to the default float dtype first, so an ``int``, a Python ``float``
+    and a NumPy ``float32`` / ``float64`` of the same argument share one compilation.
     """
     _check_slices(potential_slices, grid, "cbed_stack")
-    pshape = jnp.shape(probe_positions)
+    pshape = np.shape(probe_positions)
     if len(pshape) != 2 or pshape[1] != 2:
         raise ValueError(f"cbed_stack: probe_positions must be [P, 2] (x, y), got {pshape}")
     r = _concrete(probe_positions)
@@ -138,6 +140,13 @@ def cbed_stack(
     for name, value in (("energy", energy), ("semiangle", semiangle), ("dz", dz)):
         check_positive(value, name, "cbed_stack")
     _check_band_limit(band_limit)
+    # one dtype for the traced scalars: jit keys its cache on dtype (and weak typing), so
+    # 100000, 100e3 and np.float32(100e3) would otherwise each compile anew
+    fdt = jnp.result_type(float)
+    energy, semiangle, defocus, cs, dz = (
+        jnp.asarray(x, dtype=fdt) for x in (energy, semiangle, defocus, cs, dz)
+    )
+    positions = jnp.asarray(probe_positions, dtype=fdt)  # a nested list works too
     return _cbed_stack(
-        potential_slices, probe_positions, grid, energy, semiangle, defocus, cs, dz, band_limit
+        potential_slices, positions, grid, energy, semiangle, defocus, cs, dz, band_limit
     )
