@@ -136,6 +136,7 @@ def test_tiny_run_writes_its_folder(tiny_run):
         assert (folder / name).stat().st_size > 0
     res = json.loads((folder / "results.json").read_text())
     assert set(res["summary"]) == {"FCN(ePIE)", "ePIE"} and res["fcn_method"] == "FCN(ePIE)"
+    assert res["residual"] is True
     assert res["n_parameters"] > 0 and 0.0 <= res["fcn_better_fraction"] <= 1.0
     assert len(res["history"]["train_loss"]) == config.epochs
     assert np.all(np.isfinite(res["history"]["train_loss"]))

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from experiments.inverse_imaging.config import Config, tiny_config
@@ -131,11 +132,12 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
     results = {
         "n_train": config.n_train,
         "n_test": config.n_test,
-        "n_parameters": int(sum(np.size(x) for x in _leaves(params))),
+        "n_parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
         "seeds": {"train": config.seed, "test": test_seed},
         "input_standardization": {"mean": standardize.mean, "std": standardize.std},
         "summary": {name: summarize(e, test, config) for name, e in errors.items()},
         "fcn_method": label,
+        "residual": residual,
         "fcn_better_fraction": float(np.mean(errors[label] < errors["ePIE"])),
         "history": history,
         "timings": timings,
@@ -162,12 +164,6 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
         )
     plot_error_vs_thickness(test.thickness, errors, run_dir / "error_vs_thickness.png")
     return {**results, "run_dir": str(run_dir)}
-
-
-def _leaves(tree: Any) -> list[Any]:
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 def format_table(results: dict[str, Any]) -> str:
