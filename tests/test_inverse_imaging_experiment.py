@@ -3,7 +3,9 @@ one tiny end-to-end run (shared by the tests)."""
 
 import dataclasses
 import json
+from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from experiments.inverse_imaging.train import (
     residual_answer,
 )
 from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
+from jaxsci.parallel import ProcessInfo, bootstrap
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,25 @@ def test_residual_answer_is_the_base_plus_its_rms_times_the_output():
         want = base[i] + np.sqrt(np.mean(base[i] ** 2)) * out[i]
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(residual_answer(base, np.zeros_like(out)), base)
+
+
+@pytest.mark.mpi
+def test_two_ranks_train_the_same_model_as_one_process_and_rank_0_writes(tmp_path):
+    info = bootstrap()
+    assert info.size == 2
+    root = Path(info.comm.bcast(str(tmp_path) if info.is_root else None, root=0))
+    config = tiny_config()
+    res = train_and_evaluate(config, root / "run", info=info)
+    medians = info.comm.allgather(res["summary"]["FCN(ePIE)"]["all"]["median"])
+    assert medians[0] == medians[1]  # every rank holds the same model
+    # each rank's shard of every batch, gradients all-reduced: one process on whole batches
+    single = ProcessInfo(0, 1, jax.local_device_count())
+    alone = train_and_evaluate(config, root / f"alone{info.rank}", info=single)
+    np.testing.assert_allclose(
+        res["history"]["train_loss"], alone["history"]["train_loss"], rtol=1e-3
+    )
+    info.barrier()
+    assert sorted(p.name for p in (root / "run").iterdir()) == sorted(
+        ["config.json", "results.json", "test_predictions.npz", "training.png",
+         "examples.png", "error_vs_thickness.png"]
+    )  # fmt: skip

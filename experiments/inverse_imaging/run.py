@@ -48,6 +48,7 @@ from experiments.inverse_imaging.train import (
     residual_answer,
     train_fcn,
 )
+from jaxsci.parallel import ProcessInfo, bootstrap
 from jaxsci.train import make_run_dir, write_json
 
 __all__ = ["format_table", "main", "summarize", "train_and_evaluate"]
@@ -77,12 +78,24 @@ def summarize(errors: np.ndarray, test: ImagingSet, config: Config) -> dict[str,
     return out
 
 
-def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
-    """Simulate, train, evaluate FCN and ePIE; writes into ``run_dir`` and returns results."""
+def train_and_evaluate(
+    config: Config, run_dir: str | Path, *, info: ProcessInfo | None = None
+) -> dict[str, Any]:
+    """Simulate, train, evaluate FCN and ePIE; writes into ``run_dir`` and returns results.
+
+    Under MPI (``info``, default :func:`jaxsci.parallel.bootstrap`) every rank simulates the
+    same specimens and trains its share of each batch; rank 0 alone writes and shows
+    progress, and every rank returns the same results.
+    """
     config.validate()
+    info = info if info is not None else bootstrap()
+    write = info.is_root
+    if not write:
+        config = dataclasses.replace(config, progress=False)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", dataclasses.asdict(config))
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", dataclasses.asdict(config))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -111,7 +124,14 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
         bases = {"train_base": epie_potential(config, objects["train"]), "test_base": epie_test}
     t0 = time.perf_counter()
     model, params, history = train_fcn(
-        config, x_train, train.targets, x_test, test.targets, progress=config.progress, **bases
+        config,
+        x_train,
+        train.targets,
+        x_test,
+        test.targets,
+        progress=config.progress,
+        info=info,
+        **bases,
     )
     timings["train_s"] = time.perf_counter() - t0
 
@@ -142,6 +162,8 @@ def train_and_evaluate(config: Config, run_dir: str | Path) -> dict[str, Any]:
         "history": history,
         "timings": timings,
     }
+    if not write:
+        return {**results, "run_dir": str(run_dir)}
     write_json(run_dir / "results.json", results)
     np.savez_compressed(
         run_dir / "test_predictions.npz",
@@ -203,9 +225,15 @@ def main(argv: list[str] | None = None) -> Path:
     }
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     config.validate()
-    run_dir = make_run_dir(config.out_root, config.run_name)
+    info = bootstrap()
+    run_dir = make_run_dir(config.out_root, config.run_name) if info.is_root else None
+    if info.size > 1:  # one folder, rank 0's
+        run_dir = info.comm.bcast(None if run_dir is None else str(run_dir), root=0)
+    run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    results = train_and_evaluate(config, run_dir)
+    results = train_and_evaluate(config, run_dir, info=info)
+    if not info.is_root:
+        return run_dir
     print(format_table(results))
     t = results["timings"]
     print(

@@ -14,7 +14,7 @@ from experiments.inverse_imaging.config import Config
 from experiments.inverse_imaging.data import grid_of, log_patterns, lowpass, probe_positions
 from jaxsci.imaging import epie, potential_from_object, probe
 from jaxsci.models.fcn import UNet
-from jaxsci.parallel import data_parallel
+from jaxsci.parallel import ProcessInfo, data_parallel
 
 __all__ = [
     "Standardizer",
@@ -97,6 +97,7 @@ def train_fcn(
     train_base: np.ndarray | None = None,
     test_base: np.ndarray | None = None,
     progress: bool = False,
+    info: ProcessInfo | None = None,
 ) -> tuple[UNet, Any, dict[str, list[float]]]:
     """Train the U-Net on the mean squared error (kV·Å)² with Adam (cosine decay) through
     ``jaxsci.parallel``'s data-parallel step (all local devices; MPI ranks under mpirun).
@@ -125,7 +126,7 @@ def train_fcn(
         x, y = batch
         return jnp.mean((model.apply(p, x)[..., 0] - y) ** 2)
 
-    dp = data_parallel(loss_fn, optax.adam(schedule))
+    dp = data_parallel(loss_fn, optax.adam(schedule), info=info)
     state = dp.init(params)
     rng = np.random.default_rng(config.seed)
     history: dict[str, list[float]] = {
