@@ -258,7 +258,13 @@ def test_parallel_tempering_continues_from_a_state():
     # the continuation (same hamiltonian, shapes and sample_every) compiled nothing new
     compiled = montecarlo._advance._cache_size()
     parallel_tempering(jax.random.PRNGKey(6), ham, more.final_state, [300.0, 500.0, 900.0], **kw)
+    # nor does another hamiltonian of the same shapes (its tables are traced arguments)
+    other = pair_hamiltonian(lat, np.array([[[0.0, 0.05], [0.05, 0.0]]]))
+    moved = parallel_tempering(jax.random.PRNGKey(7), other, more.final_state, temps, **kw)
     assert montecarlo._advance._cache_size() == compiled
+    np.testing.assert_allclose(
+        moved.energies[-1], [float(other.energy(o)) for o in moved.samples[-1]], rtol=1e-6
+    )
 
 
 def test_exchange_acceptance_counts_each_pair_s_tries():

@@ -13,7 +13,8 @@ besides the full energy.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,24 +25,58 @@ from jaxsci.alloys.lattice import Lattice
 RYDBERG_EV = 13.605693122994  # eV per Rydberg
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("table", "neighbors"),
+    meta_fields=("n_sites", "n_species"),
+)
 @dataclasses.dataclass(frozen=True)
 class PairHamiltonian:
-    """Pure energy functions of an occupation on one lattice (see module doc).
+    """Pair energies on one lattice (see module doc): a pytree, so jitted code takes its
+    tables as arguments (another table of the same shapes compiles nothing new).
 
     The occupation must hold species indices ``0..n_species - 1``; under ``jit`` they cannot
-    raise: an index out of range makes ``energy`` NaN, while ``swap_delta`` (the Monte Carlo
-    hot loop) clamps it (``parallel_tempering`` checks its input, and swaps keep it valid).
+    raise: an index out of range makes :meth:`energy` NaN, while :meth:`swap_delta` (the
+    Monte Carlo hot loop) clamps it (``parallel_tempering`` checks its input, and swaps keep
+    it valid).
 
     Attributes:
-      energy: ``occupation [n_sites] int -> E`` (eV).
-      swap_delta: ``(occupation, i, j) -> E(after swapping sites i and j) - E`` (eV).
+      table: ``[z, n_species, n_species]`` eV per bond of each neighbour column's shell.
+      neighbors: ``[n_sites, z]`` int site indices of each site's neighbours.
       n_sites, n_species: sizes of the occupation and of the species axis.
     """
 
-    energy: Callable[[jax.Array], jax.Array]
-    swap_delta: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    table: jax.Array
+    neighbors: jax.Array
     n_sites: int
     n_species: int
+
+    def energy(self, occupation: jax.Array) -> jax.Array:
+        """``occupation [n_sites] int -> E`` (eV); NaN for a species out of range."""
+        occ = jnp.asarray(occupation)
+        cols = jnp.arange(self.neighbors.shape[1])
+        # negative indices would wrap (-1 reads the last species): send them out of range
+        a, b = (jnp.where(x < 0, self.n_species, x) for x in (occ[:, None], occ[self.neighbors]))
+        pairs = self.table.at[cols[None, :], a, b].get(mode="fill", fill_value=jnp.nan)
+        return 0.5 * jnp.sum(pairs)
+
+    def swap_delta(self, occupation: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
+        """``E(after swapping sites i and j) - E`` (eV), from the two sites' bonds."""
+        occ = jnp.asarray(occupation)
+        vc, nbr = self.table, self.neighbors
+        cols = jnp.arange(nbr.shape[1])
+        a, b = occ[i], occ[j]
+        ki, kj = occ[nbr[i]], occ[nbr[j]]
+        # the hot loop of Monte Carlo: plain (clamping) gathers, 1.45x faster than checked
+        # ones; a bad species still shows, as NaN in the energy of the same sweep
+        di = jnp.sum(vc[cols, b, ki] - vc[cols, a, ki])  # site i: a -> b
+        dj = jnp.sum(vc[cols, a, kj] - vc[cols, b, kj])  # site j: b -> a
+        # If j neighbours i, the bond (i, j) keeps its pair {a, b}; the two sums above
+        # counted it as changing to (b, b) and (a, a): take that back.
+        bond = nbr[i] == j
+        kept = vc[cols, a, a] + vc[cols, b, b] - 2 * vc[cols, a, b]
+        back = jnp.sum(jnp.where(bond, kept, 0))
+        return di + dj - back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,41 +112,16 @@ def _check_pair_energies(pair_energies: np.ndarray, n_shells: int) -> np.ndarray
 
 
 def pair_hamiltonian(lattice: Lattice, pair_energies: np.ndarray) -> PairHamiltonian:
-    """The energy and swap-energy functions of ``pair_energies`` (eV per bond,
-    ``[n_shells, n_species, n_species]``) on ``lattice``."""
+    """The pair Hamiltonian of ``pair_energies`` (eV per bond, ``[n_shells, n_species,
+    n_species]``) on ``lattice``."""
     v = _check_pair_energies(pair_energies, lattice.n_shells)
     dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    vc = jnp.asarray(v[lattice.shell], dt)  # [z, S, S]: the table of each neighbour column
-    nbr = jnp.asarray(lattice.neighbors)
-    cols = jnp.arange(nbr.shape[1])
-
-    n_species = vc.shape[1]
-
-    def table(c, a, b):  # V[c, a, b]; NaN for a species index out of range (not clamped)
-        # negative indices would wrap (-1 reads the last species): send them out of range too
-        a, b = (jnp.where(x < 0, n_species, x) for x in (a, b))
-        return vc.at[c, a, b].get(mode="fill", fill_value=jnp.nan)
-
-    def energy(occupation: jax.Array) -> jax.Array:
-        occ = jnp.asarray(occupation)
-        return 0.5 * jnp.sum(table(cols[None, :], occ[:, None], occ[nbr]))
-
-    def swap_delta(occupation: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
-        occ = jnp.asarray(occupation)
-        a, b = occ[i], occ[j]
-        ki, kj = occ[nbr[i]], occ[nbr[j]]
-        # the hot loop of Monte Carlo: plain (clamping) gathers, 1.45x faster than checked
-        # ones; a bad species still shows, as NaN in the energy of the same sweep
-        di = jnp.sum(vc[cols, b, ki] - vc[cols, a, ki])  # site i: a -> b
-        dj = jnp.sum(vc[cols, a, kj] - vc[cols, b, kj])  # site j: b -> a
-        # If j neighbours i, the bond (i, j) keeps its pair {a, b}; the two sums above
-        # counted it as changing to (b, b) and (a, a): take that back.
-        bond = nbr[i] == j
-        kept = vc[cols, a, a] + vc[cols, b, b] - 2 * vc[cols, a, b]
-        back = jnp.sum(jnp.where(bond, kept, 0))
-        return di + dj - back
-
-    return PairHamiltonian(energy, swap_delta, lattice.n_sites, int(v.shape[1]))
+    return PairHamiltonian(
+        table=jnp.asarray(v[lattice.shell], dt),  # [z, S, S]: each neighbour column's shell
+        neighbors=jnp.asarray(lattice.neighbors),
+        n_sites=lattice.n_sites,
+        n_species=int(v.shape[1]),
+    )
 
 
 def epi_from_rydberg(couplings: Sequence, coordination: Sequence[int]) -> np.ndarray:
