@@ -34,7 +34,7 @@ class PTState(NamedTuple):
     Attributes:
       occupations: ``[R, n_sites]`` int32 species index per site.
       energies: ``[R]`` energy of each slot's configuration (eV).
-      accepted: ``[R]`` int32 swaps accepted at each temperature.
+      accepted: ``[R]`` int32 swaps accepted at each temperature (since the last reset).
       exchanged: ``[R - 1]`` int32 accepted exchanges between slots ``r`` and ``r + 1``.
       sweep: int32 sweeps done.
     """
@@ -61,7 +61,8 @@ class PTResult:
       timings: wall seconds of the burn-in (``burn_s``, compilation included) and of the
         sampling (``sampling_s``).
       final_state: the replicas at the end (pass it back as ``occupation`` to continue;
-        its acceptance counters cover the sampling phase).
+        its acceptance counters are zero: the run's counts are summed on the host, in
+        int64, into ``swap_acceptance`` and ``exchange_acceptance``).
     """
 
     temperatures: np.ndarray
@@ -278,11 +279,18 @@ def parallel_tempering(
     state = state._replace(
         accepted=zero(state.accepted), exchanged=zero(state.exchanged), sweep=zero(state.sweep)
     )
+    # counts summed on the host in int64: the state's int32 counters restart every call (a
+    # long run of a large lattice would overflow them: 2^31 swaps)
+    accepted = np.zeros(state.accepted.shape, np.int64)
+    exchanged = np.zeros(state.exchanged.shape, np.int64)
     t0 = time.perf_counter()
     for s, k in enumerate(jax.random.split(key_run, n_samples)):
         state = _advance(hamiltonian, state, betas, k, int(sample_every))
         energies[s] = np.asarray(state.energies)
         samples[s] = np.asarray(state.occupations)
+        accepted += np.asarray(state.accepted)
+        exchanged += np.asarray(state.exchanged)
+        state = state._replace(accepted=zero(state.accepted), exchanged=zero(state.exchanged))
         if bar is not None:
             bar.update(sample_every)
     timings["sampling_s"] = time.perf_counter() - t0
@@ -294,8 +302,8 @@ def parallel_tempering(
         temperatures=t,
         energies=energies,
         samples=samples,
-        swap_acceptance=np.asarray(state.accepted) / (n_sweeps * hamiltonian.n_sites),
-        exchange_acceptance=np.asarray(state.exchanged) / np.maximum(tries, 1),
+        swap_acceptance=accepted / (n_sweeps * hamiltonian.n_sites),
+        exchange_acceptance=exchanged / np.maximum(tries, 1),
         n_sweeps=n_sweeps,
         n_burn=n_burn_calls * sample_every,
         timings=timings,
