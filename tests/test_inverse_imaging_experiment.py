@@ -28,9 +28,10 @@ from experiments.inverse_imaging.train import (
     fcn_inputs,
     relative_errors,
     residual_answer,
+    train_fcn,
 )
 from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
-from jaxsci.parallel import ProcessInfo, bootstrap
+from jaxsci.parallel import ProcessInfo, bootstrap, make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +246,16 @@ def test_two_ranks_train_the_same_model_as_one_process_and_rank_0_writes(tmp_pat
         ["config.json", "results.json", "test_predictions.npz", "training.png",
          "examples.png", "error_vs_thickness.png"]
     )  # fmt: skip
+
+
+@pytest.mark.multidevice
+def test_four_devices_train_the_same_model_as_one(tiny_data):
+    # GroupNorm, no batch statistics: splitting each batch over 4 devices changes nothing
+    # but the summation order of the gradient
+    config, data = tiny_data
+    config = dataclasses.replace(config, n_train=4, batch_size=4, epochs=3)
+    x = log_patterns(data.patterns)[:4]
+    x = (x - x.mean()) / x.std()
+    y = data.targets[:4]
+    runs = [train_fcn(config, x, y, x, y, mesh=make_mesh(n))[2]["train_loss"] for n in (1, 4)]
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-4)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from experiments.inverse_imaging.config import Config
 from experiments.inverse_imaging.data import grid_of, log_patterns, lowpass, probe_positions
@@ -98,6 +99,7 @@ def train_fcn(
     test_base: np.ndarray | None = None,
     progress: bool = False,
     info: ProcessInfo | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[UNet, Any, dict[str, list[float]]]:
     """Train the U-Net on the mean squared error (kV·Å)² with Adam (cosine decay) through
     ``jaxsci.parallel``'s data-parallel step (all local devices; MPI ranks under mpirun).
@@ -126,7 +128,7 @@ def train_fcn(
         x, y = batch
         return jnp.mean((model.apply(p, x)[..., 0] - y) ** 2)
 
-    dp = data_parallel(loss_fn, optax.adam(schedule), info=info)
+    dp = data_parallel(loss_fn, optax.adam(schedule), info=info, mesh=mesh)
     state = dp.init(params)
     rng = np.random.default_rng(config.seed)
     history: dict[str, list[float]] = {
