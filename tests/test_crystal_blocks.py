@@ -307,9 +307,27 @@ def test_min_distance_merges_the_seams_of_a_periodic_cell(material):
         idx = [int(np.flatnonzero(np.all(raw.positions == p, axis=1))[0]) for p in merged.positions]
         assert idx == sorted(idx)
         dropped = np.setdiff1d(np.arange(raw.n_atoms), idx)
-        xy = raw.positions[dropped, :2]
-        assert np.all(np.any((xy < 1.5) | (xy >= np.array([7.0, 6.4]) - 1.5), axis=1))
+        # each dropped atom had a kept partner closer than 1.5 A across a seam
+        box = np.array([7.0, 6.4])
+        for k in dropped:
+            delta = merged.positions - raw.positions[k]
+            wrap = np.round(delta[:, :2] / box)
+            delta[:, :2] -= box * wrap
+            close = np.linalg.norm(delta, axis=1) < 1.5
+            assert np.any(close & np.any(wrap != 0, axis=1))
     assert found  # the seams did make close pairs, and they were merged
+
+
+def test_min_distance_never_drops_a_pair_inside_the_box():
+    # above the shortest bond (Ti-O 1.95 A) the crystal's own pairs are close too: only
+    # pairs across a seam may go
+    kw = dict(extent=(20.0, 20.0), thickness=4.0, rotation=0.3)
+    raw = crystal_block("SrTiO3", **kw, rng=np.random.default_rng(0))
+    merged = crystal_block("SrTiO3", **kw, rng=np.random.default_rng(0), min_distance=3.0)
+    inner = np.all((raw.positions[:, :2] > 3.0) & (raw.positions[:, :2] < 17.0), axis=1)
+    kept = {tuple(p) for p in merged.positions}
+    assert all(tuple(p) in kept for p in raw.positions[inner])
+    assert merged.n_atoms < raw.n_atoms  # seam pairs under 3 A did go
 
 
 def test_min_distance_keeps_a_commensurate_box_whole():

@@ -119,6 +119,13 @@ def test_epie_objects_equal_one_call_per_specimen_and_feed_the_fcn(tiny_data):
     assert fcn_inputs(cbed_config, data.patterns, None).shape[-1] == config.n_positions
 
 
+def test_residual_training_needs_both_bases(tiny_data):
+    config, data = tiny_data
+    x = np.zeros((6, config.grid, config.grid, 2), np.float32)
+    with pytest.raises(ValueError, match="together"):
+        train_fcn(config, x, data.targets, x, data.targets, train_base=data.targets)
+
+
 def test_relative_errors():
     t = np.random.default_rng(0).normal(size=(3, 4, 4))
     np.testing.assert_allclose(relative_errors(t, t), 0.0)
@@ -150,6 +157,10 @@ def test_tiny_run_writes_its_folder(tiny_run):
         assert res["summary"][name]["all"]["median"] == pytest.approx(float(np.median(err)))
         assert res["summary"][name]["all"]["n"] == config.n_test
     assert "median relative error" in format_table(res)
+    # the last epoch's score is the final answer's: same residual form, same low-pass
+    assert res["history"]["test_median_error"][-1] == pytest.approx(
+        res["summary"]["FCN(ePIE)"]["all"]["median"], rel=1e-6
+    )
 
 
 def test_tiny_run_holds_out_its_test_specimens_and_scores_fairly(tiny_run):
@@ -192,6 +203,8 @@ def test_tiny_run_holds_out_its_test_specimens_and_scores_fairly(tiny_run):
         {"features": (8, 0)},
         {"semiangle": 60.0},  # beyond the band limit of 32 px over 8 Å at 200 keV
         {"min_distance": 0.0},
+        {"min_distance": 2.5},  # above the shortest bond: would merge real pairs
+        {"seed": -1},
         {"run_name": "a/b"},
     ],
 )
@@ -235,7 +248,7 @@ def test_two_ranks_train_the_same_model_as_one_process_and_rank_0_writes(tmp_pat
     res = train_and_evaluate(config, root / "run", info=info)
     medians = info.comm.allgather(res["summary"]["FCN(ePIE)"]["all"]["median"])
     assert medians[0] == medians[1]  # every rank holds the same model
-    # each rank's shard of every batch, gradients all-reduced: one process on whole batches
+    # gradients all-reduced over the ranks: the same losses as one process
     single = ProcessInfo(0, 1, jax.local_device_count())
     alone = train_and_evaluate(config, root / f"alone{info.rank}", info=single)
     np.testing.assert_allclose(
@@ -259,3 +272,18 @@ def test_four_devices_train_the_same_model_as_one(tiny_data):
     y = data.targets[:4]
     runs = [train_fcn(config, x, y, x, y, mesh=make_mesh(n))[2]["train_loss"] for n in (1, 4)]
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-4)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_a_run_folder_rank_0_cannot_write_fails_on_every_rank(tmp_path):
+    # rank 0 alone writes; a failure there must not leave the other rank in a collective
+    info = bootstrap()
+    root = Path(info.comm.bcast(str(tmp_path) if info.is_root else None, root=0))
+    if info.is_root:
+        (root / "a_file").write_text("")
+    info.barrier()
+    with pytest.raises(OSError, match="rank 0 could not write"):
+        train_and_evaluate(tiny_config(), root / "a_file" / "run", info=info)
+    with pytest.raises(OSError, match="rank 0 could not write"):
+        main(["--tiny", "--out-root", str(root / "a_file")])

@@ -71,6 +71,17 @@ class Config:
         """Raise ``ValueError`` naming the first problem (nothing is built or written)."""
         if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, numbers.Integral)
+            or self.seed < 0
+        ):
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if self.min_distance >= 1.9:
+            raise ValueError(
+                f"min_distance ({self.min_distance} Å) must stay below the shortest bond of "
+                "the materials (Ti-O, 1.95 Å) so that only seam pairs are merged"
+            )
         for name in ("grid", "scan", "n_train", "n_test", "batch_size", "epochs", "epie_iters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:

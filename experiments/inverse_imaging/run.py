@@ -78,6 +78,15 @@ def summarize(errors: np.ndarray, test: ImagingSet, config: Config) -> dict[str,
     return out
 
 
+def _raise_on_every_rank(error: str | None, info: ProcessInfo) -> None:
+    """Rank 0's file error (``None``: none), raised on every rank: the others would wait in
+    the next collective forever."""
+    if info.size > 1:
+        error = info.comm.bcast(error, root=0)
+    if error is not None:
+        raise OSError(f"rank 0 could not write the run folder: {error}")
+
+
 def train_and_evaluate(
     config: Config, run_dir: str | Path, *, info: ProcessInfo | None = None
 ) -> dict[str, Any]:
@@ -85,17 +94,28 @@ def train_and_evaluate(
 
     Under MPI (``info``, default :func:`jaxsci.parallel.bootstrap`) every rank simulates the
     same specimens and trains its share of each batch; rank 0 alone writes and shows
-    progress, and every rank returns the same results.
+    progress, and every rank returns the same model's results (timings are its own).
     """
     config.validate()
     info = info if info is not None else bootstrap()
+    shards = info.size * jax.local_device_count()
+    if config.batch_size % shards:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must divide over {info.size} processes x "
+            f"{jax.local_device_count()} devices = {shards} shards"
+        )
     write = info.is_root
     if not write:
         config = dataclasses.replace(config, progress=False)
     run_dir = Path(run_dir)
+    error = None
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", dataclasses.asdict(config))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", dataclasses.asdict(config))
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+    _raise_on_every_rank(error, info)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -226,9 +246,15 @@ def main(argv: list[str] | None = None) -> Path:
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     config.validate()
     info = bootstrap()
-    run_dir = make_run_dir(config.out_root, config.run_name) if info.is_root else None
+    run_dir, error = None, None
+    if info.is_root:
+        try:
+            run_dir = str(make_run_dir(config.out_root, config.run_name))
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+    _raise_on_every_rank(error, info)
     if info.size > 1:  # one folder, rank 0's
-        run_dir = info.comm.bcast(None if run_dir is None else str(run_dir), root=0)
+        run_dir = info.comm.bcast(run_dir, root=0)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     results = train_and_evaluate(config, run_dir, info=info)

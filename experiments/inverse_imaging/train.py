@@ -60,7 +60,9 @@ def relative_errors(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def predict(model: UNet, params: Any, inputs: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """Low-passed, mean-free predictions ``[n, H, W]`` (kV·Å) of standardised inputs."""
+    """The network's output ``[n, H, W]`` for standardised inputs: the potential (kV·Å) or,
+    for a residual network, ePIE's error in units of its RMS (:func:`residual_answer`);
+    neither low-passed nor mean-free (:func:`lowpass` does that before scoring)."""
     apply = _apply(model)
     out = [
         np.asarray(apply(params, jnp.asarray(inputs[s : s + batch])))
@@ -112,6 +114,8 @@ def train_fcn(
     and the test set's median relative error (after low-passing the prediction like the
     target).
     """
+    if (train_base is None) != (test_base is None):
+        raise ValueError("train_base and test_base go together (a residual network needs both)")
     if train_base is not None:
         train_targets = (train_targets - train_base) / _rms(train_base)
     model = make_model(config)

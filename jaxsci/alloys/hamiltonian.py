@@ -30,15 +30,15 @@ RYDBERG_EV = 13.605693122994  # eV per Rydberg
     data_fields=("table", "neighbors"),
     meta_fields=("n_sites", "n_species"),
 )
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class PairHamiltonian:
     """Pair energies on one lattice (see module doc): a pytree, so jitted code takes its
     tables as arguments (another table of the same shapes compiles nothing new).
 
     The occupation must hold species indices ``0..n_species - 1``; under ``jit`` they cannot
     raise: an index out of range makes :meth:`energy` NaN, while :meth:`swap_delta` (the
-    Monte Carlo hot loop) clamps it (``parallel_tempering`` checks its input, and swaps keep
-    it valid).
+    Monte Carlo hot loop) gathers plainly (clamped, or wrapped if negative;
+    ``parallel_tempering`` and ``pt_init`` check their input, and swaps keep it valid).
 
     Attributes:
       table: ``[z, n_species, n_species]`` eV per bond of each neighbour column's shell.

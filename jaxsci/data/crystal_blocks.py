@@ -177,10 +177,10 @@ def crystal_block(
         uniformly in ``[0, 2 pi)``.
       rng: the source of all randomness (zone axis, rotation, lattice translation).
       min_distance: if given (Å), the seams are merged for use as a periodic x-y cell: an
-        atom closer than this to an atom before it (in the returned order), measured with
-        the minimum image in x and y, is dropped. Pick it below the material's shortest
-        bond (e.g. 1.5 Å for all of :data:`MATERIALS`), so that only pairs made by the
-        seams go. ``None`` keeps every atom of the box.
+        atom closer than this, across a seam (minimum image in x and y), to an atom before
+        it in the returned order is dropped; pairs inside the box are never dropped. Pick
+        it below the material's shortest bond (e.g. 1.5 Å for all of :data:`MATERIALS`):
+        seam pairs closer than a bond are the defect merged. ``None`` keeps every atom.
 
     Returns:
       :class:`CrystalBlock` with every atom of the rotated, translated lattice whose
@@ -259,8 +259,9 @@ def crystal_block(
 
 def _seam_keep(positions: np.ndarray, extent_xy: tuple[float, float], d: float) -> np.ndarray:
     """Mask of atoms to keep: drop each atom within ``d`` (x-y minimum image, plain z) of an
-    earlier kept one. Only atoms within ``d`` of an x or y face can pair across a seam, so
-    only those are compared (pairs inside the box are at least a bond length apart)."""
+    earlier kept one *across a seam* (the pair's minimum image wraps). Only atoms within
+    ``d`` of an x or y face can pair across a seam, so only those are compared; pairs
+    inside the box are the crystal's own and never dropped."""
     if not (np.isfinite(d) and d > 0):
         raise ValueError(f"min_distance must be positive and finite (Angstrom), got {d!r}")
     box = np.asarray(extent_xy)
@@ -273,8 +274,10 @@ def _seam_keep(positions: np.ndarray, extent_xy: tuple[float, float], d: float) 
         j = near[a + 1 :]
         j = j[keep[j]]
         delta = positions[j] - positions[i]
-        delta[:, :2] -= box * np.round(delta[:, :2] / box)
-        keep[j[np.einsum("ij,ij->i", delta, delta) < d * d]] = False
+        wrap = np.round(delta[:, :2] / box)
+        delta[:, :2] -= box * wrap
+        crosses = np.any(wrap != 0, axis=1)  # a pair inside the box is the crystal's own
+        keep[j[crosses & (np.einsum("ij,ij->i", delta, delta) < d * d)]] = False
     return keep
 
 

@@ -47,8 +47,8 @@ class EPIEResult(NamedTuple):
     Attributes:
       object: complex ``[ny, nx]`` object transmission after the last iteration.
       errors: ``[n_iter]`` Fourier-magnitude error of each sweep,
-        ``sum_r sum_k (|FFT psi_r| - sqrt(I_r))^2 / sum_r sum_k I_r``, each term taken at
-        the visit of ``r`` (before its update).
+        ``sum_r sum_k (|FFT psi_r| - sqrt(I_r))^2 / sum_r sum_k I_r`` over the measured ``k``
+        (inside the band limit), each term taken at the visit of ``r`` (before its update).
     """
 
     object: jax.Array
