@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -63,21 +64,16 @@ def predict(model: UNet, params: Any, inputs: np.ndarray, *, batch: int = 64) ->
     """The network's output ``[n, H, W]`` for standardised inputs: the potential (kV·Å) or,
     for a residual network, ePIE's error in units of its RMS (:func:`residual_answer`);
     neither low-passed nor mean-free (:func:`lowpass` does that before scoring)."""
-    apply = _apply(model)
     out = [
-        np.asarray(apply(params, jnp.asarray(inputs[s : s + batch])))
+        np.asarray(_apply(model, params, jnp.asarray(inputs[s : s + batch])))
         for s in range(0, len(inputs), batch)
     ]
     return np.concatenate(out)
 
 
-_APPLY: dict[UNet, Any] = {}
-
-
-def _apply(model: UNet):
-    if model not in _APPLY:
-        _APPLY[model] = jax.jit(lambda p, x: model.apply(p, x)[..., 0])
-    return _APPLY[model]
+@functools.partial(jax.jit, static_argnums=0)  # jit's own cache, one entry per model
+def _apply(model: UNet, params: Any, x: jax.Array) -> jax.Array:
+    return model.apply(params, x)[..., 0]
 
 
 def _rms(base: np.ndarray) -> np.ndarray:
