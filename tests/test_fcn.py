@@ -122,6 +122,14 @@ def test_dense_bottleneck_size():
     assert {d.shape for d in dense} == {(4 * 6 * 3, 4 * 6 * 3), (4 * 6 * 3,)}
 
 
+def test_dense_bottleneck_refuses_another_input_size():
+    model = UNet(features=(8, 16), bottleneck="dense")
+    params = model.init(jax.random.key(0), EQ_X[:, :16, :16])
+    with pytest.raises(ValueError, match="initialised for inputs of H\\*W = 256 pixels"):
+        model.apply(params, EQ_X[:, :16, :8])
+    model.apply(params, EQ_X[:1, :16, :16])  # same size, any batch: fine
+
+
 @pytest.mark.parametrize("bottleneck", ["conv", "dense"])
 def test_gradients_finite(bottleneck):
     model = UNet(features=(8, 16), out_channels=2, bottleneck=bottleneck)

@@ -31,7 +31,7 @@ from experiments.inverse_imaging.train import (
     train_fcn,
 )
 from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
-from jaxsci.parallel import ProcessInfo, bootstrap, make_mesh
+from jaxsci.parallel import DataParallel, ProcessInfo, bootstrap, make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +240,28 @@ def test_residual_answer_is_the_base_plus_its_rms_times_the_output():
 
 
 @pytest.mark.mpi
-def test_two_ranks_train_the_same_model_as_one_process_and_rank_0_writes(tmp_path):
+def test_two_ranks_train_the_same_model_as_one_process_and_rank_0_writes(tmp_path, monkeypatch):
     info = bootstrap()
     assert info.size == 2
     root = Path(info.comm.bcast(str(tmp_path) if info.is_root else None, root=0))
     config = tiny_config()
+    seen = []  # (global rows, local rows) of every batch this rank trained on
+    shard_batch = DataParallel.shard_batch
+
+    def spy(self, global_batch):
+        local = shard_batch(self, global_batch)
+        if self.info.size > 1:
+            seen.append((np.asarray(global_batch[0]), np.asarray(local[0])))
+        return local
+
+    monkeypatch.setattr(DataParallel, "shard_batch", spy)
     res = train_and_evaluate(config, root / "run", info=info)
+    # each rank trained on its own half of every global batch, and the halves make the whole
+    assert len(seen) == config.epochs * (config.n_train // config.batch_size)
+    halves = info.comm.allgather([local for _, local in seen])
+    for (whole, local), h0, h1 in zip(seen, *halves, strict=True):
+        assert len(local) == config.batch_size // 2
+        np.testing.assert_array_equal(np.concatenate([h0, h1]), whole)
     medians = info.comm.allgather(res["summary"]["FCN(ePIE)"]["all"]["median"])
     assert medians[0] == medians[1]  # every rank holds the same model
     # gradients all-reduced over the ranks: the same losses as one process

@@ -154,8 +154,16 @@ class UNet(nn.Module):
                     h = self._norm_act(self._conv(h, self.features[i + 1], stride=2))
         if self.bottleneck == "dense":
             b, hc, wc, c = h.shape
-            z = nn.Conv(self.dense_channels, (1, 1))(h).reshape(b, hc * wc * self.dense_channels)
-            z = self.activation(nn.Dense(hc * wc * self.dense_channels)(z))
+            n = hc * wc * self.dense_channels
+            kernel = self.variables.get("params", {}).get("Dense_0", {}).get("kernel")
+            if kernel is not None and kernel.shape[0] != n:
+                pixels = kernel.shape[0] // self.dense_channels * self.factor**2
+                raise ValueError(
+                    f"UNet(bottleneck='dense') was initialised for inputs of H*W = {pixels} "
+                    f"pixels; got H={height}, W={width}"
+                )
+            z = nn.Conv(self.dense_channels, (1, 1))(h).reshape(b, n)
+            z = self.activation(nn.Dense(n)(z))
             h = h + nn.Conv(c, (1, 1))(z.reshape(b, hc, wc, self.dense_channels))
         for i in reversed(range(levels - 1)):
             f = self.features[i]
