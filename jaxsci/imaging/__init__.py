@@ -9,11 +9,14 @@ Fourier sum, Debye-Waller blur), ``screening_radius``.
 Multislice (:mod:`~jaxsci.imaging.scattering`): ``multislice``, ``cbed``, ``cbed_stack``.
 Ptychography (:mod:`~jaxsci.imaging.ptycho`): ``epie`` -> ``EPIEResult``,
 ``potential_from_object``.
+Multislice inversion (:mod:`~jaxsci.imaging.inversion`): ``refine_potential`` ->
+``RefineResult`` (L-BFGS through the multislice model from a first guess).
 
 Units: Å, eV, V·Å (projected potential), mrad (semi-angle). Positions are ``(x, y)``;
 arrays are ``[ny, nx]``. Conventions are in the :mod:`~jaxsci.imaging.optics` docstring.
 """
 
+from jaxsci.imaging.inversion import RefineResult, refine_potential
 from jaxsci.imaging.optics import (
     BOHR_A,
     COULOMB_VA,
@@ -36,6 +39,7 @@ __all__ = [
     "BOHR_A",
     "COULOMB_VA",
     "EPIEResult",
+    "RefineResult",
     "Grid",
     "band_limit_mask",
     "cbed",
@@ -49,6 +53,7 @@ __all__ = [
     "projected_potential",
     "propagate",
     "propagator",
+    "refine_potential",
     "screening_radius",
     "shift_phase",
     "transmission",

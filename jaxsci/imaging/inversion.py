@@ -1,0 +1,193 @@
+"""Multislice inversion: the projected potential whose multislice CBED stack fits the
+measured patterns, refined by gradient descent through the forward model from a first
+guess (ePIE's potential, or a network's).
+
+ePIE assumes one slice (the projection approximation), which fails as a specimen thickens:
+the probe spreads and channels on its way through. Here the specimen is ``n_slices``
+identical slices of ``potential / n_slices``, each ``dz`` thick, which is exact for one
+slice and, for a crystal seen along a zone axis (its atom columns repeat along the beam),
+the usual first model of a thick one. Its thickness ``n_slices * dz`` must be known (in an
+experiment, e.g. from EELS). The misfit is that of the amplitudes,
+
+    L(V) = sum_r sum_k (sqrt(I_model(V)_rk) - sqrt(I_rk))^2 / sum_rk I_rk,
+
+minimised by L-BFGS (optax's, zoom line search) through :func:`cbed_stack`'s model. The
+mean of ``V`` is not recoverable (a constant potential is a global phase) and stays that of
+the first guess; components beyond the band limit are not measured and do not move.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsci.imaging.optics import (
+    Grid,
+    _check_band_limit,
+    _concrete,
+    check_positive,
+    interaction_constant,
+)
+from jaxsci.imaging.scattering import _cbed_stack
+
+__all__ = ["RefineResult", "refine_potential"]
+
+
+class RefineResult(NamedTuple):
+    """Output of :func:`refine_potential`.
+
+    Attributes:
+      potential: ``[ny, nx]`` projected potential, V·Å: the iterate of lowest misfit.
+      losses: ``[n_iter + 1]`` relative amplitude misfit of each iterate (``losses[0]``:
+        the first guess).
+    """
+
+    potential: jax.Array
+    losses: jax.Array
+
+
+def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter) -> None:
+    where = "refine_potential"
+    if not isinstance(grid, Grid):
+        raise ValueError(f"{where}: grid must be a Grid, got {type(grid).__name__}")
+    if jnp.shape(potential0) != grid.shape:
+        raise ValueError(
+            f"{where}: potential0 must be [ny, nx] = {grid.shape}, got {jnp.shape(potential0)}"
+        )
+    shape = jnp.shape(patterns)
+    if len(shape) != 3 or shape[1:] != grid.shape or shape[0] < 1:
+        raise ValueError(f"{where}: patterns must be [P, ny, nx] = [P, *{grid.shape}], got {shape}")
+    if np.shape(probe_positions) != (shape[0], 2):
+        raise ValueError(
+            f"{where}: probe_positions must be [P, 2] = [{shape[0]}, 2], "
+            f"got {np.shape(probe_positions)}"
+        )
+    for name, value in (("n_slices", n_slices), ("n_iter", n_iter)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
+    for name, value in (("potential0", potential0), ("probe_positions", probe_positions)):
+        v = _concrete(value)
+        if v is not None and not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: {name} contains NaN or inf")
+    p = _concrete(patterns)
+    if p is not None:
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"{where}: patterns contain NaN or inf")
+        if np.any(p < 0):
+            raise ValueError(f"{where}: patterns must be non-negative intensities")
+        if not np.any(p > 0):
+            raise ValueError(f"{where}: patterns are all zero")
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "n_slices", "n_iter", "band_limit"))
+def _refine(
+    potential0,
+    patterns,
+    positions,
+    energy,
+    semiangle,
+    defocus,
+    cs,
+    dz,
+    *,
+    grid: Grid,
+    n_slices: int,
+    n_iter: int,
+    band_limit: float | None,
+):
+    amplitude = jnp.sqrt(patterns)
+    total = jnp.sum(patterns)
+
+    # optimise the phase sigma V (radians; O(1) curvature) rather than V (V·Å)
+    sigma = interaction_constant(energy)
+
+    def loss(phase):
+        slices = jnp.broadcast_to(phase / (sigma * n_slices), (n_slices, *grid.shape))
+        model = _cbed_stack(slices, positions, grid, energy, semiangle, defocus, cs, dz, band_limit)
+        # the square root's gradient is infinite at 0: offset by a tiny fraction of the mean
+        floor = 1e-12 * total / patterns.size
+        return jnp.sum((jnp.sqrt(model + floor) - amplitude) ** 2) / total
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        v, state, best, best_loss = carry
+        value, grad = value_and_grad(v, state=state)
+        better = value < best_loss  # NaN never is
+        best, best_loss = jnp.where(better, v, best), jnp.where(better, value, best_loss)
+        updates, state = opt.update(grad, state, v, value=value, grad=grad, value_fn=loss)
+        return (optax.apply_updates(v, updates), state, best, best_loss), value
+
+    phase0 = sigma * potential0
+    init = (phase0, opt.init(phase0), phase0, jnp.asarray(jnp.inf, phase0.dtype))
+    (v, _, best, best_loss), losses = jax.lax.scan(step, init, None, length=n_iter)
+    last = loss(v)
+    best = jnp.where(last < best_loss, v, best)
+    return best / sigma, jnp.concatenate([losses, last[None]])
+
+
+def refine_potential(
+    potential0,
+    patterns,
+    probe_positions,
+    grid: Grid,
+    energy,
+    *,
+    semiangle,
+    defocus=0.0,
+    cs=0.0,
+    dz,
+    n_slices: int,
+    n_iter: int = 100,
+    band_limit: float | None = 2 / 3,
+) -> RefineResult:
+    """Refine a projected potential so that its multislice CBED stack fits ``patterns``.
+
+    Args:
+      potential0: ``[ny, nx]`` first guess of the projected potential, V·Å (e.g.
+        :func:`potential_from_object` of ePIE's object).
+      patterns: ``[P, ny, nx]`` measured intensities, as :func:`cbed_stack` records them.
+      probe_positions: ``[P, 2]`` probe positions ``(x, y)``, Å.
+      grid: sampling grid.
+      energy: beam energy, eV.
+      semiangle, defocus, cs: the probe, as in :func:`probe` (mrad, Å, Å).
+      dz: slice thickness, Å.
+      n_slices: number of identical slices of ``potential / n_slices`` (the specimen is
+        ``n_slices * dz`` thick); static, one compilation per value.
+      n_iter: L-BFGS iterations (>= 1).
+      band_limit: the band limit of the forward model, as in :func:`cbed_stack`.
+
+    Returns:
+      :class:`RefineResult` ``(potential, losses)``: the iterate of lowest misfit (so never
+      worse than ``potential0`` in misfit) and the misfit of every iterate. Pure and jitted;
+      compiled once per ``(grid, n_slices, n_iter, band_limit, shapes)``.
+    """
+    _check(potential0, patterns, probe_positions, grid, n_slices, n_iter)
+    for name, value in (("energy", energy), ("semiangle", semiangle), ("dz", dz)):
+        check_positive(value, name, "refine_potential")
+    _check_band_limit(band_limit)
+    fdt = jnp.result_type(float)
+    energy, semiangle, defocus, cs, dz = (
+        jnp.asarray(x, dtype=fdt) for x in (energy, semiangle, defocus, cs, dz)
+    )
+    potential, losses = _refine(
+        jnp.asarray(potential0, fdt),
+        jnp.asarray(patterns, fdt),
+        jnp.asarray(probe_positions, fdt),
+        energy,
+        semiangle,
+        defocus,
+        cs,
+        dz,
+        grid=grid,
+        n_slices=int(n_slices),
+        n_iter=int(n_iter),
+        band_limit=band_limit,
+    )
+    return RefineResult(potential, losses)
