@@ -30,7 +30,14 @@ from experiments.inverse_imaging.train import (
     residual_answer,
     train_fcn,
 )
-from jaxsci.imaging import cbed_stack, epie, potential_from_object, probe, projected_potential
+from jaxsci.imaging import (
+    cbed_stack,
+    epie,
+    potential_from_object,
+    probe,
+    projected_potential,
+    refine_potential,
+)
 from jaxsci.parallel import DataParallel, ProcessInfo, bootstrap, make_mesh
 
 
@@ -146,13 +153,14 @@ def test_tiny_run_writes_its_folder(tiny_run):
                  "examples.png", "error_vs_thickness.png"):  # fmt: skip
         assert (folder / name).stat().st_size > 0
     res = json.loads((folder / "results.json").read_text())
-    assert set(res["summary"]) == {"FCN(ePIE)", "ePIE"} and res["fcn_method"] == "FCN(ePIE)"
+    assert set(res["summary"]) == {"FCN(ePIE)", "ePIE", "ePIE+MS"}
+    assert res["fcn_method"] == "FCN(ePIE)"
     assert res["residual"] is True
     assert res["n_parameters"] > 0 and 0.0 <= res["fcn_better_fraction"] <= 1.0
     assert len(res["history"]["train_loss"]) == config.epochs
     assert np.all(np.isfinite(res["history"]["train_loss"]))
     saved = np.load(folder / "test_predictions.npz")
-    for name in ("FCN(ePIE)", "ePIE"):
+    for name in ("FCN(ePIE)", "ePIE", "ePIE+MS"):
         err = relative_errors(saved[name], saved["truth"])
         assert res["summary"][name]["all"]["median"] == pytest.approx(float(np.median(err)))
         assert res["summary"][name]["all"]["n"] == config.n_test
@@ -172,7 +180,7 @@ def test_tiny_run_holds_out_its_test_specimens_and_scores_fairly(tiny_run):
     np.testing.assert_array_equal(saved["truth"], test.targets)  # the held-out specimens
     train = simulate(config, config.n_train, config.seed)
     assert not any(np.allclose(t, u, atol=1e-6) for t in test.targets for u in train.targets)
-    for name in ("FCN(ePIE)", "ePIE"):  # scored in the truth's form: low-passed, mean-free
+    for name in ("FCN(ePIE)", "ePIE", "ePIE+MS"):  # scored in the truth's form
         scale = float(np.abs(saved[name]).max())
         np.testing.assert_allclose(lowpass(saved[name], config), saved[name], atol=1e-5 * scale)
     # the inputs are standardised with the training specimens' statistics only
@@ -187,9 +195,42 @@ def test_tiny_run_holds_out_its_test_specimens_and_scores_fairly(tiny_run):
     )
 
 
+def test_refinement_starts_from_epie_and_keeps_the_best_fitting_thickness(tiny_run):
+    config, results, folder = tiny_run
+    saved = np.load(folder / "test_predictions.npz")
+    test = simulate(config, config.n_test, config.seed + TEST_SEED_OFFSET)
+    grid, xy = grid_of(config), probe_positions(config)
+    chosen = []
+    for i in range(2):  # recomputed with the library, every candidate thickness
+        fits = [
+            refine_potential(
+                1000.0 * saved["ePIE"][i], test.patterns[i], xy, grid, config.energy,
+                semiangle=config.semiangle, defocus=config.defocus, dz=config.dz,
+                n_slices=k, n_iter=config.refine_iters,
+            )
+            for k in range(config.slices[0], config.slices[1] + 1)
+        ]  # fmt: skip
+        best = int(np.argmin([float(f.losses.min()) for f in fits]))
+        chosen.append(config.slices[0] + best)
+        want = np.asarray(lowpass(fits[best].potential, config)) / 1000.0
+        np.testing.assert_allclose(saved["ePIE+MS"][i], want, rtol=1e-4, atol=1e-6)
+    res = json.loads((folder / "results.json").read_text())
+    assert res["refine"]["iters_per_thickness"] == config.refine_iters
+    assert 0.0 <= res["refine"]["thickness_right_fraction"] <= 1.0
+    assert res["timings"]["refine_s_per_specimen"] > 0
+
+
+def test_refinement_off_leaves_two_methods(tmp_path):
+    config = dataclasses.replace(tiny_config(), refine_iters=0, epochs=1)
+    res = train_and_evaluate(config, tmp_path / "run")
+    assert set(res["summary"]) == {"FCN(ePIE)", "ePIE"} and res["refine"] == {}
+    assert "ePIE+MS" not in np.load(tmp_path / "run" / "test_predictions.npz")
+
+
 @pytest.mark.parametrize(
     "change",
     [
+        {"refine_iters": -1},
         {"grid": 31},  # not divisible by 2 for two levels
         {"slices": (3, 2)},
         {"resolution": 0.9},

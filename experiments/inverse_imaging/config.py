@@ -29,11 +29,13 @@ class Config:
     over the cell, optionally with Poisson noise of ``dose`` electrons per pattern. Target:
     the specimen's total projected potential, low-passed to ``resolution`` x Nyquist, mean
     removed, in kV·Å. ePIE with the known probe (projection approximation) is the classical
-    baseline. The FCN (U-Net) reads either the raw log CBED stack (``fcn_input="cbed"``, the
-    paper's formulation; use ``bottleneck="dense"``: diffraction to real space is a global
-    map) or the ePIE object (``"epie"``: a learned correction of the projection
-    approximation, real space to real space, a local map; with ``residual`` the answer is
-    ePIE's potential plus the network's output, so where ePIE is right nothing is learned).
+    baseline; with ``refine_iters`` its potential is also refined through the multislice
+    model, the thickness chosen by the fit (``ePIE+MS``, the strongest classical one). The
+    FCN (U-Net) reads either the raw log CBED stack (``fcn_input="cbed"``, the paper's
+    formulation; use ``bottleneck="dense"``: diffraction to real space is a global map) or
+    the ePIE object (``"epie"``: a learned correction of the projection approximation, real
+    space to real space, a local map; with ``residual`` the answer is ePIE's potential plus
+    the network's output, so where ePIE is right nothing is learned).
     """
 
     out_root: str = "runs"
@@ -70,6 +72,7 @@ class Config:
     epochs: int = 24
     lr: float = 2e-3
     epie_iters: int = 100
+    refine_iters: int = 30  # L-BFGS iterations of the multislice refinement per thickness; 0: off
     n_examples: int = 4  # test samples drawn in examples.png
 
     def validate(self) -> None:
@@ -87,6 +90,8 @@ class Config:
             value = getattr(self, name)
             if not _int_at_least(value, 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not _int_at_least(self.refine_iters, 0):
+            raise ValueError(f"refine_iters must be an int >= 0, got {self.refine_iters!r}")
         for name in ("energy", "semiangle", "extent", "dz", "lr"):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
@@ -162,5 +167,6 @@ def tiny_config() -> Config:
         batch_size=8,
         epochs=2,
         epie_iters=5,
+        refine_iters=3,
         n_examples=2,
     )
