@@ -1,12 +1,15 @@
 """Per-label training sharded over a device mesh and split over MPI ranks equals one process."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import AxisType
 
 from jaxsci.data.digits import load_digits_split
 from jaxsci.models.gan import dc_cgan, w_cgan
+from jaxsci.parallel import shard_over_labels
 from jaxsci.parallel.bootstrap import bootstrap
 from jaxsci.train.gan import train_per_label
 
@@ -45,6 +48,29 @@ def _assert_same(a, b):
 def test_sharded_over_mesh_equals_vmapped():
     labels = [0, 2, 5, 6, 9]  # 5 labels over 4 devices: exercises the padding
     _assert_same(_run("shard", labels), _run("vmap", labels))
+
+
+@pytest.mark.multidevice
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_shard_over_labels_on_either_axis_type(axis_type):
+    # jax.make_mesh's axes are Explicit by default; shard_map raised on them
+    mesh = jax.make_mesh((4,), ("label",), axis_types=(axis_type,))
+
+    def fn(tree, b):
+        return {"y": tree["a"] * 2.0 + b.sum()}
+
+    args = ({"a": jnp.arange(6.0).reshape(3, 2)}, jnp.arange(12.0).reshape(3, 4))
+    want = jax.vmap(fn)(*args)
+    on_one = jax.device_put(args, jax.devices()[0])  # e.g. restored from a checkpoint
+    g = shard_over_labels(fn, mesh)
+    for got in (g(*args), g(*on_one), _under_mesh(mesh, fn, args)):
+        np.testing.assert_array_equal(got["y"], want["y"])
+        assert got["y"].shape == (3, 2)
+
+
+def _under_mesh(mesh, fn, args):
+    with jax.set_mesh(mesh):
+        return shard_over_labels(fn, mesh)(*args)
 
 
 @pytest.mark.mpi

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsci.parallel.bootstrap import ProcessInfo
@@ -143,7 +143,8 @@ def shard_over_labels(
       axis_name: the mesh axis to split labels over (default: the mesh's only axis).
 
     Returns:
-      ``g(*stacked_args) -> stacked_out`` (jitted). Each device ``vmap``s ``fn`` over its block
+      ``g(*stacked_args) -> stacked_out`` (a jitted program; the inputs are placed on the
+      mesh first, from wherever they are). Each device ``vmap``s ``fn`` over its block
       of labels; there is no communication. When the number of labels does not divide the
       mesh size, the stack is padded by repeating the last label and the padding is dropped.
     """
@@ -153,11 +154,22 @@ def shard_over_labels(
         axis_name = mesh.axis_names[0]
     n_dev = mesh.shape[axis_name]
     spec = P(axis_name)
+    explicit = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))[axis_name] == (
+        AxisType.Explicit
+    )
     inner = jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=spec, out_specs=spec)
 
+    split, whole = NamedSharding(mesh, spec), NamedSharding(mesh, P())
+
     @jax.jit
+    def run(*padded: Any) -> Any:
+        out = inner(*padded)
+        if explicit:  # a split axis of n_dev * k rows cannot be cut to n: gather it first
+            out = jax.tree.map(lambda x: jax.sharding.reshard(x, whole), out)
+        return out
+
     def g(*args: Any) -> Any:
-        sizes = {x.shape[0] for x in jax.tree.leaves(args)}
+        sizes = {np.shape(x)[0] for x in jax.tree.leaves(args)}
         if len(sizes) != 1:
             raise ValueError(f"stacked arguments disagree on the label axis: {sorted(sizes)}")
         (n,) = sizes
@@ -166,7 +178,9 @@ def shard_over_labels(
         def pad_leaf(x):
             return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
 
-        out = inner(*jax.tree.map(pad_leaf, args))
-        return jax.tree.map(lambda x: x[:n], out)
+        # placed on the mesh, split over labels, whatever device(s) the inputs were on (on
+        # Explicit axes, jax.make_mesh's default, shard_map accepts nothing else)
+        padded = jax.device_put(jax.tree.map(pad_leaf, args), split)
+        return jax.tree.map(lambda x: x[:n], run(*padded))
 
     return g
