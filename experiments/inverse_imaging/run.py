@@ -1,7 +1,7 @@
 """Inverse imaging (Laanait et al. 2019): a fully convolutional network reconstructs the
 projected potential of a crystal from a 4D-STEM stack of CBED patterns; ePIE is the baseline.
 
-.venv/bin/python -m experiments.inverse_imaging.run         # default: ~5 min on 2 CPU cores
+.venv/bin/python -m experiments.inverse_imaging.run         # default: ~6 min on 2 CPU cores
 .venv/bin/python -m experiments.inverse_imaging.run --tiny  # smoke size, seconds
 
 Simulates random crystal specimens (six materials, random zone axes, rotations and
