@@ -191,10 +191,24 @@ def test_incomplete_folder_and_older_step_are_reported(tmp_path):
     state = {"w": jnp.ones(2)}
     with Checkpointer(tmp_path) as ck:
         ck.save(6, state)
-        with pytest.warns(UserWarning, match="already holds step 6 > 1"):
-            assert ck.save(1, state)  # written, but resume would pick step 6
+        with pytest.raises(ValueError, match="already holds step 6 > 1: a checkpoint folder"):
+            ck.save(1, state)  # another run's folder: nothing written, nothing deleted
+        assert ck.all_steps() == [6]
         (tmp_path / "9").mkdir()  # not a checkpoint (e.g. a crash, or user output)
     with Checkpointer(tmp_path) as ck:
         with pytest.raises(ValueError, match="9 is not a complete jaxsci checkpoint"):
             ck.resume(state)
         np.testing.assert_array_equal(ck.restore(state, step=6)["w"], state["w"])
+
+
+def test_keeping_the_newest_counts_complete_checkpoints_only(tmp_path):
+    # Orbax's own retention counted an empty step folder and deleted real checkpoints
+    with Checkpointer(tmp_path, keep=2) as ck:
+        for step in (4, 8):
+            ck.save(step, {"w": jnp.full(2, float(step))})
+        (tmp_path / "12").mkdir()
+        ck.save(14, {"w": jnp.full(2, 14.0)})
+        ck.save(16, {"w": jnp.full(2, 16.0)})
+        assert ck.all_steps() == [12, 14, 16]  # the foreign folder stays, untouched
+        for step in (14, 16):
+            np.testing.assert_array_equal(ck.restore({"w": jnp.ones(2)}, step)["w"], step)

@@ -70,7 +70,7 @@ class Checkpointer:
         self.info = info if info is not None else bootstrap()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1,  # the interval is decided here, identically on every rank
-            max_to_keep=keep,
+            max_to_keep=None,  # retention is done here, over complete checkpoints only
             create=self.info.is_root,
             enable_async_checkpointing=False,
         )
@@ -169,10 +169,11 @@ class Checkpointer:
                 self._manager.reload()
                 newer = [s for s in self._manager.all_steps() if s > step]
                 if newer:  # e.g. a fresh run pointed at an old run's folder
-                    warnings.warn(
-                        f"{self.directory} already holds step {max(newer)} > {step}: "
-                        f"latest_step() and resume() will pick step {max(newer)}, not this one",
-                        stacklevel=2,
+                    raise ValueError(
+                        f"{self.directory} already holds step {max(newer)} > {step}: a "
+                        "checkpoint folder holds one run (resume() would pick that step, and "
+                        "keeping the newest would delete the other run's); resume from it or "
+                        "use a fresh folder"
                     )
                 if step not in self._manager.all_steps():
                     meta = {"step": int(step), "process_count": self.info.size}
@@ -190,6 +191,7 @@ class Checkpointer:
                         )
                     )
                     self._manager.wait_until_finished()
+                    self._drop_old()
             except Exception as err:  # report on every rank instead of leaving them waiting
                 error = f"{type(err).__name__}: {err}"
                 saved_exc = err
@@ -287,6 +289,21 @@ class Checkpointer:
                     f"{where}: leaf {name!r} was saved as {got_dtype}{list(got_shape)} but the "
                     f"target wants {dtype}{list(shape)}"
                 )
+
+    def _complete(self, step: int) -> bool:
+        """Does the folder of ``step`` hold both items a save writes (not, e.g., an empty
+        folder that a crash or a user left with a step's name)?"""
+        folder = os.path.join(self.directory, str(step))
+        return all(os.path.isdir(os.path.join(folder, item)) for item in (_STATE, _META))
+
+    def _drop_old(self) -> None:
+        """Delete all but the ``keep`` newest complete checkpoints (rank 0). Other folders
+        are left alone: Orbax's own retention counted them and deleted real steps."""
+        if self.keep is None:
+            return
+        complete = [s for s in sorted(self._manager.all_steps()) if self._complete(s)]
+        for step in complete[: -self.keep]:
+            self._manager.delete(step)
 
     def _resolve(self, step: int | None) -> int:
         steps = self.all_steps()
