@@ -210,6 +210,46 @@ def test_chain_with_clipping_and_schedule_last_element():
     assert float(loss(final)) < 1e-6
 
 
+def test_clipping_before_anderson_needs_the_gradient_passed():
+    # chain(clip, anderson(sgd)): the updates anderson receives are clipped, so its noise
+    # test reads the run as noise unless the gradient itself is passed as grad=
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(30, 10)) * np.logspace(0, 1.5, 10), jnp.float32)
+    b = jnp.asarray(rng.normal(size=30), jnp.float32)
+
+    def loss(p):
+        return 0.5 * jnp.sum((a @ p - b) ** 2)
+
+    lr = 1.0 / float(jnp.linalg.norm(a, 2) ** 2)
+    clip = optax.clip_by_global_norm(1.0)  # active on every step here
+
+    def run(opt, pass_grad):
+        p, state = jnp.zeros(10), opt.init(jnp.zeros(10))
+
+        @jax.jit
+        def step(p, state):
+            v, g = jax.value_and_grad(loss)(p)
+            extra = {"grad": g} if pass_grad else {}
+            u, state = opt.update(g, state, p, value=v, **extra)
+            return optax.apply_updates(p, u), state
+
+        for _ in range(100):
+            p, state = step(p, state)
+        return float(loss(p)), state
+
+    plain, _ = run(optax.chain(clip, optax.sgd(lr)), False)
+    held, state = run(optax.chain(clip, anderson(optax.sgd(lr), 5)), False)
+    assert int(state[1].anderson_state.n_noisy) > 90 and held > 0.99 * plain
+    for opt, pass_grad in (
+        (optax.chain(clip, anderson(optax.sgd(lr), 5)), True),
+        (anderson(optax.chain(clip, optax.sgd(lr)), 5), False),
+    ):
+        final, state = run(opt, pass_grad)
+        aa = (state if hasattr(state, "anderson_state") else state[1]).anderson_state
+        assert int(aa.n_noisy) == 0 and int(aa.n_accelerated) > 30
+        assert final < 0.9 * plain
+
+
 def test_safeguard_rolls_back_a_bad_extrapolation():
     loss, params = quadratic()
     inner = optax.sgd(0.5, momentum=0.5)

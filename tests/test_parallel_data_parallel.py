@@ -232,6 +232,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="scalar"):
         bad = data_parallel(lambda p, b: b[0] @ p[0]["w"], optax.sgd(0.1), mesh=make_mesh(1))
         bad.step(bad.init(_init(jax.random.key(0))), (x[0], y[0]))
+    two_d = jax.make_mesh((1, 1), ("data", "model"))
+    with pytest.raises(ValueError, match=r"needs a 1-D mesh .* \('data', 'model'\)"):
+        data_parallel(_loss, optax.sgd(0.1), mesh=two_d)
 
 
 def test_shard_batch_is_this_ranks_rank_slice_block():

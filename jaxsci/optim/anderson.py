@@ -787,6 +787,13 @@ def anderson(
     at the rejected point), and hands the updates it receives, the gradient, to the noise
     test. Pass the loss as ``value=`` to ``update`` for the loss safeguard and the noise
     test; other extra arguments go to ``inner``.
+
+    Transforms that change the gradient's size belong inside: ``anderson(optax.chain(
+    optax.clip_by_global_norm(c), inner))``. In ``optax.chain(clip, anderson(inner))`` the
+    updates it receives are clipped, the loss changes disagree with them, and the noise
+    test holds acceleration off (``state.n_noisy`` counts every step); there, also pass
+    the gradient itself, ``update(grads, state, params, value=loss, grad=grads)``
+    (``optax.chain`` forwards it).
     """
     aa = scale_by_anderson(
         memory,

@@ -456,7 +456,7 @@ def data_parallel(
       tx: optax transformation (runs on the flat buffer unless ``flat=False``); its update gets
         the global mean loss as ``value=`` (e.g. for :func:`jaxsci.optim.anderson`'s safeguard).
       info: process info (default ``bootstrap()``: MPI when launched by mpirun/srun).
-      mesh: local device mesh (default: all local devices, axis ``"data"``).
+      mesh: 1-D local device mesh (default: all local devices, axis ``"data"``).
       bucket_bytes: cross-process message size (``None``: one flat message per dtype; ``0``:
         one per leaf); see :func:`jaxsci.parallel.tree_allreduce`.
       transfer_dtype: send gradients as ``jnp.bfloat16`` / ``jnp.float16`` (default: own dtype).
@@ -469,6 +469,12 @@ def data_parallel(
     check_transfer(bucket_bytes, transfer_dtype)  # a bad value fails here, with or without MPI
     info = info if info is not None else bootstrap()
     mesh = mesh if mesh is not None else make_mesh()
+    if len(mesh.axis_names) != 1:
+        raise ValueError(
+            f"data_parallel needs a 1-D mesh (its axis splits the batch), got axes "
+            f"{mesh.axis_names} of sizes {tuple(mesh.shape.values())}: model-parallel axes "
+            "are not supported"
+        )
     return DataParallel(
         loss_fn,
         tx,
