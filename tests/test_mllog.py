@@ -67,6 +67,13 @@ def test_time_to_train_of_a_scripted_run(tmp_path):
     assert ttt.train_s == pytest.approx(6.0)
     assert ttt.last_eval_accuracy == pytest.approx(0.97)
     assert not time_to_train(_aborted(tmp_path)).success
+    # a target reached mid-epoch: run_stop's fractional epoch_num is the count
+    log = MLLogger(tmp_path / "mid.txt", clock=clock)
+    log.start("run")
+    log.start("epoch", metadata={"epoch_num": 1})
+    log.stop("epoch", metadata={"epoch_num": 1})
+    log.stop("run", metadata={"status": "success", "epoch_num": 0.25})
+    assert time_to_train(tmp_path / "mid.txt").epochs == 0.25
 
 
 def _aborted(tmp_path):
@@ -203,5 +210,11 @@ def test_data_parallel_experiment_logs_its_time_to_train(tmp_path, target, succe
     # reached: the run stops at the first evaluation (step 6); else after the last step
     assert stop["metadata"]["step"] == (6 if success else 12)
     assert 0 <= ttt.staging_s < ttt.time_to_train_s and 0 <= ttt.eval_s < ttt.time_to_train_s
-    assert ttt.epochs >= 1 and {"train_samples", "eval_samples", "epoch_start"} <= set(keys)
+    assert {"train_samples", "eval_samples", "epoch_start"} <= set(keys)
+    value = {e["key"]: e["value"] for e in events if e["value"] is not None}
+    per_epoch = value["train_samples"] // value["global_batch_size"]  # steps
+    if success:  # the target came mid-epoch: fractional epochs
+        assert ttt.epochs == pytest.approx(6 / per_epoch)
+    else:  # no epoch_num at run_stop: the epochs logged as done
+        assert ttt.epochs == keys.count("epoch_stop") >= 1
     assert keys.count("epoch_start") == keys.count("epoch_stop")  # balanced, also at the end

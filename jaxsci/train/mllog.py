@@ -137,7 +137,8 @@ class TimeToTrain(NamedTuple):
     staging_s: float  # staging intervals (inside the score)
     eval_s: float  # eval intervals (inside the score)
     train_s: float  # the score less staging and evaluation (intervals that do not overlap)
-    epochs: int  # epoch_stop events inside the run
+    epochs: float  # run_stop's epoch_num when logged (the target may fall mid-epoch), else
+    # the epoch_stop events inside the run
     last_eval_accuracy: float  # the last eval_accuracy value; nan when none
 
 
@@ -196,6 +197,9 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
         staging_s=staging,
         eval_s=evals,
         train_s=(t1 - t0) - staging - evals,
-        epochs=sum(e["key"] == "epoch_stop" for e in inside),
+        epochs=float(
+            events[i1].get("metadata", {}).get("epoch_num")
+            or sum(e["key"] == "epoch_stop" for e in inside)
+        ),
         last_eval_accuracy=float(accs[-1]) if accs else math.nan,
     )
