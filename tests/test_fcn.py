@@ -118,15 +118,17 @@ def test_samples_independent_of_batch():
 def test_dense_bottleneck_size():
     model = UNet(features=(8, 16, 32), bottleneck="dense", dense_channels=3)
     params = jax.eval_shape(model.init, jax.random.key(0), EQ_X)  # 16 x 24 -> coarsest 4 x 6
-    dense = [v for k, v in jax.tree_util.tree_leaves_with_path(params) if "Dense" in str(k)]
-    assert {d.shape for d in dense} == {(4 * 6 * 3, 4 * 6 * 3), (4 * 6 * 3,)}
+    dense = [v for k, v in jax.tree_util.tree_leaves_with_path(params) if "bottleneck" in str(k)]
+    assert {d.shape for d in dense} == {(4, 6, 3, 4 * 6 * 3), (4 * 6 * 3,)}
 
 
 def test_dense_bottleneck_refuses_another_input_size():
     model = UNet(features=(8, 16), bottleneck="dense")
     params = model.init(jax.random.key(0), EQ_X[:, :16, :16])
-    with pytest.raises(ValueError, match="initialised for inputs of H\\*W = 256 pixels"):
+    with pytest.raises(ValueError, match="initialised for inputs of H x W = 16 x 16"):
         model.apply(params, EQ_X[:, :16, :8])
+    with pytest.raises(ValueError, match="got H=8, W=32"):  # as many pixels, another shape
+        model.apply(params, jnp.zeros((1, 8, 32, EQ_X.shape[-1])))
     model.apply(params, EQ_X[:1, :16, :16])  # same size, any batch: fine
 
 

@@ -222,8 +222,10 @@ def test_species_path_and_per_atom_path_agree_and_unknown_species_is_nan():
     scale = float(jnp.max(auto))
     np.testing.assert_allclose(per_atom, auto, atol=2e-6 * scale)
     np.testing.assert_allclose(explicit, auto, atol=2e-6 * scale)
-    missing = projected_potential(pos, numbers, GRID, species=(6, 8, 14))
-    assert bool(jnp.all(jnp.isnan(missing)))
+    with pytest.raises(ValueError, match=r"Z = \[79\] not in species \(6, 8, 14\)"):
+        projected_potential(pos, numbers, GRID, species=(6, 8, 14))  # concrete: caught
+    traced = jax.jit(lambda p, z: projected_potential(p, z, GRID, species=(6, 8, 14)))
+    assert bool(jnp.all(jnp.isnan(traced(pos, numbers))))  # under jit: NaN, not silence
 
 
 def test_integer_pixel_shift_rolls_the_image():
@@ -429,3 +431,24 @@ def test_multislice_rejects_bad_input():
         cbed_stack(good, np.zeros((3, 2)), GRID, E, semiangle=-20.0, dz=1.0)
     with pytest.raises(ValueError, match="dz"):
         cbed_stack(good, np.zeros((3, 2)), GRID, E, semiangle=20.0, dz=-1.0)
+
+
+def test_non_finite_optics_and_potentials_are_refused():
+    # each of these made every pattern NaN without a word
+    psi = probe(GRID, E, semiangle=25.0)
+    good = jnp.zeros((2, *GRID.shape))
+    xy = np.zeros((3, 2))
+    nan = float("nan")
+    for kw, name in (({"defocus": nan}, "defocus"), ({"cs": float("inf")}, "cs")):
+        with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+            probe(GRID, E, semiangle=25.0, **kw)
+        with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+            cbed_stack(good, xy, GRID, E, semiangle=20.0, dz=1.0, **kw)
+    bad = good.at[1, 3, 4].set(nan)
+    with pytest.raises(ValueError, match="potential_slices contains NaN"):
+        multislice(psi, bad, GRID, E, 1.0)
+    with pytest.raises(ValueError, match="potential_slices contains NaN"):
+        cbed_stack(bad, xy, GRID, E, semiangle=20.0, dz=1.0)
+    with pytest.raises(ValueError, match=r"propagate: wave must be \[\.\.\., ny, nx\]"):
+        propagate(psi[:, :-1], GRID, E, 10.0)
+    assert propagate(jnp.stack([psi, psi]), GRID, E, 10.0).shape == (2, *GRID.shape)

@@ -131,6 +131,8 @@ def test_rejects_bad_input():
         (ok, {**kw, "n_iter": 0}, "n_iter must be an int >= 1"),
         (ok, {**kw, "dz": -1.0}, "dz"),
         ((SLICE, patterns, XY, GRID, 0.0), kw, "energy"),
+        (ok, {**kw, "defocus": float("nan")}, "defocus contains NaN"),
+        (ok, {**kw, "cs": float("inf")}, "cs contains NaN or inf"),
     ]
     for args, kwargs, match in cases:
         with pytest.raises(ValueError, match=match):

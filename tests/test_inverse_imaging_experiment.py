@@ -265,6 +265,16 @@ def test_main_tiny_from_raw_cbed(tmp_path, capsys):
     assert "per specimen: FCN" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "flags", [["--epochs", "0"], ["--seed", "-1"], ["--dose", "nan"], ["--refine-iters", "-1"]]
+)
+def test_main_with_a_bad_value_exits_2_and_writes_nothing(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--out-root", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2 and "bad config" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_config_is_valid():
     Config().validate()
 

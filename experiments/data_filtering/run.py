@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> Path:
     config = tiny_config() if args.tiny else Config()
     if args.out_root is not None:
         config = dataclasses.replace(config, out_root=args.out_root)
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as err:
+        parser.error(f"bad config: {err}")  # exit status 2, nothing written
     run_dir = make_run_dir(config.out_root, config.run_name)
     t0 = time.perf_counter()
     results = train_and_evaluate(config, run_dir)

@@ -262,7 +262,10 @@ def main(argv: list[str] | None = None) -> Path:
         "refine_iters": args.refine_iters,
     }
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as err:
+        parser.error(f"bad config: {err}")  # exit status 2, nothing written
     info = bootstrap()
     run_dir, error = None, None
     if info.is_root:

@@ -30,6 +30,7 @@ from jaxsci.imaging.optics import (
     Grid,
     _check_band_limit,
     _concrete,
+    check_finite,
     check_positive,
     interaction_constant,
 )
@@ -171,6 +172,8 @@ def refine_potential(
     _check(potential0, patterns, probe_positions, grid, n_slices, n_iter)
     for name, value in (("energy", energy), ("semiangle", semiangle), ("dz", dz)):
         check_positive(value, name, "refine_potential")
+    check_finite(defocus, "defocus", "refine_potential")
+    check_finite(cs, "cs", "refine_potential")
     _check_band_limit(band_limit)
     fdt = jnp.result_type(float)
     energy, semiangle, defocus, cs, dz = (

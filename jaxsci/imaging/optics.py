@@ -57,6 +57,13 @@ def check_positive(value, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} must be positive and finite, got {float(v)!r}")
 
 
+def check_finite(value, name: str, where: str) -> None:
+    """Raise ``ValueError`` if a concrete ``value`` (scalar or array) has NaN or inf."""
+    v = _concrete(value)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{where}: {name} contains NaN or inf")
+
+
 def wavelength(energy) -> jax.Array:
     """Relativistic electron wavelength in Å for a kinetic ``energy`` in eV:
     ``lambda = h c / sqrt(E (2 m0 c^2 + E))``."""
@@ -199,6 +206,8 @@ def probe(
     """
     check_positive(semiangle, "semiangle", "probe")
     check_positive(energy, "energy", "probe")
+    check_finite(defocus, "defocus", "probe")
+    check_finite(cs, "cs", "probe")
     _check_xy(position, "position", "probe")
     lam = wavelength(energy)
     k2 = jnp.asarray(grid.k2())
@@ -238,5 +247,10 @@ def propagator(grid: Grid, energy, dz, *, band_limit: float | None = 2 / 3) -> j
 
 def propagate(wave, grid: Grid, energy, dz, *, band_limit: float | None = None) -> jax.Array:
     """Propagate a complex ``[..., ny, nx]`` wave through vacuum by ``dz`` Å."""
+    if jnp.shape(wave)[-2:] != grid.shape:
+        raise ValueError(
+            f"propagate: wave must be [..., ny, nx] = [..., {grid.shape[0]}, {grid.shape[1]}], "
+            f"got {jnp.shape(wave)}"
+        )
     p = propagator(grid, energy, dz, band_limit=band_limit)
     return jnp.fft.ifft2(jnp.fft.fft2(wave) * p)

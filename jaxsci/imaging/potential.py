@@ -28,7 +28,8 @@ __all__ = ["projected_potential", "screening_radius"]
 
 
 def screening_radius(numbers) -> jax.Array:
-    """Wentzel screening radius ``a = 0.8853 a0 Z^(-1/3)`` in Å (``Z = 0`` gives ``a0``)."""
+    """Wentzel screening radius ``a = 0.8853 a0 Z^(-1/3)`` in Å (``Z = 0``, padding, gets
+    the radius of ``Z = 1``; its form factor is 0 whatever the radius)."""
     z = jnp.asarray(numbers, dtype=jnp.result_type(float))
     return 0.8853 * BOHR_A * jnp.where(z > 0, z, 1.0) ** (-1.0 / 3.0)
 
@@ -84,7 +85,8 @@ def projected_potential(
         ``numbers`` is concrete, which finds them) the sum is one ``[N, ny] x [N, nx]``
         matmul per species, memory ``O(N (ny + nx) + S ny nx)``; without it (``numbers``
         traced) each atom's form factor is a ``[N, ny, nx]`` array. An atom whose ``Z`` is
-        missing from ``species`` makes the whole image NaN (it cannot raise under jit).
+        missing from ``species`` raises, or under jit (``numbers`` traced) makes the whole
+        image NaN.
 
     Differentiable with respect to ``positions`` (and ``rms_displacement``).
     """
@@ -108,6 +110,10 @@ def projected_potential(
         species = tuple(int(s) for s in species)
         if any(s <= 0 for s in species):
             raise ValueError(f"projected_potential: species must be positive, got {species}")
+        zc = _concrete(numbers)
+        missing = sorted(set(np.unique(zc).tolist()) - set(species) - {0}) if zc is not None else []
+        if missing:
+            raise ValueError(f"projected_potential: Z = {missing} not in species {species}")
         vhat = jnp.zeros(grid.shape, ey.dtype)
         if species:
             sp = jnp.asarray(species)

@@ -23,6 +23,7 @@ from jaxsci.imaging.optics import (
     Grid,
     _check_band_limit,
     _concrete,
+    check_finite,
     check_positive,
     probe,
     propagator,
@@ -42,6 +43,7 @@ def _check_slices(potential_slices, grid: Grid, where: str) -> None:
             f"{where}: potential_slices must be [S, ny, nx] = [S, {grid.shape[0]}, "
             f"{grid.shape[1]}] with S >= 1, got {shape}"
         )
+    check_finite(potential_slices, "potential_slices", where)
 
 
 def _run(wave, transmissions, prop) -> jax.Array:
@@ -139,6 +141,8 @@ def cbed_stack(
         raise ValueError("cbed_stack: probe_positions contain NaN or inf")
     for name, value in (("energy", energy), ("semiangle", semiangle), ("dz", dz)):
         check_positive(value, name, "cbed_stack")
+    check_finite(defocus, "defocus", "cbed_stack")
+    check_finite(cs, "cs", "cbed_stack")
     _check_band_limit(band_limit)
     # one dtype for the traced scalars: jit keys its cache on dtype (and weak typing), so
     # 100000, 100e3 and np.float32(100e3) would otherwise each compile anew

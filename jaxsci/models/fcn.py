@@ -155,15 +155,18 @@ class UNet(nn.Module):
         if self.bottleneck == "dense":
             b, hc, wc, c = h.shape
             n = hc * wc * self.dense_channels
-            kernel = self.variables.get("params", {}).get("Dense_0", {}).get("kernel")
-            if kernel is not None and kernel.shape[0] != n:
-                pixels = kernel.shape[0] // self.dense_channels * self.factor**2
+            # the kernel [hc, wc, dense_channels, n] keeps the coarsest map's shape, so
+            # another input size (even one of as many pixels) is caught
+            kernel = self.variables.get("params", {}).get("bottleneck", {}).get("kernel")
+            if kernel is not None and kernel.shape[:2] != (hc, wc):
                 raise ValueError(
-                    f"UNet(bottleneck='dense') was initialised for inputs of H*W = {pixels} "
-                    f"pixels; got H={height}, W={width}"
+                    f"UNet(bottleneck='dense') was initialised for inputs of H x W = "
+                    f"{kernel.shape[0] * self.factor} x {kernel.shape[1] * self.factor}; got "
+                    f"H={height}, W={width}"
                 )
-            z = nn.Conv(self.dense_channels, (1, 1))(h).reshape(b, n)
-            z = self.activation(nn.Dense(n)(z))
+            z = nn.Conv(self.dense_channels, (1, 1))(h)
+            dense = nn.DenseGeneral(n, axis=(-3, -2, -1), name="bottleneck")
+            z = self.activation(dense(z))
             h = h + nn.Conv(c, (1, 1))(z.reshape(b, hc, wc, self.dense_channels))
         for i in reversed(range(levels - 1)):
             f = self.features[i]
