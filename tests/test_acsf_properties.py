@@ -312,6 +312,31 @@ def test_bad_input_errors(acsf, cluster):
         acsf.fn(nan_pos, jnp.array([0, 1]))
     with pytest.raises(ValueError, match="pad with finite"):  # NaN padding poisons the rest
         acsf.fn(nan_pos, jnp.array([0, 1]), mask=jnp.array([True, False]))
+    # each of these was accepted: 0.5 matched no species, "5" and True read as numbers
+    with pytest.raises(ValueError, match="species must be integer indices"):
+        acsf.fn(jnp.zeros((2, 3)) + jnp.arange(2.0)[:, None], np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="r_cut must be a number"):
+        ACSF(["Pt"], "5")
+    with pytest.raises(ValueError, match="unknown chemical element True"):
+        ACSF([True], 5.0)
+    for centers in ([1.7], [cluster.get_global_number_of_atoms()], [True]):
+        with pytest.raises(ValueError, match="centers must be a list of integer atom indices"):
+            acsf.create(cluster, centers=centers)
+    np.testing.assert_array_equal(acsf.create(cluster, centers=[-1]), acsf.create(cluster)[-1:])
+    two = jnp.array([[0.0, 0, 0], [0, 0, 2.5]])
+    with pytest.raises(ValueError, match=r"mask must have shape \[2\]"):
+        acsf.fn(two, jnp.array([0, 1]), mask=jnp.ones(3, bool))
+    with pytest.raises(ValueError, match="pbc must be a bool or 3 bools"):
+        periodic.fn(two, jnp.array([0, 0]), 5 * np.eye(3), pbc=(True, False))
+    # the batched path checks the same things (it gave NaN rows or numpy broadcast errors)
+    batch = acsf.batch([cluster, cluster[:5]])
+    for args, match in (
+        ((jnp.asarray(batch.positions).at[0, 1, 0].set(np.nan), batch.species, batch.mask), "NaN"),
+        ((batch.positions, batch.species, batch.mask[:, :-1]), r"mask must have shape \[B, N\]"),
+        ((batch.positions[0], batch.species, batch.mask), r"\[B, N, 3\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            acsf.batch_fn(*args)
 
 
 def test_periodic_fn_wraps_atoms_outside_the_cell():

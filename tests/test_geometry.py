@@ -10,6 +10,7 @@ import pytest
 from jaxsci.geometry import (
     cell_list_allocate,
     cell_list_update,
+    complete_nonperiodic,
     dense_slots,
     image_multipliers,
     image_shifts,
@@ -133,6 +134,22 @@ def test_periodic_displacement_slab_and_bad_cells():
         periodic_displacement(np.eye(2))
     with pytest.raises(ValueError, match="singular"):
         periodic_displacement(np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]))
+
+
+def test_ase_slab_cell_with_a_zero_vacuum_row():
+    # ase's slabs have a zero row along the vacuum: the traced minimum image gave NaN,
+    # image_multipliers INT_MIN, wrap_positions a singular-matrix error
+    cell, pbc = np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 0]]), (True, True, False)
+    d = jnp.array([[2.9, 0.1, 7.0]])
+    traced = jax.jit(lambda c, x: minimum_image(c, pbc)(x))(jnp.asarray(cell), d)
+    np.testing.assert_allclose(traced, [[-0.1, 0.1, 7.0]], atol=1e-6)
+    np.testing.assert_allclose(traced, minimum_image(cell, pbc)(d), atol=1e-6)
+    np.testing.assert_array_equal(image_multipliers(cell, 5.0, pbc), [2, 2, 0])
+    pos = np.array([[3.5, -0.5, 7.0], [1.0, 1.0, -2.0]])
+    np.testing.assert_allclose(wrap_positions(pos, cell, pbc), [[0.5, 2.5, 7.0], [1, 1, -2]])
+    with pytest.raises(ValueError, match="complete_nonperiodic"):
+        perpendicular_widths(cell)
+    np.testing.assert_allclose(perpendicular_widths(complete_nonperiodic(cell, pbc)), [3, 3, 1])
 
 
 def test_wrap_positions_keeps_images():

@@ -82,6 +82,12 @@ def test_rmsd_respects_species():
     swapped[[1, 2]] = swapped[[2, 1]]
     assert structure_rmsd(swapped, ref) < 1e-8  # species ignored: same shape
     assert structure_rmsd(swapped, ref, species, species) > 0.1
+    # symbols on one side and atomic numbers on the other are the same composition
+    symbols = ["Pt", "Pt", "Au"]
+    assert structure_rmsd(swapped, ref, symbols, species) > 0.1
+    assert structure_rmsd(ref, ref, symbols, species) < 1e-8
+    with pytest.raises(ValueError, match="compositions differ"):
+        structure_rmsd(ref, ref, ["Pt", "Au", "Au"], species)
 
 
 def test_rmsd_accepts_ase_atoms_and_rejects_mismatches():

@@ -63,6 +63,8 @@ TRIPLET_BUDGET = 1 << 21
 
 
 def _to_atomic_number(x) -> int:
+    if isinstance(x, bool | np.bool_):
+        raise ValueError(f"unknown chemical element {x!r}")
     if isinstance(x, str):
         if x not in _ASE_Z:
             raise ValueError(f"unknown chemical element {x!r}")
@@ -241,7 +243,7 @@ class ACSF:
         if species is None or len(species) == 0:
             raise ValueError("species must list at least one element")
         zs = sorted({_to_atomic_number(x) for x in species})
-        if isinstance(r_cut, bool | np.bool_):
+        if isinstance(r_cut, bool | np.bool_ | str):
             raise ValueError(f"r_cut must be a number, got {r_cut!r}")
         try:
             r_cut = float(r_cut)
@@ -319,7 +321,9 @@ class ACSF:
         cell: [3, 3] lattice vectors (rows, Angstrom), used when ``periodic``; mask: [N]
         bool, False for padding atoms (they contribute nothing and get zero rows). Periodic
         positions are wrapped into the cell first (in the graph: the gradient passes
-        through unchanged), so atoms may lie anywhere.
+        through unchanged), so atoms may lie anywhere. Free clusters are not centred
+        (``create`` centres them): in float32 keep coordinates near the origin, since at
+        1e4 Angstrom the distances lose ~1e-3 Angstrom to rounding.
         images: periodic copies per axis (static ints). The number of images is a shape,
         so a traced ``cell`` (an argument of a jitted function) needs it, e.g.
         ``tuple(jaxsci.geometry.image_multipliers(cell, r_cut, pbc))`` of the smallest cell
@@ -349,6 +353,10 @@ class ACSF:
             return (out, no_overflow) if return_overflow else out
         if mask is None:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
+        elif jnp.shape(mask) != positions.shape[:1]:
+            raise ValueError(f"mask must have shape [{positions.shape[0]}], got {jnp.shape(mask)}")
+        if np.shape(pbc) not in ((), (3,)):
+            raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
         if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
             # (padding rows too: a NaN anywhere poisons the masked sums of the others)
             raise ValueError("positions contain NaN or inf (pad with finite values)")
@@ -368,6 +376,11 @@ class ACSF:
             return
         idx = np.asarray(species)
         n = len(self.species_z)
+        if idx.size and (idx.dtype == bool or not np.all(np.mod(idx, 1) == 0)):
+            raise ValueError(
+                "species must be integer indices into descriptor.species (see "
+                f"encode_species), got {idx.ravel()[:5].tolist()}"
+            )
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(
                 f"species indices must lie in [0, {n}) (see encode_species), got "
@@ -464,7 +477,20 @@ class ACSF:
         """
         _check_capacity(capacity)
         positions = jnp.asarray(positions)
+        if positions.ndim != 3 or positions.shape[2] != 3:
+            raise ValueError(f"positions must have shape [B, N, 3], got {positions.shape}")
+        for name, value in (("species", species), ("mask", mask)):
+            if jnp.shape(value) != positions.shape[:2]:
+                raise ValueError(
+                    f"{name} must have shape [B, N] = {list(positions.shape[:2])}, got "
+                    f"{list(jnp.shape(value))}"
+                )
+        if np.shape(pbc) not in ((), (3,)):
+            raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
         self._check_species(species)
+        concrete = not isinstance(positions, jax.core.Tracer)
+        if concrete and not np.all(np.isfinite(np.asarray(positions))):
+            raise ValueError("positions contain NaN or inf (pad with finite values)")
         if not self.periodic or cells is None:
             out = _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
             return (out, jnp.zeros(out.shape[:1], dtype=bool)) if return_overflow else out
@@ -567,10 +593,14 @@ class ACSF:
         for out, cen in zip(outputs, centers, strict=True):
             out = np.asarray(out, dtype=np.float64)
             if cen is not None:
-                cen = np.asarray(cen, dtype=np.int64)
-                if cen.ndim != 1 or np.any(cen < 0) or np.any(cen >= len(out)):
-                    raise ValueError("centers must be a list of atom indices within the system")
-                out = out[cen]
+                cen = np.asarray(cen)
+                whole = cen.size == 0 or (cen.dtype != bool and np.all(np.mod(cen, 1) == 0))
+                if cen.ndim != 1 or not whole or np.any(cen < -len(out)) or np.any(cen >= len(out)):
+                    raise ValueError(
+                        "centers must be a list of integer atom indices within the system "
+                        f"(negative ones count from the end, as in DScribe), got {cen.tolist()[:5]}"
+                    )
+                out = out[cen.astype(np.int64)]
             result.append(out)
         if single:
             return result[0]

@@ -65,9 +65,16 @@ def _complete_cell(cell: np.ndarray) -> np.ndarray:
 def perpendicular_widths(cell: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     """Distances [3] (Angstrom) between opposite faces of the cell (plane spacing per axis).
 
-    A host array gives a float64 NumPy result; a JAX array (traced too) a JAX one."""
+    A host array gives a float64 NumPy result (ValueError for a singular cell, e.g. ase's
+    slab with a zero vacuum row: complete it with :func:`complete_nonperiodic` first); a JAX
+    array (traced too) a JAX one."""
     xp = jnp if isinstance(cell, jax.Array) else np
     cell = cell if xp is jnp else np.asarray(cell, dtype=np.float64)
+    if xp is np and cell.shape == (3, 3) and np.linalg.det(cell) == 0.0:
+        raise ValueError(
+            "perpendicular_widths: the cell is singular (a zero row?); complete its "
+            "non-periodic rows with complete_nonperiodic(cell, pbc) first"
+        )
     faces = xp.stack([xp.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)])
     vol = xp.abs(xp.linalg.det(cell))
     return vol / xp.linalg.norm(faces, axis=1)
@@ -79,10 +86,10 @@ def image_multipliers(
     """Number of periodic copies [3] (int) per axis that reach ``r_cut``: ceil(r_cut / width).
 
     Exact for atoms inside the cell (fractional coordinates in [0, 1)); zero for non-periodic
-    axes. Same rule as DScribe's system extension.
+    axes, whose rows may be zero (ase's slabs). Same rule as DScribe's system extension.
     """
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    widths = perpendicular_widths(cell)
+    widths = perpendicular_widths(complete_nonperiodic(np.asarray(cell, np.float64), pbc))
     n = np.ceil(r_cut / widths).astype(np.int64)
     return np.where(pbc, n, 0)
 
@@ -103,9 +110,11 @@ def lattice_shifts(multipliers: object) -> np.ndarray:
 def wrap_positions(
     positions: np.ndarray, cell: np.ndarray, pbc: object = (True, True, True)
 ) -> np.ndarray:
-    """Wrap positions [N, 3] into the cell along periodic axes (host side, float64)."""
+    """Wrap positions [N, 3] into the cell along periodic axes (host side, float64; the
+    non-periodic rows may be zero, as in ase's slabs)."""
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    frac = np.linalg.solve(np.asarray(cell, np.float64).T, np.asarray(positions, np.float64).T).T
+    cell = complete_nonperiodic(np.asarray(cell, np.float64), pbc)
+    frac = np.linalg.solve(cell.T, np.asarray(positions, np.float64).T).T
     frac = np.where(pbc, frac - np.floor(frac), frac)
     # floating point can leave exactly 1.0 after the subtraction
     frac = np.where(pbc & (frac >= 1.0), 0.0, frac)

@@ -14,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsci.geometry.cell import _complete_cell, perpendicular_widths, validate_cell
+from jaxsci.geometry.cell import (
+    _complete_cell,
+    complete_nonperiodic,
+    perpendicular_widths,
+    validate_cell,
+)
 
 Array = jnp.ndarray
 DisplacementFn = Callable[[Array, Array], Array]
@@ -90,12 +95,14 @@ def minimum_image(
     singular periodic vectors) and reduced on the host, which makes the result exact for any
     vector in any (skewed) cell at the cost of a few candidate images (one for orthorhombic
     cells). A traced ``cell`` compares the 27 neighbouring images of the rounded guess: exact
-    whenever the minimum is shorter than half the smallest perpendicular width.
+    whenever the minimum is shorter than half the smallest perpendicular width; its
+    non-periodic rows may be zero there too (completed as by :func:`complete_nonperiodic`).
     ``dtype``: of the constants (default: that of ``jnp.asarray(cell)``).
     """
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     if isinstance(cell, jax.core.Tracer):
-        cell = jnp.asarray(cell, dtype)
+        # a zero non-periodic row (ase's slabs) would make the cell singular: complete it
+        cell = complete_nonperiodic(jnp.asarray(cell, dtype), pbc_arr)
         inv = jnp.linalg.inv(cell)
         pbc_mask = jnp.asarray(pbc_arr)
         grid = jnp.asarray(_NEIGHBOUR_SHIFTS, dtype=cell.dtype) * pbc_mask

@@ -56,6 +56,11 @@ def _positions_and_species(x: Any, species: Any, name: str) -> tuple[np.ndarray,
             raise ValueError(
                 f"{name}: species must have one entry per atom ({pos.shape[0]}), got {spec.shape}"
             )
+        if spec.dtype.kind in "US":  # chemical symbols compare as atomic numbers
+            from ase.data import atomic_numbers
+
+            if all(s in atomic_numbers for s in spec.tolist()):
+                spec = np.array([atomic_numbers[s] for s in spec.tolist()], dtype=np.int64)
     return pos, spec
 
 
