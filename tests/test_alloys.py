@@ -170,6 +170,16 @@ def test_site_counts_and_random_occupation():
     for bad in ([0.5, 0.4], [1.2, -0.2], [np.nan, 1.0]):
         with pytest.raises(ValueError, match="composition"):
             site_counts(10, bad)
+    assert site_counts(np.int64(10), [0.5, 0.5]).tolist() == [5, 5]  # NumPy ints are fine
+
+
+@pytest.mark.parametrize("n_sites", [0, -3, 10.5, 10.0, True, False, "10", None])
+def test_site_counts_and_random_occupation_reject_bad_n_sites(n_sites):
+    # 10.5 raised TypeError (slice indices) and True was taken as 1 site
+    with pytest.raises(ValueError, match="n_sites must be an int >= 1"):
+        site_counts(n_sites, (0.5, 0.5))
+    with pytest.raises(ValueError, match="n_sites must be an int >= 1"):
+        random_occupation(jax.random.PRNGKey(0), n_sites, (0.5, 0.5))
 
 
 def _exact_levels(lat, v):

@@ -70,6 +70,12 @@ def test_results_are_finite_and_shaped(tiny_run):
         {"hidden": ()},
         {"run_name": "a/b"},
         {"base_batch": 128},  # > batch_size 64: the "small-batch" reference would be larger
+        {"seeds": (-1,)},
+        {"seeds": (0.5,)},
+        {"seeds": (0, True)},
+        {"hidden": (16.5,)},
+        {"hidden": (True,)},
+        {"hidden": (0,)},
     ],
 )
 def test_bad_config_raises_before_writing(tmp_path, change):
@@ -78,6 +84,23 @@ def test_bad_config_raises_before_writing(tmp_path, change):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     Config().validate()  # the default is valid
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        # these passed validation: config.json was written, then NumPy failed
+        ({"seeds": (-1,)}, "seeds"),
+        ({"seeds": (0, 0.5)}, "seeds"),
+        ({"seeds": (False,)}, "seeds"),
+        ({"hidden": (16.5,)}, "hidden"),
+        ({"hidden": (16, True)}, "hidden"),
+    ],
+)
+def test_seeds_and_hidden_must_be_ints(change, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(tiny_config(), **change).validate()
+    dataclasses.replace(tiny_config(), seeds=(0, np.int64(3)), hidden=(np.int64(8),)).validate()
 
 
 def test_reference_batch_must_not_exceed_the_batch():

@@ -266,6 +266,17 @@ def test_helpers():
         ({"n_samples": 30, "n_blocks": 4}, "drift"),
         ({"max_drift_z": 0.0}, "max_drift_z"),
         ({"vae_windows": ((1000.0, 1100.0),)}, "fewer than 3"),
+        ({"beta": float("inf")}, "beta"),
+        ({"beta": float("nan")}, "beta"),
+        ({"beta": -1.0}, "beta"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"temperatures": None, "t_max": float("inf")}, r"t_max must be finite.*inf"),
+        ({"temperatures": None, "t_max": float("nan")}, r"t_max must be finite.*nan"),
+        ({"temperatures": None, "t_min": float("inf")}, r"t_min .*inf"),
+        ({"vae_windows": ((600.0, float("inf")),)}, "vae_windows"),
+        ({"vae_windows": ((float("-inf"), 2500.0),)}, "vae_windows"),
+        ({"vae_windows": ((600.0, float("nan")),)}, "vae_windows"),
+        ({"hidden": (16.5,)}, "hidden layer widths must be ints"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, changes, match):
@@ -286,4 +297,25 @@ def test_default_config_is_valid_and_cli_rejects_bad_flags(tmp_path, capsys):
     assert rc == 2 and "n_temperatures" in capsys.readouterr().err
     rc = run.main(["--t-min", "2500", "--out-root", str(tmp_path / "runs")])
     assert rc == 2 and "t_max" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        # --beta inf passed validation and crashed after the Monte Carlo and the VAE
+        (["--beta", "inf"], "beta must be >= 0 and finite, got inf"),
+        (["--beta", "nan"], "beta"),
+        # --t-max inf was reported as a bad t_min
+        (["--t-max", "inf"], "t_max must be finite (K), got inf"),
+        (["--t-min", "inf"], "t_min must be > 0 K and finite, got inf"),
+        # --vae-window 500 inf was accepted (files named susceptibility_500-infK.png)
+        (["--vae-window", "500", "inf"], "vae_windows"),
+        (["--vae-window", "600", "2000", "--vae-window", "500", "inf"], "(500.0, inf)"),
+    ],
+)
+def test_cli_rejects_non_finite_flags_without_writing(tmp_path, capsys, flags, match):
+    rc = run.main([*flags, "--out-root", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad config" in err and match in err
     assert list(tmp_path.iterdir()) == []

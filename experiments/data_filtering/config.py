@@ -93,6 +93,9 @@ class Config:
             )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+                raise ValueError(f"seeds must be ints >= 0, got {self.seeds!r}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("base_lr", "momentum"):
@@ -101,8 +104,10 @@ class Config:
                 raise ValueError(f"{name} must be finite and positive, got {value}")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {self.momentum}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden layer widths must be >= 1, got {self.hidden}")
+        if not self.hidden or any(
+            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in self.hidden
+        ):
+            raise ValueError(f"hidden layer widths must be ints >= 1, got {self.hidden!r}")
         unknown = set(self.scores) - set(SCORES)
         if not self.scores or unknown:
             raise ValueError(f"scores must be a non-empty subset of {SCORES}, got {self.scores}")

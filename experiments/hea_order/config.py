@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,8 +121,10 @@ class Config:
         if not (np.isfinite(self.lattice_constant) and self.lattice_constant > 0):
             raise ValueError(f"lattice_constant must be > 0 Angstrom, got {self.lattice_constant}")
         if self.temperatures is None:
-            if not (np.isfinite(self.t_min) and np.isfinite(self.t_max) and 0 < self.t_min):
+            if not (np.isfinite(self.t_min) and 0 < self.t_min):
                 raise ValueError(f"t_min must be > 0 K and finite, got {self.t_min}")
+            if not np.isfinite(self.t_max):
+                raise ValueError(f"t_max must be finite (K), got {self.t_max}")
             if not self.t_max > self.t_min:
                 raise ValueError(f"t_max ({self.t_max}) must exceed t_min ({self.t_min})")
         else:
@@ -130,18 +133,24 @@ class Config:
                 raise ValueError(f"temperatures must be >= 2 positive values (K), got {t}")
             if np.any(np.diff(t) <= 0):
                 raise ValueError("temperatures must be strictly increasing")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden layer widths must be >= 1, got {self.hidden}")
-        if not self.beta >= 0 or not self.learning_rate > 0:
-            raise ValueError("beta must be >= 0 and learning_rate > 0")
+        if not self.hidden or any(
+            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in self.hidden
+        ):
+            raise ValueError(f"hidden layer widths must be ints >= 1, got {self.hidden!r}")
+        if not (np.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be >= 0 and finite, got {self.beta}")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0 and finite, got {self.learning_rate}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.peak_prominence <= 1.0:
             raise ValueError(f"peak_prominence must be in [0, 1], got {self.peak_prominence}")
         ladder = self.ladder()
         for w in self.vae_windows:
-            if len(w) != 2 or not w[0] < w[1]:
-                raise ValueError(f"vae_windows: each window is (low, high) K, got {w}")
+            if len(w) != 2 or not (np.isfinite(w[0]) and np.isfinite(w[1]) and w[0] < w[1]):
+                raise ValueError(
+                    f"vae_windows: each window is finite (low, high) K, low < high, got {w}"
+                )
             if np.sum((ladder >= w[0]) & (ladder <= w[1])) < 3:
                 raise ValueError(f"vae_windows: window {w} K holds fewer than 3 temperatures")
         unknown = [s for s in self.wc_pair if s not in MONBTAW.species]

@@ -15,6 +15,7 @@ the host with a progress bar and collects samples.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -91,8 +92,9 @@ def site_counts(n_sites: int, composition: Sequence[float]) -> np.ndarray:
         raise ValueError(f"composition must be non-negative fractions, got {composition!r}")
     if abs(c.sum() - 1.0) > 1e-6:
         raise ValueError(f"composition must sum to 1, got {c.sum():.6g}")
-    if n_sites < 1:
-        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+    if isinstance(n_sites, bool) or not isinstance(n_sites, numbers.Integral) or n_sites < 1:
+        raise ValueError(f"n_sites must be an int >= 1, got {n_sites!r}")
+    n_sites = int(n_sites)
     raw = c / c.sum() * n_sites
     counts = np.floor(raw).astype(np.int64)
     order = np.argsort(-(raw - counts), kind="stable")
