@@ -63,6 +63,7 @@ def test_pt13_icosahedron_is_recovered(acsf, pt13, pt13_result):
     )
     assert res.start_success.any() and res.history.shape[1] == n_starts
     assert np.all(np.isfinite(res.history))
+    assert res.capacity is None  # free clusters keep every neighbour
 
 
 def test_reconstruction_is_invariant_to_target_row_order(acsf, pt13, pt13_result):
@@ -212,6 +213,7 @@ def test_periodic_cell_is_recovered(monkeypatch):
     )
     assert res.success and res.error < 1e-3
     assert res.history.shape[1] == 16 and np.isfinite(res.history).all()  # every chunk ran
+    assert res.capacity == 88  # the density's estimate: fcc fills its cell, nothing grew
     found = Atoms(atoms.get_chemical_symbols(), positions=res.positions, cell=atoms.cell, pbc=True)
     assert fingerprint_error(acsf_p.create(found), target) == pytest.approx(
         res.error, rel=5e-2, abs=1e-7
@@ -361,6 +363,9 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, np.asarray(pool(target))[:-1], species, "pooled target width")
     _bad(acsf, target, species, "loss must be", loss="mse")
     _bad(acsf, target, species, "cell", cell=np.eye(3) * 10.0)
+    # A periodic descriptor without a cell searched a free cluster in silence.
+    periodic = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4, periodic=True)
+    _bad(periodic, target, species, "the descriptor is periodic: pass cell=")
     _bad(acsf, target, species, "loss='pooled' takes a pooled", loss="pooled")
     _bad(acsf, target[:1], species[:1], "one atom")
     _bad(acsf, target, species, "search_norm", search_norm="L2")

@@ -73,6 +73,14 @@ def check_inputs(target, species, descriptor, cell, loss, pool_ops):
             raise ValueError("reconstruct: cell is singular")
         if not getattr(descriptor, "periodic", False):
             raise ValueError("reconstruct: a cell was given but the descriptor is not periodic")
+    elif getattr(descriptor, "periodic", False):
+        # It searched a free cluster in silence (a periodic target's atoms then missed the
+        # neighbours of every image).
+        raise ValueError(
+            "reconstruct: the descriptor is periodic: pass cell= ([3, 3] lattice vectors) "
+            "for a periodic target, or use a descriptor with periodic=False for a free "
+            "cluster"
+        )
     return t, np.asarray(species_idx, np.int32), z, cell, loss
 
 

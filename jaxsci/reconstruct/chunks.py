@@ -29,13 +29,20 @@ CHUNK_WORK = 1_400_000
 OUT_AXES = (0, 0, 0, 0, 0, 0, 1, 0, 0, 0)
 
 
-def round_chunk(n_starts: int, n_atoms: int, cell: np.ndarray | None, r_cut: float) -> int:
+def round_chunk(
+    n_starts: int,
+    n_atoms: int,
+    cell: np.ndarray | None,
+    r_cut: float,
+    capacity: int | None = None,
+) -> int:
     """Starts per call of the round program: all of them for free clusters and on
     accelerators; for a periodic ``cell`` [3, 3] (Angstrom) on the CPU, the largest divisor
-    of ``n_starts`` whose work stays within :data:`CHUNK_WORK` (at least 1)."""
+    of ``n_starts`` whose work stays within :data:`CHUNK_WORK` (at least 1), with
+    ``capacity`` neighbour slots per atom (None: :func:`neighbor_capacity`'s estimate)."""
     if cell is None or jax.default_backend() != "cpu":
         return n_starts
-    k = neighbor_capacity(n_atoms, cell, r_cut)
+    k = neighbor_capacity(n_atoms, cell, r_cut) if capacity is None else int(capacity)
     most = max(1, CHUNK_WORK // (n_atoms * k * k))
     return max(d for d in range(1, min(most, n_starts) + 1) if n_starts % d == 0)
 

@@ -44,21 +44,30 @@ from jaxsci.reconstruct.matching import gauss_newton_matchings
 Array = jax.Array
 
 
-def fingerprint_fn(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None):
+def fingerprint_fn(
+    descriptor: Any,
+    species_idx: np.ndarray,
+    cell: np.ndarray | None,
+    capacity: int | None = None,
+):
     """Pure ``positions [N, 3] -> features [N, F]`` (``descriptor.fn`` wraps periodic
     positions into the cell itself).
 
-    Periodic: each atom keeps :func:`jaxsci.geometry.neighbor_capacity` neighbour slots,
-    the nearest within r_cut, instead of every atom of every image (for 8 Cu atoms in a
-    7.2 x 3.6 x 3.6 A cell at r_cut 6 A: 104 of 600 slots; 64 gradients took 14 s with
-    all 600, 0.24 s with 96 and 0.55 s with 128; a search's positions are not known in
-    advance, so the count comes from the density). Crowded placements
-    may lose their farthest neighbours, at the cutoff's edge; :func:`reconstruct` reports
-    the exact error of its result.
+    Periodic: each atom keeps ``capacity`` neighbour slots, the nearest within r_cut,
+    instead of every atom of every image (for 8 Cu atoms in a 7.2 x 3.6 x 3.6 A cell at
+    r_cut 6 A: 104 of 600 slots; 64 gradients took 14 s with all 600, 0.24 s with 96 and
+    0.55 s with 128). ``None``: :func:`jaxsci.geometry.neighbor_capacity`'s estimate from
+    the cell's mean density (a search's positions are not known in advance), too small
+    for a slab or cluster in a cell with vacuum; :func:`reconstruct` sizes it from its
+    initial positions and grows it when a structure it keeps has more neighbours
+    (:mod:`jaxsci.reconstruct.capacity`). Features of positions with more
+    neighbours than ``capacity`` miss the farthest ones, at the cutoff's edge. Free
+    clusters (``cell`` None) ignore ``capacity``.
     """
     spec_arr = np.asarray(species_idx, np.int32)
-    capacity = None
-    if cell is not None:
+    if cell is None:
+        capacity = None
+    elif capacity is None:
         capacity = neighbor_capacity(len(spec_arr), cell, descriptor.r_cut)
 
     def fp(x: Array) -> Array:
@@ -113,17 +122,21 @@ class _Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _compiled(
-    descriptor: Any, species_key: tuple[int, ...], cell_key: tuple[float, ...] | None
+    descriptor: Any,
+    species_key: tuple[int, ...],
+    cell_key: tuple[float, ...] | None,
+    capacity: int | None = None,
 ) -> _Programs:
     """Jitted float64 losses (value, features and gradient of the sorted and the matched
     loss in one program: each separate program cost a first call ~3 s of compilation at
     35 atoms) and the Jacobian of the features.
 
+    Periodic: ``capacity`` neighbour slots per atom (see :func:`fingerprint_fn`).
     Must be called (and its functions used) inside ``jax.enable_x64(True)``.
     """
     species_idx = np.asarray(species_key, np.int32)
     cell = None if cell_key is None else np.asarray(cell_key).reshape(3, 3)
-    fp = fingerprint_fn(descriptor, species_idx, cell)
+    fp = fingerprint_fn(descriptor, species_idx, cell, capacity)
     groups = [np.flatnonzero(species_idx == s) for s in np.unique(species_idx)]
     n = len(species_idx)
 
@@ -156,18 +169,31 @@ def _compiled(
     return _Programs(vg, jac, descriptor.n_features)
 
 
-def _functions(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None) -> _Programs:
-    """:func:`_compiled` for ``species_idx [N]`` and ``cell`` (``[3, 3]`` or None), keyed
-    by their values. Must be called inside ``jax.enable_x64(True)``."""
+def _functions(
+    descriptor: Any,
+    species_idx: np.ndarray,
+    cell: np.ndarray | None,
+    capacity: int | None = None,
+) -> _Programs:
+    """:func:`_compiled` for ``species_idx [N]``, ``cell`` (``[3, 3]`` or None) and the
+    periodic neighbour ``capacity``, keyed by their values (free clusters ignore
+    ``capacity``). Must be called inside ``jax.enable_x64(True)``."""
     cell_key = None if cell is None else tuple(np.asarray(cell, np.float64).ravel().tolist())
-    return _compiled(descriptor, tuple(int(s) for s in species_idx), cell_key)
+    capacity = None if cell is None or capacity is None else int(capacity)
+    return _compiled(descriptor, tuple(int(s) for s in species_idx), cell_key, capacity)
 
 
-def precompile(descriptor: Any, species_idx: np.ndarray, cell: np.ndarray | None) -> None:
-    """Compile the polish's programs for ``species_idx [N]`` and ``cell`` now, so that its
-    first call does not (about 6 s at 35 atoms on the 2-core CPU); thread-safe."""
+def precompile(
+    descriptor: Any,
+    species_idx: np.ndarray,
+    cell: np.ndarray | None,
+    capacity: int | None = None,
+) -> None:
+    """Compile the polish's programs for ``species_idx [N]``, ``cell`` and ``capacity``
+    now, so that its first call does not (about 6 s at 35 atoms on the 2-core CPU);
+    thread-safe."""
     with jax.enable_x64(True):
-        _functions(descriptor, species_idx, cell).compile(len(species_idx))
+        _functions(descriptor, species_idx, cell, capacity).compile(len(species_idx))
 
 
 def _lbfgsb(
@@ -199,6 +225,7 @@ def matched_descent(
     scale: np.ndarray,
     steps: int = 600,
     cell: np.ndarray | None = None,
+    capacity: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """One float64 L-BFGS-B descent of the row-matched loss with the labels held fixed.
 
@@ -206,12 +233,13 @@ def matched_descent(
     target row (``F(x)[labels]`` is compared with ``target``); ``scale [F]`` divides every
     feature. Returns the positions reached and their relative fingerprint error (rows
     re-matched by the Hungarian algorithm). The loss and optimizer of the polish's matched
-    cycles, without the matching updates around them.
+    cycles, without the matching updates around them. ``capacity``: periodic neighbour
+    slots per atom (:func:`fingerprint_fn`).
     """
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
     with jax.enable_x64(True):
-        programs = _functions(descriptor, species_idx, cell)
+        programs = _functions(descriptor, species_idx, cell, capacity)
         feats_fn, matched_vg = programs.feats, programs.matched_vg
         args = (jnp.asarray(labels), jnp.asarray(t / scale), jnp.asarray(scale, jnp.float64))
         x = _lbfgsb(matched_vg, np.ravel(np.asarray(positions, np.float64)), steps, args)
@@ -242,6 +270,7 @@ def polish(
     descriptor: Any,
     *,
     cell: np.ndarray | None = None,
+    capacity: int | None = None,
     scale: np.ndarray,
     sorted_steps: int = 200,
     cycles: int = 8,
@@ -265,12 +294,14 @@ def polish(
     Gauss-Newton matchings; ``hops`` random restarts around the best point (noise from
     ``seed``) follow a stalled descent. ``deadline`` (a ``time.perf_counter()`` value): no
     stage starts after it, and a running L-BFGS-B descent stops at its next iteration.
+    ``capacity``: periodic neighbour slots per atom (:func:`fingerprint_fn`; None: the
+    density estimate).
     """
     species_idx = np.asarray(species_idx, np.int32)
     t = np.asarray(target, np.float64)
     t_norm = max(float(np.linalg.norm(t)), 1e-300)
     with jax.enable_x64(True):
-        programs = _functions(descriptor, species_idx, cell)
+        programs = _functions(descriptor, species_idx, cell, capacity)
         feats_fn, sorted_vg, matched_vg = programs.feats, programs.sorted_vg, programs.matched_vg
         jac_fn = programs.jac
         sc = jnp.asarray(scale, jnp.float64)
@@ -368,3 +399,22 @@ def polish(
             if err < best_err:
                 best_x, best_err = x, err
     return best_x.reshape(-1, 3), best_err
+
+
+def features64(
+    structures: np.ndarray,
+    descriptor: Any,
+    species_idx: np.ndarray,
+    cell: np.ndarray | None,
+    capacity: int | None = None,
+) -> np.ndarray:
+    """Float64 features ``[k, n, F]`` of ``structures [k, n, 3]`` (Angstrom) from the
+    polish's own program for ``capacity`` (compiled once per capacity)."""
+    species_idx = np.asarray(species_idx, np.int32)
+    with jax.enable_x64(True):
+        feats = _functions(descriptor, species_idx, cell, capacity).feats
+        out = [
+            np.asarray(feats(jnp.asarray(np.ravel(x), jnp.float64)), np.float64)
+            for x in np.asarray(structures, np.float64)
+        ]
+    return np.stack(out) if out else np.zeros((0, len(species_idx), descriptor.n_features))

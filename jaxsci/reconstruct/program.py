@@ -93,6 +93,9 @@ class Spec(NamedTuple):
     ot_weight: float
     coarse: bool
     temperature: float
+    #: periodic only: neighbour slots per atom (see :mod:`jaxsci.reconstruct.capacity`);
+    #: None for free clusters (and the density estimate for a periodic cell).
+    capacity: int | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,7 +104,7 @@ def compile_search(spec: Spec, species_key: tuple[int, ...]):
     species_idx = np.asarray(species_key, np.int32)
     groups = [np.asarray(g) for g in spec.groups]
     cell = None if spec.cell is None else np.asarray(spec.cell).reshape(3, 3)
-    fp = fingerprint_fn(spec.descriptor, species_idx, cell)
+    fp = fingerprint_fn(spec.descriptor, species_idx, cell, spec.capacity)
     opt = spec.optimizer
     n = spec.n_atoms
 

@@ -71,6 +71,7 @@ from jaxsci.geometry import (
     wrap_positions,
 )
 from jaxsci.metrics.structure import match_rows
+from jaxsci.reconstruct.capacity import grown, initial_capacity, most_neighbors
 from jaxsci.reconstruct.checks import check_guesses, check_inputs, check_key, check_options
 from jaxsci.reconstruct.chunks import round_chunk, run_round
 from jaxsci.reconstruct.crossover import Population, child
@@ -82,7 +83,7 @@ from jaxsci.reconstruct.losses import (
     sorted_loss,
     species_groups,
 )
-from jaxsci.reconstruct.polish import polish, precompile
+from jaxsci.reconstruct.polish import features64, polish, precompile
 from jaxsci.reconstruct.program import (
     Spec,
     batched,
@@ -119,16 +120,27 @@ REPAIR_SHARE = 0.5
 class ReconstructResult(NamedTuple):
     """Outcome of :func:`reconstruct`.
 
-    positions: [n_atoms, 3] best positions found (Angstrom; free clusters centred at 0).
+    positions: [n_atoms, 3] best positions found (Angstrom; free clusters centred at 0;
+        periodic ones are not wrapped into the cell: an atom may lie outside it, e.g.
+        where its initial position did; wrap them with
+        :func:`jaxsci.geometry.wrap_positions` or ase's ``Atoms.wrap``).
     error: relative fingerprint error of ``positions`` (rows matched, see
-        :func:`jaxsci.metrics.fingerprint_error`; pooled targets compared directly).
+        :func:`jaxsci.metrics.fingerprint_error`; pooled targets compared directly),
+        after the final refinement (``refine_steps``), so it can lie below
+        ``start_errors.min()``.
     success: whether ``error < tol``.
-    start_positions: [n_starts, n_atoms, 3] best positions of every start.
+    start_positions: [n_starts, n_atoms, 3] best positions of every start (not wrapped).
     start_losses: [n_starts] final (best) search loss of every start.
-    start_errors: [n_starts] relative fingerprint error of every start's best positions.
-    start_success: [n_starts] bool, which starts met ``tol`` (after polishing).
+    start_errors: [n_starts] relative fingerprint error of every start's best positions
+        as the search (and its polish) left them, before the final refinement.
+    start_success: [n_starts] bool, which starts met ``tol`` (after polishing; before the
+        final refinement).
     history: [n_steps, n_starts] search loss at every optimizer step.
     n_rounds: rounds run; wall_time: seconds spent (including compilation).
+    capacity: periodic targets: neighbour slots per atom the search kept at its end
+        (:mod:`jaxsci.reconstruct.capacity`: at least what ``initial_positions`` need,
+        grown whenever a structure the search kept had more neighbours); None for free
+        clusters.
     """
 
     positions: np.ndarray
@@ -141,6 +153,7 @@ class ReconstructResult(NamedTuple):
     history: np.ndarray
     n_rounds: int
     wall_time: float
+    capacity: int | None = None
 
 
 def _canonical_order(target: np.ndarray, species_idx: np.ndarray) -> np.ndarray:
@@ -187,12 +200,17 @@ def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pool
     )
 
 
-def _crowded(positions: np.ndarray, cell: np.ndarray, r_cut: float) -> bool:
+def _crowded(
+    positions: np.ndarray, cell: np.ndarray, r_cut: float, capacity: int | None = None
+) -> bool:
     """Whether an atom of ``positions [N, 3]`` (periodic ``cell``) has more neighbours within
-    ``r_cut`` than the search kept (:func:`jaxsci.geometry.neighbor_capacity`)."""
+    ``r_cut`` than the search kept: ``capacity`` slots (None: the density estimate,
+    :func:`jaxsci.geometry.neighbor_capacity`)."""
     pos = wrap_positions(positions, cell)
     most = max_neighbor_count(pos, cell, image_shifts(cell, r_cut), r_cut)
-    return most > neighbor_capacity(len(positions), cell, r_cut)
+    if capacity is None:
+        capacity = neighbor_capacity(len(positions), cell, r_cut)
+    return most > capacity
 
 
 class _Record:
@@ -235,6 +253,14 @@ class _Record:
         or now below the error their last polish reached, lowest first."""
         top = np.argsort(self.err, kind="stable")[:n_polish]
         return [int(s) for s in top if self.err[s] < min(below, self.polish_err[s])]
+
+    def rescored(self, idx: np.ndarray, errs: np.ndarray) -> None:
+        """Starts ``idx`` were scored with features that missed neighbours: their errors
+        are now ``errs``; their loss and last polish are forgotten (the next lower-error
+        point of the search replaces them, and they are due for polishing again)."""
+        self.err[idx] = errs
+        self.loss[idx] = np.inf
+        self.polish_err[idx] = np.inf
 
     def polished(self, s: int, y: np.ndarray, err: float) -> None:
         """Start ``s``'s polish ended at ``y`` with error ``err``: kept if lower."""
@@ -337,7 +363,8 @@ def reconstruct(
         key: ``jax.random`` key (starts, kicks).
         cell: ``[3, 3]`` lattice vectors (rows, Angstrom) for a periodic target
             (the descriptor must be periodic; periodic along all three vectors: slabs
-            and wires are not supported); ``None`` for a free cluster.
+            and wires are not supported); ``None`` for a free cluster (the descriptor must
+            not be periodic: ValueError otherwise).
         loss: ``"sorted"`` (per-atom targets, the default for them) or ``"pooled"`` (L1 on
             pooled fingerprints; 1-D targets only, and their default).
         pool_ops: pooling of a 1-D target (see :func:`jaxsci.descriptors.pool`).
@@ -353,8 +380,13 @@ def reconstruct(
             shortest one so far) later than ``min(3 s, 10%)`` before it, the search's
             polish stops there, and the final refinement gets the rest (at least 1 s). By
             default the time limit ends the search. Periodic cells cost about N x K^2 per
-            start and step (K = :func:`jaxsci.geometry.neighbor_capacity`, ~104 for a
-            metal at r_cut 6 A); on a CPU their rounds run in chunks of starts
+            start and step (K neighbour slots per atom: from the cell's mean density,
+            :func:`jaxsci.geometry.neighbor_capacity`, ~104 for a metal at r_cut 6 A, or
+            more for ``initial_positions`` or kept structures that have more neighbours,
+            e.g. a slab or cluster in a cell with vacuum, see
+            :mod:`jaxsci.reconstruct.capacity` and ``ReconstructResult.capacity``; each
+            growth recompiles the round and the polish, a few seconds); on a CPU their
+            rounds run in chunks of starts
             (:func:`jaxsci.reconstruct.chunks.round_chunk`, ~4 s each on the 2-core CPU)
             and the chunks that would end past that point are skipped (measured, 64
             starts: a 32-atom Cu cell ran 14 of 16 chunks of 4 starts in its first round
@@ -465,7 +497,8 @@ def reconstruct(
 
     Raises:
         ValueError: target width not matching the descriptor, species count not matching
-            the target, NaN/inf in the target, an empty structure, a bad cell or option.
+            the target, NaN/inf in the target, an empty structure, a bad cell or option,
+            a cell with a non-periodic descriptor or a periodic descriptor without one.
     """
     t0 = time.perf_counter()
     pool_ops = (pool_ops,) if isinstance(pool_ops, str) else tuple(pool_ops)
@@ -536,6 +569,11 @@ def reconstruct(
     if not isinstance(opt, optax.GradientTransformationExtraArgs):
         opt = optax.with_extra_args_support(opt)
     n_polish = max(1, min(n_polish, n_starts))
+    r_cut = float(descriptor.r_cut)
+    # Periodic: neighbour slots per atom of the search and the polish (free clusters keep
+    # every neighbour: None), at least what the initial positions need; grown below when a
+    # structure the search keeps has more neighbours.
+    capacity = None if cell_np is None else initial_capacity(n, cell_np, r_cut, guesses)
     spec = Spec(
         descriptor=descriptor,
         n_atoms=n,
@@ -555,8 +593,10 @@ def reconstruct(
         ot_weight=float(ot_weight),
         coarse=coarse_length > 0,
         temperature=float(temperature),
+        capacity=capacity,
     )
-    round_fn, features_fn, starts_fn = compile_search(spec, tuple(int(s) for s in species_idx))
+    species_key = tuple(int(s) for s in species_idx)
+    round_fn, features_fn, starts_fn = compile_search(spec, species_key)
 
     radius = _packing_radius(z)
     rcov = _radius(z)
@@ -592,19 +632,25 @@ def reconstruct(
     compiling = ThreadPoolExecutor(1, thread_name_prefix="reconstruct-compile")
     # Periodic targets on a CPU run a round in chunks of starts (the clock is checked
     # between them); free clusters in one call.
-    chunk = round_chunk(n_starts, n, cell_np, descriptor.r_cut)
-    zeros = jnp.zeros((chunk, n, 3), jnp.float32)
-    example = (
-        *initial_state(zeros, chunk),
-        shard(zeros, chunk),
-        shard(jnp.zeros(chunk, bool), chunk),
-        jax.random.split(key, chunk),
-        aux,
-    )
-    round_ready = compiling.submit(lambda: round_fn.lower(*example).compile())
+    chunk = round_chunk(n_starts, n, cell_np, r_cut, capacity)
+
+    def compile_round(fn: Callable, size: int) -> Callable[[], Any]:
+        """Compiles ``fn`` for chunks of ``size`` starts (for a background thread)."""
+        zeros = jnp.zeros((size, n, 3), jnp.float32)
+        example = (
+            *initial_state(zeros, size),
+            shard(zeros, size),
+            shard(jnp.zeros(size, bool), size),
+            jax.random.split(key, size),
+            aux,
+        )
+        return lambda: fn.lower(*example).compile()
+
+    round_ready = compiling.submit(compile_round(round_fn, chunk))
+    use_polish = not pooled and (polish_below > 0 or refine_steps > 0)
     polish_ready = None
-    if not pooled and (polish_below > 0 or refine_steps > 0):
-        polish_ready = compiling.submit(precompile, descriptor, species_idx, cell_np)
+    if use_polish:
+        polish_ready = compiling.submit(precompile, descriptor, species_idx, cell_np, capacity)
     compiling.shutdown(wait=False)  # the thread ends after these two
     x = starts_fn(jax.random.split(k0, n_starts), aux)
 
@@ -667,6 +713,50 @@ def reconstruct(
     def fits(seconds: float) -> bool:
         return search_end is None or time.perf_counter() + seconds <= search_end
 
+    def grow(cands: np.ndarray) -> bool:
+        """Periodic targets: when a structure of ``cands [k, n, 3]`` (the search keeps them)
+        has more neighbours than the ``capacity`` slots per atom, whose features miss the
+        farthest ones, grow the capacity (:func:`jaxsci.reconstruct.capacity.grown`),
+        compile the round and the polish for it in the background, and rescore what the
+        search kept with the old one. Returns whether it grew."""
+        nonlocal capacity, spec, round_fn, features_fn, chunk, chunk_time
+        nonlocal round_ready, polish_ready, state
+        if cell_np is None or not len(cands):
+            return False
+        new = grown(capacity, most_neighbors(cands, cell_np, r_cut), n, cell_np, r_cut)
+        if new == capacity:
+            return False
+        old, capacity = capacity, new
+        spec = spec._replace(capacity=new)
+        round_fn, features_fn, _ = compile_search(spec, species_key)  # (starts: no capacity)
+        size = round_chunk(n_starts, n, cell_np, r_cut, new)
+        chunk_time *= (size / chunk) * (new / old) ** 2  # a start's work goes with K^2
+        chunk = size
+        background = ThreadPoolExecutor(1, thread_name_prefix="reconstruct-compile")
+        round_ready = background.submit(compile_round(round_fn, chunk))
+        if use_polish:
+            polish_ready = background.submit(precompile, descriptor, species_idx, cell_np, new)
+        background.shutdown(wait=False)
+        # The record's structures with more neighbours than the old capacity were scored
+        # without some: rescored with the new one (those with more still: dropped, inf).
+        counts = np.array([most_neighbors(x[None], cell_np, r_cut) for x in record.x])
+        lost = np.flatnonzero((counts > old) & np.isfinite(record.err))
+        if lost.size:
+            if polish_ready is not None:
+                polish_ready.result()
+            fits_now = lost[counts[lost] <= new]
+            errs = np.full(lost.size, np.inf)
+            if fits_now.size:
+                feats = features64(record.x[fits_now], descriptor, species_idx, cell_np, new)
+                errs[counts[lost] <= new] = score_feats(feats)
+            record.rescored(lost, errs)
+        # Starts whose best so far lost neighbours take their next round's lowest point.
+        searched = np.asarray(state[1], np.float64)
+        over = np.array([most_neighbors(x[None], cell_np, r_cut) > old for x in searched])
+        if over.any():
+            state = (state[0], state[1], state[2].at[np.flatnonzero(over)].set(jnp.inf), *state[3:])
+        return True
+
     while rounds < max_rounds and not done:
         round_start = time.perf_counter()
         key, k_fresh, k_round = jax.random.split(key, 3)
@@ -728,6 +818,11 @@ def reconstruct(
         reached = np.asarray(x_low, np.float64)
         record.update(low_loss, reached, low_feats, score_feats)
         state = (x_next, best_x, best_loss, best_err, stale, age)
+        grew = False
+        if cell_np is not None:  # the best and the structures about to be polished
+            kept = [] if pooled else record.due_for_polish(spec.n_polish, polish_below)
+            kept += [int(s) for s in np.argsort(record.err)[:1] if np.isfinite(record.err[s])]
+            grew = grow(record.x[kept])
         if use_crossover:
             for s in np.argsort(low_loss)[: 2 * population_size]:
                 population.add(reached[s], float(low_loss[s]))
@@ -744,6 +839,7 @@ def reconstruct(
                         species_idx,
                         descriptor,
                         cell=cell_np,
+                        capacity=capacity,
                         scale=scale,
                         steps_per_cycle=spec.polish_steps,
                         seed=rounds,
@@ -752,7 +848,9 @@ def reconstruct(
                         deadline=search_end,
                     ),
                 )
-        if best is None or np.min(record.err) < best[0]:
+            if cell_np is not None and due:  # the polish may have crowded them further
+                grew = grow(record.x[due]) or grew
+        if best is None or grew or np.min(record.err) < best[0]:
             best = record.best()
             best_round = rounds
         done = best[0] < tol
@@ -800,12 +898,15 @@ def reconstruct(
             bar.set_postfix(best_error=f"{best[0]:.2e}")
         # No round starts whose search (its first chunk) would end after search_end (its
         # polish stops there by itself), nor after a round cut short.
+        if grew and not done:  # a grown capacity's round compiles first
+            round_ready.result()
         if not (ran.all() and fits(prep_time + chunk_time)):
             break
     if bar is not None:
         bar.close()
     if polish_ready is not None:  # no compilation left running after the call
         polish_ready.result()
+    round_ready.result()
     assert best is not None
     if not np.isfinite(best[0]):
         raise FloatingPointError(
@@ -826,6 +927,7 @@ def reconstruct(
             species_idx=species_idx,
             descriptor=descriptor,
             cell=cell_np,
+            capacity=capacity,
             scale=scale,
             sorted_steps=0,
             steps_per_cycle=refine_steps,
@@ -837,9 +939,9 @@ def reconstruct(
     positions, error = best[1], best[0]
     if cell_np is None:
         positions = positions - positions.mean(0)
-    elif _crowded(positions, cell_np, descriptor.r_cut):
-        # The search kept a density-sized neighbour count (polish.fingerprint_fn) and these
-        # positions have more neighbours: their error with all of them.
+    elif _crowded(positions, cell_np, r_cut, capacity):
+        # The search kept ``capacity`` neighbours per atom (polish.fingerprint_fn) and these
+        # positions (e.g. moved by the final refinement) have more: their error with all.
         with jax.enable_x64(True):
             feats = descriptor.fn(jnp.asarray(positions), jnp.asarray(species_idx), cell=cell_np)
             feats = np.asarray(feats, np.float64)
@@ -856,4 +958,5 @@ def reconstruct(
         history=np.concatenate(history, axis=0),
         n_rounds=rounds,
         wall_time=time.perf_counter() - t0,
+        capacity=capacity,
     )
