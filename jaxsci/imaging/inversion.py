@@ -31,6 +31,7 @@ from jaxsci.imaging.optics import (
     _check_band_limit,
     _concrete,
     check_finite,
+    check_patterns,
     check_positive,
     interaction_constant,
 )
@@ -75,14 +76,7 @@ def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter) -> Non
         v = _concrete(value)
         if v is not None and not np.all(np.isfinite(v)):
             raise ValueError(f"{where}: {name} contains NaN or inf")
-    p = _concrete(patterns)
-    if p is not None:
-        if not np.all(np.isfinite(p)):
-            raise ValueError(f"{where}: patterns contain NaN or inf")
-        if np.any(p < 0):
-            raise ValueError(f"{where}: patterns must be non-negative intensities")
-        if not np.any(p > 0):
-            raise ValueError(f"{where}: patterns are all zero")
+    check_patterns(patterns, where)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "n_slices", "n_iter", "band_limit"))

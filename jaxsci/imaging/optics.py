@@ -64,6 +64,20 @@ def check_finite(value, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} contains NaN or inf")
 
 
+def check_patterns(patterns, where: str) -> None:
+    """Raise ``ValueError`` unless concrete intensities are finite, non-negative and not
+    all zero (tracers pass)."""
+    p = _concrete(patterns)
+    if p is None:
+        return
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{where}: patterns contain NaN or inf")
+    if np.any(p < 0):
+        raise ValueError(f"{where}: patterns must be non-negative intensities")
+    if not np.any(p > 0):
+        raise ValueError(f"{where}: patterns are all zero")
+
+
 def wavelength(energy) -> jax.Array:
     """Relativistic electron wavelength in Å for a kinetic ``energy`` in eV:
     ``lambda = h c / sqrt(E (2 m0 c^2 + E))``."""

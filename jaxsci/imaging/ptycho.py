@@ -33,6 +33,7 @@ from jaxsci.imaging.optics import (
     _check_band_limit,
     _concrete,
     band_limit_mask,
+    check_patterns,
     check_positive,
     interaction_constant,
     shift_phase,
@@ -76,12 +77,7 @@ def _check(patterns, probe_positions, probe0, grid, n_iter, step, object0) -> No
     if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 1:
         raise ValueError(f"{where}: n_iter must be an int >= 1, got {n_iter!r}")
     check_positive(step, "step", where)
-    p = _concrete(patterns)
-    if p is not None:
-        if not np.all(np.isfinite(p)):
-            raise ValueError(f"{where}: patterns contain NaN or inf")
-        if np.any(p < 0):
-            raise ValueError(f"{where}: patterns must be non-negative intensities")
+    check_patterns(patterns, where)
     r = _concrete(probe_positions)
     if r is not None and not np.all(np.isfinite(r)):
         raise ValueError(f"{where}: probe_positions contain NaN or inf")
