@@ -3,6 +3,7 @@ identical (the model is exact there, so the truth is the oracle)."""
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxsci.imaging import (
@@ -96,6 +97,19 @@ def test_losses_are_the_misfits_of_the_iterates():
 
     assert float(res.losses[1]) < float(res.losses[0])  # one step downhill
     np.testing.assert_allclose(res.losses, [misfit(start), misfit(res.potential)], rtol=1e-3)
+
+
+def test_a_diverging_optimizer_returns_the_best_iterate_not_the_last():
+    truth, patterns = 4 * SLICE, _patterns(4)
+    start = _start(truth)
+    kw = dict(dz=DZ, n_slices=4, n_iter=5, **OPTICS)
+    wild = refine_potential(start, patterns, XY, GRID, E, optimizer=optax.sgd(1e4), **kw)
+    assert float(wild.losses[-1]) > 10 * float(wild.losses[0])  # it went uphill
+    assert int(np.argmin(wild.losses)) == 0 and float(wild.misfit) == float(wild.losses[0])
+    np.testing.assert_allclose(wild.potential, start, rtol=1e-5, atol=1e-3)  # the guess
+    # another optimizer works too, and the misfit is that of the returned potential
+    adam = refine_potential(start, patterns, XY, GRID, E, optimizer=optax.adam(1e-2), **kw)
+    assert float(adam.misfit) == float(adam.losses.min()) < float(adam.losses[0])
 
 
 def test_beats_epie_on_a_thick_specimen():

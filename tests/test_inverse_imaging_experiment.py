@@ -210,7 +210,7 @@ def test_refinement_starts_from_epie_and_keeps_the_best_fitting_thickness(tiny_r
             )
             for k in range(config.slices[0], config.slices[1] + 1)
         ]  # fmt: skip
-        best = int(np.argmin([float(f.losses.min()) for f in fits]))
+        best = int(np.argmin([float(f.misfit) for f in fits]))
         chosen.append(config.slices[0] + best)
         want = np.asarray(lowpass(fits[best].potential, config)) / 1000.0
         np.testing.assert_allclose(saved["ePIE+MS"][i], want, rtol=1e-4, atol=1e-6)

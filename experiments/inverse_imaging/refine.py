@@ -59,7 +59,9 @@ def refine_potentials(
     chosen = np.empty(len(patterns), np.int64)
     t0 = time.perf_counter()
     for i in order:
-        fits = [(float(r.losses.min()), k, r.potential) for k in candidates for r in [fit(i, k)]]
+        # (the misfit of the returned potential: never NaN, unlike losses.min() after a
+        # NaN iterate, which Python's min would keep if it came first)
+        fits = [(float(r.misfit), k, r.potential) for k in candidates for r in [fit(i, k)]]
         _, chosen[i], out[i] = min(fits, key=lambda f: f[0])
     seconds = (time.perf_counter() - t0) / max(len(patterns), 1)
     return np.asarray(lowpass(jnp.asarray(out), config)) / 1000.0, chosen, seconds

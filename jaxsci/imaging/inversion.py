@@ -47,10 +47,13 @@ class RefineResult(NamedTuple):
       potential: ``[ny, nx]`` projected potential, V·Å: the iterate of lowest misfit.
       losses: ``[n_iter + 1]`` relative amplitude misfit of each iterate (``losses[0]``:
         the first guess).
+      misfit: that of ``potential``, the lowest finite one of ``losses`` (``inf`` if none
+        is finite); compare fits with it (``losses.min()`` is NaN after a NaN iterate).
     """
 
     potential: jax.Array
     losses: jax.Array
+    misfit: jax.Array
 
 
 def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter) -> None:
@@ -79,7 +82,9 @@ def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter) -> Non
     check_patterns(patterns, where)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "n_slices", "n_iter", "band_limit"))
+@functools.partial(
+    jax.jit, static_argnames=("grid", "n_slices", "n_iter", "band_limit", "optimizer")
+)
 def _refine(
     potential0,
     patterns,
@@ -94,6 +99,7 @@ def _refine(
     n_slices: int,
     n_iter: int,
     band_limit: float | None,
+    optimizer: optax.GradientTransformation | None,
 ):
     amplitude = jnp.sqrt(patterns)
     total = jnp.sum(patterns)
@@ -108,8 +114,12 @@ def _refine(
         floor = 1e-12 * total / patterns.size
         return jnp.sum((jnp.sqrt(model + floor) - amplitude) ** 2) / total
 
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
+    if optimizer is None:
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(loss)
+    else:  # (the extra arguments below are L-BFGS's line search's; others ignore them)
+        opt = optax.with_extra_args_support(optimizer)
+        value_and_grad = lambda v, state: jax.value_and_grad(loss)(v)  # noqa: E731
 
     def step(carry, _):
         v, state, best, best_loss = carry
@@ -123,8 +133,9 @@ def _refine(
     init = (phase0, opt.init(phase0), phase0, jnp.asarray(jnp.inf, phase0.dtype))
     (v, _, best, best_loss), losses = jax.lax.scan(step, init, None, length=n_iter)
     last = loss(v)
-    best = jnp.where(last < best_loss, v, best)
-    return best / sigma, jnp.concatenate([losses, last[None]])
+    better = last < best_loss
+    best, best_loss = jnp.where(better, v, best), jnp.where(better, last, best_loss)
+    return best / sigma, jnp.concatenate([losses, last[None]]), best_loss
 
 
 def refine_potential(
@@ -141,6 +152,7 @@ def refine_potential(
     n_slices: int,
     n_iter: int = 100,
     band_limit: float | None = 2 / 3,
+    optimizer: optax.GradientTransformation | None = None,
 ) -> RefineResult:
     """Refine a projected potential so that its multislice CBED stack fits ``patterns``.
 
@@ -157,6 +169,9 @@ def refine_potential(
         ``n_slices * dz`` thick); static, one compilation per value.
       n_iter: L-BFGS iterations (>= 1).
       band_limit: the band limit of the forward model, as in :func:`cbed_stack`.
+      optimizer: an optax transformation of the phase ``sigma V`` (radians), e.g.
+        ``optax.adam(1e-2)``; default (``None``) L-BFGS with its zoom line search, measured
+        best here (RESULTS.md, session 25). Static: one compilation per object.
 
     Returns:
       :class:`RefineResult` ``(potential, losses)``: the iterate of lowest misfit (so never
@@ -173,7 +188,7 @@ def refine_potential(
     energy, semiangle, defocus, cs, dz = (
         jnp.asarray(x, dtype=fdt) for x in (energy, semiangle, defocus, cs, dz)
     )
-    potential, losses = _refine(
+    potential, losses, misfit = _refine(
         jnp.asarray(potential0, fdt),
         jnp.asarray(patterns, fdt),
         jnp.asarray(probe_positions, fdt),
@@ -186,5 +201,6 @@ def refine_potential(
         n_slices=int(n_slices),
         n_iter=int(n_iter),
         band_limit=band_limit,
+        optimizer=optimizer,
     )
-    return RefineResult(potential, losses)
+    return RefineResult(potential, losses, misfit)

@@ -55,7 +55,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -646,12 +646,14 @@ def reconstruct(
         )
         return lambda: fn.lower(*example).compile()
 
-    round_ready = compiling.submit(compile_round(round_fn, chunk))
+    round_ready: Future | None = compiling.submit(compile_round(round_fn, chunk))
     use_polish = not pooled and (polish_below > 0 or refine_steps > 0)
     polish_ready = None
     if use_polish:
         polish_ready = compiling.submit(precompile, descriptor, species_idx, cell_np, capacity)
     compiling.shutdown(wait=False)  # the thread ends after these two
+    # every background compilation, waited for before the call returns (none left running)
+    compiles = [f for f in (round_ready, polish_ready) if f is not None]
     x = starts_fn(jax.random.split(k0, n_starts), aux)
 
     def score_feats(feats: np.ndarray) -> np.ndarray:
@@ -732,10 +734,18 @@ def reconstruct(
         size = round_chunk(n_starts, n, cell_np, r_cut, new)
         chunk_time *= (size / chunk) * (new / old) ** 2  # a start's work goes with K^2
         chunk = size
+        for f in compiles:  # compilations for the old capacity not begun yet: not needed
+            f.cancel()
+        # The polish first (the rescoring below and this round's polish need it at once);
+        # the round only if another round can still fit before the search's end.
         background = ThreadPoolExecutor(1, thread_name_prefix="reconstruct-compile")
-        round_ready = background.submit(compile_round(round_fn, chunk))
         if use_polish:
             polish_ready = background.submit(precompile, descriptor, species_idx, cell_np, new)
+            compiles.append(polish_ready)
+        round_ready = None
+        if fits(prep_time + chunk_time):
+            round_ready = background.submit(compile_round(round_fn, chunk))
+            compiles.append(round_ready)
         background.shutdown(wait=False)
         # The record's structures with more neighbours than the old capacity were scored
         # without some: rescored with the new one (those with more still: dropped, inf).
@@ -796,7 +806,8 @@ def reconstruct(
         fresh = shard(fresh, n_starts)
         keys = jax.random.split(k_round, n_starts)
         prep_time = min(prep_time, time.perf_counter() - round_start)
-        round_ready.result()  # (no second compilation of it here)
+        if round_ready is not None:
+            round_ready.result()  # (no second compilation of it here)
         per_start = (fresh, shard(jnp.asarray(force), n_starts), keys)
         out, ran, chunk_time = run_round(round_fn, state, per_start, aux, chunk, fits, chunk_time)
         x_next, best_x, best_loss, best_err, stale, age, hist, x_low, low_loss, low_feats = out
@@ -898,15 +909,17 @@ def reconstruct(
             bar.set_postfix(best_error=f"{best[0]:.2e}")
         # No round starts whose search (its first chunk) would end after search_end (its
         # polish stops there by itself), nor after a round cut short.
+        if round_ready is None:  # grown too late for another round
+            break
         if grew and not done:  # a grown capacity's round compiles first
             round_ready.result()
         if not (ran.all() and fits(prep_time + chunk_time)):
             break
     if bar is not None:
         bar.close()
-    if polish_ready is not None:  # no compilation left running after the call
-        polish_ready.result()
-    round_ready.result()
+    for f in compiles:  # no compilation left running after the call
+        if not f.cancelled():
+            f.result()
     assert best is not None
     if not np.isfinite(best[0]):
         raise FloatingPointError(
