@@ -66,6 +66,11 @@ def test_shard_over_labels_on_either_axis_type(axis_type):
     for got in (g(*args), g(*on_one), _under_mesh(mesh, fn, args)):
         np.testing.assert_array_equal(got["y"], want["y"])
         assert got["y"].shape == (3, 2)
+    # labels that divide the mesh come back split over it, not gathered on every device
+    four = ({"a": jnp.arange(8.0).reshape(4, 2)}, jnp.arange(16.0).reshape(4, 4))
+    out = g(*four)
+    np.testing.assert_array_equal(out["y"], jax.vmap(fn)(*four)["y"])
+    assert out["y"].sharding.spec[0] == "label"
 
 
 def _under_mesh(mesh, fn, args):

@@ -212,3 +212,6 @@ def test_keeping_the_newest_counts_complete_checkpoints_only(tmp_path):
         assert ck.all_steps() == [12, 14, 16]  # the foreign folder stays, untouched
         for step in (14, 16):
             np.testing.assert_array_equal(ck.restore({"w": jnp.ones(2)}, step)["w"], step)
+        (tmp_path / "20").mkdir()  # not a checkpoint: it does not make step 18 "older"
+        assert ck.save(18, {"w": jnp.full(2, 18.0)})
+        assert ck.all_steps() == [12, 16, 18, 20]

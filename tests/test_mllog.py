@@ -74,6 +74,12 @@ def test_time_to_train_of_a_scripted_run(tmp_path):
     log.stop("epoch", metadata={"epoch_num": 1})
     log.stop("run", metadata={"status": "success", "epoch_num": 0.25})
     assert time_to_train(tmp_path / "mid.txt").epochs == 0.25
+    log = MLLogger(tmp_path / "zero.txt", clock=clock)
+    log.start("run")
+    log.start("epoch", metadata={"epoch_num": 1})
+    log.stop("epoch", metadata={"epoch_num": 1})
+    log.stop("run", metadata={"status": "success", "epoch_num": 0.0})  # at the very start
+    assert time_to_train(tmp_path / "zero.txt").epochs == 0.0
 
 
 def _aborted(tmp_path):

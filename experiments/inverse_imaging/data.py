@@ -23,6 +23,7 @@ from jaxsci.data.crystal_blocks import ZONE_AXES, crystal_block, material_cell, 
 from jaxsci.imaging import Grid, band_limit_mask, cbed_stack, projected_potential
 
 __all__ = [
+    "BAND_LIMIT",
     "ImagingSet",
     "LOG_FLOOR",
     "TEST_SEED_OFFSET",
@@ -36,6 +37,7 @@ __all__ = [
 
 LOG_FLOOR = 1e-6  # added to intensities (total 1 per pattern) before the log
 CHUNK = 32  # specimens per call of the simulator
+BAND_LIMIT = 2 / 3  # anti-aliasing of the simulation; ePIE and the refinement assume the same
 TEST_SEED_OFFSET = 10_000  # the held-out specimens come from config.seed + this
 
 
@@ -110,6 +112,7 @@ def _simulator(config: Config):
             semiangle=config.semiangle,
             defocus=config.defocus,
             dz=config.dz,
+            band_limit=BAND_LIMIT,
         )
         return patterns, lowpass(slices.sum(0), config) / 1000.0  # kV·Å
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.inverse_imaging.config import Config
-from experiments.inverse_imaging.data import grid_of, lowpass, probe_positions
+from experiments.inverse_imaging.data import BAND_LIMIT, grid_of, lowpass, probe_positions
 from jaxsci.imaging import refine_potential
 
 __all__ = ["refine_potentials"]
@@ -46,6 +46,7 @@ def refine_potentials(
             dz=config.dz,
             n_slices=n_slices,
             n_iter=config.refine_iters,
+            band_limit=BAND_LIMIT,
         )
 
     for k in candidates:  # one compilation per thickness, outside the clock

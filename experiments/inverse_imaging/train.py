@@ -13,7 +13,13 @@ import optax
 from jax.sharding import Mesh
 
 from experiments.inverse_imaging.config import Config
-from experiments.inverse_imaging.data import grid_of, log_patterns, lowpass, probe_positions
+from experiments.inverse_imaging.data import (
+    BAND_LIMIT,
+    grid_of,
+    log_patterns,
+    lowpass,
+    probe_positions,
+)
 from jaxsci.imaging import epie, potential_from_object, probe
 from jaxsci.models.fcn import UNet
 from jaxsci.parallel import ProcessInfo, data_parallel
@@ -180,7 +186,7 @@ def epie_objects(
 
     def one(stack):  # the band limit cbed_stack recorded the patterns with
         return epie(
-            stack, positions, probe0, grid, n_iter=config.epie_iters, band_limit=2 / 3
+            stack, positions, probe0, grid, n_iter=config.epie_iters, band_limit=BAND_LIMIT
         ).object
 
     run = jax.jit(jax.vmap(one))

@@ -17,6 +17,7 @@ give the same parameters as training each label alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,10 +162,10 @@ def shard_over_labels(
 
     split, whole = NamedSharding(mesh, spec), NamedSharding(mesh, P())
 
-    @jax.jit
-    def run(*padded: Any) -> Any:
+    @functools.partial(jax.jit, static_argnames="gather")
+    def run(*padded: Any, gather: bool) -> Any:
         out = inner(*padded)
-        if explicit:  # a split axis of n_dev * k rows cannot be cut to n: gather it first
+        if gather:  # a split axis of n_dev * k rows cannot be cut to n: gather it first
             out = jax.tree.map(lambda x: jax.sharding.reshard(x, whole), out)
         return out
 
@@ -181,6 +182,7 @@ def shard_over_labels(
         # placed on the mesh, split over labels, whatever device(s) the inputs were on (on
         # Explicit axes, jax.make_mesh's default, shard_map accepts nothing else)
         padded = jax.device_put(jax.tree.map(pad_leaf, args), split)
-        return jax.tree.map(lambda x: x[:n], run(*padded))
+        out = run(*padded, gather=explicit and pad > 0)  # unpadded: stays split over labels
+        return jax.tree.map(lambda x: x[:n], out) if pad else out
 
     return g

@@ -167,7 +167,7 @@ class Checkpointer:
         if self.info.is_root:
             try:
                 self._manager.reload()
-                newer = [s for s in self._manager.all_steps() if s > step]
+                newer = [s for s in self._manager.all_steps() if s > step and self._complete(s)]
                 if newer:  # e.g. a fresh run pointed at an old run's folder
                     raise ValueError(
                         f"{self.directory} already holds step {max(newer)} > {step}: a "

@@ -198,8 +198,9 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
         eval_s=evals,
         train_s=(t1 - t0) - staging - evals,
         epochs=float(
-            events[i1].get("metadata", {}).get("epoch_num")
-            or sum(e["key"] == "epoch_stop" for e in inside)
+            stop_epoch
+            if (stop_epoch := events[i1].get("metadata", {}).get("epoch_num")) is not None
+            else sum(e["key"] == "epoch_stop" for e in inside)
         ),
         last_eval_accuracy=float(accs[-1]) if accs else math.nan,
     )
