@@ -30,6 +30,8 @@ def refine_potentials(
     number of slices chosen for each specimen (``[n]``) and the wall seconds per specimen
     (every candidate thickness included; compilation excluded).
     """
+    if not len(patterns):  # e.g. an MPI rank without specimens
+        return np.zeros_like(first_guess, np.float32), np.zeros(0, np.int64), 0.0
     grid = grid_of(config)
     positions = probe_positions(config)
     candidates = range(config.slices[0], config.slices[1] + 1)

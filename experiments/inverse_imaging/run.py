@@ -52,7 +52,7 @@ from experiments.inverse_imaging.train import (
     residual_answer,
     train_fcn,
 )
-from jaxsci.parallel import ProcessInfo, bootstrap
+from jaxsci.parallel import ProcessInfo, bootstrap, rank_slice
 from jaxsci.train import make_run_dir, write_json
 
 __all__ = ["format_table", "main", "summarize", "train_and_evaluate"]
@@ -97,8 +97,9 @@ def train_and_evaluate(
     """Simulate, train, evaluate FCN and ePIE; writes into ``run_dir`` and returns results.
 
     Under MPI (``info``, default :func:`jaxsci.parallel.bootstrap`) every rank simulates the
-    same specimens and trains its share of each batch; rank 0 alone writes and shows
-    progress, and every rank returns the same model's results (timings are its own).
+    same specimens, trains its share of each batch and refines its block of the test
+    specimens (ePIE+MS, gathered); rank 0 alone writes and shows progress, and every rank
+    returns the same results (timings are its own).
     """
     config.validate()
     info = info if info is not None else bootstrap()
@@ -172,10 +173,16 @@ def train_and_evaluate(
     label = "FCN(ePIE)" if config.fcn_input == "epie" else "FCN(CBED)"
     predictions = {label: fcn, "ePIE": epie_test}
     refine = {}
-    if config.refine_iters:
-        predictions["ePIE+MS"], chosen, timings["refine_s_per_specimen"] = refine_potentials(
-            config, test.patterns, epie_test, progress=config.progress
+    if config.refine_iters:  # each rank refines its block of the specimens
+        share = rank_slice(config.n_test, info, equal=False)
+        refined, chosen, timings["refine_s_per_specimen"] = refine_potentials(
+            config, test.patterns[share], epie_test[share], progress=config.progress
         )
+        if info.size > 1:
+            blocks = info.comm.allgather((refined, chosen))
+            refined = np.concatenate([b[0] for b in blocks])
+            chosen = np.concatenate([b[1] for b in blocks])
+        predictions["ePIE+MS"] = refined
         off = chosen * config.dz - test.thickness
         refine = {
             "iters_per_thickness": config.refine_iters,
