@@ -200,22 +200,28 @@ def test_refinement_starts_from_epie_and_keeps_the_best_fitting_thickness(tiny_r
     saved = np.load(folder / "test_predictions.npz")
     test = simulate(config, config.n_test, config.seed + TEST_SEED_OFFSET)
     grid, xy = grid_of(config), probe_positions(config)
-    chosen = []
+    optics = dict(semiangle=config.semiangle, defocus=config.defocus, dz=config.dz)
+    kw = dict(n_iter=config.refine_iters, **optics)
+    assert config.refine_per_slice
     for i in range(2):  # recomputed with the library, every candidate thickness
         fits = [
             refine_potential(
                 1000.0 * saved["ePIE"][i], test.patterns[i], xy, grid, config.energy,
-                semiangle=config.semiangle, defocus=config.defocus, dz=config.dz,
-                n_slices=k, n_iter=config.refine_iters,
+                n_slices=k, **kw,
             )
             for k in range(config.slices[0], config.slices[1] + 1)
         ]  # fmt: skip
         best = int(np.argmin([float(f.misfit) for f in fits]))
-        chosen.append(config.slices[0] + best)
-        want = np.asarray(lowpass(fits[best].potential, config)) / 1000.0
+        k = config.slices[0] + best
+        free = refine_potential(
+            fits[best].potential, test.patterns[i], xy, grid, config.energy, n_slices=k,
+            per_slice=True, **kw,
+        )  # fmt: skip
+        want = np.asarray(lowpass(free.potential, config)) / 1000.0
         np.testing.assert_allclose(saved["ePIE+MS"][i], want, rtol=1e-4, atol=1e-6)
     res = json.loads((folder / "results.json").read_text())
     assert res["refine"]["iters_per_thickness"] == config.refine_iters
+    assert res["refine"]["per_slice"] is True
     assert 0.0 <= res["refine"]["thickness_right_fraction"] <= 1.0
     assert res["timings"]["refine_s_per_specimen"] > 0
 
@@ -231,6 +237,7 @@ def test_refinement_off_leaves_two_methods(tmp_path):
     "change",
     [
         {"refine_iters": -1},
+        {"refine_per_slice": "yes"},
         {"grid": 31},  # not divisible by 2 for two levels
         {"slices": (3, 2)},
         {"resolution": 0.9},

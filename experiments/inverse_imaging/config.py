@@ -73,6 +73,7 @@ class Config:
     lr: float = 2e-3
     epie_iters: int = 100
     refine_iters: int = 30  # L-BFGS iterations of the multislice refinement per thickness; 0: off
+    refine_per_slice: bool = True  # then refine every slice on its own at the chosen thickness
     n_examples: int = 4  # test samples drawn in examples.png
 
     def validate(self) -> None:
@@ -90,6 +91,8 @@ class Config:
             value = getattr(self, name)
             if not _int_at_least(value, 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.refine_per_slice, bool):
+            raise ValueError(f"refine_per_slice must be a bool, got {self.refine_per_slice!r}")
         if not _int_at_least(self.refine_iters, 0):
             raise ValueError(f"refine_iters must be an int >= 0, got {self.refine_iters!r}")
         for name in ("energy", "semiangle", "extent", "dz", "lr"):

@@ -2,7 +2,8 @@
 (:func:`jaxsci.imaging.refine_potential`), the thickness not given but chosen by the fit.
 
 Like the network, it does not know a specimen's thickness: it refines the first guess once
-for every thickness in ``config.slices`` and keeps the one whose CBED stack fits best.
+for every thickness in ``config.slices`` with identical slices and keeps the one whose CBED
+stack fits best; then (``refine_per_slice``) every slice of it is refined on its own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def refine_potentials(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Refine ``first_guess`` (``[n, H, W]`` kV·Å, e.g. ePIE's) against ``patterns``
     (``[n, P, H, W]``) with ``config.refine_iters`` L-BFGS iterations per candidate
-    thickness.
+    thickness (identical slices), then, with ``config.refine_per_slice``, as many with
+    every slice free at the thickness that fitted best.
 
     Returns the refined potentials (low-passed, mean-free, kV·Å, ``[n, H, W]``), the
     number of slices chosen for each specimen (``[n]``) and the wall seconds per specimen
@@ -36,9 +38,9 @@ def refine_potentials(
     positions = probe_positions(config)
     candidates = range(config.slices[0], config.slices[1] + 1)
 
-    def fit(i: int, n_slices: int):
+    def fit(i: int, n_slices: int, start=None, per_slice: bool = False):
         return refine_potential(
-            1000.0 * first_guess[i],
+            1000.0 * first_guess[i] if start is None else start,
             patterns[i],
             positions,
             grid,
@@ -49,10 +51,13 @@ def refine_potentials(
             n_slices=n_slices,
             n_iter=config.refine_iters,
             band_limit=BAND_LIMIT,
+            per_slice=per_slice,
         )
 
-    for k in candidates:  # one compilation per thickness, outside the clock
+    for k in candidates:  # one compilation per thickness and stage, outside the clock
         fit(0, k).potential.block_until_ready()
+        if config.refine_per_slice:
+            fit(0, k, per_slice=True).potential.block_until_ready()
     order = range(len(patterns))
     if progress:
         from tqdm.auto import tqdm
@@ -65,6 +70,9 @@ def refine_potentials(
         # (the misfit of the returned potential: never NaN, unlike losses.min() after a
         # NaN iterate, which Python's min would keep if it came first)
         fits = [(float(r.misfit), k, r.potential) for k in candidates for r in [fit(i, k)]]
-        _, chosen[i], out[i] = min(fits, key=lambda f: f[0])
+        _, chosen[i], best = min(fits, key=lambda f: f[0])
+        if config.refine_per_slice:  # then every slice its own image, at that thickness
+            best = fit(i, int(chosen[i]), start=best, per_slice=True).potential
+        out[i] = best
     seconds = (time.perf_counter() - t0) / max(len(patterns), 1)
     return np.asarray(lowpass(jnp.asarray(out), config)) / 1000.0, chosen, seconds

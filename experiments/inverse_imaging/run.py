@@ -10,8 +10,9 @@ low-passed to the same resolution as the truth:
 
 * ePIE (known probe, projection approximation), the classical baseline;
 * ePIE+MS: ePIE's potential refined through the multislice model by L-BFGS
-  (``jaxsci.imaging.refine_potential``), the thickness chosen by the fit: the strongest
-  classical baseline (``--refine-iters 0`` turns it off);
+  (``jaxsci.imaging.refine_potential``), identical slices for every candidate thickness,
+  the best fit kept, then every slice on its own: the strongest classical baseline
+  (``--identical-slices`` skips the last stage, ``--refine-iters 0`` turns it off);
 * a U-Net trained through ``jaxsci.parallel.data_parallel`` (all local devices; MPI ranks
   under mpirun). By default it reads the ePIE object and predicts ePIE's error, in units of
   each specimen's RMS potential (the projection approximation fails as specimens thicken);
@@ -186,6 +187,7 @@ def train_and_evaluate(
         off = chosen * config.dz - test.thickness
         refine = {
             "iters_per_thickness": config.refine_iters,
+            "per_slice": config.refine_per_slice,
             "thickness_right_fraction": float(np.mean(np.abs(off) < 1e-3)),
             "thickness_within_one_slice_fraction": float(np.mean(np.abs(off) < config.dz + 1e-3)),
         }
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--fcn-input", choices=("epie", "cbed"), default=None)
     parser.add_argument("--bottleneck", choices=("conv", "dense"), default=None)
     parser.add_argument("--refine-iters", type=int, default=None, help="0: no ePIE+MS")
+    parser.add_argument(
+        "--identical-slices", action="store_true", help="ePIE+MS without its per-slice stage"
+    )
     args = parser.parse_args(argv)
     config = tiny_config() if args.tiny else Config()
     changes = {
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> Path:
         "refine_iters": args.refine_iters,
     }
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    if args.identical_slices:
+        config = dataclasses.replace(config, refine_per_slice=False)
     try:
         config.validate()
     except ValueError as err:
@@ -301,7 +308,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(
             f"ePIE+MS: {1e3 * t['refine_s_per_specimen']:.0f} ms per specimen on top of ePIE "
             f"({len(range(config.slices[0], config.slices[1] + 1))} thicknesses x "
-            f"{config.refine_iters} L-BFGS iterations); thickness right on "
+            f"{config.refine_iters} L-BFGS iterations"
+            f"{', then per slice' if config.refine_per_slice else ''}); thickness right on "
             f"{results['refine']['thickness_right_fraction']:.0%}, within one slice on "
             f"{results['refine']['thickness_within_one_slice_fraction']:.0%}"
         )
