@@ -153,6 +153,11 @@ class Checkpointer:
 
         Returns:
           True if a checkpoint was written (False off the interval or if ``step`` exists).
+
+        Raises:
+          ValueError: the folder holds a complete checkpoint of a later step (another run's:
+            nothing is written, nothing deleted). After a write, only the ``keep`` newest
+            complete checkpoints stay; other folders are left alone.
         """
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
