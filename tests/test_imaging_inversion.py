@@ -134,8 +134,10 @@ def test_per_slice_refinement_fits_slices_that_differ():
     # a [n_slices, ny, nx] start is taken as it is
     again = refine_potential(free.slices, patterns, XY, GRID, E, per_slice=True, **kw)
     assert float(again.losses[0]) == pytest.approx(float(free.misfit), rel=1e-3)
-    with pytest.raises(ValueError, match=r"or, per slice, \[n_slices, ny, nx\]"):
+    with pytest.raises(ValueError, match=r"or, with per_slice=True, \[n_slices, ny, nx\]"):
         refine_potential(free.slices[:3], patterns, XY, GRID, E, per_slice=True, **kw)
+    with pytest.raises(ValueError, match="potential0 must be"):  # slices, but tied
+        refine_potential(free.slices, patterns, XY, GRID, E, **kw)
 
 
 def test_beats_epie_on_a_thick_specimen():

@@ -62,14 +62,14 @@ class RefineResult(NamedTuple):
     slices: jax.Array
 
 
-def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter) -> None:
+def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter, per_slice) -> None:
     where = "refine_potential"
     if not isinstance(grid, Grid):
         raise ValueError(f"{where}: grid must be a Grid, got {type(grid).__name__}")
     shape0 = jnp.shape(potential0)
-    if shape0 != grid.shape and shape0 != (n_slices, *grid.shape):
+    if shape0 != grid.shape and not (per_slice and shape0 == (n_slices, *grid.shape)):
         raise ValueError(
-            f"{where}: potential0 must be [ny, nx] = {grid.shape} (or, per slice, "
+            f"{where}: potential0 must be [ny, nx] = {grid.shape} (or, with per_slice=True, "
             f"[n_slices, ny, nx]), got {shape0}"
         )
     shape = jnp.shape(patterns)
@@ -205,7 +205,7 @@ def refine_potential(
       and the slices. Pure and jitted; compiled once per ``(grid, n_slices, n_iter,
       band_limit, optimizer, per_slice, shapes)``.
     """
-    _check(potential0, patterns, probe_positions, grid, n_slices, n_iter)
+    _check(potential0, patterns, probe_positions, grid, n_slices, n_iter, per_slice)
     for name, value in (("energy", energy), ("semiangle", semiangle), ("dz", dz)):
         check_positive(value, name, "refine_potential")
     check_finite(defocus, "defocus", "refine_potential")
