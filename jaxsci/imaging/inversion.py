@@ -31,10 +31,9 @@ import optax
 from jaxsci.imaging.optics import (
     Grid,
     _check_band_limit,
-    _concrete,
     check_finite,
-    check_patterns,
     check_positive,
+    check_scan,
     interaction_constant,
 )
 from jaxsci.imaging.scattering import _cbed_stack
@@ -64,30 +63,17 @@ class RefineResult(NamedTuple):
 
 def _check(potential0, patterns, probe_positions, grid, n_slices, n_iter, per_slice) -> None:
     where = "refine_potential"
-    if not isinstance(grid, Grid):
-        raise ValueError(f"{where}: grid must be a Grid, got {type(grid).__name__}")
+    check_scan(patterns, probe_positions, grid, where)
     shape0 = jnp.shape(potential0)
     if shape0 != grid.shape and not (per_slice and shape0 == (n_slices, *grid.shape)):
         raise ValueError(
             f"{where}: potential0 must be [ny, nx] = {grid.shape} (or, with per_slice=True, "
             f"[n_slices, ny, nx]), got {shape0}"
         )
-    shape = jnp.shape(patterns)
-    if len(shape) != 3 or shape[1:] != grid.shape or shape[0] < 1:
-        raise ValueError(f"{where}: patterns must be [P, ny, nx] = [P, *{grid.shape}], got {shape}")
-    if np.shape(probe_positions) != (shape[0], 2):
-        raise ValueError(
-            f"{where}: probe_positions must be [P, 2] = [{shape[0]}, 2], "
-            f"got {np.shape(probe_positions)}"
-        )
     for name, value in (("n_slices", n_slices), ("n_iter", n_iter)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
-    for name, value in (("potential0", potential0), ("probe_positions", probe_positions)):
-        v = _concrete(value)
-        if v is not None and not np.all(np.isfinite(v)):
-            raise ValueError(f"{where}: {name} contains NaN or inf")
-    check_patterns(patterns, where)
+    check_finite(potential0, "potential0", where)
 
 
 @functools.partial(

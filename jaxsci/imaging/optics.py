@@ -64,18 +64,29 @@ def check_finite(value, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} contains NaN or inf")
 
 
-def check_patterns(patterns, where: str) -> None:
-    """Raise ``ValueError`` unless concrete intensities are finite, non-negative and not
-    all zero (tracers pass)."""
+def check_scan(patterns, probe_positions, grid, where: str) -> None:
+    """Raise ``ValueError`` unless ``grid`` is a :class:`Grid`, ``patterns`` are
+    ``[P, ny, nx]`` intensities on it (when concrete: finite, non-negative, not all zero)
+    and ``probe_positions`` are ``[P, 2]`` (when concrete: finite). Tracers pass."""
+    if not isinstance(grid, Grid):
+        raise ValueError(f"{where}: grid must be a Grid, got {type(grid).__name__}")
+    shape = jnp.shape(patterns)
+    if len(shape) != 3 or shape[1:] != grid.shape or shape[0] < 1:
+        raise ValueError(f"{where}: patterns must be [P, ny, nx] = [P, *{grid.shape}], got {shape}")
+    pshape = np.shape(probe_positions)
+    if pshape != (shape[0], 2):
+        raise ValueError(f"{where}: probe_positions must be [P, 2] = [{shape[0]}, 2], got {pshape}")
     p = _concrete(patterns)
-    if p is None:
-        return
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"{where}: patterns contain NaN or inf")
-    if np.any(p < 0):
-        raise ValueError(f"{where}: patterns must be non-negative intensities")
-    if not np.any(p > 0):
-        raise ValueError(f"{where}: patterns are all zero")
+    if p is not None:
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"{where}: patterns contain NaN or inf")
+        if np.any(p < 0):
+            raise ValueError(f"{where}: patterns must be non-negative intensities")
+        if not np.any(p > 0):
+            raise ValueError(f"{where}: patterns are all zero")
+    r = _concrete(probe_positions)
+    if r is not None and not np.all(np.isfinite(r)):
+        raise ValueError(f"{where}: probe_positions contain NaN or inf")
 
 
 def wavelength(energy) -> jax.Array:

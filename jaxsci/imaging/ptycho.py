@@ -33,8 +33,8 @@ from jaxsci.imaging.optics import (
     _check_band_limit,
     _concrete,
     band_limit_mask,
-    check_patterns,
     check_positive,
+    check_scan,
     interaction_constant,
     shift_phase,
 )
@@ -58,14 +58,7 @@ class EPIEResult(NamedTuple):
 
 def _check(patterns, probe_positions, probe0, grid, n_iter, step, object0) -> None:
     where = "epie"
-    if not isinstance(grid, Grid):
-        raise ValueError(f"{where}: grid must be a Grid, got {type(grid).__name__}")
-    shape = jnp.shape(patterns)
-    if len(shape) != 3 or shape[1:] != grid.shape or shape[0] < 1:
-        raise ValueError(f"{where}: patterns must be [P, ny, nx] = [P, *{grid.shape}], got {shape}")
-    pshape = np.shape(probe_positions)
-    if pshape != (shape[0], 2):
-        raise ValueError(f"{where}: probe_positions must be [P, 2] = [{shape[0]}, 2], got {pshape}")
+    check_scan(patterns, probe_positions, grid, where)
     if jnp.shape(probe0) != grid.shape:
         raise ValueError(
             f"{where}: probe0 must be [ny, nx] = {grid.shape}, got {jnp.shape(probe0)}"
@@ -77,10 +70,6 @@ def _check(patterns, probe_positions, probe0, grid, n_iter, step, object0) -> No
     if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 1:
         raise ValueError(f"{where}: n_iter must be an int >= 1, got {n_iter!r}")
     check_positive(step, "step", where)
-    check_patterns(patterns, where)
-    r = _concrete(probe_positions)
-    if r is not None and not np.all(np.isfinite(r)):
-        raise ValueError(f"{where}: probe_positions contain NaN or inf")
     q = _concrete(probe0)
     if q is not None and (not np.all(np.isfinite(q)) or not np.any(q != 0)):
         raise ValueError(f"{where}: probe0 must be finite and not all zero")
