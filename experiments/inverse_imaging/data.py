@@ -30,6 +30,7 @@ __all__ = [
     "grid_of",
     "log_patterns",
     "lowpass",
+    "optics",
     "probe_positions",
     "simulate",
     "species_of",
@@ -73,6 +74,17 @@ def probe_positions(config: Config) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel()], axis=1).astype(np.float32)
 
 
+def optics(config: Config) -> dict:
+    """The probe, slicing and band limit that the simulation and the multislice refinement
+    share (keyword arguments of :func:`cbed_stack` and :func:`refine_potential`)."""
+    return {
+        "semiangle": config.semiangle,
+        "defocus": config.defocus,
+        "dz": config.dz,
+        "band_limit": BAND_LIMIT,
+    }
+
+
 def species_of(config: Config) -> tuple[int, ...]:
     """The atomic numbers of ``config.materials`` (static for the potential's sum)."""
     return tuple(sorted({int(z) for m in config.materials for z in material_cell(m).numbers}))
@@ -104,16 +116,7 @@ def _simulator(config: Config):
             )
 
         slices = jax.vmap(potential)(pos, numbers)  # [S, H, W] V·Å
-        patterns = cbed_stack(
-            slices,
-            positions,
-            grid,
-            config.energy,
-            semiangle=config.semiangle,
-            defocus=config.defocus,
-            dz=config.dz,
-            band_limit=BAND_LIMIT,
-        )
+        patterns = cbed_stack(slices, positions, grid, config.energy, **optics(config))
         return patterns, lowpass(slices.sum(0), config) / 1000.0  # kV·Å
 
     return jax.jit(jax.vmap(one))

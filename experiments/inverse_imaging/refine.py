@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.inverse_imaging.config import Config
-from experiments.inverse_imaging.data import BAND_LIMIT, grid_of, lowpass, probe_positions
+from experiments.inverse_imaging.data import grid_of, lowpass, optics, probe_positions
 from jaxsci.imaging import refine_potential
 
 __all__ = ["refine_potentials"]
@@ -45,13 +45,10 @@ def refine_potentials(
             positions,
             grid,
             config.energy,
-            semiangle=config.semiangle,
-            defocus=config.defocus,
-            dz=config.dz,
             n_slices=n_slices,
             n_iter=config.refine_iters,
-            band_limit=BAND_LIMIT,
             per_slice=per_slice,
+            **optics(config),
         )
 
     for k in candidates:  # one compilation per thickness and stage, outside the clock
