@@ -65,10 +65,7 @@ import optax
 from ase.data import covalent_radii
 
 from jaxsci.geometry import (
-    image_shifts,
-    max_neighbor_count,
     neighbor_capacity,
-    wrap_positions,
 )
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.capacity import grown, initial_capacity, most_neighbors
@@ -206,11 +203,9 @@ def _crowded(
     """Whether an atom of ``positions [N, 3]`` (periodic ``cell``) has more neighbours within
     ``r_cut`` than the search kept: ``capacity`` slots (None: the density estimate,
     :func:`jaxsci.geometry.neighbor_capacity`)."""
-    pos = wrap_positions(positions, cell)
-    most = max_neighbor_count(pos, cell, image_shifts(cell, r_cut), r_cut)
     if capacity is None:
         capacity = neighbor_capacity(len(positions), cell, r_cut)
-    return most > capacity
+    return most_neighbors(np.asarray(positions)[None], cell, r_cut) > capacity
 
 
 class _Record:
