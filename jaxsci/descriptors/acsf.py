@@ -62,6 +62,21 @@ LARGE_CLUSTER = 512
 TRIPLET_BUDGET = 1 << 21
 
 
+def _whole_numbers(a: np.ndarray) -> bool:
+    """Every entry of ``a`` is an integer value (not a bool): usable as an index."""
+    return a.size == 0 or (a.dtype != bool and bool(np.all(np.mod(a, 1) == 0)))
+
+
+def _check_pbc_and_positions(positions: Array, pbc: object) -> None:
+    """ValueError for a ``pbc`` that is not one or three bools, or for concrete positions
+    with NaN or inf (padding rows too: a NaN anywhere poisons the masked sums of the
+    others)."""
+    if np.shape(pbc) not in ((), (3,)):
+        raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
+    if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
+        raise ValueError("positions contain NaN or inf (pad with finite values)")
+
+
 def _to_atomic_number(x) -> int:
     if isinstance(x, bool | np.bool_):
         raise ValueError(f"unknown chemical element {x!r}")
@@ -355,11 +370,7 @@ class ACSF:
             mask = jnp.ones(positions.shape[:1], dtype=bool)
         elif jnp.shape(mask) != positions.shape[:1]:
             raise ValueError(f"mask must have shape [{positions.shape[0]}], got {jnp.shape(mask)}")
-        if np.shape(pbc) not in ((), (3,)):
-            raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
-        if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
-            # (padding rows too: a NaN anywhere poisons the masked sums of the others)
-            raise ValueError("positions contain NaN or inf (pad with finite values)")
+        _check_pbc_and_positions(positions, pbc)
         if not self.periodic or cell is None:
             out = _dense_features(positions, species, mask, None, None, self.config)[0]
             return (out, no_overflow) if return_overflow else out
@@ -376,7 +387,7 @@ class ACSF:
             return
         idx = np.asarray(species)
         n = len(self.species_z)
-        if idx.size and (idx.dtype == bool or not np.all(np.mod(idx, 1) == 0)):
+        if not _whole_numbers(idx):
             raise ValueError(
                 "species must be integer indices into descriptor.species (see "
                 f"encode_species), got {idx.ravel()[:5].tolist()}"
@@ -485,12 +496,8 @@ class ACSF:
                     f"{name} must have shape [B, N] = {list(positions.shape[:2])}, got "
                     f"{list(jnp.shape(value))}"
                 )
-        if np.shape(pbc) not in ((), (3,)):
-            raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
+        _check_pbc_and_positions(positions, pbc)
         self._check_species(species)
-        concrete = not isinstance(positions, jax.core.Tracer)
-        if concrete and not np.all(np.isfinite(np.asarray(positions))):
-            raise ValueError("positions contain NaN or inf (pad with finite values)")
         if not self.periodic or cells is None:
             out = _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
             return (out, jnp.zeros(out.shape[:1], dtype=bool)) if return_overflow else out
@@ -594,8 +601,8 @@ class ACSF:
             out = np.asarray(out, dtype=np.float64)
             if cen is not None:
                 cen = np.asarray(cen)
-                whole = cen.size == 0 or (cen.dtype != bool and np.all(np.mod(cen, 1) == 0))
-                if cen.ndim != 1 or not whole or np.any(cen < -len(out)) or np.any(cen >= len(out)):
+                inside = np.all(cen >= -len(out)) and np.all(cen < len(out))
+                if cen.ndim != 1 or not _whole_numbers(cen) or not inside:
                     raise ValueError(
                         "centers must be a list of integer atom indices within the system "
                         f"(negative ones count from the end, as in DScribe), got {cen.tolist()[:5]}"
