@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import optax
+
+from jaxsci._checks import is_int_at_least
 
 __all__ = ["METHODS", "SCORES", "Config", "tiny_config"]
 
@@ -76,14 +77,10 @@ class Config:
             "n_ensemble": self.n_ensemble,
         }
         lr_warmup = self.lr_warmup_steps
-        if (
-            isinstance(lr_warmup, bool)
-            or not isinstance(lr_warmup, numbers.Integral)
-            or lr_warmup < 0
-        ):
+        if not is_int_at_least(lr_warmup, 0):
             raise ValueError(f"lr_warmup_steps must be an int >= 0, got {lr_warmup!r}")
         for name, value in ints.items():
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.reference_small_batch and self.base_batch > self.batch_size:
             raise ValueError(
@@ -94,7 +91,7 @@ class Config:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            if not is_int_at_least(seed, 0):
                 raise ValueError(f"seeds must be ints >= 0, got {self.seeds!r}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
@@ -104,9 +101,7 @@ class Config:
                 raise ValueError(f"{name} must be finite and positive, got {value}")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {self.momentum}")
-        if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in self.hidden
-        ):
+        if not self.hidden or not all(is_int_at_least(h, 1) for h in self.hidden):
             raise ValueError(f"hidden layer widths must be ints >= 1, got {self.hidden!r}")
         unknown = set(self.scores) - set(SCORES)
         if not self.scores or unknown:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.alloys import MONBTAW, bcc_lattice
 
 __all__ = ["ANCHORS", "Config", "tiny_config"]
@@ -133,9 +133,7 @@ class Config:
                 raise ValueError(f"temperatures must be >= 2 positive values (K), got {t}")
             if np.any(np.diff(t) <= 0):
                 raise ValueError("temperatures must be strictly increasing")
-        if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in self.hidden
-        ):
+        if not self.hidden or not all(is_int_at_least(h, 1) for h in self.hidden):
             raise ValueError(f"hidden layer widths must be ints >= 1, got {self.hidden!r}")
         if not (np.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be >= 0 and finite, got {self.beta}")

@@ -6,15 +6,11 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.data.crystal_blocks import MATERIALS
 from jaxsci.imaging import wavelength
 
 __all__ = ["Config", "tiny_config"]
-
-
-def _int_at_least(value: object, low: int) -> bool:
-    """``value`` is an integer (not a bool) and ``>= low``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class Config:
         """Raise ``ValueError`` naming the first problem (nothing is built or written)."""
         if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
-        if not _int_at_least(self.seed, 0):
+        if not is_int_at_least(self.seed, 0):
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.min_distance >= 1.9:
             raise ValueError(
@@ -89,11 +85,11 @@ class Config:
             )
         for name in ("grid", "scan", "n_train", "n_test", "batch_size", "epochs", "epie_iters"):
             value = getattr(self, name)
-            if not _int_at_least(value, 1):
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not isinstance(self.refine_per_slice, bool):
             raise ValueError(f"refine_per_slice must be a bool, got {self.refine_per_slice!r}")
-        if not _int_at_least(self.refine_iters, 0):
+        if not is_int_at_least(self.refine_iters, 0):
             raise ValueError(f"refine_iters must be an int >= 0, got {self.refine_iters!r}")
         for name in ("energy", "semiangle", "extent", "dz", "lr"):
             value = getattr(self, name)
@@ -127,7 +123,7 @@ class Config:
             raise ValueError(
                 f"n_train ({self.n_train}) must be at least batch_size ({self.batch_size})"
             )
-        if not self.features or not all(_int_at_least(f, 1) for f in self.features):
+        if not self.features or not all(is_int_at_least(f, 1) for f in self.features):
             raise ValueError(f"features must be ints >= 1, got {self.features}")
         # the probe's aperture must lie inside the simulation's 2/3 band limit
         k_nyquist = self.grid / (2 * self.extent)  # 1/Å

@@ -15,7 +15,6 @@ the host with a progress bar and collects samples.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.alloys.hamiltonian import PairHamiltonian
 
 K_B = 8.617333262e-5  # Boltzmann constant, eV/K
@@ -92,7 +92,7 @@ def site_counts(n_sites: int, composition: Sequence[float]) -> np.ndarray:
         raise ValueError(f"composition must be non-negative fractions, got {composition!r}")
     if abs(c.sum() - 1.0) > 1e-6:
         raise ValueError(f"composition must sum to 1, got {c.sum():.6g}")
-    if isinstance(n_sites, bool) or not isinstance(n_sites, numbers.Integral) or n_sites < 1:
+    if not is_int_at_least(n_sites, 1):
         raise ValueError(f"n_sites must be an int >= 1, got {n_sites!r}")
     n_sites = int(n_sites)
     raw = c / c.sum() * n_sites

@@ -8,10 +8,11 @@ heavier 32 x 32 variant and bring generated images back to 8 x 8 (block average)
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxsci._checks import is_int_at_least
 
 DIGITS_MAX = 16.0  # sklearn digits pixel values are integers 0..16
 
@@ -38,7 +39,7 @@ def to_digits_scale(images: np.ndarray) -> np.ndarray:
 
 def _check_size(fn: str, size: object) -> int:
     """``size`` as a positive int; ValueError otherwise (bools and floats too)."""
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+    if not is_int_at_least(size, 1):
         raise ValueError(f"{fn}: size must be a positive integer (pixels), got {size!r}")
     return int(size)
 

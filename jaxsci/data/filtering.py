@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci._checks import is_int_at_least
+
 __all__ = [
     "DROP_MODES",
     "ForgettingState",
@@ -63,7 +65,7 @@ def _check_xy(fn: str, x: Any, y: Any) -> int:
 
 
 def _check_positive_int(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int_at_least(value, 1):
         raise ValueError(f"{fn}: {name} must be a positive integer, got {value!r}")
     return int(value)
 
@@ -184,7 +186,7 @@ class ForgettingState(NamedTuple):
 
 def forgetting_init(n: int) -> ForgettingState:
     """A tracker for ``n`` examples: nothing learned, no events, no updates."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+    if not is_int_at_least(n, 0):
         raise ValueError(f"forgetting_init: n must be a non-negative integer, got {n!r}")
     false = jnp.zeros((n,), bool)
     return ForgettingState(false, false, jnp.zeros((n,), jnp.int32), jnp.zeros((), jnp.int32))

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import gcd
-from numbers import Integral
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxsci._checks import is_int_at_least
 
 __all__ = ["BOTTLENECKS", "DOWNSAMPLES", "NORMS", "PADDINGS", "UNet"]
 
@@ -95,14 +96,14 @@ class UNet(nn.Module):
 
     def __post_init__(self) -> None:  # a tuple: the model is a static (hashed) jit argument
         feats = tuple(self.features)
-        if not feats or not all(_is_pos_int(f) for f in feats):
+        if not feats or not all(is_int_at_least(f, 1) for f in feats):
             raise ValueError(f"features must be a non-empty sequence of ints >= 1, got {feats}")
         object.__setattr__(self, "features", tuple(int(f) for f in feats))
-        if not _is_pos_int(self.out_channels):
+        if not is_int_at_least(self.out_channels, 1):
             raise ValueError(f"out_channels must be an int >= 1, got {self.out_channels!r}")
-        if not _is_pos_int(self.norm_groups):
+        if not is_int_at_least(self.norm_groups, 1):
             raise ValueError(f"norm_groups must be an int >= 1, got {self.norm_groups!r}")
-        if not _is_pos_int(self.dense_channels):
+        if not is_int_at_least(self.dense_channels, 1):
             raise ValueError(f"dense_channels must be an int >= 1, got {self.dense_channels!r}")
         _check_choice("bottleneck", self.bottleneck, BOTTLENECKS)
         _check_choice("padding", self.padding, PADDINGS)
@@ -174,7 +175,3 @@ class UNet(nn.Module):
             h = self._norm_act(self._conv(h, f))
             h = self._block(jnp.concatenate([h, skips[i]], axis=-1), f)
         return nn.Conv(self.out_channels, (1, 1))(h)
-
-
-def _is_pos_int(v: object) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool) and v >= 1
