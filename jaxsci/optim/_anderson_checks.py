@@ -14,20 +14,26 @@ from jaxsci.optim import _tree
 PyTree = Any
 
 
-def python_scalar(name: str, value: object) -> object:
-    """A concrete 0-d NumPy / JAX array as the Python scalar it holds (what
-    ``optax.inject_hyperparams`` passes); other values unchanged. The options shape the
-    program (buffer sizes, branches), so a traced one cannot be used."""
-    if isinstance(value, jax.core.Tracer):
+def python_scalars(**options: object) -> tuple:
+    """The options' values, a concrete 0-d NumPy / JAX array as the Python scalar it holds
+    (what ``optax.inject_hyperparams`` passes); other values unchanged. The options shape
+    the program (buffer sizes, branches), so a traced one cannot be used: ``ValueError``
+    naming every traced option at once."""
+    traced = [name for name, v in options.items() if isinstance(v, jax.core.Tracer)]
+    if traced:
         raise ValueError(
-            f"anderson: {name} must be a Python number, got a traced array: the options "
-            "set the program's shapes and branches. To schedule the inner optimizer, wrap "
-            "it instead: anderson(optax.inject_hyperparams(optax.sgd)(learning_rate=...)); "
-            "around anderson, optax.inject_hyperparams needs its options in static_args"
+            f"anderson: options {traced} are traced arrays, but every option must be a Python "
+            "number: the options set the program's shapes and branches. To schedule the "
+            "inner optimizer, wrap it instead: anderson(optax.inject_hyperparams(optax.sgd)"
+            "(learning_rate=...)); around anderson, optax.inject_hyperparams needs them all "
+            f"in static_args={tuple(traced)!r}"
         )
-    if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(value) == 0:
-        return np.asarray(value).item()
-    return value
+    scalar = lambda v: (  # noqa: E731
+        np.asarray(v).item()
+        if isinstance(v, jax.Array | np.ndarray | np.generic) and np.ndim(v) == 0
+        else v
+    )
+    return tuple(scalar(v) for v in options.values())
 
 
 def check_args(

@@ -75,7 +75,7 @@ def orthogonal(m: int, regularization: float) -> Insert:
             cy, y1yu = jnp.where(need, twice[0], cy), jnp.where(need, twice[1], y1yu)
         else:
             cy, y1yu = jax.lax.cond(need, second_pass, lambda v: v, (cy, y1yu))
-        ny = jnp.sqrt(y1yu[0])
+        ny = _tree.safe_sqrt(y1yu[0])  # 0 at 0 with a finite derivative (jax.grad)
         eps = jnp.finfo(jax.tree_util.tree_leaves(y)[0].dtype).eps
         keep = (ny > jnp.sqrt(eps) * ny0) & (ny > 0) & jnp.isfinite(ny)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, ny, 1.0), 0.0)

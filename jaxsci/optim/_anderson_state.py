@@ -4,6 +4,7 @@ packing of its scalar bookkeeping, and the flat layout's ravel."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ PyTree = Any
 # and a few fused kernels per step instead of ~20 scalar ones (on small problems an
 # Anderson step costs its kernel count). The named views below read them.
 INTS = (
-    "count",  # calls to update
+    "count",  # calls to update (none counted for a params tree without leaves)
     "head",  # next history row to overwrite (the oldest when full)
     "next_try",  # first step at which acceleration may be tried again
     "penalty",  # current back-off length after rejections
@@ -91,7 +92,11 @@ class ScaleByAndersonState(NamedTuple):
 
     Scalars live in ``ints`` / ``floats``; read them by name (``state.count``,
     ``state.n_accelerated``, ``state.pending``, ``state.valid``, ``state.loss_hist``...);
-    a state batched by ``vmap`` reads them along its last axis (one per problem).
+    a state batched by ``vmap`` reads them along its last axis (one per problem). They are
+    properties, not fields, so ``optax.tree_utils.tree_get(state, "n_accelerated")`` does
+    not find them; nor does ``optax.tree_utils.tree_map_params`` apply (the history is
+    ``[m, ...]`` per leaf, not shaped like the params). Checkpoint with Orbax, pickle or
+    ``flax.serialization`` (the static ``spec`` comes from the target on restore).
     """
 
     ints: jax.Array  # int32 [14 + m]: INTS, BOOLS (0/1), then valid history rows (0/1)
@@ -124,6 +129,20 @@ class ScaleByAndersonState(NamedTuple):
         """[..., m] inner products of the stored residual rows with ``u_prev``."""
         m = self.ints.shape[-1] - N_SCALARINTS
         return self.floats[..., self.floats.shape[-1] - m :]
+
+
+def register_flax_serialization() -> None:
+    """Let ``flax.serialization`` (``to_bytes``, ``to_state_dict``) write and read a
+    :class:`ScaleByAndersonState`: its static :class:`ParamsSpec` is written as an empty
+    dict and taken from the target on restore. Done once, and only when the caller has
+    loaded ``flax.serialization`` (never imported here: it costs 0.65 s). Orbax and pickle
+    need nothing."""
+    serialization = sys.modules.get("flax.serialization")
+    if serialization is None or serialization.is_serializable(ParamsSpec):
+        return
+    serialization.register_serialization_state(
+        ParamsSpec, lambda spec: {}, lambda target, data: target
+    )
 
 
 def _int_view(i: int) -> property:

@@ -9,6 +9,7 @@ get float64 inner products without a float64 copy of the buffers.
 from __future__ import annotations
 
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,23 @@ _TILE = 32
 
 def as_arrays(tree: PyTree) -> PyTree:
     """``tree`` with its Python-number leaves as JAX arrays (as optax's own transforms
-    take them); arrays and ``jax.ShapeDtypeStruct`` leaves unchanged."""
+    take them) and Flax NNX variables unwrapped to their values (``nnx.Optimizer`` calls
+    ``init`` with ``Param``-wrapped leaves and ``update`` with plain ones); arrays and
+    ``jax.ShapeDtypeStruct`` leaves unchanged."""
+    nnx = sys.modules.get("flax.nnx")  # loaded if the caller uses NNX; never imported here
+    if nnx is not None:
+        tree = nnx.as_pure(tree)
     scalar = lambda x: jnp.asarray(x) if isinstance(x, int | float | complex) else x  # noqa: E731
     return jax.tree_util.tree_map(scalar, tree)
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` of a squared norm ``x`` whose derivative at 0 is 0, not inf: ``jax.grad``
+    through an update (meta-gradients) stays finite where a norm vanishes, e.g. at
+    convergence (the double-``where`` idiom). NaN stays NaN; a negative ``x`` (rounding)
+    gives 0; elsewhere identical to ``jnp.sqrt``."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0 * x)
 
 
 def acc_dtype() -> jnp.dtype:

@@ -46,7 +46,9 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
   A rejection costs exactly one gradient evaluation. With the loss check on, the
   extrapolation step is also held within a trust region relative to the inner step
   (``||x_next - x_t|| <= trust ||u_t||``, trust from 4, doubled per accepted
-  extrapolation, quartered per rejection): a noisy loss cannot let a huge jump through.
+  extrapolation up to 1e8, quartered per rejection down to 1): a noisy loss cannot let a
+  huge jump through. An extrapolation shorter than 1000 eps of the inner step (it cancels
+  the inner step: a secant pair from a zero step, e.g. a learning rate of 0) is not taken.
   **Without a loss** (deterministic mode), the residual stands in for it: an
   extrapolated point is rolled back the same way if its gradient norm (the ``grad`` that
   :func:`anderson` passes; else the inner step ``||u||``) exceeds 10x the smallest one at
@@ -125,7 +127,7 @@ from jax.sharding import NamedSharding
 
 from jaxsci.optim import _anderson_history as _history
 from jaxsci.optim import _tree, averaging
-from jaxsci.optim._anderson_checks import check_args, check_tree, check_update, python_scalar
+from jaxsci.optim._anderson_checks import check_args, check_tree, check_update, python_scalars
 from jaxsci.optim._anderson_state import (
     BOOLS,
     INTS,
@@ -133,6 +135,7 @@ from jaxsci.optim._anderson_state import (
     ScaleByAndersonState,
     pack,
     ravel,
+    register_flax_serialization,
 )
 
 PyTree = Any
@@ -141,6 +144,7 @@ _RESIDUAL_SLACK = math.log(10.0)  # no loss passed: an extrapolation may grow ||
 _NOISE_RATIO = 0.1  # noise test: a pair disagrees when |mismatch| > 0.1 x predicted change
 _NOISE_PRIOR = 2.0  # noise test: starts as if two pairs had agreed (one bad first step won't hold)
 _NOISE_FLOOR = 100.0  # noise test: loss changes below 100 eps |f| are roundoff, not noise
+_NO_STEP = 1e3  # an extrapolation shorter than 1000 eps x the inner step cancels it: no step
 History = Literal["orthogonal", "window"]
 Layout = Literal["auto", "flat", "tree"]
 
@@ -280,20 +284,38 @@ def scale_by_anderson(
     us against 5.6; 40-71 against 17-30) (RESULTS.md, #5). For problems of a few thousand
     weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
     """
-    memory, regularization, beta, beta_max, frequency, warmup = map(
-        python_scalar,
-        ("memory", "regularization", "beta", "beta_max", "frequency", "warmup"),
-        (memory, regularization, beta, beta_max, frequency, warmup),
-    )
-    safeguard, safeguard_memory, average, average_window, average_threshold = map(
-        python_scalar,
-        ("safeguard", "safeguard_memory", "average", "average_window", "average_threshold"),
-        (safeguard, safeguard_memory, average, average_window, average_threshold),
-    )
-    max_backoff, loss_margin, stretch, noise_test = map(
-        python_scalar,
-        ("max_backoff", "loss_margin", "stretch", "noise_test"),
-        (max_backoff, loss_margin, stretch, noise_test),
+    (
+        memory,
+        regularization,
+        beta,
+        beta_max,
+        frequency,
+        warmup,
+        safeguard,
+        safeguard_memory,
+        average,
+        average_window,
+        average_threshold,
+        max_backoff,
+        loss_margin,
+        stretch,
+        noise_test,
+    ) = python_scalars(
+        memory=memory,
+        regularization=regularization,
+        beta=beta,
+        beta_max=beta_max,
+        frequency=frequency,
+        warmup=warmup,
+        safeguard=safeguard,
+        safeguard_memory=safeguard_memory,
+        average=average,
+        average_window=average_window,
+        average_threshold=average_threshold,
+        max_backoff=max_backoff,
+        loss_margin=loss_margin,
+        stretch=stretch,
+        noise_test=noise_test,
     )
     check_args(
         memory,
@@ -350,6 +372,7 @@ def scale_by_anderson(
         return layout == "flat" or (not sharded and jax.default_backend() != "cpu")
 
     def init_fn(params: PyTree) -> ScaleByAndersonState:
+        register_flax_serialization()  # a no-op unless the caller loaded flax.serialization
         dt = _tree.acc_dtype()
         params = _tree.as_arrays(params)
         for leaf in jax.tree_util.tree_leaves(params):
@@ -493,8 +516,9 @@ def scale_by_anderson(
         """
         if not adaptive:
             return beta
-        bb = -_tree.dots(y, [s])[0] / g0[0, 0]
-        b_ok = pair_ok & jnp.isfinite(bb)
+        yy = g0[0, 0]
+        bb = -_tree.dots(y, [s])[0] / jnp.where(yy > 0, yy, 1.0)  # no 0/0 (nor its grad)
+        b_ok = pair_ok & (yy > 0) & jnp.isfinite(bb)
         return jnp.where(b_ok, jnp.clip(bb, 1.0, beta_max), state.beta).astype(_tree.acc_dtype())
 
     def check_step(state, d, u, nu2, checked: bool):
@@ -503,25 +527,29 @@ def scale_by_anderson(
         Returns ``(d, d_ok, <d, u>, shrink)``: ``d`` scaled by ``shrink`` so that
         ``||d|| <= trust ||u||`` (when the point will be checked next step; ``shrink`` is
         ``None`` otherwise), and whether it is a finite descent step for the inner
-        optimizer (with the safeguard; finite only without it, ``<d, u>`` then ``None``).
-        The checks come before the scaling (a positive factor: same sign of ``<d, u>``,
-        same finiteness). With ``u`` finite, ``<d, u>`` is non-finite whenever ``d`` is
-        (``inf * 0 = nan``), so it doubles as the finiteness test: fewer reductions.
+        optimizer that moves at all (with the safeguard; finite only without it, ``<d, u>``
+        then ``None``). A step shorter than ``1000 eps`` of the inner step is no step: a
+        secant pair from a zero inner step (a learning rate of 0, an all-zero gradient, a
+        step skipped by ``optax.apply_if_finite``) makes the extrapolation cancel the inner
+        step to rounding, and accepting that froze the iterate for good (the next pairs
+        were rounding noise). The checks come before the scaling (a positive factor: same
+        sign of ``<d, u>``, same finiteness). With ``u`` finite, ``<d, u>`` is non-finite
+        whenever ``d`` is (``inf * 0 = nan``), so it doubles as the finiteness test.
         """
         du = shrink = None
         if safeguard:
-            dd = _tree.dots(d, [u, d] if checked else [u])  # <d, u> (, ||d||^2)
-            du = dd[0]
-            d_ok = jnp.isfinite(du) & (du > 0)
+            dd = _tree.dots(d, [u, d])  # <d, u>, ||d||^2 (one pass)
+            du, nd2 = dd[0], dd[1]
+            dt = _tree.acc_dtype()
+            eps = jnp.finfo(jax.tree_util.tree_leaves(d)[0].dtype).eps
+            moves = nd2 > jnp.asarray((_NO_STEP * eps) ** 2, dt) * nu2
+            d_ok = jnp.isfinite(du) & (du > 0) & jnp.isfinite(nd2) & moves
         else:
             d_ok = _tree.all_finite(d)
         if checked:  # extrapolations judged next step: trust region, adapted by the check
-            dt = _tree.acc_dtype()
-            nd2 = dd[1]
-            d_ok = d_ok & jnp.isfinite(nd2)
-            nd = jnp.sqrt(nd2)
+            nd = _tree.safe_sqrt(nd2)  # (safe_sqrt: finite jax.grad where a norm is 0)
             shrink = jnp.minimum(
-                1.0, state.trust * jnp.sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
+                1.0, state.trust * _tree.safe_sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
             )
             d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
         return d, d_ok, du, shrink
@@ -661,7 +689,7 @@ def scale_by_anderson(
         # becomes the inner step x2, x4, ... (capped at beta_max), pending like an
         # extrapolation; a rejection rolls it back and resets the factor to 1.
         if stretch and checked and not average:
-            stretched = bad & jnp.isfinite(du)
+            stretched = try_acc & jnp.isfinite(du) & (du <= 0)  # the secant model points up
             stretch_next = jnp.where(
                 reject,
                 1.0,
@@ -791,9 +819,23 @@ def anderson(
     Transforms that change the gradient's size belong inside: ``anderson(optax.chain(
     optax.clip_by_global_norm(c), inner))``. In ``optax.chain(clip, anderson(inner))`` the
     updates it receives are clipped, the loss changes disagree with them, and the noise
-    test holds acceleration off (``state.n_noisy`` counts every step); there, also pass
-    the gradient itself, ``update(grads, state, params, value=loss, grad=grads)``
-    (``optax.chain`` forwards it).
+    test holds acceleration off while the clip is active (``state.n_noisy`` counts those
+    steps); there, also pass the gradient itself, ``update(grads, state, params,
+    value=loss, grad=grads)`` (``optax.chain`` forwards it).
+
+    In ``optax.partition`` / ``optax.multi_transform`` / ``optax.masked``, where Anderson
+    sees only some of the parameters, ``value`` must be the loss *of that block* or be left
+    out: the total loss also changes by the other blocks' steps, which the noise test reads
+    as noise (measured: 58 of 60 deterministic steps held, plain SGD on the block), and the
+    loss check would judge this block's extrapolations by the others' progress. Without
+    ``value`` (residual check) or with ``noise_test=False`` it accelerates the block as if
+    it were alone. Extra arguments are passed on by name and unknown ones ignored (optax's
+    convention), so a misspelt ``value`` (``loss=``) silently runs without the loss check.
+
+    With ``value`` left out, the residual check rolls back an extrapolation whose gradient
+    norm exceeds 10x the *smallest* seen at an accepted point, so one unusually small
+    gradient (e.g. a nearly empty batch) holds acceleration off for the rest of the run:
+    pass the loss where there is one.
     """
     aa = scale_by_anderson(
         memory,

@@ -127,6 +127,11 @@ def moving_average(
 
     def init_fn(params: Any) -> MovingAverageState:
         params = _tree.as_arrays(params)  # Python-number leaves too
+        for leaf in jax.tree_util.tree_leaves(params):  # complex: vdot would drop Im
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise ValueError(
+                    f"moving_average: params must be real floating point, got {leaf.dtype}"
+                )
         zeros = jax.tree_util.tree_map(_tree.zeros_like, params)  # sharded like the params
         dt = _tree.acc_dtype()
         return MovingAverageState(
