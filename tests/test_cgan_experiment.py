@@ -128,3 +128,31 @@ def test_resume_may_extend_training_and_fids_compare_at_equal_n(tmp_path):
     assert ref["real_heldout_subsets"] == 3 and model["fid_subsets"] == 1
     assert np.isfinite(model["fid_all_samples"]) and model["n"] == 120
     assert ref["real_heldout_vs_train"] < ref["uniform_noise_vs_train"]
+
+
+def test_models_of_an_earlier_invocation_are_rescored_at_this_runs_fid_n(tmp_path):
+    """An earlier invocation's entries were kept as scored then: a model at fid_n=120 beside
+    a reference_fid at n=60. Now they are re-scored from their samples at this run's n, or
+    dropped with a warning when their samples are too few for it."""
+    base = dataclasses.replace(tiny(), steps=2, models=("baseline_dcgan",), samples_per_label=12)
+    run_dir, first = train_and_evaluate(base, tmp_path / "run", progress=False)
+    fewer = dataclasses.replace(base, models=("perlabel_dcgan",), samples_per_label=6)
+    _, metrics = train_and_evaluate(fewer, run_dir, progress=False)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["reference_fid"]["n"] == 60
+    assert {k: v["fid_n"] for k, v in saved["models"].items()} == {
+        "baseline_dcgan": 60,
+        "perlabel_dcgan": 60,
+    }
+    old, new = first["models"]["baseline_dcgan"], saved["models"]["baseline_dcgan"]
+    assert new["rescored_from_samples"] and new["fid_subsets"] == 2 and new["n"] == 120
+    assert new["train_seconds"] == old["train_seconds"]  # the training's own record stays
+    assert new["fid_all_samples"] == pytest.approx(old["fid_all_samples"], rel=1e-4)
+    assert set(saved["equal_compute"]) >= {"baseline_dcgan", "perlabel_dcgan"}
+    # 12 of each label now: perlabel_dcgan's 6 per label cannot be scored at n=120
+    more = dataclasses.replace(base, samples_per_label=12)
+    with pytest.warns(UserWarning, match="perlabel_dcgan: dropped from metrics.json"):
+        _, metrics = train_and_evaluate(more, run_dir, progress=False)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert set(saved["models"]) == {"baseline_dcgan"} and saved["reference_fid"]["n"] == 120
+    assert "perlabel_dcgan" not in saved["equal_compute"]

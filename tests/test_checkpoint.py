@@ -215,3 +215,43 @@ def test_keeping_the_newest_counts_complete_checkpoints_only(tmp_path):
         (tmp_path / "20").mkdir()  # not a checkpoint: it does not make step 18 "older"
         assert ck.save(18, {"w": jnp.full(2, 18.0)})
         assert ck.all_steps() == [12, 16, 18, 20]
+
+
+def test_step_every_and_keep_must_be_integers(tmp_path):
+    # a float step was written as folder "3.0", reported as saved and never found again
+    state = {"w": jnp.ones(2)}
+    with Checkpointer(tmp_path, keep=None) as ck:
+        for bad in (3.0, np.float64(5.0), True, np.bool_(True), jnp.asarray(4.0), "7"):
+            with pytest.raises(ValueError, match="step must be an integer"):
+                ck.save(bad, state)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        assert ck.save(np.int64(1), state) and ck.save(jnp.asarray(2), state)
+        assert ck.save(np.asarray(3, np.int32), state)
+        assert ck.all_steps() == [1, 2, 3] and ck.metadata(np.int64(3))["step"] == 3
+    for kwargs, name in (
+        ({"every": 2.5}, "every"),
+        ({"every": True}, "every"),
+        ({"every": 0}, "every"),
+        ({"keep": 2.0}, "keep"),
+        ({"keep": 0}, "keep"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            Checkpointer(tmp_path / "other", **kwargs)
+
+
+def test_bad_metadata_is_refused_before_anything_is_written(tmp_path):
+    # unserialisable metadata failed inside Orbax's writer, after writing had started, and
+    # an immediate retry of the same step then crashed
+    state = {"w": jnp.arange(3.0), "n": 3, "key": jax.random.key(1), "b": True}
+    with Checkpointer(tmp_path, keep=2) as ck:
+        ck.save(0, state)
+        with pytest.raises(TypeError, match="metadata is not JSON-serialisable"):
+            ck.save(1, state, metadata={"f": object()})
+        with pytest.raises(TypeError, match="metadata must be a mapping"):
+            ck.save(1, state, metadata=[("lr", 1.0)])
+        with pytest.raises(ValueError, match=r"may not use the keys \['process_count', 'step'\]"):
+            ck.save(1, state, metadata={"step": 99, "process_count": 4})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]
+        assert ck.save(1, state, metadata={"lr": float("nan"), "shape": (2, np.int64(3))})
+        # stored as strict JSON, as the settings are (NaN as null)
+        assert ck.metadata(1) == {"step": 1, "process_count": 1, "lr": None, "shape": [2, 3]}

@@ -8,7 +8,12 @@ and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``wor
 resumes from them; ``training_config.json`` holds the settings they were made with, and a
 rerun with other training settings is refused, while ``steps`` may grow to extend
 training). A rerun that trains some of the models keeps the others' entries in
-``metrics.json``.
+``metrics.json``, re-scored from their ``samples_<model>.npz`` with this invocation's
+classifier and FID ``n`` (so that every FID in the file compares with ``reference_fid``;
+their budget, timing and losses stay those of the invocation that trained them, and
+``rescored_from_samples`` is true). A model whose samples are missing or too few for that
+``n`` (an earlier run with a smaller ``samples_per_label``) is dropped from the file with a
+warning: retrain it in this workdir to get it back.
 
 FID at equal sample size: FID is biased upwards by a term shrinking like ``1/n``, so a
 model's FID and the real-vs-real floor are computed at the same ``n`` and label mix. The
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,7 @@ import optax
 
 from experiments.cgan_digits import plots
 from experiments.cgan_digits.config import MODELS, Config
-from jaxsci.data.digits import downscale, load_digits_split, to_digits_scale
+from jaxsci.data.digits import downscale, from_digits_scale, load_digits_split, to_digits_scale
 from jaxsci.metrics.fid import (
     equal_n_fid,
     evaluate_samples,
@@ -360,9 +366,68 @@ def train_and_evaluate(
     previous = run_dir / "metrics.json"
     if previous.exists():  # models trained by an earlier invocation keep their entries
         old = json.loads(previous.read_text())
-        for section in ("models", "equal_compute"):
-            for name, entry in old.get(section, {}).items():
-                if name in MODELS and name not in trained:
-                    metrics[section][name] = entry
+        for name, entry in old.get("models", {}).items():
+            if name not in MODELS or name in trained:
+                continue
+            result = _rescore(name, run_dir, clf, data8, per_label_n)
+            if result is None:
+                continue
+            metrics["models"][name] = {**entry, **result, "rescored_from_samples": True}
+            if name in old.get("equal_compute", {}):
+                metrics["equal_compute"][name] = old["equal_compute"][name]
     write_metrics(run_dir, metrics)
     return run_dir, metrics
+
+
+#: What :func:`_rescore` replaces in an earlier invocation's entry (the scores); the rest
+#: (timing, final losses) stays that invocation's.
+SCORE_KEYS = (
+    "fid",
+    "inception_score",
+    "accuracy",
+    "n",
+    "per_label",
+    "fid_all_samples",
+    "fid_std",
+    "fid_n",
+    "fid_subsets",
+)
+
+
+def _rescore(
+    name: str, run_dir: Path, clf: Any, data8: Any, per_label_n: dict[int, int]
+) -> dict[str, Any] | None:
+    """Scores of model ``name`` trained by an earlier invocation, from its saved samples,
+    with this invocation's classifier and ``per_label_n``; ``None`` with a warning when they
+    cannot be (its entry is then dropped rather than kept beside incomparable FIDs). The
+    sample grid is redrawn with the new scores in its title."""
+    path = run_dir / f"samples_{name}.npz"
+    if not path.exists():
+        warnings.warn(
+            f"{name}: dropped from metrics.json: trained by an earlier invocation, but "
+            f"{path.name} is missing, so it cannot be re-scored with this run's classifier "
+            f"and FID n; retrain it in this workdir to get it back",
+            stacklevel=3,
+        )
+        return None
+    with np.load(path) as saved:
+        digits, labels = saved["images"], saved["labels"]
+    images8 = from_digits_scale(digits)[..., None]
+    try:
+        result = evaluate_samples(
+            clf, images8, labels, data8.train_images, data8.train_labels, per_label_n=per_label_n
+        )
+    except ValueError as err:  # e.g. fewer samples per label than per_label_n
+        warnings.warn(
+            f"{name}: dropped from metrics.json: its samples from an earlier invocation cannot "
+            f"be scored at this run's FID n={sum(per_label_n.values())} ({err}); retrain it "
+            f"in this workdir (it resumes from its checkpoint) to get it back",
+            stacklevel=3,
+        )
+        return None
+    title = (
+        f"{name}: FID {result['fid']:.2f}, IS {result['inception_score']:.2f}, "
+        f"acc {result['accuracy']:.3f}"
+    )
+    plots.sample_grid(digits, labels, run_dir / f"samples_{name}.png", title=title)
+    return {k: result[k] for k in SCORE_KEYS if k in result}

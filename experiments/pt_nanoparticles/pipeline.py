@@ -6,8 +6,9 @@
   ``checkpoints/`` (Orbax; a run restarted with the same ``workdir`` resumes from the
   newest one and ends with the same parameters as an uninterrupted run; each checkpoint
   holds the :func:`training_settings` it was made with, and a restart with other ones is
-  refused before anything is built or written: ``epochs`` may grow, and the settings of
-  generation, progress, workers and folders may change);
+  refused before anything is built or written: ``epochs`` may grow (but not fall below
+  the newest checkpoint's epoch: refused too), and the settings of generation, progress,
+  workers and folders may change);
 - ``train.extxyz``: every data set structure (``info``: ``energy_per_atom``, ``split``);
 - ``reconstructed.extxyz``: coordinates recovered from the sampled fingerprints;
 - ``generated.extxyz``: the same structures after EMT relaxation -- the generated
@@ -141,14 +142,21 @@ def training_settings(config: Config, data_dim: int, cond_dim: int) -> dict[str,
     )
 
 
-def _check_resume(checkpoint_dir: Path, settings: dict[str, Any]) -> None:
-    """ValueError if ``checkpoint_dir`` holds a checkpoint made with other ``settings``;
-    reads only (no folder is created)."""
+def _check_resume(checkpoint_dir: Path, settings: dict[str, Any], epochs: int) -> None:
+    """ValueError if ``checkpoint_dir`` holds a checkpoint made with other ``settings``, or
+    one past ``epochs`` (a run cannot be resumed to fewer epochs than it has done); reads
+    only (no folder is created)."""
     if not checkpoint_dir.is_dir():
         return
     with Checkpointer(checkpoint_dir, keep=None) as ckpt:
-        if ckpt.latest_step() is not None:
+        latest = ckpt.latest_step()
+        if latest is not None:
             ckpt.check_settings(settings)
+            if latest > epochs:
+                raise ValueError(
+                    f"the checkpoints in {checkpoint_dir} are at epoch {latest}, past "
+                    f"epochs={epochs}: resume with epochs >= {latest}, or use a fresh workdir"
+                )
 
 
 def train_cvae(
@@ -164,11 +172,11 @@ def train_cvae(
     Checkpoints go to ``run_dir/checkpoints`` every ``config.checkpoint_every`` epochs and at
     the end; per-epoch metrics to ``run_dir/train_metrics.jsonl``. If a checkpoint exists,
     training continues from it and reproduces the uninterrupted run exactly; a checkpoint
-    made with other :func:`training_settings` raises ``ValueError`` naming them (nothing is
-    written then).
+    made with other :func:`training_settings`, or at an epoch past ``config.epochs``, raises
+    ``ValueError`` naming them (nothing is written then).
     """
     settings = training_settings(config, x_train.shape[1], c_train.shape[1])
-    _check_resume(run_dir / "checkpoints", settings)
+    _check_resume(run_dir / "checkpoints", settings, config.epochs)
     model = CVAE(data_dim=x_train.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
     optimizer = optax.adam(config.learning_rate)
     init = init_cvae_state(model, optimizer, c_train.shape[1], jax.random.key(config.seed))
@@ -296,7 +304,9 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     q = config.n_quantiles if config.n_quantiles is not None else config.data.max_size
     if workdir is not None:  # refuse a resume with other settings before any work
         _check_resume(
-            Path(workdir) / "checkpoints", training_settings(config, q * descriptor.n_features, 2)
+            Path(workdir) / "checkpoints",
+            training_settings(config, q * descriptor.n_features, 2),
+            config.epochs,
         )
 
     t0 = time.perf_counter()

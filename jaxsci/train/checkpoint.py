@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.train.run_dir import to_jsonable
 
@@ -38,6 +40,7 @@ __all__ = ["Checkpointer", "check_settings", "normalize_settings", "settings_dif
 
 _STATE = "state"
 _META = "meta"
+_RESERVED_META = ("step", "process_count")  # written by save() itself
 
 
 class Checkpointer:
@@ -45,8 +48,8 @@ class Checkpointer:
 
     Args:
       directory: folder holding one sub-folder per saved step (created by rank 0).
-      every: save only when ``step % every == 0`` (``force=True`` overrides).
-      keep: number of newest checkpoints kept on disk (``None``: all).
+      every: save only when ``step % every == 0`` (``force=True`` overrides); an int >= 1.
+      keep: number of newest checkpoints kept on disk, an int >= 1 (``None``: all).
       info: process info from :func:`jaxsci.parallel.bootstrap` (default: ``bootstrap()``).
 
     Use as a context manager or call :meth:`close` at the end.
@@ -60,13 +63,13 @@ class Checkpointer:
         keep: int | None = 3,
         info: ProcessInfo | None = None,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if keep is not None and keep < 1:
-            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        if not is_int_at_least(every, 1):
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if keep is not None and not is_int_at_least(keep, 1):
+            raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.every = every
-        self.keep = keep
+        self.every = int(every)
+        self.keep = None if keep is None else int(keep)
         self.info = info if info is not None else bootstrap()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1,  # the interval is decided here, identically on every rank
@@ -105,7 +108,8 @@ class Checkpointer:
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         """JSON metadata saved with ``step`` (default: latest): ``process_count``, ``step``, and
-        whatever the caller passed to :meth:`save`."""
+        whatever the caller passed to :meth:`save` (as it reads back from JSON: tuples as
+        lists, NaN and inf as ``None``)."""
         step = self._resolve(step)
         args = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
         out = self._manager.restore(step, args=args)
@@ -132,7 +136,7 @@ class Checkpointer:
     # -- save / restore -----------------------------------------------------------------
     def should_save(self, step: int) -> bool:
         """Whether :meth:`save` at ``step`` writes (same answer on every rank)."""
-        return step % self.every == 0
+        return _as_step(step) % self.every == 0
 
     def save(
         self,
@@ -145,22 +149,36 @@ class Checkpointer:
         """Write ``state`` as ``step`` if ``step % every == 0`` or ``force``; collective.
 
         Args:
-          step: number of updates applied to ``state`` (>= 0).
+          step: number of updates applied to ``state``: an integer >= 0 (a Python or NumPy
+            integer, or a 0-d integer array; not a float or a bool, whose folder name
+            ``3.0`` no query would ever find).
           state: a pytree of arrays (jax or numpy), numbers and PRNG keys, identical on all
             ranks. Python and NumPy numbers come back as Python numbers.
-          metadata: JSON-serialisable extras stored beside the state (config, data position).
+          metadata: JSON-serialisable extras stored beside the state (config, data position),
+            converted as :func:`jaxsci.train.to_jsonable` does (NumPy/JAX numbers as Python
+            ones, tuples as lists, NaN and inf as ``None``, as :func:`normalize_settings`).
+            The keys ``step`` and ``process_count`` are the checkpoint's own and refused.
           force: save even off the interval.
 
         Returns:
           True if a checkpoint was written (False off the interval or if ``step`` exists).
+          So do not pass ``save`` itself (or ``lambda e, s, m: ckpt.save(e + 1, s)``) as a
+          :func:`jaxsci.train.fit` callback: a callback returning ``True`` stops training, so
+          it would stop after the first checkpoint. Wrap it in a ``def`` that returns
+          ``None``, or in :func:`jaxsci.train.every` (which ignores the return value).
 
         Raises:
-          ValueError: the folder holds a complete checkpoint of a later step (another run's:
-            nothing is written, nothing deleted). After a write, only the ``keep`` newest
-            complete checkpoints stay; other folders are left alone.
+          ValueError: ``step`` is not an integer >= 0; ``metadata`` uses a reserved key; or
+            the folder holds a complete checkpoint of a later step (another run's: nothing
+            is written, nothing deleted). After a write, only the ``keep`` newest complete
+            checkpoints stay; other folders are left alone.
+          TypeError: ``metadata`` is not a mapping or holds a value JSON cannot represent.
+            Both argument checks run before anything is written, on every rank.
         """
+        step = _as_step(step)
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
+        meta = _checked_metadata(metadata)
         if not (force or self.should_save(step)):
             return False
         state = _numbers_as_python(state)
@@ -181,8 +199,7 @@ class Checkpointer:
                         "use a fresh folder"
                     )
                 if step not in self._manager.all_steps():
-                    meta = {"step": int(step), "process_count": self.info.size}
-                    meta.update(metadata or {})
+                    meta = {"step": step, "process_count": self.info.size, **meta}
                     saved = bool(
                         self._manager.save(
                             step,
@@ -316,6 +333,7 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         if step is None:
             return steps[-1]
+        step = _as_step(step)
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}: {steps}")
         return step
@@ -384,6 +402,41 @@ def check_settings(saved: Mapping[str, Any], mine: Mapping[str, Any], where: str
 def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_step(step: Any) -> int:
+    """``step`` as a Python int: a Python or NumPy integer or a 0-d integer array (JAX or
+    NumPy); ValueError for anything else (a float, even ``3.0``; a bool)."""
+    if not isinstance(step, bool | np.bool_):
+        if isinstance(step, numbers.Integral):
+            return int(step)
+        dtype = getattr(step, "dtype", None)
+        if getattr(step, "shape", None) == () and dtype is not None:
+            if np.issubdtype(dtype, np.integer):
+                return int(step)
+    raise ValueError(
+        f"step must be an integer (a Python or NumPy integer or a 0-d integer array), got "
+        f"{step!r} of type {type(step).__name__}"
+    )
+
+
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``metadata`` as it will be written (see :meth:`Checkpointer.save`); raises before
+    anything is written, instead of inside Orbax's writer half-way through a save."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    reserved = sorted(k for k in _RESERVED_META if k in metadata)
+    if reserved:
+        raise ValueError(
+            f"metadata may not use the keys {reserved}: save() writes them itself (the real "
+            f"step and process count); rename them"
+        )
+    try:
+        return json.loads(json.dumps(to_jsonable(dict(metadata)), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"checkpoint metadata is not JSON-serialisable: {err}") from err
 
 
 def _numbers_as_python(tree: Any) -> Any:

@@ -30,7 +30,13 @@ __all__ = ["Callback", "FitResult", "JsonlLogger", "every", "fit", "read_jsonl"]
 
 
 class Callback(Protocol):
-    """Called after every epoch; return ``True`` to stop training early."""
+    """Called after every epoch; return ``True`` (anything truthy) to stop training early.
+
+    Mind what a callback returns: :meth:`jaxsci.train.Checkpointer.save` returns ``True``
+    when it wrote a checkpoint, so ``lambda e, s, m: ckpt.save(e + 1, s)`` stops training
+    after the first checkpoint. Wrap such a function in a ``def`` that returns ``None``, or
+    in :func:`every` (which ignores the return value).
+    """
 
     def __call__(self, epoch: int, state: Any, metrics: Mapping[str, float]) -> bool | None: ...
 
@@ -162,9 +168,14 @@ def fit(
       num_epochs: total number of epochs of the full run (not the number still to do).
       start_epoch: epochs already done (e.g. restored from a checkpoint).
       callbacks: called as ``cb(epoch, state, metrics)`` after each epoch, in order;
-        any returning ``True`` stops training after that epoch.
+        any returning a truthy value stops training after that epoch. Beware of
+        ``Checkpointer.save``, which returns ``True`` when it writes: wrap it (see
+        :class:`Callback`).
       metrics_path: JSON-lines file; when resuming, records of epochs ``>= start_epoch``
-        already in it are dropped first.
+        already in it are dropped. The file is read before the first epoch (a corrupt one
+        fails then) but rewritten only once the first epoch's metrics passed their checks,
+        so a metric named ``epoch`` or ``time_s`` (fit's own) or a non-scalar one leaves it
+        untouched.
       progress: show a tqdm bar (with the last metrics as postfix).
       postfix_keys: metrics shown in the bar (default: all).
 
@@ -176,10 +187,13 @@ def fit(
     if start_epoch > num_epochs:
         raise ValueError(f"start_epoch ({start_epoch}) is past num_epochs ({num_epochs})")
     callbacks = list(callbacks)
-    logger = (
-        JsonlLogger(metrics_path, resume_from=start_epoch) if metrics_path is not None else None
-    )
-    history: list[dict] = list(logger.records) if logger is not None else []
+    if metrics_path is not None:  # a corrupt file fails now, before any epoch runs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JsonlLogger warns about a cut last line below
+            read_jsonl(metrics_path)
+    # opened (which rewrites the file) once the first metrics passed their checks
+    logger: JsonlLogger | None = None
+    history: list[dict] = []
     stopped = False
     epoch = start_epoch - 1
     bar = tqdm(
@@ -197,6 +211,9 @@ def fit(
             raise ValueError("epoch_fn's metrics may not be named 'epoch' or 'time_s' (fit's)")
         metrics = {k: _to_float(v) for k, v in raw.items()}
         record = {"epoch": epoch, **metrics, "time_s": time.perf_counter() - t0}
+        if logger is None and metrics_path is not None:
+            logger = JsonlLogger(metrics_path, resume_from=start_epoch)
+            history = list(logger.records)
         history.append(record)
         if logger is not None:
             logger.log(record)
@@ -209,4 +226,7 @@ def fit(
         if stopped:
             break
     bar.close()
+    if logger is None and metrics_path is not None:  # no epoch ran: still drop later records
+        logger = JsonlLogger(metrics_path, resume_from=start_epoch)
+        history = list(logger.records)
     return FitResult(state=state, history=history, epochs_done=epoch + 1, stopped_early=stopped)
