@@ -110,7 +110,7 @@ def test_with_validation_adds_the_eval_metrics_after_each_epoch():
 
     assert with_validation(epoch_fn, eval_fn, None, None) is epoch_fn
     run = with_validation(
-        lambda s, e: (S(s + 1), {"loss": float(e)}), eval_fn, np.ones(2), np.ones(3)
+        lambda s, e: (S(s + 1), {"loss": float(e)}), eval_fn, np.ones((2, 1)), np.full((2, 1), 1.5)
     )
     state, metrics = run(S(4), 7)
     assert state == 5

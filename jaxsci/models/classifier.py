@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsci._checks import is_int_at_least
+
 __all__ = ["MLPClassifier"]
 
 
@@ -17,14 +19,19 @@ class MLPClassifier(nn.Module):
 
     Attributes:
       n_labels: number of classes.
-      hidden: widths of the hidden layers.
+      hidden: widths of the hidden layers (ints >= 1; may be empty).
     """
 
     n_labels: int = 10
     hidden: tuple[int, ...] = (128, 64)
 
     def __post_init__(self) -> None:  # a tuple even when given a list: the model is hashed
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        hidden = tuple(self.hidden)
+        if not is_int_at_least(self.n_labels, 1):
+            raise ValueError(f"n_labels must be an int >= 1, got {self.n_labels!r}")
+        if not all(is_int_at_least(w, 1) for w in hidden):
+            raise ValueError(f"hidden widths must be ints >= 1, got {hidden}")
+        object.__setattr__(self, "hidden", hidden)
         super().__post_init__()
 
     @nn.compact

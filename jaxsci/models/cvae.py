@@ -21,8 +21,10 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.models.mlp import MLP
 
 __all__ = [
@@ -48,14 +50,16 @@ class CVAE(nn.Module):
     activation: Callable[[jax.Array], jax.Array] = nn.elu
 
     def __post_init__(self) -> None:  # a tuple: the model is a static (hashed) jit argument
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        hidden = tuple(self.hidden)
+        for name, value in (("data_dim", self.data_dim), ("latent_dim", self.latent_dim)):
+            if not is_int_at_least(value, 1):
+                raise ValueError(f"CVAE: {name} must be an int >= 1, got {value!r}")
+        if not all(is_int_at_least(w, 1) for w in hidden):
+            raise ValueError(f"CVAE: hidden widths must be ints >= 1, got {hidden}")
+        object.__setattr__(self, "hidden", hidden)
         super().__post_init__()
 
     def setup(self) -> None:
-        if self.data_dim < 1 or self.latent_dim < 1:
-            raise ValueError(
-                f"data_dim ({self.data_dim}) and latent_dim ({self.latent_dim}) must be >= 1"
-            )
         self.encoder = MLP((*self.hidden, 2 * self.latent_dim), self.activation)
         self.decoder = MLP((*self.hidden, self.data_dim), self.activation)
 
@@ -90,6 +94,26 @@ def cvae_loss(
     recon = jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
     kl = jnp.mean(kl_divergence(mean, logvar))
     return recon + beta * kl, {"recon": recon, "kl": kl}
+
+
+def _check_beta(beta: float) -> None:
+    try:
+        ok = 0.0 <= float(beta) < np.inf
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+
+
+def _as_rows(name: str, value: jax.Array) -> jax.Array:
+    """``value`` as a float32 ``[M, D]`` array of finite numbers (ValueError naming it)."""
+    arr = jnp.asarray(value, jnp.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, features], got shape {arr.shape}")
+    if not bool(jnp.all(jnp.isfinite(arr))):
+        bad = int(jnp.sum(~jnp.isfinite(arr)))
+        raise ValueError(f"{name} holds {bad} non-finite (NaN or inf) values")
+    return arr
 
 
 class CVAEState(NamedTuple):
@@ -132,17 +156,21 @@ def make_epoch_fn(
 ) -> Callable[[CVAEState, int], tuple[CVAEState, dict[str, jax.Array]]]:
     """``epoch_fn(state, epoch) -> (state, {loss, recon, kl})`` for :func:`jaxsci.train.fit`.
 
-    One epoch = ``len(x) // batch_size`` steps of ``optimizer`` over a permutation drawn
-    from ``fold_in(key(seed), epoch)`` (the few samples left over change every epoch); the
-    whole epoch is one jitted ``lax.scan``. ``x``: ``[M, D]``, ``c``: ``[M, C]``.
+    One epoch = ``len(x) // b`` steps of ``optimizer`` with ``b = min(batch_size, len(x))``
+    (a ``batch_size`` above ``len(x)`` gives one full-batch step per epoch), over a
+    permutation drawn from ``fold_in(key(seed), epoch)`` (the ``len(x) % b`` samples left over
+    change every epoch); the whole epoch is one jitted ``lax.scan``. ``x``: ``[M, D]``,
+    ``c``: ``[M, C]`` (2-D, as many rows, finite: a NaN would make every loss NaN);
+    ``batch_size``: an int >= 1; ``beta``: finite, >= 0.
     """
-    x = jnp.asarray(x, jnp.float32)
-    c = jnp.asarray(c, jnp.float32)
+    x = _as_rows("x", x)
+    c = _as_rows("c", c)
     m = x.shape[0]
     if c.shape[0] != m:
         raise ValueError(f"x has {m} rows but c has {c.shape[0]}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not is_int_at_least(batch_size, 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    _check_beta(beta)
     if m == 0:
         raise ValueError("empty training set: no samples to train on")
     batch_size = min(batch_size, m)
@@ -177,6 +205,7 @@ def make_eval_fn(
     model: CVAE, *, beta: float, seed: int
 ) -> Callable[[dict, jax.Array, jax.Array], dict[str, jax.Array]]:
     """``eval_fn(params, x, c) -> {loss, recon, kl}`` with fixed noise (validation curves)."""
+    _check_beta(beta)
     key = jax.random.fold_in(jax.random.key(seed), 2**30)
 
     @jax.jit
@@ -194,8 +223,28 @@ def with_validation(
     c_val: jax.Array | None,
 ) -> Callable[[CVAEState, int], tuple[CVAEState, dict]]:
     """``epoch_fn`` whose metrics also hold ``val_<name>`` of ``eval_fn`` on ``(x_val, c_val)``
-    after the epoch (``epoch_fn`` itself when there are no validation rows)."""
-    if x_val is None:
+    after the epoch.
+
+    ``x_val [V, D]`` and ``c_val [V, C]`` go together: with no validation rows (both
+    ``None``, or ``V == 0``, where the metrics would be NaN means of nothing) this returns
+    ``epoch_fn`` itself, and no ``val_*`` metrics are logged. ``ValueError`` when only one of
+    them has rows, or they are not 2-D with as many rows.
+    """
+    if x_val is None or c_val is None:
+        for name, value, other in (("x_val", x_val, "c_val"), ("c_val", c_val, "x_val")):
+            if value is not None and jnp.shape(value)[:1] != (0,):
+                raise ValueError(
+                    f"with_validation: {name} of shape {jnp.shape(value)} was given but {other} "
+                    "is None; pass both (validation) or neither"
+                )
+        return epoch_fn
+    x_shape, c_shape = jnp.shape(x_val), jnp.shape(c_val)
+    if len(x_shape) != 2 or len(c_shape) != 2 or x_shape[0] != c_shape[0]:
+        raise ValueError(
+            f"with_validation: x_val and c_val must be 2-D with as many rows, got shapes "
+            f"{x_shape} and {c_shape}"
+        )
+    if x_shape[0] == 0:
         return epoch_fn
 
     def run(state: CVAEState, epoch: int) -> tuple[CVAEState, dict]:

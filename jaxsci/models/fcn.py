@@ -22,12 +22,17 @@ Layout, for ``features = (f_0, ..., f_{L-1})`` (``L`` levels):
 
 Why a dense bottleneck: the map from diffraction space to real space is global (every
 pixel of a CBED pattern depends on the whole illuminated area, every potential pixel on
-every pattern), which a local conv net can only reach through its receptive field
-(about ``7 * 2**L`` input pixels across for ``L`` levels: 52 for three, 108 for four,
-measured with the 2x2 average pool). The dense layer connects every coarse pixel to every
-other in one step, at the price of tying the parameters to one input size (its weight is
-``[h w d, h w d]`` with ``h, w`` the coarsest map size and ``d = dense_channels``) and of
-breaking translation equivariance.
+every pattern), which a local conv net can only reach through its receptive field: about
+``7.5 * 2**L - 10`` input pixels across for ``L`` levels with the 2x2 average pool (the
+spans of the 3x3 convolutions and the pools, summed over the path through the coarsest
+level). Measured (the extent of the gradient of one output pixel, ``norm="none"``), it is
+20 pixels for two levels, 48 or 52 for three and 108 or 116 for four, depending on where
+the output pixel sits on the pooling grid; the stride-2 convolution adds a few (21, 51 or
+55, 115 or 123). GroupNorm's statistics, taken over the whole map, couple all pixels
+beyond that, but only through a mean and a variance. The dense layer connects every
+coarse pixel to every other in one step, at the price of tying the parameters to one
+input size (its weight is ``[h w d, h w d]`` with ``h, w`` the coarsest map size and
+``d = dense_channels``) and of breaking translation equivariance.
 
 With ``padding="CIRCULAR"`` (periodic images, as a periodic specimen cell gives) and
 ``bottleneck="conv"`` the network is exactly equivariant under circular shifts of the input

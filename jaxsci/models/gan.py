@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci._checks import is_int_at_least
+
 __all__ = [
     "CGAN",
     "CondDiscriminator",
@@ -46,6 +48,24 @@ def _n_halvings(image_size: int) -> int:
     if image_size < 8 or 2**k != image_size:
         raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
     return k
+
+
+def _check_ints(owner: str, **values: object) -> None:
+    """ValueError naming the first of ``values`` (``name=value``) that is not an int >= 1."""
+    for name, value in values.items():
+        if not is_int_at_least(value, 1):
+            raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
+
+
+def _check_batch(owner: str, first: str, x: jax.Array, labels: jax.Array, ndim: int) -> None:
+    """ValueError unless ``x`` has ``ndim`` dims and ``labels`` is ``[B]`` with its batch."""
+    if x.ndim != ndim:
+        raise ValueError(f"{owner}: {first} must have {ndim} dimensions, got shape {x.shape}")
+    if jnp.ndim(labels) != 1 or jnp.shape(labels)[0] != x.shape[0]:
+        raise ValueError(
+            f"{owner}: labels must be [B] with B = {first}.shape[0] = {x.shape[0]}, got shape "
+            f"{jnp.shape(labels)}"
+        )
 
 
 def check_labels(labels: jax.Array, n_labels: int) -> None:
@@ -120,8 +140,19 @@ class CondGenerator(nn.Module):
     features: int = 64
     channels: int = 1
 
+    def __post_init__(self) -> None:
+        _check_ints(
+            "CondGenerator",
+            image_size=self.image_size,
+            n_labels=self.n_labels,
+            features=self.features,
+            channels=self.channels,
+        )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, z: jax.Array, labels: jax.Array) -> jax.Array:
+        _check_batch("CondGenerator", "z", z, labels, 2)
         check_labels(labels, self.n_labels)
         n_up = _n_halvings(self.image_size) - 2  # from 4 x 4
         width = self.features * 2 ** max(n_up - 1, 0)
@@ -149,11 +180,16 @@ class CondDiscriminator(nn.Module):
     features: int = 64
     layer_norm: bool = False
 
+    def __post_init__(self) -> None:
+        _check_ints("CondDiscriminator", n_labels=self.n_labels, features=self.features)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
-        check_labels(labels, self.n_labels)
         if x.ndim != 4 or x.shape[1] != x.shape[2]:
             raise ValueError(f"images must be [B, S, S, C] (square), got {x.shape}")
+        _check_batch("CondDiscriminator", "images", x, labels, 4)
+        check_labels(labels, self.n_labels)
         n_down = _n_halvings(x.shape[1]) - 1  # down to 2 x 2
         y = jax.nn.one_hot(labels, self.n_labels, dtype=x.dtype)
         maps = jnp.broadcast_to(y[:, None, None, :], (*x.shape[:3], self.n_labels))
@@ -191,15 +227,11 @@ class CGAN:
     def __post_init__(self) -> None:
         if self.loss not in ("dcgan", "wgan-gp"):
             raise ValueError(f"loss must be 'dcgan' or 'wgan-gp', got {self.loss!r}")
-        if self.n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
+        _check_ints("CGAN", n_critic=self.n_critic, latent_dim=self.latent_dim)
         if self.generator.n_labels != self.discriminator.n_labels:
             raise ValueError("generator and discriminator disagree on n_labels")
-        if self.n_labels < 1 or self.latent_dim < 1 or not self.gp_weight >= 0:
-            raise ValueError(
-                f"need n_labels >= 1, latent_dim >= 1 and gp_weight >= 0; got "
-                f"{self.n_labels}, {self.latent_dim}, {self.gp_weight}"
-            )
+        if not self.gp_weight >= 0:
+            raise ValueError(f"CGAN: gp_weight must be >= 0, got {self.gp_weight!r}")
         _n_halvings(self.generator.image_size)  # a power of two >= 8, checked now
 
     @property

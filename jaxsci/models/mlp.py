@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
+from jaxsci._checks import is_int_at_least
+
 __all__ = ["MLP"]
 
 
@@ -22,13 +24,14 @@ class MLP(nn.Module):
     activate_final: bool = False
 
     def __post_init__(self) -> None:  # a tuple: hashable, as static jit arguments must be
-        object.__setattr__(self, "features", tuple(self.features))
+        feats = tuple(self.features)
+        if not feats or not all(is_int_at_least(w, 1) for w in feats):
+            raise ValueError(f"MLP features must be a non-empty sequence of ints >= 1, got {feats}")
+        object.__setattr__(self, "features", feats)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if not self.features:
-            raise ValueError("MLP needs at least one layer width")
         for i, width in enumerate(self.features):
             x = nn.Dense(int(width), name=f"dense_{i}")(x)
             if i < len(self.features) - 1 or self.activate_final:

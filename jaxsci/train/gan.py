@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.models.gan import CGAN, check_labels
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.parallel.mesh import make_mesh
@@ -95,12 +96,67 @@ class GANState(NamedTuple):
     step: jax.Array  # scalar int32, generator updates done
 
 
+def _check_batch_size(batch_size: Any) -> None:
+    if not is_int_at_least(batch_size, 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+def _check_image_shape(images: Any, cgan: CGAN) -> None:
+    """ValueError unless ``images`` is ``[N, *cgan.image_shape]``."""
+    shape = np.shape(images)
+    if len(shape) != 4 or tuple(shape[1:]) != cgan.image_shape:
+        want = ", ".join(map(str, cgan.image_shape))
+        raise ValueError(
+            f"images must be [N, {want}] (N images of cgan.image_shape) for this model, got "
+            f"shape {tuple(shape)}"
+        )
+
+
+def _host_images(images: Any) -> np.ndarray:
+    """``images`` as a float32 numpy array; ValueError unless every value is finite (one NaN
+    image makes every loss NaN)."""
+    images = np.asarray(images, np.float32)
+    bad = ~np.isfinite(images)
+    if bad.any():
+        rows = np.unique(np.argwhere(bad)[:, 0]) if images.ndim else np.zeros(1, int)
+        raise ValueError(
+            f"images hold non-finite (NaN or inf) values, in {rows.size} images (rows "
+            f"{rows[:5].tolist()}{' ...' if rows.size > 5 else ''})"
+        )
+    return images
+
+
+def _check_integer_labels(labels: np.ndarray) -> None:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+
+
+def _raw_key(key: jax.Array) -> jax.Array:
+    """A raw ``uint32`` key (``jax.random.PRNGKey`` style) from a raw or typed key.
+
+    ``jax.random.key(s)`` and ``jax.random.PRNGKey(s)`` give the same run (same random
+    numbers, same :class:`GANState`, same checkpoints); a typed key of another
+    implementation than the default one is refused (its data would be read as the default's).
+    """
+    key = jnp.asarray(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single key, got a key array of shape {key.shape}")
+        if jax.random.key_impl(key) != jax.random.key_impl(jax.random.key(0)):
+            raise ValueError(
+                f"key must use the default PRNG implementation "
+                f"{jax.random.key_impl(jax.random.key(0))}, got {jax.random.key_impl(key)}"
+            )
+        return jax.random.key_data(key)
+    return key
+
+
 def make_pool(images: Any, labels: Any, n_labels: int | None = None) -> DataPool:
     """A :class:`DataPool` holding all of ``images [N, S, S, C]`` with integer ``labels [N]``
-    (in ``0 .. n_labels - 1`` when ``n_labels`` is given: one bad label made training NaN)."""
-    images = jnp.asarray(images, jnp.float32)
-    if not np.issubdtype(np.asarray(labels).dtype, np.integer):
-        raise ValueError(f"labels must be integers, got {np.asarray(labels).dtype}")
+    (in ``0 .. n_labels - 1`` when ``n_labels`` is given: one bad label made training NaN;
+    a non-finite image value is refused for the same reason)."""
+    images = jnp.asarray(_host_images(images))
+    _check_integer_labels(np.asarray(labels))
     if n_labels is not None:
         check_labels(np.asarray(labels), n_labels)
     labels = jnp.asarray(labels, jnp.int32)
@@ -198,7 +254,10 @@ def make_gan_step(
     Fake images are conditioned on the labels of a real minibatch, so the label
     distribution follows the pool's. Metrics: ``d_loss`` (last critic update), ``g_loss``
     and, for W-CGAN, ``w_dist`` (critic estimate of the Wasserstein-1 distance).
+    ``batch_size``: an int >= 1 (minibatches are drawn with replacement: it may exceed the
+    pool).
     """
+    _check_batch_size(batch_size)
     G, D = cgan.generator, cgan.discriminator
     wgan = cgan.loss == "wgan-gp"
 
@@ -320,7 +379,11 @@ def fit_gan(
     if checkpointer is not None and checkpointer.latest_step() is not None:
         done = checkpointer.latest_step()
         if done > n_steps:
-            raise ValueError(f"the checkpoint is at step {done}, past n_steps={n_steps}")
+            raise ValueError(
+                f"the checkpoint in {checkpointer.directory} ({desc}) is at step {done}, past "
+                f"n_steps={n_steps}: ask for at least {done} steps to resume from it, or "
+                "start afresh in another checkpoint folder (or after deleting this one)"
+            )
         if settings is not None:
             checkpointer.check_settings(settings, done)
         shapes = jax.eval_shape(lambda s: run_chunk(s, 1)[1], state)
@@ -364,8 +427,15 @@ class PerLabelResult(NamedTuple):
 
 
 def per_label_pools(images: Any, labels: Any, label_set: Sequence[int]) -> DataPool:
-    """Stacked :class:`DataPool` ``[L, n_max, ...]``, one per label (ValueError if one is empty)."""
-    grouped, counts = group_by_label(np.asarray(images, np.float32), np.asarray(labels), label_set)
+    """Stacked :class:`DataPool` ``[L, n_max, ...]``, one per label.
+
+    ValueError if a label of ``label_set`` has no rows, ``labels`` are not integers (a row
+    whose label is no integer would otherwise be dropped from every pool) or an image holds
+    a non-finite value.
+    """
+    labels = np.asarray(labels)
+    _check_integer_labels(labels)
+    grouped, counts = group_by_label(_host_images(images), labels, label_set)
     lab = np.broadcast_to(np.asarray(label_set, np.int32)[:, None], grouped.shape[:2])
     return DataPool(jnp.asarray(grouped), jnp.asarray(lab), jnp.asarray(counts))
 
@@ -401,8 +471,9 @@ def train_per_label(
       the results are gathered (every rank returns all labels).
 
     Args:
-      images: ``[N, S, S, C]`` on [-1, 1]; labels: ``[N]`` ints.
-      key: raw PRNG key (``jax.random.PRNGKey``), the same on every rank.
+      images: ``[N, *cgan.image_shape]`` on [-1, 1], finite; labels: ``[N]`` ints.
+      key: PRNG key, raw (``jax.random.PRNGKey``) or typed (``jax.random.key``, same run),
+        the same on every rank.
       label_set: labels to train (each needs data).
       n_steps: generator updates per label; batch_size: images per update per label.
       chunk_steps: steps per compiled call (progress / checkpoint granularity).
@@ -418,9 +489,14 @@ def train_per_label(
         their updates on a probe gradient).
 
     Raises:
-      ValueError: a label without data, more ranks than labels, unknown strategy, or a
-        resume from checkpoints made with other settings (naming them; nothing written).
+      ValueError: a label without data, images of another shape than ``cgan.image_shape``
+        or not finite, non-integer labels, ``batch_size`` not an int >= 1, more ranks than
+        labels, unknown strategy, or a resume from checkpoints made with other settings
+        (naming them; nothing written).
     """
+    _check_batch_size(batch_size)
+    _check_image_shape(images, cgan)
+    key = _raw_key(key)
     label_set = np.asarray(label_set)
     check_labels(label_set, cgan.n_labels)  # each model is conditioned on its own label
     if strategy not in ("vmap", "shard", "mpi"):
@@ -617,8 +693,12 @@ def train_conditional(
     ``checkpoint_dir``: Orbax checkpoints, resumed from if present; the run's settings
     (:func:`run_settings`, plus the extra ``settings``) are saved with them, and resuming
     with other settings raises ``ValueError`` naming them (before anything is written).
-    ``n_steps`` may grow on resume.
+    ``n_steps`` may grow on resume. ``images``: ``[N, *cgan.image_shape]``, finite;
+    ``key``: raw or typed (the same run); ``batch_size``: an int >= 1.
     """
+    _check_batch_size(batch_size)
+    _check_image_shape(images, cgan)
+    key = _raw_key(key)
     pool = make_pool(images, labels, cgan.n_labels)
     state = init_gan_state(cgan, g_opt, d_opt, key)
     run = jax.jit(make_gan_trainer(cgan, g_opt, d_opt, batch_size), static_argnums=2)
@@ -734,8 +814,10 @@ def sample_per_label(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_per_label`` images from each label's generator: ``(images [L*n, S, S, C], labels)``.
 
-    Label ``l`` uses noise from ``fold_in(key, l)``.
+    Label ``l`` uses noise from ``fold_in(key, l)``; ``n_per_label``: an int >= 1.
     """
+    if not is_int_at_least(n_per_label, 1):
+        raise ValueError(f"n_per_label must be an int >= 1, got {n_per_label!r}")
     labs = jnp.asarray(result.labels)
 
     def one(g_params, lab):

@@ -164,7 +164,8 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
     """The time to train of a finished run's log (events or a log file).
 
     Raises ``ValueError`` when the log has not exactly one ``run_start`` followed by one
-    ``run_stop``, or unbalanced intervals.
+    ``run_stop``, or unbalanced intervals. A ``run_stop`` with no ``metadata`` (missing or
+    ``null``) counts as unsuccessful, its epochs counted from the ``epoch_stop`` events.
     """
     if isinstance(events, str | Path):
         events = read_mllog(events)
@@ -182,6 +183,9 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
     t0, t1 = events[i0]["time_ms"] / 1e3, events[i1]["time_ms"] / 1e3
     if i1 < i0 or t1 < t0:
         raise ValueError("time_to_train: run_stop is logged before run_start")
+    stop_meta = events[i1].get("metadata") or {}  # a hand-written log may hold null
+    if not isinstance(stop_meta, Mapping):
+        raise ValueError(f"time_to_train: run_stop's metadata is not a mapping: {stop_meta!r}")
     init = [e for e in events if e["key"] in ("init_start", "init_stop")]
     init_s = math.nan
     if init:
@@ -192,14 +196,14 @@ def time_to_train(events: list[dict] | str | Path) -> TimeToTrain:
     accs = [e["value"] for e in inside if e["key"] == "eval_accuracy"]
     return TimeToTrain(
         time_to_train_s=t1 - t0,
-        success=events[i1].get("metadata", {}).get("status") == "success",
+        success=stop_meta.get("status") == "success",
         init_s=init_s,
         staging_s=staging,
         eval_s=evals,
         train_s=(t1 - t0) - staging - evals,
         epochs=float(
             stop_epoch
-            if (stop_epoch := events[i1].get("metadata", {}).get("epoch_num")) is not None
+            if (stop_epoch := stop_meta.get("epoch_num")) is not None
             else sum(e["key"] == "epoch_stop" for e in inside)
         ),
         last_eval_accuracy=float(accs[-1]) if accs else math.nan,
