@@ -188,7 +188,8 @@ def test_bad_local_batch_on_one_rank_raises_on_every_rank(tmp_path):
         assert "the batch is empty on every rank" in errors["empty"]
         # a loss_fn that fails to trace on rank 1 alone: the same error everywhere, no hang
         assert rank0[n_dev]["loss_fn"] == rank1[n_dev]["loss_fn"]
-        assert "rank 1: TypeError" in rank0[n_dev]["loss_fn"], rank0[n_dev]["loss_fn"]
+        want = "rank 1: loss_fn fails on this batch: TypeError"
+        assert want in rank0[n_dev]["loss_fn"], rank0[n_dev]["loss_fn"]
         assert rank0[n_dev]["params"] == rank1[n_dev]["params"]
         assert np.all(np.isfinite(rank0[n_dev]["params"]))
     # with 2 devices no step ran before the good one: it is the reference's first step

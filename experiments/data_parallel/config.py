@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+N_DIGITS = 1797  # samples in scikit-learn's digits
+
+
+def n_train(test_fraction: float) -> int:
+    """Training samples left by ``train_test_split(test_size=test_fraction)`` (it rounds the
+    test set up)."""
+    return N_DIGITS - math.ceil(test_fraction * N_DIGITS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,32 @@ class Config:
     devices: int | None = None
     bucket_bytes: int | None = None
     target_accuracy: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
+        ):
+            raise ValueError(f"hidden must be a non-empty tuple of widths >= 1, got {self.hidden}")
+        for name in ("global_batch", "steps", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices must be >= 1 or None (all visible), got {self.devices}")
+        if self.bucket_bytes is not None and self.bucket_bytes < 0:
+            raise ValueError(f"bucket_bytes must be >= 0 or None, got {self.bucket_bytes}")
+        if not self.target_accuracy >= 0:  # above 1: never reached (a full-length run)
+            raise ValueError(f"target_accuracy must be >= 0, got {self.target_accuracy}")
+        if self.global_batch > n_train(self.test_fraction):
+            raise ValueError(
+                f"global_batch {self.global_batch} is larger than the "
+                f"{n_train(self.test_fraction)} training samples (test_fraction "
+                f"{self.test_fraction} of {N_DIGITS} digits): not one step per epoch"
+            )
 
 
 def tiny() -> Config:

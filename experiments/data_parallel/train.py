@@ -8,6 +8,7 @@ batches and must produce the same loss curve (up to float32 summation order).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -17,11 +18,9 @@ import optax
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from experiments.data_parallel.config import Config
+from experiments.data_parallel.config import N_DIGITS, Config
 from jaxsci.parallel import ProcessInfo, bootstrap, data_parallel, make_mesh
 from jaxsci.train import MLLogger
-
-N_DIGITS = 1797  # samples in scikit-learn's digits
 
 
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +59,8 @@ def loss_fn(params: list[dict[str, jax.Array]], batch: tuple[jax.Array, jax.Arra
 
 def batch_indices(step: int, n: int, global_batch: int, seed: int) -> np.ndarray:
     """Indices of the global batch of ``step``: consecutive blocks of a per-epoch permutation."""
+    if not 1 <= global_batch <= n:
+        raise ValueError(f"global_batch must lie in [1, {n}] (the samples), got {global_batch}")
     per_epoch = n // global_batch
     epoch, k = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
@@ -75,11 +76,15 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train; returns per-step global losses, test accuracies and the run's layout.
 
+    Also ``all_steps_s``: seconds from the run's start to its last step and evaluation (the
+    span an aborted run's time to train covers, measured on successful runs too).
+
     ``mllog`` records the run MLPerf-HPC style (:mod:`jaxsci.train.mllog`). ``init`` (not
     timed): mesh, model, optimizer state, and the step and the evaluation compiled on
     synthetic data of the real shapes. The timed run: loading the data set (``staging``),
     epochs of steps, evaluations, up to the first evaluation at ``config.target_accuracy``
-    (``run_stop``, status ``success``; else ``aborted`` after the last step). Training goes
+    (``run_stop``, status ``success``; else ``aborted`` after the last step; both log the
+    fractional ``epoch_num`` = steps / steps per epoch). Training goes
     on to ``config.steps`` either way (the layouts' curves are compared in full).
     """
     info = info if info is not None else bootstrap()
@@ -115,6 +120,7 @@ def train_and_evaluate(
     jax.block_until_ready(state)
     log.stop("init")
     log.start("run")
+    t_run = time.perf_counter()
     with log.interval("staging"):
         x_tr, y_tr, x_te, y_te = load_data(config)
     log.event("train_samples", len(x_tr))
@@ -151,14 +157,23 @@ def train_and_evaluate(
                     log.stop("epoch", metadata={"epoch_num": step // per_epoch + 1})
                     in_epoch = False
                 log.stop("run", metadata={"status": "success", **epoch})
+    all_steps_s = time.perf_counter() - t_run
     if in_epoch:
         log.stop("epoch", metadata={"epoch_num": (config.steps - 1) // per_epoch + 1})
-    if not reached:
-        log.stop("run", metadata={"status": "aborted", "step": config.steps})
+    if not reached:  # epochs on the success branch's basis: steps / steps per epoch
+        log.stop(
+            "run",
+            metadata={
+                "status": "aborted",
+                "epoch_num": config.steps / per_epoch,
+                "step": config.steps,
+            },
+        )
     return {
         "processes": info.size,
         "devices_per_process": n_devices,
         "losses": losses,
         "evals": evals,
         "final_test_accuracy": evals[-1]["test_accuracy"],
+        "all_steps_s": all_steps_s,
     }

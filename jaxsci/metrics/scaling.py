@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Mapping
 from typing import Literal
+
+import numpy as np
 
 
 def scaling_efficiency(
@@ -15,6 +19,8 @@ def scaling_efficiency(
     Args:
       times_s: seconds of the same work (strong scaling: the same global problem; weak:
         the same problem *per worker*) keyed by the number of workers (ranks, devices).
+        Times are real scalars (Python, NumPy or 0-d JAX/NumPy arrays; not bools), finite
+        and > 0; worker counts integers >= 1 (Python, NumPy, 0-d integer arrays).
       mode: ``"strong"``: ``E(n) = t(b) b / (t(n) n)`` (perfect: ``t`` falls as ``1/n``);
         ``"weak"``: ``E(n) = t(b) / t(n)`` (perfect: ``t`` stays flat). ``b`` is the
         smallest worker count given, whose efficiency is 1.
@@ -26,13 +32,56 @@ def scaling_efficiency(
         raise ValueError(f"scaling_efficiency: mode must be 'strong' or 'weak', got {mode!r}")
     if not times_s:
         raise ValueError("scaling_efficiency: no times given")
+    times: dict[int, float] = {}
     for n, t in times_s.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"scaling_efficiency: worker counts must be integers >= 1, got {n!r}")
-        if not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
-            raise ValueError(f"scaling_efficiency: time for {n} workers must be > 0, got {t!r}")
-    base = min(times_s)
-    t_b = float(times_s[base])
+        workers = _workers(n)
+        seconds = _seconds(t, workers)
+        if workers in times:
+            raise ValueError(f"scaling_efficiency: worker count {workers} given twice")
+        times[workers] = seconds
+    base = min(times)
+    t_b = times[base]
     if mode == "weak":
-        return {n: t_b / float(times_s[n]) for n in sorted(times_s)}
-    return {n: t_b * base / (float(times_s[n]) * n) for n in sorted(times_s)}
+        return {n: t_b / times[n] for n in sorted(times)}
+    return {n: t_b * base / (times[n] * n) for n in sorted(times)}
+
+
+def _is_bool(x: object) -> bool:
+    return isinstance(x, bool | np.bool_) or (
+        hasattr(x, "dtype") and np.ndim(x) == 0 and np.dtype(x.dtype) == np.bool_
+    )
+
+
+def _workers(n: object) -> int:
+    """A worker count: a Python/NumPy/JAX integer (not a bool) >= 1."""
+    if _is_bool(n):
+        raise ValueError(
+            f"scaling_efficiency: worker counts must be integers >= 1, not bools: got {n!r}"
+        )
+    try:
+        workers = operator.index(n)  # int, np.integer, 0-d integer arrays
+    except TypeError:
+        raise ValueError(
+            f"scaling_efficiency: worker counts must be integers >= 1, got {type(n).__name__} {n!r}"
+        ) from None
+    if workers < 1:
+        raise ValueError(f"scaling_efficiency: worker counts must be integers >= 1, got {workers}")
+    return workers
+
+
+def _seconds(t: object, workers: int) -> float:
+    """A time: a real Python/NumPy/JAX scalar (not a bool), finite and > 0."""
+    what = f"scaling_efficiency: time for {workers} workers"
+    if _is_bool(t):
+        raise ValueError(f"{what} must be a number of seconds, got the bool {t!r}")
+    dtype = np.dtype(t.dtype) if hasattr(t, "dtype") and np.ndim(t) == 0 else None
+    # 0-d integer or floating arrays (bfloat16 too: ml_dtypes' kind is "V")
+    real = isinstance(t, numbers.Real) or (
+        dtype is not None and (dtype.kind in "iuf" or "float" in dtype.name)
+    )
+    if not real:
+        raise ValueError(f"{what} must be a real number of seconds, got {type(t).__name__} {t!r}")
+    seconds = float(t)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{what} must be finite and > 0, got {seconds!r}")
+    return seconds

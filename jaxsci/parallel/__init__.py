@@ -5,7 +5,8 @@
 - ``data_parallel(loss_fn, tx, ...)`` -> ``init / step / params / shard_batch``: flat parameter
   and optimizer buffers, gradients averaged over devices and processes, mixed precision
   (``Policy``, ``get_policy``) and dynamic loss scaling (``DynamicLossScale``).
-- ``tree_allreduce`` / ``allreduce_plan``: bucketed mpi4jax all-reduce of a pytree.
+- ``tree_allreduce`` / ``allreduce_plan``: bucketed mpi4jax all-reduce of a pytree
+  (``check_same_tree``: the ranks' trees agree, one small host collective).
 - ``make_mesh``: a 1-D mesh over local devices.
 - per-label (ensemble) parallelism: ``group_by_label``, ``label_keys``, ``split_labels``,
   ``rank_labels``, ``shard_over_labels`` (label axis of a mesh), ``gather_over_ranks``.
@@ -19,7 +20,13 @@ from jaxsci.parallel.bootstrap import (
     rank_shard,
     rank_slice,
 )
-from jaxsci.parallel.collectives import Bucket, Segment, allreduce_plan, tree_allreduce
+from jaxsci.parallel.collectives import (
+    Bucket,
+    Segment,
+    allreduce_plan,
+    check_same_tree,
+    tree_allreduce,
+)
 from jaxsci.parallel.data_parallel import (
     DataParallel,
     DataParallelState,
@@ -56,6 +63,7 @@ __all__ = [
     "Segment",
     "all_finite",
     "allreduce_plan",
+    "check_same_tree",
     "data_parallel",
     "get_policy",
     "make_mesh",

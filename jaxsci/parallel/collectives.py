@@ -30,6 +30,7 @@ the transfer and leaf dtypes, before being cast back to the leaf dtype.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,7 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Bucket", "Segment", "allreduce_plan", "tree_allreduce", "MAX_MESSAGE_ELEMENTS"]
+__all__ = [
+    "Bucket",
+    "Segment",
+    "allreduce_plan",
+    "check_same_tree",
+    "tree_allreduce",
+    "tree_signature",
+    "MAX_MESSAGE_ELEMENTS",
+]
 
 MAX_MESSAGE_ELEMENTS = 2**31 - 1  # MPI counts are C ints
 Op = Literal["mean", "sum", "max", "min"]
@@ -78,15 +87,70 @@ class Bucket:
 def check_transfer(bucket_bytes: int | None, transfer_dtype: Any) -> np.dtype | None:
     """Validate the message options of :func:`tree_allreduce`; returns the transfer dtype.
 
-    Raises ``ValueError`` for ``bucket_bytes < 0`` or a ``transfer_dtype`` other than
-    bfloat16, float16, float32 or ``None``.
+    ``transfer_dtype`` is a dtype or one of :func:`jaxsci.parallel.get_policy`'s names
+    (``"bf16"``, ``"fp16"``, ``"f32"``, ...). Raises ``ValueError`` for ``bucket_bytes < 0``
+    or a ``transfer_dtype`` other than bfloat16, float16, float32 or ``None``.
     """
     if bucket_bytes is not None and bucket_bytes < 0:
         raise ValueError(f"bucket_bytes must be >= 0 or None, got {bucket_bytes}")
-    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
+    if isinstance(transfer_dtype, str):
+        from jaxsci.parallel.precision import _dtype  # the aliases get_policy accepts
+
+        transfer: np.dtype | None = _dtype(transfer_dtype)
+    else:
+        transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
     if transfer is not None and transfer not in _16BIT + (np.dtype(np.float32),):
         raise ValueError(f"transfer_dtype must be bfloat16, float16 or float32, got {transfer}")
     return transfer
+
+
+def _dtype_name(leaf: Any) -> str:
+    dtype = getattr(leaf, "dtype", None)
+    return np.dtype(dtype if dtype is not None else np.result_type(leaf)).name
+
+
+def tree_signature(tree: Any) -> tuple[str, list[str]]:
+    """Hash of a pytree's structure, shapes and dtypes, and the per-leaf descriptions hashed."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    desc = [
+        f"{jax.tree_util.keystr(path)}:{_dtype_name(leaf)}{list(np.shape(leaf))}"
+        for path, leaf in leaves
+    ]
+    text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
+    return hashlib.sha256(text.encode()).hexdigest(), desc
+
+
+def check_same_tree(tree: Any, comm: Any, what: str = "tree") -> None:
+    """Raise the same ValueError on every rank of ``comm`` unless ``tree`` has the same
+    structure, shapes and dtypes on every rank.
+
+    Collective (host-side mpi4py): one ``allgather`` of a 64-character hash; only on a
+    mismatch a second one of the per-leaf descriptions, to name the first difference.
+    """
+    digest, desc = tree_signature(tree)
+    digests = comm.allgather(digest)
+    if len(set(digests)) == 1:
+        return
+    everyone = comm.allgather(desc)  # every rank saw the mismatch: every rank takes part
+    other = next(r for r, d in enumerate(digests) if d != digests[0])
+    ref, bad = everyone[0], everyone[other]
+    diff = next(
+        (
+            f"leaf {i}: rank 0 has {a}, rank {other} has {b}"
+            for i, (a, b) in enumerate(zip(ref, bad, strict=False))
+            if a != b
+        ),
+        f"rank 0 has {len(ref)} leaves, rank {other} has {len(bad)}"
+        if len(ref) != len(bad)
+        else f"the tree structures of rank 0 and rank {other} differ",
+    )
+    groups: dict[str, list[int]] = {}
+    for r, d in enumerate(digests):
+        groups.setdefault(d, []).append(r)
+    raise ValueError(
+        f"ranks disagree on the {what} (structure, shapes or dtypes): rank groups "
+        f"{sorted(groups.values())}; first difference: {diff}"
+    )
 
 
 def _transfer_dtype(dtype: np.dtype, transfer: np.dtype | None) -> np.dtype:
@@ -210,11 +274,17 @@ def tree_allreduce(
     comm: Any | None = None,
     bucket_bytes: int | None = 4 * 2**20,
     transfer_dtype: Any = None,
+    check: bool = True,
 ) -> Any:
     """All-reduce every leaf of ``tree`` over the ranks of ``comm``; usable inside ``jit``.
 
+    Collective: every rank of ``comm`` must call it, with the same options.
+
     Args:
-      tree: pytree of arrays, the same structure, shapes and dtypes on every rank.
+      tree: pytree of arrays, the same structure, shapes and dtypes on every rank. Inside
+        ``jit`` this is not checked: a tree that differs between ranks gives **wrong values
+        without an error** (leaves paired across ranks by position), different results on
+        different ranks, an MPI truncation error or a hang.
       op: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` over ranks.
       comm: mpi4py communicator. Default: under MPI (see :func:`bootstrap`) mpi4jax's clone of
         ``COMM_WORLD``; without MPI the tree comes back as is (a reduction over one process).
@@ -223,15 +293,29 @@ def tree_allreduce(
         message per leaf. See :func:`allreduce_plan`.
       transfer_dtype: ``None`` to send leaves in their own dtype, or ``jnp.bfloat16``,
         ``jnp.float16`` or ``jnp.float32`` for the floating leaves (results come back in the
-        leaf dtype; a mean is divided before that cast, so it cannot overflow there).
+        leaf dtype; a mean is divided before that cast, so it cannot overflow there). Also
+        the names :func:`jaxsci.parallel.get_policy` accepts (``"bf16"``, ``"fp16"``, ...).
+      check: outside ``jit`` (concrete leaves) first compare the tree's signature (structure,
+        shapes, dtypes) across ranks: one small host ``allgather`` of a hash (tens of
+        microseconds), so a mismatch is the same ValueError on every rank, naming the first
+        differing rank, instead of silent garbage. Ignored inside ``jit``, where the
+        leaves are tracers (check once outside, or call :func:`check_same_tree`).
 
     Returns:
       A tree like ``tree`` holding the reduction; identical on every rank.
     """
     if op not in ("mean", "sum", "max", "min"):
         raise ValueError(f"op must be 'mean', 'sum', 'max' or 'min', got {op!r}")
+    transfer = check_transfer(bucket_bytes, transfer_dtype)
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [jnp.asarray(leaf) for leaf in leaves]  # Python scalars too
+    size, comm, active = _resolve_comm(comm)
+    if active and check and size > 1 and not any(isinstance(x, jax.core.Tracer) for x in leaves):
+        # first, so that the dtype checks below fail on every rank or on none
+        from jaxsci.parallel.bootstrap import bootstrap
+
+        signed = jax.tree.unflatten(treedef, leaves)
+        check_same_tree(signed, comm if comm is not None else bootstrap().comm, "all-reduced tree")
     if op == "mean":
         for leaf in leaves:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
@@ -241,13 +325,11 @@ def tree_allreduce(
         if op == "sum":
             raise ValueError("op='sum' on bool leaves: use 'max' (any rank) or 'min' (every rank)")
         leaves = [leaf.astype(jnp.uint8) if leaf.dtype == jnp.bool_ else leaf for leaf in leaves]
-    size, comm, active = _resolve_comm(comm)
     if not active:
         return tree
     sent = jax.tree.unflatten(treedef, leaves)
-    plan = allreduce_plan(sent, bucket_bytes=bucket_bytes, transfer_dtype=transfer_dtype)
+    plan = allreduce_plan(sent, bucket_bytes=bucket_bytes, transfer_dtype=transfer)
     mpi_op = "sum" if op == "mean" else op
-    transfer = None if transfer_dtype is None else np.dtype(transfer_dtype)
     # a float16 sum can overflow where the mean would not: divide before sending instead of after
     prescaled = [_transfer_dtype(np.dtype(leaf.dtype), transfer) == np.float16 for leaf in leaves]
     flat = [jnp.ravel(jnp.asarray(leaf)) for leaf in leaves]

@@ -16,15 +16,31 @@ over the batch) and an optax transformation into
   once (a float16 sum overflows where the mean does not);
 * ``dp.params(state)``: the user's parameter pytree.
 
+Which calls communicate: ``data_parallel(...)`` (construction), ``params``, ``shard_batch``
+and ``close`` are local, so a rank may build a trainer alone (e.g. for evaluation). ``init``
+and ``step`` are collective under MPI: every rank of ``info.comm`` calls them, in the same
+order. The first ``init`` clones ``info.comm`` (``MPI_Comm_dup``) into the private
+communicator the step's all-reduces use; ``close()`` frees it (so does garbage collection of
+the trainer), so trainers built in a loop do not exhaust MPI's communicators.
+
+The state lives on the mesh's devices, a one-device mesh included (one rank per accelerator:
+``make_mesh(devices=[jax.local_devices()[local_rank]])``); each batch is moved there.
+
 Why flat buffers: on XLA:CPU each small op costs tens of microseconds, so a 200-leaf model
 spends more time in 200 per-leaf update ops (and in packing gradients into one message and
 unpacking them) than in the all-reduce itself. Here the model sees static slices (views) of
 the flat buffer, which XLA fuses into their consumers; the gradient, taken with respect to those
 views, is packed with one concatenate, all-reduced as one message (or a few buckets), and the
 optax update runs on the flat buffer: a handful of fused ops, whatever the number of leaves.
-Optax transformations that treat leaves differently (``masked``, ``multi_transform``,
-per-layer trust ratios such as LARS/LAMB) need ``flat=False``, which keeps the user's tree in
-the state and all-reduces it in buckets.
+Optax transformations that treat leaves differently need ``flat=False``, which keeps the
+user's tree in the state and all-reduces it in buckets: with ``flat=True`` they see one 1-D
+buffer per dtype instead of the leaves, and silently do something else. Among them:
+``optax.masked`` and ``multi_transform``, ``adamw(mask=...)`` / ``add_decayed_weights(mask=...)``
+(a mask callable sees the 1-D buffers: ``x.ndim > 1`` masks everything out), per-layer trust
+ratios (``lamb``, ``lars``, ``scale_by_trust_ratio``), and ``adafactor`` (factored by leaf
+shape). ``init`` warns (UserWarning) when it finds a mask that differs between the tree and
+the buffers, or one of those per-layer transforms; elementwise transforms and global ones (SGD,
+Adam, ``clip_by_global_norm``, :func:`jaxsci.optim.anderson`) are the same either way.
 
 Hybrid (several local devices and several processes): mpi4jax calls cannot run inside a
 multi-device program, so the step runs three programs: gradients over the local mesh, the
@@ -33,7 +49,9 @@ cross-process all-reduce on the mesh's first device, and the (replicated) update
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,11 +59,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap, rank_slice
-from jaxsci.parallel.collectives import _16BIT, check_transfer, tree_allreduce
+from jaxsci.parallel.collectives import (
+    _16BIT,
+    check_same_tree,
+    check_transfer,
+    tree_allreduce,
+    tree_signature,
+)
 from jaxsci.parallel.flat import FlatLayout
 from jaxsci.parallel.mesh import make_mesh
 from jaxsci.parallel.precision import DynamicLossScale, LossScaleState, Policy, all_finite
@@ -60,7 +84,11 @@ class DataParallelState(NamedTuple):
       params: flat mode: tuple of 1-D buffers, one per parameter dtype; tree mode: the tree.
       opt_state: the optax state over ``params``.
       step: number of steps taken (int32 scalar), skipped overflow steps included.
-      loss_scale: dynamic loss-scale state, or ``None`` without loss scaling.
+      loss_scale: dynamic loss-scale state, or ``None`` without loss scaling. Its
+        ``skipped`` (int32 scalar) counts the steps skipped because the reduced gradients
+        or the loss were not finite (the parameters and optimizer state were kept): the
+        only sign of a skip once the scale sits at ``min_scale``, where it no longer
+        halves, and the returned loss is finite whenever the loss itself was.
     """
 
     params: Any
@@ -69,15 +97,80 @@ class DataParallelState(NamedTuple):
     loss_scale: LossScaleState | None
 
 
-def tree_signature(tree: Any) -> tuple[str, list[str]]:
-    """Hash of a pytree's structure, shapes and dtypes, and the per-leaf descriptions hashed."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    desc = [
-        f"{jax.tree_util.keystr(path)}:{np.dtype(leaf.dtype).name}{list(np.shape(leaf))}"
-        for path, leaf in leaves
-    ]
-    text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
-    return hashlib.sha256(text.encode()).hexdigest(), desc
+def _free_comm(comm: Any) -> None:
+    """``comm.Free()`` unless MPI is already finalized (a finalizer at interpreter exit)."""
+    from mpi4py import MPI
+
+    if not MPI.Is_finalized() and comm != MPI.COMM_NULL:
+        comm.Free()
+
+
+# optax transforms computing per-leaf statistics (trust ratios, factored second moments): on
+# a flat buffer they compute one statistic per dtype instead; matched by the name of the
+# function that built them (``lamb.<locals>...``, or a factory held by inject_hyperparams)
+_PER_LEAF_STATS = frozenset(
+    {"scale_by_trust_ratio", "scale_by_factored_rms", "lamb", "lars", "adafactor", "fromage"}
+)
+# per-leaf selections, and the name of the closure variable holding the mask / labels
+_PER_LEAF_MASKS = {"masked": "mask", "multi_transform": "param_labels", "partition": "param_labels"}
+
+
+def _closure_vars(fn: Any) -> dict[str, Any]:
+    out = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    return out
+
+
+def _selection_differs(select: Any, tree: Any, flat: Any) -> bool:
+    """Whether a mask / label callable gives anything but one value for every leaf of the
+    tree and every flat buffer (then the flat buffers are treated differently)."""
+    try:
+        values = jax.tree.leaves(select(tree)) + jax.tree.leaves(select(flat))
+        return len({v.item() if hasattr(v, "item") else v for v in values}) > 1
+    except Exception:  # noqa: BLE001  (no verdict)
+        return False
+
+
+def _per_leaf_transform(tx: Any, tree: Any, flat: Any) -> str | None:
+    """Describe a part of ``tx`` that treats leaves differently, found by walking the
+    closures of its functions (cheap: no tracing of the update); ``None`` if none."""
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> str | None:
+        if depth > 16 or id(obj) in seen:
+            return None
+        seen.add(id(obj))
+        if isinstance(obj, tuple | list):
+            children = list(obj[:64])
+        elif isinstance(obj, functools.partial):
+            children = [obj.func, *obj.args, *obj.keywords.values()]
+        elif callable(obj) and hasattr(obj, "__code__"):
+            name = getattr(obj, "__qualname__", "").split(".<locals>")[0]
+            if name in _PER_LEAF_STATS:
+                return f"optax's {name} (statistics per parameter leaf)"
+            free = _closure_vars(obj)
+            if name in _PER_LEAF_MASKS:
+                select = free.get(_PER_LEAF_MASKS[name])
+                if callable(select) and _selection_differs(select, tree, flat):
+                    return (
+                        f"a per-leaf {_PER_LEAF_MASKS[name]} callable (optax's {name}, e.g. "
+                        "adamw(mask=...)) that does not give the flat buffers what it gives "
+                        "your leaves"
+                    )
+            children = list(free.values())
+        else:
+            return None
+        for child in children:
+            found = visit(child, depth + 1)
+            if found is not None:
+                return found
+        return None
+
+    return visit(tx, 0)
 
 
 def _widen(tree: Any) -> Any:
@@ -128,19 +221,33 @@ class DataParallel:
         self.broadcast_params = broadcast_params
         self.axis = mesh.axis_names[0]
         self.n_devices = mesh.devices.size
+        self._mpi = info.comm is not None  # the step all-reduces over processes
         # device collectives get a private communicator so they never interleave with host-side
-        # mpi4py calls (tree check, checkpoint barrier) on the user's communicator
-        self._comm = info.comm.Clone() if info.comm is not None else None
+        # mpi4py calls (tree check, checkpoint barrier) on the user's communicator; cloned by
+        # the first init() (collective anyway: construction stays local) and freed by close()
+        # or when the trainer is garbage-collected (MPICH allows ~2000 live communicators)
+        self._comm: Any = None
+        self._free_comm: weakref.finalize | None = None
         self.layout: FlatLayout | None = None
-        self._replicated = NamedSharding(mesh, P())
-        self._batch_sharding = NamedSharding(mesh, P(self.axis))
+        if self.n_devices == 1:
+            # one device: plain placement on it (not jit's default device, local device 0,
+            # where every rank of a one-rank-per-accelerator job would otherwise land)
+            device = SingleDeviceSharding(mesh.devices.flat[0])
+            self._replicated = self._batch_sharding = device
+        else:
+            self._replicated = NamedSharding(mesh, P())
+            self._batch_sharding = NamedSharding(mesh, P(self.axis))
         self._step_fn: Callable | None = None
         self._params_fn: Callable | None = None
         self._traced: set = set()  # batch signatures whose loss traced on every rank
 
     # -- set-up ---------------------------------------------------------------------------
     def init(self, params: Any) -> DataParallelState:
-        """State for ``params`` (identical tree on every rank; rank 0's values are used)."""
+        """State for ``params`` (identical tree on every rank; rank 0's values are used).
+
+        Collective under MPI (every rank calls it): checks the trees agree, broadcasts rank
+        0's values, and the first call clones the communicator for the step.
+        """
         # as JAX arrays: Python numbers become leaves with a dtype, and NumPy float64 the
         # float32 JAX computes in when x64 is off (else the layout kept a float64 group)
         params = self.policy.cast_to_param(jax.tree.map(jnp.asarray, params))
@@ -148,7 +255,14 @@ class DataParallel:
         layout = FlatLayout.from_tree(params)  # also rejects non-floating parameters
         if self.layout is not None and layout != self.layout:
             raise ValueError("init() called with a different parameter tree than before")
+        if self.layout is None and self.flat:
+            self._warn_per_leaf_transform(params, layout)
         self.layout = layout
+        if self._mpi and self._comm is None:
+            # after every check that can fail on one rank only: every rank clones, or none
+            self._comm = self.info.comm.Clone()
+            self._free_comm = weakref.finalize(self, _free_comm, self._comm)
+            self._step_fn = None  # a program built before close() holds the freed one
         store = layout.flatten(params) if self.flat else params
         # own copies: step() donates the state's buffers, never the caller's arrays
         store = jax.tree.map(jnp.array, store)
@@ -156,35 +270,39 @@ class DataParallel:
             store = self._broadcast(store)
         scale = self.loss_scale.init() if self.loss_scale is not None else None
         state = DataParallelState(store, self.tx.init(store), jnp.int32(0), scale)
-        if self.n_devices > 1:
-            state = jax.device_put(state, self._replicated)
-        return state
+        return jax.device_put(state, self._replicated)
+
+    def close(self) -> None:
+        """Free the communicator cloned by ``init`` (local; idempotent).
+
+        Garbage collection of the trainer does the same. ``step`` then raises until
+        ``init`` (collective) is called again.
+        """
+        if self._free_comm is not None:
+            self._free_comm()
+        self._comm, self._free_comm, self._step_fn = None, None, None
+
+    def _warn_per_leaf_transform(self, params: Any, layout: FlatLayout) -> None:
+        """Warn when ``tx`` would treat the flat buffers differently from the leaves."""
+        tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        try:
+            flat = jax.eval_shape(layout.flatten, tree)
+        except Exception:  # noqa: BLE001  (no verdict)
+            return
+        found = _per_leaf_transform(self.tx, tree, flat)
+        if found is not None:
+            warnings.warn(
+                f"data_parallel(flat=True): the optimizer has {found}; in flat mode it sees "
+                "one 1-D buffer per dtype instead of your parameter leaves and computes "
+                "something else than on the tree. Use data_parallel(..., flat=False).",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_same_tree(self, params: Any) -> None:
-        digest, desc = tree_signature(params)
         if self.info.comm is None or self.info.size == 1:
             return
-        everyone = self.info.comm.allgather((digest, desc))
-        digests = [d for d, _ in everyone]
-        if len(set(digests)) == 1:
-            return
-        other = next(r for r, d in enumerate(digests) if d != digests[0])
-        ref, bad = everyone[0][1], everyone[other][1]
-        diff = next(
-            (
-                f"leaf {i}: rank 0 has {a}, rank {other} has {b}"
-                for i, (a, b) in enumerate(zip(ref, bad, strict=False))
-                if a != b
-            ),
-            f"rank 0 has {len(ref)} leaves, rank {other} has {len(bad)}",
-        )
-        groups: dict[str, list[int]] = {}
-        for r, d in enumerate(digests):
-            groups.setdefault(d, []).append(r)
-        raise ValueError(
-            "ranks disagree on the parameter tree (structure, shapes or dtypes): rank groups "
-            f"{sorted(groups.values())}; first difference: {diff}"
-        )
+        check_same_tree(params, self.info.comm, "parameter tree")
 
     def _broadcast(self, store: Any) -> Any:
         comm = self.info.comm
@@ -209,7 +327,11 @@ class DataParallel:
         def scaled_loss(params: Any) -> tuple[jax.Array, jax.Array]:
             loss = jnp.asarray(self.loss_fn(compute(params), compute(batch)))
             if loss.shape != ():
-                raise ValueError(f"loss_fn must return a scalar, got shape {loss.shape}")
+                raise ValueError(
+                    f"loss_fn must return a scalar (the mean over its batch), got shape "
+                    f"{loss.shape} on one device's share of the batch "
+                    f"({_leading_size(batch)} samples per device, {self.n_devices} device(s))"
+                )
             loss = loss.astype(jnp.float32)
             return loss * scale, loss
 
@@ -254,7 +376,7 @@ class DataParallel:
         ``grads`` come from :meth:`_device_grads` (16-bit ones widened to float32); every
         product and sum here runs in that dtype, and only ``transfer_dtype`` narrows messages.
         """
-        if self._comm is None:
+        if not self._mpi:
             if self.loss_scale is None:
                 return grads, loss
             inv = 1.0 / scale
@@ -300,16 +422,14 @@ class DataParallel:
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
-            scale_state = self.loss_scale.adjust(state.loss_scale, finite)
+            scale_state = self.loss_scale.adjust(state.loss_scale, finite)  # counts skips
         return DataParallelState(params, opt_state, state.step + 1, scale_state)
 
     def _scale(self, state: DataParallelState) -> jax.Array:
         return state.loss_scale.scale if self.loss_scale is not None else jnp.float32(1.0)
 
     def _build(self) -> Callable:
-        if self.layout is None:
-            raise ValueError("call init(params) before step()")
-        hybrid = self.n_devices > 1 and self._comm is not None
+        hybrid = self.n_devices > 1 and self._mpi
         if not hybrid:
 
             def fused(state: DataParallelState, batch: Any) -> tuple[DataParallelState, Any]:
@@ -340,51 +460,104 @@ class DataParallel:
 
         return three_programs
 
-    def _check_batch(self, state: DataParallelState, batch: Any) -> None:
-        """Raise the same ValueError on every rank unless every rank's batch can be stepped.
+    def _state_problem(self, state: Any) -> str | None:
+        """Why ``state`` is not a state of this trainer's parameter layout, or ``None``."""
+        if not isinstance(state, DataParallelState):
+            return (
+                f"state must be the DataParallelState returned by this trainer's init() or "
+                f"step(), got {type(state).__name__}"
+            )
+        layout = self.layout
+        if self.flat:
+            want_def = jax.tree.structure(tuple(range(len(layout.groups))))
+            want = [
+                (f"buffer {g}", (n,), dt)
+                for g, (n, dt) in enumerate(zip(layout.sizes, layout.groups, strict=True))
+            ]
+        else:
+            want_def = layout.treedef
+            paths = [
+                jax.tree_util.keystr(p)
+                for p, _ in jax.tree_util.tree_flatten_with_path(
+                    layout.treedef.unflatten([0] * len(layout.shapes))
+                )[0]
+            ]
+            want = list(zip(paths, layout.shapes, layout.dtypes, strict=True))
+        leaves, treedef = jax.tree.flatten(state.params)
+        got = [(tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.float32))) for x in leaves]
+        if treedef == want_def and got == [(shape, dt) for _, shape, dt in want]:
+            return None
+        mode = "flat buffers" if self.flat else "parameter tree"
+        if treedef != want_def or len(got) != len(want):
+            diff = f"{len(got)} leaves in another structure, this trainer's have {len(want)}"
+        else:
+            diff = next(
+                f"{name}: {np.dtype(gd).name}{list(gs)} where this trainer has "
+                f"{np.dtype(wd).name}{list(ws)}"
+                for (name, ws, wd), (gs, gd) in zip(want, got, strict=True)
+                if (ws, wd) != (gs, gd)
+            )
+        return (
+            f"the state's parameters do not match this trainer's {mode} ({diff}): a state "
+            "from another trainer or model? Pass the state from this trainer's init()"
+        )
 
-        A local check that fails on one rank only would leave the others waiting in the
-        gradient all-reduce forever, so under MPI each rank's verdict and batch size are
-        gathered first (one small host collective on the caller's communicator). For a batch
-        signature (structure, shapes, dtypes) not seen before, the verdict includes tracing
-        the loss and its gradient on a device's share of the batch (``jax.eval_shape``: no
-        compilation): a ``loss_fn`` that fails on one rank only also fails everywhere.
+    def _check_batch(self, state: DataParallelState, batch: Any) -> None:
+        """Raise the same ValueError on every rank unless every rank can step ``batch``.
+
+        Checked: ``state`` matches this trainer's layout, the batch leaves share a leading
+        size that divides over the local devices, and, for a batch signature (structure,
+        shapes, dtypes) not seen before, the loss and its gradient trace on a device's share
+        of the batch (``jax.eval_shape``: no compilation). The error raised on the rank where
+        a check failed chains the original exception. A local check that fails on one rank
+        only would leave the others waiting in the gradient all-reduce forever, so under MPI
+        each rank's verdict and batch size are gathered first (one small host collective on
+        the caller's communicator).
         """
         signature = None
+        cause: Exception | None = None
         try:
+            problem = self._state_problem(state)
             n = _leading_size(batch)
-            problem = None
-            if n % self.n_devices:
+            if problem is None and n % self.n_devices:
                 problem = (
                     f"this process's batch of {n} does not divide over its {self.n_devices} devices"
                 )
-            elif self.info.comm is not None and self.info.size > 1:
+            elif problem is None and n > 0:
                 signature = tree_signature(batch)[0]
-                if signature not in self._traced and n > 0:
+                if signature not in self._traced:
                     share = jax.tree.map(
                         lambda x: jax.ShapeDtypeStruct(
                             (x.shape[0] // self.n_devices, *x.shape[1:]), x.dtype
                         ),
                         batch,
                     )
-                    jax.eval_shape(
-                        lambda s, b: self._local_grads(s, b, jnp.float32(1.0)),
-                        state.params,
-                        share,
-                    )
+                    try:
+                        jax.eval_shape(
+                            lambda s, b: self._local_grads(s, b, jnp.float32(1.0)),
+                            state.params,
+                            share,
+                        )
+                    except Exception as err:
+                        cause = err
+                        what = str(err) if isinstance(err, ValueError) else repr(err)
+                        problem = f"loss_fn fails on this batch: {what}"
         except Exception as err:  # any local failure must reach every rank
+            cause = err
             n, problem = 0, str(err) if isinstance(err, ValueError) else repr(err)
         comm = self.info.comm
         if comm is None or self.info.size == 1:
             if problem is not None:
-                raise ValueError(problem)
+                raise ValueError(problem) from cause
             if n == 0:
                 raise ValueError("the batch is empty: nothing to take a gradient of")
+            if signature is not None:
+                self._traced.add(signature)
             return
         everyone = comm.allgather((n, problem))
         bad = [f"rank {r}: {p}" for r, (_, p) in enumerate(everyone) if p is not None]
         if bad:
-            raise ValueError("bad local batch, no rank steps: " + "; ".join(bad))
+            raise ValueError("bad local batch, no rank steps: " + "; ".join(bad)) from cause
         if sum(m for m, _ in everyone) == 0:
             raise ValueError(
                 f"the batch is empty on every rank ({len(everyone)} ranks): nothing to take a "
@@ -396,17 +569,22 @@ class DataParallel:
     def step(self, state: DataParallelState, batch: Any) -> tuple[DataParallelState, jax.Array]:
         """One optimizer step on this process's ``batch``; returns (new state, global loss).
 
-        The old ``state``'s buffers are donated (reused in place): keep using the new one.
-        Under MPI a rank may hold an empty batch (weight 0 in the means), but not every rank.
-        A batch that cannot be stepped (empty everywhere, leaves of different lengths, not
-        dividing over the local devices, a ``loss_fn`` that fails to trace on it) raises
-        ValueError on every rank, before ``state`` is touched.
+        Collective under MPI: every rank calls it. The old ``state``'s buffers are donated
+        (reused in place): keep using the new one. Under MPI a rank may hold an empty batch
+        (weight 0 in the means), but not every rank. A batch that cannot be stepped (empty
+        everywhere, leaves of different lengths, not dividing over the local devices, a
+        ``loss_fn`` that fails to trace on it) or a ``state`` not of this trainer's layout
+        raises ValueError on every rank (with or without MPI; the original exception
+        chained where it occurred), before ``state`` is touched.
         """
+        if self.layout is None:
+            raise ValueError("call init(params) before step()")
+        if self._mpi and self._comm is None:
+            raise ValueError("this trainer was closed: call init(params) (collective) again")
         self._check_batch(state, batch)
         if self._step_fn is None:
             self._step_fn = self._build()
-        if self.n_devices > 1:
-            batch = jax.device_put(batch, self._batch_sharding)
+        batch = jax.device_put(batch, self._batch_sharding)  # the mesh's device(s)
         return self._step_fn(state, batch)
 
     # -- views ------------------------------------------------------------------------------
@@ -451,22 +629,34 @@ def data_parallel(
 ) -> DataParallel:
     """Build a data-parallel trainer for ``loss_fn(params, batch) -> scalar`` and ``tx``.
 
+    Local (no communication, no MPI resource): a rank may build a trainer alone. Its
+    ``init`` and ``step`` are collective under MPI; ``close()`` frees the communicator the
+    first ``init`` cloned (garbage collection does too).
+
     Args:
       loss_fn: mean loss over the (local) batch; pure, jittable.
       tx: optax transformation (runs on the flat buffer unless ``flat=False``); its update gets
         the global mean loss as ``value=`` (e.g. for :func:`jaxsci.optim.anderson`'s safeguard).
       info: process info (default ``bootstrap()``: MPI when launched by mpirun/srun).
-      mesh: 1-D local device mesh (default: all local devices, axis ``"data"``).
+      mesh: 1-D local device mesh (default: all local devices, axis ``"data"``); the state and
+        the step live on its devices, a one-device mesh included (one rank per accelerator).
       bucket_bytes: cross-process message size (``None``: one flat message per dtype; ``0``:
         one per leaf); see :func:`jaxsci.parallel.tree_allreduce`.
-      transfer_dtype: send gradients as ``jnp.bfloat16`` / ``jnp.float16`` (default: own dtype).
+      transfer_dtype: send gradients as ``jnp.bfloat16`` / ``jnp.float16`` (or ``"bf16"``,
+        ``"fp16"``, ... as for :func:`get_policy`; default: own dtype).
       policy: mixed precision policy (default all float32).
-      loss_scale: :class:`DynamicLossScale` to scale the loss and skip non-finite steps.
+      loss_scale: :class:`DynamicLossScale` to scale the loss and skip non-finite steps
+        (counted in ``state.loss_scale.skipped``).
       flat: keep parameters and optimizer state as flat per-dtype buffers (fast); ``False``
-        keeps the tree (needed for optax transforms that treat leaves differently).
+        keeps the tree, needed for optax transforms that treat leaves differently, which in
+        flat mode silently compute something else: ``adamw(mask=...)``,
+        ``add_decayed_weights(mask=...)``, ``masked``, ``multi_transform``, ``lamb``,
+        ``lars``, ``adafactor`` (``init`` warns when it recognises one; see the module
+        docstring).
       broadcast_params: ``init`` copies rank 0's parameter values to every rank.
     """
-    check_transfer(bucket_bytes, transfer_dtype)  # a bad value fails here, with or without MPI
+    # a bad value fails here, with or without MPI; aliases ("bf16") become dtypes
+    transfer_dtype = check_transfer(bucket_bytes, transfer_dtype)
     info = info if info is not None else bootstrap()
     mesh = mesh if mesh is not None else make_mesh()
     if len(mesh.axis_names) != 1:

@@ -125,10 +125,10 @@ def gather_over_ranks(tree: Any, info: ProcessInfo) -> Any:
     if info.comm is None or info.size == 1:
         return local
     parts = info.comm.allgather(local)
-    structure = jax.tree.structure(local)
+    structure = jax.tree.structure(parts[0])
     for rank, part in enumerate(parts):
-        if jax.tree.structure(part) != structure:
-            raise ValueError(f"rank {rank} sent a pytree of a different structure")
+        if jax.tree.structure(part) != structure:  # the same verdict on every rank
+            raise ValueError(f"rank {rank} sent a pytree of a different structure than rank 0")
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
 
 
@@ -170,7 +170,21 @@ def shard_over_labels(
         return out
 
     def g(*args: Any) -> Any:
-        sizes = {np.shape(x)[0] for x in jax.tree.leaves(args)}
+        leaves = jax.tree_util.tree_flatten_with_path(args)[0]
+        if not leaves:
+            raise ValueError(
+                "shard_over_labels: give at least one stacked argument (an array with a "
+                "leading label axis): the number of labels is read from it"
+            )
+        for path, x in leaves:
+            if np.ndim(x) == 0:
+                raise ValueError(
+                    f"shard_over_labels: every argument leaf needs a leading label axis; "
+                    f"argument {path[0].idx}{jax.tree_util.keystr(path[1:])} is a scalar "
+                    f"({x!r}): stack it per label (e.g. jnp.full(n_labels, value)) or close "
+                    "over it in fn"
+                )
+        sizes = {np.shape(x)[0] for _, x in leaves}
         if len(sizes) != 1:
             raise ValueError(f"stacked arguments disagree on the label axis: {sorted(sizes)}")
         (n,) = sizes

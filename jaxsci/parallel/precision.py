@@ -5,8 +5,9 @@ loss function in ``compute_dtype`` (bfloat16 or float16) and returns its output 
 ``output_dtype``. float16 has a narrow range, so small gradients underflow: multiply the loss by
 a scale ``S`` before differentiating and divide the gradients by ``S`` afterwards.
 :class:`DynamicLossScale` picks ``S``: halve it and skip the update when a gradient is not
-finite, double it after ``period`` finite steps in a row. In data-parallel training the finite
-check runs on the all-reduced gradients, so every rank skips the same steps.
+finite, double it after ``period`` finite steps in a row; ``LossScaleState.skipped`` counts the
+skipped steps. In data-parallel training the finite check runs on the all-reduced gradients,
+so every rank skips the same steps.
 """
 
 from __future__ import annotations
@@ -104,10 +105,18 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 
 class LossScaleState(NamedTuple):
-    """Current scale (float32 scalar) and the number of finite steps since the last change."""
+    """Dynamic loss-scale state (a pytree of scalars).
+
+    Attributes:
+      scale: current scale (float32).
+      good_steps: finite steps since the scale last changed (int32).
+      skipped: steps skipped so far because a gradient or the loss was not finite (int32
+        total): the visible trace of a skip, also at ``min_scale`` where the scale stays put.
+    """
 
     scale: jax.Array
     good_steps: jax.Array
+    skipped: jax.Array
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,7 @@ class DynamicLossScale:
             )
 
     def init(self) -> LossScaleState:
-        return LossScaleState(jnp.float32(self.initial), jnp.int32(0))
+        return LossScaleState(jnp.float32(self.initial), jnp.int32(0), jnp.int32(0))
 
     def adjust(self, state: LossScaleState, finite: jax.Array) -> LossScaleState:
         """Next state after a step whose reduced gradients were ``finite`` (bool scalar)."""
@@ -148,4 +157,7 @@ class DynamicLossScale:
             jnp.maximum(state.scale / self.factor, self.min_scale),
         )
         good = jnp.where(finite & ~grow, state.good_steps + 1, 0)
-        return LossScaleState(scale.astype(jnp.float32), good.astype(jnp.int32))
+        skipped = state.skipped + jnp.where(finite, 0, 1)
+        return LossScaleState(
+            scale.astype(jnp.float32), good.astype(jnp.int32), skipped.astype(jnp.int32)
+        )

@@ -1,0 +1,379 @@
+"""jaxsci.parallel fixes: device placement, communicator lifetime, visible loss-scale skips,
+consistent step errors, per-leaf optimizer warning, tree_allreduce checks, scaling inputs."""
+
+import dataclasses
+import gc
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsci.metrics import scaling_efficiency
+from jaxsci.parallel import (
+    DynamicLossScale,
+    ProcessInfo,
+    data_parallel,
+    get_policy,
+    make_mesh,
+    shard_over_labels,
+    tree_allreduce,
+)
+
+
+def _params():
+    return [
+        {"w": jnp.linspace(-1.0, 1.0, 15).reshape(5, 3), "b": jnp.zeros(3)},
+        {"w": jnp.linspace(0.5, -0.5, 3).reshape(3, 1), "b": jnp.zeros(1)},
+    ]
+
+
+def _loss(params, batch):
+    x, y = batch
+    h = jnp.tanh(x @ params[0]["w"] + params[0]["b"])
+    return jnp.mean((h @ params[1]["w"] + params[1]["b"] - y) ** 2)
+
+
+def _batch(n=8):
+    x = jnp.linspace(-1.0, 1.0, n * 5).reshape(n, 5)
+    return x, jnp.sin(x.sum(-1, keepdims=True))
+
+
+# -- loss-scale skips are counted -----------------------------------------------------------------
+def test_loss_scale_counts_every_skip_also_at_min_scale():
+    """fp16 compute, scale already at its floor: the fp16 copy of w (1e-9) underflows to 0,
+    the loss is 0 (finite) and d sqrt(w)/dw is inf. Every step is skipped; before, nothing
+    showed it (finite loss, constant scale, good_steps 0)."""
+    loss_fn = lambda p, x: jnp.mean(jnp.sqrt(p["w"] * x))  # noqa: E731
+    dp = data_parallel(
+        loss_fn,
+        optax.sgd(1e-12),
+        policy=get_policy("fp16"),
+        loss_scale=DynamicLossScale(initial=2.0, min_scale=1.0, period=10),
+        mesh=make_mesh(1),
+    )
+    state = dp.init({"w": jnp.float32(1e-9)})
+    assert int(state.loss_scale.skipped) == 0
+    for i in range(4):
+        state, loss = dp.step(state, jnp.ones(4))
+        assert np.isfinite(float(loss))
+        assert int(state.loss_scale.skipped) == i + 1
+        assert state.loss_scale.skipped.dtype == jnp.int32
+    assert float(state.loss_scale.scale) == 1.0 and int(state.step) == 4
+
+
+def test_loss_scale_adjust_counts_only_non_finite_steps():
+    ls = DynamicLossScale(initial=8.0, period=2)
+    s = ls.init()
+    for finite in (True, False, True, True, False):
+        s = ls.adjust(s, jnp.bool_(finite))
+    assert int(s.skipped) == 2
+    s = jax.jit(ls.adjust)(s, jnp.bool_(False))  # a pytree of scalars under jit
+    assert int(s.skipped) == 3
+
+
+# -- step errors: ValueError with the cause, with or without MPI ----------------------------------
+def test_loss_fn_failing_on_the_batch_is_a_value_error_with_its_cause():
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(_params())
+    x, y = _batch()
+    with pytest.raises(ValueError, match="loss_fn fails on this batch") as exc:
+        dp.step(state, (x[:, :4], y))  # 4 features where the model takes 5
+    assert isinstance(exc.value.__cause__, TypeError)
+    state, loss = dp.step(state, (x, y))  # untouched and usable
+    assert np.isfinite(float(loss)) and int(state.step) == 1
+
+
+def test_non_scalar_loss_error_names_the_per_device_share():
+    dp = data_parallel(lambda p, b: b[0] @ p[0]["w"][:, 0], optax.sgd(0.1), mesh=make_mesh(1))
+    with pytest.raises(ValueError, match=r"scalar .* got shape \(8,\) on one device's share"):
+        dp.step(dp.init(_params()), _batch())
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_another_trainers_state_is_a_clear_value_error(flat):
+    dp_a = data_parallel(_loss, optax.sgd(0.1), flat=flat, mesh=make_mesh(1))
+    dp_b = data_parallel(_loss, optax.sgd(0.1), flat=flat, mesh=make_mesh(1))
+    state_a = dp_a.init(_params())
+    wider = [{"w": jnp.ones((5, 4)), "b": jnp.zeros(4)}, {"w": jnp.ones((4, 1)), "b": jnp.ones(1)}]
+    state_b = dp_b.init(wider)
+    with pytest.raises(ValueError, match="do not match this trainer's"):
+        dp_a.step(state_b, _batch())
+    with pytest.raises(ValueError, match="DataParallelState"):
+        dp_a.step(dp_a.params(state_a), _batch())
+    state_a, _ = dp_a.step(state_a, _batch())  # its own state still steps
+    assert int(state_a.step) == 1
+
+
+# -- flat=True and per-leaf optimizers ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: optax.adamw(1e-2, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+        lambda: optax.lamb(1e-2),
+        lambda: optax.lars(1e-2),
+        lambda: optax.chain(optax.clip(1.0), optax.adafactor(1e-2)),
+        lambda: optax.multi_transform(
+            {"a": optax.sgd(0.1), "b": optax.adam(0.1)},
+            lambda p: jax.tree.map(lambda x: "a" if x.ndim > 1 else "b", p),
+        ),
+        lambda: optax.inject_hyperparams(optax.lamb)(learning_rate=1e-2),
+    ],
+)
+def test_flat_mode_warns_for_per_leaf_transforms(make_tx):
+    with pytest.warns(UserWarning, match="flat=False"):
+        data_parallel(_loss, make_tx(), mesh=make_mesh(1)).init(_params())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data_parallel(_loss, make_tx(), flat=False, mesh=make_mesh(1)).init(_params())
+
+
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: optax.sgd(0.1, momentum=0.9),
+        lambda: optax.adam(1e-2),
+        lambda: optax.adamw(1e-2),  # decay on every leaf: the same on the buffers
+        lambda: optax.adamw(1e-2, mask=lambda p: jax.tree.map(lambda x: True, p)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)),
+        lambda: __import__("jaxsci.optim", fromlist=["anderson"]).anderson(optax.sgd(0.1), 3),
+    ],
+)
+def test_flat_mode_does_not_warn_for_leafwise_or_global_transforms(make_tx):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data_parallel(_loss, make_tx(), mesh=make_mesh(1)).init(_params())
+
+
+# -- small input checks ---------------------------------------------------------------------------
+def test_transfer_dtype_accepts_the_policy_aliases():
+    for alias, want in (("bf16", jnp.bfloat16), ("fp16", jnp.float16), ("f32", jnp.float32)):
+        dp = data_parallel(_loss, optax.sgd(0.1), transfer_dtype=alias, mesh=make_mesh(1))
+        assert dp.transfer_dtype == np.dtype(want)
+    with pytest.raises(ValueError, match="unknown dtype 'bf8'"):
+        data_parallel(_loss, optax.sgd(0.1), transfer_dtype="bf8", mesh=make_mesh(1))
+    with pytest.raises(ValueError, match="transfer_dtype must be"):
+        data_parallel(_loss, optax.sgd(0.1), transfer_dtype=jnp.int32, mesh=make_mesh(1))
+
+
+def test_construction_does_not_communicate():
+    """Building a trainer is local: nothing touches the communicator until init()."""
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            raise AssertionError(f"construction called comm.{name}")
+
+    data_parallel(_loss, optax.sgd(0.1), info=ProcessInfo(0, 2, 1, Spy()), mesh=make_mesh(1))
+    assert calls == []
+
+
+def test_scaling_efficiency_takes_numpy_and_jax_scalars_and_rejects_bools():
+    got = scaling_efficiency({np.int64(1): np.float32(10.0), 2: jnp.float32(6.0)}, "strong")
+    assert got == pytest.approx({1: 1.0, 2: 10.0 / 12.0})
+    assert list(got) == [1, 2] and all(type(n) is int for n in got)
+    assert scaling_efficiency({1: np.float64(2.0), 4: 2}, "weak") == {1: 1.0, 4: 1.0}
+    for bad, match in (
+        ({1: True, 2: 0.5}, "not .*bool|the bool"),
+        ({1: np.True_}, "the bool"),
+        ({1: "3"}, "must be a real number of seconds, got str"),
+        ({1: jnp.ones(2)}, "must be a real number of seconds"),
+        ({1: np.float32(-1.0)}, "finite and > 0"),
+        ({np.bool_(True): 1.0}, "not bools"),
+        ({1.0: 1.0}, "integers >= 1, got float"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            scaling_efficiency(bad, "strong")
+
+
+def test_shard_over_labels_scalar_argument_is_a_clear_error():
+    g = shard_over_labels(lambda a, b: a * b, make_mesh(1))
+    with pytest.raises(ValueError, match="argument 1 is a scalar"):
+        g(jnp.ones(4), 2.0)
+    with pytest.raises(ValueError, match=r"argument 0\['s'\] is a scalar"):
+        g({"s": jnp.float32(1.0)}, jnp.ones(4))
+    with pytest.raises(ValueError, match="at least one stacked argument"):
+        g()
+    np.testing.assert_array_equal(g(jnp.ones(3), jnp.arange(3.0)), np.arange(3.0))
+
+
+# -- experiments/data_parallel --------------------------------------------------------------------
+def test_experiment_config_is_validated():
+    from experiments.data_parallel.config import Config, n_train, tiny
+
+    assert n_train(0.25) == 1347  # train_test_split's split of the 1797 digits
+    for bad, match in (
+        ({"global_batch": 2048}, "larger than the 1347 training samples"),
+        ({"global_batch": 0}, "global_batch must be an integer >= 1"),
+        ({"steps": -1}, "steps must be an integer >= 1"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"hidden": ()}, "hidden"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"devices": 0}, "devices"),
+        ({"bucket_bytes": -1}, "bucket_bytes"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(tiny(), **bad)
+    Config(global_batch=1347)  # one step per epoch is fine
+    dataclasses.replace(tiny(), target_accuracy=1.01)  # unreachable on purpose: allowed
+
+
+def test_aborted_run_logs_fractional_epochs(tmp_path):
+    from experiments.data_parallel.config import tiny
+    from experiments.data_parallel.train import train_and_evaluate
+    from jaxsci.train import MLLogger, read_mllog, time_to_train
+
+    config = dataclasses.replace(tiny(), steps=3, eval_every=3, devices=1, target_accuracy=1.01)
+    log = MLLogger(tmp_path / "run.mllog")
+    out = train_and_evaluate(config, info=ProcessInfo(0, 1, 1), progress=False, mllog=log)
+    events = read_mllog(tmp_path / "run.mllog")
+    stop = next(e for e in events if e["key"] == "run_stop")
+    per_epoch = 1347 // config.global_batch  # 84 steps
+    assert stop["metadata"]["status"] == "aborted"
+    assert stop["metadata"]["epoch_num"] == pytest.approx(3 / per_epoch)  # was missing
+    assert time_to_train(events).epochs == pytest.approx(3 / per_epoch)  # was 1.0
+    assert 0 < out["all_steps_s"]
+
+
+def test_strong_scaling_without_target_uses_time_over_all_steps_not_wall_time():
+    from experiments.data_parallel.run import scaling_summary
+
+    def curve(procs, devs, ttt, success, all_steps, wall=100.0):
+        return {
+            "processes": procs,
+            "devices_per_process": devs,
+            "wall_s": wall,  # mostly start-up and compilation: never the measure
+            "all_steps_s": all_steps,
+            "time_to_train": {"time_to_train_s": ttt, "success": success},
+        }
+
+    missed = {
+        "1proc_1dev": curve(1, 1, 8.0, False, 8.0),
+        "1proc_4dev": curve(1, 4, 1.0, True, 4.0),  # reached at step k: its full run is 4 s
+        "2proc_1dev": curve(2, 1, 5.0, False, 5.0),
+    }
+    s = scaling_summary(missed)
+    assert s["measure"] == "time_over_all_steps_s"
+    assert s["strong_efficiency_by_workers"] == pytest.approx({1: 1.0, 2: 0.8, 4: 0.5})
+    assert "1proc_1dev, 2proc_1dev missed the target" in s["basis"]
+    reached = {
+        k: curve(c["processes"], c["devices_per_process"], 2.0, True, 9.0)
+        for k, c in missed.items()
+    }
+    s = scaling_summary(reached)
+    assert s["measure"] == "time_to_train_s" and s["basis"] == ""
+    assert s["strong_efficiency_by_workers"] == pytest.approx({1: 1.0, 2: 0.5, 4: 0.25})
+
+
+# -- 4 simulated devices --------------------------------------------------------------------------
+@pytest.mark.multidevice
+@pytest.mark.parametrize("loss_scale", [None, DynamicLossScale(initial=4.0)])
+def test_one_device_mesh_runs_on_that_device(loss_scale):
+    """One rank per accelerator picks its device: the state and the step must live there
+    (they ran on local device 0 for any one-device mesh)."""
+    dev3 = jax.devices()[3]
+    dp = data_parallel(
+        _loss, optax.adam(1e-2), mesh=make_mesh(devices=[dev3]), loss_scale=loss_scale
+    )
+    ref = data_parallel(_loss, optax.adam(1e-2), mesh=make_mesh(1), loss_scale=loss_scale)
+    state, rstate = dp.init(_params()), ref.init(_params())
+    assert {d for x in jax.tree.leaves(state) for d in x.devices()} == {dev3}
+    for n in (8, 4, 8):
+        batch = _batch(n)
+        state, loss = dp.step(state, batch)
+        rstate, rloss = ref.step(rstate, batch)
+        assert loss.devices() == {dev3}
+        assert float(loss) == float(rloss)
+    assert {d for x in jax.tree.leaves(state) for d in x.devices()} == {dev3}
+    assert dp.params(state)[0]["w"].devices() == {dev3}
+    got, want = jax.tree.leaves(dp.params(state)), jax.tree.leaves(ref.params(rstate))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- 2 MPI ranks ----------------------------------------------------------------------------------
+def _world():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+@pytest.mark.mpi
+def test_construction_on_one_rank_alone_does_not_communicate():
+    """An evaluation-only trainer built on rank 0 alone: the constructor cloned
+    COMM_WORLD (a collective) and rank 0 waited forever for rank 1."""
+    world = _world()
+    if world.Get_rank() == 0:
+        dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+        assert dp._comm is None  # nothing cloned before init()
+    world.Barrier()
+
+
+@pytest.mark.mpi
+def test_many_trainers_do_not_exhaust_communicators():
+    """MPICH holds ~2046 communicators: each trainer cloned one and never freed it."""
+    from mpi4py import MPI
+
+    params = {"w": jnp.ones(3)}
+    for _ in range(2100):
+        dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
+        dp.init(params)  # collective: clones the step's communicator
+        del dp  # freed with the trainer
+    # a stepped trainer (a reference cycle through its compiled step) is freed by the GC
+    dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
+    state, _ = dp.step(dp.init(params), jnp.ones((2, 3)))
+    comm = dp._comm
+    assert comm != MPI.COMM_NULL
+    del dp, state
+    gc.collect()
+    assert comm == MPI.COMM_NULL
+    # close(): freed now; step refuses until init (collective) clones a new one
+    dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(params)
+    comm = dp._comm
+    dp.close()
+    assert comm == MPI.COMM_NULL
+    with pytest.raises(ValueError, match="closed"):
+        dp.step(state, jnp.ones((2, 3)))
+    state = dp.init(params)
+    state, loss = dp.step(state, jnp.ones((2, 3)))
+    assert float(loss) == 3.0
+
+
+@pytest.mark.mpi
+def test_two_ranks_loss_fn_failure_is_a_value_error_with_its_cause():
+    dp = data_parallel(_loss, optax.sgd(0.1), mesh=make_mesh(1))
+    state = dp.init(_params())
+    x, y = dp.shard_batch(_batch(8))
+    with pytest.raises(ValueError, match="rank 0: .*TypeError.*; rank 1: .*TypeError") as exc:
+        dp.step(state, (x[:, :4], y))
+    assert isinstance(exc.value.__cause__, TypeError)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("kind", ["dtype", "struct", "shape", "same"])
+def test_tree_allreduce_checks_the_trees_agree(kind):
+    rank = _world().Get_rank()
+    trees = {
+        "dtype": [jnp.ones(3), jnp.ones(3, jnp.int32)],
+        "struct": [{"a": jnp.ones(2), "b": jnp.ones(2)}, {"a": jnp.ones(4)}],
+        "shape": [jnp.ones(3), jnp.ones(4)],
+        "same": [jnp.ones(3), jnp.full(3, 2.0)],
+    }
+    tree = trees[kind][rank]
+    if kind == "same":
+        np.testing.assert_array_equal(tree_allreduce(tree, op="sum"), np.full(3, 3.0))
+        return
+    # the same error on every rank (before: garbage, or a truncation error on one rank only)
+    with pytest.raises(ValueError, match=r"ranks disagree on the all-reduced tree.*rank 1 has"):
+        tree_allreduce(tree, op="sum")
+    with pytest.raises(ValueError, match="ranks disagree"):
+        tree_allreduce(tree, op="mean", comm=_world())  # before the int-mean check on rank 1
+    # inside jit the leaves are tracers: no host check (documented), matching trees work
+    same = jax.jit(lambda t: tree_allreduce(t, op="sum"))(jnp.ones(2))
+    np.testing.assert_array_equal(same, np.full(2, 2.0))
