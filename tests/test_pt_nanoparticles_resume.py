@@ -9,7 +9,7 @@ import pytest
 
 from experiments.pt_nanoparticles import pipeline
 from experiments.pt_nanoparticles.config import tiny_config
-from jaxsci.train import Checkpointer
+from jaxsci.train import Checkpointer, check_resume
 
 
 def _files(folder):
@@ -46,5 +46,5 @@ def test_restart_with_fewer_epochs_than_the_checkpoint_is_refused_before_writing
     c = np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="past epochs=5"):
         pipeline.train_cvae(dataclasses.replace(cfg, epochs=5), x, c, None, None, workdir)
-    pipeline._check_resume(workdir / "checkpoints", settings, 6)
+    check_resume(workdir / "checkpoints", settings, 6)
     assert _files(workdir) == before

@@ -57,16 +57,8 @@ from jaxsci.metrics.thermo import (
     susceptibility,
     warren_cowley,
 )
-from jaxsci.models.cvae import (
-    CVAE,
-    CVAEState,
-    encode,
-    init_cvae_state,
-    make_epoch_fn,
-    make_eval_fn,
-    with_validation,
-)
-from jaxsci.train import fit, make_run_dir, write_json
+from jaxsci.models.cvae import CVAE, CVAEState, encode
+from jaxsci.train import make_run_dir, train_cvae, write_json
 
 __all__ = [
     "b2_order",
@@ -138,32 +130,21 @@ def train_vae(
     metrics go to ``run_dir/metrics_name``. Returns ``(model, state, history)``.
     """
     n_val = int(round(config.val_fraction * len(x)))
-    train_idx, val_idx = np.arange(len(x) - n_val), np.arange(len(x) - n_val, len(x))
-    x_train = x[train_idx]
-    no_cond = np.zeros((len(x_train), 0), np.float32)
     model = CVAE(data_dim=x.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
-    optimizer = optax.adam(config.learning_rate)
-    state = init_cvae_state(model, optimizer, 0, jax.random.key(config.seed))
-    epoch_fn = make_epoch_fn(
+    no_cond = lambda n: np.zeros((n, 0), np.float32)  # noqa: E731  (a VAE: C = 0)
+    result = train_cvae(
         model,
-        optimizer,
-        x_train,
-        no_cond,
+        optax.adam(config.learning_rate),
+        x[: len(x) - n_val],
+        no_cond(len(x) - n_val),
+        epochs=config.epochs,
         batch_size=config.batch_size,
         beta=config.beta,
         seed=config.seed,
-    )
-    evaluate = make_eval_fn(model, beta=config.beta, seed=config.seed)
-    xv = jnp.asarray(x[val_idx]) if n_val else None
-    cv = jnp.zeros((n_val, 0), jnp.float32)
-    result = fit(
-        state,
-        with_validation(epoch_fn, evaluate, xv, cv),
-        num_epochs=config.epochs,
+        validation=(x[len(x) - n_val :], no_cond(n_val)),
         metrics_path=run_dir / metrics_name,
         progress=config.progress,
         desc="VAE epochs",
-        postfix_keys=("loss", "recon", "kl", "val_loss"),
     )
     return model, result.state, result.history
 

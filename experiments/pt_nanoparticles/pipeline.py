@@ -56,17 +56,9 @@ from jaxsci.metrics import (
     novelty_mask,
     uniqueness_mask,
 )
-from jaxsci.models.cvae import (
-    CVAE,
-    CVAEState,
-    encode,
-    init_cvae_state,
-    make_epoch_fn,
-    make_eval_fn,
-    sample,
-    with_validation,
-)
-from jaxsci.train import Checkpointer, fit, make_run_dir, write_json, write_metrics
+from jaxsci.models.cvae import CVAE, CVAEState, encode, sample
+from jaxsci.train import check_resume, make_run_dir, write_json, write_metrics
+from jaxsci.train import train_cvae as fit_cvae
 from jaxsci.train.checkpoint import normalize_settings
 
 __all__ = [
@@ -142,23 +134,6 @@ def training_settings(config: Config, data_dim: int, cond_dim: int) -> dict[str,
     )
 
 
-def _check_resume(checkpoint_dir: Path, settings: dict[str, Any], epochs: int) -> None:
-    """ValueError if ``checkpoint_dir`` holds a checkpoint made with other ``settings``, or
-    one past ``epochs`` (a run cannot be resumed to fewer epochs than it has done); reads
-    only (no folder is created)."""
-    if not checkpoint_dir.is_dir():
-        return
-    with Checkpointer(checkpoint_dir, keep=None) as ckpt:
-        latest = ckpt.latest_step()
-        if latest is not None:
-            ckpt.check_settings(settings)
-            if latest > epochs:
-                raise ValueError(
-                    f"the checkpoints in {checkpoint_dir} are at epoch {latest}, past "
-                    f"epochs={epochs}: resume with epochs >= {latest}, or use a fresh workdir"
-                )
-
-
 def train_cvae(
     config: Config,
     x_train: np.ndarray,
@@ -169,48 +144,32 @@ def train_cvae(
 ) -> tuple[CVAE, CVAEState, list[dict]]:
     """Train (or resume) the CVAE on standardised rows; returns ``(model, state, history)``.
 
-    Checkpoints go to ``run_dir/checkpoints`` every ``config.checkpoint_every`` epochs and at
-    the end; per-epoch metrics to ``run_dir/train_metrics.jsonl``. If a checkpoint exists,
-    training continues from it and reproduces the uninterrupted run exactly; a checkpoint
-    made with other :func:`training_settings`, or at an epoch past ``config.epochs``, raises
-    ``ValueError`` naming them (nothing is written then).
+    :func:`jaxsci.train.train_cvae` with checkpoints in ``run_dir/checkpoints`` every
+    ``config.checkpoint_every`` epochs and at the end, and per-epoch metrics in
+    ``run_dir/train_metrics.jsonl``. If a checkpoint exists, training continues from it and
+    reproduces the uninterrupted run exactly; a checkpoint made with other
+    :func:`training_settings`, or at an epoch past ``config.epochs``, raises ``ValueError``
+    naming them (nothing is written then).
     """
-    settings = training_settings(config, x_train.shape[1], c_train.shape[1])
-    _check_resume(run_dir / "checkpoints", settings, config.epochs)
     model = CVAE(data_dim=x_train.shape[1], latent_dim=config.latent_dim, hidden=config.hidden)
-    optimizer = optax.adam(config.learning_rate)
-    init = init_cvae_state(model, optimizer, c_train.shape[1], jax.random.key(config.seed))
-    epoch_fn = make_epoch_fn(
+    result = fit_cvae(
         model,
-        optimizer,
+        optax.adam(config.learning_rate),
         x_train,
         c_train,
+        epochs=config.epochs,
         batch_size=config.batch_size,
         beta=config.beta,
         seed=config.seed,
+        validation=(x_val, c_val) if x_val is not None else None,
+        checkpoint_dir=run_dir / "checkpoints",
+        checkpoint_every=config.checkpoint_every,
+        keep=2,
+        settings=training_settings(config, x_train.shape[1], c_train.shape[1]),
+        metrics_path=run_dir / "train_metrics.jsonl",
+        progress=config.progress,
+        desc="CVAE",
     )
-    evaluate = make_eval_fn(model, beta=config.beta, seed=config.seed)
-    xv = jnp.asarray(x_val, jnp.float32) if x_val is not None and len(x_val) else None
-    cv = jnp.asarray(c_val, jnp.float32) if xv is not None else None
-
-    with Checkpointer(run_dir / "checkpoints", every=config.checkpoint_every, keep=2) as ckpt:
-        state, start = ckpt.resume(init)
-
-        def save(epoch: int, st: CVAEState, _metrics) -> None:
-            last = epoch + 1 == config.epochs
-            ckpt.save(epoch + 1, st, force=last, metadata={"settings": settings})
-
-        result = fit(
-            state,
-            with_validation(epoch_fn, evaluate, xv, cv),
-            num_epochs=config.epochs,
-            start_epoch=start,
-            callbacks=[save],
-            metrics_path=run_dir / "train_metrics.jsonl",
-            progress=config.progress,
-            desc="CVAE",
-            postfix_keys=("loss", "recon", "kl", "val_loss"),
-        )
     return model, result.state, result.history
 
 
@@ -303,7 +262,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     descriptor = make_descriptor(config)
     q = config.n_quantiles if config.n_quantiles is not None else config.data.max_size
     if workdir is not None:  # refuse a resume with other settings before any work
-        _check_resume(
+        check_resume(
             Path(workdir) / "checkpoints",
             training_settings(config, q * descriptor.n_features, 2),
             config.epochs,

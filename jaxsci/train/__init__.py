@@ -1,6 +1,7 @@
 """jaxsci.train."""
 
 from jaxsci.train.checkpoint import Checkpointer
+from jaxsci.train.cvae import check_resume, train_cvae  # issue 4: (C)VAE training
 from jaxsci.train.gan import (  # issue 6: conditional GANs, per-label training
     DataPool,
     GANState,
@@ -53,6 +54,7 @@ __all__ = [
     "train_per_label",
     "Callback",
     "Checkpointer",
+    "check_resume",
     "FitResult",
     "JsonlLogger",
     "MLLogger",
@@ -65,6 +67,7 @@ __all__ = [
     "read_jsonl",
     "read_mllog",
     "time_to_train",
+    "train_cvae",
     "to_jsonable",
     "write_json",
     "write_metrics",

@@ -1,0 +1,139 @@
+"""Train a (conditional) VAE in one call: validation curves, resumable Orbax checkpoints.
+
+:func:`train_cvae` puts together what the CVAE studies need around
+:func:`jaxsci.train.fit`: the parameters initialised from ``seed``, one jitted scan per
+epoch (:func:`jaxsci.models.cvae.make_epoch_fn`), ``val_*`` metrics on held-out rows,
+per-epoch metrics as JSON lines, and checkpoints that a restart resumes from, ending with
+the parameters of an uninterrupted run. An unconditional VAE is a CVAE with ``C = 0``
+condition columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsci._checks import is_int_at_least
+from jaxsci.models.cvae import (
+    CVAE,
+    CVAEState,
+    init_cvae_state,
+    make_epoch_fn,
+    make_eval_fn,
+    with_validation,
+)
+from jaxsci.train.checkpoint import Checkpointer, normalize_settings
+from jaxsci.train.loop import FitResult, fit
+
+__all__ = ["check_resume", "train_cvae"]
+
+
+def check_resume(
+    checkpoint_dir: str | Path, settings: Mapping[str, Any] | None, epochs: int
+) -> None:
+    """``ValueError`` if ``checkpoint_dir`` holds checkpoints made with other ``settings``
+    (every differing one named), or one past ``epochs`` (a run cannot resume to fewer
+    epochs than it has done). Reads only; a missing folder is a fresh start."""
+    if not Path(checkpoint_dir).is_dir():
+        return
+    with Checkpointer(checkpoint_dir, keep=None) as ckpt:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return
+        if settings is not None:
+            ckpt.check_settings(settings)
+        if latest > epochs:
+            raise ValueError(
+                f"the checkpoints in {checkpoint_dir} are at epoch {latest}, past "
+                f"epochs={epochs}: resume with epochs >= {latest}, or use a fresh folder"
+            )
+
+
+def train_cvae(
+    model: CVAE,
+    optimizer: optax.GradientTransformation,
+    x: Any,
+    c: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    beta: float = 1.0,
+    seed: int = 0,
+    validation: tuple[Any, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    keep: int = 2,
+    settings: Mapping[str, Any] | None = None,
+    metrics_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "CVAE",
+    postfix_keys: Sequence[str] = ("loss", "recon", "kl", "val_loss"),
+) -> FitResult:
+    """Train ``model`` on rows ``x [N, D]`` with conditions ``c [N, C]`` for ``epochs``.
+
+    Args:
+      model, optimizer: the :class:`~jaxsci.models.CVAE` (``data_dim == D``) and an optax
+        transformation; parameters come from ``jax.random.key(seed)``.
+      x, c: training rows and their conditions (finite; ``C`` may be 0: a plain VAE).
+      epochs: total epochs of the run (a resumed run does the rest).
+      batch_size, beta, seed: as :func:`jaxsci.models.cvae.make_epoch_fn` (``seed`` also
+        fixes the permutations and the noise, so a run is a function of its inputs).
+      validation: ``(x_val [V, D], c_val [V, C])`` for ``val_*`` metrics after every epoch
+        (fixed noise); ``None`` or ``V = 0``: none.
+      checkpoint_dir: Orbax checkpoints every ``checkpoint_every`` epochs and at the end,
+        the ``keep`` newest kept, each with ``settings`` in its metadata. If the folder
+        holds checkpoints, training resumes from the newest and ends with the parameters
+        of the uninterrupted run; made with other ``settings``, or past ``epochs``, it is
+        refused (``ValueError``) before anything is written. ``None``: no checkpoints.
+      settings: JSON-able description of the run to store and check on resume (e.g. the
+        data, model and optimizer settings; not ``epochs``, which a resume may raise).
+      metrics_path: JSON-lines file of per-epoch metrics (continued on resume).
+      progress, desc, postfix_keys: the progress bar.
+
+    Returns:
+      :class:`~jaxsci.train.FitResult`: ``state`` (a :class:`~jaxsci.models.cvae.CVAEState`)
+      and ``history``, one record per epoch (resumed ones included when ``metrics_path``
+      holds them).
+    """
+    if not is_int_at_least(epochs, 1):
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    c = np.asarray(c, np.float32)
+    epoch_fn = make_epoch_fn(
+        model, optimizer, x, c, batch_size=batch_size, beta=beta, seed=seed
+    )  # checks x, c, batch_size and beta first
+    if np.shape(x)[1] != model.data_dim:
+        raise ValueError(f"x has {np.shape(x)[1]} columns but model.data_dim is {model.data_dim}")
+    if validation is not None:
+        x_val, c_val = validation
+        x_val = jnp.asarray(x_val, jnp.float32) if x_val is not None else None
+        c_val = jnp.asarray(c_val, jnp.float32) if c_val is not None else None
+        epoch_fn = with_validation(
+            epoch_fn, make_eval_fn(model, beta=beta, seed=seed), x_val, c_val
+        )
+    saved = normalize_settings(settings) if settings is not None else None
+    init = init_cvae_state(model, optimizer, c.shape[1], jax.random.key(seed))
+    run = dict(
+        num_epochs=epochs,
+        metrics_path=metrics_path,
+        progress=progress,
+        desc=desc,
+        postfix_keys=postfix_keys,
+    )
+    if checkpoint_dir is None:
+        return fit(init, epoch_fn, **run)
+    check_resume(checkpoint_dir, saved, epochs)
+    metadata = {"settings": saved} if saved is not None else None
+    with Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep) as ckpt:
+        state, start = ckpt.resume(init)
+
+        def save(epoch: int, st: CVAEState, _metrics: Mapping[str, float]) -> None:
+            # returns None: a truthy callback return would stop fit (Checkpointer.save: True)
+            ckpt.save(epoch + 1, st, force=epoch + 1 == epochs, metadata=metadata)
+
+        return fit(state, epoch_fn, start_epoch=start, callbacks=[save], **run)
