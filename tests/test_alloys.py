@@ -249,6 +249,24 @@ def test_parallel_tempering_bad_input_raises():
         run(occ, [300.0], n_samples=0)
     with pytest.raises(ValueError, match="same composition"):
         run(np.stack([occ, np.repeat([0, 1], [12, 4])]), [300.0, 400.0])
+    with pytest.raises(ValueError, match="integer species indices, got dtype float64"):
+        run(occ.astype(float), [300.0])  # in range: the type is what is wrong
+    with pytest.raises(ValueError, match="integer species indices, got dtype bool"):
+        run(occ.astype(bool), [300.0])
+    state = run(occ, [300.0, 400.0]).final_state
+    with pytest.raises(ValueError, match="2 replicas but 1 temperatures"):
+        run(state, [300.0])
+    with pytest.raises(ValueError, match=r"\[n_sites=16\], got shape \(10,\)"):
+        ham.energy(occ[:10])
+
+
+def test_parallel_tempering_samples_hold_species_beyond_127():
+    """samples were int8: species 184..199 came back as -72..-57."""
+    ham = pair_hamiltonian(bcc_lattice(2, 1), np.zeros((1, 200, 200)))
+    occ = np.arange(16) + 184
+    res = parallel_tempering(jax.random.key(0), ham, occ, [300.0], n_samples=1, progress=False)
+    np.testing.assert_array_equal(np.sort(res.samples[0, 0]), occ)
+    np.testing.assert_array_equal(np.sort(np.asarray(res.final_state.occupations[0])), occ)
 
 
 def test_parallel_tempering_continues_from_a_state():

@@ -95,6 +95,9 @@ def test_bad_config_raises_before_writing(tmp_path, change):
         ({"seeds": (False,)}, "seeds"),
         ({"hidden": (16.5,)}, "hidden"),
         ({"hidden": (16, True)}, "hidden"),
+        # trained twice under one label, the second run overwrote the first
+        ({"drop_fractions": (0.2, 0.2)}, "distinct"),
+        ({"drop_fractions": (0.1, 0.1000001)}, "distinct"),
     ],
 )
 def test_seeds_and_hidden_must_be_ints(change, match):

@@ -188,3 +188,11 @@ def test_evaluate_samples_at_equal_n(digits, classifier):
     )
     assert out["fid_n"] == 200 and out["fid_subsets"] == 2 and out["n"] == len(digits.test_labels)
     assert out["fid"] > out["fid_all_samples"]  # fewer samples, larger bias
+
+
+def test_evaluate_samples_refuses_fewer_than_two_images(digits, classifier):
+    """An empty set failed inside the classifier with ZeroDivisionError."""
+    ref = (digits.train_images, digits.train_labels)
+    for n in (0, 1):
+        with pytest.raises(ValueError, match="images needs at least 2 images"):
+            evaluate_samples(classifier, digits.test_images[:n], digits.test_labels[:n], *ref)

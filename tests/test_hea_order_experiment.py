@@ -277,6 +277,9 @@ def test_helpers():
         ({"vae_windows": ((float("-inf"), 2500.0),)}, "vae_windows"),
         ({"vae_windows": ((600.0, float("nan")),)}, "vae_windows"),
         ({"hidden": (16.5,)}, "hidden layer widths must be ints"),
+        ({"lattice_constant": "3.2"}, "lattice_constant must be a number"),  # was a TypeError
+        ({"beta": None}, "beta must be a number"),
+        ({"val_fraction": True}, "val_fraction must be a number"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, changes, match):

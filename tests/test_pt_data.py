@@ -36,6 +36,9 @@ TINY = PtClusterConfig(
         ({"shapes": ()}, "empty data set"),
         ({"shapes": ("cube",)}, "unknown shape"),
         ({"md_temperatures": (-1.0,)}, "md_temperatures"),
+        ({"min_size": 10.5, "max_size": 12}, "min_size must be an int"),  # passed, then TypeError
+        ({"size_step": 1.5}, "size_step must be an int"),
+        ({"md_interval": True}, "md_interval must be an int"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, kwargs, match):

@@ -108,6 +108,9 @@ class Config:
             raise ValueError(f"scores must be a non-empty subset of {SCORES}, got {self.scores}")
         if not self.drop_fractions or any(not 0.0 < f < 1.0 for f in self.drop_fractions):
             raise ValueError(f"drop_fractions must be in (0, 1), got {self.drop_fractions}")
+        shown = [f"{f:g}" for f in self.drop_fractions]  # as the method labels print them
+        if len(set(shown)) != len(shown):  # else runs share a label and overwrite each other
+            raise ValueError(f"drop_fractions must be distinct (as printed), got {shown}")
 
 
 def tiny_config() -> Config:

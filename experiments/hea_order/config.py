@@ -101,6 +101,12 @@ class Config:
         for name, (value, low) in ints.items():
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        reals = ["max_drift_z", "lattice_constant", "beta", "learning_rate", "val_fraction"]
+        reals += ["peak_prominence"] + (["t_min", "t_max"] if self.temperatures is None else [])
+        for name in reals:  # numbers first: np.isfinite("3.2") raised a NumPy TypeError
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         n_model_shells = MONBTAW.pair_energies.shape[0]
         if self.n_shells > n_model_shells:
             raise ValueError(

@@ -52,8 +52,12 @@ class PairHamiltonian:
     n_species: int
 
     def energy(self, occupation: jax.Array) -> jax.Array:
-        """``occupation [n_sites] int -> E`` (eV); NaN for a species out of range."""
+        """``occupation [n_sites] int -> E`` (eV); NaN for a species out of range
+        (``ValueError`` for another shape: static, so also under ``jit``; ``vmap`` for a
+        batch)."""
         occ = jnp.asarray(occupation)
+        if occ.shape != (self.n_sites,):
+            raise ValueError(f"occupation must be [n_sites={self.n_sites}], got shape {occ.shape}")
         cols = jnp.arange(self.neighbors.shape[1])
         # negative indices would wrap (-1 reads the last species): send them out of range
         a, b = (jnp.where(x < 0, self.n_species, x) for x in (occ[:, None], occ[self.neighbors]))

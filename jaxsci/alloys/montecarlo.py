@@ -54,7 +54,7 @@ class PTResult:
     Attributes:
       temperatures: ``[R]`` K, increasing.
       energies: ``[n_samples, R]`` total energy of each sample (eV).
-      samples: ``[n_samples, R, n_sites]`` int8 occupations.
+      samples: ``[n_samples, R, n_sites]`` occupations (int8; int16 beyond 127 species).
       swap_acceptance: ``[R]`` fraction of swap attempts accepted while sampling.
       exchange_acceptance: ``[R - 1]`` fraction of exchange attempts accepted per pair.
       n_sweeps: sweeps per replica while sampling (burn-in excluded).
@@ -228,6 +228,11 @@ def parallel_tempering(
     start = occupation if isinstance(occupation, PTState) else None
     occ = np.asarray(occupation.occupations if start is not None else occupation)
     given = occ.shape
+    if start is not None and occ.shape[0] != len(t):
+        raise ValueError(
+            f"final_state holds {occ.shape[0]} replicas but {len(t)} temperatures were given: "
+            "continue a run with the temperatures it was made with"
+        )
     if occ.ndim == 1:
         occ = np.broadcast_to(occ, (len(t), occ.shape[0]))
     if occ.shape != (len(t), hamiltonian.n_sites):
@@ -235,11 +240,9 @@ def parallel_tempering(
             f"occupation must be [n_sites={hamiltonian.n_sites}] or "
             f"[{len(t)}, {hamiltonian.n_sites}], got shape {given}"
         )
-    if (
-        not np.issubdtype(occ.dtype, np.integer)
-        or occ.min() < 0
-        or occ.max() >= hamiltonian.n_species
-    ):
+    if not np.issubdtype(occ.dtype, np.integer) or np.issubdtype(occ.dtype, np.bool_):
+        raise ValueError(f"occupation must hold integer species indices, got dtype {occ.dtype}")
+    if occ.min() < 0 or occ.max() >= hamiltonian.n_species:
         raise ValueError(f"occupation must hold species indices 0..{hamiltonian.n_species - 1}")
     counts = np.stack([np.bincount(row, minlength=hamiltonian.n_species) for row in occ])
     if np.any(counts != counts[0]):
@@ -260,7 +263,8 @@ def parallel_tempering(
     key_burn, key_run = jax.random.split(key)
     n_burn_calls = -(-n_burn // sample_every)  # burn-in in calls of sample_every sweeps
     energies = np.empty((n_samples, len(t)))
-    samples = np.empty((n_samples, len(t), hamiltonian.n_sites), np.int8)
+    # int8 holds up to 127 species; more (no alloy, but nothing forbids it) need int16
+    samples = np.empty((n_samples, len(t), hamiltonian.n_sites), _species_dtype(hamiltonian))
     timings = {"burn_s": 0.0, "sampling_s": 0.0}
     bar = None
     if progress:
@@ -311,3 +315,8 @@ def parallel_tempering(
         timings=timings,
         final_state=state,
     )
+
+
+def _species_dtype(hamiltonian: PairHamiltonian) -> np.dtype:
+    """The smallest of int8 / int16 / int32 that holds every species index."""
+    return np.dtype(np.min_scalar_type(-max(hamiltonian.n_species, 1)))

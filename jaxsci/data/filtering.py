@@ -239,7 +239,7 @@ def n_keep(n: int, keep_fraction: float) -> int:
     if not (math.isfinite(keep_fraction) and 0.0 < keep_fraction <= 1.0):
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     if n < 1:
-        raise ValueError(f"select: need at least one example, got n = {n}")
+        raise ValueError(f"need at least one example, got n = {n}")
     return max(1, min(n, math.floor(keep_fraction * n + 0.5)))
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, reference_states
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.geometry.motifs import MOTIFS, motif_positions
 
 __all__ = [
@@ -83,8 +84,17 @@ class PtClusterConfig:
             raise ValueError(
                 f"unknown element {self.element!r}: EMT clusters support {EMT_FCC_ELEMENTS}"
             )
-        if self.min_size < 2:
-            raise ValueError(f"min_size must be >= 2 atoms, got {self.min_size}")
+        for name, low in (
+            ("min_size", 2),
+            ("max_size", 2),
+            ("size_step", 1),
+            ("max_relax_steps", 1),
+            ("md_snapshots", 0),
+            ("md_interval", 1),
+        ):
+            value = getattr(self, name)
+            if not is_int_at_least(value, low):
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) is below min_size ({self.min_size})")
         if self.size_step < 1:

@@ -246,6 +246,9 @@ def evaluate_samples(
     """
     labels = np.asarray(labels)
     ref_labels = np.asarray(reference_labels)
+    for name, n in (("images", len(images)), ("reference_images", len(reference_images))):
+        if n < 2:  # a covariance needs two rows (and an empty batch broke the classifier)
+            raise ValueError(f"evaluate_samples: {name} needs at least 2 images, got {n}")
     f_gen, p_gen = classifier.features(images), classifier.probs(images)
     f_ref = classifier.features(reference_images)
     pred = p_gen.argmax(1)

@@ -115,7 +115,10 @@ def novelty_mask(
 
 
 def energy_spearman(target: Any, obtained: Any) -> float:
-    """Spearman rank correlation between target and obtained energies (NaN pairs dropped)."""
+    """Spearman rank correlation between target and obtained energies.
+
+    Pairs with a non-finite side (NaN, inf) are dropped; NaN when fewer than 3 pairs remain
+    or one side is constant (no ranking to correlate)."""
     t, o = np.asarray(target, float), np.asarray(obtained, float)
     if t.shape != o.shape:
         raise ValueError(f"target and obtained shapes differ: {t.shape} vs {o.shape}")
@@ -126,7 +129,9 @@ def energy_spearman(target: Any, obtained: Any) -> float:
 
 
 def energy_wasserstein(obtained: Any, reference: Any) -> float:
-    """Wasserstein-1 distance (eV/atom) between two energy samples (NaNs dropped)."""
+    """Wasserstein-1 distance (eV/atom) between two energy samples.
+
+    Non-finite values (NaN, inf) are dropped; NaN when a sample has none left."""
     a, b = np.asarray(obtained, float), np.asarray(reference, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if a.size == 0 or b.size == 0:
