@@ -55,6 +55,26 @@ def test_a_learning_rate_of_zero_at_warm_restarts_does_not_freeze_the_iterate():
     assert loss < 1e-3 * plain, (loss, plain)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_sixteen_bit_params_are_still_accelerated(dtype):
+    """The no-step bar is capped at 1e-3 of the inner step: 1000 eps is ~1 in 16 bits."""
+    tx = anderson(optax.sgd(1.0))
+    p = jnp.zeros(20, dtype)
+    f = lambda p: quadratic(p.astype(jnp.float32))  # noqa: E731
+
+    def body(carry, _):
+        p, s = carry
+        v, g = jax.value_and_grad(f)(p)
+        u, s = tx.update(g, s, p, value=v)
+        return (optax.apply_updates(p, u), s), None
+
+    (p, s), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=60)
+    plain = run(optax.sgd(1.0), 60, jnp.ones(60))[0]
+    assert p.dtype == dtype
+    assert int(s.anderson_state.n_accelerated) >= 20
+    assert float(f(p)) < 0.1 * plain
+
+
 @pytest.mark.parametrize("history", ["orthogonal", "window"])
 def test_meta_gradient_through_a_converged_run_is_finite(history):
     """jax.grad through the update: at convergence a norm vanishes, and sqrt's derivative

@@ -47,8 +47,9 @@ Stability (the reason this module exists; textbook AA on top of Adam diverged):
   extrapolation step is also held within a trust region relative to the inner step
   (``||x_next - x_t|| <= trust ||u_t||``, trust from 4, doubled per accepted
   extrapolation up to 1e8, quartered per rejection down to 1): a noisy loss cannot let a
-  huge jump through. An extrapolation shorter than 1000 eps of the inner step (it cancels
-  the inner step: a secant pair from a zero step, e.g. a learning rate of 0) is not taken.
+  huge jump through. An extrapolation shorter than ``min(1000 eps, 1e-3)`` of the inner
+  step (it cancels the inner step: a secant pair from a zero step, e.g. a learning rate of
+  0) is not taken.
   **Without a loss** (deterministic mode), the residual stands in for it: an
   extrapolated point is rolled back the same way if its gradient norm (the ``grad`` that
   :func:`anderson` passes; else the inner step ``||u||``) exceeds 10x the smallest one at
@@ -145,6 +146,7 @@ _NOISE_RATIO = 0.1  # noise test: a pair disagrees when |mismatch| > 0.1 x predi
 _NOISE_PRIOR = 2.0  # noise test: starts as if two pairs had agreed (one bad first step won't hold)
 _NOISE_FLOOR = 100.0  # noise test: loss changes below 100 eps |f| are roundoff, not noise
 _NO_STEP = 1e3  # an extrapolation shorter than 1000 eps x the inner step cancels it: no step
+_NO_STEP_MAX = 1e-3  # ... or than 1e-3 of it (float16 / bfloat16 leaves, where 1000 eps ~ 1)
 History = Literal["orthogonal", "window"]
 Layout = Literal["auto", "flat", "tree"]
 
@@ -528,11 +530,12 @@ def scale_by_anderson(
         ``||d|| <= trust ||u||`` (when the point will be checked next step; ``shrink`` is
         ``None`` otherwise), and whether it is a finite descent step for the inner
         optimizer that moves at all (with the safeguard; finite only without it, ``<d, u>``
-        then ``None``). A step shorter than ``1000 eps`` of the inner step is no step: a
-        secant pair from a zero inner step (a learning rate of 0, an all-zero gradient, a
-        step skipped by ``optax.apply_if_finite``) makes the extrapolation cancel the inner
-        step to rounding, and accepting that froze the iterate for good (the next pairs
-        were rounding noise). The checks come before the scaling (a positive factor: same
+        then ``None``). A step shorter than ``min(1000 eps, 1e-3)`` of the inner step
+        (``eps`` of the coarsest leaf dtype) is no step: a secant pair from a zero inner
+        step (a learning rate of 0, an all-zero gradient, a step skipped by
+        ``optax.apply_if_finite``) makes the extrapolation cancel the inner step to
+        rounding, and accepting that froze the iterate for good (the next pairs were
+        rounding noise). The checks come before the scaling (a positive factor: same
         sign of ``<d, u>``, same finiteness). With ``u`` finite, ``<d, u>`` is non-finite
         whenever ``d`` is (``inf * 0 = nan``), so it doubles as the finiteness test.
         """
@@ -541,8 +544,9 @@ def scale_by_anderson(
             dd = _tree.dots(d, [u, d])  # <d, u>, ||d||^2 (one pass)
             du, nd2 = dd[0], dd[1]
             dt = _tree.acc_dtype()
-            eps = jnp.finfo(jax.tree_util.tree_leaves(d)[0].dtype).eps
-            moves = nd2 > jnp.asarray((_NO_STEP * eps) ** 2, dt) * nu2
+            eps = max(float(jnp.finfo(x.dtype).eps) for x in jax.tree_util.tree_leaves(d))
+            ratio = min(_NO_STEP * eps, _NO_STEP_MAX)  # 16-bit leaves: at most 1e-3
+            moves = nd2 > jnp.asarray(ratio**2, dt) * nu2
             d_ok = jnp.isfinite(du) & (du > 0) & jnp.isfinite(nd2) & moves
         else:
             d_ok = _tree.all_finite(d)
