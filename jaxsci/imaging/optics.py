@@ -166,13 +166,17 @@ def _check_band_limit(band_limit) -> None:
 
 
 def band_limit_mask(grid: Grid, band_limit: float | None = 2 / 3) -> np.ndarray:
-    """``[ny, nx]`` 0/1 mask (FFT order) of ``|k| <= band_limit * k_nyquist``; all ones
-    for ``None``."""
+    """``[ny, nx]`` 0/1 mask (FFT order) of ``|k| < band_limit * k_nyquist``; all ones
+    for ``None``.
+
+    Strictly below: with 2/3, a frequency exactly at the limit (grids divisible by 3) would
+    alias a product of two masked waves back onto itself (``2 k - N = -k`` for ``k = N/3``),
+    the one aliasing the 2/3 rule exists to prevent."""
     _check_band_limit(band_limit)
     if band_limit is None:
         return np.ones(grid.shape)
     kmax = band_limit * grid.k_nyquist
-    return (grid.k2() <= kmax**2 * (1 + 1e-12)).astype(float)
+    return (grid.k2() < kmax**2 * (1 - 1e-12)).astype(float)
 
 
 def _check_xy(shift, name: str, where: str) -> None:
@@ -260,18 +264,29 @@ def transmission(
     return jnp.fft.ifft2(jnp.fft.fft2(t) * band_limit_mask(grid, band_limit))
 
 
+def _check_propagation(energy, dz, where: str) -> None:
+    check_positive(energy, "energy", where)
+    v = _concrete(dz)
+    if v is not None and (v.ndim != 0 or not np.isfinite(v)):
+        raise ValueError(f"{where}: dz must be a finite scalar (Å), got {v!r}")
+
+
 def propagator(grid: Grid, energy, dz, *, band_limit: float | None = 2 / 3) -> jax.Array:
     """Fresnel propagator over ``dz`` Å, ``[ny, nx]`` FFT order: ``exp(-i pi lambda dz
-    |k|^2)`` times the band-limit mask (``None``: no mask, exactly unitary)."""
-    check_positive(energy, "energy", "propagator")
-    check_positive(dz, "dz", "propagator")
+    |k|^2)`` times the band-limit mask (``None``: no mask, exactly unitary). ``dz`` is any
+    finite distance: 0 is the identity, a negative one propagates back (the inverse of
+    ``+|dz|`` without a mask)."""
+    _check_propagation(energy, dz, "propagator")
     lam = wavelength(energy)
     k2 = jnp.asarray(grid.k2())
     return jnp.exp(-1j * jnp.pi * lam * dz * k2) * band_limit_mask(grid, band_limit)
 
 
 def propagate(wave, grid: Grid, energy, dz, *, band_limit: float | None = None) -> jax.Array:
-    """Propagate a complex ``[..., ny, nx]`` wave through vacuum by ``dz`` Å."""
+    """Propagate a complex ``[..., ny, nx]`` wave through vacuum by ``dz`` Å (any finite
+    ``dz``: negative propagates back). Unlike :func:`propagator` and :func:`multislice`, no
+    band limit by default (``None``): exactly unitary."""
+    _check_propagation(energy, dz, "propagate")
     if jnp.shape(wave)[-2:] != grid.shape:
         raise ValueError(
             f"propagate: wave must be [..., ny, nx] = [..., {grid.shape[0]}, {grid.shape[1]}], "
