@@ -230,3 +230,20 @@ def test_slab_and_wire_cell_list_path_matches_dense_and_dscribe(make, monkeypatc
     np.testing.assert_allclose(out, dense, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(again, out, rtol=1e-10, atol=1e-10)
     assert _rel_err(out, ref.create(atoms)) < 1e-6
+
+
+@pytest.mark.parametrize("zeta", [130.0, 200.5])
+def test_large_zeta_matches_dscribe_with_finite_gradients(zeta):
+    """2^(1-zeta) underflowed to 0 and (1 + lambda cos)^zeta overflowed to inf in float32
+    from zeta ~ 128: every G4/G5 feature (every species-pair block) and gradient was NaN."""
+    atoms = Atoms("HOH", [[0, 0, 0], [1.0, 0.2, 0], [2.0, 0, 0]])
+    g4, g5 = [[0.01, zeta, 1.0]], [[0.02, zeta, 1.0]]
+    ref = dscribe.ACSF(r_cut=4.0, g4_params=g4, g5_params=g5, species=["H", "O"])
+    ours = ACSF(["H", "O"], 4.0, g4_params=g4, g5_params=g5)
+    want = ref.create(atoms)
+    got = ours.create(atoms)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    x = jnp.asarray(atoms.get_positions(), jnp.float32)
+    species = ours.encode_species(atoms.get_chemical_symbols())
+    grad = jax.grad(lambda q: ours.fn(q, species).sum())(x)
+    assert np.all(np.isfinite(np.asarray(grad)))

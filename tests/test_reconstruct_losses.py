@@ -6,10 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import bulk
 
+from jaxsci.descriptors import ACSF
 from jaxsci.geometry import perpendicular_widths
-from jaxsci.reconstruct.losses import min_image, repulsion
+from jaxsci.reconstruct import reconstruct
+from jaxsci.reconstruct.losses import feature_scales, min_image, repulsion
 
 FCC_PRIMITIVE = np.asarray(bulk("Pt", "fcc", a=3.92).cell)  # 60 degree angles
 SHEARED = np.array([[4.0, 0.0, 0.0], [3.2, 2.0, 0.0], [0.0, 0.0, 5.0]])  # user probe p22
@@ -69,3 +72,18 @@ def test_periodic_repulsion_sees_close_pair_across_skewed_boundary():
     g = np.asarray(jax.grad(lambda x: repulsion(x, dmin, SHEARED))(pos))
     assert np.all(np.isfinite(g))
     assert np.dot(g[1], sep) < 0 and np.dot(g[0], sep) > 0
+
+
+def test_an_all_zero_target_is_reconstructed():
+    """Every atom farther than r_cut from the others: the per-feature scales floored at 1e-38,
+    which float32 flushes to 0, and the search's 0/0 loss raised FloatingPointError."""
+    atoms = Atoms("Pt2Au", [[0, 0, 0], [2.7, 0, 0], [0, 2.7, 0]])
+    acsf = ACSF(["Pt", "Au"], 2.0, g2_params=[[0.1, 0.0]])  # r_cut below every bond
+    target = acsf.create(atoms)
+    assert not target.any()
+    np.testing.assert_array_equal(feature_scales(target), np.ones(target.shape[1]))
+    res = reconstruct(
+        target, atoms.get_chemical_symbols(), acsf, key=jax.random.key(0), n_starts=4,
+        time_limit=None, max_rounds=2,
+    )  # fmt: skip
+    assert res.success and res.error == 0.0

@@ -70,6 +70,16 @@ def _power(base: Array, zeta: float) -> Array:
     return jnp.where(pos, jnp.exp(zeta * jnp.log(jnp.where(pos, base, 1.0))), 0.0)
 
 
+def _angular(cos: Array, zeta: float, lam: float) -> Array:
+    """``2^(1-zeta) (1 + lambda cos)^zeta``. For zeta >= 64 as ``2 ((1 + lambda cos) / 2)^zeta``:
+    the first form underflows ``2^(1-zeta)`` to 0 and overflows the power to inf in float32
+    from zeta ~ 128 (0 * inf = NaN in every feature and gradient); below, the first form,
+    bit for bit as before."""
+    if zeta < 64:
+        return 2.0 ** (1.0 - zeta) * _power(_base(1.0 + lam * cos, zeta), zeta)
+    return 2.0 * _power(_base(0.5 + 0.5 * lam * cos, zeta), zeta)
+
+
 def _base(base: Array, zeta: float) -> Array:
     """``1 + lambda cos`` as the power's base: kept as is for integer zeta (negative only for
     |lambda| > 1; then DScribe's sign, as the moment path for zeta <= 6 gives), clipped at 0
@@ -98,10 +108,7 @@ def _angular_sums(
     """Sum over ordered (j != k) of prefactor * angular * a_ij a_ik [* e_jk]: [C, S, S, P]."""
     etas, eta_of = unique([p[0] for p in params])
     zls, zl_of = unique([(p[1], p[2]) for p in params])
-    ang = jnp.stack(
-        [2.0 ** (1.0 - z) * _power(_base(1.0 + lam * cos, z), z) for z, lam in zls],
-        axis=-1,
-    )  # [C, K, K, A]
+    ang = jnp.stack([_angular(cos, z, lam) for z, lam in zls], axis=-1)  # [C, K, K, A]
     ang = jnp.where(pair_ok[..., None], ang, 0.0)
     per_eta = []
     for eta in etas:

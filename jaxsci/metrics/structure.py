@@ -18,6 +18,7 @@ atomic numbers are then used as species when none are given.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -269,7 +270,11 @@ def align(
     if p.shape != q.shape:
         raise ValueError(f"align: atom counts differ: {len(p)} vs {len(q)}")
     if sorted(sp.tolist()) != sorted(sq.tolist()):
-        raise ValueError("align: species compositions differ")
+        count = lambda a: dict(sorted(Counter(a.tolist()).items()))  # noqa: E731
+        raise ValueError(
+            f"align: species compositions differ: {count(sp)} (positions) vs {count(sq)} "
+            "(reference), species: count"
+        )
     cp, cq = p.mean(0), q.mean(0)
     p0, q0 = p - cp, q - cq
     groups = [(np.flatnonzero(sp == s), np.flatnonzero(sq == s)) for s in np.unique(sq)]

@@ -32,10 +32,15 @@ Array = jax.Array
 
 def feature_scales(target: np.ndarray) -> np.ndarray:
     """Per-feature scale ``[F]``: standard deviation of the target column over atoms,
-    floored at 1e-2 of its mean magnitude (so constant columns still count)."""
+    floored at 1e-2 of its mean magnitude (so constant columns still count) and at 1e-8 of
+    the largest one. An all-zero target (every atom farther than ``r_cut`` from the others)
+    has no magnitude to scale by: ones (its 1e-38 floor was flushed to 0 in float32, and
+    0/0 made the search's loss NaN)."""
     t = np.asarray(target, dtype=np.float64)
     mag = np.abs(t).mean(0)
-    floor = np.maximum(1e-2 * mag, 1e-8 * max(float(mag.max()), 1e-30))
+    if not mag.max() > 0:
+        return np.ones_like(mag)
+    floor = np.maximum(1e-2 * mag, 1e-8 * float(mag.max()))
     return np.maximum(t.std(0), floor)
 
 
