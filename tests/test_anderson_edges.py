@@ -97,6 +97,28 @@ def test_meta_gradient_through_a_converged_run_is_finite(history):
     assert np.isfinite(float(jax.grad(final_loss)(0.5)))
 
 
+@pytest.mark.parametrize("history", ["orthogonal", "window"])
+@pytest.mark.parametrize("with_value", [True, False])
+def test_meta_gradient_from_the_optimum_is_finite(history, with_value):
+    """Every norm 0 from the first step: the trust-region ratio a / max(||d||, tiny) has the
+    derivative -a / tiny^2 = 0 / 0 in float32, and the window's Gram matrix is singular."""
+    unit = lambda p: 0.5 * jnp.sum((p - C) ** 2)  # noqa: E731
+
+    def final_loss(lr):
+        tx = anderson(optax.sgd(lr), history=history)
+
+        def body(carry, _):
+            p, s = carry
+            v, g = jax.value_and_grad(unit)(p)
+            u, s = tx.update(g, s, p, value=v) if with_value else tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, _), _ = jax.lax.scan(body, (C, tx.init(C)), None, length=5)
+        return unit(p)
+
+    assert float(jax.grad(final_loss)(0.5)) == 0.0
+
+
 def test_meta_gradient_of_a_short_run_matches_finite_differences():
     def final_loss(lr):
         tx = anderson(optax.sgd(lr))

@@ -119,6 +119,11 @@ def window(m: int, regularization: float) -> Insert:
         row = jnp.where(slot, yy, c[:, 0]) * valid
         gram = state.gram.at[head, :].set(row).at[:, head].set(row)
         rhs = jnp.where(slot, yu, c[:, 1]) * valid
+        # a row of y = 0 (no residual change) solves as an empty one: gamma_i = <y_i, u> = 0
+        # either way, but with every row 0 the ridge is 0 and the matrix singular (NaN
+        # derivatives under jax.grad)
+        valid = valid & (jnp.diag(gram) > 0)
+        rhs = rhs * valid
         g = jnp.where(valid[:, None] & valid[None, :], gram, 0.0)
         lam = regularization * jnp.sum(jnp.diag(g)) / jnp.maximum(jnp.sum(valid), 1)
         eye = jnp.eye(m, dtype=dt)

@@ -96,7 +96,9 @@ class ScaleByAndersonState(NamedTuple):
     properties, not fields, so ``optax.tree_utils.tree_get(state, "n_accelerated")`` does
     not find them; nor does ``optax.tree_utils.tree_map_params`` apply (the history is
     ``[m, ...]`` per leaf, not shaped like the params). Checkpoint with Orbax, pickle or
-    ``flax.serialization`` (the static ``spec`` comes from the target on restore).
+    ``flax.serialization`` (the static ``spec`` comes from the target on restore; its
+    handler is registered by ``init`` and ``update`` once ``flax.serialization`` is loaded:
+    import it before them).
     """
 
     ints: jax.Array  # int32 [14 + m]: INTS, BOOLS (0/1), then valid history rows (0/1)

@@ -551,10 +551,12 @@ def scale_by_anderson(
         else:
             d_ok = _tree.all_finite(d)
         if checked:  # extrapolations judged next step: trust region, adapted by the check
-            nd = _tree.safe_sqrt(nd2)  # (safe_sqrt: finite jax.grad where a norm is 0)
-            shrink = jnp.minimum(
-                1.0, state.trust * _tree.safe_sqrt(nu2) / jnp.maximum(nd, jnp.finfo(dt).tiny)
-            )
+            # ||d|| = 0: nothing to shrink (and no a / tiny, whose derivative -a / tiny^2 is
+            # 0 / 0 in float32: jax.grad through a step at the optimum was NaN)
+            nd = _tree.safe_sqrt(nd2)
+            pos = nd > 0
+            ratio = state.trust * _tree.safe_sqrt(nu2) / jnp.where(pos, nd, 1.0)
+            shrink = jnp.where(pos, jnp.minimum(1.0, ratio), 1.0)
             d = jax.tree_util.tree_map(lambda a: (a * shrink).astype(a.dtype), d)
         return d, d_ok, du, shrink
 
@@ -586,6 +588,7 @@ def scale_by_anderson(
 
     def update_fn(updates, state, params=None, *, value=None, grad=None, **extra_args):
         del extra_args  # optax convention: extra args of other transforms are ignored
+        register_flax_serialization()  # flax.serialization may be loaded after init
         params, value = check_update(state, updates, params, grad, value)
         if not state.spec.shapes:  # no parameters: nothing to accelerate
             return updates, state

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,14 +110,22 @@ def _dtype_name(leaf: Any) -> str:
     return np.dtype(dtype if dtype is not None else np.result_type(leaf)).name
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def tree_signature(tree: Any) -> tuple[str, list[str]]:
-    """Hash of a pytree's structure, shapes and dtypes, and the per-leaf descriptions hashed."""
+    """Hash of a pytree's structure, shapes and dtypes, and the per-leaf descriptions hashed.
+
+    Memory addresses in the structure's text (a function or object in a node's static data,
+    e.g. ``jax.tree_util.Partial``: ``<function f at 0x7f...>``) are left out: they differ
+    between processes holding the same tree."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     desc = [
         f"{jax.tree_util.keystr(path)}:{_dtype_name(leaf)}{list(np.shape(leaf))}"
         for path, leaf in leaves
     ]
-    text = str(jax.tree.structure(tree)) + "|" + ";".join(desc)
+    structure = _ADDRESS.sub("", str(jax.tree.structure(tree)))
+    text = structure + "|" + ";".join(desc)
     return hashlib.sha256(text.encode()).hexdigest(), desc
 
 

@@ -38,9 +38,10 @@ buffer per dtype instead of the leaves, and silently do something else. Among th
 ``optax.masked`` and ``multi_transform``, ``adamw(mask=...)`` / ``add_decayed_weights(mask=...)``
 (a mask callable sees the 1-D buffers: ``x.ndim > 1`` masks everything out), per-layer trust
 ratios (``lamb``, ``lars``, ``scale_by_trust_ratio``), and ``adafactor`` (factored by leaf
-shape). ``init`` warns (UserWarning) when it finds a mask that differs between the tree and
-the buffers, or one of those per-layer transforms; elementwise transforms and global ones (SGD,
-Adam, ``clip_by_global_norm``, :func:`jaxsci.optim.anderson`) are the same either way.
+shape), ``novograd``, ``sm3``, block norms. The first ``init`` runs two updates of the
+optimizer on the leaves and two on the buffers (made-up gradients) and warns (UserWarning)
+when they differ beyond rounding; elementwise transforms and global ones (SGD, Adam,
+``clip_by_global_norm``, :func:`jaxsci.optim.anderson`) agree either way.
 
 Hybrid (several local devices and several processes): mpi4jax calls cannot run inside a
 multi-device program, so the step runs three programs: gradients over the local mesh, the
@@ -49,7 +50,6 @@ cross-process all-reduce on the mesh's first device, and the (replicated) update
 
 from __future__ import annotations
 
-import functools
 import warnings
 import weakref
 from collections.abc import Callable
@@ -97,80 +97,65 @@ class DataParallelState(NamedTuple):
     loss_scale: LossScaleState | None
 
 
-def _free_comm(comm: Any) -> None:
-    """``comm.Free()`` unless MPI is already finalized (a finalizer at interpreter exit)."""
+def _free_comm(comm: Any, inflight: list) -> None:
+    """``comm.Free()`` once the last step dispatched on it has finished (``inflight[0]``: its
+    outputs; ``step`` returns before its all-reduces run, and freeing under them made MPICH
+    report an invalid communicator and the step return garbage), unless MPI is already
+    finalized (a finalizer at interpreter exit)."""
     from mpi4py import MPI
 
+    for leaf in jax.tree_util.tree_leaves(inflight[0]):
+        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+            leaf.block_until_ready()  # (a deleted one was donated to a later, finished step)
+    inflight[0] = None
     if not MPI.Is_finalized() and comm != MPI.COMM_NULL:
         comm.Free()
 
 
-# optax transforms computing per-leaf statistics (trust ratios, factored second moments): on
-# a flat buffer they compute one statistic per dtype instead; matched by the name of the
-# function that built them (``lamb.<locals>...``, or a factory held by inject_hyperparams)
-_PER_LEAF_STATS = frozenset(
-    {"scale_by_trust_ratio", "scale_by_factored_rms", "lamb", "lars", "adafactor", "fromage"}
-)
-# per-leaf selections, and the name of the closure variable holding the mask / labels
-_PER_LEAF_MASKS = {"masked": "mask", "multi_transform": "param_labels", "partition": "param_labels"}
+def _per_leaf_difference(tx: optax.GradientTransformation, params: Any, layout: FlatLayout):
+    """Largest relative difference between ``tx``'s first two updates on the parameter tree
+    and on its flat buffers, for the same made-up gradients; ``None`` when ``tx`` cannot
+    run outside the trainer (no verdict).
 
+    Any transform that treats leaves differently (a mask or labels chosen per leaf, a
+    trust ratio, a factored or per-block moment) gives other updates on the buffers;
+    elementwise and global ones agree to rounding. The gradients vary in size from leaf to
+    leaf, so per-leaf norms differ; two steps, as some (SM3) differ only once they have
+    accumulated statistics.
+    """
+    leaves = jax.tree.leaves(params)
+    treedef = jax.tree.structure(params)
 
-def _closure_vars(fn: Any) -> dict[str, Any]:
-    out = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
-        try:
-            out[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            pass
-    return out
+    def made_up(phase: float) -> Any:
+        return jax.tree.unflatten(
+            treedef,
+            [
+                ((i + 1.0) * jnp.sin(0.37 * jnp.arange(x.size) + i + phase))
+                .reshape(x.shape)
+                .astype(x.dtype)
+                for i, x in enumerate(leaves)
+            ],
+        )
 
+    def two_updates(p: Any, g1: Any, g2: Any) -> Any:
+        state = tx.init(p)
+        u, state = tx.update(g1, state, p, value=jnp.float32(1.0))
+        u, _ = tx.update(g2, state, optax.apply_updates(p, u), value=jnp.float32(0.9))
+        return u
 
-def _selection_differs(select: Any, tree: Any, flat: Any) -> bool:
-    """Whether a mask / label callable gives anything but one value for every leaf of the
-    tree and every flat buffer (then the flat buffers are treated differently)."""
+    tx = optax.with_extra_args_support(tx)
+    g1, g2 = made_up(0.0), made_up(1.3)
     try:
-        values = jax.tree.leaves(select(tree)) + jax.tree.leaves(select(flat))
-        return len({v.item() if hasattr(v, "item") else v for v in values}) > 1
-    except Exception:  # noqa: BLE001  (no verdict)
-        return False
-
-
-def _per_leaf_transform(tx: Any, tree: Any, flat: Any) -> str | None:
-    """Describe a part of ``tx`` that treats leaves differently, found by walking the
-    closures of its functions (cheap: no tracing of the update); ``None`` if none."""
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> str | None:
-        if depth > 16 or id(obj) in seen:
-            return None
-        seen.add(id(obj))
-        if isinstance(obj, tuple | list):
-            children = list(obj[:64])
-        elif isinstance(obj, functools.partial):
-            children = [obj.func, *obj.args, *obj.keywords.values()]
-        elif callable(obj) and hasattr(obj, "__code__"):
-            name = getattr(obj, "__qualname__", "").split(".<locals>")[0]
-            if name in _PER_LEAF_STATS:
-                return f"optax's {name} (statistics per parameter leaf)"
-            free = _closure_vars(obj)
-            if name in _PER_LEAF_MASKS:
-                select = free.get(_PER_LEAF_MASKS[name])
-                if callable(select) and _selection_differs(select, tree, flat):
-                    return (
-                        f"a per-leaf {_PER_LEAF_MASKS[name]} callable (optax's {name}, e.g. "
-                        "adamw(mask=...)) that does not give the flat buffers what it gives "
-                        "your leaves"
-                    )
-            children = list(free.values())
-        else:
-            return None
-        for child in children:
-            found = visit(child, depth + 1)
-            if found is not None:
-                return found
+        on_tree = two_updates(params, g1, g2)
+        on_flat = two_updates(*(layout.flatten(t) for t in (params, g1, g2)))
+        a = [np.asarray(x, np.float64) for x in layout.flatten(on_tree)]
+        b = [np.asarray(x, np.float64) for x in jax.tree.leaves(on_flat)]
+    except Exception:  # noqa: BLE001  (a transform needing other arguments: no verdict)
         return None
-
-    return visit(tx, 0)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        return np.inf
+    scale = max(max((float(np.abs(x).max()) for x in a if x.size), default=0.0), 1e-30)
+    return max((float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)), default=0.0) / scale
 
 
 def _widen(tree: Any) -> Any:
@@ -228,6 +213,7 @@ class DataParallel:
         # or when the trainer is garbage-collected (MPICH allows ~2000 live communicators)
         self._comm: Any = None
         self._free_comm: weakref.finalize | None = None
+        self._inflight: list = [None]  # outputs of the last step (the finalizer waits on them)
         self.layout: FlatLayout | None = None
         if self.n_devices == 1:
             # one device: plain placement on it (not jit's default device, local device 0,
@@ -261,7 +247,7 @@ class DataParallel:
         if self._mpi and self._comm is None:
             # after every check that can fail on one rank only: every rank clones, or none
             self._comm = self.info.comm.Clone()
-            self._free_comm = weakref.finalize(self, _free_comm, self._comm)
+            self._free_comm = weakref.finalize(self, _free_comm, self._comm, self._inflight)
             self._step_fn = None  # a program built before close() holds the freed one
         store = layout.flatten(params) if self.flat else params
         # own copies: step() donates the state's buffers, never the caller's arrays
@@ -283,18 +269,17 @@ class DataParallel:
         self._comm, self._free_comm, self._step_fn = None, None, None
 
     def _warn_per_leaf_transform(self, params: Any, layout: FlatLayout) -> None:
-        """Warn when ``tx`` would treat the flat buffers differently from the leaves."""
-        tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        try:
-            flat = jax.eval_shape(layout.flatten, tree)
-        except Exception:  # noqa: BLE001  (no verdict)
-            return
-        found = _per_leaf_transform(self.tx, tree, flat)
-        if found is not None:
+        """Warn when ``tx`` treats the flat buffers differently from the leaves (two updates
+        on each, compared; relative difference above 1e-4: rounding is ~1e-7)."""
+        diff = _per_leaf_difference(self.tx, params, layout)
+        if diff is not None and diff > 1e-4:
             warnings.warn(
-                f"data_parallel(flat=True): the optimizer has {found}; in flat mode it sees "
-                "one 1-D buffer per dtype instead of your parameter leaves and computes "
-                "something else than on the tree. Use data_parallel(..., flat=False).",
+                "data_parallel(flat=True): the optimizer treats parameter leaves differently "
+                f"(its updates differ by {diff:.1e} of their size between your leaves and "
+                "the flat buffers: a per-leaf mask or labels, e.g. adamw(mask=...), or "
+                "per-leaf statistics, e.g. lamb, lars, adafactor, novograd). In flat mode "
+                "it sees one 1-D buffer per dtype and computes something else. Use "
+                "data_parallel(..., flat=False).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -585,7 +570,10 @@ class DataParallel:
         if self._step_fn is None:
             self._step_fn = self._build()
         batch = jax.device_put(batch, self._batch_sharding)  # the mesh's device(s)
-        return self._step_fn(state, batch)
+        out = self._step_fn(state, batch)
+        if self._mpi:  # close() / the finalizer wait for it before freeing the communicator
+            self._inflight[0] = out
+        return out
 
     # -- views ------------------------------------------------------------------------------
     def params(self, state: DataParallelState) -> Any:
@@ -651,8 +639,8 @@ def data_parallel(
         keeps the tree, needed for optax transforms that treat leaves differently, which in
         flat mode silently compute something else: ``adamw(mask=...)``,
         ``add_decayed_weights(mask=...)``, ``masked``, ``multi_transform``, ``lamb``,
-        ``lars``, ``adafactor`` (``init`` warns when it recognises one; see the module
-        docstring).
+        ``lars``, ``adafactor``, ``novograd`` (``init`` compares two updates on each
+        layout and warns when they differ; see the module docstring).
       broadcast_params: ``init`` copies rank 0's parameter values to every rank.
     """
     # a bad value fails here, with or without MPI; aliases ("bf16") become dtypes

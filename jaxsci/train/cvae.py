@@ -28,7 +28,7 @@ from jaxsci.models.cvae import (
     make_eval_fn,
     with_validation,
 )
-from jaxsci.train.checkpoint import Checkpointer, normalize_settings
+from jaxsci.train.checkpoint import Checkpointer, check_settings, normalize_settings
 from jaxsci.train.loop import FitResult, fit
 
 __all__ = ["check_resume", "train_cvae"]
@@ -89,8 +89,9 @@ def train_cvae(
       checkpoint_dir: Orbax checkpoints every ``checkpoint_every`` epochs and at the end,
         the ``keep`` newest kept, each with ``settings`` in its metadata. If the folder
         holds checkpoints, training resumes from the newest and ends with the parameters
-        of the uninterrupted run; made with other ``settings``, or past ``epochs``, it is
-        refused (``ValueError``) before anything is written. ``None``: no checkpoints.
+        of the uninterrupted run; made with other ``settings``, another ``batch_size``,
+        ``beta``, ``seed`` or model shape, or past ``epochs``, it is refused
+        (``ValueError``) before anything is written. ``None``: no checkpoints.
       settings: JSON-able description of the run to store and check on resume (e.g. the
         data, model and optimizer settings; not ``epochs``, which a resume may raise).
       metrics_path: JSON-lines file of per-epoch metrics (continued on resume).
@@ -128,8 +129,25 @@ def train_cvae(
     if checkpoint_dir is None:
         return fit(init, epoch_fn, **run)
     check_resume(checkpoint_dir, saved, epochs)
-    metadata = {"settings": saved} if saved is not None else None
+    # its own arguments too, whatever the caller's settings hold: a resume with another
+    # batch size, beta, seed or model would mix two runs
+    own = normalize_settings(
+        {
+            "batch_size": batch_size,
+            "beta": beta,
+            "seed": seed,
+            "data_dim": model.data_dim,
+            "cond_dim": c.shape[1],
+            "latent_dim": model.latent_dim,
+            "hidden": model.hidden,
+        }
+    )
+    metadata = {"train_cvae": own, **({"settings": saved} if saved is not None else {})}
     with Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep) as ckpt:
+        latest = ckpt.latest_step()
+        if latest is not None and "train_cvae" in ckpt.metadata(latest):
+            where = f"the checkpoint at epoch {latest} in {checkpoint_dir}"
+            check_settings(ckpt.metadata(latest)["train_cvae"], own, where)
         state, start = ckpt.resume(init)
 
         def save(epoch: int, st: CVAEState, _metrics: Mapping[str, float]) -> None:
