@@ -308,7 +308,12 @@ def tree_allreduce(
         shapes, dtypes) across ranks: one small host ``allgather`` of a hash (tens of
         microseconds), so a mismatch is the same ValueError on every rank, naming the first
         differing rank, instead of silent garbage. Ignored inside ``jit``, where the
-        leaves are tracers (check once outside, or call :func:`check_same_tree`).
+        leaves are tracers (check once outside, or call :func:`check_same_tree`). The check
+        is a host collective on ``comm``, so a checked call waits for its own reduction
+        before it returns; if other device collectives on ``comm`` may still be running (a
+        jitted step dispatched just before), block on their results first or pass
+        ``check=False``: MPI matches collectives on a communicator by call order, which
+        asynchronous dispatch does not fix.
 
     Returns:
       A tree like ``tree`` holding the reduction; identical on every rank.
@@ -319,7 +324,9 @@ def tree_allreduce(
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [jnp.asarray(leaf) for leaf in leaves]  # Python scalars too
     size, comm, active = _resolve_comm(comm)
-    if active and check and size > 1 and not any(isinstance(x, jax.core.Tracer) for x in leaves):
+    checked = active and check and size > 1
+    checked = checked and not any(isinstance(x, jax.core.Tracer) for x in leaves)
+    if checked:
         # first, so that the dtype checks below fail on every rank or on none
         from jaxsci.parallel.bootstrap import bootstrap
 
@@ -373,4 +380,7 @@ def tree_allreduce(
             wide = jnp.promote_types(value.dtype, dtypes[i])
             value = value.astype(wide) / jnp.asarray(size, wide)
         out.append(value.astype(dtypes[i]).reshape(jnp.shape(leaf)))
-    return jax.tree.unflatten(treedef, out)
+    result = jax.tree.unflatten(treedef, out)
+    if checked:  # eager: done before returning, so a later call's host check never runs
+        jax.block_until_ready(result)  # on the communicator under this call's reduction
+    return result
