@@ -18,17 +18,24 @@ def quadratic(p):
     return 0.5 * jnp.sum(A * (p - C) ** 2)
 
 
-def run(tx, n, scales):
-    """``n`` steps from zero, the gradient multiplied by ``scales[i]`` at step ``i``."""
-    p = jnp.zeros(20)
+def descend(tx, f, p0, n, scales=None, with_value=True):
+    """``n`` scanned steps of ``tx`` on ``f`` from ``p0`` (the gradient times ``scales[i]``
+    at step ``i``); returns the final params and state."""
 
     def body(carry, scale):
         p, s = carry
-        v, g = jax.value_and_grad(quadratic)(p)
-        u, s = tx.update(g * scale, s, p, value=v)
+        v, g = jax.value_and_grad(f)(p)
+        g = g if scale is None else g * scale
+        u, s = tx.update(g, s, p, value=v) if with_value else tx.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
 
-    (p, s), _ = jax.lax.scan(body, (p, tx.init(p)), scales, length=n)
+    (p, s), _ = jax.lax.scan(body, (p0, tx.init(p0)), scales, length=n)
+    return p, s
+
+
+def run(tx, n, scales):
+    """``n`` steps on the quadratic from zero; returns the final loss and state."""
+    p, s = descend(tx, quadratic, jnp.zeros(20), n, scales)
     return float(quadratic(p)), s
 
 
@@ -58,17 +65,8 @@ def test_a_learning_rate_of_zero_at_warm_restarts_does_not_freeze_the_iterate():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_sixteen_bit_params_are_still_accelerated(dtype):
     """The no-step bar is capped at 1e-3 of the inner step: 1000 eps is ~1 in 16 bits."""
-    tx = anderson(optax.sgd(1.0))
-    p = jnp.zeros(20, dtype)
     f = lambda p: quadratic(p.astype(jnp.float32))  # noqa: E731
-
-    def body(carry, _):
-        p, s = carry
-        v, g = jax.value_and_grad(f)(p)
-        u, s = tx.update(g, s, p, value=v)
-        return (optax.apply_updates(p, u), s), None
-
-    (p, s), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=60)
+    p, s = descend(anderson(optax.sgd(1.0)), f, jnp.zeros(20, dtype), 60)
     plain = run(optax.sgd(1.0), 60, jnp.ones(60))[0]
     assert p.dtype == dtype
     assert int(s.anderson_state.n_accelerated) >= 20
@@ -82,16 +80,7 @@ def test_meta_gradient_through_a_converged_run_is_finite(history):
 
     def final_loss(lr):
         tx = anderson(optax.sgd(lr), history=history)
-        p = jnp.zeros(20)
-
-        def body(carry, _):
-            p, s = carry
-            v, g = jax.value_and_grad(quadratic)(p)
-            u, s = tx.update(g, s, p, value=v)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=40)
-        return quadratic(p)
+        return quadratic(descend(tx, quadratic, jnp.zeros(20), 40)[0])
 
     assert float(final_loss(0.5)) < 1e-10  # converged: the case that gave NaN
     assert np.isfinite(float(jax.grad(final_loss)(0.5)))
@@ -106,32 +95,14 @@ def test_meta_gradient_from_the_optimum_is_finite(history, with_value):
 
     def final_loss(lr):
         tx = anderson(optax.sgd(lr), history=history)
-
-        def body(carry, _):
-            p, s = carry
-            v, g = jax.value_and_grad(unit)(p)
-            u, s = tx.update(g, s, p, value=v) if with_value else tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, _), _ = jax.lax.scan(body, (C, tx.init(C)), None, length=5)
-        return unit(p)
+        return unit(descend(tx, unit, C, 5, with_value=with_value)[0])
 
     assert float(jax.grad(final_loss)(0.5)) == 0.0
 
 
 def test_meta_gradient_of_a_short_run_matches_finite_differences():
     def final_loss(lr):
-        tx = anderson(optax.sgd(lr))
-        p = jnp.zeros(20, jnp.float32)
-
-        def body(carry, _):
-            p, s = carry
-            v, g = jax.value_and_grad(quadratic)(p)
-            u, s = tx.update(g, s, p, value=v)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=6)
-        return quadratic(p)
+        return quadratic(descend(anderson(optax.sgd(lr)), quadratic, jnp.zeros(20), 6)[0])
 
     h = 1e-2
     fd = (final_loss(0.5 + h) - final_loss(0.5 - h)) / (2 * h)

@@ -14,8 +14,8 @@ from jaxsci.optim import _tree
 PyTree = Any
 
 
-def python_scalars(**options: object) -> tuple:
-    """The options' values, a concrete 0-d NumPy / JAX array as the Python scalar it holds
+def python_scalars(**options: object) -> dict:
+    """The options, a concrete 0-d NumPy / JAX array as the Python scalar it holds
     (what ``optax.inject_hyperparams`` passes); other values unchanged. The options shape
     the program (buffer sizes, branches), so a traced one cannot be used: ``ValueError``
     naming every traced option at once."""
@@ -33,7 +33,7 @@ def python_scalars(**options: object) -> tuple:
         if isinstance(v, jax.Array | np.ndarray | np.generic) and np.ndim(v) == 0
         else v
     )
-    return tuple(scalar(v) for v in options.values())
+    return {name: scalar(v) for name, v in options.items()}
 
 
 def check_args(

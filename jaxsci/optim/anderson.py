@@ -286,23 +286,7 @@ def scale_by_anderson(
     us against 5.6; 40-71 against 17-30) (RESULTS.md, #5). For problems of a few thousand
     weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
     """
-    (
-        memory,
-        regularization,
-        beta,
-        beta_max,
-        frequency,
-        warmup,
-        safeguard,
-        safeguard_memory,
-        average,
-        average_window,
-        average_threshold,
-        max_backoff,
-        loss_margin,
-        stretch,
-        noise_test,
-    ) = python_scalars(
+    options = python_scalars(
         memory=memory,
         regularization=regularization,
         beta=beta,
@@ -319,23 +303,23 @@ def scale_by_anderson(
         stretch=stretch,
         noise_test=noise_test,
     )
-    check_args(
-        memory,
-        regularization,
-        beta,
-        beta_max,
-        frequency,
-        warmup,
-        safeguard,
-        safeguard_memory,
-        average,
-        average_window,
-        average_threshold,
-        history,
-        max_backoff,
-        loss_margin,
-        stretch,
-        noise_test,
+    check_args(history=history, **options)
+    memory, regularization, beta, beta_max, frequency, warmup = (
+        options[k] for k in ("memory", "regularization", "beta", "beta_max", "frequency", "warmup")
+    )
+    safeguard, safeguard_memory, average = (
+        options[k] for k in ("safeguard", "safeguard_memory", "average")
+    )
+    average_window, average_threshold, max_backoff, loss_margin, stretch, noise_test = (
+        options[k]
+        for k in (
+            "average_window",
+            "average_threshold",
+            "max_backoff",
+            "loss_margin",
+            "stretch",
+            "noise_test",
+        )
     )
     if layout not in ("auto", "flat", "tree"):
         raise ValueError(f"anderson: layout must be 'auto', 'flat' or 'tree', got {layout!r}")
