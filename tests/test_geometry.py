@@ -313,3 +313,59 @@ def test_cell_list_of_zero_atoms_is_empty():
         (0, 1, 0, 0, 0),
         (1, 0, 0, 0, 0),
     }
+
+
+def test_image_slots_finds_neighbours_of_unwrapped_positions():
+    """An atom stored a period out: its neighbour 1 A away across the boundary was missed
+    (the images reached r_cut only from atoms inside the cell)."""
+    from jaxsci.geometry import count_within, image_slots
+
+    cell = np.eye(3) * 10.0
+    pos = jnp.asarray([[0.5, 0.0, 0.0], [19.5, 0.0, 0.0]])  # 1 A apart through the boundary
+    np.testing.assert_array_equal(count_within(image_slots(pos, cell, 3.0), 3.0), [1, 1])
+    rng = np.random.default_rng(0)
+    tri = np.array([[7.0, 0.0, 0.0], [2.0, 6.5, 0.0], [1.0, -1.5, 6.0]])
+    frac = rng.uniform(-1.5, 2.5, size=(12, 3))  # most atoms outside the cell
+    out = frac @ tri
+    inside = (frac % 1.0) @ tri
+    got = count_within(image_slots(jnp.asarray(out), tri, 4.0), 4.0)
+    want = count_within(image_slots(jnp.asarray(inside), tri, 4.0), 4.0)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("r_cut", [float("nan"), float("inf"), -1.0, 0.0, True])
+def test_neighbour_helpers_refuse_a_bad_cutoff(r_cut):
+    from jaxsci.geometry import cell_list_usable, image_shifts, neighbor_capacity
+
+    cell = np.eye(3) * 10.0
+    for call in (
+        lambda: image_shifts(cell, r_cut),
+        lambda: cell_list_usable(cell, r_cut),
+        lambda: neighbor_capacity(4, cell, r_cut),
+    ):
+        with pytest.raises(ValueError, match="r_cut"):
+            call()
+
+
+def test_a_nearly_flat_cell_is_refused_not_expanded_into_billions_of_images():
+    from jaxsci.geometry import image_shifts
+
+    flat = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [5.0, 5.0, 1e-9]])
+    with pytest.raises(ValueError, match="nearly singular"):
+        image_shifts(flat, 6.0)
+
+
+def test_neighbor_capacity_names_the_real_problem():
+    from jaxsci.geometry import neighbor_capacity
+
+    cell = np.eye(3) * 10.0
+    pos = np.zeros((2, 3))
+    pos[1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        neighbor_capacity(2, cell, 3.0, positions=pos)
+    with pytest.raises(ValueError, match="n_atoms must be an int"):
+        neighbor_capacity(2.5, cell, 3.0)
+    with pytest.raises(ValueError, match="multiplier"):
+        neighbor_capacity(2, cell, 3.0, multiplier=-1.0)
+    with pytest.raises(ValueError, match="3x3"):
+        neighbor_capacity(2, np.ones(3), 3.0)

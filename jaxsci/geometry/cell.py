@@ -88,10 +88,35 @@ def image_multipliers(
     Exact for atoms inside the cell (fractional coordinates in [0, 1)); zero for non-periodic
     axes, whose rows may be zero (ase's slabs). Same rule as DScribe's system extension.
     """
+    check_r_cut(r_cut, "image_multipliers")
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    validate_cell(cell, pbc)  # a nearly flat cell asked for ~1e9 images per axis
     widths = perpendicular_widths(complete_nonperiodic(np.asarray(cell, np.float64), pbc))
-    n = np.ceil(r_cut / widths).astype(np.int64)
-    return np.where(pbc, n, 0)
+    n = np.where(pbc, np.ceil(r_cut / widths), 0)
+    if np.any(n > _MAX_IMAGES):  # (2n + 1)^3 images: a near-singular cell, not a crystal
+        axis = int(np.argmax(n))
+        raise ValueError(
+            f"image_multipliers: the cell is {widths[axis]:.3g} A thin along axis {axis}: "
+            f"{n[axis]:.3g} images per side would reach r_cut = {r_cut} A; the cell is nearly "
+            "singular (check its lattice vectors)"
+        )
+    return n.astype(np.int64)
+
+
+_MAX_IMAGES = 1000  # periodic copies per side and axis beyond which a cell is refused
+
+
+def check_r_cut(r_cut: object, where: str) -> None:
+    """``ValueError`` unless a concrete ``r_cut`` is a finite number > 0 (Angstrom); traced
+    values pass. NaN gave no images (an empty list), inf an int64-min count, and a negative
+    cutoff was squared into a positive one."""
+    if isinstance(r_cut, jax.core.Tracer):
+        return
+    ok = isinstance(r_cut, int | float | np.integer | np.floating) and not isinstance(
+        r_cut, bool | np.bool_
+    )
+    if not (ok and np.isfinite(r_cut) and r_cut > 0):
+        raise ValueError(f"{where}: r_cut must be a finite number > 0 (Angstrom), got {r_cut!r}")
 
 
 def image_shifts(cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)) -> np.ndarray:

@@ -27,9 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.geometry.cell import (
+    check_r_cut,
     complete_nonperiodic,
+    image_multipliers,
     image_shifts,
+    lattice_shifts,
     perpendicular_widths,
     validate_cell,
     wrap_positions,
@@ -86,6 +90,7 @@ def dense_slots(
 
 def count_within(slots: Slots, r_cut: float) -> Array:
     """Number of valid slots within ``r_cut`` [C] per centre."""
+    check_r_cut(r_cut, "count_within")
     r2 = jnp.sum(slots.disp**2, axis=-1)
     return jnp.sum(slots.valid & (r2 <= r_cut * r_cut), axis=-1)
 
@@ -101,6 +106,7 @@ def max_neighbor_count(
     (host side, float64). positions: [N, 3] inside the cell (Angstrom); shifts: [M, 3]
     integer lattice shifts that reach r_cut (:func:`image_shifts`); mask: [N] bool, atoms
     that count. Atoms are assumed distinct (the zero-shift self pair is the one removed)."""
+    check_r_cut(r_cut, "max_neighbor_count")
     pos = np.asarray(positions, dtype=np.float64)
     if mask is not None:
         pos = pos[np.asarray(mask, bool)]
@@ -140,18 +146,27 @@ def neighbor_capacity(
     farthest ones; ``ACSF.fn`` raises (concrete input) or flags (under jit) the overflow.
     """
     pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
-    if n_atoms < 1 or not np.isfinite(r_cut) or r_cut <= 0:
+    check_r_cut(r_cut, "neighbor_capacity")
+    if not is_int_at_least(n_atoms, 1):
+        raise ValueError(f"neighbor_capacity: n_atoms must be an int >= 1, got {n_atoms!r}")
+    if not (np.isfinite(multiplier) and multiplier > 0) or not is_int_at_least(extra, 0):
         raise ValueError(
-            f"neighbor_capacity: need n_atoms >= 1 and r_cut > 0 (got {n_atoms}, {r_cut})"
+            f"neighbor_capacity: need multiplier > 0 and an int extra >= 0, got {multiplier!r}, "
+            f"{extra!r}"
         )
+    try:  # a clear error for a malformed or singular cell
+        full = validate_cell(cell, pbc)
+    except ValueError as err:
+        raise ValueError(f"neighbor_capacity: {err}") from err
     if positions is not None:
         pos = np.asarray(positions, dtype=np.float64)
-        if pos.shape != (n_atoms, 3) or not np.all(np.isfinite(pos)):
+        if pos.shape != (n_atoms, 3):
             raise ValueError(
                 f"neighbor_capacity: positions must be a finite [{n_atoms}, 3] array "
                 f"(Angstrom), got shape {pos.shape}"
             )
-        full = validate_cell(cell, pbc)
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("neighbor_capacity: positions contain NaN or inf")
         count = max_neighbor_count(
             wrap_positions(pos, full, pbc), full, image_shifts(full, r_cut, pbc), r_cut
         )
@@ -213,6 +228,7 @@ def cell_list_usable(cell: np.ndarray, r_cut: float, pbc: object = (True, True, 
     """Whether a cell list can serve ``cell`` [3, 3] (Angstrom, validated): every periodic
     axis is at least ``r_cut`` wide (perpendicular, in-plane for slabs and wires; see
     :func:`jaxsci.geometry.complete_nonperiodic`). Non-periodic axes always can."""
+    check_r_cut(r_cut, "cell_list_usable")
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     widths = perpendicular_widths(complete_nonperiodic(np.asarray(cell, np.float64), pbc))
     return bool(np.all(widths[pbc] >= r_cut))
@@ -400,6 +416,18 @@ def image_slots(
     pbc: object = (True, True, True),
     mask: Array | None = None,
 ) -> Slots:
-    """Dense slots over every periodic image within reach of ``r_cut`` (cell must be concrete)."""
-    shifts = image_shifts(np.asarray(cell), r_cut, pbc)
+    """Dense slots over every periodic image within reach of ``r_cut`` (cell must be concrete).
+
+    The images reach ``r_cut`` from atoms inside the cell. Concrete positions outside it
+    (unwrapped coordinates) get as many more images as they stray cells away; traced ones
+    must lie inside the cell (wrap them first: :func:`jaxsci.geometry.wrap_positions`), or
+    neighbours across the boundary are missed.
+    """
+    cell = np.asarray(cell, np.float64)
+    mult = image_multipliers(cell, r_cut, pbc)
+    if not isinstance(positions, jax.core.Tracer) and np.size(positions):
+        frac = np.asarray(positions, np.float64) @ np.linalg.inv(complete_nonperiodic(cell, pbc))
+        stray = np.floor(frac.max(0)) - np.floor(frac.min(0))  # cells between the extremes
+        mult = mult + np.where(mult > 0, stray, 0).astype(mult.dtype)
+    shifts = lattice_shifts(mult)
     return dense_slots(positions, jnp.asarray(cell, dtype=positions.dtype), shifts, mask)
