@@ -58,6 +58,11 @@ def main() -> None:
     p.add_argument("--anchor-sweeps", type=int, default=1, help="sweeps per replica, NumPy")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
+    for name, low in (("n_cells", 5), ("replicas", 1), ("sweeps", 1), ("anchor_sweeps", 1)):
+        if getattr(args, name) < low:  # n_cells: the 6 MoNbTaW shells need a 5^3 cell
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
 
     import jax
     import jax.numpy as jnp

@@ -80,8 +80,8 @@ def test_study_smoke_writes_run_folder(tmp_path):
         ["--problems", "least_squares", "--scale", "0.05", "--seeds", "1", "--out", str(tmp_path)]
     )
     run_dir = res["run_dir"]
-    with open(f"{run_dir}/results.json") as fh:
-        saved = json.load(fh)
+    with open(f"{run_dir}/results.json") as fh:  # strict JSON: it held bare Infinity
+        saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     prob = saved["problems"]["least_squares"]
     assert set(prob["tuned"]) == {"sgd", "nesterov", "adam", "lbfgs"}
     assert {"aa_sgd_m5", "aa_sgd_m10", "aa_sgd_m20", "aa_adam_m5"} <= set(prob["summary"])

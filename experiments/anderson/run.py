@@ -16,7 +16,6 @@ and one ``<problem>.png`` per problem (median loss over seeds vs iterations or e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -36,7 +35,7 @@ from experiments.anderson.runner import (
     time_deterministic,
     tuning_grids,
 )
-from jaxsci.train import make_run_dir
+from jaxsci.train import make_run_dir, write_json
 
 ALL = [
     "least_squares",
@@ -328,10 +327,9 @@ def train_and_evaluate(cfg: Config) -> dict:
             if cfg.plots:
                 plot_problem(res, os.path.join(run_dir, f"{p.name}.png"))
             print_summary(res)
-            with open(os.path.join(run_dir, "results.json"), "w") as fh:
-                json.dump(results, fh)
-    with open(os.path.join(run_dir, "results.json"), "w") as fh:  # skipped problems too
-        json.dump(results, fh)
+            # strict JSON: inf and NaN (a target never reached) as null
+            write_json(os.path.join(run_dir, "results.json"), results)
+    write_json(os.path.join(run_dir, "results.json"), results)  # skipped problems too
     results["run_dir"] = run_dir
     print(f"\nrun folder: {run_dir}")
     return results
