@@ -333,13 +333,15 @@ def test_many_trainers_do_not_exhaust_communicators():
         dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
         dp.init(params)  # collective: clones the step's communicator
         del dp  # freed with the trainer
-    # a stepped trainer (a reference cycle through its compiled step) is freed by the GC
+    # a stepped trainer (a reference cycle through its compiled step), once collected, has
+    # its communicator freed by the next init (never inside the GC pass itself)
     dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
     state, _ = dp.step(dp.init(params), jnp.ones((2, 3)))
     comm = dp._comm
     assert comm != MPI.COMM_NULL
     del dp, state
     gc.collect()
+    data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1)).init(params)
     assert comm == MPI.COMM_NULL
     # close(): freed now; step refuses until init (collective) clones a new one
     dp = data_parallel(lambda p, b: jnp.mean(b @ p["w"]), optax.sgd(0.1), mesh=make_mesh(1))
@@ -381,6 +383,7 @@ def test_freeing_the_communicator_waits_for_the_step_in_flight(how):
     else:
         del dp
         gc.collect()
+        ref.init(params)  # frees the collected trainer's communicator
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
     ref.close()
 

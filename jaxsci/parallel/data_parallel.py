@@ -20,8 +20,9 @@ Which calls communicate: ``data_parallel(...)`` (construction), ``params``, ``sh
 and ``close`` are local, so a rank may build a trainer alone (e.g. for evaluation). ``init``
 and ``step`` are collective under MPI: every rank of ``info.comm`` calls them, in the same
 order. The first ``init`` clones ``info.comm`` (``MPI_Comm_dup``) into the private
-communicator the step's all-reduces use; ``close()`` frees it (so does garbage collection of
-the trainer), so trainers built in a loop do not exhaust MPI's communicators.
+communicator the step's all-reduces use; ``close()`` frees it (once the last step is done);
+a trainer collected without ``close()`` has its communicator freed by the next ``init`` of
+any trainer, so trainers built in a loop do not exhaust MPI's communicators.
 
 The state lives on the mesh's devices, a one-device mesh included (one rank per accelerator:
 ``make_mesh(devices=[jax.local_devices()[local_rank]])``); each batch is moved there.
@@ -101,7 +102,7 @@ def _free_comm(comm: Any, inflight: list) -> None:
     """``comm.Free()`` once the last step dispatched on it has finished (``inflight[0]``: its
     outputs; ``step`` returns before its all-reduces run, and freeing under them made MPICH
     report an invalid communicator and the step return garbage), unless MPI is already
-    finalized (a finalizer at interpreter exit)."""
+    finalized. Called at safe points only (``close``, ``init``), never from a GC pass."""
     from mpi4py import MPI
 
     for leaf in jax.tree_util.tree_leaves(inflight[0]):
@@ -110,6 +111,21 @@ def _free_comm(comm: Any, inflight: list) -> None:
     inflight[0] = None
     if not MPI.Is_finalized() and comm != MPI.COMM_NULL:
         comm.Free()
+
+
+# Communicators of trainers that were garbage-collected without close(): a finalizer only
+# queues them (MPI and JAX calls inside a GC pass, which can run in the middle of tracing,
+# crashed the process), and the next init() of any trainer frees them.
+_UNFREED: list[tuple[Any, list]] = []
+
+
+def _queue_free(comm: Any, inflight: list) -> None:
+    _UNFREED.append((comm, inflight))
+
+
+def _free_queued() -> None:
+    while _UNFREED:
+        _free_comm(*_UNFREED.pop())
 
 
 def _per_leaf_difference(tx: optax.GradientTransformation, params: Any, layout: FlatLayout):
@@ -210,7 +226,8 @@ class DataParallel:
         # device collectives get a private communicator so they never interleave with host-side
         # mpi4py calls (tree check, checkpoint barrier) on the user's communicator; cloned by
         # the first init() (collective anyway: construction stays local) and freed by close()
-        # or when the trainer is garbage-collected (MPICH allows ~2000 live communicators)
+        # or, once the trainer is garbage-collected, by the next init() of any trainer
+        # (MPICH allows ~2000 live communicators)
         self._comm: Any = None
         self._free_comm: weakref.finalize | None = None
         self._inflight: list = [None]  # outputs of the last step (the finalizer waits on them)
@@ -244,10 +261,12 @@ class DataParallel:
         if self.layout is None and self.flat:
             self._warn_per_leaf_transform(params, layout)
         self.layout = layout
+        if self._mpi:
+            _free_queued()  # communicators of trainers collected without close()
         if self._mpi and self._comm is None:
             # after every check that can fail on one rank only: every rank clones, or none
             self._comm = self.info.comm.Clone()
-            self._free_comm = weakref.finalize(self, _free_comm, self._comm, self._inflight)
+            self._free_comm = weakref.finalize(self, _queue_free, self._comm, self._inflight)
             self._step_fn = None  # a program built before close() holds the freed one
         store = layout.flatten(params) if self.flat else params
         # own copies: step() donates the state's buffers, never the caller's arrays
@@ -261,11 +280,13 @@ class DataParallel:
     def close(self) -> None:
         """Free the communicator cloned by ``init`` (local; idempotent).
 
-        Garbage collection of the trainer does the same. ``step`` then raises until
-        ``init`` (collective) is called again.
+        Waits for the last step first. Without ``close()``, a collected trainer's
+        communicator is freed by the next ``init`` of any trainer. ``step`` then raises
+        until ``init`` (collective) is called again.
         """
         if self._free_comm is not None:
-            self._free_comm()
+            self._free_comm.detach()  # freed here, not queued by the finalizer
+            _free_comm(self._comm, self._inflight)
         self._comm, self._free_comm, self._step_fn = None, None, None
 
     def _warn_per_leaf_transform(self, params: Any, layout: FlatLayout) -> None:
@@ -619,7 +640,7 @@ def data_parallel(
 
     Local (no communication, no MPI resource): a rank may build a trainer alone. Its
     ``init`` and ``step`` are collective under MPI; ``close()`` frees the communicator the
-    first ``init`` cloned (garbage collection does too).
+    first ``init`` cloned (for a trainer collected without it, the next ``init`` does).
 
     Args:
       loss_fn: mean loss over the (local) batch; pure, jittable.
