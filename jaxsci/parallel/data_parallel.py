@@ -467,7 +467,10 @@ class DataParallel:
         return three_programs
 
     def _state_problem(self, state: Any) -> str | None:
-        """Why ``state`` is not a state of this trainer's parameter layout, or ``None``."""
+        """Why ``state`` is not a state of this trainer's parameter layout, or ``None``.
+
+        Runs every step: compares structure, shapes and dtypes only; the leaves are named
+        (key paths) only to describe a mismatch."""
         if not isinstance(state, DataParallelState):
             return (
                 f"state must be the DataParallelState returned by this trainer's init() or "
@@ -476,31 +479,30 @@ class DataParallel:
         layout = self.layout
         if self.flat:
             want_def = jax.tree.structure(tuple(range(len(layout.groups))))
-            want = [
-                (f"buffer {g}", (n,), dt)
-                for g, (n, dt) in enumerate(zip(layout.sizes, layout.groups, strict=True))
-            ]
+            want = list(zip(((n,) for n in layout.sizes), layout.groups, strict=True))
         else:
             want_def = layout.treedef
-            paths = [
-                jax.tree_util.keystr(p)
-                for p, _ in jax.tree_util.tree_flatten_with_path(
-                    layout.treedef.unflatten([0] * len(layout.shapes))
-                )[0]
-            ]
-            want = list(zip(paths, layout.shapes, layout.dtypes, strict=True))
+            want = list(zip(layout.shapes, layout.dtypes, strict=True))
         leaves, treedef = jax.tree.flatten(state.params)
         got = [(tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.float32))) for x in leaves]
-        if treedef == want_def and got == [(shape, dt) for _, shape, dt in want]:
+        if treedef == want_def and got == want:
             return None
         mode = "flat buffers" if self.flat else "parameter tree"
         if treedef != want_def or len(got) != len(want):
             diff = f"{len(got)} leaves in another structure, this trainer's have {len(want)}"
         else:
+            if self.flat:
+                names = [f"buffer {g}" for g in range(len(want))]
+            else:
+                blank = layout.treedef.unflatten([0] * len(layout.shapes))
+                names = [
+                    jax.tree_util.keystr(p)
+                    for p, _ in jax.tree_util.tree_flatten_with_path(blank)[0]
+                ]
             diff = next(
                 f"{name}: {np.dtype(gd).name}{list(gs)} where this trainer has "
                 f"{np.dtype(wd).name}{list(ws)}"
-                for (name, ws, wd), (gs, gd) in zip(want, got, strict=True)
+                for name, (ws, wd), (gs, gd) in zip(names, want, got, strict=True)
                 if (ws, wd) != (gs, gd)
             )
         return (
