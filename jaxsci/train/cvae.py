@@ -145,9 +145,10 @@ def train_cvae(
     metadata = {"train_cvae": own, **({"settings": saved} if saved is not None else {})}
     with Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep) as ckpt:
         latest = ckpt.latest_step()
-        if latest is not None and "train_cvae" in ckpt.metadata(latest):
+        saved_own = ckpt.metadata(latest).get("train_cvae") if latest is not None else None
+        if saved_own is not None:
             where = f"the checkpoint at epoch {latest} in {checkpoint_dir}"
-            check_settings(ckpt.metadata(latest)["train_cvae"], own, where)
+            check_settings(saved_own, own, where)
         state, start = ckpt.resume(init)
 
         def save(epoch: int, st: CVAEState, _metrics: Mapping[str, float]) -> None:
