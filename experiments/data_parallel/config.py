@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from jaxsci._checks import is_int_at_least
+
 N_DIGITS = 1797  # samples in scikit-learn's digits
 
 
@@ -43,13 +45,11 @@ class Config:
     target_accuracy: float = 0.95
 
     def __post_init__(self) -> None:
-        if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
-        ):
+        if not self.hidden or not all(is_int_at_least(h, 1) for h in self.hidden):
             raise ValueError(f"hidden must be a non-empty tuple of widths >= 1, got {self.hidden}")
         for name in ("global_batch", "steps", "eval_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
