@@ -255,7 +255,7 @@ def parallel_tempering(
         ("sample_every", sample_every, 1),
         ("n_burn", n_burn, 0),
     ):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+        if not is_int_at_least(v, low):
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     betas = jnp.asarray(1.0 / (K_B * t), dt)
