@@ -155,7 +155,10 @@ def train(opt, loss, params, steps, with_value=True):
         return optax.apply_updates(params, upd), state, v
 
     for _ in range(steps):
-        params, state, _ = step(params, state)
+        # each step finished before the next is dispatched: dozens of queued programs on 4
+        # simulated devices sharing 2 cores can abort XLA's CPU runtime (seen once in a
+        # fresh-clone make test, in test_sharded_params_match_single_device)
+        params, state, _ = jax.block_until_ready(step(params, state))
     return params, state
 
 
