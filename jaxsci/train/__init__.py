@@ -25,6 +25,8 @@ from jaxsci.train.gan import (  # issue 6: conditional GANs, per-label training
 from jaxsci.train.loop import Callback, FitResult, JsonlLogger, every, fit, read_jsonl
 from jaxsci.train.mllog import MLLogger, TimeToTrain, read_mllog, time_to_train
 from jaxsci.train.run_dir import (
+    check_output_dir,
+    check_output_file,
     make_run_dir,
     plot_curves,
     plot_scatter,
@@ -54,6 +56,8 @@ __all__ = [
     "train_per_label",
     "Callback",
     "Checkpointer",
+    "check_output_dir",
+    "check_output_file",
     "check_resume",
     "FitResult",
     "JsonlLogger",

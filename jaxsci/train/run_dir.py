@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "check_output_dir",
+    "check_output_file",
     "make_run_dir",
     "plot_curves",
     "plot_scatter",
@@ -24,6 +28,39 @@ __all__ = [
     "write_json",
     "write_metrics",
 ]
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work, that run folders can be written under ``path``; return it.
+
+    ``path`` need not exist yet (it is not created): its nearest existing ancestor must be
+    a folder in which a folder can really be made (tried with a temporary folder, removed
+    at once, so read-only mounts and permission rules are caught as they will be later).
+    Raises ``ValueError`` with a one-line reason otherwise, for ``parser.error``."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot write under {path}: {probe} is not a folder")
+    try:
+        made = tempfile.mkdtemp(prefix=".jaxsci-write-check-", dir=probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write under {path}: {exc.strerror or exc} ({probe})") from None
+    os.rmdir(made)
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Check, before any work, that the file ``path`` can be written later; return it.
+
+    ``path`` must not be a folder, and its folder must pass ``check_output_dir``.
+    Raises ``ValueError`` with a one-line reason otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder")
+    check_output_dir(path.parent)
+    return path
 
 
 def make_run_dir(root: str | Path = "runs", name: str = "run", *, timestamp: bool = True) -> Path:
