@@ -98,13 +98,28 @@ def test_bad_arguments_raise():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="unknown motif"):
         motif_positions("cube", 10, A, rng)
-    with pytest.raises(ValueError, match="lattice_constant > 0"):
+    with pytest.raises(ValueError, match="lattice_constant must be a finite number > 0"):
         motif_positions("icosahedron", 10, -1.0, rng)
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         motif_positions("octahedron", 0, A, rng)
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         complete_motifs(0, A)
-    with pytest.raises(ValueError, match="lattice_constant > 0"):
+    with pytest.raises(ValueError, match="lattice_constant must be a finite number > 0"):
         complete_motifs(13, 0.0)
-    with pytest.raises(ValueError, match="max_draws >= 1"):
+    with pytest.raises(ValueError, match="max_draws and patience must be integers >= 1"):
         motif_cuts(13, A, max_draws=0)
+    # before: a TypeError from slicing, an IndexError inside ase, an OverflowError
+    for bad_n in (2.5, True, "13", None):
+        with pytest.raises(ValueError, match=r"motif_positions: n must be an integer >= 1"):
+            motif_positions("icosahedron", bad_n, A, rng)
+    for bad_a in (float("inf"), float("nan"), "3.9", None):
+        with pytest.raises(ValueError, match=r"complete_motifs: lattice_constant must be"):
+            complete_motifs(13, bad_a)
+        with pytest.raises(ValueError, match=r"motif_positions: lattice_constant must be"):
+            motif_positions("fcc_ball", 13, bad_a, rng)
+        with pytest.raises(ValueError, match=r"motif_cuts: lattice_constant must be"):
+            motif_cuts(13, bad_a)
+    with pytest.raises(ValueError, match="max_draws and patience"):
+        motif_cuts(13, A, patience=1.5)
+    # NumPy integers and floats are fine
+    assert motif_positions("icosahedron", np.int64(13), np.float32(A), rng).shape == (13, 3)

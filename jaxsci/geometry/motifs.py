@@ -14,8 +14,12 @@ octahedron comes out of both). Lengths in Angstrom.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import numpy as np
+
+from jaxsci._checks import is_int_at_least
 
 #: shapes :func:`motif_positions` builds.
 MOTIFS = ("icosahedron", "decahedron", "octahedron", "wulff", "fcc_ball")
@@ -61,6 +65,22 @@ def _whole(shape: str, n: int, a: float) -> np.ndarray:
     return out
 
 
+def _check_size(name: str, n: object, lattice_constant: object) -> None:
+    """Refuse a non-integer or non-positive ``n`` and a non-finite or non-positive
+    ``lattice_constant`` with one message naming the function and the value."""
+    if not is_int_at_least(n, 1):
+        raise ValueError(f"{name}: n must be an integer >= 1 (atoms), got {n!r}")
+    if (
+        not isinstance(lattice_constant, numbers.Real)
+        or isinstance(lattice_constant, bool)
+        or not (math.isfinite(lattice_constant) and lattice_constant > 0)
+    ):
+        raise ValueError(
+            f"{name}: lattice_constant must be a finite number > 0 (Angstrom), "
+            f"got {lattice_constant!r}"
+        )
+
+
 def motif_positions(
     shape: str, n: int, lattice_constant: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -70,9 +90,8 @@ def motif_positions(
     given to ``ase.cluster`` only names the atoms; complete motifs are cached."""
     if shape not in MOTIFS:
         raise ValueError(f"unknown motif {shape!r}: choose from {MOTIFS}")
-    if n < 1 or not lattice_constant > 0:
-        raise ValueError(f"need n >= 1 and lattice_constant > 0, got {n}, {lattice_constant}")
-    a = float(lattice_constant)
+    _check_size("motif_positions", n, lattice_constant)
+    n, a = int(n), float(lattice_constant)
     if shape != "fcc_ball":
         return trim(_whole(shape, n, a), n, rng, a / np.sqrt(2.0))
     m = int(np.ceil((n * 1.5) ** (1.0 / 3.0) / 1.2)) + 2
@@ -171,10 +190,11 @@ def motif_cuts(
     nothing new (or ``max_draws``), keeping one of each set of sorted pair distances (to
     1% of ``lattice_constant``). Cuts about nearby centres often coincide, but ties at the
     cut's edge make many decahedral ones: 43-128 distinct cuts for 20-40 atoms. Cached."""
-    if n < 1 or not lattice_constant > 0 or max_draws < 1 or patience < 1:
+    _check_size("motif_cuts", n, lattice_constant)
+    if not (is_int_at_least(max_draws, 1) and is_int_at_least(patience, 1)):
         raise ValueError(
-            f"need n >= 1, lattice_constant > 0, max_draws >= 1 and patience >= 1, got "
-            f"{n}, {lattice_constant}, {max_draws}, {patience}"
+            f"motif_cuts: max_draws and patience must be integers >= 1, got "
+            f"{max_draws!r}, {patience!r}"
         )
     return list(_cuts(int(n), float(lattice_constant), int(max_draws), int(patience)))
 
@@ -185,6 +205,5 @@ def complete_motifs(n: int, lattice_constant: float) -> list[tuple[str, np.ndarr
     ``Decahedron(p, q, r)`` and truncated octahedra ``Octahedron(length, cutoff)`` of an fcc
     metal with ``lattice_constant``. Empty when no such shape has ``n`` atoms (e.g. 14).
     Enumerated once per ``(n, lattice_constant)``."""
-    if n < 1 or not lattice_constant > 0:
-        raise ValueError(f"need n >= 1 and lattice_constant > 0, got {n}, {lattice_constant}")
+    _check_size("complete_motifs", n, lattice_constant)
     return list(_complete(int(n), float(lattice_constant)))
