@@ -135,6 +135,17 @@ def test_sorted_pair_distances_known_values_and_invariances():
     assert pair_distance_difference(ref[:10], ref) == math.inf
     # Precomputed fingerprints are accepted as 1-D arrays.
     assert pair_distance_difference(sorted_pair_distances(ref), ref) == 0.0
+    assert pair_distance_difference([2.5], [[0.0, 0, 0], [0, 0, 2.0]]) == pytest.approx(0.5)
+    # ... but not a single position, a length that is no pair count, or unsorted values
+    # (before, each was read as distances and compared)
+    with pytest.raises(ValueError, match="finite, non-negative and sorted"):
+        pair_distance_difference([0.3, -1.2, 2.0], square[:3])
+    with pytest.raises(ValueError, match="got length 4"):
+        pair_distance_difference([1.0, 1.0, 1.0, 1.4], square)
+    with pytest.raises(ValueError, match="1-D b must be finite"):
+        pair_distance_difference(square, expected[::-1])
+    with pytest.raises(ValueError, match="finite"):
+        pair_distance_difference([1.0, math.nan, 2.0], square[:3])
 
 
 def test_rmsd_with_a_minority_species_finds_the_known_correspondence():

@@ -24,6 +24,7 @@ from jaxsci.metrics.structure import (  # issue 3: structure comparison
     fingerprint_error,
     match_rows,
     pair_distance_difference,
+    sorted_distance_difference,
     sorted_pair_distances,
     structure_rmsd,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "novelty_mask",
     "pair_distance_difference",
     "scaling_efficiency",
+    "sorted_distance_difference",
     "sorted_pair_distances",
     "structure_rmsd",
     "uniqueness_mask",

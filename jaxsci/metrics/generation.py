@@ -22,7 +22,11 @@ import numpy as np
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr, wasserstein_distance
 
-from jaxsci.metrics.structure import _kabsch, pair_distance_difference, sorted_pair_distances
+from jaxsci.metrics.structure import (
+    _kabsch,
+    sorted_distance_difference,
+    sorted_pair_distances,
+)
 
 __all__ = [
     "PT_NN_DISTANCE",
@@ -92,7 +96,7 @@ def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarr
     mask = np.ones(len(fps), dtype=bool)
     for i in range(len(fps)):
         for j in range(i):
-            if mask[j] and pair_distance_difference(fps[i], fps[j]) < tol:
+            if mask[j] and sorted_distance_difference(fps[i], fps[j]) < tol:
                 mask[i] = False
                 break
     return mask

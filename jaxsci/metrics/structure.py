@@ -31,6 +31,7 @@ __all__ = [
     "fingerprint_error",
     "match_rows",
     "pair_distance_difference",
+    "sorted_distance_difference",
     "sorted_pair_distances",
     "structure_rmsd",
 ]
@@ -349,13 +350,38 @@ def pair_distance_difference(a: Any, b: Any) -> float:
     :func:`sorted_pair_distances` (1-D). Structures with different atom counts
     are different: the result is ``inf``. One atom each gives ``0.0``.
     """
-    da = np.asarray(a, dtype=np.float64) if _is_1d(a) else sorted_pair_distances(a)
-    db = np.asarray(b, dtype=np.float64) if _is_1d(b) else sorted_pair_distances(b)
+    da = _sorted_distances(a, "a") if _is_1d(a) else sorted_pair_distances(a)
+    db = _sorted_distances(b, "b") if _is_1d(b) else sorted_pair_distances(b)
+    return sorted_distance_difference(da, db)
+
+
+def sorted_distance_difference(da: np.ndarray, db: np.ndarray) -> float:
+    """:func:`pair_distance_difference` of two outputs of :func:`sorted_pair_distances`,
+    unchecked (for loops over many pairs of fingerprints already computed)."""
     if da.shape != db.shape:
         return math.inf
     if da.size == 0:
         return 0.0
     return float(np.abs(da - db).mean())
+
+
+def _sorted_distances(x: Any, name: str) -> np.ndarray:
+    """A 1-D argument as the output of :func:`sorted_pair_distances`, checked: its length is
+    ``n (n - 1) / 2`` for some atom count ``n`` and its values are finite, >= 0 and sorted.
+    A single position ``[x, y, z]`` or unsorted numbers are refused, not compared."""
+    d = np.asarray(x, dtype=np.float64)
+    n = int(round((1.0 + math.sqrt(1.0 + 8.0 * d.size)) / 2.0))
+    if n * (n - 1) // 2 != d.size:
+        raise ValueError(
+            f"pair_distance_difference: 1-D {name} must be sorted pair distances of n atoms "
+            f"(length n (n - 1) / 2), got length {d.size}; pass positions as [n, 3]"
+        )
+    if not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(np.diff(d) < 0):
+        raise ValueError(
+            f"pair_distance_difference: 1-D {name} must be finite, non-negative and sorted "
+            "ascending (the output of sorted_pair_distances); pass positions as [n, 3]"
+        )
+    return d
 
 
 def _is_1d(x: Any) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsci.metrics.structure import pair_distance_difference, sorted_pair_distances
+from jaxsci.metrics.structure import sorted_distance_difference, sorted_pair_distances
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -49,7 +49,7 @@ class Population:
             return False
         sig = sorted_pair_distances(x)
         for i, s in enumerate(self._sig):
-            if pair_distance_difference(s, sig) < self.min_distance:
+            if sorted_distance_difference(s, sig) < self.min_distance:
                 if loss >= self.loss[i]:
                     return False
                 del self.x[i], self.loss[i], self._sig[i]
