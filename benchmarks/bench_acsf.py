@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -228,30 +229,64 @@ def case_b(args) -> dict:
     return {"case": "b", "rows": rows}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--case", choices=["a", "b", "both"], default="both")
-    p.add_argument("--n-structures", type=int, default=1000)
-    p.add_argument("--chunk", type=int, default=16, help="structures per jitted forward call")
-    p.add_argument(
-        "--grad-chunk", type=int, default=4, help="structures per jitted value-and-grad call"
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=re.sub(r"(?::\w+:)?`{1,2}([^`]+)`{1,2}", r"\1", __doc__),
+        formatter_class=argparse.RawTextHelpFormatter,
     )
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 13500, 32000])
-    p.add_argument("--dscribe-max-atoms", type=int, default=32000)
-    p.add_argument("--skip-dscribe", action="store_true")
+    p.add_argument(
+        "--case",
+        choices=["a", "b", "both"],
+        default="both",
+        help="which case to run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-structures",
+        type=int,
+        default=1000,
+        help="case a: Pt55 structures (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=16,
+        help="structures per jitted forward call (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grad-chunk",
+        type=int,
+        default=4,
+        help="structures per jitted value-and-grad call (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats, medians (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[500, 4000, 13500, 32000],
+        help="case b: atoms per supercell, >= 4 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dscribe-max-atoms",
+        type=int,
+        default=32000,
+        help="case b: run DScribe up to this size (default: %(default)s)",
+    )
+    p.add_argument("--skip-dscribe", action="store_true", help="time jaxsci only")
     p.add_argument(
         "--pbc",
         choices=["TTT", "TTF", "TFF"],
         default="TTT",
-        help="case b's periodic axes: bulk, slab, wire",
+        help="case b's periodic axes: bulk, slab, wire (default: %(default)s)",
     )
     p.add_argument("--x64", action="store_true", help="jaxsci in float64 (DScribe's dtype)")
     p.add_argument(
         "--cores", type=int, default=None, help="pin the run to this many cores (default: all)"
     )
     p.add_argument("--worker-b", nargs=3, metavar=("TOOL", "SIZE", "N"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     small = {k: getattr(args, k) for k in ("n_structures", "chunk", "grad_chunk", "repeats")}
     if any(v < 1 for v in small.values()) or any(s < 4 for s in args.sizes):
         p.error(f"need counts >= 1 and sizes >= 4 atoms, got {small}, sizes {args.sizes}")

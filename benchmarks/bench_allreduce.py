@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -51,20 +52,49 @@ XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 BIND = ["-bind-to", "core"]
 
 
-def _parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--layers", type=int, default=100, help="dense layers (2 leaves each)")
-    ap.add_argument("--width", type=int, default=32, help="hidden width")
-    ap.add_argument("--batch", type=int, default=64, help="samples per rank per step")
-    ap.add_argument("--steps", type=int, default=50, help="timed steps per variant per round")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
-    ap.add_argument("--buckets", type=str, default="4096,65536,1048576", help="bucket bytes")
-    ap.add_argument("--lr", type=float, default=1e-3)
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=re.sub(r"(?::\w+:)?`{1,2}([^`]+)`{1,2}", r"\1", __doc__),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    ap.add_argument(
+        "--layers", type=int, default=100, help="dense layers, 2 leaves each (default: %(default)s)"
+    )
+    ap.add_argument("--width", type=int, default=32, help="hidden width (default: %(default)s)")
+    ap.add_argument(
+        "--batch", type=int, default=64, help="samples per rank per step (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=50,
+        help="timed steps per variant per round (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=7, help="interleaved rounds (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--buckets",
+        type=str,
+        default="4096,65536,1048576",
+        help="bucket bytes, comma-separated (default: %(default)s)",
+    )
+    ap.add_argument("--lr", type=float, default=1e-3, help="SGD step size (default: %(default)s)")
     ap.add_argument("--gpu", action="store_true", help="run on the default (GPU) backend")
     ap.add_argument(
         "--no-mpi", action="store_true", help="without mpi4py/mpi4jax: tree vs flat step only"
     )
-    ap.add_argument("--json", type=str, default=None, help="write results to this JSON file")
+    ap.add_argument(
+        "--json",
+        type=str,
+        default=None,
+        help="write results to this JSON file, on rank 0 (default: none written)",
+    )
+    return ap
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = _parser()
     args = ap.parse_args(argv)
     counts = {k: getattr(args, k) for k in ("layers", "width", "batch", "steps", "rounds")}
     if any(v < 1 for v in counts.values()):
@@ -75,6 +105,25 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--buckets must be comma-separated byte counts >= 0, got {args.buckets!r}")
     return args
+
+
+def _check_json(path: str | None, rank: int, world) -> None:
+    """Before any work: can rank 0, which writes ``--json``, write it? Else every rank exits
+    (status 2), rank 0 with argparse's one-line ``error:``, so no rank waits on the others."""
+    from jaxsci.train.run_dir import check_output_file
+
+    err = None
+    if path and rank == 0:
+        try:
+            check_output_file(path)
+        except ValueError as exc:
+            err = str(exc)
+    if world is not None:
+        err = world.bcast(err, root=0)
+    if err is not None:
+        if rank == 0:
+            _parser().error(err)
+        raise SystemExit(2)
 
 
 def _model(layers: int, width: int, key: jax.Array) -> list[dict[str, jax.Array]]:
@@ -125,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         world = MPI.COMM_WORLD
     rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    _check_json(args.json, rank, world)
     cpu_sets = _cpu_sets(world) if size > 1 and not args.gpu else None
     comm = world.Clone() if world is not None else None  # device collectives
     tx = optax.sgd(args.lr)

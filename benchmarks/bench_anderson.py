@@ -28,6 +28,7 @@ import collections
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -340,29 +341,66 @@ def time_to_target(path: str, repeats: int, problem_names=None) -> dict:
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--memories", type=int, nargs="+", default=[5, 10])
-    ap.add_argument("--inner", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
+def main(argv: list[str] | None = None) -> list | dict | None:
+    ap = argparse.ArgumentParser(
+        description=re.sub(r"(?::\w+:)?`{1,2}([^`]+)`{1,2}", r"\1", __doc__),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100_000, 1_000_000],
+        help="MLP parameter counts (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--memories",
+        type=int,
+        nargs="+",
+        default=[5, 10],
+        help="Anderson memories m (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--inner",
+        nargs="+",
+        default=["sgd", "adam"],
+        choices=["sgd", "adam"],
+        help="inner optimizers (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=20, help="steps per timed call (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="interleaved repeats (default: %(default)s)"
+    )
     ap.add_argument(
         "--layout",
         nargs="+",
         default=["auto"],
         choices=["auto", "flat", "tree"],
-        help="Anderson state layout(s) to time (auto: per leaf on CPU, flat on accelerators)",
+        help="Anderson state layout(s) to time (auto: per leaf on CPU, flat on accelerators;\n"
+        "default: %(default)s)",
     )
-    ap.add_argument("--batch", type=int, nargs="+", default=[64, 1024], help="minibatch size(s)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[64, 1024],
+        help="minibatch size(s) (default: %(default)s)",
+    )
     ap.add_argument(
         "--profile",
         type=int,
         default=0,
         metavar="K",
-        help="trace each configuration once and print its K costliest kernels (0: off)",
+        help="trace each configuration once and print its K costliest kernels\n"
+        "(default: %(default)s, off)",
     )
-    ap.add_argument("--results", default=None, help="results.json of an Anderson study")
+    ap.add_argument(
+        "--results",
+        default=None,
+        help="results.json of an Anderson study: print its ratios, no bench (default: none)",
+    )
     ap.add_argument(
         "--time-to-target",
         action="store_true",
@@ -376,6 +414,9 @@ def main(argv=None):
         ap.error("--sizes, --memories and --batch must be >= 1, --profile >= 0")
     if a.time_to_target and not a.results:  # it was silently ignored
         ap.error("--time-to-target needs --results (the study whose problems to re-time)")
+    if a.results and not os.path.isfile(a.results):
+        why = "is a folder" if os.path.isdir(a.results) else "no such file"
+        ap.error(f"--results {a.results}: {why}")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load: {os.getloadavg()}")
     if a.results:  # a finished study's ratios (re-timed with --time-to-target), no bench
         print_study_ratios(a.results)

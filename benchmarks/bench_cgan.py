@@ -238,22 +238,56 @@ def _weak_scaling(args, env: dict[str, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=int, default=10, help="models in the throughput test")
-    p.add_argument("--labels-per-rank", type=int, default=2, help="weak scaling: labels/rank")
-    p.add_argument("--steps", type=int, default=20, help="generator updates per model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--features", type=int, default=32)
-    p.add_argument("--n-critic", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3, help="launches (weak scaling) / runs")
     p.add_argument(
-        "--inner-repeats", type=int, default=3, help="weak scaling: timed runs per launch"
+        "--labels",
+        type=int,
+        default=10,
+        help="models in the throughput test (default: %(default)s)",
     )
     p.add_argument(
-        "--ranks", type=int, nargs="+", default=[2], help="weak scaling: rank counts (1 added)"
+        "--labels-per-rank",
+        type=int,
+        default=2,
+        help="weak scaling: labels/rank (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=20, help="generator updates per model (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+    p.add_argument(
+        "--features",
+        type=int,
+        default=32,
+        help="generator and critic features (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-critic",
+        type=int,
+        default=5,
+        help="critic updates per generator update (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="launches (weak scaling) / runs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inner-repeats",
+        type=int,
+        default=3,
+        help="weak scaling: timed runs per launch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ranks",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="weak scaling: rank counts, 1 added (default: %(default)s)",
     )
     p.add_argument("--mpirun", help="launcher (default: the venv's mpich mpirun, else PATH's)")
-    p.add_argument("--skip-throughput", action="store_true")
-    p.add_argument("--skip-weak-scaling", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true", help="skip the throughput test")
+    p.add_argument("--skip-weak-scaling", action="store_true", help="skip the weak-scaling runs")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     counts = ("labels", "labels_per_rank", "steps", "batch_size", "features", "n_critic")

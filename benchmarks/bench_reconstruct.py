@@ -86,16 +86,44 @@ def run_one(method: str, atoms, acsf: ACSF, seed: int, time_limit: float) -> dic
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[13, 20, 30, 40, 55])
-    ap.add_argument("--per-size", type=int, default=2, help="structures per size")
-    ap.add_argument("--time-limit", type=float, default=58.0, help="s per reconstruction")
-    ap.add_argument("--methods", nargs="+", default=["jaxsci", "seed"], choices=["jaxsci", "seed"])
-    ap.add_argument("--json", default=None, help="write all records to this file")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[13, 20, 30, 40, 55],
+        help="atom counts, >= 4 (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--per-size", type=int, default=2, help="structures per size (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=58.0,
+        help="s per reconstruction (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["jaxsci", "seed"],
+        choices=["jaxsci", "seed"],
+        help="methods to compare (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--json", default=None, help="write all records to this file (default: none written)"
+    )
+    args = ap.parse_args(argv)
     if args.per_size < 1 or min(args.sizes) < 4 or not args.time_limit > 0:
         ap.error("need --per-size >= 1, --sizes >= 4 atoms and --time-limit > 0")
+    if args.json:  # before the benchmark, not after it
+        from jaxsci.train.run_dir import check_output_file
+
+        try:
+            check_output_file(args.json)
+        except ValueError as err:
+            ap.error(str(err))
 
     acsf = ACSF(["Pt"], 6.0, g2_params=G2, g4_params=G4)
     print(

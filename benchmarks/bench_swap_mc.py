@@ -50,14 +50,30 @@ def _numpy_sweeps(occ, nbr, vc, betas, n_sweeps, rng):
     return occ
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-cells", type=int, default=6)
-    p.add_argument("--replicas", type=int, default=24)
-    p.add_argument("--sweeps", type=int, default=20, help="sweeps per jaxsci call")
-    p.add_argument("--anchor-sweeps", type=int, default=1, help="sweeps per replica, NumPy")
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    p.add_argument(
+        "--n-cells",
+        type=int,
+        default=6,
+        help="BCC cells per edge, >= 5 (2 n^3 sites; default: %(default)s)",
+    )
+    p.add_argument(
+        "--replicas", type=int, default=24, help="temperatures, >= 1 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sweeps", type=int, default=20, help="sweeps per jaxsci call (default: %(default)s)"
+    )
+    p.add_argument(
+        "--anchor-sweeps",
+        type=int,
+        default=1,
+        help="sweeps per replica, NumPy (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats, median (default: %(default)s)"
+    )
+    args = p.parse_args(argv)
     for name, low in (("n_cells", 5), ("replicas", 1), ("sweeps", 1), ("anchor_sweeps", 1)):
         if getattr(args, name) < low:  # n_cells: the 6 MoNbTaW shells need a 5^3 cell
             p.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")

@@ -113,18 +113,34 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the check; returns the run folder."""
     from tqdm.auto import tqdm
 
-    from jaxsci.train import make_run_dir, write_json
+    from jaxsci.train import check_output_dir, make_run_dir, write_json
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--problems", nargs="+", default=list(TUNED), choices=list(TUNED))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply epochs")
+    ap = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument(
+        "--problems",
+        nargs="+",
+        default=list(TUNED),
+        choices=list(TUNED),
+        help=f"problems to check (default: all, {' '.join(TUNED)})",
+    )
+    ap.add_argument("--seeds", type=int, default=3, help="seeds, >= 1 (default: %(default)s)")
+    ap.add_argument(
+        "--scale", type=float, default=1.0, help="multiply epochs, > 0 (default: %(default)s)"
+    )
     ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
-    ap.add_argument("--out", default="runs/anderson", help="parent of the run folder")
+    ap.add_argument(
+        "--out", default="runs/anderson", help="parent of the run folder (default: %(default)s)"
+    )
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     if args.seeds < 1 or not args.scale > 0:
         ap.error(f"need --seeds >= 1 and --scale > 0, got {args.seeds} and {args.scale}")
+    try:  # before any work: a run folder can be made under --out
+        check_output_dir(args.out)
+    except ValueError as err:
+        ap.error(str(err))
     problems = list(dict.fromkeys(args.problems))  # a problem named twice runs once
     run_dir = make_run_dir(args.out, "minibatch")  # a fresh folder: never an earlier run's
     total = sum(2 * args.seeds * len(TUNED[p]) for p in problems)

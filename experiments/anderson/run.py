@@ -35,7 +35,7 @@ from experiments.anderson.runner import (
     time_deterministic,
     tuning_grids,
 )
-from jaxsci.train import make_run_dir, write_json
+from jaxsci.train import check_output_dir, make_run_dir, write_json
 
 ALL = [
     "least_squares",
@@ -74,6 +74,7 @@ class Config:
     methods: list[str] | None = None  # a subset of METHODS; None: all
     out: str = "runs/anderson"
     plots: bool = True
+    progress: bool = True  # the study's tqdm bar
 
 
 def build_problem(name: str, scale: float) -> P.Problem:
@@ -314,7 +315,9 @@ def train_and_evaluate(cfg: Config) -> dict:
     """Run the study; returns the results dict that is also written to the run folder."""
     run_dir = str(make_run_dir(cfg.out, "study"))
     results = {"config": asdict(cfg), "problems": {}}
-    with tqdm(total=0, desc="anderson study") as bar:  # each problem adds its runs
+    with tqdm(
+        total=0, desc="anderson study", disable=not cfg.progress
+    ) as bar:  # each problem adds its runs
         for name in cfg.problems:
             with jax.enable_x64(name in X64):  # data and params built in the same precision
                 p = build_problem(name, cfg.scale)
@@ -336,22 +339,43 @@ def train_and_evaluate(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--problems", nargs="+", default=ALL, choices=ALL)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply iterations/epochs")
-    ap.add_argument("--out", default="runs/anderson")
-    ap.add_argument("--no-plots", action="store_true")
+    d = Config()
+    ap = argparse.ArgumentParser(
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument(
+        "--problems",
+        nargs="+",
+        default=d.problems,
+        choices=ALL,
+        help=f"problems to study (default: {'all' if d.problems == ALL else ' '.join(d.problems)})",
+    )
+    ap.add_argument(
+        "--seeds", type=int, default=d.seeds, help="seeds per method, >= 1 (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=d.scale,
+        help="multiply iterations/epochs, > 0 (default: %(default)s)",
+    )
+    ap.add_argument("--out", default=d.out, help="parent of the run folder (default: %(default)s)")
+    ap.add_argument("--no-plots", action="store_true", help="write no <problem>.png")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ap.add_argument(
         "--methods",
         nargs="+",
         choices=METHODS,
-        help="run only these (default: all); an Anderson variant brings the baselines its "
+        help="run only these (default: all); an Anderson variant brings the baselines its\n"
         "step and its ratio need",
     )
     a = ap.parse_args(argv)
     if a.seeds < 1 or not a.scale > 0:  # before any run folder
         ap.error(f"need --seeds >= 1 and --scale > 0, got {a.seeds} and {a.scale}")
+    try:  # before any work: a run folder can be made under --out
+        check_output_dir(a.out)
+    except ValueError as err:
+        ap.error(str(err))
     cfg = Config(
         problems=a.problems,
         seeds=a.seeds,
@@ -359,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         methods=a.methods,
         out=a.out,
         plots=not a.no_plots,
+        progress=not a.no_progress,
     )
     return train_and_evaluate(cfg)
 

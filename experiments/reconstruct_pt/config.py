@@ -48,6 +48,8 @@ class Config:
             raise ValueError(f"unknown shapes {bad}: choose from {SHAPES}")
         if self.per_shape < 1 or self.n_starts < 1 or self.time_limit <= 0:
             raise ValueError("per_shape and n_starts must be >= 1 and time_limit > 0")
+        if self.seed < 0:  # as experiments.reconstruct_pt.labels: seeds of NumPy generators
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if set(self.shapes) == {"complete"}:  # the only shape that can give no cluster
             from jaxsci.data.pt_clusters import lattice_constant
             from jaxsci.geometry import complete_motifs

@@ -143,20 +143,41 @@ def plot(out: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description="Oracle vs feature labels for the matched descent")
-    ap.add_argument("--n-atoms", type=int, default=25, help="atoms of the target (>= 4)")
-    ap.add_argument("--seed", type=int, default=101, help="target cluster and label swaps (>= 0)")
-    ap.add_argument("--n-starts", type=int, default=24, help="start structures (>= 1)")
-    ap.add_argument("--search-steps", type=int, default=1, help="search steps per start (>= 1)")
+    ap = argparse.ArgumentParser(
+        description="Why random packings of 20+ atoms are not recovered: oracle vs feature "
+        "labels for the row-matched descent."
+    )
+    ap.add_argument(
+        "--n-atoms", type=int, default=25, help="atoms of the target, >= 4 (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=101,
+        help="target cluster and label swaps, >= 0 (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--n-starts", type=int, default=24, help="start structures, >= 1 (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--search-steps",
+        type=int,
+        default=1,
+        help="search steps per start, >= 1 (default: %(default)s)",
+    )
+    ks = (1,)  # default transpositions
     ap.add_argument(
         "--transpositions",
         type=int,
         nargs="*",
-        default=[1],
-        help="k of each oracle_k labeling, distinct, 1 <= k <= n_atoms // 2 "
-        "(given empty: oracle and features only)",
+        default=list(ks),
+        help="k of each oracle_k labeling, distinct, 1 <= k <= n_atoms // 2 (default: "
+        f"{' '.join(map(str, ks))}; none given: oracle and features only)",
     )
-    ap.add_argument("--out-dir", default="runs", help="parent of the run folder")
+    ap.add_argument(
+        "--out-dir", default="runs", help="parent of the run folder (default: %(default)s)"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     # every check before any work: the run folder is made only once the results are in
     if args.n_atoms < 4:
@@ -175,7 +196,12 @@ def main(argv: list[str] | None = None) -> Path:
         ap.error(f"--transpositions must be distinct, got {args.transpositions}")
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
         ap.error(f"--out-dir {args.out_dir} exists and is not a folder")
-    from jaxsci.train.run_dir import make_run_dir, write_json
+    from jaxsci.train.run_dir import check_output_dir, make_run_dir, write_json
+
+    try:  # writable too: the run folder is made after the work, which must not be lost
+        check_output_dir(args.out_dir)
+    except ValueError as err:
+        ap.error(str(err))
 
     t0 = time.perf_counter()
     out = diagnose(
@@ -184,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
         n_starts=args.n_starts,
         search_steps=args.search_steps,
         transpositions=tuple(args.transpositions),
-        progress=True,
+        progress=not args.no_progress,
     )
     out["wall_time_s"] = time.perf_counter() - t0
     run_dir = make_run_dir(args.out_dir, "reconstruct_labels")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.reconstruct_pt.config import Config
+from experiments.reconstruct_pt.config import SHAPES, Config
 
 
 def build_clusters(config: Config):
@@ -150,15 +150,46 @@ def _plot(per_size: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description="Reconstruct Pt clusters from ACSF fingerprints")
-    ap.add_argument("--sizes", type=int, nargs="+")
-    ap.add_argument("--shapes", nargs="+")
-    ap.add_argument("--per-shape", type=int)
-    ap.add_argument("--time-limit", type=float)
-    ap.add_argument("--n-starts", type=int)
-    ap.add_argument("--out-dir")
-    ap.add_argument("--seed", type=int)
+def _words(values) -> str:
+    """A default as it is typed on the command line: ``8 13 19`` for a list."""
+    return " ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The command line's :class:`Config`, checked (with ``--out-dir``) before any work.
+
+    Flags left out keep :class:`Config`'s defaults, which ``--help`` shows. A bad value
+    exits through ``argparse``'s ``error:`` (status 2) and creates nothing."""
+    d = Config()
+    ap = argparse.ArgumentParser(
+        description="Reconstruct EMT-relaxed Pt clusters from their per-atom ACSF fingerprints."
+    )
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", help=f"atom counts, >= 2 (default: {_words(d.sizes)})"
+    )
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        help=f"seed shapes, any of {_words(SHAPES)} "
+        f"(default: {'all' if d.shapes == SHAPES else _words(d.shapes)})",
+    )
+    ap.add_argument(
+        "--per-shape", type=int, help=f"clusters per size and shape (default: {d.per_shape})"
+    )
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        help=f"seconds per reconstruction, a soft limit: the first round compiles "
+        f"(default: {d.time_limit})",
+    )
+    ap.add_argument(
+        "--n-starts", type=int, help=f"parallel starts per reconstruction (default: {d.n_starts})"
+    )
+    ap.add_argument("--out-dir", help=f"parent of the run folder (default: {d.out_dir})")
+    ap.add_argument(
+        "--seed", type=int, help=f"seed of clusters and searches, >= 0 (default: {d.seed})"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     updates = {
         "sizes": tuple(args.sizes) if args.sizes else None,
@@ -168,12 +199,21 @@ def main(argv: list[str] | None = None) -> Path:
         "n_starts": args.n_starts,
         "out_dir": args.out_dir,
         "seed": args.seed,
+        "progress": False if args.no_progress else None,
     }
-    config = replace(Config(), **{k: v for k, v in updates.items() if v is not None})
-    try:
-        config.validate()  # fail before any work or run folder
+    config = replace(d, **{k: v for k, v in updates.items() if v is not None})
+    from jaxsci.train.run_dir import check_output_dir
+
+    try:  # fail before any work or run folder
+        config.validate()
+        check_output_dir(config.out_dir)
     except ValueError as err:
         ap.error(str(err))
+    return config
+
+
+def main(argv: list[str] | None = None) -> Path:
+    config = parse_config(argv)
     from jaxsci.train.run_dir import make_run_dir
 
     run_dir = make_run_dir(config.out_dir, "reconstruct_pt")
