@@ -48,18 +48,18 @@ def _stop(*args, **kwargs):
 
 # (command, its first piece of work, argv with {root} for the output root)
 OUTPUT_CASES = [
-    ("experiments.reconstruct_pt.run", "train_and_evaluate", ["--out-dir", "{root}"]),
+    ("experiments.reconstruct_pt.run", "train_and_evaluate", ["--out-root", "{root}"]),
     (
         "experiments.reconstruct_pt.labels",
         "diagnose",
-        ["--n-atoms", "6", "--n-starts", "1", "--out-dir", "{root}"],
+        ["--n-atoms", "6", "--n-starts", "1", "--out-root", "{root}"],
     ),
     (
         "experiments.anderson.run",
         "train_and_evaluate",
-        ["--problems", "least_squares", "--seeds", "1", "--out", "{root}"],
+        ["--problems", "least_squares", "--seeds", "1", "--out-root", "{root}"],
     ),
-    ("experiments.anderson.minibatch", "check", ["--seeds", "1", "--out", "{root}"]),
+    ("experiments.anderson.minibatch", "check", ["--seeds", "1", "--out-root", "{root}"]),
     (
         "bench_reconstruct",
         "relaxed_cluster",
@@ -248,7 +248,7 @@ def test_reconstruct_help_defaults_are_configs(capsys, monkeypatch):
         ("--per-shape", d.per_shape),
         ("--time-limit", d.time_limit),
         ("--n-starts", d.n_starts),
-        ("--out-dir", d.out_dir),
+        ("--out-root", d.out_dir),
         ("--seed", d.seed),
     ]:
         assert _default(options, flag) == str(value)
@@ -260,7 +260,7 @@ def test_anderson_help_defaults_are_configs(capsys, monkeypatch):
     d = Config()
     options = _options(_help(capsys, monkeypatch, "experiments.anderson.run"))
     assert d.problems == ALL and _default(options, "--problems") == "all"
-    for flag, value in [("--seeds", d.seeds), ("--scale", d.scale), ("--out", d.out)]:
+    for flag, value in [("--seeds", d.seeds), ("--scale", d.scale), ("--out-root", d.out)]:
         assert _default(options, flag) == str(value)
 
 
@@ -290,3 +290,26 @@ def test_reconstruct_refuses_a_negative_seed(tmp_path, capsys):
         main(["--seed", "-1", "--out-dir", str(tmp_path / "runs")])
     assert exc.value.code == 2 and "seed must be >= 0, got -1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+
+# --out-root is every experiment's spelling; these four also keep their old one
+OLD_SPELLINGS = [
+    ("experiments.reconstruct_pt.run", "train_and_evaluate", "--out-dir"),
+    ("experiments.reconstruct_pt.labels", "diagnose", "--out-dir"),
+    ("experiments.anderson.run", "train_and_evaluate", "--out"),
+    ("experiments.anderson.minibatch", "check", "--out"),
+]
+
+
+@pytest.mark.parametrize("name, work, old", OLD_SPELLINGS, ids=[c[0] for c in OLD_SPELLINGS])
+def test_the_old_output_flag_still_works(tmp_path, monkeypatch, capsys, name, work, old):
+    module = _module(name)
+    monkeypatch.setattr(module, work, _stop)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        module.main([old, str(tmp_path / "afile" / "sub")])
+    assert exc.value.code == 2
+    assert str(tmp_path / "afile") in capsys.readouterr().err
+    text = _help(capsys, monkeypatch, name)
+    assert f"--out-root DIR, {old} DIR" in text

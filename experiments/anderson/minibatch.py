@@ -131,7 +131,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
     ap.add_argument(
-        "--out", default="runs/anderson", help="parent of the run folder (default: %(default)s)"
+        "--out-root",
+        "--out",
+        dest="out",
+        metavar="DIR",
+        default="runs/anderson",
+        help="parent of the run folder (default: %(default)s)",
     )
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)

@@ -359,7 +359,14 @@ def main(argv: list[str] | None = None) -> dict:
         default=d.scale,
         help="multiply iterations/epochs, > 0 (default: %(default)s)",
     )
-    ap.add_argument("--out", default=d.out, help="parent of the run folder (default: %(default)s)")
+    ap.add_argument(
+        "--out-root",
+        "--out",
+        dest="out",
+        metavar="DIR",
+        default=d.out,
+        help="parent of the run folder (default: %(default)s)",
+    )
     ap.add_argument("--no-plots", action="store_true", help="write no <problem>.png")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ap.add_argument(

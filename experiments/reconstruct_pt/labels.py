@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> Path:
         f"{' '.join(map(str, ks))}; none given: oracle and features only)",
     )
     ap.add_argument(
-        "--out-dir", default="runs", help="parent of the run folder (default: %(default)s)"
+        "--out-root",
+        "--out-dir",
+        dest="out_dir",
+        metavar="DIR",
+        default="runs",
+        help="parent of the run folder (default: %(default)s)",
     )
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)

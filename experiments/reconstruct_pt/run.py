@@ -156,7 +156,7 @@ def _words(values) -> str:
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
-    """The command line's :class:`Config`, checked (with ``--out-dir``) before any work.
+    """The command line's :class:`Config`, checked (with ``--out-root``) before any work.
 
     Flags left out keep :class:`Config`'s defaults, which ``--help`` shows. A bad value
     exits through ``argparse``'s ``error:`` (status 2) and creates nothing."""
@@ -185,7 +185,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
     ap.add_argument(
         "--n-starts", type=int, help=f"parallel starts per reconstruction (default: {d.n_starts})"
     )
-    ap.add_argument("--out-dir", help=f"parent of the run folder (default: {d.out_dir})")
+    ap.add_argument(
+        "--out-root",
+        "--out-dir",
+        dest="out_dir",
+        metavar="DIR",
+        help=f"parent of the run folder (default: {d.out_dir})",
+    )
     ap.add_argument(
         "--seed", type=int, help=f"seed of clusters and searches, >= 0 (default: {d.seed})"
     )
