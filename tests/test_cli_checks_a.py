@@ -292,7 +292,6 @@ def test_reconstruct_refuses_a_negative_seed(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-
 # --out-root is every experiment's spelling; these four also keep their old one
 OLD_SPELLINGS = [
     ("experiments.reconstruct_pt.run", "train_and_evaluate", "--out-dir"),
