@@ -80,6 +80,37 @@ def test_uniqueness_and_novelty_use_sorted_pair_distances():
     np.testing.assert_array_equal(novelty_mask([a_rot, b, c], [a]), [False, True, True])
 
 
+def test_homotops_and_other_compositions_are_different_structures():
+    # before: species were ignored, so swapping an Au and a Cu atom (0.97 A RMSD) or
+    # turning every atom into Cu counted as "the same" as the reference
+    from ase import Atoms
+
+    rng = np.random.default_rng(3)
+    pos = _pt13() + rng.normal(scale=0.15, size=(13, 3))  # no symmetry makes swaps equal
+    symbols = ["Au"] * 7 + ["Cu"] * 6
+    ref = Atoms(symbols, positions=pos)
+    homotop = Atoms(symbols[:1] + ["Cu"] + symbols[2:7] + ["Au"] + symbols[8:], positions=pos)
+    assert homotop.get_chemical_formula() == ref.get_chemical_formula()
+    all_cu = Atoms(["Cu"] * 13, positions=pos)
+    perm = rng.permutation(13)
+    moved = Atoms(
+        [symbols[k] for k in perm],
+        positions=pos[perm] @ Rotation.random(random_state=5).as_matrix().T + 2.0,
+    )
+    np.testing.assert_array_equal(
+        novelty_mask([homotop, all_cu, moved], [ref]), [True, True, False]
+    )
+    np.testing.assert_array_equal(
+        uniqueness_mask([ref, homotop, all_cu, moved]), [True, True, True, False]
+    )
+    # bare positions carry no species: compared on all distances, as before
+    np.testing.assert_array_equal(novelty_mask([pos, homotop], [pos]), [False, False])
+    np.testing.assert_array_equal(novelty_mask([pos], [homotop]), [False])
+    # one species: Atoms and positions agree with the distance-only comparison
+    pt = Atoms("Pt13", positions=pos)
+    np.testing.assert_array_equal(uniqueness_mask([pt, pos, pos + 0.5]), [True, False, False])
+
+
 def test_energy_scores():
     target = np.array([0.1, 0.2, 0.3, 0.4])
     assert energy_spearman(target, target**3) == pytest.approx(1.0)

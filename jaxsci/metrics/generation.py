@@ -7,8 +7,11 @@ Host-side NumPy/SciPy. Structures are ``ase.Atoms`` or positions ``[n_atoms, 3]`
   cluster when bonded below ``1.2 d_nn``;
 - unique / novel: two structures are "the same" when they have the same atom count and
   the mean absolute difference of their sorted pair distances is below ``tol`` (0.02 A);
-  a structure is unique if no earlier generated structure is the same, novel if no
-  reference (training) structure is the same;
+  between two ``ase.Atoms`` they must also have the same composition, and the distances
+  are sorted within each species pair (so homotops of an alloy differ; bare positions
+  carry no species and are compared on all distances); a structure is unique if no
+  earlier generated structure is the same, novel if no reference (training) structure
+  is the same;
 - energies: Spearman rank correlation of obtained vs target, Wasserstein-1 distance
   between the obtained and the training energy distributions (eV/atom).
 """
@@ -83,20 +86,49 @@ def check_validity(
     return Validity(bool(min_d > min_factor * d_nn and n_comp == 1), min_d, int(n_comp))
 
 
-def _fingerprints(structures: Sequence[Any]) -> list[np.ndarray]:
-    return [sorted_pair_distances(_positions(s)) for s in structures]
+class _Print(NamedTuple):
+    """What "the same structure" compares: the composition (``((Z, count), ...)``, None
+    for bare positions), all pair distances sorted, and the same sorted within blocks of
+    species pairs (equal to ``plain`` for one species)."""
+
+    composition: tuple[tuple[int, int], ...] | None
+    plain: np.ndarray
+    typed: np.ndarray
+
+
+def _print(structure: Any) -> _Print:
+    pos = _positions(structure)
+    plain = sorted_pair_distances(pos)
+    if not hasattr(structure, "get_atomic_numbers"):
+        return _Print(None, plain, plain)
+    z = np.asarray(structure.get_atomic_numbers(), dtype=np.int64)
+    kinds, counts = np.unique(z, return_counts=True)
+    composition = tuple(zip(kinds.tolist(), counts.tolist(), strict=True))
+    if len(kinds) <= 1:
+        return _Print(composition, plain, plain)
+    i, j = np.triu_indices(len(pos), k=1)
+    d = np.linalg.norm(pos[i] - pos[j], axis=-1)
+    lo, hi = np.minimum(z[i], z[j]), np.maximum(z[i], z[j])
+    return _Print(composition, plain, d[np.lexsort((d, hi, lo))])
+
+
+def _same(a: _Print, b: _Print, tol: float) -> bool:
+    if a.composition is not None and b.composition is not None:
+        return a.composition == b.composition and sorted_distance_difference(a.typed, b.typed) < tol
+    return sorted_distance_difference(a.plain, b.plain) < tol
 
 
 def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarray:
     """``[n]`` bool: True where no earlier structure *kept as unique* matches (mean sorted
-    pair-distance difference < tol A). Greedy: each structure is compared with the kept ones
-    only, so in a chain a~b~c with a !~ c, a and c are kept; the count of True is the number
-    of distinct structures at resolution ``tol``."""
-    fps = _fingerprints(structures)
-    mask = np.ones(len(fps), dtype=bool)
-    for i in range(len(fps)):
+    pair-distance difference < tol A; for ``ase.Atoms`` the same composition and the
+    distances sorted per species pair, so homotops differ). Greedy: each structure is
+    compared with the kept ones only, so in a chain a~b~c with a !~ c, a and c are kept;
+    the count of True is the number of distinct structures at resolution ``tol``."""
+    prints = [_print(s) for s in structures]
+    mask = np.ones(len(prints), dtype=bool)
+    for i in range(len(prints)):
         for j in range(i):
-            if mask[j] and sorted_distance_difference(fps[i], fps[j]) < tol:
+            if mask[j] and _same(prints[i], prints[j], tol):
                 mask[i] = False
                 break
     return mask
@@ -105,16 +137,33 @@ def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarr
 def novelty_mask(
     structures: Sequence[Any], reference: Sequence[Any], *, tol: float = 0.02
 ) -> np.ndarray:
-    """``[n]`` bool: True where no reference structure matches (sorted pair distances < tol A)."""
-    by_size: dict[int, list[np.ndarray]] = {}
-    for fp in _fingerprints(reference):
-        by_size.setdefault(len(fp), []).append(fp)
+    """``[n]`` bool: True where no reference structure matches (sorted pair distances < tol
+    A; between two ``ase.Atoms`` also the same composition, distances per species pair)."""
+    typed: dict[tuple, list[np.ndarray]] = {}  # composition -> per-species-pair prints
+    plain: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints of every reference
+    bare: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints without species
+    for ref in (_print(r) for r in reference):
+        plain.setdefault(len(ref.plain), []).append(ref.plain)
+        if ref.composition is None:
+            bare.setdefault(len(ref.plain), []).append(ref.plain)
+        else:
+            typed.setdefault(ref.composition, []).append(ref.typed)
+
+    def closest(fp: np.ndarray, refs: list[np.ndarray] | None) -> float:
+        if not refs:
+            return np.inf
+        return float(np.abs(np.asarray(refs) - fp[None, :]).mean(axis=1).min())
+
     out = np.ones(len(structures), dtype=bool)
-    for i, fp in enumerate(_fingerprints(structures)):
-        refs = by_size.get(len(fp))
-        if refs:
-            diffs = np.abs(np.asarray(refs) - fp[None, :]).mean(axis=1)
-            out[i] = bool(diffs.min() >= tol)
+    for i, fp in enumerate(_print(s) for s in structures):
+        if fp.composition is None:
+            best = closest(fp.plain, plain.get(len(fp.plain)))
+        else:
+            best = min(
+                closest(fp.typed, typed.get(fp.composition)),
+                closest(fp.plain, bare.get(len(fp.plain))),
+            )
+        out[i] = bool(best >= tol)
     return out
 
 
