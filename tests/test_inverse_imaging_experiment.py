@@ -363,5 +363,7 @@ def test_a_run_folder_rank_0_cannot_write_fails_on_every_rank(tmp_path):
     info.barrier()
     with pytest.raises(OSError, match="rank 0 could not write"):
         train_and_evaluate(tiny_config(), root / "a_file" / "run", info=info)
-    with pytest.raises(OSError, match="rank 0 could not write"):
+    # from the command line it is a usage error (status 2) on every rank, before any work
+    with pytest.raises(SystemExit) as exc:
         main(["--tiny", "--out-root", str(root / "a_file")])
+    assert exc.value.code == 2

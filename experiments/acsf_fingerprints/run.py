@@ -15,6 +15,11 @@ from ase.cluster import Decahedron, Icosahedron, Octahedron
 
 from jaxsci.descriptors import ACSF, pool
 
+DESCRIPTION = (
+    "Compute and print ACSF fingerprints of a few Pt nanoparticles (ase.cluster). Per-atom "
+    "ACSF (DScribe layout) are pooled by max and min over atoms into one fixed-length "
+    "fingerprint per particle."
+)
 G2 = [[eta, rs] for eta in (0.01, 0.1, 0.5, 1.0) for rs in (0.0, 3.0)]
 G4 = [[eta, zeta, lam] for eta in (0.001, 0.01, 0.05) for zeta in (1, 4) for lam in (1, -1)]
 
@@ -35,9 +40,16 @@ def particles(rattle: float, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--r-cut", type=float, default=6.0, help="cutoff radius (Angstrom)")
-    p.add_argument("--rattle", type=float, default=0.05, help="rattle amplitude (Angstrom)")
+    p = argparse.ArgumentParser(description=DESCRIPTION)
+    p.add_argument(
+        "--r-cut", type=float, default=6.0, help="cutoff radius, Angstrom (default %(default)s)"
+    )
+    p.add_argument(
+        "--rattle",
+        type=float,
+        default=0.05,
+        help="rattle amplitude, Angstrom (default %(default)s)",
+    )
     args = p.parse_args(argv)
 
     acsf = ACSF(["Pt"], args.r_cut, g2_params=G2, g4_params=G4)

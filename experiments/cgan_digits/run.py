@@ -11,34 +11,94 @@ import argparse
 import dataclasses
 import sys
 
+import jax
+
 from experiments.cgan_digits.config import MODELS, Config
 from experiments.cgan_digits.train import train_and_evaluate
+from jaxsci.parallel import ProcessInfo, bootstrap
+from jaxsci.train import check_output_dir
+
+DESCRIPTION = (
+    "Per-label versus single conditional GANs on scikit-learn digits, at equal compute "
+    "(make cgan). Prints a summary table and, as its last line, the run folder's path. Under "
+    "mpirun with --strategy mpi the per-label models are split over the ranks (rank 0 trains "
+    "the baselines and writes the run folder)."
+)
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, bool]:
-    """Config from command-line flags; returns ``(config, workdir, progress)``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`)."""
     d = Config()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--image-size", type=int, default=d.image_size, help="8, or 32 (upscaled)")
-    p.add_argument("--steps", type=int, default=d.steps, help="generator updates per model")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per-label batch")
-    p.add_argument("--n-critic", type=int, default=d.n_critic)
-    p.add_argument("--samples-per-label", type=int, default=d.samples_per_label)
+    p = argparse.ArgumentParser(description=DESCRIPTION)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="8, or 32 (upscaled) (default %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=d.steps,
+        help="generator updates per model (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="per-label batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--n-critic",
+        type=int,
+        default=d.n_critic,
+        help="critic updates per generator update (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples-per-label",
+        type=int,
+        default=d.samples_per_label,
+        help="generated images per label for the metrics (default %(default)s)",
+    )
     p.add_argument(
         "--baseline-schedule",
         choices=("larger_batch", "more_steps"),
         default=d.baseline_schedule,
-        help="how the baselines spend the equal budget",
+        help="how the baselines spend the equal budget (default %(default)s)",
     )
-    p.add_argument("--strategy", choices=("vmap", "shard", "mpi"), default=d.strategy)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models))
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out-root", default=d.out_root, help="where run folders are created")
-    p.add_argument("--workdir", default=None, help="run folder to use/resume (default: fresh)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    a = p.parse_args(argv)
-    config = dataclasses.replace(
-        d,
+    p.add_argument(
+        "--strategy",
+        choices=("vmap", "shard", "mpi"),
+        default=d.strategy,
+        help="per-label parallelism; mpi: labels over ranks (default %(default)s)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(d.models),
+        help=f"models to train (default {' '.join(d.models)})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument(
+        "--out-root",
+        default=d.out_root,
+        help="where run folders are created (default %(default)s)",
+    )
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="run folder to use or resume (default: a fresh cgan_digits-<UTC time> under "
+        "--out-root)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The config the parsed flags ask for (``Config`` checks it: ``ValueError``)."""
+    return dataclasses.replace(
+        Config(),
         image_size=a.image_size,
         steps=a.steps,
         batch_size=a.batch_size,
@@ -50,15 +110,43 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, boo
         seed=a.seed,
         out_root=a.out_root,
     )
-    return config, a.workdir, not a.no_progress
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, bool]:
+    """Config from command-line flags; returns ``(config, workdir, progress)``."""
+    a = build_parser().parse_args(argv)
+    return config_from_args(a), a.workdir, not a.no_progress
+
+
+def _check_output_on_root(parser: argparse.ArgumentParser, folder: str, info: ProcessInfo) -> None:
+    """Rank 0, which alone writes, checks ``folder`` before any work (creating nothing); on
+    failure every rank exits with status 2: rank 0 through ``parser.error``, the others
+    quietly (none is left waiting in a collective)."""
+    error = None
+    if info.is_root:
+        try:
+            check_output_dir(folder)
+        except ValueError as exc:
+            error = str(exc)
+    if info.size > 1:
+        error = info.comm.bcast(error, root=0)
+    if error is not None:
+        if info.is_root:
+            parser.error(error)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
     try:
-        config, workdir, progress = parse_config(argv)
+        config, workdir, progress = config_from_args(a), a.workdir, not a.no_progress
     except ValueError as err:  # before any run folder exists
         print(f"error: bad config: {err}", file=sys.stderr)
         return 2
+    # the ranks train_and_evaluate will use (it bootstraps MPI for --strategy mpi only)
+    info = bootstrap() if config.strategy == "mpi" else ProcessInfo(0, 1, jax.local_device_count())
+    _check_output_on_root(parser, workdir if workdir is not None else config.out_root, info)
     run_dir, metrics = train_and_evaluate(config, workdir, progress=progress)
     if run_dir is None:
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,15 @@ from experiments.data_filtering.train import (
     warmup_scores,
 )
 from jaxsci.data import n_keep, select
-from jaxsci.train import make_run_dir, write_json
+from jaxsci.train import check_output_dir, make_run_dir, write_json
 
 REFERENCE = "full-small-batch"
+DESCRIPTION = (
+    "Does dropping the easiest training examples help large-batch training (arXiv "
+    "2012.09272)? MLPs on scikit-learn digits train on all data, on the subsets that "
+    "importance scores keep, and on random subsets of the same size; prints their final "
+    "test accuracy and writes a run folder."
+)
 
 
 def method_labels(config: Config) -> list[str]:
@@ -170,18 +177,60 @@ def format_table(summary: dict[str, dict[str, float]], n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="smoke-test size")
-    parser.add_argument("--out-root", default=None, help="parent of the run folder")
-    args = parser.parse_args(argv)
+def _default(name: str, show: Callable[[Any], str] = str) -> str:
+    """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
+    full, tiny = show(getattr(Config(), name)), show(getattr(tiny_config(), name))
+    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`)."""
+    full, tiny = Config(), tiny_config()
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"smoke-test size: {len(tiny.seeds)} seeds of {tiny.steps} steps (default "
+        f"{len(full.seeds)} seeds of {full.steps} steps)",
+    )
+    parser.add_argument(
+        "--out-root", default=None, help=f"parent of the run folder ({_default('out_root')})"
+    )
+    shown = {True: "shown", False: "hidden"}.get
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"hide progress bars ({_default('progress', shown)})",
+    )
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The config the command-line flags ask for (not validated, nothing checked on disk)."""
+    return _config(build_parser().parse_args(argv))
+
+
+def _config(args: argparse.Namespace) -> Config:
     config = tiny_config() if args.tiny else Config()
     if args.out_root is not None:
         config = dataclasses.replace(config, out_root=args.out_root)
+    if args.no_progress:
+        config = dataclasses.replace(config, progress=False)
+    return config
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = _config(args)
     try:
         config.validate()
     except ValueError as err:
         parser.error(f"bad config: {err}")  # exit status 2, nothing written
+    try:  # before any work; creates nothing
+        check_output_dir(config.out_root)
+    except ValueError as exc:
+        parser.error(str(exc))  # exit status 2
     run_dir = make_run_dir(config.out_root, config.run_name)
     t0 = time.perf_counter()
     results = train_and_evaluate(config, run_dir)

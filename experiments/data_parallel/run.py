@@ -27,6 +27,7 @@ import numpy as np
 from experiments.data_parallel.config import Config, tiny
 
 LAYOUTS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (processes, devices per process)
+ROOT = "runs"  # default parent of --all's run folder
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -51,7 +52,7 @@ def run_one(args: argparse.Namespace) -> None:
     info = bootstrap()
     log = MLLogger(mllog_path(args.out) if args.out else None, is_root=info.is_root)
     t0 = time.perf_counter()
-    result = train_and_evaluate(_config(args), info=info, mllog=log)
+    result = train_and_evaluate(_config(args), info=info, mllog=log, progress=not args.no_progress)
     result["wall_s"] = time.perf_counter() - t0
     if not info.is_root:
         return
@@ -77,7 +78,7 @@ def run_all(args: argparse.Namespace) -> Path:
     from jaxsci.train import make_run_dir, write_metrics
 
     # absolute: the child processes run in the repository root
-    run_dir = make_run_dir(args.root or "runs", "data_parallel").resolve()
+    run_dir = make_run_dir(args.root or ROOT, "data_parallel").resolve()
     root = Path(__file__).resolve().parents[2]
     mpirun = str(Path(sys.executable).with_name("mpirun"))
     curves = {}
@@ -88,6 +89,7 @@ def run_all(args: argparse.Namespace) -> Path:
         env["JAX_PLATFORMS"] = "cpu"
         cmd = [sys.executable, "-m", "experiments.data_parallel.run", "--out", str(out)]
         cmd += ["--steps", str(_config(args).steps)] + (["--tiny"] if args.tiny else [])
+        cmd += ["--no-progress"] if args.no_progress else []
         if procs > 1:
             cmd = [mpirun, "-n", str(procs)] + cmd
         print(f"[{name}] {' '.join(cmd[-6:])}", flush=True)
@@ -193,13 +195,67 @@ def _plot(curves: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _check_out_on_root(ap: argparse.ArgumentParser, out: str) -> None:
+    """One layout: rank 0, which writes ``out``, checks it can; on failure every rank exits
+    with status 2 (rank 0 through ``ap.error``, the others quietly; none left waiting)."""
+    from jaxsci.parallel import bootstrap
+    from jaxsci.train import check_output_file
+
+    info = bootstrap()
+    error = None
+    if info.is_root:
+        try:
+            check_output_file(out)
+        except ValueError as exc:
+            error = f"--out {out}: {exc}"
+    if info.size > 1:
+        error = info.comm.bcast(error, root=0)
+    if error is not None:
+        if info.is_root:
+            ap.error(error)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--all", action="store_true", help="run the four layouts and compare")
-    ap.add_argument("--out", type=str, default=None, help="(one layout) write the curve here")
-    ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
-    ap.add_argument("--tiny", action="store_true", help="smoke-test configuration")
-    ap.add_argument("--root", type=str, default=None, help="(--all) parent of the run folder")
+    ap.add_argument(
+        "--all", action="store_true", help="run the four layouts and compare (default: one layout)"
+    )
+    ap.add_argument(
+        "--out",
+        type=str,
+        default=None,
+        help="(one layout) write the curve here, its event log beside it (default: not written)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps (default {Config().steps}; --tiny: {tiny().steps})",
+    )
+    ap.add_argument(
+        "--tiny", action="store_true", help="smoke-test configuration (default: full size)"
+    )
+    ap.add_argument(
+        "--out-root",
+        "--root",
+        dest="root",
+        metavar="DIR",
+        type=str,
+        default=None,
+        help=f"(--all) parent of the run folder (default {ROOT})",
+    )
+    ap.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars, also those of --all's layouts (default: shown)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
     args = ap.parse_args(argv)
     # every check here, before any run folder, training or child process
     try:
@@ -213,8 +269,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():
         ap.error(f"--out {args.out}: its folder does not exist")
     if args.all:
+        from jaxsci.train import check_output_dir
+
+        try:  # creates nothing
+            check_output_dir(args.root or ROOT)
+        except ValueError as exc:
+            ap.error(f"--root: {exc}")
         run_all(args)
     else:
+        if args.out is not None:
+            _check_out_on_root(ap, args.out)
         run_one(args)
 
 

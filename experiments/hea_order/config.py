@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from jaxsci._checks import is_int_at_least
 from jaxsci.alloys import MONBTAW, bcc_lattice
 
-__all__ = ["ANCHORS", "Config", "tiny_config"]
+__all__ = ["ANCHORS", "Config", "min_n_cells", "tiny_config"]
 
 #: Reference numbers of Yin et al., "VAE order parameter", Nat. Comput. Sci. 2021
 #: (arXiv 2109.05598), as summarised in shared/ANCHORS.md: MoNbTaW, JAX swap Monte Carlo
@@ -22,6 +23,21 @@ ANCHORS = {
     "heat_capacity_T1_K": (240.0, 260.0),  # second, low-temperature transition
     "susceptibility_peaks_K": (238.0, 964.0),  # MLP VAE, latent dimension 3
 }
+
+
+@functools.cache
+def min_n_cells(n_shells: int) -> int:
+    """The smallest ``n_cells`` whose BCC supercell holds ``n_shells`` neighbour shells
+    (each seeing distinct sites): 5 for MoNbTaW's 6 shells."""
+    if not is_int_at_least(n_shells, 1):
+        raise ValueError(f"n_shells must be an int >= 1, got {n_shells!r}")
+    for n_cells in range(1, 65):
+        try:
+            bcc_lattice(n_cells, int(n_shells))
+        except ValueError:
+            continue
+        return n_cells
+    raise ValueError(f"no supercell of up to 64 cells per edge holds {n_shells} shells")
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,26 @@ class Config:
             return np.asarray(self.temperatures, np.float64)
         return np.geomspace(self.t_min, self.t_max, self.n_temperatures)
 
+    @property
+    def min_n_samples(self) -> int:
+        """The fewest ``n_samples`` the error blocks and the drift diagnostic allow."""
+        return 10 * self.n_blocks
+
+    def window_counts(self) -> list[int]:
+        """Ladder temperatures inside each of ``vae_windows`` (each needs >= 3)."""
+        ladder = self.ladder()
+        return [int(np.sum((ladder >= lo) & (ladder <= hi))) for lo, hi in self.vae_windows]
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first problem (nothing is built or written)."""
+        """Raise ``ValueError`` naming the first problem (nothing is built or written).
+
+        :meth:`validate_fields` first (each field on its own), then :meth:`validate_limits`
+        (limits that fields set for each other)."""
+        self.validate_fields()
+        self.validate_limits()
+
+    def validate_fields(self) -> None:
+        """The checks of each field on its own (types, signs, finite values, ordering)."""
         if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
         ints = {
@@ -112,16 +146,6 @@ class Config:
             raise ValueError(
                 f"n_shells must be <= {n_model_shells} (MoNbTaW's), got {self.n_shells}"
             )
-        if self.n_samples < 2 * self.n_blocks:
-            raise ValueError(
-                f"n_samples ({self.n_samples}) must be >= 2 * n_blocks ({self.n_blocks}): "
-                "each error block needs two samples"
-            )
-        if self.n_samples // 10 < self.n_blocks:
-            raise ValueError(
-                f"n_samples ({self.n_samples}) must be >= 10 * n_blocks ({self.n_blocks}): the "
-                "drift diagnostic compares n_blocks batches of the first tenth of the chain"
-            )
         if not self.max_drift_z > 0:
             raise ValueError(f"max_drift_z must be > 0, got {self.max_drift_z}")
         if not (np.isfinite(self.lattice_constant) and self.lattice_constant > 0):
@@ -149,17 +173,30 @@ class Config:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.peak_prominence <= 1.0:
             raise ValueError(f"peak_prominence must be in [0, 1], got {self.peak_prominence}")
-        ladder = self.ladder()
         for w in self.vae_windows:
             if len(w) != 2 or not (np.isfinite(w[0]) and np.isfinite(w[1]) and w[0] < w[1]):
                 raise ValueError(
                     f"vae_windows: each window is finite (low, high) K, low < high, got {w}"
                 )
-            if np.sum((ladder >= w[0]) & (ladder <= w[1])) < 3:
-                raise ValueError(f"vae_windows: window {w} K holds fewer than 3 temperatures")
         unknown = [s for s in self.wc_pair if s not in MONBTAW.species]
         if len(self.wc_pair) != 2 or unknown:
             raise ValueError(f"wc_pair must be two of {MONBTAW.species}, got {self.wc_pair}")
+
+    def validate_limits(self) -> None:
+        """The limits fields set for each other; call after :meth:`validate_fields`."""
+        if self.n_samples < 2 * self.n_blocks:
+            raise ValueError(
+                f"n_samples ({self.n_samples}) must be >= 2 * n_blocks ({self.n_blocks}): "
+                "each error block needs two samples"
+            )
+        if self.n_samples < self.min_n_samples:
+            raise ValueError(
+                f"n_samples ({self.n_samples}) must be >= 10 * n_blocks ({self.n_blocks}): the "
+                "drift diagnostic compares n_blocks batches of the first tenth of the chain"
+            )
+        for w, count in zip(self.vae_windows, self.window_counts(), strict=True):
+            if count < 3:
+                raise ValueError(f"vae_windows: window {w} K holds fewer than 3 temperatures")
         try:  # a supercell too small for the shells (cheap: no energies, no JAX)
             bcc_lattice(int(self.n_cells), int(self.n_shells))
         except ValueError as err:

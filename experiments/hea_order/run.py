@@ -10,35 +10,100 @@ import argparse
 import dataclasses
 import sys
 
-from experiments.hea_order.config import Config
+from experiments.hea_order.config import Config, min_n_cells
+from jaxsci.train import check_output_dir
+
+DESCRIPTION = (
+    "The VAE order parameter of the MoNbTaW high-entropy alloy: swap Monte Carlo with "
+    "parallel tempering samples a BCC supercell over a temperature ladder, and variational "
+    "autoencoders learn an order parameter from the samples. Prints a summary table and, as "
+    "its last line, the run folder's path."
+)
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
-    """Build the config from command-line flags; returns ``(config, run_dir)``."""
+def _windows(windows: tuple[tuple[float, float], ...]) -> str:
+    return " ".join(f"{lo:g}-{hi:g}" for lo, hi in windows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`)."""
     d = Config()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-cells", type=int, default=d.n_cells, help="BCC cells per edge")
-    p.add_argument("--t-min", type=float, default=d.t_min, help="lowest temperature (K)")
-    p.add_argument("--t-max", type=float, default=d.t_max, help="highest temperature (K)")
-    p.add_argument("--n-temperatures", type=int, default=d.n_temperatures)
-    p.add_argument("--n-burn", type=int, default=d.n_burn, help="burn-in sweeps")
-    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per temperature")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="sweeps")
-    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight")
+    p = argparse.ArgumentParser(description=DESCRIPTION)
     p.add_argument(
-        "--vae-window", nargs=2, type=float, action="append", metavar=("LOW", "HIGH"),
-        help="train another VAE on the temperatures in [LOW, HIGH] K (repeatable; default "
-        f"{' '.join(f'{lo:.0f}-{hi:.0f}' for lo, hi in d.vae_windows)})",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out-root", default=d.out_root, help="where run folders are created")
-    p.add_argument("--run-dir", default=None, help="run folder to write (default: fresh)")
-    p.add_argument("--no-samples", action="store_true", help="do not write samples.npz")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    a = p.parse_args(argv)
-    config = dataclasses.replace(
+        "--n-cells",
+        type=int,
+        default=d.n_cells,
+        help=f"BCC cells per edge, >= {min_n_cells(d.n_shells)} (the smallest supercell that "
+        f"holds MoNbTaW's {d.n_shells} neighbour shells) (default %(default)s)",
+    )
+    p.add_argument(
+        "--t-min", type=float, default=d.t_min, help="lowest temperature, K (default %(default)s)"
+    )
+    p.add_argument(
+        "--t-max", type=float, default=d.t_max, help="highest temperature, K (default %(default)s)"
+    )
+    p.add_argument(
+        "--n-temperatures",
+        type=int,
+        default=d.n_temperatures,
+        help="temperatures of the ladder, geometric from --t-min to --t-max, >= 2; each "
+        "--vae-window must hold >= 3 of them (default %(default)s)",
+    )
+    p.add_argument(
+        "--n-burn", type=int, default=d.n_burn, help="burn-in sweeps (default %(default)s)"
+    )
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=d.n_samples,
+        help=f"samples kept per temperature, >= {d.min_n_samples} (10 x the {d.n_blocks} error "
+        "blocks) (default %(default)s)",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=int,
+        default=d.sample_every,
+        help="sweeps between samples (default %(default)s)",
+    )
+    p.add_argument(
+        "--latent-dim",
+        type=int,
+        default=d.latent_dim,
+        help="VAE latent dimension (default %(default)s)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help="VAE training epochs (default %(default)s)"
+    )
+    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (default %(default)s)")
+    p.add_argument(
+        "--vae-window",
+        nargs=2,
+        type=float,
+        action="append",
+        metavar=("LOW", "HIGH"),
+        help="train another VAE on the temperatures in [LOW, HIGH] K, >= 3 of them "
+        f"(repeatable; default {_windows(d.vae_windows)})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument(
+        "--out-root", default=d.out_root, help="where run folders are created (default %(default)s)"
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"run folder to write (default: a fresh {d.run_name}-<UTC time> under --out-root)",
+    )
+    p.add_argument(
+        "--no-samples", action="store_true", help="do not write samples.npz (default: written)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The config the parsed flags ask for (not validated)."""
+    d = Config()
+    return dataclasses.replace(
         d,
         n_cells=a.n_cells,
         t_min=a.t_min,
@@ -56,16 +121,65 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
         save_samples=not a.no_samples,
         progress=not a.no_progress,
     )
-    return config, a.run_dir
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None]:
+    """Build the config from command-line flags; returns ``(config, run_dir)``."""
+    a = build_parser().parse_args(argv)
+    return config_from_args(a), a.run_dir
+
+
+def flag_problem(config: Config, windows_given: bool) -> str | None:
+    """The first limit the flags break, in the flags' terms (``None``: none).
+
+    ``Config.validate_limits`` names fields without a flag (``n_shells``, ``n_blocks``);
+    call this after ``Config.validate_fields`` passed."""
+    low = min_n_cells(config.n_shells)
+    if config.n_cells < low:
+        return (
+            f"--n-cells must be >= {low} (a smaller supercell cannot hold MoNbTaW's "
+            f"{config.n_shells} neighbour shells), got {config.n_cells}"
+        )
+    if config.n_samples < config.min_n_samples:
+        return (
+            f"--n-samples must be >= {config.min_n_samples} (10 x {config.n_blocks}: the drift "
+            f"check splits the first tenth of each chain into {config.n_blocks} blocks), "
+            f"got {config.n_samples}"
+        )
+    ladder = config.ladder()
+    for (lo, hi), count in zip(config.vae_windows, config.window_counts(), strict=True):
+        if count < 3:
+            which = (
+                f"--vae-window {lo:g} {hi:g}"
+                if windows_given
+                else f"the default --vae-window {lo:g} {hi:g} (no --vae-window was given)"
+            )
+            return (
+                f"{which} holds {count} of the {len(ladder)} ladder temperatures "
+                f"(--t-min {config.t_min:g} to --t-max {config.t_max:g} K, --n-temperatures "
+                f"{len(ladder)}); it needs >= 3: raise --n-temperatures or pass a wider "
+                "--vae-window LOW HIGH"
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, run_dir = parse_config(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    config, run_dir = config_from_args(a), a.run_dir
     try:
+        config.validate_fields()
+        problem = flag_problem(config, a.vae_window is not None)
+        if problem is not None:
+            raise ValueError(problem)
         config.validate()
     except ValueError as err:
         print(f"error: bad config: {err}", file=sys.stderr)
         return 2
+    try:  # before any work; creates nothing
+        check_output_dir(config.out_root if run_dir is None else run_dir)
+    except ValueError as exc:
+        parser.error(str(exc))  # exit status 2
     from experiments.hea_order.pipeline import format_summary, train_and_evaluate
 
     results = train_and_evaluate(config, run_dir)

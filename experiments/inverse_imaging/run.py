@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,23 @@ from experiments.inverse_imaging.train import (
     train_fcn,
 )
 from jaxsci.parallel import ProcessInfo, bootstrap, rank_slice
-from jaxsci.train import make_run_dir, write_json
+from jaxsci.train import check_output_dir, make_run_dir, write_json
 
-__all__ = ["format_table", "main", "summarize", "train_and_evaluate"]
+__all__ = [
+    "build_parser",
+    "format_table",
+    "main",
+    "parse_config",
+    "summarize",
+    "train_and_evaluate",
+]
+
+DESCRIPTION = (
+    "Inverse imaging (Laanait et al. 2019): a fully convolutional network reconstructs the "
+    "projected potential of a crystal from a 4D-STEM stack of CBED patterns, compared with "
+    "ePIE and with ePIE refined through the multislice model. Prints the median errors and "
+    "writes a run folder."
+)
 
 
 def summarize(errors: np.ndarray, test: ImagingSet, config: Config) -> dict[str, Any]:
@@ -247,21 +262,75 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="smoke-test size")
-    parser.add_argument("--out-root", default=None, help="parent of the run folder")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--n-train", type=int, default=None)
-    parser.add_argument("--dose", type=float, default=None, help="electrons per pattern")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--fcn-input", choices=("epie", "cbed"), default=None)
-    parser.add_argument("--bottleneck", choices=("conv", "dense"), default=None)
-    parser.add_argument("--refine-iters", type=int, default=None, help="0: no ePIE+MS")
+def _default(name: str, show: Callable[[Any], str] = str) -> str:
+    """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
+    full, tiny = show(getattr(Config(), name)), show(getattr(tiny_config(), name))
+    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`)."""
+    full, tiny = Config(), tiny_config()
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument(
-        "--identical-slices", action="store_true", help="ePIE+MS without its per-slice stage"
+        "--tiny",
+        action="store_true",
+        help=f"smoke-test size: {tiny.n_train} training specimens, {tiny.epochs} epochs "
+        f"(default {full.n_train} specimens, {full.epochs} epochs)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--out-root", default=None, help=f"parent of the run folder ({_default('out_root')})"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help=f"training epochs ({_default('epochs')})"
+    )
+    parser.add_argument(
+        "--n-train", type=int, default=None, help=f"training specimens ({_default('n_train')})"
+    )
+    noise = {None: "none, noise-free"}
+    parser.add_argument(
+        "--dose",
+        type=float,
+        default=None,
+        help="electrons per pattern, Poisson noise "
+        f"({_default('dose', lambda v: noise.get(v, str(v)))})",
+    )
+    parser.add_argument("--seed", type=int, default=None, help=f"random seed ({_default('seed')})")
+    parser.add_argument(
+        "--fcn-input",
+        choices=("epie", "cbed"),
+        default=None,
+        help="what the network reads: epie (the ePIE object) or cbed (the raw CBED stack) "
+        f"({_default('fcn_input')})",
+    )
+    parser.add_argument(
+        "--bottleneck",
+        choices=("conv", "dense"),
+        default=None,
+        help=f"U-Net bottleneck; use dense with --fcn-input cbed ({_default('bottleneck')})",
+    )
+    parser.add_argument(
+        "--refine-iters",
+        type=int,
+        default=None,
+        help="L-BFGS iterations of ePIE+MS per thickness, 0: no ePIE+MS "
+        f"({_default('refine_iters')})",
+    )
+    parser.add_argument(
+        "--identical-slices",
+        action="store_true",
+        help="ePIE+MS without its per-slice stage (default: with it)",
+    )
+    shown = {True: "shown", False: "hidden"}.get
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"hide progress bars ({_default('progress', shown)})",
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
     config = tiny_config() if args.tiny else Config()
     changes = {
         "out_root": args.out_root,
@@ -276,18 +345,53 @@ def main(argv: list[str] | None = None) -> Path:
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     if args.identical_slices:
         config = dataclasses.replace(config, refine_per_slice=False)
+    if args.no_progress:
+        config = dataclasses.replace(config, progress=False)
+    return config
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The config the command-line flags ask for (not validated, nothing checked on disk)."""
+    return _config(build_parser().parse_args(argv))
+
+
+def _exit_2_on_every_rank(
+    parser: argparse.ArgumentParser, error: str | None, info: ProcessInfo
+) -> None:
+    """Rank 0's error (``None``: none) ends every rank with exit status 2: rank 0 through
+    ``parser.error`` (one ``error:`` line), the others quietly; none is left waiting in a
+    collective."""
+    if info.size > 1:
+        error = info.comm.bcast(error, root=0)
+    if error is not None:
+        if info.is_root:
+            parser.error(error)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = _config(args)
     try:
         config.validate()
     except ValueError as err:
         parser.error(f"bad config: {err}")  # exit status 2, nothing written
     info = bootstrap()
-    run_dir, error = None, None
+    error = None
+    if info.is_root:  # rank 0 alone writes: it checks, before any work (creates nothing)
+        try:
+            check_output_dir(config.out_root)
+        except ValueError as exc:
+            error = str(exc)
+    _exit_2_on_every_rank(parser, error, info)
+    run_dir = None
     if info.is_root:
         try:
             run_dir = str(make_run_dir(config.out_root, config.run_name))
         except OSError as e:
-            error = f"{type(e).__name__}: {e}"
-    _raise_on_every_rank(error, info)
+            error = f"cannot make a run folder under {config.out_root}: {type(e).__name__}: {e}"
+    _exit_2_on_every_rank(parser, error, info)
     if info.size > 1:  # one folder, rank 0's
         run_dir = info.comm.bcast(run_dir, root=0)
     run_dir = Path(run_dir)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,15 @@ import numpy as np
 from experiments.pt_nanoparticles.config import Config, tiny_config
 from jaxsci.data.pt_clusters import PtClusterConfig
 
-__all__ = ["CompareConfig", "NotEnoughClusters", "compare", "main", "tiny_compare_config"]
+__all__ = [
+    "CompareConfig",
+    "NotEnoughClusters",
+    "build_parser",
+    "compare",
+    "main",
+    "parse_config",
+    "tiny_compare_config",
+]
 
 METHODS = ("step", "linear")
 RECOVERED_RMSD = 0.1  # Angstrom, after EMT relaxation
@@ -261,21 +270,81 @@ def format_summary(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_config(argv: list[str] | None = None) -> CompareConfig:
-    """Build the config from command-line flags (``--tiny`` first, then the flags given)."""
+def _default(name: str, none: str = "none") -> str:
+    """``CompareConfig``'s default of field ``name`` for a help string (and ``--tiny``'s);
+    ``none`` describes what ``None`` means."""
+
+    def show(value: Any) -> str:
+        if value is None:
+            return none
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    full, tiny = show(getattr(CompareConfig(), name)), show(getattr(tiny_compare_config(), name))
+    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`CompareConfig`)."""
+    from jaxsci.data.pt_clusters import default_cache_dir
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="smoke-test data set and budget")
-    p.add_argument("--sizes", type=int, nargs="+", help="cluster sizes (atoms)")
-    p.add_argument("--per-size", type=int, help="relaxed clusters per size")
-    p.add_argument("--n-quantiles", type=int, nargs="+", help="quantile levels Q")
-    p.add_argument("--methods", nargs="+", choices=METHODS, help="quantile read-out")
-    p.add_argument("--starts", type=int, help="parallel reconstruction starts")
-    p.add_argument("--rounds", type=int, help="basin-hopping rounds")
-    p.add_argument("--time-limit", type=float, help="seconds per reconstruction")
-    p.add_argument("--n-workers", type=int, help="EMT worker processes (data set)")
-    p.add_argument("--cache-dir", help="data set cache root")
-    p.add_argument("--out-root", help="where the run folder is created (default runs)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke-test data set and budget (default: the experiment's data set)",
+    )
+    p.add_argument(
+        "--sizes", type=int, nargs="+", help=f"cluster sizes, atoms ({_default('sizes')})"
+    )
+    p.add_argument(
+        "--per-size", type=int, help=f"relaxed clusters per size ({_default('per_size')})"
+    )
+    p.add_argument(
+        "--n-quantiles",
+        type=int,
+        nargs="+",
+        help=f"quantile levels Q ({_default('n_quantiles')})",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help=f"quantile read-out ({_default('methods')})",
+    )
+    p.add_argument(
+        "--starts", type=int, help=f"parallel reconstruction starts ({_default('starts')})"
+    )
+    p.add_argument("--rounds", type=int, help=f"basin-hopping rounds ({_default('rounds')})")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help=f"seconds per reconstruction ({_default('time_limit')})",
+    )
+    workers = min(2, os.cpu_count() or 1)  # the data module's rule for n_workers=None
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        help="EMT worker processes for the data set "
+        f"({_default('n_workers', f'min(2, CPU count) = {workers}')})",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="data set cache root "
+        f"({_default('cache_dir', str(default_cache_dir()))}: "
+        "$JAXSCI_CACHE/pt_clusters if JAXSCI_CACHE is set, else under the current folder)",
+    )
+    p.add_argument("--out-root", help=f"where the run folder is created ({_default('out_root')})")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> CompareConfig:
+    """Build the config from command-line flags (``--tiny`` first, then the flags given);
+    invalid flags or output folders exit with status 2 before any work."""
+    from jaxsci.data.pt_clusters import default_cache_dir
+    from jaxsci.train import check_output_dir
+
+    p = build_parser()
     a = p.parse_args(argv)
     base = tiny_compare_config(progress=True) if a.tiny else CompareConfig()
     given = {
@@ -295,6 +364,8 @@ def parse_config(argv: list[str] | None = None) -> CompareConfig:
         config = dataclasses.replace(config, progress=False)
     try:
         config.validate()
+        check_output_dir(config.out_root)  # creates nothing
+        check_output_dir(config.cache_dir if config.cache_dir is not None else default_cache_dir())
     except ValueError as err:
         p.error(str(err))  # exit status 2, before any work or run folder
     return config
