@@ -531,3 +531,30 @@ def test_batch_fn_under_jit_with_traced_cells():
             desc.batch_fn(*_args(batch), images=(1, 1, 1))
         with pytest.raises(ValueError, match="images must be three non-negative integers"):
             desc.batch_fn(*_args(batch), images=(1.5, 1, 1))
+
+
+def test_periodic_descriptor_without_a_cell_is_refused_not_computed_as_a_cluster():
+    # before: fn silently returned the free-cluster features (G2 of atom 0: 1.67 vs 9.68)
+    desc = ACSF(["Cu"], 6.0, G2, None, G4, periodic=True)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    s = desc.encode_species(atoms.numbers)
+    x = jnp.asarray(atoms.positions)
+    with pytest.raises(ValueError, match="periodic and pbc=.*no cell was given"):
+        desc.fn(x, s)
+    with pytest.raises(ValueError, match="no cell was given"):
+        desc.fn(x, s, pbc=(True, True, False))
+    with pytest.raises(ValueError, match="no cells was given"):
+        desc.batch_fn(x[None], s[None], jnp.ones((1, 4), bool))
+    # with the cell it is the periodic value; an explicit free cluster is still allowed
+    np.testing.assert_allclose(desc.fn(x, s, np.asarray(atoms.cell)), desc.create(atoms), 1e-5)
+    free = desc.fn(x, s, pbc=(False, False, False))
+    np.testing.assert_allclose(free, ACSF(["Cu"], 6.0, G2, None, G4).fn(x, s), 1e-6)
+
+
+def test_pool_refuses_a_single_row_and_a_mismatched_mask():
+    f = jnp.arange(12.0).reshape(3, 4)
+    with pytest.raises(ValueError, match=r"per-atom rows \[..., N, F\], got shape \(4,\)"):
+        pool(f[0])
+    with pytest.raises(ValueError, match=r"mask must have shape \[3\]"):
+        pool(f, mask=jnp.ones(4, bool))
+    np.testing.assert_array_equal(pool(f[:1]), jnp.concatenate([f[0], f[0]]))

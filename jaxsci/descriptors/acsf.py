@@ -77,6 +77,17 @@ def _check_pbc_and_positions(positions: Array, pbc: object) -> None:
         raise ValueError("positions contain NaN or inf (pad with finite values)")
 
 
+def _check_cell_given(periodic: bool, cell: object, pbc: object, name: str) -> None:
+    """ValueError for a periodic descriptor called with periodic axes but no cell: the
+    features would silently be those of a free cluster."""
+    if periodic and cell is None and bool(np.any(np.asarray(pbc, dtype=bool))):
+        raise ValueError(
+            f"this ACSF is periodic and pbc={tuple(np.broadcast_to(pbc, (3,)).tolist())}, but "
+            f"no {name} was given: pass {name} (Angstrom), or pbc=(False, False, False) for a "
+            "free cluster"
+        )
+
+
 def _to_atomic_number(x) -> int:
     if isinstance(x, bool | np.bool_):
         raise ValueError(f"unknown chemical element {x!r}")
@@ -333,7 +344,8 @@ class ACSF:
         """Pure ACSF [N, F] of one structure; jit-, grad- and vmap-able in ``positions``.
 
         positions: [N, 3] Angstrom; species: [N] int indices (see :meth:`encode_species`);
-        cell: [3, 3] lattice vectors (rows, Angstrom), used when ``periodic``; mask: [N]
+        cell: [3, 3] lattice vectors (rows, Angstrom), required when ``periodic`` and any
+        ``pbc`` axis is True (a free cluster passes ``pbc=(False, False, False)``); mask: [N]
         bool, False for padding atoms (they contribute nothing and get zero rows). Periodic
         positions are wrapped into the cell first (in the graph: the gradient passes
         through unchanged), so atoms may lie anywhere. Free clusters are not centred
@@ -371,6 +383,7 @@ class ACSF:
         elif jnp.shape(mask) != positions.shape[:1]:
             raise ValueError(f"mask must have shape [{positions.shape[0]}], got {jnp.shape(mask)}")
         _check_pbc_and_positions(positions, pbc)
+        _check_cell_given(self.periodic, cell, pbc, "cell")
         if not self.periodic or cell is None:
             out = _dense_features(positions, species, mask, None, None, self.config)[0]
             return (out, no_overflow) if return_overflow else out
@@ -497,6 +510,7 @@ class ACSF:
                     f"{list(jnp.shape(value))}"
                 )
         _check_pbc_and_positions(positions, pbc)
+        _check_cell_given(self.periodic, cells, pbc, "cells")
         self._check_species(species)
         if not self.periodic or cells is None:
             out = _free_batched(positions, jnp.asarray(species), jnp.asarray(mask), self.config)
@@ -605,7 +619,7 @@ class ACSF:
                 if cen.ndim != 1 or not _whole_numbers(cen) or not inside:
                     raise ValueError(
                         "centers must be a list of integer atom indices within the system "
-                        f"(negative ones count from the end, as in DScribe), got {cen.tolist()[:5]}"
+                        f"(negative ones count from the end), got {cen.tolist()[:5]}"
                     )
                 out = out[cen.astype(np.int64)]
             result.append(out)

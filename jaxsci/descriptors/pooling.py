@@ -16,7 +16,8 @@ def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max"
 
     ops: any of "max", "min", "mean", "sum", concatenated in the given order. ``mask``
     [..., N] (bool) excludes padding atoms. Differentiable (max/min route gradients to the
-    arg-extreme atom).
+    arg-extreme atom); returns a JAX array (``ACSF.create`` returns NumPy for DScribe's
+    sake; ``np.asarray`` converts).
     """
     if isinstance(ops, str):
         ops = (ops,)
@@ -24,8 +25,18 @@ def pool(features: Array, mask: Array | None = None, ops: Sequence[str] = ("max"
     if bad or not ops:
         raise ValueError(f"pool ops must be a non-empty subset of {POOL_OPS}, got {list(ops)}")
     features = jnp.asarray(features)
+    if features.ndim < 2:
+        raise ValueError(
+            f"features must be per-atom rows [..., N, F], got shape {features.shape} "
+            "(one atom's row is [1, F])"
+        )
     if mask is None:
         mask = jnp.ones(features.shape[:-1], dtype=bool)
+    elif jnp.shape(mask) != features.shape[:-1]:
+        raise ValueError(
+            f"mask must have shape {list(features.shape[:-1])} (features without F), "
+            f"got {list(jnp.shape(mask))}"
+        )
     m = jnp.asarray(mask)[..., None]
     count = jnp.maximum(jnp.sum(m, axis=-2), 1)
     some = jnp.any(m, axis=-2)  # a structure with no (unmasked) atoms pools to 0 for every op
