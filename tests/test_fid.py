@@ -196,3 +196,46 @@ def test_evaluate_samples_refuses_fewer_than_two_images(digits, classifier):
     for n in (0, 1):
         with pytest.raises(ValueError, match="images needs at least 2 images"):
             evaluate_samples(classifier, digits.test_images[:n], digits.test_labels[:n], *ref)
+
+
+def test_label_arrays_are_checked_before_any_work(digits, classifier):
+    """Raw broadcast / IndexError / MLIR errors before, or silent truncation of floats."""
+    x, y = digits.test_images[:100], digits.test_labels[:100]
+    ref = (digits.train_images, digits.train_labels)
+    for bad, shown in ((y[:99], r"\[99\]"), (y[:1], r"\[1\]"), (y[:, None], r"\[100, 1\]")):
+        with pytest.raises(ValueError, match=rf"labels must be \[100\] integers.*{shown}"):
+            evaluate_samples(classifier, x, bad, *ref)
+    with pytest.raises(ValueError, match="reference_labels must be"):
+        evaluate_samples(classifier, x, y, ref[0], ref[1][:-5])
+    with pytest.raises(ValueError, match="labels must be .* integers"):
+        evaluate_samples(classifier, x, y + 0.7, *ref)
+    img = np.zeros((4, 8, 8, 1))
+    lab = np.array([0, 1, 2, 3])
+    fit = lambda **kw: fit_feature_classifier(  # noqa: E731
+        img, kw.pop("labels", lab), key=jax.random.PRNGKey(0), n_labels=4, **kw
+    )
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
+        fit(labels=lab + 0.7, steps=1)
+    with pytest.raises(ValueError, match=r"labels must be \[4\] class indices.*\[4, 1\]"):
+        fit(labels=lab[:, None], steps=1)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        fit(steps=-1)
+    with pytest.raises(ValueError, match="pass test_images and test_labels together"):
+        fit(steps=1, test_images=img)
+    with pytest.raises(ValueError, match=r"test_labels must be \[4\] class indices"):
+        fit(steps=1, test_images=img, test_labels=lab[:3])
+    with pytest.raises(ValueError, match="test_images must have images' shape"):
+        fit(steps=1, test_images=np.zeros((4, 8, 8)), test_labels=lab)
+    # whole-number floats are class indices, and an accuracy comes out
+    assert (
+        0.0
+        <= fit(labels=lab.astype(float), steps=2, test_images=img, test_labels=lab).test_accuracy
+        <= 1.0
+    )
+
+
+def test_inception_score_stays_within_one_and_k_for_rows_off_by_rounding():
+    # before: rows summing to 1.0009 gave 2.0012 > K = 2
+    p = np.array([[1.0009, 0.0], [0.0, 1.0009]])
+    assert inception_score(p) == pytest.approx(2.0)
+    assert inception_score(p) <= 2.0

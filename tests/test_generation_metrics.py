@@ -120,3 +120,22 @@ def test_energy_scores():
         energy_spearman(target, target[:3])
     # W1 between point masses shifted by 0.05 eV/atom is 0.05; NaNs are dropped.
     assert energy_wasserstein(target + 0.05, np.append(target, np.nan)) == pytest.approx(0.05)
+
+
+def test_non_finite_structures_earn_no_credit_and_bad_tolerances_are_refused():
+    # before: one NaN structure raised "positions: positions contain NaN or inf" for the
+    # whole batch, and tol=-1 or NaN made every structure unique
+    a = _pt13()
+    bad = a.copy()
+    bad[3, 1] = np.nan
+    b = a + 0.3
+    b[0] += 1.0
+    np.testing.assert_array_equal(uniqueness_mask([bad, a, bad, a]), [False, True, False, False])
+    np.testing.assert_array_equal(novelty_mask([bad, a, b], [bad, a]), [False, False, True])
+    for fn, args in ((uniqueness_mask, ([a, a],)), (novelty_mask, ([a], [a]))):
+        for tol in (-1.0, float("nan"), float("inf"), "0.02"):
+            with pytest.raises(ValueError, match=f"{fn.__name__}: tol must be a finite number"):
+                fn(*args, tol=tol)
+    for kw in ({"d_nn": -1.0}, {"d_nn": float("nan")}, {"bond_factor": 0.0}):
+        with pytest.raises(ValueError, match="check_validity: .* must be a finite number > 0"):
+            check_validity(a, **kw)

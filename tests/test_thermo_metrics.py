@@ -322,3 +322,12 @@ def test_drift_z_bad_input_raises(kwargs, match):
         drift_z(np.zeros((40, 2)))
     with pytest.raises(ValueError, match="shape"):
         drift_z(np.zeros(100))
+
+
+def test_drift_z_counts_a_share_without_binary_rounding():
+    # before: int(0.29 * 100) = 28 samples, "too few" for 29 batches of one sample
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    z = drift_z(x, first=0.29, last=0.5, n_batches=29)
+    assert z.shape == (2,) and np.all(np.isfinite(z))
+    with pytest.raises(ValueError, match="too few"):
+        drift_z(x, first=0.28, last=0.5, n_batches=29)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.models.classifier import MLPClassifier
 
 __all__ = [
@@ -91,9 +92,21 @@ def fit_feature_classifier(
       test_images, test_labels: optional held-out set for the reported accuracy.
     """
     x = jnp.asarray(images, jnp.float32)
-    y = jnp.asarray(labels, jnp.int32)
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"need as many labels as images (>0): {x.shape[0]} vs {y.shape[0]}")
+    y = _int_labels(labels, "labels", x.shape[0])
+    if x.shape[0] == 0:
+        raise ValueError("fit_feature_classifier: no training images")
+    if not is_int_at_least(steps, 1):
+        raise ValueError(f"fit_feature_classifier: steps must be an integer >= 1, got {steps!r}")
+    if (test_images is None) != (test_labels is None):
+        raise ValueError("fit_feature_classifier: pass test_images and test_labels together")
+    if test_images is not None:
+        test_x = jnp.asarray(test_images, jnp.float32)
+        test_y = _int_labels(test_labels, "test_labels", test_x.shape[0])
+        if test_x.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"fit_feature_classifier: test_images must have images' shape per row "
+                f"{list(x.shape[1:])}, got {list(test_x.shape)}"
+            )
     present = set(np.asarray(y).tolist())
     outside = sorted(v for v in present if not 0 <= v < n_labels)
     if outside:  # softmax cross-entropy would silently train on them as no class at all
@@ -127,9 +140,20 @@ def fit_feature_classifier(
     params, _ = train(params, k_train)
     acc = float("nan")
     if test_images is not None:
-        logits = model.apply(params, jnp.asarray(test_images, jnp.float32))
-        acc = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(test_labels)))
+        logits = model.apply(params, test_x)
+        acc = float(jnp.mean(jnp.argmax(logits, -1) == test_y))
     return FeatureClassifier(model, params, acc)
+
+
+def _int_labels(labels: Any, name: str, n: int) -> jax.Array:
+    """``labels`` as ``[n]`` int32, refusing another shape and non-integer values (a float
+    label would otherwise be truncated to a class silently)."""
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise ValueError(f"{name} must be [{n}] class indices, one per image, got {list(y.shape)}")
+    if not (np.issubdtype(y.dtype, np.integer) or (y.size and np.all(y == np.round(y)))):
+        raise ValueError(f"{name} must be integer class indices, got {y.dtype} values")
+    return jnp.asarray(y, jnp.int32)
 
 
 def frechet_distance(feats_a: Any, feats_b: Any) -> float:
@@ -159,12 +183,16 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
 
 
 def inception_score(probs: Any, eps: float = 1e-12) -> float:
-    """``exp(mean_x KL(p(y|x) || p(y)))`` for class probabilities ``[N, K]``; in [1, K]."""
+    """``exp(mean_x KL(p(y|x) || p(y)))`` for class probabilities ``[N, K]``; in [1, K].
+
+    Rows must sum to 1 within 1e-3 (float32 softmax output passes); they are renormalised
+    first, so the score stays within [1, K]."""
     p = np.asarray(probs, np.float64)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"probs must be [N, K] with N > 0, got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(np.abs(p.sum(1) - 1) > 1e-3):
         raise ValueError("probs must be finite, non-negative rows summing to 1 (NaN? logits?)")
+    p = p / p.sum(1, keepdims=True)
     p_y = p.mean(0, keepdims=True)
     kl = np.sum(p * (np.log(p + eps) - np.log(p_y + eps)), axis=1)
     return float(np.exp(kl.mean()))
@@ -249,6 +277,15 @@ def evaluate_samples(
     for name, n in (("images", len(images)), ("reference_images", len(reference_images))):
         if n < 2:  # a covariance needs two rows (and an empty batch broke the classifier)
             raise ValueError(f"evaluate_samples: {name} needs at least 2 images, got {n}")
+    for name, lab, n in (
+        ("labels", labels, len(images)),
+        ("reference_labels", ref_labels, len(reference_images)),
+    ):
+        if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(
+                f"evaluate_samples: {name} must be [{n}] integers, one per image, got "
+                f"shape {list(lab.shape)} of {lab.dtype}"
+            )
     f_gen, p_gen = classifier.features(images), classifier.probs(images)
     f_ref = classifier.features(reference_images)
     pred = p_gen.argmax(1)

@@ -11,7 +11,7 @@ Host-side NumPy/SciPy. Structures are ``ase.Atoms`` or positions ``[n_atoms, 3]`
   are sorted within each species pair (so homotops of an alloy differ; bare positions
   carry no species and are compared on all distances); a structure is unique if no
   earlier generated structure is the same, novel if no reference (training) structure
-  is the same;
+  is the same; a structure with non-finite positions is neither (as it is not valid);
 - energies: Spearman rank correlation of obtained vs target, Wasserstein-1 distance
   between the obtained and the training energy distributions (eV/atom).
 """
@@ -71,6 +71,9 @@ def check_validity(
 
     Non-finite positions make a structure invalid; one atom is valid (one component).
     """
+    for name, value in (("d_nn", d_nn), ("min_factor", min_factor), ("bond_factor", bond_factor)):
+        if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and value > 0):
+            raise ValueError(f"check_validity: {name} must be a finite number > 0, got {value!r}")
     pos = _positions(structure)
     n = len(pos)
     if n == 0:
@@ -96,8 +99,16 @@ class _Print(NamedTuple):
     typed: np.ndarray
 
 
-def _print(structure: Any) -> _Print:
+def _check_tol(tol: float, name: str) -> None:
+    if not (isinstance(tol, int | float | np.floating) and np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"{name}: tol must be a finite number >= 0 (Angstrom), got {tol!r}")
+
+
+def _print(structure: Any) -> _Print | None:
+    """The structure's print, or None for non-finite positions (it matches nothing)."""
     pos = _positions(structure)
+    if not np.all(np.isfinite(pos)):
+        return None
     plain = sorted_pair_distances(pos)
     if not hasattr(structure, "get_atomic_numbers"):
         return _Print(None, plain, plain)
@@ -123,10 +134,12 @@ def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarr
     pair-distance difference < tol A; for ``ase.Atoms`` the same composition and the
     distances sorted per species pair, so homotops differ). Greedy: each structure is
     compared with the kept ones only, so in a chain a~b~c with a !~ c, a and c are kept;
-    the count of True is the number of distinct structures at resolution ``tol``."""
+    the count of True is the number of distinct structures at resolution ``tol``. A
+    structure with non-finite positions is False (not a structure to count)."""
+    _check_tol(tol, "uniqueness_mask")
     prints = [_print(s) for s in structures]
-    mask = np.ones(len(prints), dtype=bool)
-    for i in range(len(prints)):
+    mask = np.array([p is not None for p in prints], dtype=bool)
+    for i in np.flatnonzero(mask):
         for j in range(i):
             if mask[j] and _same(prints[i], prints[j], tol):
                 mask[i] = False
@@ -138,11 +151,15 @@ def novelty_mask(
     structures: Sequence[Any], reference: Sequence[Any], *, tol: float = 0.02
 ) -> np.ndarray:
     """``[n]`` bool: True where no reference structure matches (sorted pair distances < tol
-    A; between two ``ase.Atoms`` also the same composition, distances per species pair)."""
+    A; between two ``ase.Atoms`` also the same composition, distances per species pair).
+    A structure with non-finite positions is False; such a reference matches nothing."""
     typed: dict[tuple, list[np.ndarray]] = {}  # composition -> per-species-pair prints
     plain: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints of every reference
     bare: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints without species
+    _check_tol(tol, "novelty_mask")
     for ref in (_print(r) for r in reference):
+        if ref is None:  # a non-finite reference matches nothing
+            continue
         plain.setdefault(len(ref.plain), []).append(ref.plain)
         if ref.composition is None:
             bare.setdefault(len(ref.plain), []).append(ref.plain)
@@ -156,6 +173,9 @@ def novelty_mask(
 
     out = np.ones(len(structures), dtype=bool)
     for i, fp in enumerate(_print(s) for s in structures):
+        if fp is None:
+            out[i] = False
+            continue
         if fp.composition is None:
             best = closest(fp.plain, plain.get(len(fp.plain)))
         else:

@@ -20,7 +20,7 @@ def scaling_efficiency(
       times_s: seconds of the same work (strong scaling: the same global problem; weak:
         the same problem *per worker*) keyed by the number of workers (ranks, devices).
         Times are real scalars (Python, NumPy or 0-d JAX/NumPy arrays; not bools), finite
-        and > 0; worker counts integers >= 1 (Python, NumPy, 0-d integer arrays).
+        and > 0; worker counts integers >= 1 (Python or NumPy integers).
       mode: ``"strong"``: ``E(n) = t(b) b / (t(n) n)`` (perfect: ``t`` falls as ``1/n``);
         ``"weak"``: ``E(n) = t(b) / t(n)`` (perfect: ``t`` stays flat). ``b`` is the
         smallest worker count given, whose efficiency is 1.
@@ -59,7 +59,7 @@ def _workers(n: object) -> int:
             f"scaling_efficiency: worker counts must be integers >= 1, not bools: got {n!r}"
         )
     try:
-        workers = operator.index(n)  # int, np.integer, 0-d integer arrays
+        workers = operator.index(n)  # int, np.integer
     except TypeError:
         raise ValueError(
             f"scaling_efficiency: worker counts must be integers >= 1, got {type(n).__name__} {n!r}"

@@ -13,6 +13,8 @@ unbiased; ``ddof=0`` is the paper's ``<x^2> - <x>^2``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.signal import find_peaks
@@ -152,7 +154,10 @@ def drift_z(
     if isinstance(n_batches, bool) or not isinstance(n_batches, int | np.integer) or n_batches < 2:
         raise ValueError(f"drift_z: n_batches must be an int >= 2, got {n_batches!r}")
     n = x.shape[0]
-    n_a, n_b = int(first * n) // n_batches * n_batches, int(last * n) // n_batches * n_batches
+    # a share's sample count, floored but immune to binary rounding (0.29 * 100 = 28.999...)
+    n_a, n_b = (
+        int(math.floor(share * n + 1e-9)) // n_batches * n_batches for share in (first, last)
+    )
     if n_a < n_batches or n_b < n_batches:
         raise ValueError(
             f"drift_z: {n} samples are too few for {n_batches} batches in {first} and {last} "
