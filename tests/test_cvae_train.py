@@ -47,11 +47,14 @@ def test_other_settings_or_fewer_epochs_are_refused_before_anything_is_written(t
     with pytest.raises(ValueError, match="epoch 3, past epochs=2"):
         run(tmp_path, 2, checkpoint_dir=tmp_path / "ck", settings={"lr": 1e-2, "data": "x"})
     # its own arguments are checked whatever the caller's settings say
-    changed = dict(ARGS, batch_size=8)
+    changed = dict(ARGS, batch_size=8, settings={"lr": 1e-2, "data": "x"})
     with pytest.raises(ValueError, match="batch_size"):
         train_cvae(
             MODEL, optax.adam(1e-2), X, C, epochs=4, **changed, checkpoint_dir=tmp_path / "ck"
         )
+    # and settings=None does not skip the check of the settings the checkpoint holds
+    with pytest.raises(ValueError, match="none were given"):
+        run(tmp_path, 4, checkpoint_dir=tmp_path / "ck")
     assert snapshot(tmp_path) == before
 
 

@@ -255,15 +255,86 @@ def with_validation(
     return run
 
 
+def _param_shapes(model: CVAE, cond_dim: int) -> dict[str, tuple[int, ...]]:
+    """Kernel and bias shapes of ``model``'s parameters for ``cond_dim`` condition columns."""
+    widths = {
+        "encoder": (model.data_dim + cond_dim, *model.hidden, 2 * model.latent_dim),
+        "decoder": (model.latent_dim + cond_dim, *model.hidden, model.data_dim),
+    }
+    out = {}
+    for part, dims in widths.items():
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            out[f"{part}/dense_{i}/kernel"] = (d_in, d_out)
+            out[f"{part}/dense_{i}/bias"] = (d_out,)
+    return out
+
+
+def _params_cond_dim(model: CVAE, params) -> int:
+    """Number of condition columns ``C`` that ``params`` were made for (``ValueError`` when
+    they are not ``model``'s parameters: another model's, or the ``{"params": ...}`` wrapper).
+
+    Reads static shapes only, so it works on traced parameters inside ``jax.jit``.
+    """
+    try:
+        rows = int(jnp.shape(params["decoder"]["dense_0"]["kernel"])[0])
+    except (KeyError, TypeError, IndexError):
+        keys = sorted(params) if hasattr(params, "keys") else type(params).__name__
+        raise ValueError(
+            f"params must be a CVAE's parameter tree with 'encoder' and 'decoder' (the "
+            f"'params' entry of model.init), got {keys}"
+        ) from None
+    cond_dim = rows - model.latent_dim
+    found = {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(jnp.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    wanted = _param_shapes(model, max(cond_dim, 0))
+    if cond_dim < 0 or found != wanted:
+        bad = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        name = bad[0]
+        raise ValueError(
+            f"params do not fit CVAE(data_dim={model.data_dim}, latent_dim={model.latent_dim}, "
+            f"hidden={model.hidden}): {name} is {found.get(name, 'absent')} but the "
+            f"model wants {wanted.get(name, 'absent')} (params of another model?)"
+        )
+    return cond_dim
+
+
+def _check_cond(model: CVAE, params, c: jax.Array, rows: int | None = None) -> int:
+    """``ValueError`` unless ``c`` is ``[B, C]`` with the ``C`` of ``params`` (and ``B ==
+    rows`` when given); returns ``C``. Static shapes only (jittable)."""
+    cond_dim = _params_cond_dim(model, params)
+    shape = jnp.shape(c)
+    if len(shape) != 2:
+        raise ValueError(f"c must be 2-D [rows, {cond_dim} condition columns], got shape {shape}")
+    if shape[1] != cond_dim:
+        raise ValueError(
+            f"c has {shape[1]} columns but the params were made for cond_dim {cond_dim}"
+        )
+    if rows is not None and shape[0] != rows:
+        raise ValueError(f"x has {rows} rows but c has {shape[0]}")
+    return cond_dim
+
+
 def sample(
     model: CVAE, params, c: jax.Array, key: jax.Array, *, temperature: float = 1.0
 ) -> jax.Array:
-    """Decode ``z ~ N(0, temperature^2 I)`` for conditions ``c`` ``[B, C]``: ``[B, data_dim]``."""
+    """Decode ``z ~ N(0, temperature^2 I)`` for conditions ``c`` ``[B, C]``: ``[B, data_dim]``.
+
+    ``ValueError`` when ``c`` is not 2-D with the ``C`` that ``params`` were made for, or
+    ``params`` are not ``model``'s (static shape checks: jittable).
+    """
     c = jnp.asarray(c, jnp.float32)
+    _check_cond(model, params, c)
     z = temperature * jax.random.normal(key, (c.shape[0], model.latent_dim))
     return model.apply({"params": params}, z, c, method=CVAE.decode)
 
 
 def encode(model: CVAE, params, x: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Posterior mean and log-variance ``[B, latent_dim]`` of ``x`` under condition ``c``."""
+    """Posterior mean and log-variance ``[B, latent_dim]`` of ``x [B, data_dim]`` under
+    condition ``c [B, C]`` (checked as in :func:`sample`, and ``x`` against ``data_dim``)."""
+    x_shape = jnp.shape(x)
+    if len(x_shape) != 2 or x_shape[1] != model.data_dim:
+        raise ValueError(f"x must be 2-D [rows, data_dim = {model.data_dim}], got shape {x_shape}")
+    _check_cond(model, params, c, rows=x_shape[0])
     return model.apply({"params": params}, x, c, method=CVAE.encode)

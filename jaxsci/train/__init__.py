@@ -1,6 +1,11 @@
 """jaxsci.train."""
 
-from jaxsci.train.checkpoint import Checkpointer
+from jaxsci.train.checkpoint import (
+    Checkpointer,
+    check_settings,
+    normalize_settings,
+    settings_differences,
+)
 from jaxsci.train.cvae import check_resume, train_cvae  # issue 4: (C)VAE training
 from jaxsci.train.gan import (  # issue 6: conditional GANs, per-label training
     DataPool,
@@ -59,6 +64,9 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "check_resume",
+    "check_settings",
+    "normalize_settings",
+    "settings_differences",
     "FitResult",
     "JsonlLogger",
     "MLLogger",

@@ -307,9 +307,10 @@ class Checkpointer:
         for name, (shape, dtype) in wanted.items():
             if saved[name] != (shape, dtype):
                 got_shape, got_dtype = saved[name]
+                hint = _x64_hint(got_shape, got_dtype, shape, dtype)
                 raise ValueError(
                     f"{where}: leaf {name!r} was saved as {got_dtype}{list(got_shape)} but the "
-                    f"target wants {dtype}{list(shape)}"
+                    f"target wants {dtype}{list(shape)}{hint}"
                 )
 
     def _complete(self, step: int) -> bool:
@@ -457,6 +458,25 @@ def _key_str(key: Any) -> str:
     return str(key)
 
 
+def _x64_hint(saved_shape: Any, saved_dtype: Any, shape: Any, dtype: Any) -> str:
+    """A clause naming ``jax_enable_x64`` when two leaves differ only in 32 vs 64-bit width
+    of the same kind of number (float32 vs float64, int32 vs int64), else ``""``."""
+    a, b = np.dtype(saved_dtype), np.dtype(dtype)
+    x64_pair = [8, 16] if a.kind == "c" else [4, 8]
+    if (
+        tuple(saved_shape) != tuple(shape)
+        or a.kind != b.kind
+        or a.kind not in "fiuc"
+        or sorted((a.itemsize, b.itemsize)) != x64_pair
+    ):
+        return ""
+    then, now = ("off", "on") if b.itemsize > a.itemsize else ("on", "off")
+    return (
+        f" (only the width differs: jax_enable_x64 may have been {then} at save time and "
+        f"is {now} now)"
+    )
+
+
 def _check_like(restored: Any, target: Any, step: int) -> None:
     """Raise ValueError unless ``restored`` has ``target``'s tree, shapes and dtypes."""
     if jax.tree.structure(restored) != jax.tree.structure(target):
@@ -469,7 +489,8 @@ def _check_like(restored: Any, target: Any, step: int) -> None:
         if not hasattr(want, "shape"):
             continue
         if (got.shape, got.dtype) != (want.shape, want.dtype):
+            hint = _x64_hint(got.shape, got.dtype, want.shape, want.dtype)
             raise ValueError(
                 f"checkpoint step {step}: leaf {jax.tree_util.keystr(path)} has "
-                f"{got.dtype}{list(got.shape)}, target wants {want.dtype}{list(want.shape)}"
+                f"{got.dtype}{list(got.shape)}, target wants {want.dtype}{list(want.shape)}{hint}"
             )

@@ -10,7 +10,9 @@ condition columns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,88 @@ from jaxsci.train.loop import FitResult, fit
 
 __all__ = ["check_resume", "train_cvae"]
 
+_GOLDEN = 0.6180339887498949  # position weights 1 + frac(k * golden): spread over [1, 2)
+_CHUNK = 1 << 20
+
+
+def _data_fingerprint(x: Any, c: Any) -> dict[str, Any]:
+    """A cheap, deterministic fingerprint of training data, as :func:`train_cvae` stores it
+    with its checkpoints: the shapes of ``x`` and ``c`` and, for each (as float32), two
+    position-weighted sums, of its positive and of its negative parts (in float64).
+
+    Another data set of the same shape, or the rows shuffled, changes the sums by far more
+    than the 1e-5 relative tolerance of :func:`jaxsci.train.check_settings` (a shuffle:
+    about ``0.2 / sqrt(x.size)``, so up to some 10^8 values); last-bit differences (the same
+    data recomputed on other hardware) do not, nor may a change of a few values among many."""
+    x, c = np.asarray(x, np.float32), np.asarray(c, np.float32)
+    return {
+        "x_shape": list(x.shape),
+        "c_shape": list(c.shape),
+        "x_checksum": _checksum(x),
+        "c_checksum": _checksum(c),
+    }
+
+
+def _checksum(values: np.ndarray) -> list[float]:
+    flat = values.ravel()
+    pos = neg = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        v = flat[start : start + _CHUNK].astype(np.float64)
+        w = 1.0 + np.modf(np.arange(start, start + v.size, dtype=np.float64) * _GOLDEN)[0]
+        pos += float(w @ np.maximum(v, 0.0))
+        neg += float(w @ np.maximum(-v, 0.0))
+    return [pos, neg]
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    """A stable name of an activation: its (qualified) name, a partial with its arguments,
+    else its type's name (never a repr with a memory address)."""
+    if isinstance(fn, functools.partial):
+        args = [_callable_name(fn.func), *map(repr, fn.args)]
+        args += [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"partial({', '.join(args)})"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return str(name) if name else type(fn).__qualname__
+
+
+def _check_validation(validation: Any, data_dim: int, cond_dim: int) -> tuple[Any, Any]:
+    """``validation`` as ``(x_val, c_val)`` float32 arrays, checked against the training
+    widths before any work (``ValueError`` naming the part); ``None`` parts left as such
+    for :func:`jaxsci.models.cvae.with_validation` to judge."""
+    try:
+        x_val, c_val = validation
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"validation must be a pair (x_val, c_val), got {type(validation).__name__}"
+        ) from None
+    if x_val is None or c_val is None:
+        return x_val, c_val
+    out = []
+    for name, value, width, what in (
+        ("x_val", x_val, data_dim, "model.data_dim is"),
+        ("c_val", c_val, cond_dim, "c has"),
+    ):
+        arr = np.asarray(value, np.float32)
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be 2-D [rows, features], got shape {arr.shape}")
+        if arr.shape[1] != width:
+            raise ValueError(f"{name} has {arr.shape[1]} columns but {what} {width}")
+        bad = int(np.sum(~np.isfinite(arr)))
+        if bad:
+            raise ValueError(f"{name} holds {bad} non-finite (NaN or inf) values")
+        out.append(arr)
+    if out[0].shape[0] != out[1].shape[0]:
+        raise ValueError(f"x_val has {out[0].shape[0]} rows but c_val has {out[1].shape[0]}")
+    return out[0], out[1]
+
 
 def check_resume(
     checkpoint_dir: str | Path, settings: Mapping[str, Any] | None, epochs: int
 ) -> None:
     """``ValueError`` if ``checkpoint_dir`` holds checkpoints made with other ``settings``
-    (every differing one named), or one past ``epochs`` (a run cannot resume to fewer
-    epochs than it has done). Reads only; a missing folder is a fresh start."""
+    (every differing one named; ``None`` differs from the settings a checkpoint holds), or
+    one past ``epochs`` (a run cannot resume to fewer epochs than it has done). Reads only;
+    a missing folder is a fresh start."""
     if not Path(checkpoint_dir).is_dir():
         return
     with Checkpointer(checkpoint_dir, keep=None) as ckpt:
@@ -48,6 +125,12 @@ def check_resume(
             return
         if settings is not None:
             ckpt.check_settings(settings)
+        elif ckpt.metadata(latest).get("settings") is not None:
+            raise ValueError(
+                f"checkpoint step {latest} in {checkpoint_dir} was saved with run settings "
+                f"but none were given (settings=None): resume with the settings it was made "
+                f"with, or use a fresh checkpoint folder"
+            )
         if latest > epochs:
             raise ValueError(
                 f"the checkpoints in {checkpoint_dir} are at epoch {latest}, past "
@@ -85,16 +168,23 @@ def train_cvae(
       batch_size, beta, seed: as :func:`jaxsci.models.cvae.make_epoch_fn` (``seed`` also
         fixes the permutations and the noise, so a run is a function of its inputs).
       validation: ``(x_val [V, D], c_val [V, C])`` for ``val_*`` metrics after every epoch
-        (fixed noise); ``None`` or ``V = 0``: none.
+        (fixed noise); ``None`` or ``V = 0``: none. Checked before any work: 2-D, finite,
+        as many rows, ``D`` and ``C`` columns as ``x`` and ``c``.
       checkpoint_dir: Orbax checkpoints every ``checkpoint_every`` epochs and at the end,
         the ``keep`` newest kept, each with ``settings`` in its metadata. If the folder
         holds checkpoints, training resumes from the newest and ends with the parameters
-        of the uninterrupted run; made with other ``settings``, another ``batch_size``,
-        ``beta``, ``seed`` or model shape, or past ``epochs``, it is refused
-        (``ValueError``) before anything is written. ``None``: no checkpoints.
+        of the uninterrupted run; made with other ``settings`` (``None`` included, when the
+        checkpoint holds some), another ``batch_size``, ``beta``, ``seed``, model shape or
+        activation (by name), other data, or past ``epochs``, it is refused
+        (``ValueError``) before anything is written. The data are recorded as their shapes
+        and position-weighted sums of ``x`` and ``c`` (float32): another data set, or the
+        rows shuffled (up to some 10^8 values), is refused; last-bit differences (the data
+        recomputed on other hardware) pass. The optimizer is not recorded: put it in ``settings``.
+        ``None``: no checkpoints.
       settings: JSON-able description of the run to store and check on resume (e.g. the
         data, model and optimizer settings; not ``epochs``, which a resume may raise).
-      metrics_path: JSON-lines file of per-epoch metrics (continued on resume).
+      metrics_path: JSON-lines file of per-epoch metrics (continued on resume; a fresh
+        run rewrites it, with a warning when it held records).
       progress, desc, postfix_keys: the progress bar.
 
     Returns:
@@ -111,7 +201,7 @@ def train_cvae(
     if np.shape(x)[1] != model.data_dim:
         raise ValueError(f"x has {np.shape(x)[1]} columns but model.data_dim is {model.data_dim}")
     if validation is not None:
-        x_val, c_val = validation
+        x_val, c_val = _check_validation(validation, model.data_dim, c.shape[1])
         x_val = jnp.asarray(x_val, jnp.float32) if x_val is not None else None
         c_val = jnp.asarray(c_val, jnp.float32) if c_val is not None else None
         epoch_fn = with_validation(
@@ -130,7 +220,7 @@ def train_cvae(
         return fit(init, epoch_fn, **run)
     check_resume(checkpoint_dir, saved, epochs)
     # its own arguments too, whatever the caller's settings hold: a resume with another
-    # batch size, beta, seed or model would mix two runs
+    # batch size, beta, seed, model or data would mix two runs
     own = normalize_settings(
         {
             "batch_size": batch_size,
@@ -140,6 +230,8 @@ def train_cvae(
             "cond_dim": c.shape[1],
             "latent_dim": model.latent_dim,
             "hidden": model.hidden,
+            "activation": _callable_name(model.activation),
+            "data": _data_fingerprint(x, c),
         }
     )
     metadata = {"train_cvae": own, **({"settings": saved} if saved is not None else {})}
@@ -148,7 +240,14 @@ def train_cvae(
         saved_own = ckpt.metadata(latest).get("train_cvae") if latest is not None else None
         if saved_own is not None:
             where = f"the checkpoint at epoch {latest} in {checkpoint_dir}"
-            check_settings(saved_own, own, where)
+            unchecked = [k for k in own if k not in saved_own]  # saved by an older jaxsci
+            if unchecked:
+                warnings.warn(
+                    f"{where} does not record {', '.join(unchecked)}: resuming without "
+                    f"checking that they match",
+                    stacklevel=2,
+                )
+            check_settings(saved_own, {k: v for k, v in own.items() if k in saved_own}, where)
         state, start = ckpt.resume(init)
 
         def save(epoch: int, st: CVAEState, _metrics: Mapping[str, float]) -> None:

@@ -102,7 +102,8 @@ class JsonlLogger:
 
     ``resume_from``: keep only the records of epochs ``< resume_from`` already in the file
     (the ones a checkpoint at that epoch covers) and drop later ones, so that a resumed run
-    does not log an epoch twice. ``None`` starts a fresh file.
+    does not log an epoch twice. ``None`` starts a fresh file (a ``UserWarning`` names the
+    file and the records dropped when it held some).
 
     The file is strict JSON: a NaN or inf value is written as ``null``. :attr:`records`
     holds every record as the file reads back with ``null`` as NaN, the same for records
@@ -115,6 +116,8 @@ class JsonlLogger:
         kept = []
         if resume_from is not None:
             kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) < resume_from]
+        else:
+            _warn_dropped(self.path, "JsonlLogger(resume_from=None)", stacklevel=3)
         kept = [to_jsonable(r) for r in kept]  # a bare NaN in the old file: null from now on
         with self.path.open("w") as fh:
             for record in kept:
@@ -128,6 +131,22 @@ class JsonlLogger:
         with self.path.open("a") as fh:
             fh.write(line + "\n")
         self.records.append(_as_read(clean))
+
+
+def _warn_dropped(path: Path, what: str, *, stacklevel: int) -> None:
+    """Warn when ``path`` holds records that a fresh run is about to drop."""
+    if not path.exists():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a cut last line: counted as dropped anyway
+        n = len(read_jsonl(path))
+    if n:
+        warnings.warn(
+            f"{path} holds {n} metrics records of an earlier run: {what} starts it anew and "
+            f"drops them (use another file to keep them)",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def every(n: int, fn: Callable[[int, Any, Mapping[str, float]], Any], *, last: int | None = None):
@@ -172,10 +191,11 @@ def fit(
         ``Checkpointer.save``, which returns ``True`` when it writes: wrap it (see
         :class:`Callback`).
       metrics_path: JSON-lines file; when resuming, records of epochs ``>= start_epoch``
-        already in it are dropped. The file is read before the first epoch (a corrupt one
-        fails then) but rewritten only once the first epoch's metrics passed their checks,
-        so a metric named ``epoch`` or ``time_s`` (fit's own) or a non-scalar one leaves it
-        untouched.
+        already in it are dropped (a fresh run, ``start_epoch=0``, drops them all, with a
+        ``UserWarning`` naming the file and the count when there were some). The file is
+        read before the first epoch (a corrupt one fails then) but rewritten only once the
+        first epoch's metrics passed their checks, so a metric named ``epoch`` or
+        ``time_s`` (fit's own) or a non-scalar one leaves it untouched.
       progress: show a tqdm bar (with the last metrics as postfix).
       postfix_keys: metrics shown in the bar (default: all).
 
@@ -191,6 +211,8 @@ def fit(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # JsonlLogger warns about a cut last line below
             read_jsonl(metrics_path)
+        if start_epoch == 0:
+            _warn_dropped(Path(metrics_path), "a fresh fit (start_epoch=0)", stacklevel=2)
     # opened (which rewrites the file) once the first metrics passed their checks
     logger: JsonlLogger | None = None
     history: list[dict] = []

@@ -141,10 +141,24 @@ def plot_curves(
     logy: bool = False,
     title: str | None = None,
 ) -> Path:
-    """Plot ``keys`` of a list of per-epoch records against ``x_key``; save a PNG."""
+    """Plot ``keys`` of a list of per-epoch records against ``x_key``; save a PNG.
+
+    ``KeyError`` listing the keys the records hold, before anything is written, when
+    ``x_key`` or one of ``keys`` is in none of them (a misspelt key drew an empty plot).
+    A key present only as ``None`` (NaN metrics) draws no line. An empty ``history``
+    draws empty axes.
+    """
+    if history:
+        present = sorted({k for r in history for k in r})
+        missing = [k for k in (x_key, *keys) if k not in present]
+        if missing:
+            raise KeyError(
+                f"plot_curves: no record holds {', '.join(map(repr, missing))}; the records "
+                f"hold {', '.join(map(repr, present))}"
+            )
     fig, ax = _new_axes()
     for key in keys:
-        pts = [(r[x_key], r[key]) for r in history if r.get(key) is not None]
+        pts = [(r[x_key], r[key]) for r in history if r.get(key) is not None and x_key in r]
         if pts:
             x, y = zip(*pts, strict=True)
             ax.plot(x, y, label=key)
