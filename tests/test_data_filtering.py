@@ -271,3 +271,21 @@ def _with(a: np.ndarray, i: int, value: int) -> np.ndarray:
     out = a.copy()
     out[i] = value
     return out
+
+
+def test_el2n_names_the_dtype_of_float_labels(problem):
+    """Float labels said "y must be [n] integer labels, got (13,)": the right shape, not the
+    dtype that was wrong."""
+    params, x, y = problem
+    with pytest.raises(ValueError, match="integer labels, got dtype float32"):
+        el2n_scores(logits_fn, params, x, y.astype(np.float32), C)
+    with pytest.raises(ValueError, match=r"got shape \(13, 1\)"):
+        el2n_scores(logits_fn, params, x, y[:, None], C)
+
+
+@pytest.mark.parametrize("n", [2.5, 3.0, True, "3", 0, -1])
+def test_n_keep_refuses_a_non_integer_count(n):
+    """n_keep(2.5, 0.5) returned 1."""
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        n_keep(n, 0.5)
+    assert n_keep(np.int64(10), 0.75) == 8 and type(n_keep(np.int64(10), 0.75)) is int

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxsci.data.digits import downscale, upscale
+from jaxsci.data.digits import downscale, load_digits_split, upscale
 
 
 def _images(n: int = 3, s: int = 8) -> np.ndarray:
@@ -52,3 +52,33 @@ def test_images_of_wrong_rank_or_shape_raise(shape):
     for fn, size in ((upscale, 16), (downscale, 8)):
         with pytest.raises(ValueError, match=r"images must be \[N, S, S, C\]"):
             fn(np.zeros(shape, np.float32), size)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 8.0}, "image_size must be a positive int multiple of 8"),
+        ({"image_size": "8"}, "image_size"),
+        ({"image_size": 12}, "image_size"),
+        ({"image_size": 0}, "image_size"),
+        ({"image_size": True}, "image_size"),
+        ({"seed": -1}, "seed must be an int in"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"test_fraction": "0.25"}, "test_fraction must be a number in"),
+        ({"test_fraction": float("nan")}, "test_fraction"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+    ],
+)
+def test_load_digits_split_names_the_bad_argument(kwargs, match):
+    """image_size=8.0 blamed "upscale: size", image_size='8' raised a TypeError and seed=-1
+    sklearn's InvalidParameterError."""
+    with pytest.raises(ValueError, match=f"load_digits_split: {match}"):
+        load_digits_split(**kwargs)
+
+
+def test_load_digits_split_accepts_numpy_integers():
+    a = load_digits_split(image_size=np.int64(16), seed=np.int64(1))
+    b = load_digits_split(image_size=16, seed=1)
+    assert a.train_images.shape[1:] == (16, 16, 1)
+    np.testing.assert_array_equal(a.test_labels, b.test_labels)

@@ -136,3 +136,194 @@ def test_relax_many_lowers_energy_and_keeps_nan_structures():
         relax_many([a, gold], n_workers=1, progress=False)
     with pytest.raises(ValueError, match="n_workers"):
         relax_many([a], n_workers=0, progress=False)
+
+
+# ---------------------------------------------------------------- probe s27: MD settings, cache
+
+NAN, INF = float("nan"), float("inf")
+# 4-atom fcc balls: a build is two FIRE relaxations (with md_snapshots=0), well under a second
+SMALL = PtClusterConfig(
+    min_size=4,
+    max_size=4,
+    shapes=("fcc_ball", "random"),
+    md_snapshots=0,
+    max_relax_steps=200,
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"md_friction": -1.0}, "md_friction must be a finite number >= 0"),
+        ({"md_friction": NAN}, "md_friction"),
+        ({"md_temperatures": (NAN,)}, "md_temperatures"),
+        ({"md_temperatures": (300.0, INF)}, "md_temperatures"),
+        ({"md_temperatures": 300.0}, "md_temperatures must be a tuple"),
+        ({"md_timestep": INF}, "md_timestep must be a finite number > 0"),
+        ({"md_timestep": NAN}, "md_timestep"),
+        ({"fmax": NAN}, "fmax must be a finite number > 0"),
+        ({"rattle": NAN}, "rattle must be a finite number >= 0"),
+        ({"rattle": INF}, "rattle"),
+        ({"rattle": "x"}, "rattle"),
+        ({"seed": -1}, "seed must be an int >= 0"),
+        ({"seed": 1.5}, "seed must be an int >= 0"),
+        ({"seed": "a"}, "seed must be an int >= 0"),
+        ({"shapes": "random"}, "shapes must be a tuple"),
+    ],
+)
+def test_validate_refuses_non_finite_and_non_physical_md_settings(kwargs, match):
+    """All of these passed validate(); md_friction=-1 / nan, a nan temperature or an inf
+    timestep then cached MD snapshots with NaN positions and a finite energy."""
+    with pytest.raises(ValueError, match=match):
+        PtClusterConfig(**kwargs).validate()
+
+
+def test_numpy_scalars_in_the_config_become_python_numbers():
+    """np.int64 sizes and np.float32 temperatures passed validate() but crashed cache_key
+    ("Object of type int64 is not JSON serializable")."""
+    cfg = PtClusterConfig(
+        min_size=np.int64(4),
+        max_size=np.int64(6),
+        md_temperatures=(np.float32(300.0), np.float64(800.0)),
+        shapes=["fcc_ball", np.str_("random")],
+        seed=np.int32(2),
+    )
+    cfg.validate()
+    plain = PtClusterConfig(
+        min_size=4,
+        max_size=6,
+        md_temperatures=(300.0, 800.0),
+        shapes=("fcc_ball", "random"),
+        seed=2,
+    )
+    assert cfg.cache_key("ase.EMT") == plain.cache_key("ase.EMT")
+    assert cfg == plain and type(cfg.min_size) is int and type(cfg.md_temperatures[0]) is float
+    assert PtClusterConfig(md_temperatures=np.array([300.0])).md_temperatures == (300.0,)
+    hash(cfg)  # still a frozen, hashable config
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in sqrt")
+def test_a_blown_up_md_run_is_refused_and_not_cached(tmp_path, monkeypatch):
+    """With md_friction=-1 the MD snapshot had all-NaN positions, a finite energy 5.85 eV/atom
+    and converged=True; it was cached and served from the cache on later calls."""
+    from jaxsci.data import pt_clusters
+
+    bad = PtClusterConfig(
+        min_size=4,
+        max_size=4,
+        shapes=("fcc_ball",),
+        md_temperatures=(300.0,),
+        md_snapshots=1,
+        md_interval=5,
+        max_relax_steps=200,
+        md_friction=-1.0,
+    )
+    with pytest.raises(RuntimeError, match=r"MD snapshot 0 at 300.0 K.*non-finite"):
+        pt_clusters._run_task((bad, 0, 4, "fcc_ball", 0.0))
+    # the whole build, with validate() out of the way: it raises and writes nothing
+    monkeypatch.setattr(PtClusterConfig, "validate", lambda self: None)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        build_pt_clusters(bad, cache_dir=tmp_path, n_workers=1, progress=False)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def _small_folder(tmp_path):
+    from jaxsci.data.pt_clusters import emt_calculator
+
+    return tmp_path / SMALL.cache_key(emt_calculator()[1])
+
+
+@pytest.mark.parametrize("damage", ["meta_half", "meta_empty", "structures_half", "no_structures"])
+def test_an_incomplete_cache_is_rebuilt_with_a_warning(tmp_path, damage):
+    """A half-written meta.json gave a JSONDecodeError on every later call; a truncated
+    structures.extxyz loaded silently with 1 structure where meta.json says 2."""
+    ds = build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    assert len(ds) == 2
+    meta, structs = ds.cache_dir / "meta.json", ds.cache_dir / "structures.extxyz"
+    if damage == "meta_half":
+        meta.write_text(meta.read_text()[: len(meta.read_text()) // 2])
+    elif damage == "meta_empty":
+        meta.write_text("")
+    elif damage == "structures_half":
+        structs.write_text(structs.read_text()[: len(structs.read_text()) // 2])
+    else:
+        structs.unlink()
+    with pytest.warns(RuntimeWarning, match="incomplete or corrupt.*rebuilding"):
+        again = build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    assert len(again) == 2
+    np.testing.assert_array_equal(again.energies, ds.energies)
+    # the cache was repaired: the next call loads it without a warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    assert len(third) == 2
+
+
+def test_cache_files_are_written_atomically_under_unique_tmp_names(tmp_path, monkeypatch):
+    """meta.json (the completion marker) was written in place; the structures went through a
+    fixed structures.extxyz.tmp that a concurrent builder of the same config shares."""
+    import os
+
+    folder = _small_folder(tmp_path)
+    folder.mkdir(parents=True)
+    other = folder / "structures.extxyz.tmp"  # another builder's file, mid-write
+    other.write_text("another builder's half-written file")
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst))[1]
+    )
+    build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    assert other.read_text() == "another builder's half-written file"
+    targets = {os.path.basename(dst): os.fspath(src) for src, dst in replaced}
+    assert set(targets) == {"structures.extxyz", "meta.json"}
+    for name, src in targets.items():
+        assert os.path.dirname(src) == os.fspath(folder) and os.path.basename(src) != name
+        assert os.path.basename(src) != "structures.extxyz.tmp"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["meta.json", "structures.extxyz", "structures.extxyz.tmp"]
+    )
+
+
+def test_fresh_and_cached_results_are_identical(tmp_path):
+    """Cached positions differed from fresh ones by up to 5e-9 A (extxyz keeps 8 decimals)
+    and the cached task came back as numpy.int64."""
+    fresh = build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    cached = build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=1, progress=False)
+    memory = build_pt_clusters(SMALL, n_workers=1, progress=False, use_cache=False)
+    for a, b, c in zip(fresh.structures, cached.structures, memory.structures, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.positions, c.positions)
+        assert a.info == b.info == c.info
+        assert [type(a.info[k]) for k in ("task", "temperature_K", "converged", "kind")] == [
+            int,
+            float,
+            bool,
+            str,
+        ]
+        assert [type(b.info[k]) for k in ("task", "energy_per_atom")] == [int, float]
+        # 8 decimals, as the extxyz cache keeps them
+        np.testing.assert_array_equal(a.positions, np.round(a.positions, 8))
+
+
+@pytest.mark.parametrize("n", [0, -3, 5.0, True, "5"])
+def test_seed_cluster_refuses_a_non_integer_or_empty_size(n):
+    """n=0 gave ase's 'Array "positions" has wrong length', n=5.0 a TypeError."""
+    with pytest.raises(ValueError, match="seed_cluster: n must be an int >= 1"):
+        seed_cluster("random", n)
+    with pytest.raises(ValueError, match="seed_cluster: n must be an int >= 1"):
+        seed_cluster("fcc_ball", n)
+    assert len(seed_cluster("fcc_ball", np.int64(5))) == 5
+
+
+def test_relax_many_and_build_refuse_a_fractional_worker_count(tmp_path):
+    """relax_many(n_workers=1.5) ran."""
+    a = seed_cluster("fcc_ball", 4)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_workers must be an int >= 1"):
+            relax_many([a], n_workers=bad, progress=False, bulk_energy=0.0)
+        with pytest.raises(ValueError, match="n_workers must be an int >= 1"):
+            build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=bad, progress=False)
+    assert not any(tmp_path.iterdir())

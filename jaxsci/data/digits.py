@@ -8,6 +8,7 @@ heavier 32 x 32 variant and bring generated images back to 8 x 8 (block average)
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -101,15 +102,29 @@ def load_digits_split(
     """Load sklearn digits, scale to [-1, 1] and split stratified by label.
 
     ``image_size`` 8 is native; a multiple of 8 (e.g. 32) gives upscaled copies
-    (pixel replication, see :func:`upscale`).
+    (pixel replication, see :func:`upscale`). ValueError, naming the argument, unless
+    ``image_size`` is a positive int multiple of 8, ``0 < test_fraction < 1`` and ``seed``
+    is an int in ``[0, 2**32)`` (scikit-learn's ``random_state`` range).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if image_size < 8 or image_size % 8:
-        raise ValueError(f"image_size must be a positive multiple of 8, got {image_size}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not is_int_at_least(image_size, 8) or image_size % 8:
+        raise ValueError(
+            f"load_digits_split: image_size must be a positive int multiple of 8 (pixels), "
+            f"got {image_size!r}"
+        )
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, numbers.Real)
+        or not 0.0 < test_fraction < 1.0
+    ):
+        raise ValueError(
+            f"load_digits_split: test_fraction must be a number in (0, 1), got {test_fraction!r}"
+        )
+    if not is_int_at_least(seed, 0) or seed >= 2**32:
+        raise ValueError(f"load_digits_split: seed must be an int in [0, 2**32), got {seed!r}")
+    image_size, seed = int(image_size), int(seed)
     d = load_digits()
     x = from_digits_scale(d.images)[..., None]
     y = d.target.astype(np.int32)

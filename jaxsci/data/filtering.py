@@ -104,8 +104,13 @@ def el2n_scores(
     """
     n = _check_xy("el2n_scores", x, y)
     n_classes = _check_positive_int("el2n_scores", "n_classes", n_classes)
-    if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
-        raise ValueError(f"el2n_scores: y must be [n] integer labels, got {jnp.shape(y)}")
+    if jnp.ndim(y) != 1:
+        raise ValueError(f"el2n_scores: y must be [n] integer labels, got shape {jnp.shape(y)}")
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        raise ValueError(
+            f"el2n_scores: y must be integer labels, got dtype {jnp.result_type(y)} "
+            "(cast class indices with y.astype(int))"
+        )
     if not isinstance(y, jax.core.Tracer) and n > 0:
         y_host = np.asarray(y)
         lo, hi = int(y_host.min()), int(y_host.max())
@@ -232,15 +237,15 @@ def forgetting_scores(state: ForgettingState) -> jax.Array:
 def n_keep(n: int, keep_fraction: float) -> int:
     """Examples :func:`select` keeps: ``floor(keep_fraction * n + 1/2)`` (round half up), >= 1.
 
-    ValueError unless ``0 < keep_fraction <= 1`` and ``n >= 1``.
+    ValueError unless ``0 < keep_fraction <= 1`` and ``n`` is an int ``>= 1``.
     """
     if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, numbers.Real):
         raise ValueError(f"keep_fraction must be a number in (0, 1], got {keep_fraction!r}")
     if not (math.isfinite(keep_fraction) and 0.0 < keep_fraction <= 1.0):
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    if n < 1:
-        raise ValueError(f"need at least one example, got n = {n}")
-    return max(1, min(n, math.floor(keep_fraction * n + 0.5)))
+    if not is_int_at_least(n, 1):
+        raise ValueError(f"n_keep: n must be an int >= 1 (at least one example), got {n!r}")
+    return max(1, min(int(n), math.floor(keep_fraction * n + 0.5)))
 
 
 def select(
@@ -278,6 +283,8 @@ def select(
     if s.ndim != 1:
         raise ValueError(f"select: scores must be [n], got shape {s.shape}")
     n = s.shape[0]
+    if n == 0:
+        raise ValueError("select: need at least one score (example), got none")
     k = n_keep(n, keep_fraction)
     if np.isnan(s).any():
         raise ValueError(f"select: {int(np.isnan(s).sum())} NaN score(s)")

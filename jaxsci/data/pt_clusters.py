@@ -16,20 +16,31 @@ Energies are per atom and relative to bulk fcc at the EMT equilibrium lattice co
 (eV/atom). The calculator is asap3's EMT when importable (much faster) and ase's EMT
 otherwise; the two differ by ~1 meV/atom, so the cache key includes which one was used.
 
-Everything is a pure function of the config: task ``i`` draws its random numbers from
-``numpy.random.default_rng([seed, i])``, so the result does not depend on the number of
-worker processes. The data set is cached under ``cache_dir/<hash of config>/`` as
+The data set is a pure function of the config (and of the calculator): task ``i`` draws its
+random numbers from ``numpy.random.default_rng([seed, i])``, so the result does not depend
+on the number of worker processes. It is cached under ``cache_dir/<hash of config>/`` as
 ``structures.extxyz`` plus ``meta.json``; per-atom fingerprints for a descriptor are cached
-beside it (``fingerprints-<hash>.npz``), so a second run reuses both.
+beside it (``fingerprints-<hash>.npz``), so a second run reuses both. A fresh build returns
+exactly what the cache holds (it goes through the same extxyz text), so fresh, cached and
+``use_cache=False`` results are bit-identical: positions are rounded to 8 decimals (extxyz,
+at most 5e-9 Angstrom from the simulation's values; the energies were computed before the
+rounding), energies are stored exactly, and ``info`` values are Python ``float`` / ``int`` /
+``str`` / ``bool``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import math
 import multiprocessing
+import numbers
 import os
+import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +89,28 @@ class PtClusterConfig:
     md_friction: float = 0.02  # 1/fs
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # NumPy scalars (np.int64 sizes, np.float32 temperatures) pass validate() but are no
+        # JSON for the cache key: store them as the equal Python numbers; lists and arrays
+        # of shapes / temperatures become tuples (the frozen config stays hashable)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                value = value.item()
+            elif f.name in ("shapes", "md_temperatures") and isinstance(
+                value, list | tuple | np.ndarray
+            ):
+                items = value.tolist() if isinstance(value, np.ndarray) else value
+                value = tuple(v.item() if isinstance(v, np.generic) else v for v in items)
+            object.__setattr__(self, f.name, value)
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first problem; does no work."""
+        """Raise ``ValueError`` naming the first problem; does no work.
+
+        Sizes and step counts are integers; ``rattle``, ``md_friction`` >= 0 and ``fmax``,
+        ``md_timestep``, every temperature > 0 are finite real numbers; ``seed`` is an
+        integer >= 0.
+        """
         if self.element not in EMT_FCC_ELEMENTS:
             raise ValueError(
                 f"unknown element {self.element!r}: EMT clusters support {EMT_FCC_ELEMENTS}"
@@ -95,10 +126,12 @@ class PtClusterConfig:
             value = getattr(self, name)
             if not is_int_at_least(value, low):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not is_int_at_least(self.seed, 0):
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) is below min_size ({self.min_size})")
-        if self.size_step < 1:
-            raise ValueError(f"size_step must be >= 1, got {self.size_step}")
+        if not isinstance(self.shapes, tuple):
+            raise ValueError(f"shapes must be a tuple of shape names, got {self.shapes!r}")
         unknown = [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown shape(s) {unknown}: choose from {SHAPES}")
@@ -106,12 +139,21 @@ class PtClusterConfig:
             raise ValueError("empty data set: no seed shapes given")
         if len(set(self.shapes)) != len(self.shapes):
             raise ValueError(f"duplicate shapes in {self.shapes}")
-        if self.rattle < 0 or self.fmax <= 0 or self.max_relax_steps < 1:
-            raise ValueError("rattle must be >= 0, fmax > 0 and max_relax_steps >= 1")
-        if any(t <= 0 for t in self.md_temperatures):
-            raise ValueError(f"md_temperatures must be > 0 K, got {self.md_temperatures}")
-        if self.md_snapshots < 0 or self.md_interval < 1 or self.md_timestep <= 0:
-            raise ValueError("md_snapshots >= 0, md_interval >= 1 and md_timestep > 0 required")
+        for name, unit, positive in (
+            ("rattle", "Angstrom", False),
+            ("fmax", "eV/Angstrom", True),
+            ("md_timestep", "fs", True),
+            ("md_friction", "1/fs", False),
+        ):
+            value = getattr(self, name)
+            if not _finite_real(value) or value < 0 or (positive and value == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise ValueError(f"{name} must be a finite number {bound} ({unit}), got {value!r}")
+        temps = self.md_temperatures
+        if not isinstance(temps, tuple) or not all(_finite_real(t) and t > 0 for t in temps):
+            raise ValueError(
+                f"md_temperatures must be a tuple of finite numbers > 0 (K), got {temps!r}"
+            )
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -122,6 +164,11 @@ class PtClusterConfig:
             {"v": _CACHE_VERSION, "calc": calculator, **dataclasses.asdict(self)}, sort_keys=True
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _finite_real(value: object) -> bool:
+    """``value`` is a finite real number (Python or NumPy; not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -270,8 +317,8 @@ def relax_many(
     """
     from tqdm.auto import tqdm
 
-    if n_workers is not None and n_workers < 1:
-        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    if n_workers is not None and not is_int_at_least(n_workers, 1):
+        raise ValueError(f"n_workers must be an int >= 1 or None, got {n_workers!r}")
     for i, a in enumerate(structures):
         other = sorted(set(a.get_chemical_symbols()) - {element})
         if other:  # it was relaxed as element, silently
@@ -345,7 +392,13 @@ def _shape_positions(shape: str, element: str, n: int, rng: np.random.Generator)
 
 
 def seed_cluster(shape: str, n: int, element: str = "Pt", *, seed: int = 0) -> Atoms:
-    """An unrelaxed ``n``-atom seed cluster of the given shape (see the module docstring)."""
+    """An unrelaxed ``n``-atom seed cluster of the given shape (see the module docstring).
+
+    ValueError for an unknown shape or element and for ``n`` that is not an int >= 1.
+    """
+    if not is_int_at_least(n, 1):
+        raise ValueError(f"seed_cluster: n must be an int >= 1 (atoms), got {n!r}")
+    n = int(n)
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}: choose from {SHAPES}")
     if element not in EMT_FCC_ELEMENTS:
@@ -382,10 +435,12 @@ def _run_task(args: tuple[PtClusterConfig, int, int, str, float]) -> list[dict]:
     opt = FIRE(atoms, logfile=None)
     converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.max_relax_steps))
     relaxed_pos = atoms.positions - atoms.positions.mean(0)
+    energy = atoms.get_potential_energy() / n - e_bulk
+    _check_finite(relaxed_pos, energy, f"{shape} cluster of {n} atoms (task {index}), relaxed")
     records = [
         dict(
             positions=relaxed_pos,
-            energy=atoms.get_potential_energy() / n - e_bulk,
+            energy=energy,
             kind="relaxed",
             shape=shape,
             temperature=0.0,
@@ -410,13 +465,20 @@ def _run_task(args: tuple[PtClusterConfig, int, int, str, float]) -> list[dict]:
             fixcm=False,
             rng=md_rng,
         )
-        for _ in range(cfg.md_snapshots):
+        for k in range(cfg.md_snapshots):
             dyn.run(cfg.md_interval)
-            p = md_atoms.positions
+            p = md_atoms.positions - md_atoms.positions.mean(0)
+            energy = md_atoms.get_potential_energy() / n - e_bulk
+            _check_finite(
+                p,
+                energy,
+                f"{shape} cluster of {n} atoms (task {index}), MD snapshot {k} at {temp} K "
+                f"(md_timestep={cfg.md_timestep} fs, md_friction={cfg.md_friction} 1/fs)",
+            )
             records.append(
                 dict(
-                    positions=p - p.mean(0),
-                    energy=md_atoms.get_potential_energy() / n - e_bulk,
+                    positions=p,
+                    energy=energy,
                     kind="md",
                     shape=shape,
                     temperature=float(temp),
@@ -428,6 +490,16 @@ def _run_task(args: tuple[PtClusterConfig, int, int, str, float]) -> list[dict]:
     return records
 
 
+def _check_finite(positions: np.ndarray, energy: float, what: str) -> None:
+    """RuntimeError unless the positions and the energy are finite (a blown-up simulation
+    must not be recorded, let alone cached, as a structure with a finite energy)."""
+    if not (np.all(np.isfinite(positions)) and math.isfinite(energy)):
+        raise RuntimeError(
+            f"pt_clusters: {what} has non-finite positions or energy (energy {energy}): "
+            "the simulation blew up; nothing was recorded or cached"
+        )
+
+
 # --------------------------------------------------------------------------- build + cache
 
 
@@ -435,6 +507,74 @@ def default_cache_dir() -> Path:
     """``$JAXSCI_CACHE/pt_clusters`` if set, else ``./.cache/jaxsci/pt_clusters``."""
     root = os.environ.get("JAXSCI_CACHE")
     return (Path(root) if root else Path(".cache") / "jaxsci") / "pt_clusters"
+
+
+def _to_extxyz(structures: Sequence[Atoms]) -> str:
+    """The cache file's text (positions to 8 decimals, energies exact)."""
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, list(structures), format="extxyz")
+    return buf.getvalue()
+
+
+def _from_extxyz(text: str) -> list[Atoms]:
+    """Structures from :func:`_to_extxyz` text, ``info`` values as Python types."""
+    from ase.io import read
+
+    structures = read(io.StringIO(text), index=":", format="extxyz") if text else []
+    for a in structures:  # extxyz reads numbers back as NumPy scalars
+        info = a.info
+        a.info = dict(
+            energy_per_atom=float(info["energy_per_atom"]),
+            kind=str(info["kind"]),
+            shape=str(info["shape"]),
+            temperature_K=float(info["temperature_K"]),
+            task=int(info["task"]),
+            converged=bool(info["converged"]),
+        )
+    return structures
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` via a uniquely named temporary file in its folder + ``os.replace``:
+    readers never see a half-written file, and concurrent writers do not share a tmp."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        if isinstance(data, str):
+            with open(tmp, "x", encoding="utf-8") as f:
+                f.write(data)
+        else:
+            with open(tmp, "xb") as f:
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class _IncompleteCache(Exception):
+    """The cache folder's files are missing, unreadable or disagree with each other."""
+
+
+def _load_cache(folder: Path, config: PtClusterConfig, calc_name: str) -> PtClusterDataset:
+    """The cached data set; :class:`_IncompleteCache` when it cannot be trusted."""
+    struct_file, meta_file = folder / "structures.extxyz", folder / "meta.json"
+    if not (struct_file.exists() and meta_file.exists()):
+        raise _IncompleteCache("missing file")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        bulk_energy = float(meta["bulk_energy"])
+        n_expected = meta["n_structures"]
+        structures = _from_extxyz(struct_file.read_text(encoding="utf-8"))
+    except Exception as e:  # a truncated/corrupt file: JSON, extxyz or info errors
+        raise _IncompleteCache(f"unreadable: {type(e).__name__}: {e}") from e
+    if n_expected != len(structures):
+        raise _IncompleteCache(
+            f"structures.extxyz holds {len(structures)} structures, meta.json says {n_expected}"
+        )
+    return PtClusterDataset(config, structures, bulk_energy, calc_name, folder)
 
 
 def _records_to_atoms(records: Sequence[dict], element: str) -> list[Atoms]:
@@ -494,41 +634,44 @@ def build_pt_clusters(
         the result does not depend on it.
       progress: tqdm progress bar.
       use_cache: read and write the cache (``False``: build in memory only).
+
+    The cache is written atomically: ``structures.extxyz`` first, then ``meta.json``, the
+    completion marker, each via a uniquely named temporary file and ``os.replace``. A
+    folder whose ``meta.json`` is missing, unreadable, or disagrees with
+    ``structures.extxyz`` (a different structure count, e.g. after a full disk or a copy
+    cut short) is an incomplete cache: it is rebuilt and overwritten, with a
+    ``RuntimeWarning`` (the build is deterministic, so nothing is lost). A simulation that
+    blows up (non-finite positions or energy) raises ``RuntimeError`` and caches nothing.
     """
     config.validate()
-    if n_workers is not None and n_workers < 1:
-        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    if n_workers is not None and not is_int_at_least(n_workers, 1):
+        raise ValueError(f"n_workers must be an int >= 1 or None, got {n_workers!r}")
     _, calc_name = emt_calculator()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / config.cache_key(calc_name)
-    struct_file, meta_file = folder / "structures.extxyz", folder / "meta.json"
 
-    if use_cache and struct_file.exists() and meta_file.exists():
-        from ase.io import read
-
-        meta = json.loads(meta_file.read_text())
-        structures = read(struct_file, index=":")
-        for a in structures:  # extxyz may turn info values into numpy scalars
-            a.info["energy_per_atom"] = float(a.info["energy_per_atom"])
-        dataset = PtClusterDataset(
-            config, structures, float(meta["bulk_energy"]), calc_name, folder
-        )
-    else:
-        dataset = _build(config, calc_name, n_workers, progress)
+    dataset = None
+    if use_cache and (folder / "meta.json").exists():
+        try:
+            dataset = _load_cache(folder, config, calc_name)
+        except _IncompleteCache as e:
+            warnings.warn(
+                f"pt_clusters cache {folder} is incomplete or corrupt ({e}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    if dataset is None:
+        dataset, text = _build(config, calc_name, n_workers, progress)
         if use_cache:
-            from ase.io import write
-
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / "structures.extxyz.tmp"
-            write(tmp, dataset.structures, format="extxyz")
-            tmp.replace(struct_file)
+            _write_atomic(folder / "structures.extxyz", text)
             meta = {
                 "config": dataclasses.asdict(config),
                 "calculator": calc_name,
                 "bulk_energy": dataset.bulk_energy,
                 "n_structures": len(dataset),
             }
-            meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+            _write_atomic(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
             dataset.cache_dir = folder
 
     if descriptor is not None:
@@ -538,7 +681,9 @@ def build_pt_clusters(
 
 def _build(
     config: PtClusterConfig, calc_name: str, n_workers: int | None, progress: bool
-) -> PtClusterDataset:
+) -> tuple[PtClusterDataset, str]:
+    """The data set and its extxyz text; the structures are read back from that text, so a
+    fresh build equals what the cache returns."""
     from tqdm.auto import tqdm
 
     e_bulk = bulk_energy_per_atom(config.element)
@@ -565,8 +710,8 @@ def _build(
                 bar.update()
     bar.close()
     records = [r for rs in results for r in rs]
-    structures = _records_to_atoms(records, config.element)
-    return PtClusterDataset(config, structures, e_bulk, calc_name, None)
+    text = _to_extxyz(_records_to_atoms(records, config.element))
+    return PtClusterDataset(config, _from_extxyz(text), e_bulk, calc_name, None), text
 
 
 def _fingerprints(
@@ -582,7 +727,7 @@ def _fingerprints(
     feats = descriptor.create(dataset.structures)
     feats = [np.asarray(f, dtype=np.float32) for f in feats]
     if path is not None:
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, features=np.concatenate(feats), sizes=sizes)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        np.savez(buf, features=np.concatenate(feats), sizes=sizes)
+        _write_atomic(path, buf.getvalue())
     return feats
