@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from jaxsci.imaging.optics import (
     Grid,
@@ -144,16 +145,16 @@ def _refine(
 
 
 def refine_potential(
-    potential0,
-    patterns,
-    probe_positions,
+    potential0: ArrayLike,
+    patterns: ArrayLike,
+    probe_positions: ArrayLike,
     grid: Grid,
-    energy,
+    energy: float,
     *,
-    semiangle,
-    defocus=0.0,
-    cs=0.0,
-    dz,
+    semiangle: float,
+    defocus: float = 0.0,
+    cs: float = 0.0,
+    dz: float,
     n_slices: int,
     n_iter: int = 100,
     band_limit: float | None = 2 / 3,

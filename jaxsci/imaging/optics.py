@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 # CODATA 2018 (scipy.constants), in units that stay well inside float32's range.
 _HC_EV_A = 12398.419843320026  # h c, eV·Å
@@ -89,7 +91,7 @@ def check_scan(patterns, probe_positions, grid, where: str) -> None:
         raise ValueError(f"{where}: probe_positions contain NaN or inf")
 
 
-def wavelength(energy) -> jax.Array:
+def wavelength(energy: float) -> jax.Array:
     """Relativistic electron wavelength in Å for a kinetic ``energy`` in eV:
     ``lambda = h c / sqrt(E (2 m0 c^2 + E))``."""
     check_positive(energy, "energy", "wavelength")
@@ -97,7 +99,7 @@ def wavelength(energy) -> jax.Array:
     return _HC_EV_A / jnp.sqrt(e * (2.0 * _MC2_EV + e))
 
 
-def interaction_constant(energy) -> jax.Array:
+def interaction_constant(energy: float) -> jax.Array:
     """Interaction constant ``sigma = 2 pi gamma m0 e lambda / h^2`` in rad / (V·Å), so the
     phase a projected potential ``V`` (V·Å) imparts is ``sigma V``; ``energy`` in eV.
     Evaluated as ``2 pi / (lambda E) (m0 c^2 + E) / (2 m0 c^2 + E)`` (same quantity)."""
@@ -191,7 +193,7 @@ def _check_xy(shift, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} must be finite, got {s!r}")
 
 
-def shift_phase(grid: Grid, shift) -> jax.Array:
+def shift_phase(grid: Grid, shift: ArrayLike | Sequence[float]) -> jax.Array:
     """``[ny, nx]`` Fourier phase ramp ``exp(-2 pi i k.shift)`` (FFT order) that moves an
     array by ``shift = (x, y)`` Å; periodic, exact for integer pixels."""
     ky, kx = grid.frequencies()
@@ -201,7 +203,7 @@ def shift_phase(grid: Grid, shift) -> jax.Array:
     return py[:, None] * px[None, :]
 
 
-def fourier_shift(array, grid: Grid, shift) -> jax.Array:
+def fourier_shift(array: ArrayLike, grid: Grid, shift: ArrayLike | Sequence[float]) -> jax.Array:
     """Translate a complex ``[ny, nx]`` array periodically by ``shift = (x, y)`` Å."""
     _check_xy(shift, "shift", "fourier_shift")
     return jnp.fft.ifft2(jnp.fft.fft2(array) * shift_phase(grid, shift))
@@ -209,12 +211,12 @@ def fourier_shift(array, grid: Grid, shift) -> jax.Array:
 
 def probe(
     grid: Grid,
-    energy,
+    energy: float,
     *,
-    semiangle,
-    defocus=0.0,
-    cs=0.0,
-    position=(0.0, 0.0),
+    semiangle: float,
+    defocus: float = 0.0,
+    cs: float = 0.0,
+    position: ArrayLike | Sequence[float] = (0.0, 0.0),
     band_limit: float | None = 2 / 3,
 ) -> jax.Array:
     """Convergent-beam probe, complex ``[ny, nx]`` with ``sum |psi|^2 = 1``.
@@ -250,7 +252,11 @@ def probe(
 
 
 def transmission(
-    potential, energy, *, grid: Grid | None = None, band_limit: float | None = None
+    potential: ArrayLike,
+    energy: float,
+    *,
+    grid: Grid | None = None,
+    band_limit: float | None = None,
 ) -> jax.Array:
     """Transmission function ``exp(i sigma V)`` of a projected potential ``V`` (V·Å,
     ``[..., ny, nx]``). With ``band_limit`` (needs ``grid``) it is low-pass filtered to
@@ -271,7 +277,9 @@ def _check_propagation(energy, dz, where: str) -> None:
         raise ValueError(f"{where}: dz must be a finite scalar (Å), got {v!r}")
 
 
-def propagator(grid: Grid, energy, dz, *, band_limit: float | None = 2 / 3) -> jax.Array:
+def propagator(
+    grid: Grid, energy: float, dz: float, *, band_limit: float | None = 2 / 3
+) -> jax.Array:
     """Fresnel propagator over ``dz`` Å, ``[ny, nx]`` FFT order: ``exp(-i pi lambda dz
     |k|^2)`` times the band-limit mask (``None``: no mask, exactly unitary). ``dz`` is any
     finite distance: 0 is the identity, a negative one propagates back (the inverse of
@@ -282,7 +290,9 @@ def propagator(grid: Grid, energy, dz, *, band_limit: float | None = 2 / 3) -> j
     return jnp.exp(-1j * jnp.pi * lam * dz * k2) * band_limit_mask(grid, band_limit)
 
 
-def propagate(wave, grid: Grid, energy, dz, *, band_limit: float | None = None) -> jax.Array:
+def propagate(
+    wave: ArrayLike, grid: Grid, energy: float, dz: float, *, band_limit: float | None = None
+) -> jax.Array:
     """Propagate a complex ``[..., ny, nx]`` wave through vacuum by ``dz`` Å (any finite
     ``dz``: negative propagates back). Unlike :func:`propagator` and :func:`multislice`, no
     band limit by default (``None``): exactly unitary."""

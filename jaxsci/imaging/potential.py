@@ -21,13 +21,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxsci.imaging.optics import BOHR_A, COULOMB_VA, Grid, _concrete
 
 __all__ = ["projected_potential", "screening_radius"]
 
 
-def screening_radius(numbers) -> jax.Array:
+def screening_radius(numbers: ArrayLike) -> jax.Array:
     """Wentzel screening radius ``a = 0.8853 a0 Z^(-1/3)`` in Å (``Z = 0``, padding, gets
     the radius of ``Z = 1``; its form factor is 0 whatever the radius)."""
     z = jnp.asarray(numbers, dtype=jnp.result_type(float))
@@ -65,11 +66,11 @@ def _check_inputs(positions, numbers, grid, rms_displacement) -> None:
 
 
 def projected_potential(
-    positions,
-    numbers,
+    positions: ArrayLike,
+    numbers: ArrayLike,
     grid: Grid,
     *,
-    rms_displacement=0.05,
+    rms_displacement: float = 0.05,
     species: tuple[int, ...] | None = None,
 ) -> jax.Array:
     """Projected potential ``[ny, nx]`` (real, V·Å) of atoms in a periodic cell.

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxsci.imaging.optics import (
     Grid,
@@ -103,15 +104,15 @@ def _epie(patterns, positions, probe0, object0, keys, step, *, grid, n_iter, shu
 
 
 def epie(
-    patterns,
-    probe_positions,
-    probe0,
+    patterns: ArrayLike,
+    probe_positions: ArrayLike,
+    probe0: ArrayLike,
     grid: Grid,
     *,
     n_iter: int,
-    step=1.0,
+    step: float = 1.0,
     key: jax.Array | None = None,
-    object0=None,
+    object0: ArrayLike | None = None,
     band_limit: float | None = 2 / 3,
 ) -> EPIEResult:
     """Reconstruct the object transmission from CBED patterns with a known probe (ePIE).
@@ -159,7 +160,7 @@ def epie(
     return EPIEResult(out_obj, errors)
 
 
-def potential_from_object(obj, energy) -> jax.Array:
+def potential_from_object(obj: ArrayLike, energy: float) -> jax.Array:
     """Projected potential (V·Å, ``[ny, nx]``) from an object transmission: ``arg(O) /
     sigma``, the phase taken relative to the phase of ``mean(O)`` so it stays in
     ``(-pi, pi]`` around zero (no 2-D unwrapping: phases spanning more than ``2 pi``

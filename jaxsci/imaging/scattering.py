@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxsci.imaging.optics import (
     Grid,
@@ -57,11 +58,11 @@ def _run(wave, transmissions, prop) -> jax.Array:
 
 
 def multislice(
-    wave,
-    potential_slices,
+    wave: ArrayLike,
+    potential_slices: ArrayLike,
     grid: Grid,
-    energy,
-    dz,
+    energy: float,
+    dz: float,
     *,
     band_limit: float | None = 2 / 3,
 ) -> jax.Array:
@@ -89,7 +90,7 @@ def multislice(
     return _run(jnp.asarray(wave, dtype=t.dtype), t, prop)
 
 
-def cbed(exit_wave) -> jax.Array:
+def cbed(exit_wave: ArrayLike) -> jax.Array:
     """Diffraction intensity ``|FFT psi|^2`` of a ``[..., ny, nx]`` wave, unitary FFT (so
     the total equals ``sum |psi|^2``), zero frequency at the centre (``fftshift``)."""
     spectrum = jnp.fft.fft2(exit_wave, norm="ortho")
@@ -112,15 +113,15 @@ def _cbed_stack(slices, positions, grid, energy, semiangle, defocus, cs, dz, ban
 
 
 def cbed_stack(
-    potential_slices,
-    probe_positions,
+    potential_slices: ArrayLike,
+    probe_positions: ArrayLike,
     grid: Grid,
-    energy,
+    energy: float,
     *,
-    semiangle,
-    defocus=0.0,
-    cs=0.0,
-    dz,
+    semiangle: float,
+    defocus: float = 0.0,
+    cs: float = 0.0,
+    dz: float,
     band_limit: float | None = 2 / 3,
 ) -> jax.Array:
     """CBED patterns ``[P, ny, nx]`` of a probe scanned over ``probe_positions``.

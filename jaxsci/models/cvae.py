@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -39,6 +39,9 @@ __all__ = [
     "sample",
     "with_validation",
 ]
+
+#: The parameters of a :class:`CVAE` (``model.init(...)["params"]``, as ``CVAEState.params``).
+Params = Any
 
 
 class CVAE(nn.Module):
@@ -87,7 +90,7 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def cvae_loss(
-    model: CVAE, params, x: jax.Array, c: jax.Array, key: jax.Array, beta: float
+    model: CVAE, params: Params, x: jax.Array, c: jax.Array, key: jax.Array, beta: float
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Batch mean of ``sum (x - x_hat)^2 + beta * KL``; returns ``(loss, {recon, kl})``."""
     x_hat, mean, logvar = model.apply({"params": params}, x, c, key)
@@ -317,7 +320,7 @@ def _check_cond(model: CVAE, params, c: jax.Array, rows: int | None = None) -> i
 
 
 def sample(
-    model: CVAE, params, c: jax.Array, key: jax.Array, *, temperature: float = 1.0
+    model: CVAE, params: Params, c: jax.Array, key: jax.Array, *, temperature: float = 1.0
 ) -> jax.Array:
     """Decode ``z ~ N(0, temperature^2 I)`` for conditions ``c`` ``[B, C]``: ``[B, data_dim]``.
 
@@ -330,7 +333,7 @@ def sample(
     return model.apply({"params": params}, z, c, method=CVAE.decode)
 
 
-def encode(model: CVAE, params, x: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+def encode(model: CVAE, params: Params, x: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Posterior mean and log-variance ``[B, latent_dim]`` of ``x [B, data_dim]`` under
     condition ``c [B, C]`` (checked as in :func:`sample`, and ``x`` against ``data_dim``)."""
     x_shape = jnp.shape(x)

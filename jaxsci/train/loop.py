@@ -149,7 +149,9 @@ def _warn_dropped(path: Path, what: str, *, stacklevel: int) -> None:
         )
 
 
-def every(n: int, fn: Callable[[int, Any, Mapping[str, float]], Any], *, last: int | None = None):
+def every(
+    n: int, fn: Callable[[int, Any, Mapping[str, float]], Any], *, last: int | None = None
+) -> Callable[[int, Any, Mapping[str, float]], Any]:
     """Wrap ``fn`` so it runs after epochs whose 1-based count is a multiple of ``n``.
 
     ``last``: also run after the final epoch (pass ``num_epochs``). The wrapper never stops
