@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from experiments.anderson.problems import Problem
+from jaxsci.data import batch_indices
 from jaxsci.optim import anderson, averaged_params, moving_average
 
 
@@ -201,11 +202,8 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
     data = problem.data
     n = data[0].shape[0]
     bs = problem.batch_size
-    nb = n // bs
     k_init, k_perm = jax.random.split(key)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, n)[: nb * bs].reshape(nb, bs))(
-        jax.random.split(k_perm, epochs)
-    )
+    perms = jax.vmap(lambda k: batch_indices(k, n, bs))(jax.random.split(k_perm, epochs))
     full = lambda p: problem.loss(p, data)
     use_value = method.is_anderson or method.family == "lbfgs"
 
@@ -246,7 +244,7 @@ def run_minibatch(problem: Problem, method: Method, key: jax.Array, epochs: int)
     return {
         "loss": np.asarray(losses, np.float64).tolist(),  # [epochs + 1], full train loss
         "wall": wall,
-        "steps_per_epoch": nb,
+        "steps_per_epoch": int(perms.shape[1]),
         "final_loss": float(losses[-1]),
         "final_loss_average": float(f_avg),
         "final_loss_adaptive": float(f_adaptive),

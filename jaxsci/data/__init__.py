@@ -1,5 +1,6 @@
 """jaxsci.data."""
 
+from jaxsci.data.batching import batch_indices, batches  # shuffled epochs, host or jit
 from jaxsci.data.crystal_blocks import (  # specimens for jaxsci.imaging
     MATERIALS,
     CrystalBlock,
@@ -7,6 +8,7 @@ from jaxsci.data.crystal_blocks import (  # specimens for jaxsci.imaging
     crystal_block,
     slice_block,
 )
+from jaxsci.data.diabetes import RegressionSplit, load_diabetes_split  # scikit-learn diabetes
 from jaxsci.data.digits import (  # issue 6: scikit-learn digits
     DigitsSplit,
     downscale,
@@ -36,6 +38,10 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
 )
 
 __all__ = [
+    "batch_indices",
+    "batches",
+    "RegressionSplit",
+    "load_diabetes_split",
     "MATERIALS",
     "CrystalBlock",
     "SlicedBlock",

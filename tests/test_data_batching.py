@@ -1,0 +1,125 @@
+"""jaxsci.data.batch_indices / batches and load_diabetes_split."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsci.data import batch_indices, batches, load_diabetes_split
+
+
+def test_an_epoch_sees_every_row_once_or_drops_only_the_remainder():
+    key = jax.random.key(3)
+    full = np.asarray(batch_indices(key, 12, 4))
+    assert full.shape == (3, 4) and full.dtype == np.int32
+    assert sorted(full.ravel()) == list(range(12))
+    dropped = np.asarray(batch_indices(key, 14, 4))
+    assert dropped.shape == (3, 4) and len(set(dropped.ravel())) == 12  # 2 rows sit out
+    kept = np.asarray(batch_indices(key, 14, 4, drop_remainder=False))
+    assert kept.shape == (4, 4) and set(kept.ravel()) == set(range(14))  # 2 rows seen twice
+    np.testing.assert_array_equal(kept[:3], dropped)  # the same order, completed
+    np.testing.assert_array_equal(batch_indices(None, 6, 3), [[0, 1, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(batch_indices(key, 14, 4), dropped)  # a function of key
+    assert not np.array_equal(batch_indices(jax.random.key(4), 14, 4), dropped)
+
+
+def test_batch_indices_runs_under_jit_and_vmap():
+    jitted = jax.jit(batch_indices, static_argnums=(1, 2))
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(jitted(key, 10, 5), batch_indices(key, 10, 5))
+    keys = jax.random.split(key, 3)
+    epochs = jax.vmap(lambda k: batch_indices(k, 10, 5))(keys)
+    assert epochs.shape == (3, 2, 5)
+    np.testing.assert_array_equal(epochs[1], batch_indices(keys[1], 10, 5))
+
+
+def test_batches_follow_batch_indices_and_keep_the_structure():
+    x = np.arange(20.0).reshape(10, 2)
+    y = np.arange(10) * 10
+    key = jax.random.key(1)
+    got = list(batches({"x": x, "y": y}, 4, key=key, drop_remainder=False))
+    idx = np.asarray(batch_indices(key, 10, 4, drop_remainder=False))
+    assert len(got) == 3
+    for b, rows in zip(got, idx, strict=True):
+        assert isinstance(b["x"], np.ndarray)  # NumPy stays on the host
+        np.testing.assert_array_equal(b["x"], x[rows])
+        np.testing.assert_array_equal(b["y"], y[rows])
+        np.testing.assert_array_equal(b["y"], b["x"][:, 0] * 5)  # rows stay paired
+    on_device = next(batches((jnp.asarray(x), y), 5))
+    assert isinstance(on_device[0], jax.Array) and on_device[0].shape == (5, 2)
+
+
+def test_batches_placed_with_a_sharding():
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    (bx,) = list(batches((np.ones((4, 3)),), 4, sharding=sharding))
+    assert isinstance(bx[0], jax.Array) and bx[0].sharding == sharding
+
+
+@pytest.mark.multidevice
+def test_batches_split_over_four_devices():
+    assert jax.device_count() >= 4
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    x = np.arange(32.0).reshape(16, 2)
+    for b in batches(x, 8, key=jax.random.key(0), sharding=sharding):
+        assert len(b.addressable_shards) == 4
+        assert {s.data.shape for s in b.addressable_shards} == {(2, 2)}
+
+
+def test_bad_calls_fail_at_the_call_not_at_the_first_batch():
+    x = np.zeros((10, 2))
+    cases = [
+        (lambda: batches((x, np.zeros(9)), 2), r"same leading length, got \[9, 10\]"),
+        (lambda: batches((x, np.float32(1.0)), 2), "got a scalar"),
+        (lambda: batches({}, 2), "holds no arrays"),
+        (lambda: batches(x, 0), "batch_size must be an int >= 1"),
+        (lambda: batches(x, 2.0), "batch_size must be an int >= 1"),
+        (lambda: batches(x, 11), "larger than the 10 rows"),
+        (lambda: batch_indices(None, 0, 1), "at least one row"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()  # no next(): the generator is not started
+    assert len(list(batches(x, 11, drop_remainder=False))) == 1
+
+
+def test_diabetes_split_is_standardised_with_training_statistics_only():
+    from sklearn.datasets import load_diabetes
+
+    raw_x, raw_y = load_diabetes(return_X_y=True)
+    s = load_diabetes_split(seed=2)
+    assert s.train_x.shape == (331, 10) and s.test_x.shape == (111, 10)
+    assert s.train_x.dtype == np.float32 and s.train_y.shape == (331,)
+    np.testing.assert_allclose(s.train_x.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(s.train_x.std(0), 1.0, atol=1e-5)
+    assert abs(s.train_y.mean()) < 1e-5 and abs(s.train_y.std() - 1.0) < 1e-5
+    assert abs(s.test_y.mean()) > 1e-3  # held-out rows are not re-centred on themselves
+    # the split is a partition of scikit-learn's rows, recoverable with the statistics
+    back_x = np.concatenate([s.train_x, s.test_x]) * s.x_std + s.x_mean
+    back_y = np.concatenate([s.train_y, s.test_y]) * s.y_std + s.y_mean
+    order = np.lexsort(back_x.T[::-1])
+    ref = np.lexsort(raw_x.T[::-1])
+    np.testing.assert_allclose(back_x[order], raw_x[ref], atol=1e-5)
+    np.testing.assert_allclose(back_y[order], raw_y[ref], rtol=1e-5)
+    again = load_diabetes_split(seed=2)
+    np.testing.assert_array_equal(again.test_x, s.test_x)
+    assert not np.array_equal(load_diabetes_split(seed=3).test_y, s.test_y)
+    plain = load_diabetes_split(standardize=False, test_fraction=0.1)
+    assert plain.y_std == 1.0 and plain.test_y.shape == (45,)  # ceil(44.2)
+    assert set(np.round(plain.train_y).astype(int)) <= set(raw_y.astype(int))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"test_fraction": 0.0}, "test_fraction must be a number in"),
+        ({"test_fraction": 1.0}, "test_fraction must be a number in"),
+        ({"test_fraction": True}, "test_fraction must be a number in"),
+        ({"seed": -1}, "seed must be an int"),
+        ({"seed": 1.5}, "seed must be an int"),
+    ],
+)
+def test_diabetes_split_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=f"load_diabetes_split: {match}"):
+        load_diabetes_split(**kwargs)
