@@ -4,6 +4,10 @@ Case (a): N rattled Pt55 icosahedra, 8 G2 + 12 G4, r_cut 6 A. Times DScribe ``cr
 (one core, n_jobs=1), jaxsci ``create`` (end to end from ase.Atoms) and the jitted batched
 pure function on pre-padded arrays, plus value-and-gradient of a scalar loss with respect to
 positions. Repeats are interleaved and medians reported; compilation is excluded (warm-up).
+The pure-function timings are throughput: the chunks are sliced and on the device before
+the timer, every chunk's call is dispatched and the timer stops after one wait on all the
+outputs (so on a GPU the calls queue back to back; waiting on each chunk in turn would
+time one call's latency). ``--chunk 4 16 64`` sweeps the forward chunk size.
 
 Case (b): periodic fcc Pt supercells (500 ... 32,000 atoms): time and peak resident memory
 per size, each measured in a fresh subprocess (jaxsci uses its cell list; median of
@@ -25,6 +29,7 @@ relative to each feature's own scale (column maximum), not to the largest featur
     python benchmarks/bench_acsf.py --x64 --case a       # jaxsci in float64 too
     python benchmarks/bench_acsf.py --skip-dscribe       # e.g. on a GPU box without DScribe
     python benchmarks/bench_acsf.py --case a --cores 1   # one core each, like for like
+    python benchmarks/bench_acsf.py --case a --skip-dscribe --chunk 16 4 64 256  # GPU sweep
 """
 
 from __future__ import annotations
@@ -74,16 +79,22 @@ def case_a(args) -> dict:
     n_atoms = sum(len(a) for a in structs)
     ours = ACSF(["Pt"], R_CUT, g2_params=G2, g4_params=G4)
     batch = ours.batch(structs)
-    chunk, gchunk = args.chunk, args.grad_chunk
+    chunks, gchunk = args.chunk, args.grad_chunk  # several forward chunks: a sweep
+    chunk = chunks[0]
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    pos = jnp.asarray(batch.positions, dtype=dtype)
-    spec = jnp.asarray(batch.species)
-    mask = jnp.asarray(batch.mask)
-    n_pad = (-len(structs)) % np.lcm(chunk, gchunk)  # whole chunks only: one compiled shape
-    if n_pad:
-        pos = jnp.concatenate([pos, jnp.repeat(pos[-1:], n_pad, 0)])
-        spec = jnp.concatenate([spec, jnp.repeat(spec[-1:], n_pad, 0)])
-        mask = jnp.concatenate([mask, jnp.repeat(mask[-1:], n_pad, 0)])
+    arrays = (
+        np.asarray(batch.positions, dtype=dtype),
+        np.asarray(batch.species),
+        np.asarray(batch.mask),
+    )
+
+    def split(c: int) -> tuple[list, int]:
+        """Whole chunks of ``c`` structures (the last padded with copies of the last
+        structure: one compiled shape), sliced and on the device before any timer."""
+        pad = (-len(structs)) % c
+        a = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x for x in arrays]
+        out = [tuple(jnp.asarray(x[k : k + c]) for x in a) for k in range(0, len(a[0]), c)]
+        return jax.block_until_ready(out), pad
 
     fwd = jax.jit(ours.batch_fn)
 
@@ -92,15 +103,23 @@ def case_a(args) -> dict:
 
     vg = jax.jit(jax.value_and_grad(loss))
 
-    def run_fwd(c=chunk):
-        for k in range(0, pos.shape[0], c):
-            fwd(pos[k : k + c], spec[k : k + c], mask[k : k + c]).block_until_ready()
+    def run_all(fn, parts):
+        """Dispatch every chunk, then wait once on all outputs: the chunks queue on the
+        device back to back (throughput, not one call's latency)."""
+        jax.block_until_ready([fn(*c) for c in parts])
 
-    def run_grad(c=gchunk):
-        for k in range(0, pos.shape[0], c):
-            jax.block_until_ready(vg(pos[k : k + c], spec[k : k + c], mask[k : k + c]))
-
-    run_fwd(), run_fwd(gchunk), run_grad()  # compile
+    # forward configurations: name -> chunk size (the first --chunk is "fn", as before)
+    fwd_cfg = {"fn": chunk}
+    for c in [*chunks[1:], gchunk]:
+        if c not in fwd_cfg.values():
+            fwd_cfg["fn@grad_chunk" if c == gchunk else f"fn@chunk={c}"] = c
+    parts, n_pad = {}, {}
+    for c in sorted(set(fwd_cfg.values()) | {gchunk}):
+        parts[c], n_pad[c] = split(c)
+    runs = {k: (lambda c=c: run_all(fwd, parts[c])) for k, c in fwd_cfg.items()}
+    runs["fn+grad"] = lambda: run_all(vg, parts[gchunk])
+    for r in runs.values():  # compile every timed shape
+        r()
     ours.create(structs)
 
     ref = None
@@ -113,26 +132,22 @@ def case_a(args) -> dict:
         b = ref.create(structs[:8])
         scale = np.abs(b).max(axis=(0, 1))  # per feature: small features at their own scale
         agree = float(np.max(np.abs(a - b).max(axis=(0, 1)) / np.maximum(scale, 1e-300)))
-    times: dict[str, list[float]] = {
-        "dscribe": [],
-        "create": [],
-        "fn": [],
-        "fn@grad_chunk": [],
-        "fn+grad": [],
-    }
+    times: dict[str, list[float]] = {"dscribe": [], "create": []}
+    times.update({k: [] for k in runs})
     for _ in range(args.repeats):
         if ref is not None:
             times["dscribe"].append(_timeit(lambda: ref.create(structs, n_jobs=1)))
         times["create"].append(_timeit(lambda: ours.create(structs)))
-        times["fn"].append(_timeit(run_fwd))
-        times["fn@grad_chunk"].append(_timeit(lambda: run_fwd(gchunk)))
-        times["fn+grad"].append(_timeit(run_grad))
+        for k, r in runs.items():
+            times[k].append(_timeit(r))
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    # The fn timings evaluate whole chunks: n_pad copies of the last structure come on top
+    # The fn timings evaluate whole chunks: copies of the last structure pad the last one
     # (real work, counted as such: 8 structures at chunk 16 are 16 evaluated).
+    cfg_chunk = {**fwd_cfg, "fn+grad": gchunk}
     done = {k: (len(structs), n_atoms) for k in med}
-    for k in ("fn", "fn@grad_chunk", "fn+grad"):
-        done[k] = (len(structs) + n_pad, n_atoms + n_pad * len(structs[-1]))
+    for k, c in cfg_chunk.items():
+        done[k] = (len(structs) + n_pad[c], n_atoms + n_pad[c] * len(structs[-1]))
+    fastest_fwd = min(med[k] / done[k][0] for k in fwd_cfg)  # s per evaluated structure
     res = {
         "case": "a",
         "jaxsci_dtype": np.dtype(dtype).name,
@@ -140,19 +155,23 @@ def case_a(args) -> dict:
         "n_structures": len(structs),
         "n_atoms": n_atoms,
         "chunk": chunk,
+        "chunks": cfg_chunk,
         "grad_chunk": gchunk,
         "repeats": args.repeats,
+        "timing": "chunks sliced on the device before the timer; every chunk dispatched, "
+        "then one wait on all outputs",
         "median_s": med,
         "all_s": times,
-        "n_padded_for_fn": int(n_pad),
+        "n_padded_for_fn": int(n_pad[chunk]),
+        "n_padded": {k: int(n_pad[c]) for k, c in cfg_chunk.items()},
         "structures_per_s": {k: done[k][0] / v for k, v in med.items()},
         "atoms_per_s": {k: done[k][1] / v for k, v in med.items()},
-        # value-and-grad time over the fastest forward configuration
-        "grad_over_fn": med["fn+grad"] / min(med["fn"], med["fn@grad_chunk"]),
+        # value-and-grad time per evaluated structure over the fastest forward's
+        "grad_over_fn": med["fn+grad"] / done["fn+grad"][0] / fastest_fwd,
     }
     if ref is not None:  # time ratios on the same structures (fn's padding is jaxsci's cost)
         res["speedup_vs_dscribe"] = {
-            k: med["dscribe"] / med[k] for k in ("create", "fn", "fn+grad")
+            k: med["dscribe"] / med[k] for k in ("create", *fwd_cfg, "fn+grad")
         }
         res["max_rel_diff_per_feature_vs_dscribe"] = agree
     return res
@@ -249,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--chunk",
         type=int,
-        default=16,
-        help="structures per jitted forward call (default: %(default)s)",
+        nargs="+",
+        default=[16],
+        help="structures per jitted forward call; several values sweep it (the first is\n"
+        "reported as fn, the others as fn@chunk=C) (default: %(default)s)",
     )
     p.add_argument(
         "--grad-chunk",
@@ -287,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--worker-b", nargs=3, metavar=("TOOL", "SIZE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    small = {k: getattr(args, k) for k in ("n_structures", "chunk", "grad_chunk", "repeats")}
+    small = {k: getattr(args, k) for k in ("n_structures", "grad_chunk", "repeats")}
+    small["chunk"] = min(args.chunk)
     if any(v < 1 for v in small.values()) or any(s < 4 for s in args.sizes):
         p.error(f"need counts >= 1 and sizes >= 4 atoms, got {small}, sizes {args.sizes}")
     if args.cores is not None:  # before jax starts its thread pools; workers inherit it

@@ -12,9 +12,14 @@ about 100k and 1M parameters, batch 64 and 1024 (``--batch``; the overhead is a 
 step, so its ratio is largest at small batches), for the inner optimizer alone (the anchor) and
 for ``anderson(inner, memory=m)``; and the optimizer update alone, on a separable quadratic
 whose gradient is one elementwise pass (with counters of what it did: accelerated...).
-Each timing runs ``--steps`` steps inside one jitted ``lax.scan``; configurations are
-interleaved in every repeat and the median over repeats is reported, with the ratio
-to the inner optimizer measured in the same repeat loop. ``--profile K`` then traces one
+Each timing runs ``--steps`` steps inside one jitted ``lax.scan``, at two step counts (20
+and 100 by default): the per-step time is the slope between them, so the fixed cost of a
+call (dispatch, launch; large against a GPU step) is not spread over the steps, and
+``t/n`` (one call / its steps, the fixed cost included) is printed beside it. The
+update-alone column includes the quadratic's value and gradient (one elementwise pass), so
+its ratio understates the update's own. Configurations are interleaved in every repeat and
+the median over repeats is reported, with the ratio Anderson / inner optimizer measured in
+the same repeat loop. ``--profile K`` then traces one
 call of each (``jax.profiler``) and prints kernels per step, their busy time and span, and
 the ``K`` costliest kernels (GPU: the kernels on the streams; CPU: XLA's thunks).
 ``--results`` prints the iteration and wall-time ratios of a finished
@@ -184,6 +189,11 @@ def bench_size(
     layouts=("auto",),
     profile=0,
 ):
+    """``steps``: one count (time per call / steps) or two, ``n1 < n2``: the per-step time
+    is then the slope ``(t(n2) - t(n1)) / (n2 - n1)`` of the median call times, free of the
+    fixed cost per call (dispatch, launch, the scan's set-up), which is reported apart."""
+    steps = sorted(set([steps] if isinstance(steps, int) else steps))
+    n1, n2 = steps[0], steps[-1]
     key = jax.random.PRNGKey(0)
     sizes = mlp_sizes(n_params)
     params = init_mlp(key, sizes)
@@ -197,11 +207,12 @@ def bench_size(
         for lay in layouts:
             name = f"anderson(m={m})" if lay == "auto" else f"AA(m={m},{lay})"
             configs[name] = (anderson(inner(), m, layout=lay), True)
+    kinds = ("train", "update")
     fns = {}
     for name, (opt, wv) in configs.items():
         fns[name] = {
-            "train": make_train(opt, x, y, steps, wv),
-            "update": make_update_only(opt, quad, steps, wv),
+            "train": {k: make_train(opt, x, y, k, wv) for k in steps},
+            "update": {k: make_update_only(opt, quad, k, wv) for k in steps},
             "opt": opt,
         }
 
@@ -209,59 +220,91 @@ def bench_size(
 
     def fresh(opt, kind):  # donated by every call: a new copy and state each time
         p = jax.tree_util.tree_map(jnp.copy, start[kind])
-        return p, jax.block_until_ready(opt.init(p))
+        return jax.block_until_ready((p, opt.init(p)))
 
-    def timed(f, kind):
+    def timed(f, kind, k):
+        """Seconds for one call of ``k`` scanned steps."""
         p, s = fresh(f["opt"], kind)  # the copy and init stay outside the timer
         t0 = time.perf_counter()
-        jax.block_until_ready(f[kind](p, s))
-        return (time.perf_counter() - t0) / steps
+        jax.block_until_ready(f[kind][k](p, s))
+        return time.perf_counter() - t0
 
     for f in fns.values():  # compile
-        timed(f, "train")
-        timed(f, "update")
+        for kind in kinds:
+            for k in steps:
+                timed(f, kind, k)
         # What the update-alone scan did (a harness that never extrapolates times no AA).
-        f["counters"] = counters(f["update"](*fresh(f["opt"], "update"))[1])
-    times = {name: {"train": [], "update": []} for name in fns}
+        f["counters"] = counters(f["update"][n2](*fresh(f["opt"], "update"))[1])
+    times = {name: {(kind, k): [] for kind in kinds for k in steps} for name in fns}
     for _ in range(repeats):  # interleaved
         for name, f in fns.items():
-            times[name]["train"].append(timed(f, "train"))
-            times[name]["update"].append(timed(f, "update"))
-    med = {k: {kk: float(np.median(vv)) for kk, vv in v.items()} for k, v in times.items()}
+            for kind in kinds:
+                for k in steps:
+                    times[name][kind, k].append(timed(f, kind, k))
+    med = {name: {kk: float(np.median(v)) for kk, v in t.items()} for name, t in times.items()}
+
+    def per_step(name, kind):
+        """Seconds per step: the slope between the two counts, else per call / steps."""
+        t = med[name]
+        if n2 == n1:
+            return t[kind, n1] / n1
+        return (t[kind, n2] - t[kind, n1]) / (n2 - n1)
+
     print(
         f"\n{n} parameters (MLP {sizes}), batch {batch}, inner {inner_name},"
-        f" {steps} steps x {repeats} repeats"
+        f" {'/'.join(map(str, steps))} steps x {repeats} repeats"
     )
-    hdr = ("config", "train step [ms]", "ratio", "update [ms]", "ratio")
-    print(f"  {hdr[0]:16s} {hdr[1]:>16s} {hdr[2]:>7s} {hdr[3]:>12s} {hdr[4]:>7s}")
-    rows = {}
-    for name, t in med.items():
-        rt = t["train"] / med[inner_name]["train"]
-        ru = t["update"] / med[inner_name]["update"]
+    if n2 > n1:
         print(
-            f"  {name:16s} {1e3 * t['train']:16.3f} {rt:7.2f} {1e3 * t['update']:12.3f} {ru:7.2f}"
+            f"  per step: slope (t({n2}) - t({n1})) / {n2 - n1} of median call times;"
+            f" t/{n2}: one {n2}-step call / {n2} (fixed cost per call included)"
         )
+    else:
+        print(f"  per step: one {n1}-step call / {n1} (fixed cost per call included)")
+    print(
+        "  update+grad: the optimizer update plus the quadratic's value and gradient (one"
+        " elementwise pass); ratios: Anderson / inner"
+    )
+    hdr = ("config", "train [ms/step]", "AA/inner", "update+grad [ms/step]", "AA/inner")
+    line = f"  {hdr[0]:16s} {hdr[1]:>16s} {hdr[2]:>8s} {hdr[3]:>22s} {hdr[4]:>8s}"
+    if n2 > n1:
+        line += f" {f'train t/{n2}':>12s} {f'upd+grad t/{n2}':>15s}"
+    print(line)
+    rows = {}
+    for name in med:
+        tt, tu = per_step(name, "train"), per_step(name, "update")
+        rt = tt / per_step(inner_name, "train")
+        ru = tu / per_step(inner_name, "update")
+        line = f"  {name:16s} {1e3 * tt:16.3f} {rt:8.2f} {1e3 * tu:22.3f} {ru:8.2f}"
+        if n2 > n1:
+            ct, cu = (med[name][kind, n2] / n2 for kind in kinds)
+            line += f" {1e3 * ct:12.3f} {1e3 * cu:15.3f}"
+        print(line)
         rows[name] = {
-            "train_ms": 1e3 * t["train"],
+            "train_ms": 1e3 * tt,
             "train_ratio": rt,
-            "update_ms": 1e3 * t["update"],
+            "update_ms": 1e3 * tu,  # update + the quadratic's value and gradient
             "update_ratio": ru,
+            "per_step_is": "slope" if n2 > n1 else "per_call",
+            "train_ms_per_call_over_steps": 1e3 * med[name]["train", n2] / n2,
+            "update_ms_per_call_over_steps": 1e3 * med[name]["update", n2] / n2,
+            "call_ms": {f"{kind}@{k}": 1e3 * v for (kind, k), v in med[name].items()},
             "update_counters": fns[name]["counters"],
         }
         if fns[name]["counters"]:
             c = ", ".join(f"{k} {v}" for k, v in fns[name]["counters"].items())
-            print(f"  {'':16s} update alone, {steps} steps: {c}")
+            print(f"  {'':16s} update alone, {n2} steps: {c}")
     for name, f in fns.items() if profile else ():
-        for kind in ("train", "update"):
-            prof = kernel_profile(f[kind], fresh(f["opt"], kind), steps)
+        for kind in kinds:
+            prof = kernel_profile(f[kind][n2], fresh(f["opt"], kind), n2)
             rows[name][f"{kind}_profile"] = prof
             print(
                 f"  {name} {kind}: {prof['kernels']:.1f} kernels/step, busy"
                 f" {prof['busy_us']:.1f} us, span {prof['span_us']:.1f} us per step"
             )
-            for kname, per_step, mean_us in prof["top"][:profile]:
-                print(f"      {per_step:5.1f}/step {mean_us:8.2f} us  {kname[:90]}")
-    return {"n_params": n, "inner": inner_name, "batch": batch, "rows": rows}
+            for kname, per_step_n, mean_us in prof["top"][:profile]:
+                print(f"      {per_step_n:5.1f}/step {mean_us:8.2f} us  {kname[:90]}")
+    return {"n_params": n, "inner": inner_name, "batch": batch, "steps": steps, "rows": rows}
 
 
 def print_study_ratios(path: str) -> None:
@@ -368,7 +411,13 @@ def main(argv: list[str] | None = None) -> list | dict | None:
         help="inner optimizers (default: %(default)s)",
     )
     ap.add_argument(
-        "--steps", type=int, default=20, help="steps per timed call (default: %(default)s)"
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[20, 100],
+        help="steps per timed call: two counts n1 < n2 give the per-step time as the slope\n"
+        "(t(n2) - t(n1)) / (n2 - n1), free of the fixed cost per call; one count gives\n"
+        "t(n) / n (default: %(default)s)",
     )
     ap.add_argument(
         "--repeats", type=int, default=5, help="interleaved repeats (default: %(default)s)"
@@ -407,9 +456,10 @@ def main(argv: list[str] | None = None) -> list | dict | None:
         help="with --results: re-time the deterministic problems' time to target, interleaved",
     )
     a = ap.parse_args(argv)
-    for name in ("steps", "repeats"):
-        if getattr(a, name) < 1:
-            ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if len(a.steps) > 2 or min(a.steps) < 1:
+        ap.error(f"--steps takes one or two counts >= 1, got {a.steps}")
+    if a.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {a.repeats}")
     if min(a.sizes) < 1 or min(a.memories) < 1 or min(a.batch) < 1 or a.profile < 0:
         ap.error("--sizes, --memories and --batch must be >= 1, --profile >= 0")
     if a.time_to_target and not a.results:  # it was silently ignored

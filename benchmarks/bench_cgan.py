@@ -155,8 +155,8 @@ def worker(args) -> None:
     for _ in range(args.inner_repeats):  # every run trains the same models from their init
         info.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
-        trained, _ = stacked(states, pools, args.steps)
-        jax.block_until_ready(trained)
+        trained, metrics = stacked(states, pools, args.steps)
+        jax.block_until_ready((trained, metrics))  # every output of the call
         t_train = time.perf_counter() - t0
         gathered = gather_over_ranks(trained.g_params, info)
         t_total, cpu = time.perf_counter() - t0, time.process_time() - c0
