@@ -240,7 +240,8 @@ def test_every_flag_shows_its_default(name, capsys):
     assert not missing, f"{name}: no default shown for {missing}"
 
 
-def test_help_defaults_are_the_configs(capsys):
+def test_help_defaults_are_the_configs(capsys, monkeypatch):
+    monkeypatch.delenv("JAXSCI_CACHE", raising=False)  # the cache default depends on it
     from experiments.hea_order.config import min_n_cells
 
     def opts(main):

@@ -27,6 +27,8 @@ def test_batch_indices_runs_under_jit_and_vmap():
     jitted = jax.jit(batch_indices, static_argnums=(1, 2))
     key = jax.random.key(0)
     np.testing.assert_array_equal(jitted(key, 10, 5), batch_indices(key, 10, 5))
+    with pytest.raises(ValueError, match="n is a shape and must be a static int"):
+        jax.jit(batch_indices)(key, 10, 5)  # n traced: a clear message, not "got JitTracer"
     keys = jax.random.split(key, 3)
     epochs = jax.vmap(lambda k: batch_indices(k, 10, 5))(keys)
     assert epochs.shape == (3, 2, 5)

@@ -57,3 +57,12 @@ def test_a_mount_that_refuses_folders_is_refused_even_for_root():
     # sysfs passes os.access(W_OK) for root but refuses mkdir: only a real attempt sees it.
     with pytest.raises(ValueError, match="cannot write under /sys/jaxsci-x"):
         check_output_dir("/sys/jaxsci-x/runs")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_an_existing_read_only_file_is_refused(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("{}")
+    target.chmod(0o400)
+    with pytest.raises(ValueError, match="the file is read-only"):
+        check_output_file(target)

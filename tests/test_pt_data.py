@@ -233,7 +233,9 @@ def _small_folder(tmp_path):
     return tmp_path / SMALL.cache_key(emt_calculator()[1])
 
 
-@pytest.mark.parametrize("damage", ["meta_half", "meta_empty", "structures_half", "no_structures"])
+@pytest.mark.parametrize(
+    "damage", ["meta_half", "meta_empty", "structures_half", "no_structures", "no_meta"]
+)
 def test_an_incomplete_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     """A half-written meta.json gave a JSONDecodeError on every later call; a truncated
     structures.extxyz loaded silently with 1 structure where meta.json says 2."""
@@ -246,6 +248,8 @@ def test_an_incomplete_cache_is_rebuilt_with_a_warning(tmp_path, damage):
         meta.write_text("")
     elif damage == "structures_half":
         structs.write_text(structs.read_text()[: len(structs.read_text()) // 2])
+    elif damage == "no_meta":  # a crash between the two writes (was rebuilt silently)
+        meta.unlink()
     else:
         structs.unlink()
     with pytest.warns(RuntimeWarning, match="incomplete or corrupt.*rebuilding"):
@@ -327,3 +331,19 @@ def test_relax_many_and_build_refuse_a_fractional_worker_count(tmp_path):
         with pytest.raises(ValueError, match="n_workers must be an int >= 1"):
             build_pt_clusters(SMALL, cache_dir=tmp_path, n_workers=bad, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_an_unreadable_fingerprint_file_is_recomputed(tmp_path):
+    from jaxsci.descriptors import ACSF
+
+    acsf = ACSF(["Pt"], 5.0, g2_params=[[0.5, 0.0]])
+    ds = build_pt_clusters(SMALL, cache_dir=tmp_path, descriptor=acsf, n_workers=1, progress=False)
+    (npz,) = ds.cache_dir.glob("fingerprints-*.npz")
+    npz.write_bytes(npz.read_bytes()[:40])  # cut short: np.load raised before
+    again = build_pt_clusters(
+        SMALL, cache_dir=tmp_path, descriptor=acsf, n_workers=1, progress=False
+    )
+    for a, b in zip(again.fingerprints, ds.fingerprints, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with np.load(npz) as z:  # and rewritten whole
+        assert z["features"].shape[0] == sum(ds.sizes)

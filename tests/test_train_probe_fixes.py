@@ -92,8 +92,10 @@ def test_sample_and_encode_check_the_condition_against_the_params():
         sample(MODEL, params, np.zeros((4, 3)), key)
     with pytest.raises(ValueError, match="c has 1 columns but the params were made for cond_dim 2"):
         encode(MODEL, params, X[:4], C[:4, :1])
-    with pytest.raises(ValueError, match="x has 4 rows but c has 3"):
+    with pytest.raises(ValueError, match=r"x has leading shape \(4,\) but c has \(3,\)"):
         encode(MODEL, params, X[:4], C[:3])
+    with pytest.raises(ValueError, match=r"x must be \[..., data_dim = 5\]"):
+        encode(MODEL, params, X[:4, :3], C[:4])
     with pytest.raises(ValueError, match=r"params do not fit CVAE\(data_dim=7.*another model"):
         sample(CVAE(data_dim=7, latent_dim=2, hidden=(8,)), params, C[:4], key)
     with pytest.raises(ValueError, match="encoder' and 'decoder'"):
@@ -103,6 +105,11 @@ def test_sample_and_encode_check_the_condition_against_the_params():
     assert out.shape == (4, 5)
     mean, _ = jax.jit(lambda p, x, c: encode(MODEL, p, x, c))(params, X[:4], C[:4])
     assert mean.shape == (4, 2)
+    # one row at a time, e.g. under vmap, as before the checks (a review found it refused)
+    rows, _ = jax.vmap(lambda x, c: encode(MODEL, params, x, c))(X[:4], C[:4])
+    np.testing.assert_allclose(rows, mean, rtol=1e-5, atol=1e-6)
+    one, _ = encode(MODEL, params, X[0], C[0])
+    np.testing.assert_allclose(one, mean[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_float_width_mismatch_names_jax_enable_x64(tmp_path):
@@ -158,3 +165,34 @@ def test_a_checkpoint_of_an_older_jaxsci_resumes_with_a_warning(tmp_path):
         ck.save(1, state, metadata={"train_cvae": old_own})
     with pytest.warns(UserWarning, match="does not record activation, data"):
         assert train(epochs=2, checkpoint_dir=tmp_path / "ck").epochs_done == 2
+
+
+def test_the_data_fingerprint_sees_arrangement_offsets_and_scales_but_not_last_bits():
+    # a review found shuffled non-centred data passing (the sums moved by std/mean/sqrt(N))
+    # and a zero turned into -1e-8 refused (an absolute tolerance on a sum of zeros)
+    from jaxsci.train import settings_differences
+    from jaxsci.train.cvae import _data_fingerprint
+
+    rng = np.random.default_rng(0)
+    x = (50 + rng.normal(size=(20000, 20))).astype(np.float32)
+    c = rng.normal(size=(20000, 2)).astype(np.float32)
+
+    def same(x2, c2=c):
+        return settings_differences(_data_fingerprint(x, c), _data_fingerprint(x2, c2)) == {}
+
+    assert not same(x[rng.permutation(len(x))])  # rows shuffled
+    assert not same(x[:, ::-1].copy())  # columns swapped
+    assert not same(x + 1.0) and not same(x * 2.0)  # shifted, rescaled
+    assert not same((50 + rng.normal(size=x.shape)).astype(np.float32))  # other data
+    assert not same(x, c[rng.permutation(len(c))])  # conditions shuffled
+    noisy = (x * (1 + 1e-7 * rng.normal(size=x.shape))).astype(np.float32)
+    assert same(noisy)  # last-bit differences pass
+    images = np.zeros((5000, 64), np.float32)
+    images[:, :10] = rng.random((5000, 10))
+    nudged = images.copy()
+    nudged[0, 20:23] = -1e-8
+    cond = np.zeros((5000, 1), np.float32)
+    fp = _data_fingerprint(images, cond)
+    assert settings_differences(fp, _data_fingerprint(nudged, cond)) == {}
+    shuffled = images[rng.permutation(5000)]
+    assert settings_differences(fp, _data_fingerprint(shuffled, cond)) != {}

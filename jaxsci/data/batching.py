@@ -24,6 +24,12 @@ __all__ = ["batch_indices", "batches"]
 
 
 def _check_sizes(n: int, batch_size: int, drop_remainder: bool, where: str) -> None:
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, jax.core.Tracer):
+            raise ValueError(
+                f"{where}: {name} is a shape and must be a static int, got a traced value "
+                "(mark it static, e.g. jax.jit(..., static_argnums=...))"
+            )
     if not is_int_at_least(n, 1):
         raise ValueError(f"{where}: need at least one row, got {n!r}")
     if not is_int_at_least(batch_size, 1):

@@ -41,6 +41,7 @@ import numbers
 import os
 import uuid
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -651,15 +652,20 @@ def build_pt_clusters(
     folder = root / config.cache_key(calc_name)
 
     dataset = None
+    problem = None
     if use_cache and (folder / "meta.json").exists():
         try:
             dataset = _load_cache(folder, config, calc_name)
         except _IncompleteCache as e:
-            warnings.warn(
-                f"pt_clusters cache {folder} is incomplete or corrupt ({e}); rebuilding it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            problem = str(e)
+    elif use_cache and (folder / "structures.extxyz").exists():
+        problem = "structures.extxyz without meta.json, its completion mark"
+    if problem is not None:
+        warnings.warn(
+            f"pt_clusters cache {folder} is incomplete or corrupt ({problem}); rebuilding it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if dataset is None:
         dataset, text = _build(config, calc_name, n_workers, progress)
         if use_cache:
@@ -720,9 +726,12 @@ def _fingerprints(
     path = folder / f"fingerprints-{_descriptor_key(descriptor)}.npz" if folder else None
     sizes = dataset.sizes
     if path is not None and path.exists():
-        with np.load(path) as z:
-            flat, stored_sizes = z["features"], z["sizes"]
-        if np.array_equal(stored_sizes, sizes):
+        try:
+            with np.load(path) as z:
+                flat, stored_sizes = z["features"], z["sizes"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # unreadable: recompute
+            flat = stored_sizes = None
+        if stored_sizes is not None and np.array_equal(stored_sizes, sizes):
             return np.split(flat, np.cumsum(sizes)[:-1])
     feats = descriptor.create(dataset.structures)
     feats = [np.asarray(f, dtype=np.float32) for f in feats]

@@ -303,19 +303,21 @@ def _params_cond_dim(model: CVAE, params) -> int:
     return cond_dim
 
 
-def _check_cond(model: CVAE, params, c: jax.Array, rows: int | None = None) -> int:
-    """``ValueError`` unless ``c`` is ``[B, C]`` with the ``C`` of ``params`` (and ``B ==
-    rows`` when given); returns ``C``. Static shapes only (jittable)."""
+def _check_cond(model: CVAE, params, c: jax.Array, rows: tuple[int, ...] | None = None) -> int:
+    """``ValueError`` unless ``c`` is ``[B, C]`` with the ``C`` of ``params``; with ``rows``
+    (the leading shape of ``x``), ``c`` may be ``[..., C]`` with those leading dimensions
+    (one row ``[C]`` too, e.g. under ``vmap``). Returns ``C``. Static shapes only."""
     cond_dim = _params_cond_dim(model, params)
-    shape = jnp.shape(c)
-    if len(shape) != 2:
-        raise ValueError(f"c must be 2-D [rows, {cond_dim} condition columns], got shape {shape}")
-    if shape[1] != cond_dim:
+    shape = tuple(jnp.shape(c))
+    if (len(shape) != 2) if rows is None else (len(shape) < 1):
+        want = "2-D [rows, " if rows is None else "[..., "
+        raise ValueError(f"c must be {want}{cond_dim} condition columns], got shape {shape}")
+    if shape[-1] != cond_dim:
         raise ValueError(
-            f"c has {shape[1]} columns but the params were made for cond_dim {cond_dim}"
+            f"c has {shape[-1]} columns but the params were made for cond_dim {cond_dim}"
         )
-    if rows is not None and shape[0] != rows:
-        raise ValueError(f"x has {rows} rows but c has {shape[0]}")
+    if rows is not None and shape[:-1] != rows:
+        raise ValueError(f"x has leading shape {rows} but c has {shape[:-1]}")
     return cond_dim
 
 
@@ -335,9 +337,13 @@ def sample(
 
 def encode(model: CVAE, params: Params, x: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Posterior mean and log-variance ``[B, latent_dim]`` of ``x [B, data_dim]`` under
-    condition ``c [B, C]`` (checked as in :func:`sample`, and ``x`` against ``data_dim``)."""
-    x_shape = jnp.shape(x)
-    if len(x_shape) != 2 or x_shape[1] != model.data_dim:
-        raise ValueError(f"x must be 2-D [rows, data_dim = {model.data_dim}], got shape {x_shape}")
-    _check_cond(model, params, c, rows=x_shape[0])
+    condition ``c [B, C]``; any leading shape works (one row ``[data_dim]`` with ``[C]``,
+    e.g. under ``vmap``), as long as ``x`` and ``c`` share it. ``ValueError`` for another
+    ``data_dim`` or ``C`` than the params', or mismatched leading shapes (static checks)."""
+    x_shape = tuple(jnp.shape(x))
+    if len(x_shape) < 1 or x_shape[-1] != model.data_dim:
+        raise ValueError(
+            f"x must be [..., data_dim = {model.data_dim}] feature rows, got shape {x_shape}"
+        )
+    _check_cond(model, params, c, rows=x_shape[:-1])
     return model.apply({"params": params}, x, c, method=CVAE.encode)

@@ -54,11 +54,14 @@ def check_output_dir(path: str | Path) -> Path:
 def check_output_file(path: str | Path) -> Path:
     """Check, before any work, that the file ``path`` can be written later; return it.
 
-    ``path`` must not be a folder, and its folder must pass ``check_output_dir``.
+    ``path`` must not be a folder or an existing read-only file, and its folder must pass
+    ``check_output_dir``.
     Raises ``ValueError`` with a one-line reason otherwise."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write {path}: it is a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file is read-only")
     check_output_dir(path.parent)
     return path
 
