@@ -203,11 +203,11 @@ def test_label_arrays_are_checked_before_any_work(digits, classifier):
     x, y = digits.test_images[:100], digits.test_labels[:100]
     ref = (digits.train_images, digits.train_labels)
     for bad, shown in ((y[:99], r"\[99\]"), (y[:1], r"\[1\]"), (y[:, None], r"\[100, 1\]")):
-        with pytest.raises(ValueError, match=rf"labels must be \[100\] integers.*{shown}"):
+        with pytest.raises(ValueError, match=rf"labels must be \[100\] class indices.*{shown}"):
             evaluate_samples(classifier, x, bad, *ref)
     with pytest.raises(ValueError, match="reference_labels must be"):
         evaluate_samples(classifier, x, y, ref[0], ref[1][:-5])
-    with pytest.raises(ValueError, match="labels must be .* integers"):
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
         evaluate_samples(classifier, x, y + 0.7, *ref)
     img = np.zeros((4, 8, 8, 1))
     lab = np.array([0, 1, 2, 3])
@@ -239,3 +239,29 @@ def test_inception_score_stays_within_one_and_k_for_rows_off_by_rounding():
     p = np.array([[1.0009, 0.0], [0.0, 1.0009]])
     assert inception_score(p) == pytest.approx(2.0)
     assert inception_score(p) <= 2.0
+
+
+def test_evaluate_samples_and_the_classifier_share_one_label_rule(digits, classifier):
+    """Before: evaluate_samples refused whole-number float labels (y.astype(float)) that
+    fit_feature_classifier accepted; both now take them, refuse fractions, and say so alike."""
+    x, y = digits.test_images[:100], digits.test_labels[:100]
+    ref = (digits.train_images, digits.train_labels)
+    as_int = evaluate_samples(classifier, x, y, *ref)
+    as_float = evaluate_samples(classifier, x, y.astype(np.float32), ref[0], ref[1] * 1.0)
+    assert as_float == as_int
+    assert all(isinstance(k, int) for k in as_float["per_label"])
+    img, lab = np.zeros((4, 8, 8, 1)), np.array([0.0, 1.0, 2.0, 3.0])
+    fit = lambda labels: fit_feature_classifier(  # noqa: E731
+        img, labels, key=jax.random.PRNGKey(0), n_labels=4, steps=1
+    )
+    for fn, call in (
+        ("evaluate_samples", lambda bad: evaluate_samples(classifier, x, bad, *ref)),
+        ("fit_feature_classifier", fit),
+    ):
+        n = 100 if fn == "evaluate_samples" else 4
+        base = y if fn == "evaluate_samples" else lab
+        for bad in (base + 0.5, np.where(np.arange(n) == 1, np.nan, base), base > 0):
+            with pytest.raises(ValueError, match=f"{fn}: labels must be integer class indices"):
+                call(bad)
+        with pytest.raises(ValueError, match=rf"{fn}: labels must be \[{n}\] class indices, one"):
+            call(base[:-1])

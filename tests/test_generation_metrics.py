@@ -139,3 +139,30 @@ def test_non_finite_structures_earn_no_credit_and_bad_tolerances_are_refused():
     for kw in ({"d_nn": -1.0}, {"d_nn": float("nan")}, {"bond_factor": 0.0}):
         with pytest.raises(ValueError, match="check_validity: .* must be a finite number > 0"):
             check_validity(a, **kw)
+
+
+def test_scalar_settings_accept_numpy_and_jax_scalars_and_refuse_bools():
+    # before: np.int64(3), np.array(2.77), jnp.float32(2.77) and tol=np.int64(0) raised
+    # "must be a finite number" while d_nn=True (1 A) was accepted
+    import jax.numpy as jnp
+
+    a = _pt13()
+    near = a + 0.01  # the same structure, sorted distances unchanged: a match at any tol > 0
+    for d_nn in (np.int64(3), np.float32(2.77), np.array(2.77), jnp.float32(2.77), jnp.array(3)):
+        assert check_validity(a, d_nn=d_nn) == check_validity(a, d_nn=float(d_nn))
+    assert check_validity(a, min_factor=np.array(0.8), bond_factor=jnp.bfloat16(1.25)).valid
+    assert not check_validity(a, d_nn=np.int64(4)).valid  # 0.8 * 4 A > 2.6 A: too close
+    for tol in (np.int64(0), np.array(0), np.float32(0.02), np.array(0.02), jnp.float32(0.02)):
+        expected = [True, float(tol) == 0]
+        np.testing.assert_array_equal(uniqueness_mask([a, near], tol=tol), expected)
+        np.testing.assert_array_equal(novelty_mask([near], [a], tol=tol), expected[1:])
+    for bad in (True, np.bool_(True), jnp.array(True), "2.77", np.array([2.77]), 1 + 0j):
+        with pytest.raises(ValueError, match="check_validity: d_nn must be a finite number > 0"):
+            check_validity(a, d_nn=bad)
+        with pytest.raises(ValueError, match="uniqueness_mask: tol must be a finite number"):
+            uniqueness_mask([a], tol=bad)
+    for bad in (np.float64(np.nan), jnp.float32(np.inf), np.array(-0.1), np.int64(-1)):
+        with pytest.raises(ValueError, match="novelty_mask: tol must be a finite number >= 0"):
+            novelty_mask([a], [a], tol=bad)
+    with pytest.raises(ValueError, match="check_validity: min_factor must be a finite number"):
+        check_validity(a, min_factor=np.array(0))

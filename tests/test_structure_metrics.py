@@ -138,8 +138,8 @@ def test_sorted_pair_distances_known_values_and_invariances():
     # Precomputed fingerprints are accepted as 1-D arrays.
     assert pair_distance_difference(sorted_pair_distances(ref), ref) == 0.0
     assert pair_distance_difference([2.5], [[0.0, 0, 0], [0, 0, 2.0]]) == pytest.approx(0.5)
-    # ... but not a single position, a length that is no pair count, or unsorted values
-    # (before, each was read as distances and compared)
+    # ... but not what cannot be pair distances: negative or unsorted values, a length that
+    # is no pair count (before, each was read as distances and compared)
     with pytest.raises(ValueError, match="finite, non-negative and sorted"):
         pair_distance_difference([0.3, -1.2, 2.0], square[:3])
     with pytest.raises(ValueError, match="got length 4"):
@@ -248,3 +248,74 @@ def test_align_search_settings_are_passed_through_deterministic_and_checked():
     for name, bad in [("n_starts", 0), ("n_grid", -1), ("n_random", 1.5), ("max_iter", True)]:
         with pytest.raises(ValueError, match=name):
             structure_rmsd(other, ref, **{name: bad})
+
+
+def test_one_d_input_is_read_as_pair_distances_as_documented():
+    # Before, the docstrings claimed that a single position [x, y, z] is refused; one that is
+    # finite, >= 0 and ascending is three sorted distances and is compared as such.
+    triangle = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])  # sides 1, 1, sqrt 2
+    d = pair_distance_difference([0.0, 1.0, 2.0], triangle)
+    assert d == pytest.approx((1.0 + 0.0 + (2.0 - math.sqrt(2))) / 3)
+    assert pair_distance_difference([[0.0, 1.0, 2.0]], [[5.0, 5.0, 5.0]]) == 0.0  # one atom
+    doc = " ".join(pair_distance_difference.__doc__.split())
+    assert "read as sorted pair distances" in doc and "[0, 1, 2]" in doc
+    with pytest.raises(ValueError, match="finite, non-negative and sorted"):
+        pair_distance_difference([2.0, 1.0, 0.0], triangle)  # a position it cannot be
+
+
+def test_align_checks_seed_up_front():
+    # Before: seed=-1 gave numpy's "expected non-negative integer", 1.5 a TypeError, and
+    # only when the search got past the matched triangles (never on exact copies).
+    ref = _rattled_cluster(13, seed=1)
+    noisy = ref[::-1] + np.random.default_rng(0).normal(scale=0.3, size=ref.shape)
+    for x in (noisy, ref[::-1]):  # a search that draws from the seed, and one that does not
+        for bad in (-1, 1.5, "0", True, np.float64(2.0), [0]):
+            for fn in (align, structure_rmsd):
+                with pytest.raises(ValueError, match=r"align .*seed must be an integer >= 0"):
+                    fn(x, ref, seed=bad)
+    for good in (0, np.int64(7), np.uint8(3), 2**40):
+        assert structure_rmsd(noisy, ref, seed=good) == pytest.approx(
+            structure_rmsd(noisy, ref), abs=1e-9
+        )
+    assert structure_rmsd(ref[::-1], ref, seed=None) < 1e-9
+
+
+def _brute_force_rmsd_vectorised(p, q, allow_reflection) -> float:
+    """Smallest Kabsch RMSD over all ``n!`` permutations of ``p``'s atoms, vectorised (for
+    n = 8: 40320 SVDs of 3 x 3 matrices), the best few recomputed from the coordinates."""
+    p, q = p - p.mean(0), q - q.mean(0)
+    perms = np.array(list(itertools.permutations(range(len(p)))))
+    h = np.einsum("mia,ib->mab", p[perms], q)
+    sv = np.linalg.svd(h, compute_uv=False)
+    if not allow_reflection:
+        sv[:, -1] *= np.sign(np.linalg.det(h))
+    msd = ((p**2).sum() + (q**2).sum() - 2.0 * sv.sum(-1)) / len(p)
+    best = math.inf
+    for perm in perms[np.argsort(msd)[:16]]:
+        u, _, vt = np.linalg.svd(p[perm].T @ q)
+        d = 1.0 if allow_reflection else np.sign(np.linalg.det(u @ vt))
+        rot = u @ np.diag([1.0, 1.0, d]) @ vt
+        best = min(best, float(np.sqrt(((p[perm] @ rot - q) ** 2).sum(-1).mean())))
+    return best
+
+
+@pytest.mark.parametrize("allow_reflection", [True, False])
+def test_rmsd_of_eight_atom_noisy_copies_equals_brute_force(allow_reflection):
+    # 8 atoms (8! = 40320 assignments) is past the exhaustive limit: this checks the
+    # heuristic search against all permutations. A structure and a rotated (with
+    # reflections: also mirrored), permuted copy with 0.3-0.5 A noise per coordinate.
+    # (On unrelated random 8-atom pairs the search can miss the minimum; not tested.)
+    rng = np.random.default_rng(80 + allow_reflection)
+    for case in range(10):
+        ref = _rattled_cluster(8, seed=case + 10 * allow_reflection)
+        noisy = ref + rng.normal(scale=rng.uniform(0.3, 0.5), size=ref.shape)
+        rot = Rotation.random(random_state=int(rng.integers(1 << 30))).as_matrix()
+        if allow_reflection and case % 2:
+            rot = rot @ np.diag([1.0, 1.0, -1.0])
+        moved = noisy[rng.permutation(8)] @ rot.T + rng.normal(size=3)
+        expected = _brute_force_rmsd_vectorised(moved, ref, allow_reflection)
+        res = align(moved, ref, allow_reflection=allow_reflection)
+        assert res.rmsd == pytest.approx(expected, abs=1e-9)
+        assert np.sqrt(((res.aligned - ref) ** 2).sum(-1).mean()) == pytest.approx(res.rmsd)
+        if not allow_reflection:
+            assert np.linalg.det(res.rotation) == pytest.approx(1.0)

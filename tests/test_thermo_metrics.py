@@ -1,5 +1,8 @@
 """Thermodynamic statistics (jaxsci.metrics.thermo) against analytic and brute-force oracles."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy.optimize import brentq
@@ -331,3 +334,18 @@ def test_drift_z_counts_a_share_without_binary_rounding():
     assert z.shape == (2,) and np.all(np.isfinite(z))
     with pytest.raises(ValueError, match="too few"):
         drift_z(x, first=0.28, last=0.5, n_batches=29)
+
+
+def test_share_count_is_rounding_safe_at_any_chain_length():
+    # before: floor(share * n + 1e-9), which fails once n >= 1e8: 0.29 * 10**8 is
+    # 28999999.999999996 and gave 28999999 samples
+    from jaxsci.metrics.thermo import _share_count
+
+    assert _share_count(0.29, 100) == 29  # 28.999999999999996
+    assert _share_count(0.29, 10**8) == 29_000_000
+    assert _share_count(0.1, 3) == 0 and _share_count(0.3, 10) == 3  # 0.30000000000000004 * 10
+    assert _share_count(0.28, 100) == 28 and _share_count(0.295, 100) == 29  # true fractions
+    for share in (0.1, 0.29, 0.57, 0.7):
+        for n in (10**8, 10**9 + 7, 10**12):
+            exact = Fraction(repr(share)) * n  # the decimal share the caller wrote
+            assert _share_count(share, n) == math.floor(exact)

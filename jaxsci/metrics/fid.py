@@ -85,14 +85,14 @@ def fit_feature_classifier(
 
     Args:
       images: ``[N, ...]`` training images (e.g. ``[N, 8, 8, 1]`` on [-1, 1]).
-      labels: ``[N]`` int classes in ``0..n_labels-1``.
+      labels: ``[N]`` int classes in ``0..n_labels-1`` (whole-number floats accepted).
       key: PRNG key for initialisation and input noise.
       noise: std of Gaussian noise added to the inputs each step (smooths the features so that
         slightly off-manifold generated images are not mapped to outliers).
       test_images, test_labels: optional held-out set for the reported accuracy.
     """
     x = jnp.asarray(images, jnp.float32)
-    y = _int_labels(labels, "labels", x.shape[0])
+    y_host = _int_labels("fit_feature_classifier", "labels", labels, x.shape[0])
     if x.shape[0] == 0:
         raise ValueError("fit_feature_classifier: no training images")
     if not is_int_at_least(steps, 1):
@@ -101,19 +101,20 @@ def fit_feature_classifier(
         raise ValueError("fit_feature_classifier: pass test_images and test_labels together")
     if test_images is not None:
         test_x = jnp.asarray(test_images, jnp.float32)
-        test_y = _int_labels(test_labels, "test_labels", test_x.shape[0])
+        test_y = _int_labels("fit_feature_classifier", "test_labels", test_labels, len(test_x))
         if test_x.shape[1:] != x.shape[1:]:
             raise ValueError(
                 f"fit_feature_classifier: test_images must have images' shape per row "
                 f"{list(x.shape[1:])}, got {list(test_x.shape)}"
             )
-    present = set(np.asarray(y).tolist())
+    present = set(y_host.tolist())
     outside = sorted(v for v in present if not 0 <= v < n_labels)
     if outside:  # softmax cross-entropy would silently train on them as no class at all
         raise ValueError(f"labels must lie in 0..{n_labels - 1}, got {outside[:5]}")
     missing = sorted(set(range(n_labels)) - present)
     if missing:
         raise ValueError(f"no training images for labels {missing}")
+    y = jnp.asarray(y_host, jnp.int32)  # in 0..n_labels-1 (checked on int64 above)
     model = MLPClassifier(n_labels=n_labels, hidden=tuple(hidden))
     k_init, k_train = jax.random.split(key)
     params = model.init(k_init, x[:1])
@@ -145,15 +146,24 @@ def fit_feature_classifier(
     return FeatureClassifier(model, params, acc)
 
 
-def _int_labels(labels: Any, name: str, n: int) -> jax.Array:
-    """``labels`` as ``[n]`` int32, refusing another shape and non-integer values (a float
-    label would otherwise be truncated to a class silently)."""
+def _int_labels(fn: str, name: str, labels: Any, n: int) -> np.ndarray:
+    """``labels`` as ``[n]`` int64 class indices, refusing another shape and values that are
+    not whole numbers (a float label would otherwise be truncated to a class silently).
+    Integers and whole-number floats (e.g. ``2.0``) are accepted; fractional, non-finite,
+    bool and non-numeric values are refused. ``fn`` names the caller in the messages."""
     y = np.asarray(labels)
     if y.shape != (n,):
-        raise ValueError(f"{name} must be [{n}] class indices, one per image, got {list(y.shape)}")
-    if not (np.issubdtype(y.dtype, np.integer) or (y.size and np.all(y == np.round(y)))):
-        raise ValueError(f"{name} must be integer class indices, got {y.dtype} values")
-    return jnp.asarray(y, jnp.int32)
+        raise ValueError(
+            f"{fn}: {name} must be [{n}] class indices, one per image, got shape {list(y.shape)}"
+        )
+    whole = y.dtype.kind in "iu" or (
+        y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y))))
+    )
+    if not whole:
+        raise ValueError(
+            f"{fn}: {name} must be integer class indices (whole numbers), got {y.dtype} values"
+        )
+    return y.astype(np.int64)
 
 
 def frechet_distance(feats_a: Any, feats_b: Any) -> float:
@@ -260,6 +270,8 @@ def evaluate_samples(
       classifier: the feature space.
       images, labels: generated ``[N, ...]`` images and the labels they were conditioned on.
       reference_images, reference_labels: real images (e.g. the GAN's training set).
+        Labels are ``[N]`` class indices, one per image: integers or whole-number floats
+        (``2.0``), as :func:`fit_feature_classifier` takes them; fractional ones are refused.
       per_label_n: score ``fid`` at this fixed composition (:func:`equal_n_fid`), to compare
         it with another set scored the same way (e.g. a real held-out floor); ``None``: all
         samples.
@@ -272,20 +284,13 @@ def evaluate_samples(
       With ``per_label_n``: ``fid`` is the equal-``n`` mean, and ``fid_std``, ``fid_n``,
       ``fid_subsets`` and ``fid_all_samples`` (the FID of all ``n`` samples) are added.
     """
-    labels = np.asarray(labels)
-    ref_labels = np.asarray(reference_labels)
     for name, n in (("images", len(images)), ("reference_images", len(reference_images))):
         if n < 2:  # a covariance needs two rows (and an empty batch broke the classifier)
             raise ValueError(f"evaluate_samples: {name} needs at least 2 images, got {n}")
-    for name, lab, n in (
-        ("labels", labels, len(images)),
-        ("reference_labels", ref_labels, len(reference_images)),
-    ):
-        if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(
-                f"evaluate_samples: {name} must be [{n}] integers, one per image, got "
-                f"shape {list(lab.shape)} of {lab.dtype}"
-            )
+    labels = _int_labels("evaluate_samples", "labels", labels, len(images))
+    ref_labels = _int_labels(
+        "evaluate_samples", "reference_labels", reference_labels, len(reference_images)
+    )
     f_gen, p_gen = classifier.features(images), classifier.probs(images)
     f_ref = classifier.features(reference_images)
     pred = p_gen.argmax(1)

@@ -18,6 +18,8 @@ Host-side NumPy/SciPy. Structures are ``ase.Atoms`` or positions ``[n_atoms, 3]`
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -53,6 +55,25 @@ class Validity(NamedTuple):
     n_components: int
 
 
+def _real(value: Any) -> float | None:
+    """``value`` as a float when it is one real number: a Python, NumPy or JAX scalar or a
+    0-d array of ints or floats; None otherwise (bools, strings, complex, arrays of
+    another shape, tracers). Finiteness and range are the caller's to check."""
+    if isinstance(value, bool | np.bool_ | str | bytes):
+        return None
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            return math.inf
+    try:
+        a = np.asarray(value)
+    except Exception:  # e.g. a JAX tracer
+        return None
+    numeric = a.dtype.kind in "iuf" or (a.dtype.kind == "V" and "float" in a.dtype.name)
+    return float(a) if a.shape == () and numeric else None  # kind "V": bfloat16 and kin
+
+
 def _positions(x: Any) -> np.ndarray:
     pos = np.asarray(x.get_positions() if hasattr(x, "get_positions") else x, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -70,10 +91,16 @@ def check_validity(
     """Minimum distance and connectivity test of one cluster (see the module docstring).
 
     Non-finite positions make a structure invalid; one atom is valid (one component).
+    ``d_nn``, ``min_factor`` and ``bond_factor`` are real scalars > 0 (Python, NumPy or JAX
+    scalars, 0-d arrays; not bools).
     """
+    factors = []
     for name, value in (("d_nn", d_nn), ("min_factor", min_factor), ("bond_factor", bond_factor)):
-        if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and value > 0):
+        x = _real(value)
+        if x is None or not (math.isfinite(x) and x > 0):
             raise ValueError(f"check_validity: {name} must be a finite number > 0, got {value!r}")
+        factors.append(x)
+    d_nn, min_factor, bond_factor = factors
     pos = _positions(structure)
     n = len(pos)
     if n == 0:
@@ -99,9 +126,12 @@ class _Print(NamedTuple):
     typed: np.ndarray
 
 
-def _check_tol(tol: float, name: str) -> None:
-    if not (isinstance(tol, int | float | np.floating) and np.isfinite(tol) and tol >= 0):
+def _check_tol(tol: Any, name: str) -> float:
+    """``tol`` as a float: any real scalar (see :func:`_real`) that is finite and >= 0."""
+    x = _real(tol)
+    if x is None or not (math.isfinite(x) and x >= 0):
         raise ValueError(f"{name}: tol must be a finite number >= 0 (Angstrom), got {tol!r}")
+    return x
 
 
 def _print(structure: Any) -> _Print | None:
@@ -136,7 +166,7 @@ def uniqueness_mask(structures: Sequence[Any], *, tol: float = 0.02) -> np.ndarr
     compared with the kept ones only, so in a chain a~b~c with a !~ c, a and c are kept;
     the count of True is the number of distinct structures at resolution ``tol``. A
     structure with non-finite positions is False (not a structure to count)."""
-    _check_tol(tol, "uniqueness_mask")
+    tol = _check_tol(tol, "uniqueness_mask")
     prints = [_print(s) for s in structures]
     mask = np.array([p is not None for p in prints], dtype=bool)
     for i in np.flatnonzero(mask):
@@ -156,7 +186,7 @@ def novelty_mask(
     typed: dict[tuple, list[np.ndarray]] = {}  # composition -> per-species-pair prints
     plain: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints of every reference
     bare: dict[int, list[np.ndarray]] = {}  # atom count -> plain prints without species
-    _check_tol(tol, "novelty_mask")
+    tol = _check_tol(tol, "novelty_mask")
     for ref in (_print(r) for r in reference):
         if ref is None:  # a non-finite reference matches nothing
             continue

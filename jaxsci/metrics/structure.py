@@ -348,7 +348,7 @@ def align(
     n_grid: int = 2000,
     n_random: int = 0,
     max_iter: int = 30,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> Alignment:
     """Best overlay of ``positions`` on ``reference`` (both ``[n_atoms, 3]``, Angstrom).
 
@@ -374,8 +374,9 @@ def align(
     Species default to those of ``ase.Atoms`` inputs; a bare array next to an ``Atoms``
     takes its species atom for atom (so its atoms must come in the same species order, as
     :func:`jaxsci.reconstruct.reconstruct` returns them; else pass ``species``); two bare
-    arrays are one species. Deterministic for a given ``seed``. Raises ``ValueError`` when
-    atom counts or species compositions differ, or a search setting is out of range.
+    arrays are one species. ``seed`` is an integer >= 0 (deterministic for a given seed) or
+    None (fresh randomness each call). Raises ``ValueError`` when atom counts or species
+    compositions differ, or a search setting (``seed`` included) is out of range.
     """
 
     def numbers(x: Any) -> np.ndarray | None:
@@ -389,6 +390,12 @@ def align(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"align: {name} must be an integer >= {least}, got {value!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):  # checked up front: only a search past the matched triangles draws from it
+        raise ValueError(
+            f"align (and structure_rmsd): seed must be an integer >= 0 or None, got {seed!r}"
+        )
     species = species if species is not None else numbers(positions)
     reference_species = reference_species if reference_species is not None else numbers(reference)
     # one side's species stand for both when the other side has none (an array)
@@ -432,7 +439,7 @@ def _search(
     n_grid: int,
     n_random: int,
     max_iter: int,
-    seed: int,
+    seed: int | None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """The assignment search of :func:`align` on centred positions: (rmsd, rotation, perm)."""
 
@@ -496,7 +503,7 @@ def structure_rmsd(
     n_grid: int = 2000,
     n_random: int = 0,
     max_iter: int = 30,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> float:
     """Smallest RMSD (Angstrom) found between two structures; see :func:`align` for the
     search (exact up to 7 atoms and for copies; otherwise the best of its starts)."""
@@ -529,8 +536,14 @@ def pair_distance_difference(a: Any, b: Any) -> float:
     """Mean absolute difference (Angstrom) of the sorted pair distances of two clusters.
 
     ``a`` and ``b`` are positions ``[n, 3]``, ``ase.Atoms`` or precomputed
-    :func:`sorted_pair_distances` (1-D). Structures with different atom counts
-    are different: the result is ``inf``. One atom each gives ``0.0``.
+    :func:`sorted_pair_distances`. Any 1-D input is read as sorted pair distances, never
+    as one atom's position: a single position ``[x, y, z]`` whose values happen to be
+    finite, >= 0 and ascending (e.g. ``[0, 1, 2]``) is indistinguishable from the three
+    distances of a triangle and is compared as such; pass one atom as ``[[x, y, z]]``. Only
+    1-D input that cannot be sorted pair distances (a length other than ``n (n - 1) / 2``,
+    negative, non-finite or unsorted values) is refused, with a ``ValueError``. Structures
+    with different atom counts are different: the result is ``inf``. One atom each gives
+    ``0.0``.
     """
     da = _sorted_distances(a, "a") if _is_1d(a) else sorted_pair_distances(a)
     db = _sorted_distances(b, "b") if _is_1d(b) else sorted_pair_distances(b)
@@ -550,7 +563,8 @@ def sorted_distance_difference(da: np.ndarray, db: np.ndarray) -> float:
 def _sorted_distances(x: Any, name: str) -> np.ndarray:
     """A 1-D argument as the output of :func:`sorted_pair_distances`, checked: its length is
     ``n (n - 1) / 2`` for some atom count ``n`` and its values are finite, >= 0 and sorted.
-    A single position ``[x, y, z]`` or unsorted numbers are refused, not compared."""
+    Only what cannot be pair distances is refused: a position ``[x, y, z]`` that is finite,
+    >= 0 and ascending passes as the three distances of a triangle (it cannot be told apart)."""
     d = np.asarray(x, dtype=np.float64)
     n = int(round((1.0 + math.sqrt(1.0 + 8.0 * d.size)) / 2.0))
     if n * (n - 1) // 2 != d.size:

@@ -154,10 +154,7 @@ def drift_z(
     if isinstance(n_batches, bool) or not isinstance(n_batches, int | np.integer) or n_batches < 2:
         raise ValueError(f"drift_z: n_batches must be an int >= 2, got {n_batches!r}")
     n = x.shape[0]
-    # a share's sample count, floored but immune to binary rounding (0.29 * 100 = 28.999...)
-    n_a, n_b = (
-        int(math.floor(share * n + 1e-9)) // n_batches * n_batches for share in (first, last)
-    )
+    n_a, n_b = (_share_count(share, n) // n_batches * n_batches for share in (first, last))
     if n_a < n_batches or n_b < n_batches:
         raise ValueError(
             f"drift_z: {n} samples are too few for {n_batches} batches in {first} and {last} "
@@ -173,6 +170,17 @@ def drift_z(
     diff = ma - mb
     signed_inf = np.where(diff > 0, np.inf, np.where(diff < 0, -np.inf, 0.0))
     return np.where(se > 0, diff / np.where(se > 0, se, 1.0), signed_inf)
+
+
+def _share_count(share: float, n: int) -> int:
+    """``floor(share * n)``, the samples in a ``share`` of ``n``, immune to binary rounding at
+    any ``n``: a product within 1e-9, or a relative 1e-14, of an integer counts as that
+    integer (``0.29 * 100 = 28.999999999999996`` is 29, ``0.29 * 10**8 =
+    28999999.999999996`` is 29000000, where an absolute 1e-9 gave 28999999). The product's
+    own rounding error is about 1e-16 relative."""
+    x = float(share) * n
+    k = round(x)
+    return k if abs(x - k) <= max(1e-9, 1e-14 * abs(x)) else math.floor(x)
 
 
 def _curve(fn: str, temperatures: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
