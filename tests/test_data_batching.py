@@ -19,6 +19,12 @@ def test_an_epoch_sees_every_row_once_or_drops_only_the_remainder():
     assert kept.shape == (4, 4) and set(kept.ravel()) == set(range(14))  # 2 rows seen twice
     np.testing.assert_array_equal(kept[:3], dropped)  # the same order, completed
     np.testing.assert_array_equal(batch_indices(None, 6, 3), [[0, 1, 2], [3, 4, 5]])
+    # a batch over twice the data goes round the order as often as needed (a TypeError from
+    # a reshape before), and an int seed is a key
+    np.testing.assert_array_equal(
+        batch_indices(None, 4, 10, drop_remainder=False), [[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]]
+    )
+    np.testing.assert_array_equal(batch_indices(3, 14, 4), batch_indices(jax.random.key(3), 14, 4))
     np.testing.assert_array_equal(batch_indices(key, 14, 4), dropped)  # a function of key
     assert not np.array_equal(batch_indices(jax.random.key(4), 14, 4), dropped)
 
@@ -67,6 +73,9 @@ def test_batches_split_over_four_devices():
     for b in batches(x, 8, key=jax.random.key(0), sharding=sharding):
         assert len(b.addressable_shards) == 4
         assert {s.data.shape for s in b.addressable_shards} == {(2, 2)}
+    # a batch that cannot split over the devices fails at the call (at next() before)
+    with pytest.raises(ValueError, match=r"shape \(6, 2\) does not divide over the sharding"):
+        batches(x, 6, sharding=sharding)
 
 
 def test_bad_calls_fail_at_the_call_not_at_the_first_batch():
@@ -79,6 +88,7 @@ def test_bad_calls_fail_at_the_call_not_at_the_first_batch():
         (lambda: batches(x, 2.0), "batch_size must be an int >= 1"),
         (lambda: batches(x, 11), "larger than the 10 rows"),
         (lambda: batch_indices(None, 0, 1), "at least one row"),
+        (lambda: batch_indices("0", 4, 2), "key must be a PRNG key, an int seed"),
     ]
     for call, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -42,29 +42,41 @@ def _check_sizes(n: int, batch_size: int, drop_remainder: bool, where: str) -> N
 
 
 def batch_indices(
-    key: jax.Array | None, n: int, batch_size: int, *, drop_remainder: bool = True
+    key: jax.Array | int | None, n: int, batch_size: int, *, drop_remainder: bool = True
 ) -> jax.Array:
     """Row indices ``[n_batches, batch_size]`` (int32) of one epoch over ``n`` rows.
 
-    ``key``: a PRNG key for a fresh random order (``jax.random.permutation``), or None for
-    ``0..n-1`` in order. ``drop_remainder``: ``n_batches = n // batch_size`` and the last
-    ``n % batch_size`` rows of the order sit out this epoch; otherwise the last batch is
-    completed with the order's first rows (every row is seen, a few twice), so all
+    ``key``: a PRNG key (or an int seed) for a fresh random order
+    (``jax.random.permutation``), or None for ``0..n-1`` in order. ``drop_remainder``:
+    ``n_batches = n // batch_size`` and the last ``n % batch_size`` rows of the order sit
+    out this epoch; otherwise the last batch is
+    completed by going round the order again (every row is seen, some twice), so all
     batches keep one shape. ``n`` and ``batch_size`` are static."""
     _check_sizes(n, batch_size, drop_remainder, "batch_indices")
+    key = _as_key(key)
     order = jnp.arange(n, dtype=jnp.int32) if key is None else jax.random.permutation(key, n)
     order = order.astype(jnp.int32)
     n_batches = n // batch_size if drop_remainder else -(-n // batch_size)
-    if n_batches * batch_size > n:
-        order = jnp.concatenate([order, order[: n_batches * batch_size - n]])
-    return order[: n_batches * batch_size].reshape(n_batches, batch_size)
+    total = n_batches * batch_size
+    if total > n:  # complete the last batch by going round the order (more than once if
+        order = jnp.tile(order, -(-total // n))  # the batch is over twice the data)
+    return order[:total].reshape(n_batches, batch_size)
+
+
+def _as_key(key: Any) -> jax.Array | None:
+    """A PRNG key, None, or an int seed (as ``jaxsci.parallel.rank_key`` takes)."""
+    if key is None or isinstance(key, jax.Array | np.ndarray):
+        return key
+    if is_int_at_least(key, 0):
+        return jax.random.key(int(key))
+    raise ValueError(f"key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
 
 
 def batches(
     data: Any,
     batch_size: int,
     *,
-    key: jax.Array | None = None,
+    key: jax.Array | int | None = None,
     drop_remainder: bool = True,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Iterator[Any]:
@@ -83,6 +95,17 @@ def batches(
     lengths = sorted({int(np.shape(leaf)[0]) for leaf in leaves})
     if len(lengths) != 1:
         raise ValueError(f"batches: every leaf needs the same leading length, got {lengths}")
+    if sharding is not None and is_int_at_least(batch_size, 1):
+        for leaf in leaves:  # the batch's shape must split over the sharding
+            shape = (batch_size, *np.shape(leaf)[1:])
+            try:
+                sharding.shard_shape(shape)
+            except ValueError:
+                raise ValueError(
+                    f"batches: a batch of shape {shape} does not divide over the sharding "
+                    f"({len(sharding.device_set)} devices): make batch_size a multiple of the "
+                    "shards along the rows"
+                ) from None
     # checked and ordered now, not at the first next(): a bad call fails where it is made
     idx = np.asarray(batch_indices(key, lengths[0], batch_size, drop_remainder=drop_remainder))
     return _iterate(data, idx, sharding)
