@@ -279,6 +279,231 @@ def test_strong_scaling_without_target_uses_time_over_all_steps_not_wall_time():
     assert s["strong_efficiency_by_workers"] == pytest.approx({1: 1.0, 2: 0.5, 4: 0.25})
 
 
+# -- donated states, float16 parameters, optimizer states ----------------------------------------
+def _deleted(tree):
+    return [x.is_deleted() for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_donated_state_is_a_value_error_before_it_is_touched(flat):
+    """step() donates its state: stepping the old one again was a raw XLA INVALID_ARGUMENT
+    on one device and a segfault on four (see the subprocess test below)."""
+    dp = data_parallel(_loss, optax.adam(1e-2), flat=flat, mesh=make_mesh(1))
+    old = dp.init(_params())
+    new, _ = dp.step(old, _batch())
+    with pytest.raises(ValueError, match="donated to an earlier step"):
+        dp.step(old, _batch())
+    with pytest.raises(ValueError, match="donated to an earlier step"):
+        dp.step(new._replace(opt_state=old.opt_state), _batch())  # only part of it donated
+    assert not any(_deleted(new))  # untouched by the refused calls
+    new, loss = dp.step(new, _batch())
+    assert np.isfinite(float(loss)) and int(new.step) == 2
+
+
+def test_a_donated_state_on_four_devices_is_a_value_error_not_a_crash(tmp_path):
+    """The same on a 4-device mesh killed the process (SIGSEGV inside XLA): run it in a
+    subprocess with 4 simulated devices, so a crash fails this test and not the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "donated.py"
+    script.write_text(
+        "import jax, jax.numpy as jnp, numpy as np, optax\n"
+        "from jaxsci.parallel import data_parallel, make_mesh\n"
+        "assert jax.device_count() == 4\n"
+        "loss = lambda p, b: jnp.mean((b[0] @ p['w'] - b[1]) ** 2)\n"
+        "b = (np.ones((8, 3), np.float32), np.ones(8, np.float32))\n"
+        "dp = data_parallel(loss, optax.sgd(0.1), mesh=make_mesh(4))\n"
+        "old = dp.init({'w': jnp.zeros(3)})\n"
+        "new, _ = dp.step(old, b)\n"
+        "try:\n"
+        "    dp.step(old, b)\n"
+        "except ValueError as err:\n"
+        "    print('ValueError:', err)\n"
+        "print(f'then {float(dp.step(new, b)[1]):.4f}')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    flags = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = flags.strip()  # the last device count given wins
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    assert "ValueError: this state was donated to an earlier step" in proc.stdout, proc.stdout
+    assert "then 0.1600" in proc.stdout  # the new state steps: w 0 -> 0.2, loss (1 - 0.6)**2
+
+
+_FP16 = "params=float16,compute=float16,output=float32"
+
+
+def _fp16_run(flat, tx, loss_fn, params, batch, loss_scale, steps=1):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "data_parallel: float16 parameters")  # tested below
+        dp = data_parallel(
+            loss_fn,
+            tx,
+            policy=get_policy(_FP16),
+            loss_scale=loss_scale,
+            flat=flat,
+            mesh=make_mesh(1),
+        )
+        state = dp.init(params)
+    losses = []
+    for _ in range(steps):
+        state, loss = dp.step(state, batch)
+        losses.append(float(loss))
+    return dp, state, losses
+
+
+def test_loss_scale_skips_a_non_finite_update_flat_and_tree_alike():
+    """float16 Adam: eps=1e-8 is 0, so the weight with a zero gradient (x[:, 2] = 0) gets a
+    0/0 update. The gradients and loss were finite, so the NaN update was accepted (params
+    NaN) and every later step was then skipped. Now the step is skipped: state kept, scale
+    halved, counted; a later batch with no zero gradient trains."""
+    x = np.ones((8, 3), np.float32)
+    x[:, 2] = 0.0
+    y = np.full(8, 2.0, np.float32)
+    lin = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)  # noqa: E731
+    p0 = {"w": jnp.full(3, 0.5)}
+    results = []
+    for flat in (True, False):
+        ls = DynamicLossScale(initial=8.0, period=100)
+        dp, state, losses = _fp16_run(flat, optax.adam(1e-2), lin, p0, (x, y), ls, steps=2)
+        assert losses == [1.0, 1.0]  # the loss of the kept parameters
+        np.testing.assert_array_equal(dp.params(state)["w"], np.full(3, 0.5, np.float16))
+        assert int(state.loss_scale.skipped) == 2 and float(state.loss_scale.scale) == 2.0
+        assert int(state.step) == 2
+        for leaf in jax.tree.leaves(state.opt_state):  # Adam's count, mu, nu: as at init
+            assert not np.any(np.asarray(leaf, np.float32))
+        state, _ = dp.step(state, (np.ones((8, 3), np.float32), y))  # no zero gradient
+        assert int(state.loss_scale.skipped) == 2
+        w = np.asarray(dp.params(state)["w"], np.float32)
+        assert np.all(np.isfinite(w)) and np.all(w > 0.5)
+        results.append(w)
+    np.testing.assert_array_equal(results[0], results[1])  # flat and tree modes agree
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_loss_scale_skips_a_step_that_makes_the_optimizer_state_non_finite(flat):
+    """A float16 gradient of 1e4 is finite, its square (Adam's nu) is not: the update was 0,
+    the parameters finite, and nu = inf was kept (every later update 0, silently)."""
+    big = lambda p, b: jnp.mean(b) * 1e4 * jnp.sum(p["w"])  # noqa: E731
+    ls = DynamicLossScale(initial=1.0, period=100)
+    _, state, _ = _fp16_run(flat, optax.adam(1e-2), big, {"w": jnp.full(2, 0.5)}, jnp.ones(4), ls)
+    assert int(state.loss_scale.skipped) == 1
+    assert all(np.all(np.isfinite(np.asarray(v, np.float32))) for v in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("how", ["policy", "arrays"])
+def test_float16_parameters_warn_once_at_init(how):
+    """float16 Adam went NaN from step 1 (its eps=1e-8 is 0 in float16) without a word."""
+    if how == "policy":
+        dp = data_parallel(_loss, optax.adam(1e-2), policy=get_policy(_FP16), mesh=make_mesh(1))
+        params = _params()
+    else:  # the user's own float16 arrays, the default policy keeps them
+        dp = data_parallel(_loss, optax.adam(1e-2), mesh=make_mesh(1))
+        params = jax.tree.map(lambda x: x.astype(jnp.float16), _params())
+    with pytest.warns(UserWarning, match=r"float16 parameters.*eps=1e-8 is 0.*bfloat16"):
+        dp.init(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dp.init(params)  # once per trainer
+        data_parallel(_loss, optax.adam(1e-2), policy=get_policy("fp16"), mesh=make_mesh(1)).init(
+            params
+        )  # float16 compute with float32 parameters: the recommended set-up, no warning
+
+
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: __import__("jaxsci.optim", fromlist=["anderson"]).anderson(optax.sgd(0.1), 3),
+        lambda: optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau()),
+    ],
+)
+def test_loss_scale_keeps_steps_of_optimizers_with_infinite_sentinels(make_tx):
+    """These optimizer states start with inf / -inf entries (best loss so far, an empty loss
+    history): only an element turning non-finite makes a step non-finite."""
+    dp = data_parallel(_loss, make_tx(), loss_scale=DynamicLossScale(), mesh=make_mesh(1))
+    state = dp.init(_params())
+    assert not all(
+        np.all(np.isfinite(x)) for x in jax.tree.leaves(state.opt_state) if x.dtype.kind == "f"
+    )
+    for _ in range(3):
+        state, _ = dp.step(state, _batch())
+    assert int(state.loss_scale.skipped) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_elementwise_optimizers_never_get_the_per_leaf_warning(dtype):
+    """Plain Adam with float16 parameters differed by 3.8e-4 between leaves and buffers
+    (float16 rounding) and was told to use flat=False; the check now runs in float32."""
+    p0 = {"w": jnp.zeros(8), "b": jnp.zeros(())}
+    lin = lambda p, b: jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)  # noqa: E731
+    policy = get_policy(f"params={dtype},compute={dtype},output=float32")
+    for tx in (
+        optax.adam(1e-2),
+        optax.sgd(0.1, momentum=0.9),
+        optax.rmsprop(1e-2),
+        optax.adamw(1e-2),
+    ):
+        for params in (p0, _params()):
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                data_parallel(lin, tx, policy=policy, mesh=make_mesh(1)).init(params)
+            messages = [str(w.message) for w in seen]
+            assert not [m for m in messages if "leaves differently" in m], messages
+            # the float16 warning: for float16 parameters only
+            assert any("float16 parameters" in m for m in messages) == (dtype == "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_per_leaf_warning_still_fires_for_16_bit_parameters(dtype):
+    policy = get_policy(f"params={dtype},compute={dtype},output=float32")
+    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    for tx in (optax.lamb(1e-2), optax.adamw(1e-2, weight_decay=0.1, mask=mask)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            data_parallel(_loss, tx, policy=policy, mesh=make_mesh(1)).init(_params())
+        assert any("flat=False" in str(w.message) for w in seen)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_another_optimizers_state_is_a_clear_value_error(flat):
+    """Only the parameters were compared: an Adam state was stepped by an SGD trainer
+    (and kept), an SGD state in an Adam trainer was a raw AttributeError from optax."""
+    from jaxsci.optim import anderson
+
+    def trainer(tx, **kw):
+        return data_parallel(_loss, tx, flat=flat, mesh=make_mesh(1), **kw)
+
+    sgd, adam = trainer(optax.sgd(0.1)), trainer(optax.adam(1e-2))
+    accel = trainer(anderson(optax.adam(1e-2)))
+    scaled = trainer(optax.sgd(0.1), loss_scale=DynamicLossScale())
+    states = {dp: dp.init(_params()) for dp in (sgd, adam, accel, scaled)}
+    cases = [
+        (sgd, adam, r"optimizer state does not match.*holds \(ScaleByAdamState, EmptyState\)"),
+        (adam, sgd, r"optimizer state does not match.*holds \(EmptyState, EmptyState\)"),
+        (accel, adam, "optimizer state does not match.*AndersonState"),
+        (adam, accel, "optimizer state does not match.*AndersonState"),
+        (sgd, scaled, "has a loss-scale state but this trainer has no loss_scale"),
+        (scaled, sgd, "has no loss-scale state"),
+    ]
+    for dp, other, match in cases:
+        with pytest.raises(ValueError, match=match):
+            dp.step(states[other], _batch())
+    same = trainer(optax.adam(0.5))  # other hyperparameters, the same state: accepted
+    for dp, state in states.items():
+        state, loss = dp.step(state, _batch())  # every state untouched, steps with its own
+        assert int(state.step) == 1 and np.isfinite(float(loss))
+        if dp is adam:
+            same.init(_params())
+            assert int(same.step(state, _batch())[0].step) == 2
+
+
 # -- 4 simulated devices --------------------------------------------------------------------------
 @pytest.mark.multidevice
 @pytest.mark.parametrize("loss_scale", [None, DynamicLossScale(initial=4.0)])
@@ -433,3 +658,16 @@ def test_tree_check_ignores_memory_addresses_in_the_structure():
     tree = {"g": jnp.ones(3), "fn": jax.tree_util.Partial(scale, jnp.float32(2.0))}
     out = tree_allreduce(tree, op="sum")
     np.testing.assert_array_equal(out["g"], np.full(3, 2.0))
+
+
+@pytest.mark.mpi
+def test_two_ranks_donated_state_is_a_value_error_on_every_rank():
+    dp = data_parallel(_loss, optax.adam(1e-2), mesh=make_mesh(1))
+    old = dp.init(_params())
+    batch = dp.shard_batch(_batch(8))
+    new, _ = dp.step(old, batch)
+    with pytest.raises(ValueError, match="rank 0: this state was donated.*; rank 1: this state"):
+        dp.step(old, batch)
+    new, loss = dp.step(new, batch)
+    assert int(new.step) == 2 and np.isfinite(float(loss))
+    dp.close()

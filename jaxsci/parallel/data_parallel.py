@@ -40,9 +40,11 @@ buffer per dtype instead of the leaves, and silently do something else. Among th
 (a mask callable sees the 1-D buffers: ``x.ndim > 1`` masks everything out), per-layer trust
 ratios (``lamb``, ``lars``, ``scale_by_trust_ratio``), and ``adafactor`` (factored by leaf
 shape), ``novograd``, ``sm3``, block norms. The first ``init`` runs two updates of the
-optimizer on the leaves and two on the buffers (made-up gradients) and warns (UserWarning)
-when they differ beyond rounding; elementwise transforms and global ones (SGD, Adam,
-``clip_by_global_norm``, :func:`jaxsci.optim.anderson`) agree either way.
+optimizer on the leaves and two on the buffers (made-up gradients, on float32 copies of
+16-bit parameters) and warns (UserWarning) when they differ beyond rounding; elementwise
+transforms and global ones (SGD, Adam, ``clip_by_global_norm``, :func:`jaxsci.optim.anderson`)
+agree either way. It also warns for float16 parameters: the optimizer then runs in float16,
+where Adam's ``eps=1e-8`` is 0 (a zero gradient element gives a 0/0 update).
 
 Hybrid (several local devices and several processes): mpi4jax calls cannot run inside a
 multi-device program, so the step runs three programs: gradients over the local mesh, the
@@ -86,10 +88,11 @@ class DataParallelState(NamedTuple):
       opt_state: the optax state over ``params``.
       step: number of steps taken (int32 scalar), skipped overflow steps included.
       loss_scale: dynamic loss-scale state, or ``None`` without loss scaling. Its
-        ``skipped`` (int32 scalar) counts the steps skipped because the reduced gradients
-        or the loss were not finite (the parameters and optimizer state were kept): the
-        only sign of a skip once the scale sits at ``min_scale``, where it no longer
-        halves, and the returned loss is finite whenever the loss itself was.
+        ``skipped`` (int32 scalar) counts the steps skipped because the reduced gradients,
+        the loss or the new parameters were not finite, or an element of the optimizer
+        state turned non-finite (the parameters and optimizer state were kept): the only
+        sign of a skip once the scale sits at ``min_scale``, where it no longer halves,
+        and the returned loss is finite whenever the loss itself was.
     """
 
     params: Any
@@ -128,10 +131,14 @@ def _free_queued() -> None:
         _free_comm(*_UNFREED.pop())
 
 
-def _per_leaf_difference(tx: optax.GradientTransformation, params: Any, layout: FlatLayout):
+def _per_leaf_difference(tx: optax.GradientTransformation, params: Any):
     """Largest relative difference between ``tx``'s first two updates on the parameter tree
     and on its flat buffers, for the same made-up gradients; ``None`` when ``tx`` cannot
     run outside the trainer (no verdict).
+
+    Runs on float32 copies of 16-bit parameters: the verdict is about the transform, not
+    the dtype, and float16 rounding (eps ~1e-3) alone made plain Adam's updates differ by
+    4e-4, above the 1e-4 threshold.
 
     Any transform that treats leaves differently (a mask or labels chosen per leaf, a
     trust ratio, a factored or per-block moment) gives other updates on the buffers;
@@ -139,6 +146,8 @@ def _per_leaf_difference(tx: optax.GradientTransformation, params: Any, layout: 
     leaf, so per-leaf norms differ; two steps, as some (SM3) differ only once they have
     accumulated statistics.
     """
+    params = _widen(params)
+    layout = FlatLayout.from_tree(params)
     leaves = jax.tree.leaves(params)
     treedef = jax.tree.structure(params)
 
@@ -177,6 +186,38 @@ def _per_leaf_difference(tx: optax.GradientTransformation, params: Any, layout: 
 def _widen(tree: Any) -> Any:
     """16-bit floating leaves as float32 (sums and scalings of gradients without overflow)."""
     return jax.tree.map(lambda g: g.astype(jnp.float32) if g.dtype in _16BIT else g, tree)
+
+
+def _no_new_non_finite(new: Any, old: Any) -> jax.Array:
+    """False when an element of a floating leaf of ``new`` is not finite where the same
+    element of ``old`` was (bool scalar). Optimizer states may hold inf on purpose (a
+    best-so-far loss starts at inf: ``reduce_on_plateau``, :func:`jaxsci.optim.anderson`),
+    so "every element finite" would skip every step."""
+    flags = [
+        jnp.all(jnp.isfinite(n) | ~jnp.isfinite(o))
+        for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)
+        if jnp.issubdtype(n.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def _node_names(tree: Any) -> str:
+    """The classes of a pytree's nodes, in order (containers and None left out), e.g.
+    ``(ScaleByAdamState, EmptyState)`` for ``optax.adam``'s state: names a state's kind."""
+    names: list[str] = []
+
+    def visit(x: Any) -> None:
+        children = jax.tree_util.tree_flatten(x, is_leaf=lambda y: y is not x)[0]
+        if len(children) == 1 and children[0] is x:
+            return  # a leaf
+        if x is not None and type(x) not in (tuple, list, dict):
+            names.append(type(x).__name__)
+        for c in children:
+            visit(c)
+
+    visit(tree)
+    text = "(" + ", ".join(names) + ")"
+    return text if len(text) <= 160 else text[:157] + "...)"
 
 
 def _leading_size(batch: Any) -> int:
@@ -243,6 +284,10 @@ class DataParallel:
         self._step_fn: Callable | None = None
         self._params_fn: Callable | None = None
         self._traced: set = set()  # batch signatures whose loss traced on every rank
+        self._state_def: Any = None  # set by init(): the state's structure, for step()
+        self._opt_def: Any = None
+        self._want_avals: list = []  # abstract values of the stored parameter leaves
+        self._want_params: list = []  # their (shape, dtype)
 
     # -- set-up ---------------------------------------------------------------------------
     def init(self, params: Any) -> DataParallelState:
@@ -259,7 +304,9 @@ class DataParallel:
         if self.layout is not None and layout != self.layout:
             raise ValueError("init() called with a different parameter tree than before")
         if self.layout is None and self.flat:
-            self._warn_per_leaf_transform(params, layout)
+            self._warn_per_leaf_transform(params)
+        if self.layout is None and np.dtype(np.float16) in layout.groups:
+            self._warn_float16_params()
         self.layout = layout
         if self._mpi:
             _free_queued()  # communicators of trainers collected without close()
@@ -275,7 +322,14 @@ class DataParallel:
             store = self._broadcast(store)
         scale = self.loss_scale.init() if self.loss_scale is not None else None
         state = DataParallelState(store, self.tx.init(store), jnp.int32(0), scale)
-        return jax.device_put(state, self._replicated)
+        state = jax.device_put(state, self._replicated)
+        # what step() compares a state with, cheaply (one flatten, one treedef comparison)
+        self._state_def = jax.tree.structure(state)
+        self._opt_def = jax.tree.structure(state.opt_state)
+        stored = jax.tree.leaves(state.params)
+        self._want_avals = [x.aval for x in stored]  # what step() returns, usually
+        self._want_params = [(x.shape, x.dtype) for x in stored]
+        return state
 
     def close(self) -> None:
         """Free the communicator cloned by ``init`` (local; idempotent).
@@ -289,10 +343,10 @@ class DataParallel:
             _free_comm(self._comm, self._inflight)
         self._comm, self._free_comm, self._step_fn = None, None, None
 
-    def _warn_per_leaf_transform(self, params: Any, layout: FlatLayout) -> None:
+    def _warn_per_leaf_transform(self, params: Any) -> None:
         """Warn when ``tx`` treats the flat buffers differently from the leaves (two updates
-        on each, compared; relative difference above 1e-4: rounding is ~1e-7)."""
-        diff = _per_leaf_difference(self.tx, params, layout)
+        on each, in float32, compared; relative difference above 1e-4: rounding is ~1e-7)."""
+        diff = _per_leaf_difference(self.tx, params)
         if diff is not None and diff > 1e-4:
             warnings.warn(
                 "data_parallel(flat=True): the optimizer treats parameter leaves differently "
@@ -304,6 +358,22 @@ class DataParallel:
                 UserWarning,
                 stacklevel=3,
             )
+
+    def _warn_float16_params(self) -> None:
+        skip = (
+            "with a loss scale such steps are skipped (counted in state.loss_scale.skipped)"
+            if self.loss_scale is not None
+            else "the parameters turn NaN"
+        )
+        warnings.warn(
+            "data_parallel: float16 parameters: the optimizer then runs in float16, where "
+            "small constants underflow (Adam's eps=1e-8 is 0: an element with a zero "
+            f"gradient gets a 0/0 = NaN update; {skip}) and updates below a parameter's "
+            "float16 rounding (1e-3 of it) are lost. Keep float32 parameters with float16 "
+            "compute (get_policy('fp16') and a DynamicLossScale), or use bfloat16.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _check_same_tree(self, params: Any) -> None:
         if self.info.comm is None or self.info.size == 1:
@@ -423,8 +493,16 @@ class DataParallel:
         params = optax.apply_updates(state.params, updates)
         scale_state = state.loss_scale
         if self.loss_scale is not None:
-            # the check reads all-reduced values: every rank takes the same branch
-            finite = all_finite(grads) & jnp.isfinite(loss)
+            # the check reads all-reduced values and the update made from them: every rank
+            # takes the same branch. The update is checked too: a finite gradient can still
+            # give a non-finite one (float16 Adam: eps 1e-8 is 0, so a zero gradient element
+            # is 0/0; g**2 overflows), which was accepted and then skipped every later step
+            finite = (
+                all_finite(grads)
+                & jnp.isfinite(loss)
+                & all_finite(params)
+                & _no_new_non_finite(opt_state, state.opt_state)
+            )
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
@@ -467,15 +545,45 @@ class DataParallel:
         return three_programs
 
     def _state_problem(self, state: Any) -> str | None:
-        """Why ``state`` is not a state of this trainer's parameter layout, or ``None``.
+        """Why ``state`` cannot be stepped by this trainer, or ``None``.
 
-        Runs every step: compares structure, shapes and dtypes only; the leaves are named
-        (key paths) only to describe a mismatch."""
+        Runs every step, so the common case is cheap: one flatten, ``is_deleted`` per leaf
+        (a state donated to an earlier step crashed XLA: a segfault on a multi-device
+        mesh), one comparison with the structure ``init`` made (parameters, optimizer state
+        and loss-scale presence at once) and the stored parameters' shapes and dtypes.
+        Only a mismatch is then described (:meth:`_state_mismatch`)."""
         if not isinstance(state, DataParallelState):
             return (
                 f"state must be the DataParallelState returned by this trainer's init() or "
                 f"step(), got {type(state).__name__}"
             )
+        leaves, treedef = jax.tree.flatten(state)
+        try:
+            donated = True in [x.is_deleted() for x in leaves]
+        except AttributeError:  # a leaf that is not a jax.Array (NumPy, a Python number)
+            donated = any(isinstance(x, jax.Array) and x.is_deleted() for x in leaves)
+        if donated:
+            return (
+                "this state was donated to an earlier step() (its buffers were reused in "
+                "place): use the state that step returned (state, loss = dp.step(state, "
+                "batch)); keep a copy (jax.tree.map(jnp.copy, state)) to step it twice"
+            )
+        if treedef == self._state_def:
+            stored = leaves[: len(self._want_params)]  # the parameters come first
+            try:
+                # avals: 5x faster than (shape, dtype) pairs; a weak type or another
+                # sharding in them is no mismatch, so (shape, dtype) decide when they differ
+                if [x.aval for x in stored] == self._want_avals:
+                    return None
+                if [(x.shape, x.dtype) for x in stored] == self._want_params:
+                    return None
+            except AttributeError:  # a leaf that is not a jax.Array: the full comparison
+                pass
+        return self._state_mismatch(state)
+
+    def _state_mismatch(self, state: DataParallelState) -> str | None:
+        """The first part of ``state`` that does not match this trainer (parameters,
+        loss-scale presence, optimizer state), described; ``None`` when none does."""
         layout = self.layout
         if self.flat:
             want_def = jax.tree.structure(tuple(range(len(layout.groups))))
@@ -485,8 +593,41 @@ class DataParallel:
             want = list(zip(layout.shapes, layout.dtypes, strict=True))
         leaves, treedef = jax.tree.flatten(state.params)
         got = [(tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.float32))) for x in leaves]
-        if treedef == want_def and got == want:
-            return None
+        if treedef != want_def or got != want:
+            return self._params_mismatch(want, want_def, got, treedef)
+        if state.loss_scale is None and self.loss_scale is not None:
+            return (
+                "the state has no loss-scale state (loss_scale=None) but this trainer scales "
+                "the loss: a state from a trainer built without loss_scale=? Pass the state "
+                "from this trainer's init()"
+            )
+        if state.loss_scale is not None and self.loss_scale is None:
+            return (
+                "the state has a loss-scale state but this trainer has no loss_scale: a "
+                "state from a trainer built with loss_scale=? Pass the state from this "
+                "trainer's init()"
+            )
+        if jax.tree.structure(state.opt_state) != self._opt_def:
+            got_kind = _node_names(state.opt_state)
+            want_kind = _node_names(self._opt_def.unflatten([0] * self._opt_def.num_leaves))
+            if got_kind == want_kind:
+                got_kind += " in another structure (other hyperparameters or options?)"
+            return (
+                f"the state's optimizer state does not match this trainer's optimizer (the "
+                f"state holds {got_kind}, this trainer's tx.init makes {want_kind}): a state "
+                "from a trainer with another optimizer? Pass the state from this trainer's "
+                "init()"
+            )
+        if jax.tree.structure(state) != self._state_def:
+            return (
+                "the state's step or loss-scale fields do not match this trainer's "
+                f"(step {type(state.step).__name__}, loss_scale "
+                f"{type(state.loss_scale).__name__}): pass the state from this trainer's init()"
+            )
+        return None  # e.g. Python numbers for scalar parameters: accepted, as before
+
+    def _params_mismatch(self, want: list, want_def: Any, got: list, treedef: Any) -> str:
+        layout = self.layout
         mode = "flat buffers" if self.flat else "parameter tree"
         if treedef != want_def or len(got) != len(want):
             diff = f"{len(got)} leaves in another structure, this trainer's have {len(want)}"
@@ -581,9 +722,10 @@ class DataParallel:
         (reused in place): keep using the new one. Under MPI a rank may hold an empty batch
         (weight 0 in the means), but not every rank. A batch that cannot be stepped (empty
         everywhere, leaves of different lengths, not dividing over the local devices, a
-        ``loss_fn`` that fails to trace on it) or a ``state`` not of this trainer's layout
-        raises ValueError on every rank (with or without MPI; the original exception
-        chained where it occurred), before ``state`` is touched.
+        ``loss_fn`` that fails to trace on it) or a ``state`` that is not this trainer's
+        (another parameter layout, optimizer state or loss-scale setting) or was already
+        donated to an earlier ``step`` raises ValueError on every rank (with or without MPI;
+        the original exception chained where it occurred), before ``state`` is touched.
         """
         if self.layout is None:
             raise ValueError("call init(params) before step()")

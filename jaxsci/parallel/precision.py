@@ -6,8 +6,10 @@ loss function in ``compute_dtype`` (bfloat16 or float16) and returns its output 
 a scale ``S`` before differentiating and divide the gradients by ``S`` afterwards.
 :class:`DynamicLossScale` picks ``S``: halve it and skip the update when a gradient is not
 finite, double it after ``period`` finite steps in a row; ``LossScaleState.skipped`` counts the
-skipped steps. In data-parallel training the finite check runs on the all-reduced gradients,
-so every rank skips the same steps.
+skipped steps. In data-parallel training the finite check runs on the all-reduced gradients
+and on the update made from them (new parameters and optimizer state), so every rank skips the
+same steps. Keep the parameters in float32 (or bfloat16): in float16 the optimizer's small
+constants underflow (Adam's ``eps=1e-8`` is 0), and such updates are then skipped.
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ class LossScaleState(NamedTuple):
     Attributes:
       scale: current scale (float32).
       good_steps: finite steps since the scale last changed (int32).
-      skipped: steps skipped so far because a gradient or the loss was not finite (int32
-        total): the visible trace of a skip, also at ``min_scale`` where the scale stays put.
+      skipped: steps skipped so far because a gradient, the loss or the update was not
+        finite (int32 total): the visible trace of a skip, also at ``min_scale`` where the
+        scale stays put.
     """
 
     scale: jax.Array
@@ -148,7 +151,8 @@ class DynamicLossScale:
         return LossScaleState(jnp.float32(self.initial), jnp.int32(0), jnp.int32(0))
 
     def adjust(self, state: LossScaleState, finite: jax.Array) -> LossScaleState:
-        """Next state after a step whose reduced gradients were ``finite`` (bool scalar)."""
+        """Next state after a step whose reduced gradients (and update) were ``finite``
+        (bool scalar)."""
         grow = finite & (state.good_steps + 1 >= self.period)
         scale = jnp.where(
             finite,
