@@ -41,12 +41,16 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+# the repository root, for experiments._cli when run as a script
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: As in ``benchmarks/bench_cgan.py``: XLA's CPU client keeps a thread pool whatever the flags
 #: say, so ranks are pinned to one core each by the launcher (checked in :func:`_cpu_sets`)
@@ -113,20 +117,11 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_json(path: str | None, rank: int, world) -> None:
     """Before any work: can rank 0, which writes ``--json``, write it? Else every rank exits
     (status 2), rank 0 with argparse's one-line ``error:``, so no rank waits on the others."""
+    from experiments._cli import root_check
     from jaxsci.train.run_dir import check_output_file
 
-    err = None
-    if path and rank == 0:
-        try:
-            check_output_file(path)
-        except ValueError as exc:
-            err = str(exc)
-    if world is not None:
-        err = world.bcast(err, root=0)
-    if err is not None:
-        if rank == 0:
-            _parser().error(err)
-        raise SystemExit(2)
+    if path:
+        root_check(_parser(), lambda: check_output_file(path), is_root=rank == 0, comm=world)
 
 
 def _model(layers: int, width: int, key: jax.Array) -> list[dict[str, jax.Array]]:

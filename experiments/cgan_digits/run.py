@@ -13,6 +13,7 @@ import sys
 
 import jax
 
+from experiments._cli import root_check
 from experiments.cgan_digits.config import MODELS, Config
 from experiments.cgan_digits.train import train_and_evaluate
 from jaxsci.parallel import ProcessInfo, bootstrap
@@ -118,24 +119,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, str | None, boo
     return config_from_args(a), a.workdir, not a.no_progress
 
 
-def _check_output_on_root(parser: argparse.ArgumentParser, folder: str, info: ProcessInfo) -> None:
-    """Rank 0, which alone writes, checks ``folder`` before any work (creating nothing); on
-    failure every rank exits with status 2: rank 0 through ``parser.error``, the others
-    quietly (none is left waiting in a collective)."""
-    error = None
-    if info.is_root:
-        try:
-            check_output_dir(folder)
-        except ValueError as exc:
-            error = str(exc)
-    if info.size > 1:
-        error = info.comm.bcast(error, root=0)
-    if error is not None:
-        if info.is_root:
-            parser.error(error)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -146,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the ranks train_and_evaluate will use (it bootstraps MPI for --strategy mpi only)
     info = bootstrap() if config.strategy == "mpi" else ProcessInfo(0, 1, jax.local_device_count())
-    _check_output_on_root(parser, workdir if workdir is not None else config.out_root, info)
+    folder = workdir if workdir is not None else config.out_root
+    # rank 0 alone writes: it checks before any work; a failure ends every rank (status 2)
+    root_check(parser, lambda: check_output_dir(folder), is_root=info.is_root, comm=info.comm)
     run_dir, metrics = train_and_evaluate(config, workdir, progress=progress)
     if run_dir is None:
         return 0

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from experiments._cli import config_default
 from experiments.data_filtering.config import Config, tiny_config
 from experiments.data_filtering.train import (
     batch_stream,
@@ -179,8 +180,7 @@ def format_table(summary: dict[str, dict[str, float]], n_seeds: int) -> str:
 
 def _default(name: str, show: Callable[[Any], str] = str) -> str:
     """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
-    full, tiny = show(getattr(Config(), name)), show(getattr(tiny_config(), name))
-    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+    return config_default(Config(), tiny_config(), name, show)
 
 
 def build_parser() -> argparse.ArgumentParser:

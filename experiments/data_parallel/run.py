@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments._cli import root_check
 from experiments.data_parallel.config import Config, tiny
 
 LAYOUTS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (processes, devices per process)
@@ -202,18 +203,8 @@ def _check_out_on_root(ap: argparse.ArgumentParser, out: str) -> None:
     from jaxsci.train import check_output_file
 
     info = bootstrap()
-    error = None
-    if info.is_root:
-        try:
-            check_output_file(out)
-        except ValueError as exc:
-            error = f"--out {out}: {exc}"
-    if info.size > 1:
-        error = info.comm.bcast(error, root=0)
-    if error is not None:
-        if info.is_root:
-            ap.error(error)
-        raise SystemExit(2)
+    check = lambda: check_output_file(out)  # noqa: E731
+    root_check(ap, check, is_root=info.is_root, comm=info.comm, prefix=f"--out {out}: ")
 
 
 def build_parser() -> argparse.ArgumentParser:

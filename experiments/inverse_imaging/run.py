@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from experiments._cli import config_default, exit_2_on_every_rank, root_check
 from experiments.inverse_imaging.config import Config, tiny_config
 from experiments.inverse_imaging.data import TEST_SEED_OFFSET, ImagingSet, lowpass, simulate
 from experiments.inverse_imaging.plots import (
@@ -264,8 +265,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def _default(name: str, show: Callable[[Any], str] = str) -> str:
     """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
-    full, tiny = show(getattr(Config(), name)), show(getattr(tiny_config(), name))
-    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+    return config_default(Config(), tiny_config(), name, show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,20 +355,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return _config(build_parser().parse_args(argv))
 
 
-def _exit_2_on_every_rank(
-    parser: argparse.ArgumentParser, error: str | None, info: ProcessInfo
-) -> None:
-    """Rank 0's error (``None``: none) ends every rank with exit status 2: rank 0 through
-    ``parser.error`` (one ``error:`` line), the others quietly; none is left waiting in a
-    collective."""
-    if info.size > 1:
-        error = info.comm.bcast(error, root=0)
-    if error is not None:
-        if info.is_root:
-            parser.error(error)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -378,20 +364,17 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as err:
         parser.error(f"bad config: {err}")  # exit status 2, nothing written
     info = bootstrap()
-    error = None
-    if info.is_root:  # rank 0 alone writes: it checks, before any work (creates nothing)
-        try:
-            check_output_dir(config.out_root)
-        except ValueError as exc:
-            error = str(exc)
-    _exit_2_on_every_rank(parser, error, info)
-    run_dir = None
+    # rank 0 alone writes: it checks, before any work (creates nothing); a failure ends
+    # every rank with status 2
+    ranks = {"is_root": info.is_root, "comm": info.comm}
+    root_check(parser, lambda: check_output_dir(config.out_root), **ranks)
+    run_dir, error = None, None
     if info.is_root:
         try:
             run_dir = str(make_run_dir(config.out_root, config.run_name))
         except OSError as e:
             error = f"cannot make a run folder under {config.out_root}: {type(e).__name__}: {e}"
-    _exit_2_on_every_rank(parser, error, info)
+    exit_2_on_every_rank(parser, error, **ranks)
     if info.size > 1:  # one folder, rank 0's
         run_dir = info.comm.bcast(run_dir, root=0)
     run_dir = Path(run_dir)
