@@ -135,3 +135,29 @@ def test_diabetes_split_is_standardised_with_training_statistics_only():
 def test_diabetes_split_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=f"load_diabetes_split: {match}"):
         load_diabetes_split(**kwargs)
+
+
+@pytest.mark.multidevice
+def test_batches_placed_with_the_trainers_sharding_train_as_host_batches():
+    import optax
+
+    from jaxsci.parallel import data_parallel, make_mesh
+
+    def loss(p, b):
+        x, y = b
+        return jnp.mean((x @ p["w"] - y) ** 2)
+
+    split = load_diabetes_split()
+    data = (split.train_x[:320], split.train_y[:320])
+    params = {"w": jnp.zeros(10)}
+    runs = []
+    for placed in (False, True):
+        dp = data_parallel(loss, optax.sgd(0.05), mesh=make_mesh(4))
+        state = dp.init(params)
+        assert len(dp.batch_sharding.device_set) == 4
+        sharding = dp.batch_sharding if placed else None
+        for batch in batches(data, 32, key=7, sharding=sharding):
+            state, _ = dp.step(state, batch)
+        runs.append(np.asarray(dp.params(state)["w"]))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6, atol=1e-7)
+    assert np.abs(runs[0]).max() > 1e-3  # it trained

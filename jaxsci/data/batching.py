@@ -4,9 +4,11 @@
 jit- and vmap-able: a ``lax.scan`` over its rows is an epoch). :func:`batches` iterates
 over the minibatches of a pytree of arrays on the host, optionally placed on devices
 with a ``jax.sharding.Sharding`` (a ``NamedSharding`` over a mesh's data axis splits each
-batch over the devices). For several processes, give every rank the same ``key`` and
-cut its block of each global batch with ``DataParallel.shard_batch`` (or
-``jaxsci.parallel.rank_shard``): all ranks then see the same epoch order.
+batch over the devices; ``DataParallel.batch_sharding`` is the one its ``step`` uses). For
+several processes, give every rank the same ``key``, take host batches (no ``sharding``)
+and cut each rank's block with ``DataParallel.shard_batch`` (or
+``jaxsci.parallel.rank_shard``); ``step`` places the block on the local devices, so the
+global batch never goes to a device whole. All ranks then see the same epoch order.
 """
 
 from __future__ import annotations

@@ -741,6 +741,15 @@ class DataParallel:
         return out
 
     # -- views ------------------------------------------------------------------------------
+    @property
+    def batch_sharding(self) -> jax.sharding.Sharding:
+        """Where :meth:`step` places this process's batch: split along axis 0 over the local
+        devices (the mesh axis), or the one device. A batch already placed with it (e.g.
+        ``jaxsci.data.batches(..., sharding=trainer.batch_sharding)`` in one process) is not
+        moved again; under MPI, cut the rank's block of each host batch first
+        (:meth:`shard_batch`) and let :meth:`step` place it."""
+        return self._batch_sharding
+
     def params(self, state: DataParallelState) -> Any:
         """The user's parameter pytree (param dtype) from ``state``."""
         if not self.flat:
