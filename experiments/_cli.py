@@ -51,4 +51,4 @@ def config_default(full: Any, tiny: Any, name: str, show: Callable[[Any], str] =
     """The default of config field ``name`` for a help string (``full``'s), and the
     ``--tiny`` config's when it differs: ``"default 5; --tiny: 1"``."""
     a, b = show(getattr(full, name)), show(getattr(tiny, name))
-    return f"default {a}" + ("" if a == b else f"; --tiny: {b}")
+    return f"default: {a}" + ("" if a == b else f"; --tiny: {b}")

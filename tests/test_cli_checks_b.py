@@ -249,36 +249,36 @@ def test_help_defaults_are_the_configs(capsys, monkeypatch):
 
     hea, d = opts(hea_run.main), HeaConfig()
     assert f">= {min_n_cells(d.n_shells)}" in hea["--n-cells"] and min_n_cells(6) == 5
-    assert f"(default {d.n_cells})" in hea["--n-cells"]
+    assert f"(default: {d.n_cells})" in hea["--n-cells"]
     assert f">= {d.min_n_samples}" in hea["--n-samples"] and d.min_n_samples == 100
-    assert f"(default {d.n_samples})" in hea["--n-samples"]
-    assert f"(default {d.epochs})" in hea["--epochs"]
-    assert f"(default {d.out_root})" in hea["--out-root"]
+    assert f"(default: {d.n_samples})" in hea["--n-samples"]
+    assert f"(default: {d.epochs})" in hea["--epochs"]
+    assert f"(default: {d.out_root})" in hea["--out-root"]
 
-    assert f"(default {FilteringConfig().out_root})" in opts(filtering_run.main)["--out-root"]
+    assert f"(default: {FilteringConfig().out_root})" in opts(filtering_run.main)["--out-root"]
 
     imaging, full, tiny = opts(imaging_run.main), ImagingConfig(), imaging_tiny()
     for flag, field in [("--epochs", "epochs"), ("--n-train", "n_train")]:
-        want = f"(default {getattr(full, field)}; --tiny: {getattr(tiny, field)})"
+        want = f"(default: {getattr(full, field)}; --tiny: {getattr(tiny, field)})"
         assert want in imaging[flag]
-    assert f"default {full.refine_iters}; --tiny: {tiny.refine_iters}" in imaging["--refine-iters"]
+    assert f"default: {full.refine_iters}; --tiny: {tiny.refine_iters}" in imaging["--refine-iters"]
 
     steps = opts(parallel_run.main)["--steps"]
-    assert f"default {ParallelConfig().steps}; --tiny: {parallel_tiny().steps}" in steps
+    assert f"default: {ParallelConfig().steps}; --tiny: {parallel_tiny().steps}" in steps
 
     cgan, c = opts(cgan_run.main), CganConfig()
-    assert f"(default {c.steps})" in cgan["--steps"] and c.steps == 400
-    assert f"(default {' '.join(c.models)})" in cgan["--models"]
+    assert f"(default: {c.steps})" in cgan["--steps"] and c.steps == 400
+    assert f"(default: {' '.join(c.models)})" in cgan["--models"]
 
     pt, p = opts(pt_run.main), PtConfig()
     assert p.cache_dir is None  # so the help must say where the cache really goes
     assert str(default_cache_dir()) == ".cache/jaxsci/pt_clusters"
-    assert "(default .cache/jaxsci/pt_clusters" in pt["--cache-dir"]
-    assert f"(default {p.epochs})" in pt["--epochs"]
+    assert "(default: .cache/jaxsci/pt_clusters" in pt["--cache-dir"]
+    assert f"(default: {p.epochs})" in pt["--epochs"]
 
     compare, cc = opts(compare_run.main), CompareConfig()
-    assert f"default {' '.join(map(str, cc.sizes))};" in compare["--sizes"]
-    assert "(default .cache/jaxsci/pt_clusters" in compare["--cache-dir"]
+    assert f"default: {' '.join(map(str, cc.sizes))};" in compare["--sizes"]
+    assert "(default: .cache/jaxsci/pt_clusters" in compare["--cache-dir"]
 
 
 @pytest.mark.parametrize("name", list(MAINS))

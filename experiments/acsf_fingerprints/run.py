@@ -42,13 +42,13 @@ def particles(rattle: float, seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
     p = argparse.ArgumentParser(description=DESCRIPTION)
     p.add_argument(
-        "--r-cut", type=float, default=6.0, help="cutoff radius, Angstrom (default %(default)s)"
+        "--r-cut", type=float, default=6.0, help="cutoff radius, Angstrom (default: %(default)s)"
     )
     p.add_argument(
         "--rattle",
         type=float,
         default=0.05,
-        help="rattle amplitude, Angstrom (default %(default)s)",
+        help="rattle amplitude, Angstrom (default: %(default)s)",
     )
     args = p.parse_args(argv)
 

@@ -35,56 +35,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         default=d.image_size,
-        help="8, or 32 (upscaled) (default %(default)s)",
+        help="8, or 32 (upscaled) (default: %(default)s)",
     )
     p.add_argument(
         "--steps",
         type=int,
         default=d.steps,
-        help="generator updates per model (default %(default)s)",
+        help="generator updates per model (default: %(default)s)",
     )
     p.add_argument(
         "--batch-size",
         type=int,
         default=d.batch_size,
-        help="per-label batch (default %(default)s)",
+        help="per-label batch (default: %(default)s)",
     )
     p.add_argument(
         "--n-critic",
         type=int,
         default=d.n_critic,
-        help="critic updates per generator update (default %(default)s)",
+        help="critic updates per generator update (default: %(default)s)",
     )
     p.add_argument(
         "--samples-per-label",
         type=int,
         default=d.samples_per_label,
-        help="generated images per label for the metrics (default %(default)s)",
+        help="generated images per label for the metrics (default: %(default)s)",
     )
     p.add_argument(
         "--baseline-schedule",
         choices=("larger_batch", "more_steps"),
         default=d.baseline_schedule,
-        help="how the baselines spend the equal budget (default %(default)s)",
+        help="how the baselines spend the equal budget (default: %(default)s)",
     )
     p.add_argument(
         "--strategy",
         choices=("vmap", "shard", "mpi"),
         default=d.strategy,
-        help="per-label parallelism; mpi: labels over ranks (default %(default)s)",
+        help="per-label parallelism; mpi: labels over ranks (default: %(default)s)",
     )
     p.add_argument(
         "--models",
         nargs="+",
         choices=MODELS,
         default=list(d.models),
-        help=f"models to train (default {' '.join(d.models)})",
+        help=f"models to train (default: {' '.join(d.models)})",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument(
         "--out-root",
         default=d.out_root,
-        help="where run folders are created (default %(default)s)",
+        help="where run folders are created (default: %(default)s)",
     )
     p.add_argument(
         "--workdir",

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help=f"smoke-test size: {len(tiny.seeds)} seeds of {tiny.steps} steps (default "
+        help=f"smoke-test size: {len(tiny.seeds)} seeds of {tiny.steps} steps (default: "
         f"{len(full.seeds)} seeds of {full.steps} steps)",
     )
     parser.add_argument(

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help=f"optimizer steps (default {Config().steps}; --tiny: {tiny().steps})",
+        help=f"optimizer steps (default: {Config().steps}; --tiny: {tiny().steps})",
     )
     ap.add_argument(
         "--tiny", action="store_true", help="smoke-test configuration (default: full size)"
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         type=str,
         default=None,
-        help=f"(--all) parent of the run folder (default {ROOT})",
+        help=f"(--all) parent of the run folder (default: {ROOT})",
     )
     ap.add_argument(
         "--no-progress",

@@ -34,47 +34,47 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.n_cells,
         help=f"BCC cells per edge, >= {min_n_cells(d.n_shells)} (the smallest supercell that "
-        f"holds MoNbTaW's {d.n_shells} neighbour shells) (default %(default)s)",
+        f"holds MoNbTaW's {d.n_shells} neighbour shells) (default: %(default)s)",
     )
     p.add_argument(
-        "--t-min", type=float, default=d.t_min, help="lowest temperature, K (default %(default)s)"
+        "--t-min", type=float, default=d.t_min, help="lowest temperature, K (default: %(default)s)"
     )
     p.add_argument(
-        "--t-max", type=float, default=d.t_max, help="highest temperature, K (default %(default)s)"
+        "--t-max", type=float, default=d.t_max, help="highest temperature, K (default: %(default)s)"
     )
     p.add_argument(
         "--n-temperatures",
         type=int,
         default=d.n_temperatures,
         help="temperatures of the ladder, geometric from --t-min to --t-max, >= 2; each "
-        "--vae-window must hold >= 3 of them (default %(default)s)",
+        "--vae-window must hold >= 3 of them (default: %(default)s)",
     )
     p.add_argument(
-        "--n-burn", type=int, default=d.n_burn, help="burn-in sweeps (default %(default)s)"
+        "--n-burn", type=int, default=d.n_burn, help="burn-in sweeps (default: %(default)s)"
     )
     p.add_argument(
         "--n-samples",
         type=int,
         default=d.n_samples,
         help=f"samples kept per temperature, >= {d.min_n_samples} (10 x the {d.n_blocks} error "
-        "blocks) (default %(default)s)",
+        "blocks) (default: %(default)s)",
     )
     p.add_argument(
         "--sample-every",
         type=int,
         default=d.sample_every,
-        help="sweeps between samples (default %(default)s)",
+        help="sweeps between samples (default: %(default)s)",
     )
     p.add_argument(
         "--latent-dim",
         type=int,
         default=d.latent_dim,
-        help="VAE latent dimension (default %(default)s)",
+        help="VAE latent dimension (default: %(default)s)",
     )
     p.add_argument(
-        "--epochs", type=int, default=d.epochs, help="VAE training epochs (default %(default)s)"
+        "--epochs", type=int, default=d.epochs, help="VAE training epochs (default: %(default)s)"
     )
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (default %(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (default: %(default)s)")
     p.add_argument(
         "--vae-window",
         nargs=2,
@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train another VAE on the temperatures in [LOW, HIGH] K, >= 3 of them "
         f"(repeatable; default {_windows(d.vae_windows)})",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument(
-        "--out-root", default=d.out_root, help="where run folders are created (default %(default)s)"
+        "--out-root",
+        default=d.out_root,
+        help="where run folders are created (default: %(default)s)",
     )
     p.add_argument(
         "--run-dir",

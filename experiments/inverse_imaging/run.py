@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiny",
         action="store_true",
         help=f"smoke-test size: {tiny.n_train} training specimens, {tiny.epochs} epochs "
-        f"(default {full.n_train} specimens, {full.epochs} epochs)",
+        f"(default: {full.n_train} specimens, {full.epochs} epochs)",
     )
     parser.add_argument(
         "--out-root", default=None, help=f"parent of the run folder ({_default('out_root')})"

@@ -280,7 +280,7 @@ def _default(name: str, none: str = "none") -> str:
         return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
     full, tiny = show(getattr(CompareConfig(), name)), show(getattr(tiny_compare_config(), name))
-    return f"default {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+    return f"default: {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION)
 
     def add(flag: str, default: object, text: str, **kw: object) -> None:
-        p.add_argument(flag, default=default, help=f"{text} (default %(default)s)", **kw)
+        p.add_argument(flag, default=default, help=f"{text} (default: %(default)s)", **kw)
 
     add("--min-size", d.data.min_size, "smallest cluster, atoms", type=int)
     add("--max-size", d.data.max_size, "largest cluster, atoms", type=int)
@@ -46,17 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-workers",
         type=int,
         default=d.n_workers,
-        help=f"EMT worker processes (default min(2, CPU count) = {workers})"
+        help=f"EMT worker processes (default: min(2, CPU count) = {workers})"
         if d.n_workers is None
-        else "EMT worker processes (default %(default)s)",
+        else "EMT worker processes (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
         default=d.cache_dir,
-        help=f"data set cache root (default {default_cache_dir()}: "
+        help=f"data set cache root (default: {default_cache_dir()}: "
         "$JAXSCI_CACHE/pt_clusters if JAXSCI_CACHE is set, else under the current folder)"
         if d.cache_dir is None
-        else "data set cache root (default %(default)s)",
+        else "data set cache root (default: %(default)s)",
     )
     add("--out-root", d.out_root, "where run folders are created")
     p.add_argument(
