@@ -57,6 +57,10 @@ def test_pt13_icosahedron_is_recovered(acsf, pt13, pt13_result):
     assert fingerprint_error(pred, acsf.create(pt13)) == pytest.approx(
         res.error, rel=1e-2, abs=1e-6
     )
+    # atom i is the one of target row i, without any matching (the centre atom, row 0,
+    # came back at another index before)
+    target = acsf.create(pt13)
+    assert np.linalg.norm(pred - target) / np.linalg.norm(target) < 1e-3
     n_starts = res.start_positions.shape[0]
     assert (
         res.start_errors.shape == res.start_losses.shape == res.start_success.shape == (n_starts,)
@@ -327,6 +331,9 @@ def _bad(acsf, target, species, match, **kw):
 def test_bad_input_raises_value_error(acsf, pt13):
     target = acsf.create(pt13)
     species = pt13.get_chemical_symbols()
+    # None and text raised TypeError / an unprefixed ValueError
+    _bad(acsf, target, None, "species must list one symbol or atomic number per atom")
+    _bad(acsf, "abc", species, "reconstruct: target must be an array of numbers")
     _bad(acsf, target[:, :-1], species, "target width")
     _bad(acsf, target, species[:-1], "species lists 12 atoms")
     nan = target.copy()

@@ -87,3 +87,16 @@ def test_an_all_zero_target_is_reconstructed():
         time_limit=None, max_rounds=2,
     )  # fmt: skip
     assert res.success and res.error == 0.0
+
+
+def test_an_all_zero_target_missed_reports_inf_not_1e300():
+    # a probe's Pt13 search that could not spread its atoms beyond r_cut reported
+    # error 2.6e300 (the difference over a 1e-300 floor); fingerprint_error says inf
+    from jaxsci.metrics import fingerprint_error
+    from jaxsci.reconstruct.polish import relative_error
+
+    assert relative_error(0.0, 0.0) == 0.0
+    assert (
+        relative_error(1e-3, 0.0) == np.inf == fingerprint_error(np.ones((2, 1)), np.zeros((2, 1)))
+    )
+    assert relative_error(1.0, 4.0) == 0.25

@@ -18,11 +18,19 @@ from jaxsci.descriptors import POOL_OPS
 def check_inputs(target, species, descriptor, cell, loss, pool_ops):
     """The target as float64, species indices and atomic numbers [n_atoms], the cell
     (float64 [3, 3] or None) and the loss name, after checking that they agree."""
-    t = np.asarray(target, dtype=np.float64)
+    try:
+        t = np.asarray(target, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"reconstruct: target must be an array of numbers ({exc})") from None
     if t.size == 0 or (t.ndim == 2 and t.shape[0] == 0):
         raise ValueError("reconstruct: empty structure (target has no atoms)")
     if not np.all(np.isfinite(t)):
         raise ValueError("reconstruct: target contains NaN or inf")
+    if isinstance(species, str) or not hasattr(species, "__len__"):
+        raise ValueError(
+            f"reconstruct: species must list one symbol or atomic number per atom, got "
+            f"{type(species).__name__}"
+        )
     n_species = len(species)
     if n_species == 0:
         raise ValueError("reconstruct: empty structure (species is empty)")

@@ -44,6 +44,15 @@ from jaxsci.reconstruct.matching import gauss_newton_matchings
 Array = jax.Array
 
 
+def relative_error(diff: float, size: float) -> float:
+    """``diff / size`` (norms of the fingerprint difference and of the target); for an
+    all-zero target (every atom beyond r_cut of the others) 0 when matched exactly, else
+    inf (not diff / 1e-300 ~ 1e300), as :func:`jaxsci.metrics.fingerprint_error` says."""
+    if size > 0:
+        return float(diff / size)
+    return 0.0 if diff == 0 else float("inf")
+
+
 def fingerprint_fn(
     descriptor: Any,
     species_idx: np.ndarray,
@@ -245,7 +254,7 @@ def matched_descent(
         x = _lbfgsb(matched_vg, np.ravel(np.asarray(positions, np.float64)), steps, args)
         f = np.asarray(feats_fn(jnp.asarray(x)), np.float64)
     perm = match_rows(f, t, species_idx)
-    return x.reshape(-1, 3), float(np.linalg.norm(f[perm] - t) / max(np.linalg.norm(t), 1e-300))
+    return x.reshape(-1, 3), relative_error(np.linalg.norm(f[perm] - t), np.linalg.norm(t))
 
 
 def _worst_pairs(

@@ -80,7 +80,7 @@ from jaxsci.reconstruct.losses import (
     sorted_loss,
     species_groups,
 )
-from jaxsci.reconstruct.polish import features64, polish, precompile
+from jaxsci.reconstruct.polish import features64, polish, precompile, relative_error
 from jaxsci.reconstruct.program import (
     Spec,
     batched,
@@ -118,6 +118,8 @@ class ReconstructResult(NamedTuple):
     """Outcome of :func:`reconstruct`.
 
     positions: [n_atoms, 3] best positions found (Angstrom; free clusters centred at 0;
+        for a per-atom target, atom ``i`` is the one whose fingerprint best matches
+        target row ``i`` (rows matched within species, :func:`jaxsci.metrics.match_rows`);
         periodic ones are not wrapped into the cell: an atom may lie outside it, e.g.
         where its initial position did; wrap them with
         :func:`jaxsci.geometry.wrap_positions` or ase's ``Atoms.wrap``).
@@ -126,13 +128,16 @@ class ReconstructResult(NamedTuple):
         after the final refinement (``refine_steps``), so it can lie below
         ``start_errors.min()``.
     success: whether ``error < tol``.
-    start_positions: [n_starts, n_atoms, 3] best positions of every start (not wrapped).
+    start_positions: [n_starts, n_atoms, 3] best positions of every start (not wrapped;
+        atoms in the search's own labelling, not matched to the target's rows).
     start_losses: [n_starts] final (best) search loss of every start.
     start_errors: [n_starts] relative fingerprint error of every start's best positions
         as the search (and its polish) left them, before the final refinement.
     start_success: [n_starts] bool, which starts met ``tol`` (after polishing; before the
         final refinement).
-    history: [n_steps, n_starts] search loss at every optimizer step.
+    history: [n_steps, n_starts] search loss at every optimizer step (the loss at each
+        round's end point is not in it, so ``start_losses`` can lie below a column's
+        minimum).
     n_rounds: rounds run; wall_time: seconds spent (including compilation).
     capacity: periodic targets: neighbour slots per atom the search kept at its end
         (:mod:`jaxsci.reconstruct.capacity`: at least what ``initial_positions`` need,
@@ -181,9 +186,10 @@ def _rel_error(feats: np.ndarray, target: np.ndarray, perm: np.ndarray | None, o
     if perm is None:
         from jaxsci.descriptors import pool
 
-        p = np.asarray(pool(jnp.asarray(feats), ops=tuple(ops)), dtype=np.float64)
-        return float(np.linalg.norm(p - target) / max(np.linalg.norm(target), 1e-300))
-    return float(np.linalg.norm(feats[perm] - target) / max(np.linalg.norm(target), 1e-300))
+        feats = np.asarray(pool(jnp.asarray(feats), ops=tuple(ops)), dtype=np.float64)
+    else:
+        feats = feats[perm]
+    return relative_error(np.linalg.norm(feats - target), np.linalg.norm(target))
 
 
 def _errors(feats: np.ndarray, target: np.ndarray, species_idx: np.ndarray, pooled: bool, ops):
@@ -955,6 +961,9 @@ def reconstruct(
             feats = np.asarray(feats, np.float64)
         perm = None if pooled else match_rows(feats, t, species_idx)
         error = _rel_error(feats, t, perm, pool_ops)
+    if not pooled:  # row i of the result is the atom whose fingerprint is target row i
+        feats = batched(features_fn, positions[None], n_starts)[0]
+        positions = positions[match_rows(feats, t, species_idx)]
     return ReconstructResult(
         positions=positions[back],
         error=error,
