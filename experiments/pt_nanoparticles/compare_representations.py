@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments._cli import config_default
 from experiments.pt_nanoparticles.config import Config, tiny_config
 from jaxsci.data.pt_clusters import PtClusterConfig
 
@@ -279,8 +280,7 @@ def _default(name: str, none: str = "none") -> str:
             return none
         return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    full, tiny = show(getattr(CompareConfig(), name)), show(getattr(tiny_compare_config(), name))
-    return f"default: {full}" + ("" if tiny == full else f"; --tiny: {tiny}")
+    return config_default(CompareConfig(), tiny_compare_config(), name, show)
 
 
 def build_parser() -> argparse.ArgumentParser:

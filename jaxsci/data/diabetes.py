@@ -10,12 +10,11 @@ deviation (the held-out rows never inform the scaling).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
-from jaxsci._checks import is_int_at_least
+from jaxsci.data.digits import check_split
 
 __all__ = ["RegressionSplit", "load_diabetes_split"]
 
@@ -48,16 +47,7 @@ def load_diabetes_split(
     """
     from sklearn.datasets import load_diabetes
 
-    if (
-        isinstance(test_fraction, bool)
-        or not isinstance(test_fraction, numbers.Real)
-        or not 0.0 < test_fraction < 1.0
-    ):
-        raise ValueError(
-            f"load_diabetes_split: test_fraction must be a number in (0, 1), got {test_fraction!r}"
-        )
-    if not is_int_at_least(seed, 0) or seed >= 2**32:
-        raise ValueError(f"load_diabetes_split: seed must be an int in [0, 2**32), got {seed!r}")
+    check_split("load_diabetes_split", test_fraction, seed)
     x, y = load_diabetes(return_X_y=True)
     n = len(y)
     n_test = min(max(math.ceil(test_fraction * n), 1), n - 1)  # scikit-learn's rounding

@@ -96,6 +96,21 @@ def downscale(images: np.ndarray, size: int = 8) -> np.ndarray:
     return images.reshape(n, size, f, size, f, c).mean(axis=(2, 4))
 
 
+def check_split(where: str, test_fraction: object, seed: object) -> None:
+    """ValueError, naming ``where`` and the argument, unless ``0 < test_fraction < 1`` and
+    ``seed`` is an int in ``[0, 2**32)`` (scikit-learn's ``random_state`` range)."""
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, numbers.Real)
+        or not 0.0 < test_fraction < 1.0
+    ):
+        raise ValueError(
+            f"{where}: test_fraction must be a number in (0, 1), got {test_fraction!r}"
+        )
+    if not is_int_at_least(seed, 0) or seed >= 2**32:
+        raise ValueError(f"{where}: seed must be an int in [0, 2**32), got {seed!r}")
+
+
 def load_digits_split(
     *, image_size: int = 8, test_fraction: float = 0.25, seed: int = 0
 ) -> DigitsSplit:
@@ -114,16 +129,7 @@ def load_digits_split(
             f"load_digits_split: image_size must be a positive int multiple of 8 (pixels), "
             f"got {image_size!r}"
         )
-    if (
-        isinstance(test_fraction, bool)
-        or not isinstance(test_fraction, numbers.Real)
-        or not 0.0 < test_fraction < 1.0
-    ):
-        raise ValueError(
-            f"load_digits_split: test_fraction must be a number in (0, 1), got {test_fraction!r}"
-        )
-    if not is_int_at_least(seed, 0) or seed >= 2**32:
-        raise ValueError(f"load_digits_split: seed must be an int in [0, 2**32), got {seed!r}")
+    check_split("load_digits_split", test_fraction, seed)
     image_size, seed = int(image_size), int(seed)
     d = load_digits()
     x = from_digits_scale(d.images)[..., None]
