@@ -30,3 +30,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs 4 devices: run via `make test`"))
         if "mpi" in item.keywords and size < 2:
             item.add_marker(pytest.mark.skip(reason="needs mpirun -n 2: run via `make test`"))
+
+
+@pytest.fixture
+def read_only():
+    """``read_only(folder)`` makes ``folder`` unwritable for this process, or skips the test
+    where it cannot: mode 0o555 stops a normal user; root ignores modes, so there the
+    immutable flag (``chattr +i``) is tried. Undone at teardown."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    done: list[tuple[Path, bool]] = []
+
+    def writable(folder: Path) -> bool:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=folder))
+        except OSError:
+            return False
+        return True
+
+    def make(folder) -> None:
+        folder = Path(folder)
+        folder.chmod(0o555)
+        done.append((folder, False))
+        if writable(folder) and shutil.which("chattr"):
+            run = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+            if run.returncode == 0:
+                done.append((folder, True))
+        if writable(folder):
+            pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+
+    yield make
+    for folder, immutable in reversed(done):
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        else:
+            folder.chmod(0o755)

@@ -350,3 +350,34 @@ def test_every_rank_exits_2_when_rank_0_cannot_write(name, main, argv, tmp_path,
     info.barrier()  # both ranks got here: none waits in a collective
     if info.is_root:
         assert _listing(root) == [target.name]
+
+
+# ------------------------------------------- s28: a complete read-only data cache is accepted
+
+PT_CASES = [
+    ("pt", pt_run.main, PtConfig().data, []),
+    ("compare --tiny", compare_run.main, compare_run.tiny_compare_config().data, ["--tiny"]),
+]
+
+
+@pytest.mark.parametrize("name, main, data, extra", PT_CASES, ids=[c[0] for c in PT_CASES])
+def test_a_read_only_cache_is_refused_only_when_it_lacks_the_data(
+    name, main, data, extra, tmp_path, capsys, read_only
+):
+    """A read-only cache was refused even when it held the data set (nothing to write)."""
+    from jaxsci.data import is_cached
+    from jaxsci.data.pt_clusters import emt_calculator
+
+    argv = lambda cache: [*extra, "--cache-dir", str(cache), "--out-root", str(tmp_path / "ok")]
+    empty, full = tmp_path / "empty", tmp_path / "full"
+    empty.mkdir()
+    folder = full / data.cache_key(emt_calculator()[1])
+    folder.mkdir(parents=True)
+    (folder / "structures.extxyz").write_text("")  # the files of a finished cache: what
+    (folder / "meta.json").write_text("{}")  # is_cached looks for (the work is stubbed)
+    assert is_cached(data, full) and not is_cached(data, empty)
+    for f in (empty, full, folder):
+        read_only(f)
+    _exits_2_with_one_error_line(main, argv(empty), capsys, str(empty))  # must build: refused
+    with pytest.raises(WorkStarted):  # only reads: past the checks, the work would start
+        main(argv(full))

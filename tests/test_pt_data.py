@@ -347,3 +347,58 @@ def test_an_unreadable_fingerprint_file_is_recomputed(tmp_path):
         np.testing.assert_array_equal(a, b)
     with np.load(npz) as z:  # and rewritten whole
         assert z["features"].shape[0] == sum(ds.sizes)
+
+
+# ---------------------------------------------------------------- s28: unwritable caches
+
+
+def test_an_unwritable_cache_warns_and_returns_the_data_uncached(tmp_path):
+    """A cache under a file (the folder cannot be made) raised after the whole build."""
+    from jaxsci.descriptors import ACSF
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    acsf = ACSF(["Pt"], 5.0, g2_params=[[0.5, 0.0]])
+    with pytest.warns(RuntimeWarning, match="could not write the cache file.*not cached"):
+        ds = build_pt_clusters(
+            SMALL, cache_dir=blocker / "cache", descriptor=acsf, n_workers=1, progress=False
+        )
+    assert ds.cache_dir is None and blocker.read_text() == "x"
+    memory = build_pt_clusters(SMALL, descriptor=acsf, n_workers=1, progress=False, use_cache=False)
+    np.testing.assert_array_equal(ds.energies, memory.energies)
+    for a, b in zip(ds.fingerprints, memory.fingerprints, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_complete_read_only_cache_is_read_and_new_fingerprints_still_returned(
+    tmp_path, read_only
+):
+    """A shared read-only cache (e.g. a project folder on a cluster) must be usable."""
+    import warnings
+
+    from jaxsci.data import is_cached
+    from jaxsci.descriptors import ACSF
+
+    acsf = ACSF(["Pt"], 5.0, g2_params=[[0.5, 0.0]])
+    assert not is_cached(SMALL, tmp_path)
+    ds = build_pt_clusters(SMALL, cache_dir=tmp_path, descriptor=acsf, n_workers=1, progress=False)
+    assert is_cached(SMALL, tmp_path)
+    assert not is_cached(PtClusterConfig(**{**SMALL.__dict__, "seed": 9}), tmp_path)
+    listing = sorted(p.name for p in ds.cache_dir.iterdir())
+    read_only(ds.cache_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read only: nothing to write, nothing to warn about
+        again = build_pt_clusters(
+            SMALL, cache_dir=tmp_path, descriptor=acsf, n_workers=1, progress=False
+        )
+    np.testing.assert_array_equal(again.energies, ds.energies)
+    for a, b in zip(again.fingerprints, ds.fingerprints, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = ACSF(["Pt"], 5.0, g2_params=[[1.0, 0.0]])  # its fingerprints are not cached
+    with pytest.warns(RuntimeWarning, match="could not write the cache file.*fingerprints"):
+        third = build_pt_clusters(
+            SMALL, cache_dir=tmp_path, descriptor=other, n_workers=1, progress=False
+        )
+    for a, b in zip(third.fingerprints, other.create(ds.structures), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert sorted(p.name for p in ds.cache_dir.iterdir()) == listing  # nothing left behind

@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> CompareConfig:
     """Build the config from command-line flags (``--tiny`` first, then the flags given);
     invalid flags or output folders exit with status 2 before any work."""
-    from jaxsci.data.pt_clusters import default_cache_dir
+    from jaxsci.data.pt_clusters import default_cache_dir, is_cached
     from jaxsci.train import check_output_dir
 
     p = build_parser()
@@ -365,7 +365,9 @@ def parse_config(argv: list[str] | None = None) -> CompareConfig:
     try:
         config.validate()
         check_output_dir(config.out_root)  # creates nothing
-        check_output_dir(config.cache_dir if config.cache_dir is not None else default_cache_dir())
+        cache = config.cache_dir if config.cache_dir is not None else default_cache_dir()
+        if not is_cached(config.data, cache):  # a complete cache is only read
+            check_output_dir(cache)
     except ValueError as err:
         p.error(str(err))  # exit status 2, before any work or run folder
     return config

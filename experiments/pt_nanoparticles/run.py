@@ -12,7 +12,7 @@ import os
 import sys
 
 from experiments.pt_nanoparticles.config import Config
-from jaxsci.data.pt_clusters import default_cache_dir
+from jaxsci.data.pt_clusters import default_cache_dir, is_cached
 
 DESCRIPTION = (
     "Generate Pt nanoparticles with a conditional VAE (the project's make demo): EMT-relaxed "
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # before any work; creates nothing
         check_output_dir(config.out_root if workdir is None else workdir)
-        check_output_dir(config.cache_dir if config.cache_dir is not None else default_cache_dir())
+        cache = config.cache_dir if config.cache_dir is not None else default_cache_dir()
+        if not is_cached(config.data, cache):  # a complete cache is only read
+            check_output_dir(cache)
     except ValueError as exc:
         parser.error(str(exc))  # exit status 2
     from experiments.pt_nanoparticles.pipeline import format_summary, train_and_evaluate

@@ -33,6 +33,7 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
     PtClusterDataset,
     build_pt_clusters,
     bulk_energy_per_atom,
+    is_cached,
     lattice_constant,
     relax_many,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "PtClusterDataset",
     "build_pt_clusters",
     "bulk_energy_per_atom",
+    "is_cached",
     "lattice_constant",
     "relax_many",
 ]

@@ -555,6 +555,36 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def _cache_write(path: Path, data: str | bytes) -> bool:
+    """Write a cache file atomically; ``False``, with a ``RuntimeWarning``, when the cache
+    cannot be written (a read-only or full file system, a file where the folder should
+    be): the data just built are still returned, only not cached."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, data)
+    except OSError as exc:
+        warnings.warn(
+            f"pt_clusters: could not write the cache file {path} ({exc.strerror or exc}); "
+            "the data are returned but not cached",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def is_cached(config: PtClusterConfig, cache_dir: str | Path | None = None) -> bool:
+    """Whether ``cache_dir`` (default :func:`default_cache_dir`) holds the finished
+    structures of ``config`` (``meta.json``, the completion mark, beside
+    ``structures.extxyz``), so that :func:`build_pt_clusters` reads them and writes
+    nothing for them (fingerprints of a new descriptor aside). Command lines use it to
+    accept a read-only cache that is complete."""
+    config.validate()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / config.cache_key(emt_calculator()[1])
+    return (folder / "meta.json").is_file() and (folder / "structures.extxyz").is_file()
+
+
 class _IncompleteCache(Exception):
     """The cache folder's files are missing, unreadable or disagree with each other."""
 
@@ -637,7 +667,9 @@ def build_pt_clusters(
       use_cache: read and write the cache (``False``: build in memory only).
 
     The cache is written atomically: ``structures.extxyz`` first, then ``meta.json``, the
-    completion marker, each via a uniquely named temporary file and ``os.replace``. A
+    completion marker, each via a uniquely named temporary file and ``os.replace``. A cache
+    that cannot be written (read-only, full) gives a ``RuntimeWarning`` and the data
+    uncached (``cache_dir`` ``None``); a complete cache is only read. A
     folder whose ``meta.json`` is missing, unreadable, or disagrees with
     ``structures.extxyz`` (a different structure count, e.g. after a full disk or a copy
     cut short) is an incomplete cache: it is rebuilt and overwritten, with a
@@ -669,16 +701,16 @@ def build_pt_clusters(
     if dataset is None:
         dataset, text = _build(config, calc_name, n_workers, progress)
         if use_cache:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / "structures.extxyz", text)
             meta = {
                 "config": dataclasses.asdict(config),
                 "calculator": calc_name,
                 "bulk_energy": dataset.bulk_energy,
                 "n_structures": len(dataset),
             }
-            _write_atomic(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
-            dataset.cache_dir = folder
+            written = _cache_write(folder / "structures.extxyz", text) and _cache_write(
+                folder / "meta.json", json.dumps(meta, indent=2) + "\n"
+            )
+            dataset.cache_dir = folder if written else None
 
     if descriptor is not None:
         dataset.fingerprints = _fingerprints(dataset, descriptor, folder if use_cache else None)
@@ -738,5 +770,5 @@ def _fingerprints(
     if path is not None:
         buf = io.BytesIO()
         np.savez(buf, features=np.concatenate(feats), sizes=sizes)
-        _write_atomic(path, buf.getvalue())
+        _cache_write(path, buf.getvalue())
     return feats
