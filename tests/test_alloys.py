@@ -306,3 +306,41 @@ def test_exchange_acceptance_counts_each_pair_s_tries():
     )  # fmt: skip
     np.testing.assert_array_equal(res.exchange_acceptance, 1.0)
     assert res.n_burn == 3 and res.n_sweeps == 3
+
+
+def test_a_pair_never_tried_reports_nan_not_zero():
+    """s28 probe: with one sampled sweep the odd pair is not tried; it read 0.0, the sign of
+    a ladder gap."""
+    lat = bcc_lattice(2, 1)
+    ham = pair_hamiltonian(lat, np.zeros((1, 2, 2)))
+    res = parallel_tempering(
+        jax.random.PRNGKey(0), ham, np.repeat([0, 1], 8), [100.0, 200.0, 300.0],
+        n_samples=1, sample_every=1, n_burn=0, progress=False,
+    )  # fmt: skip
+    assert res.exchange_acceptance[0] == 1.0 and np.isnan(res.exchange_acceptance[1])
+
+
+@pytest.mark.parametrize(
+    "temps, match",
+    [
+        (300.0, "1-D sequence.*shape \\(\\)"),  # said "must be positive and finite"
+        ([[100.0, 200.0]], "1-D sequence.*shape \\(1, 2\\)"),
+        (("100", "200"), "must be numbers"),  # was accepted
+        ([1e-36, 300.0], "positive and finite, >= 1e-30 K"),  # beta overflowed to inf
+    ],
+)
+def test_parallel_tempering_temperature_messages(temps, match):
+    lat = bcc_lattice(2, 1)
+    ham = pair_hamiltonian(lat, np.zeros((1, 2, 2)))
+    with pytest.raises(ValueError, match=match):
+        parallel_tempering(
+            jax.random.PRNGKey(0), ham, np.repeat([0, 1], 8), temps, n_samples=1, progress=False
+        )
+
+
+def test_pt_init_refuses_float_occupations_like_parallel_tempering():
+    lat = bcc_lattice(2, 1)
+    ham = pair_hamiltonian(lat, np.zeros((1, 2, 2)))
+    occ = np.repeat([0.0, 1.0], 8)[None] + 0.5  # was truncated to 0, 1 silently
+    with pytest.raises(ValueError, match="integer species indices, got dtype float64"):
+        pt_init(ham, occ)

@@ -249,11 +249,15 @@ def test_help_defaults_are_the_configs(capsys, monkeypatch):
 
     hea, d = opts(hea_run.main), HeaConfig()
     assert f">= {min_n_cells(d.n_shells)}" in hea["--n-cells"] and min_n_cells(6) == 5
-    assert f"(default: {d.n_cells})" in hea["--n-cells"]
+    from experiments.hea_order.config import tiny_config as hea_tiny
+
+    t = hea_tiny()
+    assert f"(default: {d.n_cells}; --tiny: {t.n_cells})" in hea["--n-cells"]
     assert f">= {d.min_n_samples}" in hea["--n-samples"] and d.min_n_samples == 100
-    assert f"(default: {d.n_samples})" in hea["--n-samples"]
-    assert f"(default: {d.epochs})" in hea["--epochs"]
+    assert f"(default: {d.n_samples}; --tiny: {t.n_samples})" in hea["--n-samples"]
+    assert f"(default: {d.epochs}; --tiny: {t.epochs})" in hea["--epochs"]
     assert f"(default: {d.out_root})" in hea["--out-root"]
+    assert f"(default: {d.latent_dim})" in hea["--latent-dim"] and d.latent_dim == t.latent_dim
 
     assert f"(default: {FilteringConfig().out_root})" in opts(filtering_run.main)["--out-root"]
 

@@ -349,3 +349,12 @@ def test_share_count_is_rounding_safe_at_any_chain_length():
         for n in (10**8, 10**9 + 7, 10**12):
             exact = Fraction(repr(share)) * n  # the decimal share the caller wrote
             assert _share_count(share, n) == math.floor(exact)
+
+
+@pytest.mark.parametrize("fn", [heat_capacity, susceptibility])
+@pytest.mark.parametrize("n_sites", [0, 2.5, True])
+def test_a_bad_n_sites_names_the_function(fn, n_sites):
+    """s28 probe: the only message of these two functions without their name."""
+    e, t = np.ones((4, 2)) * [[1.0], [2.0], [3.0], [5.0]], np.array([300.0, 600.0])
+    with pytest.raises(ValueError, match=f"^{fn.__name__}: n_sites must be an integer >= 1"):
+        fn(e, t, n_sites)

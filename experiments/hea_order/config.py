@@ -11,7 +11,7 @@ import numpy as np
 from jaxsci._checks import is_int_at_least
 from jaxsci.alloys import MONBTAW, bcc_lattice
 
-__all__ = ["ANCHORS", "Config", "min_n_cells", "tiny_config"]
+__all__ = ["ANCHORS", "Config", "min_n_cells", "tiny_config", "window_tag"]
 
 #: Reference numbers of Yin et al., "VAE order parameter", Nat. Comput. Sci. 2021
 #: (arXiv 2109.05598), as summarised in shared/ANCHORS.md: MoNbTaW, JAX swap Monte Carlo
@@ -135,6 +135,8 @@ class Config:
         for name, (value, low) in ints.items():
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not is_int_at_least(self.seed, 0) or self.seed >= 2**32:  # jax.random.key's range
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         reals = ["max_drift_z", "lattice_constant", "beta", "learning_rate", "val_fraction"]
         reals += ["peak_prominence"] + (["t_min", "t_max"] if self.temperatures is None else [])
         for name in reals:  # numbers first: np.isfinite("3.2") raised a NumPy TypeError
@@ -163,8 +165,12 @@ class Config:
                 raise ValueError(f"temperatures must be >= 2 positive values (K), got {t}")
             if np.any(np.diff(t) <= 0):
                 raise ValueError("temperatures must be strictly increasing")
-        if not self.hidden or not all(is_int_at_least(h, 1) for h in self.hidden):
-            raise ValueError(f"hidden layer widths must be ints >= 1, got {self.hidden!r}")
+        if (
+            not isinstance(self.hidden, tuple | list)
+            or not self.hidden
+            or not all(is_int_at_least(h, 1) for h in self.hidden)
+        ):
+            raise ValueError(f"hidden must be a tuple of ints >= 1, got {self.hidden!r}")
         if not (np.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be >= 0 and finite, got {self.beta}")
         if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -173,11 +179,24 @@ class Config:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.peak_prominence <= 1.0:
             raise ValueError(f"peak_prominence must be in [0, 1], got {self.peak_prominence}")
+        if not isinstance(self.vae_windows, tuple | list):
+            raise ValueError(
+                f"vae_windows must be a tuple of (low, high) K pairs, got {self.vae_windows!r}"
+            )
         for w in self.vae_windows:
-            if len(w) != 2 or not (np.isfinite(w[0]) and np.isfinite(w[1]) and w[0] < w[1]):
+            ok = isinstance(w, tuple | list) and len(w) == 2
+            ok = ok and all(not isinstance(v, bool) and isinstance(v, int | float) for v in w)
+            if not (ok and np.isfinite(w[0]) and np.isfinite(w[1]) and w[0] < w[1]):
                 raise ValueError(
-                    f"vae_windows: each window is finite (low, high) K, low < high, got {w}"
+                    f"vae_windows: each window is a finite (low, high) pair in K, low < high, "
+                    f"got {w!r}"
                 )
+        tags = [window_tag(w) for w in self.vae_windows]
+        if len(set(tags)) != len(tags):  # their files would overwrite each other's
+            raise ValueError(
+                f"vae_windows: two windows round to the same whole kelvins ({tags}); their "
+                "files would overwrite each other"
+            )
         unknown = [s for s in self.wc_pair if s not in MONBTAW.species]
         if len(self.wc_pair) != 2 or unknown:
             raise ValueError(f"wc_pair must be two of {MONBTAW.species}, got {self.wc_pair}")
@@ -201,6 +220,12 @@ class Config:
             bcc_lattice(int(self.n_cells), int(self.n_shells))
         except ValueError as err:
             raise ValueError(f"n_cells/n_shells: {err}") from None
+
+
+def window_tag(window: tuple[float, float]) -> str:
+    """The tag of a VAE window in its file names, e.g. ``"500-2000K"`` (whole kelvins)."""
+    lo, hi = window
+    return f"{lo:.0f}-{hi:.0f}K"
 
 
 def tiny_config(**changes) -> Config:

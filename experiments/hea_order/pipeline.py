@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from experiments.hea_order import plots
-from experiments.hea_order.config import ANCHORS, Config
+from experiments.hea_order.config import ANCHORS, Config, window_tag
 from jaxsci.alloys import (
     MONBTAW,
     Lattice,
@@ -212,7 +212,7 @@ def window_order_parameter(
     lo, hi = window
     inside = (temperatures >= lo) & (temperatures <= hi)
     t = temperatures[inside]
-    tag = f"{lo:.0f}-{hi:.0f}K"
+    tag = window_tag(window)
     _, m, chi, chi_err, history = vae_order_parameter(
         config, samples[:, inside], t, run_dir, f"vae_metrics_{tag}.jsonl"
     )

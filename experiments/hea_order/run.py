@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from experiments.hea_order.config import Config, min_n_cells
+from experiments._cli import config_default
+from experiments.hea_order.config import Config, min_n_cells, tiny_config
 from jaxsci.train import check_output_dir
 
 DESCRIPTION = (
@@ -25,56 +28,77 @@ def _windows(windows: tuple[tuple[float, float], ...]) -> str:
     return " ".join(f"{lo:g}-{hi:g}" for lo, hi in windows)
 
 
+def _default(name: str, show: Callable[[Any], str] = str) -> str:
+    """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
+    return config_default(Config(), tiny_config(), name, show)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; every help string shows the default (from :class:`Config`)."""
-    d = Config()
+    """The command line; every help string shows the default (from :class:`Config`, and
+    :func:`tiny_config` with ``--tiny``)."""
+    d, tiny = Config(), tiny_config()
     p = argparse.ArgumentParser(description=DESCRIPTION)
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"smoke-test size, seconds: {2 * tiny.n_cells**3} BCC sites, the ladder "
+        f"{' '.join(f'{t:g}' for t in tiny.temperatures)} K, {tiny.epochs} VAE epochs "
+        f"(default: {2 * d.n_cells**3} sites, {d.n_temperatures} temperatures); the flags "
+        "below override it",
+    )
     p.add_argument(
         "--n-cells",
         type=int,
-        default=d.n_cells,
+        default=None,
         help=f"BCC cells per edge, >= {min_n_cells(d.n_shells)} (the smallest supercell that "
-        f"holds MoNbTaW's {d.n_shells} neighbour shells) (default: %(default)s)",
+        f"holds MoNbTaW's {d.n_shells} neighbour shells) ({_default('n_cells')})",
+    )
+    ladder = "; sets the geometric ladder, also with --tiny"
+    p.add_argument(
+        "--t-min",
+        type=float,
+        default=None,
+        help=f"lowest temperature, K ({_default('t_min')}{ladder})",
     )
     p.add_argument(
-        "--t-min", type=float, default=d.t_min, help="lowest temperature, K (default: %(default)s)"
-    )
-    p.add_argument(
-        "--t-max", type=float, default=d.t_max, help="highest temperature, K (default: %(default)s)"
+        "--t-max",
+        type=float,
+        default=None,
+        help=f"highest temperature, K ({_default('t_max')}{ladder})",
     )
     p.add_argument(
         "--n-temperatures",
         type=int,
-        default=d.n_temperatures,
+        default=None,
         help="temperatures of the ladder, geometric from --t-min to --t-max, >= 2; each "
-        "--vae-window must hold >= 3 of them (default: %(default)s)",
+        f"--vae-window must hold >= 3 of them ({_default('n_temperatures')}{ladder})",
     )
     p.add_argument(
-        "--n-burn", type=int, default=d.n_burn, help="burn-in sweeps (default: %(default)s)"
+        "--n-burn", type=int, default=None, help=f"burn-in sweeps ({_default('n_burn')})"
     )
     p.add_argument(
         "--n-samples",
         type=int,
-        default=d.n_samples,
+        default=None,
         help=f"samples kept per temperature, >= {d.min_n_samples} (10 x the {d.n_blocks} error "
-        "blocks) (default: %(default)s)",
+        f"blocks) ({_default('n_samples')})",
     )
     p.add_argument(
         "--sample-every",
         type=int,
-        default=d.sample_every,
-        help="sweeps between samples (default: %(default)s)",
+        default=None,
+        help=f"sweeps between samples ({_default('sample_every')})",
     )
     p.add_argument(
         "--latent-dim",
         type=int,
-        default=d.latent_dim,
-        help="VAE latent dimension (default: %(default)s)",
+        default=None,
+        help=f"VAE latent dimension ({_default('latent_dim')})",
     )
     p.add_argument(
-        "--epochs", type=int, default=d.epochs, help="VAE training epochs (default: %(default)s)"
+        "--epochs", type=int, default=None, help=f"VAE training epochs ({_default('epochs')})"
     )
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=None, help=f"KL weight ({_default('beta')})")
     p.add_argument(
         "--vae-window",
         nargs=2,
@@ -82,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar=("LOW", "HIGH"),
         help="train another VAE on the temperatures in [LOW, HIGH] K, >= 3 of them "
-        f"(repeatable; default {_windows(d.vae_windows)})",
+        f"(repeatable; {_default('vae_windows', _windows)})",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed ({_default('seed')})")
     p.add_argument(
         "--out-root",
-        default=d.out_root,
-        help="where run folders are created (default: %(default)s)",
+        default=None,
+        help=f"where run folders are created ({_default('out_root')})",
     )
     p.add_argument(
         "--run-dir",
@@ -103,25 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> Config:
-    """The config the parsed flags ask for (not validated)."""
-    d = Config()
+    """The config the parsed flags ask for (not validated): :class:`Config`, or
+    :func:`tiny_config` with ``--tiny``, with the flags given replacing its fields. A
+    ladder flag (``--t-min``, ``--t-max``, ``--n-temperatures``) replaces the tiny config's
+    explicit temperatures by the geometric ladder."""
+    base = tiny_config() if a.tiny else Config()
+    given = {
+        "n_cells": a.n_cells,
+        "t_min": a.t_min,
+        "t_max": a.t_max,
+        "n_temperatures": a.n_temperatures,
+        "n_burn": a.n_burn,
+        "n_samples": a.n_samples,
+        "sample_every": a.sample_every,
+        "latent_dim": a.latent_dim,
+        "epochs": a.epochs,
+        "beta": a.beta,
+        "seed": a.seed,
+        "vae_windows": None if a.vae_window is None else tuple(map(tuple, a.vae_window)),
+        "out_root": a.out_root,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+    if {"t_min", "t_max", "n_temperatures"} & changes.keys():
+        changes["temperatures"] = None
     return dataclasses.replace(
-        d,
-        n_cells=a.n_cells,
-        t_min=a.t_min,
-        t_max=a.t_max,
-        n_temperatures=a.n_temperatures,
-        n_burn=a.n_burn,
-        n_samples=a.n_samples,
-        sample_every=a.sample_every,
-        latent_dim=a.latent_dim,
-        epochs=a.epochs,
-        beta=a.beta,
-        seed=a.seed,
-        vae_windows=d.vae_windows if a.vae_window is None else tuple(map(tuple, a.vae_window)),
-        out_root=a.out_root,
-        save_samples=not a.no_samples,
-        progress=not a.no_progress,
+        base, **changes, save_samples=not a.no_samples, progress=not a.no_progress
     )
 
 

@@ -56,7 +56,9 @@ class PTResult:
       energies: ``[n_samples, R]`` total energy of each sample (eV).
       samples: ``[n_samples, R, n_sites]`` occupations (int8; int16 beyond 127 species).
       swap_acceptance: ``[R]`` fraction of swap attempts accepted while sampling.
-      exchange_acceptance: ``[R - 1]`` fraction of exchange attempts accepted per pair.
+      exchange_acceptance: ``[R - 1]`` fraction of exchange attempts accepted per pair;
+        NaN for a pair never tried while sampling (pairs alternate by sweep: with one
+        sampled sweep the odd pairs are not tried), not 0, which reads as a ladder gap.
       n_sweeps: sweeps per replica while sampling (burn-in excluded).
       n_burn: burn-in sweeps done (``n_burn`` rounded up to whole ``sample_every``).
       timings: wall seconds of the burn-in (``burn_s``, compilation included) and of the
@@ -104,12 +106,28 @@ def site_counts(n_sites: int, composition: Sequence[float]) -> np.ndarray:
 
 
 def _check_temperatures(temperatures: Sequence[float]) -> np.ndarray:
+    if isinstance(temperatures, str) or any(
+        isinstance(v, str | bytes) for v in np.ravel(np.asarray(temperatures, object))
+    ):
+        raise ValueError(f"temperatures must be numbers (K), got {temperatures!r}")
     t = np.asarray(temperatures, np.float64)
-    if t.ndim != 1 or t.size < 1 or not np.all(np.isfinite(t)) or np.any(t <= 0):
-        raise ValueError(f"temperatures must be positive and finite (K), got {temperatures!r}")
+    if t.ndim != 1 or t.size < 1:
+        raise ValueError(
+            f"temperatures must be a 1-D sequence of at least one value (K), got shape "
+            f"{t.shape}: {temperatures!r}"
+        )
+    # 1 / (k_B T) must stay finite in float32 (the chains' dtype): T >= 1e-30 K
+    if not np.all(np.isfinite(t)) or np.any(t < _T_MIN):
+        raise ValueError(
+            f"temperatures must be positive and finite, >= {_T_MIN:g} K (1/(k_B T) finite in "
+            f"float32), got {temperatures!r}"
+        )
     if np.any(np.diff(t) <= 0):
         raise ValueError("temperatures must be strictly increasing")
     return t
+
+
+_T_MIN = 1e-30  # K: k_B T = 8.6e-35 eV, 1 / (k_B T) = 1.2e34 < float32 max 3.4e38
 
 
 def _log_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -126,6 +144,11 @@ def pt_init(hamiltonian: PairHamiltonian, occupations: jax.Array) -> PTState:
         if host.ndim != 2 or host.shape[1] != hamiltonian.n_sites:
             raise ValueError(
                 f"occupations must be [R, n_sites={hamiltonian.n_sites}], got {host.shape}"
+            )
+        if not np.issubdtype(host.dtype, np.integer):  # bool is not either
+            raise ValueError(
+                f"occupations must be integer species indices, got dtype {host.dtype} "
+                "(a float occupation would be truncated)"
             )
         if host.size and (host.min() < 0 or host.max() >= hamiltonian.n_species):
             raise ValueError(
@@ -309,7 +332,7 @@ def parallel_tempering(
         energies=energies,
         samples=samples,
         swap_acceptance=accepted / (n_sweeps * hamiltonian.n_sites),
-        exchange_acceptance=exchanged / np.maximum(tries, 1),
+        exchange_acceptance=np.where(tries > 0, exchanged / np.maximum(tries, 1), np.nan),
         n_sweeps=n_sweeps,
         n_burn=n_burn_calls * sample_every,
         timings=timings,

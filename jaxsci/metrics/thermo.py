@@ -39,9 +39,9 @@ def _finite(name: str, x: ArrayLike) -> np.ndarray:
     return a
 
 
-def _n_sites(n_sites: int) -> int:
+def _n_sites(fn: str, n_sites: int) -> int:
     if isinstance(n_sites, bool) or not isinstance(n_sites, int | np.integer) or n_sites < 1:
-        raise ValueError(f"n_sites must be an integer >= 1, got {n_sites!r}")
+        raise ValueError(f"{fn}: n_sites must be an integer >= 1, got {n_sites!r}")
     return int(n_sites)
 
 
@@ -97,7 +97,7 @@ def heat_capacity(
       ``[n_temps]`` dimensionless ``C / (N k_B)``.
     """
     e, t = _samples_and_temperatures("heat_capacity", "energies", energies, temperatures)
-    n = _n_sites(n_sites)
+    n = _n_sites("heat_capacity", n_sites)
     return _variance("heat_capacity", e, ddof) / (K_B * t) ** 2 / n
 
 
@@ -121,7 +121,7 @@ def susceptibility(
       ``[n_temps]`` in ``[values]^2 / eV``.
     """
     m, t = _samples_and_temperatures("susceptibility", "values", values, temperatures)
-    n = _n_sites(n_sites)
+    n = _n_sites("susceptibility", n_sites)
     return n * _variance("susceptibility", m, ddof) / (K_B * t)
 
 
