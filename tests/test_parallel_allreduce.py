@@ -223,3 +223,42 @@ def test_bool_leaves_reduce_as_any_and_all():
     assert float(anyone["x"]) == comm.Get_size() and float(everyone["x"]) == 1.0
     with pytest.raises(ValueError, match="bool leaves"):
         tree_allreduce(tree, op="sum", comm=comm)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("op", ["sum", "mean"])
+@pytest.mark.parametrize(
+    "transfer, leaf", [("bf16", jnp.float32), ("fp16", jnp.float32), (None, jnp.bfloat16)]
+)
+def test_derivatives_through_16_bit_messages_equal_the_float32_ones(op, transfer, leaf):
+    """s28 probe: jax.grad through a 16-bit message (bit-cast to uint16 for the custom MPI op)
+    was silently 0 under MPI, and the float32 path's 2x without it."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    x = jnp.arange(1.0, 4.0) * (comm.Get_rank() + 1)
+
+    def loss(x, tr, dt):
+        out = tree_allreduce({"a": (x * x).astype(dt)}, op=op, comm=comm, transfer_dtype=tr)
+        return jnp.sum(out["a"].astype(jnp.float32))
+
+    want = jax.grad(loss)(x, None, jnp.float32)
+    assert np.any(np.asarray(want) != 0)
+    got = jax.jit(jax.grad(loss), static_argnums=(1, 2))(x, transfer, leaf)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-2)
+    t = jnp.ones_like(x)
+    _, want_t = jax.jvp(lambda x: loss(x, None, jnp.float32), (x,), (t,))
+    _, got_t = jax.jvp(lambda x: loss(x, transfer, leaf), (x,), (t,))
+    np.testing.assert_allclose(float(got_t), float(want_t), rtol=1e-2)
+
+
+@pytest.mark.mpi
+def test_a_16_bit_max_is_not_silently_differentiated():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    loss = lambda x: jnp.sum(
+        tree_allreduce({"a": x}, op="max", comm=comm, transfer_dtype="bf16")["a"]
+    )  # noqa: E731
+    with pytest.raises(NotImplementedError, match="op='max' is not differentiable"):
+        jax.grad(loss)(jnp.arange(3.0))

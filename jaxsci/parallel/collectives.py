@@ -269,11 +269,36 @@ def _allreduce_array(x: jax.Array, op: str, comm: Any) -> jax.Array:
     from mpi4py import MPI
 
     if np.dtype(x.dtype) in _16BIT:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
-        out = mpi4jax.allreduce(bits, op=_mpi_op(np.dtype(x.dtype).name, op), comm=comm)
-        return jax.lax.bitcast_convert_type(out, x.dtype)
+        return _allreduce_16bit(x, op, comm)
     mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
     return mpi4jax.allreduce(x, op=mpi_op, comm=comm)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _allreduce_16bit(x: jax.Array, op: str, comm: Any) -> jax.Array:
+    """A 16-bit float message, bit-cast to uint16 for a custom MPI op (summed in float32)."""
+    import mpi4jax
+
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+    out = mpi4jax.allreduce(bits, op=_mpi_op(np.dtype(x.dtype).name, op), comm=comm)
+    return jax.lax.bitcast_convert_type(out, x.dtype)
+
+
+@_allreduce_16bit.defjvp
+def _allreduce_16bit_jvp(op: str, comm: Any, primals: tuple, tangents: tuple) -> tuple:
+    """The derivative of the 16-bit path is that of the float32 one (through the bit-cast
+    it was silently 0): the sum is linear, so the tangent is summed too, in float32
+    through mpi4jax, whose sum has the transpose that reverse mode needs."""
+    import mpi4jax
+    from mpi4py import MPI
+
+    (x,), (t,) = primals, tangents
+    if op != "sum":
+        raise NotImplementedError(
+            f"tree_allreduce: op={op!r} is not differentiable; only 'sum' and 'mean' are"
+        )
+    dt = mpi4jax.allreduce(t.astype(jnp.float32), op=MPI.SUM, comm=comm)
+    return _allreduce_16bit(x, op, comm), dt.astype(x.dtype)
 
 
 def tree_allreduce(
