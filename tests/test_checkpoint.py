@@ -255,3 +255,48 @@ def test_bad_metadata_is_refused_before_anything_is_written(tmp_path):
         assert ck.save(1, state, metadata={"lr": float("nan"), "shape": (2, np.int64(3))})
         # stored as strict JSON, as the settings are (NaN as null)
         assert ck.metadata(1) == {"step": 1, "process_count": 1, "lr": None, "shape": [2, 3]}
+
+
+# ------------------------------------------------------------------ s28 probe of train/
+
+
+def test_integer_settings_compare_exactly_floats_with_a_tolerance():
+    """Integers went through math.isclose(rel_tol=1e-5): seed 20240101 vs 20240102 (and
+    the key data [0, seed] of a PRNG key, batch 200000 vs 200001) counted as equal, so a
+    resume with another seed was accepted."""
+    from jaxsci.train import settings_differences
+
+    assert settings_differences({"seed": 20240101}, {"seed": 20240102}) == {
+        "seed": (20240101, 20240102)
+    }
+    key = {"key": np.asarray(jax.random.key_data(jax.random.PRNGKey(20240101)))}
+    other = {"key": np.asarray(jax.random.key_data(jax.random.PRNGKey(20240102)))}
+    assert "key" in settings_differences(key, other)
+    assert "batch" in settings_differences({"batch": 200000}, {"batch": 200001})
+    assert settings_differences({"lr": 1e-3}, {"lr": 1e-3 * (1 + 1e-7)}) == {}  # last bits
+    assert settings_differences({"n": 3}, {"n": 3}) == {}
+    assert "lr" in settings_differences({"lr": 1e-3}, {"lr": 2e-3})
+
+
+def test_a_file_as_checkpoint_folder_is_refused_before_any_work(tmp_path):
+    """Checkpointer(file) was made; train_cvae ran its first epoch, wrote its metrics line,
+    then failed with a raw NotADirectoryError at the first save."""
+    from jaxsci.models import CVAE
+    from jaxsci.train import check_resume, train_cvae
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for path in (blocker, blocker / "sub"):
+        with pytest.raises(ValueError, match="is a file, not a folder"):
+            Checkpointer(path)
+        with pytest.raises(ValueError, match="is a file, not a folder"):
+            check_resume(path, None, 3)
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    metrics = tmp_path / "m.jsonl"
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train_cvae(
+            CVAE(3, 2, (8,)), optax.adam(1e-2), x, c, epochs=3, batch_size=8,
+            checkpoint_dir=blocker, progress=False, metrics_path=metrics,
+        )  # fmt: skip
+    assert not metrics.exists() and blocker.read_text() == "x"

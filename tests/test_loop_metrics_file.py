@@ -52,3 +52,19 @@ def test_a_corrupt_metrics_file_fails_before_the_first_epoch(tmp_path):
             progress=False,
         )
     assert calls == []
+
+
+def test_bfloat16_nan_and_inf_are_written_as_null(tmp_path):
+    """s28 probe: bf16 is not a NumPy floating type, so its NaN reached json.dumps as a
+    float and the strict write failed ("Out of range float values")."""
+    import json
+
+    import jax.numpy as jnp
+
+    from jaxsci.train import to_jsonable, write_json
+
+    x = jnp.array([1.5, jnp.nan, jnp.inf], jnp.bfloat16)
+    assert to_jsonable(x) == [1.5, None, None]
+    assert to_jsonable(x[1]) is None and to_jsonable(x[0]) == 1.5
+    path = write_json(tmp_path / "m.json", {"x": x})
+    assert json.loads(path.read_text()) == {"x": [1.5, None, None]}

@@ -2,6 +2,7 @@
 
 from jaxsci.train.checkpoint import (
     Checkpointer,
+    check_checkpoint_folder,
     check_settings,
     normalize_settings,
     settings_differences,
@@ -61,6 +62,7 @@ __all__ = [
     "train_per_label",
     "Callback",
     "Checkpointer",
+    "check_checkpoint_folder",
     "check_output_dir",
     "check_output_file",
     "check_resume",

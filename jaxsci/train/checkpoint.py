@@ -43,6 +43,19 @@ _META = "meta"
 _RESERVED_META = ("step", "process_count")  # written by save() itself
 
 
+def check_checkpoint_folder(directory: str | os.PathLike) -> None:
+    """``ValueError`` unless ``directory`` is a folder or could be made one: an existing
+    file there, or above it, ended a run at its first save (a raw ``NotADirectoryError``
+    after the first epoch's work). Reads only."""
+    path = os.path.abspath(os.fspath(directory))
+    probe = path
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        where = "it" if probe == path else probe
+        raise ValueError(f"checkpoint folder {path}: {where} is a file, not a folder")
+
+
 class Checkpointer:
     """Save every ``every`` steps, keep the ``keep`` newest, restore the latest.
 
@@ -68,6 +81,7 @@ class Checkpointer:
         if keep is not None and not is_int_at_least(keep, 1):
             raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
         self.directory = os.path.abspath(os.fspath(directory))
+        check_checkpoint_folder(self.directory)  # on every rank: none is left waiting
         self.every = int(every)
         self.keep = None if keep is None else int(keep)
         self.info = info if info is not None else bootstrap()
@@ -354,9 +368,9 @@ def settings_differences(
     abs_tol: float = 1e-9,
 ) -> dict[str, tuple[Any, Any]]:
     """``{dotted name: (saved, mine)}`` of the settings that differ (missing on one side
-    included). Numbers compare with ``rel_tol`` / ``abs_tol`` (the same setting computed on
-    other hardware may differ in its last bits), everything else exactly; a list differs as
-    a whole."""
+    included). Floats compare with ``rel_tol`` / ``abs_tol`` (the same setting computed on
+    other hardware may differ in its last bits); integers (seeds, PRNG key data, batch
+    sizes, shapes, counts) and everything else exactly; a list differs as a whole."""
     out: dict[str, tuple[Any, Any]] = {}
     _diff(normalize_settings(saved), normalize_settings(mine), "", out, rel_tol, abs_tol)
     return out
@@ -385,6 +399,8 @@ def _same(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
     if isinstance(a, numbers) and isinstance(b, numbers):
         if isinstance(a, bool) or isinstance(b, bool):
             return a is b
+        if isinstance(a, int) and isinstance(b, int):  # seeds, key data, sizes, counts
+            return a == b
         return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
     return a == b
 

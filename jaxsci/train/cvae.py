@@ -30,7 +30,12 @@ from jaxsci.models.cvae import (
     make_eval_fn,
     with_validation,
 )
-from jaxsci.train.checkpoint import Checkpointer, check_settings, normalize_settings
+from jaxsci.train.checkpoint import (
+    Checkpointer,
+    check_checkpoint_folder,
+    check_settings,
+    normalize_settings,
+)
 from jaxsci.train.loop import FitResult, fit
 
 __all__ = ["check_resume", "train_cvae"]
@@ -143,7 +148,8 @@ def check_resume(
     """``ValueError`` if ``checkpoint_dir`` holds checkpoints made with other ``settings``
     (every differing one named; ``None`` differs from the settings a checkpoint holds), or
     one past ``epochs`` (a run cannot resume to fewer epochs than it has done). Reads only;
-    a missing folder is a fresh start."""
+    a missing folder is a fresh start; a file in its place is a ``ValueError``."""
+    check_checkpoint_folder(checkpoint_dir)
     if not Path(checkpoint_dir).is_dir():
         return
     with Checkpointer(checkpoint_dir, keep=None) as ckpt:

@@ -86,6 +86,22 @@ def make_run_dir(root: str | Path = "runs", name: str = "run", *, timestamp: boo
     raise RuntimeError(f"could not create a fresh run folder under {root}")
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """NumPy floats and ml_dtypes' (bfloat16, float8: NumPy kind "V"; NaN/inf in a bf16
+    array reached ``json.dumps`` as floats and failed the strict write)."""
+    if np.issubdtype(dtype, np.floating):
+        return True
+    if dtype.kind != "V":
+        return False
+    import ml_dtypes  # a JAX dependency, light; only for these types
+
+    try:
+        ml_dtypes.finfo(dtype)
+    except ValueError:
+        return False
+    return True
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert NumPy/JAX scalars and arrays, tuples and paths to JSON types; NaN/inf -> None."""
     if isinstance(obj, Mapping):
@@ -104,7 +120,7 @@ def to_jsonable(obj: Any) -> Any:
             return arr.tolist()
         if np.issubdtype(arr.dtype, np.integer):
             return arr.tolist()
-        if np.issubdtype(arr.dtype, np.floating):
+        if _is_float(arr.dtype):
             if arr.ndim == 0:
                 v = float(arr)
                 return v if math.isfinite(v) else None
