@@ -558,3 +558,24 @@ def test_pool_refuses_a_single_row_and_a_mismatched_mask():
     with pytest.raises(ValueError, match=r"mask must have shape \[3\]"):
         pool(f, mask=jnp.ones(4, bool))
     np.testing.assert_array_equal(pool(f[:1]), jnp.concatenate([f[0], f[0]]))
+
+
+def test_fn_refuses_overlapping_atoms_and_a_cell_that_is_not_3x3():
+    """s28 (DESIGN: overlapping atoms and a non-3x3 cell raise): ``create`` refused both,
+    ``fn`` on concrete inputs counted the r = 0 pair and ignored a 2x2 cell."""
+    import jax
+
+    free = ACSF(["Pt"], 5.0, g2_params=[[0.5, 0.0]])
+    x = np.array([[0.0, 0, 0], [0, 0, 0], [2.5, 0, 0]])
+    with pytest.raises(ValueError, match="two atoms sit at the same position"):
+        free.fn(x, np.zeros(3, int))
+    with pytest.raises(ValueError, match="cell must be a 3x3 matrix"):
+        free.fn(x[1:], np.zeros(2, int), cell=np.eye(2))
+    periodic = ACSF(["Pt"], 5.0, g2_params=[[0.5, 0.0]], periodic=True)
+    with pytest.raises(ValueError, match="the same site \\(modulo the cell\\)"):
+        periodic.fn(np.array([[0.0, 0, 0], [4, 0, 0]]), np.zeros(2, int), cell=4 * np.eye(3))
+    # a padding row may sit anywhere; traced inputs are not checked (jit, grad)
+    masked = free.fn(x, np.zeros(3, int), mask=np.array([True, False, True]))
+    np.testing.assert_allclose(np.asarray(masked)[[0, 2]], free.fn(x[[0, 2]], np.zeros(2, int)), rtol=1e-6)
+    jitted = jax.jit(lambda p: free.fn(p, np.zeros(3, int)))(x)
+    assert np.all(np.isfinite(np.asarray(jitted)))

@@ -42,7 +42,7 @@ def test_cli_one_layout_reports_and_rejects_bad_steps(tmp_path, capsys):
         (["--all", "--steps", "0", *root], "--steps must be >= 1"),
         (["--all", "--steps", "-1", *root], "--steps must be >= 1"),
         (["--all", "--out", curve, *root], "--out writes one layout's curve"),  # was ignored
-        (["--out", curve, *root], "--root is the parent of --all's run folder"),  # was ignored
+        (["--out", curve, *root], "--out-root is the parent of --all's run folder"),  # was ignored
         (["--out", str(tmp_path / "none" / "c.json")], "its folder does not exist"),
     ]
     for flags, match in bad:
@@ -51,3 +51,28 @@ def test_cli_one_layout_reports_and_rejects_bad_steps(tmp_path, capsys):
         assert exc.value.code == 2 and match in capsys.readouterr().err
     # each failed before any run folder, curve or training
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.json", "curve.mllog"]
+
+
+def test_a_layout_curve_is_strict_json_and_reads_back_with_nan(tmp_path, monkeypatch):
+    """s28 review: the layout curve went through json.dumps (NaN written as NaN, not JSON);
+    now null on disk, NaN again when --all reads it back."""
+    from experiments.data_parallel import train as dp_train
+
+    real = dp_train.train_and_evaluate
+
+    def diverging(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result["losses"][-1] = float("nan")  # a run that diverged at its last step
+        return result
+
+    monkeypatch.setattr(dp_train, "train_and_evaluate", diverging)
+    out = tmp_path / "c.json"
+    run.main(["--tiny", "--steps", "2", "--out", str(out), "--no-progress"])
+
+    def refuse(name):
+        raise AssertionError(f"non-JSON constant {name}")
+
+    data = json.loads(out.read_text(), parse_constant=refuse)
+    assert data["losses"][-1] is None
+    back = run._null_as_nan(data)
+    assert np.isnan(back["losses"][-1]) and back["losses"][0] == data["losses"][0]

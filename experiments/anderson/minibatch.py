@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument(
         "--scale", type=float, default=1.0, help="multiply epochs, > 0 (default: %(default)s)"
     )
-    ap.add_argument("--average", action="store_true", help="anderson(..., average=True)")
+    ap.add_argument("--average", action="store_true", help="anderson(..., average=True) (default: off)")
     ap.add_argument(
         "--out-root",
         "--out",
@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> Path:
         default="runs/anderson",
         help="parent of the run folder (default: %(default)s)",
     )
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (default: shown)"
+    )
     args = ap.parse_args(argv)
     if args.seeds < 1 or not args.scale > 0:
         ap.error(f"need --seeds >= 1 and --scale > 0, got {args.seeds} and {args.scale}")

@@ -48,7 +48,7 @@ def mllog_path(out: str | Path) -> Path:
 def run_one(args: argparse.Namespace) -> None:
     from experiments.data_parallel.train import train_and_evaluate
     from jaxsci.parallel import bootstrap
-    from jaxsci.train import MLLogger, time_to_train
+    from jaxsci.train import MLLogger, time_to_train, write_json
 
     info = bootstrap()
     log = MLLogger(mllog_path(args.out) if args.out else None, is_root=info.is_root)
@@ -60,7 +60,7 @@ def run_one(args: argparse.Namespace) -> None:
     if args.out:
         ttt = time_to_train(mllog_path(args.out))
         result["time_to_train"] = ttt._asdict()
-        Path(args.out).write_text(json.dumps(result))
+        write_json(args.out, result)  # strict JSON: NaN/inf as null (read back as NaN)
     losses = result["losses"]
     print(
         f"{info.size} process(es): {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
@@ -95,7 +95,7 @@ def run_all(args: argparse.Namespace) -> Path:
             cmd = [mpirun, "-n", str(procs)] + cmd
         print(f"[{name}] {' '.join(cmd[-6:])}", flush=True)
         subprocess.run(cmd, cwd=root, env=env, check=True)
-        curves[name] = json.loads(out.read_text())
+        curves[name] = _null_as_nan(json.loads(out.read_text()))
     ref = np.array(curves["1proc_1dev"]["losses"])
     summary = {
         "config": dataclasses.asdict(_config(args)),
@@ -170,6 +170,15 @@ def scaling_summary(curves: dict[str, dict]) -> dict:
         "strong_efficiency_by_workers": scaling_efficiency(times, "strong"),
         "note": "simulated CPU devices share this machine's cores: contention, not scaling",
     }
+
+
+def _null_as_nan(obj: object) -> object:
+    """A layout's JSON as written (NaN/inf as null) with the nulls back as NaN."""
+    if isinstance(obj, dict):
+        return {k: _null_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_null_as_nan(v) for v in obj]
+    return float("nan") if obj is None else obj
 
 
 def _max_diff(losses: list[float], ref: np.ndarray) -> float:
@@ -254,9 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         ap.error(str(err))
     if args.all and args.out is not None:
-        ap.error("--out writes one layout's curve; --all writes its run folder under --root")
+        ap.error("--out writes one layout's curve; --all writes its run folder under --out-root")
     if not args.all and args.root is not None:
-        ap.error("--root is the parent of --all's run folder; one layout writes only --out")
+        ap.error("--out-root is the parent of --all's run folder; one layout writes only --out")
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():
         ap.error(f"--out {args.out}: its folder does not exist")
     if args.all:
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         try:  # creates nothing
             check_output_dir(args.root or ROOT)
         except ValueError as exc:
-            ap.error(f"--root: {exc}")
+            ap.error(f"--out-root: {exc}")
         run_all(args)
     else:
         if args.out is not None:

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> Path:
         default="runs",
         help="parent of the run folder (default: %(default)s)",
     )
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (default: shown)"
+    )
     args = ap.parse_args(argv)
     # every check before any work: the run folder is made only once the results are in
     if args.n_atoms < 4:
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
     if len(set(args.transpositions)) != len(args.transpositions):
         ap.error(f"--transpositions must be distinct, got {args.transpositions}")
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
-        ap.error(f"--out-dir {args.out_dir} exists and is not a folder")
+        ap.error(f"--out-root {args.out_dir} exists and is not a folder")
     from jaxsci.train.run_dir import check_output_dir, make_run_dir, write_json
 
     try:  # writable too: the run folder is made after the work, which must not be lost

@@ -195,7 +195,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     ap.add_argument(
         "--seed", type=int, help=f"seed of clusters and searches, >= 0 (default: {d.seed})"
     )
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (default: shown)"
+    )
     args = ap.parse_args(argv)
     updates = {
         "sizes": tuple(args.sizes) if args.sizes else None,

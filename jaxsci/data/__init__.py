@@ -2,11 +2,16 @@
 
 from jaxsci.data.batching import batch_indices, batches  # shuffled epochs, host or jit
 from jaxsci.data.crystal_blocks import (  # specimens for jaxsci.imaging
+    LATTICE_CONSTANTS,
     MATERIALS,
+    ZONE_AXES,
     CrystalBlock,
     SlicedBlock,
+    bulk_density,
     crystal_block,
+    material_cell,
     slice_block,
+    zone_axis_rotation,
 )
 from jaxsci.data.diabetes import RegressionSplit, load_diabetes_split  # scikit-learn diabetes
 from jaxsci.data.digits import (  # issue 6: scikit-learn digits
@@ -18,6 +23,7 @@ from jaxsci.data.digits import (  # issue 6: scikit-learn digits
     upscale,
 )
 from jaxsci.data.filtering import (  # data filtering for large batches (arXiv 2012.09272)
+    DROP_MODES,
     ForgettingState,
     el2n_scores,
     forgetting_init,
@@ -33,9 +39,14 @@ from jaxsci.data.pt_clusters import (  # issue 4: Pt nanoparticle data set
     PtClusterDataset,
     build_pt_clusters,
     bulk_energy_per_atom,
+    default_cache_dir,
+    emt_calculator,
     is_cached,
     lattice_constant,
+    nearest_neighbour_distance,
+    relax,
     relax_many,
+    seed_cluster,
 )
 
 __all__ = [
@@ -43,17 +54,23 @@ __all__ = [
     "batches",
     "RegressionSplit",
     "load_diabetes_split",
+    "LATTICE_CONSTANTS",
     "MATERIALS",
+    "ZONE_AXES",
     "CrystalBlock",
     "SlicedBlock",
+    "bulk_density",
     "crystal_block",
+    "material_cell",
     "slice_block",
+    "zone_axis_rotation",
     "DigitsSplit",
     "downscale",
     "from_digits_scale",
     "load_digits_split",
     "to_digits_scale",
     "upscale",
+    "DROP_MODES",
     "ForgettingState",
     "el2n_scores",
     "forgetting_init",
@@ -67,7 +84,12 @@ __all__ = [
     "PtClusterDataset",
     "build_pt_clusters",
     "bulk_energy_per_atom",
+    "default_cache_dir",
+    "emt_calculator",
     "is_cached",
     "lattice_constant",
+    "nearest_neighbour_distance",
+    "relax",
     "relax_many",
+    "seed_cluster",
 ]

@@ -384,6 +384,7 @@ class ACSF:
             raise ValueError(f"mask must have shape [{positions.shape[0]}], got {jnp.shape(mask)}")
         _check_pbc_and_positions(positions, pbc)
         _check_cell_given(self.periodic, cell, pbc, "cell")
+        self._check_concrete_sites(positions, mask, cell, pbc)
         if not self.periodic or cell is None:
             out = _dense_features(positions, species, mask, None, None, self.config)[0]
             return (out, no_overflow) if return_overflow else out
@@ -392,6 +393,22 @@ class ACSF:
             positions[None], species[None], jnp.asarray(mask)[None], cells, pbc, capacity, images
         )
         return (out[0], overflow[0]) if return_overflow else out[0]
+
+    def _check_concrete_sites(self, positions: Array, mask: Array, cell: object, pbc) -> None:
+        """Concrete inputs (as ``create`` checks its Atoms): a cell that is not a finite 3x3
+        matrix, also where a free descriptor ignores it, and two real atoms on one site
+        (their r = 0 pair was counted as a neighbour). O(N log N) on the host; traced
+        inputs are not checked."""
+        if cell is not None and not isinstance(cell, jax.core.Tracer):
+            validate_cell(np.asarray(cell), (False, False, False))  # shape, finite
+        if isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
+            return
+        real = np.asarray(positions, np.float64)[np.asarray(mask, bool)]
+        if self.periodic and cell is not None and not isinstance(cell, jax.core.Tracer):
+            flags = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, bool), (3,)))
+            _check_distinct_sites(real, validate_cell(np.asarray(cell), flags), flags)
+        else:
+            _check_distinct_sites(real, None, (False, False, False))
 
     def _check_species(self, species: Array) -> None:
         """ValueError for a concrete species index outside ``[0, n_species)`` (such an atom

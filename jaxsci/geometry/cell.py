@@ -83,7 +83,8 @@ def perpendicular_widths(cell: np.ndarray | jax.Array) -> np.ndarray | jax.Array
 def image_multipliers(
     cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)
 ) -> np.ndarray:
-    """Number of periodic copies [3] (int) per axis that reach ``r_cut``: ceil(r_cut / width).
+    """Number of periodic copies [3] (int) per axis that reach ``r_cut``: ceil(r_cut / width)
+    (``cell`` [3, 3] lattice vectors as rows and ``r_cut`` in Angstrom).
 
     Exact for atoms inside the cell (fractional coordinates in [0, 1)); zero for non-periodic
     axes, whose rows may be zero (ase's slabs). Same rule as DScribe's system extension.
@@ -120,7 +121,8 @@ def check_r_cut(r_cut: object, where: str) -> None:
 
 
 def image_shifts(cell: np.ndarray, r_cut: float, pbc: object = (True, True, True)) -> np.ndarray:
-    """Integer lattice shifts [M, 3] of all periodic images within reach, (0, 0, 0) first."""
+    """Integer lattice shifts [M, 3] of all periodic images within reach of ``r_cut``
+    (Angstrom) in ``cell`` [3, 3] (rows, Angstrom), (0, 0, 0) first."""
     return lattice_shifts(image_multipliers(cell, r_cut, pbc))
 
 
@@ -135,8 +137,9 @@ def lattice_shifts(multipliers: object) -> np.ndarray:
 def wrap_positions(
     positions: np.ndarray, cell: np.ndarray, pbc: object = (True, True, True)
 ) -> np.ndarray:
-    """Wrap positions [N, 3] into the cell along periodic axes (host side, float64; the
-    non-periodic rows may be zero, as in ase's slabs)."""
+    """Wrap positions [N, 3] (Angstrom) into ``cell`` [3, 3] (rows, Angstrom) along periodic
+    axes; returns [N, 3] Angstrom (host side, float64; the non-periodic rows may be zero,
+    as in ase's slabs)."""
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     cell = complete_nonperiodic(np.asarray(cell, np.float64), pbc)
     frac = np.linalg.solve(cell.T, np.asarray(positions, np.float64).T).T

@@ -89,7 +89,8 @@ def dense_slots(
 
 
 def count_within(slots: Slots, r_cut: float) -> Array:
-    """Number of valid slots within ``r_cut`` [C] per centre."""
+    """Number of valid slots within ``r_cut`` (Angstrom) per centre: [C] int from slots
+    of [C, K] neighbours."""
     check_r_cut(r_cut, "count_within")
     r2 = jnp.sum(slots.disp**2, axis=-1)
     return jnp.sum(slots.valid & (r2 <= r_cut * r_cut), axis=-1)
@@ -184,7 +185,8 @@ def neighbor_capacity(
 
 
 def prune_slots(slots: Slots, r_cut: float, capacity: int) -> tuple[Slots, Array]:
-    """Keep the ``capacity`` nearest slots within ``r_cut``; returns (slots, overflowed flag)."""
+    """Keep the ``capacity`` nearest slots within ``r_cut`` (Angstrom): slots [C, K] ->
+    ([C, capacity] slots, overflowed flag: a bool scalar, True when a centre had more)."""
     if capacity >= slots.disp.shape[1]:
         return slots, jnp.asarray(False)
     r2 = jnp.sum(slots.disp**2, axis=-1)
@@ -241,7 +243,8 @@ def cell_list_spec(
     pbc: object = (True, True, True),
     capacity_multiplier: float = 1.25,
 ) -> CellListSpec:
-    """Choose bin counts and capacities on the host for ``positions`` [N, 3] in ``cell``.
+    """Choose bin counts and capacities on the host for ``positions`` [N, 3] (Angstrom) in
+    ``cell`` [3, 3] (lattice vectors as rows, Angstrom), for ``r_cut`` (Angstrom).
 
     Bins are at least ``r_cut`` wide (perpendicular), so neighbours are within +-1 bin.
     Periodic axes are binned over the cell (wrapping around); non-periodic ones (slabs,
@@ -417,6 +420,9 @@ def image_slots(
     mask: Array | None = None,
 ) -> Slots:
     """Dense slots over every periodic image within reach of ``r_cut`` (cell must be concrete).
+
+    ``positions`` [N, 3] and ``cell`` [3, 3] (rows) in Angstrom, ``mask`` [N] bool; returns
+    slots of [N, N x images] (displacements in Angstrom).
 
     The images reach ``r_cut`` from atoms inside the cell. Concrete positions outside it
     (unwrapped coordinates) get as many more images as they stray cells away; traced ones

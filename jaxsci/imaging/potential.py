@@ -29,8 +29,9 @@ __all__ = ["projected_potential", "screening_radius"]
 
 
 def screening_radius(numbers: ArrayLike) -> jax.Array:
-    """Wentzel screening radius ``a = 0.8853 a0 Z^(-1/3)`` in Å (``Z = 0``, padding, gets
-    the radius of ``Z = 1``; its form factor is 0 whatever the radius)."""
+    """Wentzel screening radius ``a = 0.8853 a0 Z^(-1/3)`` in Å, same shape as the atomic
+    numbers ``numbers`` (``Z = 0``, padding, gets the radius of ``Z = 1``; its form factor
+    is 0 whatever the radius)."""
     z = jnp.asarray(numbers, dtype=jnp.result_type(float))
     return 0.8853 * BOHR_A * jnp.where(z > 0, z, 1.0) ** (-1.0 / 3.0)
 

@@ -2,10 +2,13 @@
 
 from jaxsci.metrics.fid import (  # issue 6: classifier-based FID / inception score
     FeatureClassifier,
+    equal_n_fid,
+    equal_n_subsets,
     evaluate_samples,
     fit_feature_classifier,
     frechet_distance,
     inception_score,
+    matched_counts,
 )
 from jaxsci.metrics.generation import (  # issue 4: generated-structure scores
     PT_NN_DISTANCE,
@@ -40,10 +43,13 @@ from jaxsci.metrics.thermo import (  # VAE order parameter: C(T), chi(T), peaks,
 
 __all__ = [
     "FeatureClassifier",
+    "equal_n_fid",
+    "equal_n_subsets",
     "evaluate_samples",
     "fit_feature_classifier",
     "frechet_distance",
     "inception_score",
+    "matched_counts",
     "Alignment",
     "PT_NN_DISTANCE",
     "Validity",

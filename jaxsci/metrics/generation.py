@@ -218,7 +218,8 @@ def novelty_mask(
 
 
 def energy_spearman(target: Any, obtained: Any) -> float:
-    """Spearman rank correlation between target and obtained energies.
+    """Spearman rank correlation between target and obtained energies, two [n] arrays
+    (eV/atom; any common unit).
 
     Pairs with a non-finite side (NaN, inf) are dropped; NaN when fewer than 3 pairs remain
     or one side is constant (no ranking to correlate)."""
@@ -232,7 +233,7 @@ def energy_spearman(target: Any, obtained: Any) -> float:
 
 
 def energy_wasserstein(obtained: Any, reference: Any) -> float:
-    """Wasserstein-1 distance (eV/atom) between two energy samples.
+    """Wasserstein-1 distance (eV/atom) between two energy samples, [n] and [m] (eV/atom).
 
     Non-finite values (NaN, inf) are dropped; NaN when a sample has none left."""
     a, b = np.asarray(obtained, float), np.asarray(reference, float)
@@ -243,7 +244,8 @@ def energy_wasserstein(obtained: Any, reference: Any) -> float:
 
 
 def kabsch_rmsd(positions: Any, reference: Any) -> float:
-    """RMSD (Angstrom) after the best rotation/translation, atoms in corresponding order.
+    """RMSD (Angstrom) after the best rotation/translation, atoms in corresponding order:
+    ``positions`` and ``reference`` [N, 3] Angstrom (or ``ase.Atoms``).
 
     For a structure and its own relaxed copy (relaxation keeps atom identity), no
     permutation search is needed; see :func:`jaxsci.metrics.structure_rmsd` otherwise.

@@ -506,7 +506,11 @@ def structure_rmsd(
     seed: int | None = 0,
 ) -> float:
     """Smallest RMSD (Angstrom) found between two structures; see :func:`align` for the
-    search (exact up to 7 atoms and for copies; otherwise the best of its starts)."""
+    search (exact up to 7 atoms and for copies; otherwise the best of its starts).
+
+    ``positions`` and ``reference``: [N, 3] Angstrom (or ``ase.Atoms``); ``species`` and
+    ``reference_species``: [N] symbols or atomic numbers, atoms matched only within a
+    species (``None``: one species)."""
     return align(
         positions,
         reference,
@@ -522,7 +526,8 @@ def structure_rmsd(
 
 
 def sorted_pair_distances(positions: Any) -> np.ndarray:
-    """All ``n (n - 1) / 2`` interatomic distances (Angstrom), sorted ascending.
+    """All ``n (n - 1) / 2`` interatomic distances (Angstrom), sorted ascending: positions
+    [n, 3] Angstrom (or ``ase.Atoms``) -> [n (n - 1) / 2].
 
     A rotation-, translation-, reflection- and permutation-invariant
     fingerprint of a finite cluster (species are ignored).

@@ -13,18 +13,30 @@ from jaxsci.models.cvae import (  # issue 4: conditional VAE
     sample,
     with_validation,
 )
-from jaxsci.models.fcn import UNet  # inverse imaging (Laanait et al. 2019)
+from jaxsci.models.fcn import (  # inverse imaging (Laanait et al. 2019)
+    BOTTLENECKS,
+    DOWNSAMPLES,
+    NORMS,
+    PADDINGS,
+    UNet,
+)
 from jaxsci.models.gan import (  # issue 6: conditional GANs
     CGAN,
     CondDiscriminator,
     CondGenerator,
     PatchConv,
+    check_labels,
     dc_cgan,
     w_cgan,
 )
 from jaxsci.models.mlp import MLP
 
 __all__ = [
+    "BOTTLENECKS",
+    "DOWNSAMPLES",
+    "NORMS",
+    "PADDINGS",
+    "check_labels",
     "CGAN",
     "CVAE",
     "CVAEState",

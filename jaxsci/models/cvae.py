@@ -92,7 +92,9 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 def cvae_loss(
     model: CVAE, params: Params, x: jax.Array, c: jax.Array, key: jax.Array, beta: float
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Batch mean of ``sum (x - x_hat)^2 + beta * KL``; returns ``(loss, {recon, kl})``."""
+    """Batch mean of ``sum (x - x_hat)^2 + beta * KL``; returns ``(loss, {recon, kl})``,
+    scalars. ``x`` [B, n_features] (standardised fingerprints), ``c`` [B, n_conditions],
+    ``key`` the reparameterisation noise key."""
     x_hat, mean, logvar = model.apply({"params": params}, x, c, key)
     recon = jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
     kl = jnp.mean(kl_divergence(mean, logvar))

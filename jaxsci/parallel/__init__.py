@@ -21,6 +21,7 @@ from jaxsci.parallel.bootstrap import (
     rank_slice,
 )
 from jaxsci.parallel.collectives import (
+    MAX_MESSAGE_ELEMENTS,
     Bucket,
     Segment,
     allreduce_plan,
@@ -52,6 +53,7 @@ from jaxsci.parallel.precision import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_ELEMENTS",
     "Bucket",
     "DataParallel",
     "DataParallelState",

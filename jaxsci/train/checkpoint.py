@@ -36,7 +36,13 @@ from jaxsci._checks import is_int_at_least
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.train.run_dir import to_jsonable
 
-__all__ = ["Checkpointer", "check_settings", "normalize_settings", "settings_differences"]
+__all__ = [
+    "Checkpointer",
+    "check_checkpoint_folder",
+    "check_settings",
+    "normalize_settings",
+    "settings_differences",
+]
 
 _STATE = "state"
 _META = "meta"
