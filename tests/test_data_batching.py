@@ -161,3 +161,80 @@ def test_batches_placed_with_the_trainers_sharding_train_as_host_batches():
         runs.append(np.asarray(dp.params(state)["w"]))
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6, atol=1e-7)
     assert np.abs(runs[0]).max() > 1e-3  # it trained
+
+
+def test_integer_scalar_arrays_are_seeds_and_keys_stay_keys():
+    """jnp.int32(5) and np.array(5) were taken for key data ("invalid PRNG key data")."""
+    want = np.asarray(batch_indices(5, 10, 5))
+    for seed in (np.int64(5), np.uint32(5), np.array(5), jnp.int32(5), jnp.uint32(5)):
+        np.testing.assert_array_equal(batch_indices(seed, 10, 5), want)
+    np.testing.assert_array_equal(batch_indices(jax.random.key(5), 10, 5), want)
+    np.testing.assert_array_equal(batch_indices(jax.random.PRNGKey(5), 10, 5), want)  # raw
+    # a traced seed (jit, vmap) is a seed too
+    jitted = jax.jit(batch_indices, static_argnums=(1, 2))
+    np.testing.assert_array_equal(jitted(jnp.int32(5), 10, 5), want)
+    epochs = jax.vmap(lambda s: batch_indices(s, 10, 5))(jnp.arange(4, 7))
+    np.testing.assert_array_equal(epochs[1], want)
+    got = [b.tolist() for b in batches(np.arange(10), 5, key=jnp.int32(5))]
+    assert got == want.tolist()
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [
+        (2**64, r"an int seed must be in \[0, 2\*\*32\)"),  # a raw OverflowError before
+        (2**32, r"an int seed must be in \[0, 2\*\*32\)"),  # silently the order of seed 0
+        (-1, r"an int seed must be in \[0, 2\*\*32\)"),
+        (np.array(-1), r"an int seed must be in \[0, 2\*\*32\)"),
+        (jnp.int32(-3), r"an int seed must be in \[0, 2\*\*32\)"),
+        (True, "key must be a PRNG key, an int seed"),
+        (np.bool_(True), "key must be a PRNG key, an int seed"),
+        (np.float32(1.0), "key must be a PRNG key, an int seed"),
+        (np.zeros(3, np.int32), r"key must .* got an array of shape \(3,\) of dtype int32"),
+        (np.zeros(2, np.float32), r"key must .* got an array of shape \(2,\) of dtype float32"),
+    ],
+)
+def test_bad_seeds_are_value_errors_naming_the_key(key, match):
+    with pytest.raises(ValueError, match=f"batch_indices: {match}"):
+        batch_indices(key, 10, 5)
+    with pytest.raises(ValueError, match=f"batches: {match}"):
+        batches(np.zeros((10, 2)), 5, key=key)
+
+
+def test_a_sharding_of_higher_rank_than_a_leaf_is_a_value_error_naming_the_leaf():
+    """A spec naming more axes than a leaf has escaped as a bare IndexError."""
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    named = jax.sharding.NamedSharding
+    cols = named(mesh, jax.sharding.PartitionSpec(None, "data"))
+    rows = named(mesh, jax.sharding.PartitionSpec("data"))
+    data = (np.zeros((8, 4)), np.zeros(8))
+    with pytest.raises(
+        ValueError,
+        match=r"batches: a batch of shape \(4,\) \(leaf \[1\]\) has 1 axis/axes but the "
+        r"sharding's P\(None, 'data'\) names 2",
+    ):
+        batches(data, 4, sharding=cols)
+    # one sharding per leaf (a pytree prefix of data) is the way out
+    bx, by = next(batches(data, 4, sharding=(cols, rows)))
+    assert bx.sharding == cols and by.sharding == rows
+    with pytest.raises(ValueError, match="a prefix of data's structure"):
+        batches(data, 4, sharding=(cols, rows, rows))
+
+
+@pytest.mark.multidevice
+def test_a_sharded_axis_that_does_not_divide_is_named():
+    """A column axis that did not divide was blamed on batch_size ("shards along the rows")."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    cols = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    with pytest.raises(ValueError) as err:
+        batches({"x": np.zeros((8, 3))}, 4, sharding=cols)
+    want = (
+        "batches: a batch of shape (4, 3) (leaf ['x']) does not divide over the sharding: its "
+        "axis 1 (size 3) does not divide over the 4 shards of 'data' in P(None, 'data') "
+        "(batch_size is not the problem)"
+    )
+    assert str(err.value) == want
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    with pytest.raises(ValueError, match="its 6 rows do not divide over the 4 shards of 'data'"):
+        batches(np.zeros((12, 3)), 6, sharding=rows)
+    assert len(list(batches({"x": np.zeros((8, 4))}, 4, sharding=cols))) == 2

@@ -289,3 +289,43 @@ def test_n_keep_refuses_a_non_integer_count(n):
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         n_keep(n, 0.5)
     assert n_keep(np.int64(10), 0.75) == 8 and type(n_keep(np.int64(10), 0.75)) is int
+
+
+def test_select_takes_the_key_forms_batches_takes():
+    """select(key=0) was a JAX TypeError ("invalid PRNG key data") while batches took int
+    seeds: both now go through jaxsci.data.batching.as_key."""
+    scores = np.array([3.0, 1.0, 1.0, 1.0, 5.0, 1.0])  # ties: the key decides which go
+    for drop in ("easiest", "random"):
+        want = select(scores, 0.5, drop=drop, key=jax.random.key(7))
+        for key in (7, np.int64(7), np.array(7), jnp.int32(7), jax.random.PRNGKey(7)):
+            np.testing.assert_array_equal(select(scores, 0.5, drop=drop, key=key), want)
+    for bad, match in [
+        (-1, r"select: an int seed must be in \[0, 2\*\*"),
+        (2**64, r"select: an int seed must be in \[0, 2\*\*"),
+        (True, "select: key must be a PRNG key, an int seed"),
+        (1.5, "select: key must be a PRNG key, an int seed"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            select(scores, 0.5, drop="random", key=bad)
+
+
+def test_scores_take_labels_as_a_list(problem):
+    """el2n_scores(..., y=[0, 1, ...]) failed with jnp.result_type's "Cannot determine
+    dtype"; array-likes are taken as arrays (per_example_loss / grad_norm_scores alike)."""
+    params, x, y = problem
+    want = _numpy_loop(params, x, y)
+    labels = [int(v) for v in y]
+    np.testing.assert_allclose(
+        el2n_scores(logits_fn, params, x, labels, C), want[1], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        per_example_loss(loss_fn, params, x, labels), want[0], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        grad_norm_scores(loss_fn, params, x.tolist(), labels, chunk_size=4),
+        want[2],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        el2n_scores(logits_fn, params, x, [*labels[:-1], C], C)

@@ -262,3 +262,24 @@ def test_a_16_bit_max_is_not_silently_differentiated():
     )  # noqa: E731
     with pytest.raises(NotImplementedError, match="op='max' is not differentiable"):
         jax.grad(loss)(jnp.arange(3.0))
+
+
+@pytest.mark.multidevice
+@pytest.mark.parametrize("spec", [("data",), ()])
+def test_a_leaf_on_several_devices_is_a_clear_error_also_without_mpi(monkeypatch, spec):
+    """Eagerly on a leaf split or replicated over local devices, mpi4jax failed with "ordered
+    effects are not supported for more than 1 device" (and only under MPI: one process
+    returned it). Refused in both, saying what to do; one device is still fine."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxsci.parallel import make_mesh
+
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "mpi4py.MPI", raising=False)
+    spread = jax.device_put(jnp.arange(8.0), NamedSharding(make_mesh(4), PartitionSpec(*spec)))
+    with pytest.raises(ValueError, match=r"tree_allreduce: leaf \['b'\]\[0\] lies on 4 devices"):
+        tree_allreduce({"a": jnp.ones(2), "b": [spread]}, op="sum")
+    one = jax.device_put({"a": jnp.ones(2), "b": [spread]}, jax.local_devices()[0])  # the way
+    out = tree_allreduce(one, op="sum")
+    np.testing.assert_array_equal(out["b"][0], np.arange(8.0))

@@ -77,3 +77,47 @@ def test_bootstrap_under_mpirun():
     blocks = MPI.COMM_WORLD.allgather(list(range(10))[rank_slice(10, info)])
     assert sum(blocks, []) == list(range(10))
     info.barrier()
+
+
+def _fake_mpi(monkeypatch, size):
+    """mpi4py whose COMM_WORLD has ``size`` processes (no MPI started in this process)."""
+    import sys
+    import types
+
+    class World:
+        def Get_size(self):
+            return size
+
+        def Get_rank(self):
+            return 0
+
+    fake = types.ModuleType("mpi4py")
+    fake.MPI = types.SimpleNamespace(COMM_WORLD=World())
+    monkeypatch.setitem(sys.modules, "mpi4py", fake)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PMI_SIZE": "2"}, "PMI_SIZE=2"),
+        ({"OMPI_COMM_WORLD_SIZE": "4"}, "OMPI_COMM_WORLD_SIZE=4"),
+        ({"SLURM_NTASKS": "3", "SLURM_STEP_ID": "0"}, "SLURM_NTASKS=3, SLURM_STEP_ID=0"),
+    ],
+)
+def test_a_stale_launcher_variable_is_named(monkeypatch, env, named):
+    """PMI_SIZE=2 python script.py (a variable left from an enclosing launcher's shell) was
+    blamed on "mpirun and mpi4py come from different MPI libraries"."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    _fake_mpi(monkeypatch, 1)
+    with pytest.raises(RuntimeError) as err:
+        bootstrap()
+    msg = str(err.value)
+    assert f"the expected size comes from {named} in the environment" in msg
+    assert "left over from an enclosing launcher's shell" in msg
+    assert "unset " + " ".join(v.split("=")[0] for v in named.split(", ")) in msg
+    assert "different MPI libraries" in msg  # the other possible cause, still said

@@ -671,3 +671,11 @@ def test_two_ranks_donated_state_is_a_value_error_on_every_rank():
     new, loss = dp.step(new, batch)
     assert int(new.step) == 2 and np.isfinite(float(loss))
     dp.close()
+
+
+@pytest.mark.parametrize("n", [True, False, 1.0, 2.5, "1", 0, -1])
+def test_make_mesh_refuses_a_count_that_is_not_an_int(n):
+    """make_mesh(True) built a one-device mesh; make_mesh(1.0) was a TypeError from a slice."""
+    with pytest.raises(ValueError, match=r"make_mesh: n_devices must be an int >= 1 or None"):
+        make_mesh(n)
+    assert make_mesh(np.int64(1)).devices.size == 1

@@ -103,6 +103,41 @@ BAD_BATCHES = COMMON + textwrap.dedent(
 )
 
 
+SPREAD_ALLREDUCE = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jaxsci.parallel import bootstrap, make_mesh, tree_allreduce
+
+    info = bootstrap()
+    assert info.size == 2 and info.local_device_count == 2, info
+    mesh = make_mesh(2)
+    x = jnp.arange(8.0) + 10 * info.rank
+    split = jax.device_put(x, NamedSharding(mesh, P("data")))
+    cases = {
+        "split": {"x": split},
+        "replicated": {"x": jax.device_put(x, NamedSharding(mesh, P()))},
+        "rank1_only": {"x": split if info.rank == 1 else x},  # rank 0 alone would hang
+    }
+    report = {}
+    for name, tree in cases.items():
+        try:
+            tree_allreduce(tree, op="sum")
+            report[name] = None
+        except ValueError as err:
+            report[name] = str(err)
+    one = jax.device_put({"x": split}, jax.local_devices()[0])  # the way the message gives
+    out = jax.device_put(tree_allreduce(one, op="sum"), NamedSharding(mesh, P("data")))
+    report["sum"] = np.asarray(out["x"]).tolist()
+    everyone = info.comm.allgather(report)
+    if info.rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(everyone, f)
+    """
+)
+
+
 def _mpirun(tmp_path: Path, source: str, out: Path, devices: int, timeout: float) -> None:
     """Run ``source`` under ``mpirun -n 2`` with ``devices`` CPU devices per process; a run
     past ``timeout`` (a hang) fails the test and its whole process group is killed."""
@@ -194,3 +229,22 @@ def test_bad_local_batch_on_one_rank_raises_on_every_rank(tmp_path):
         assert np.all(np.isfinite(rank0[n_dev]["params"]))
     # with 2 devices no step ran before the good one: it is the reference's first step
     np.testing.assert_allclose(rank0["2"]["loss"], ref_losses[0], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_eager_allreduce_of_a_multi_device_leaf_raises_on_every_rank(tmp_path):
+    """tree_allreduce on a leaf split or replicated over a rank's 2 devices gave mpi4jax's
+    "ordered effects are not supported for more than 1 device"; with the leaf on several
+    devices on rank 1 only, rank 0 was left in the all-reduce. Now every rank raises the
+    same ValueError saying what to do, and the reduction on one device works."""
+    out = tmp_path / "out.json"
+    _mpirun(tmp_path, SPREAD_ALLREDUCE, out, devices=2, timeout=180)
+    rank0, rank1 = json.loads(out.read_text())
+    for name in ("split", "replicated"):
+        for report in (rank0, rank1):
+            assert report[name].startswith("tree_allreduce: leaf ['x'] lies on 2 devices")
+            assert "jax.device_put(tree, jax.local_devices()[0])" in report[name]
+    assert rank0["rank1_only"].startswith("on rank 1: tree_allreduce: leaf ['x'] lies on 2")
+    assert rank1["rank1_only"].startswith("tree_allreduce: leaf ['x'] lies on 2 devices")
+    want = (2 * np.arange(8.0) + 10).tolist()
+    assert rank0["sum"] == rank1["sum"] == want

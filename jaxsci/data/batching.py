@@ -13,6 +13,7 @@ global batch never goes to a device whole. All ranks then see the same epoch ord
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,14 +49,15 @@ def batch_indices(
 ) -> jax.Array:
     """Row indices ``[n_batches, batch_size]`` (int32) of one epoch over ``n`` rows.
 
-    ``key``: a PRNG key (or an int seed) for a fresh random order
-    (``jax.random.permutation``), or None for ``0..n-1`` in order. ``drop_remainder``:
+    ``key``: a PRNG key or an int seed (a Python / NumPy int or a 0-d integer array; see
+    :func:`as_key`) for a fresh random order (``jax.random.permutation``), or None for
+    ``0..n-1`` in order. ``drop_remainder``:
     ``n_batches = n // batch_size`` and the last ``n % batch_size`` rows of the order sit
     out this epoch; otherwise the last batch is
     completed by going round the order again (every row is seen, some twice), so all
     batches keep one shape. ``n`` and ``batch_size`` are static."""
     _check_sizes(n, batch_size, drop_remainder, "batch_indices")
-    key = _as_key(key)
+    key = as_key(key, "batch_indices")
     order = jnp.arange(n, dtype=jnp.int32) if key is None else jax.random.permutation(key, n)
     order = order.astype(jnp.int32)
     n_batches = n // batch_size if drop_remainder else -(-n // batch_size)
@@ -65,13 +67,55 @@ def batch_indices(
     return order[:total].reshape(n_batches, batch_size)
 
 
-def _as_key(key: Any) -> jax.Array | None:
-    """A PRNG key, None, or an int seed (as ``jaxsci.parallel.rank_key`` takes)."""
-    if key is None or isinstance(key, jax.Array | np.ndarray):
-        return key
-    if is_int_at_least(key, 0):
-        return jax.random.key(int(key))
-    raise ValueError(f"key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
+def as_key(key: Any, where: str = "key") -> jax.Array | None:
+    """``key`` as a PRNG key, or None: the key forms :func:`batch_indices`, :func:`batches` and
+    :func:`jaxsci.data.select` accept (this helper is shared, so they accept the same ones).
+
+    * None stays None;
+    * a PRNG key stays a key: a typed key (``jax.random.key``) or raw key data (a uint32
+      array such as ``jax.random.PRNGKey(0)``, ``uint32[2]``);
+    * an integer seed becomes ``jax.random.key(seed)``: a Python or NumPy int, or a 0-d
+      integer array (``np.array(5)``, ``jnp.int32(5)``; traced under ``jit`` / ``vmap`` too).
+      A concrete seed must lie in ``[0, 2**32)``, or ``[0, 2**64)`` with ``jax_enable_x64``:
+      JAX uses only the low 32 bits of a seed otherwise, so ``2**32`` would silently give the
+      same order as ``0``.
+
+    ValueError (prefixed with ``where``) for anything else: bools, floats, negative or too
+    large seeds, integer arrays that are neither a scalar seed nor uint32 key data.
+    """
+    if key is None:
+        return None
+    if isinstance(key, bool | np.bool_):
+        raise ValueError(f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
+    if isinstance(key, jax.Array | np.ndarray | np.generic):
+        dtype = key.dtype
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            return key  # a typed key
+        if jnp.issubdtype(dtype, jnp.integer):  # (bool is not an integer dtype here)
+            if np.ndim(key) == 0:  # a seed
+                if isinstance(key, jax.core.Tracer):
+                    return jax.random.key(key)
+                return jax.random.key(_check_seed(int(key), where))
+            if dtype == jnp.uint32:
+                return key  # raw key data (jax.random.PRNGKey)
+        got = f"{key!r}" if np.ndim(key) == 0 else f"an array of shape {np.shape(key)}"
+        raise ValueError(
+            f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {got} of dtype "
+            f"{dtype} (a key: jax.random.key(...), or uint32 key data such as "
+            "jax.random.PRNGKey(...); a seed: an int or a 0-d integer array)"
+        )
+    if isinstance(key, numbers.Integral):
+        return jax.random.key(_check_seed(int(key), where))
+    raise ValueError(f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
+
+
+def _check_seed(seed: int, where: str) -> int | np.uint64:
+    x64 = jax.config.jax_enable_x64
+    bits = 64 if x64 else 32
+    if not 0 <= seed < 2**bits:
+        hint = "" if x64 else " (JAX uses only a seed's low 32 bits unless jax_enable_x64 is set)"
+        raise ValueError(f"{where}: an int seed must be in [0, 2**{bits}){hint}, got {seed}")
+    return np.uint64(seed) if seed >= 2**63 else seed  # jax.random.key: int64 overflows
 
 
 def batches(
@@ -80,15 +124,19 @@ def batches(
     *,
     key: jax.Array | int | None = None,
     drop_remainder: bool = True,
-    sharding: jax.sharding.Sharding | None = None,
+    sharding: Any = None,
 ) -> Iterator[Any]:
     """Minibatches of ``data`` (a pytree of arrays with one leading length, e.g.
     ``(x, y)``), in the order of :func:`batch_indices` (same ``key``, same batches).
 
     Each batch keeps ``data``'s structure; NumPy leaves stay NumPy (host memory) unless
-    ``sharding`` is given, in which case each batch is ``jax.device_put`` with it (its
-    leading dimension must divide over the sharding's devices). ValueError for leaves of
-    different lengths, an empty data set or a bad ``batch_size``."""
+    ``sharding`` is given, in which case each batch is ``jax.device_put`` with it.
+    ``sharding``: a ``jax.sharding.Sharding`` for every leaf, or a pytree of them that is a
+    prefix of ``data`` (e.g. ``(x_sharding, y_sharding)``: a 1-D ``y`` cannot take a spec
+    that names two axes). Every axis a sharding splits must divide over its shards (for
+    the rows: ``batch_size`` a multiple of them). ValueError, at the call, for leaves of
+    different lengths, an empty data set, a bad ``batch_size`` or ``key``, or a sharding
+    that does not fit a leaf's batches (naming the leaf, its batch shape and the axis)."""
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError("batches: data holds no arrays")
@@ -97,23 +145,76 @@ def batches(
     lengths = sorted({int(np.shape(leaf)[0]) for leaf in leaves})
     if len(lengths) != 1:
         raise ValueError(f"batches: every leaf needs the same leading length, got {lengths}")
+    key = as_key(key, "batches")
     if sharding is not None and is_int_at_least(batch_size, 1):
-        for leaf in leaves:  # the batch's shape must split over the sharding
-            shape = (batch_size, *np.shape(leaf)[1:])
-            try:
-                sharding.shard_shape(shape)
-            except ValueError:
-                raise ValueError(
-                    f"batches: a batch of shape {shape} does not divide over the sharding "
-                    f"({len(sharding.device_set)} devices): make batch_size a multiple of the "
-                    "shards along the rows"
-                ) from None
+        _check_sharding(data, sharding, batch_size)
     # checked and ordered now, not at the first next(): a bad call fails where it is made
     idx = np.asarray(batch_indices(key, lengths[0], batch_size, drop_remainder=drop_remainder))
     return _iterate(data, idx, sharding)
 
 
-def _iterate(data: Any, idx: np.ndarray, sharding: jax.sharding.Sharding | None) -> Iterator[Any]:
+def _check_sharding(data: Any, sharding: Any, batch_size: int) -> None:
+    """ValueError unless every leaf's batch ``[batch_size, ...]`` splits over its sharding."""
+    is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)  # noqa: E731
+    if is_sharding(sharding):
+        per_leaf = jax.tree.map(lambda _: sharding, data)
+    else:
+        try:
+            per_leaf = jax.tree.broadcast(sharding, data, is_leaf=is_sharding)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                "batches: sharding must be a jax.sharding.Sharding or a pytree of them that is "
+                f"a prefix of data's structure; got {sharding!r} ({err})"
+            ) from None
+    paths = jax.tree_util.tree_flatten_with_path(data)[0]
+    shardings = jax.tree.leaves(per_leaf, is_leaf=is_sharding)
+    for (path, leaf), sh in zip(paths, shardings, strict=True):
+        shape = (batch_size, *np.shape(leaf)[1:])
+        what = f"a batch of shape {shape}" + (
+            f" (leaf {jax.tree_util.keystr(path)})" if path else ""
+        )
+        if not is_sharding(sh):
+            raise ValueError(f"batches: the sharding for {what} is {sh!r}, not a Sharding")
+        problem = _sharding_problem(sh, shape)
+        if problem:
+            raise ValueError(f"batches: {what} {problem}")
+
+
+def _sharding_problem(sharding: jax.sharding.Sharding, shape: tuple[int, ...]) -> str | None:
+    """Why ``sharding`` cannot place an array of ``shape`` (to follow "a batch of shape
+    ..."), or None."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = sharding.spec
+        if len(spec) > len(shape):
+            return (
+                f"has {len(shape)} axis/axes but the sharding's {spec} names {len(spec)}: give "
+                "this leaf a sharding of at most its rank (sharding may be a pytree of "
+                "shardings, one per leaf)"
+            )
+        for axis, entry in enumerate(spec):
+            names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+            parts = int(np.prod([sharding.mesh.shape[a] for a in names], dtype=int))
+            if shape[axis] % parts == 0:
+                continue
+            where = f"{entry!r} in {spec}"
+            if axis == 0:
+                return (
+                    f"does not divide over the sharding: its {shape[0]} rows do not divide over "
+                    f"the {parts} shards of {where}; make batch_size a multiple of {parts}"
+                )
+            return (
+                f"does not divide over the sharding: its axis {axis} (size {shape[axis]}) does "
+                f"not divide over the {parts} shards of {where} (batch_size is not the "
+                "problem)"
+            )
+    try:
+        sharding.shard_shape(shape)
+    except (ValueError, IndexError) as err:
+        return f"does not fit the sharding {sharding} ({type(err).__name__}: {err})"
+    return None
+
+
+def _iterate(data: Any, idx: np.ndarray, sharding: Any) -> Iterator[Any]:
     for rows in idx:
         batch = jax.tree.map(lambda leaf, r=rows: leaf[r], data)
         yield batch if sharding is None else jax.device_put(batch, sharding)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci._checks import is_int_at_least
+from jaxsci.data.batching import as_key
 
 __all__ = [
     "DROP_MODES",
@@ -52,6 +53,11 @@ __all__ = [
 DROP_MODES = ("easiest", "hardest", "random")
 
 PyTree = Any
+
+
+def _as_array(value: Any) -> Any:
+    """Arrays (NumPy, JAX, tracers) as they are; array-likes (a list of labels) as NumPy."""
+    return value if isinstance(value, jax.Array | np.ndarray) else np.asarray(value)
 
 
 def _check_xy(fn: str, x: Any, y: Any) -> int:
@@ -77,6 +83,7 @@ def per_example_loss(
     y: jax.Array,
 ) -> jax.Array:
     """``loss_fn(params, x_i, y_i) -> scalar`` on every example: ``x [n, ...], y [n] -> [n]``."""
+    x, y = _as_array(x), _as_array(y)
     _check_xy("per_example_loss", x, y)
     losses = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, x, y)
     if losses.ndim != 1:
@@ -96,12 +103,15 @@ def el2n_scores(
     """EL2N: ``||softmax(logits_fn(params, x)) - one_hot(y)||_2`` per example, ``[n]``.
 
     ``logits_fn(params, x [n, ...]) -> [n, n_classes]`` (batched, e.g. ``model.apply``);
-    ``y [n]`` integer labels in ``[0, n_classes)`` (checked when ``y`` is concrete, i.e.
-    not traced under ``jit``: ``one_hot`` would silently give an all-zero target). With
+    ``y [n]`` integer labels in ``[0, n_classes)``, an array or an array-like such as a list
+    (the range is checked when ``y`` is concrete, i.e. not traced under ``jit``: ``one_hot``
+    would silently give an all-zero target). ``x`` and ``y`` may be array-likes in
+    :func:`per_example_loss` and :func:`grad_norm_scores` too. With
     ``ensemble=True``, ``params`` is a non-empty list or tuple of parameter pytrees and the
     score is the mean of the members' norms (Paul et al.'s expectation over
     initialisations).
     """
+    x, y = _as_array(x), _as_array(y)
     n = _check_xy("el2n_scores", x, y)
     n_classes = _check_positive_int("el2n_scores", "n_classes", n_classes)
     if jnp.ndim(y) != 1:
@@ -154,6 +164,7 @@ def grad_norm_scores(
     by ``chunk_size`` copies of the parameters, whatever ``n``. The last chunk is padded
     with copies of the last example, whose scores are discarded.
     """
+    x, y = _as_array(x), _as_array(y)
     n = _check_xy("grad_norm_scores", x, y)
     chunk = min(_check_positive_int("grad_norm_scores", "chunk_size", chunk_size), max(n, 1))
     if n == 0:
@@ -253,7 +264,7 @@ def select(
     keep_fraction: float,
     *,
     drop: str = "easiest",
-    key: jax.Array | None = None,
+    key: jax.Array | int | None = None,
 ) -> np.ndarray:
     """Sorted indices ``[n_keep(n, keep_fraction)]`` (int64) of the examples to keep.
 
@@ -266,14 +277,18 @@ def select(
     uniformly random subset of the tied examples at the cut is dropped (as Toneva et al.
     remove a random subset of the unforgettable examples). Only the order among equal
     scores depends on the key; one key gives nested kept sets across ``keep_fraction``.
+    ``key`` takes the forms :func:`jaxsci.data.batches` takes: a PRNG key (typed or raw
+    ``uint32`` data) or an int seed (``key=0`` is ``jax.random.key(0)``); see
+    :func:`jaxsci.data.batching.as_key`.
 
     Scores may be any real floating (bfloat16 included) or integer dtype. Host-side
     (NumPy): ValueError for scores that are not ``[n]`` real numbers with ``n >= 1``, NaN
-    scores, ``keep_fraction`` outside ``(0, 1]``, an unknown ``drop`` or ``"random"``
-    without a key. ``+-inf`` are allowed.
+    scores, ``keep_fraction`` outside ``(0, 1]``, an unknown ``drop``, a bad ``key`` or
+    ``"random"`` without a key. ``+-inf`` are allowed.
     """
     if drop not in DROP_MODES:
         raise ValueError(f"select: drop must be one of {DROP_MODES}, got {drop!r}")
+    key = as_key(key, "select")
     s = np.asarray(scores)
     if s.dtype == np.bool_ or not (
         jnp.issubdtype(s.dtype, jnp.floating) or jnp.issubdtype(s.dtype, jnp.integer)

@@ -70,12 +70,30 @@ class ProcessInfo:
 
 def launcher_size() -> int:
     """Process count announced by an MPI launcher or ``srun`` in the environment (1 if none)."""
+    return _launcher_size_source()[0]
+
+
+def _launcher_size_source() -> tuple[int, list[str]]:
+    """:func:`launcher_size` and the environment variables it was read from (``NAME=value``;
+    none when no launcher variable is set)."""
     for var in _SIZE_VARS:
         if var in os.environ:
-            return int(os.environ[var])
+            return int(os.environ[var]), [f"{var}={os.environ[var]}"]
     if "SLURM_STEP_ID" in os.environ and "SLURM_NTASKS" in os.environ:
-        return int(os.environ["SLURM_NTASKS"])
-    return 1
+        names = ("SLURM_NTASKS", "SLURM_STEP_ID")
+        return int(os.environ["SLURM_NTASKS"]), [f"{v}={os.environ[v]}" for v in names]
+    return 1, []
+
+
+def _stale_hint(source: list[str]) -> str:
+    """What to say about launcher variables that may not belong to this process."""
+    names = " ".join(item.split("=", 1)[0] for item in source)
+    return (
+        f"the expected size comes from {', '.join(source)} in the environment, which may be "
+        "left over from an enclosing launcher's shell (a script started with plain python "
+        "from inside an mpirun / srun / salloc job, or a variable exported by hand): to run "
+        f"as one process, unset {'them' if len(source) > 1 else 'it'} (unset {names})"
+    )
 
 
 def bootstrap(comm: Any | None = None) -> ProcessInfo:
@@ -91,10 +109,14 @@ def bootstrap(comm: Any | None = None) -> ProcessInfo:
     Raises:
       RuntimeError: started by a launcher with several processes but mpi4py is missing, or
         mpi4py's MPI library disagrees with the launcher (e.g. Open MPI's mpirun with an
-        MPICH-built mpi4py), which would otherwise silently run N independent copies.
+        MPICH-built mpi4py), which would otherwise silently run N independent copies. The
+        expected size is read from the environment (``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE``,
+        ``PMIX_SIZE``, ``MV2_COMM_WORLD_SIZE``, or ``SLURM_NTASKS`` inside a Slurm step), so
+        the message names the variable it came from: one left over from an enclosing
+        launcher's shell (``PMI_SIZE=2 python script.py``) gives the same mismatch.
     """
     n_local = jax.local_device_count()
-    expected = launcher_size()
+    expected, source = _launcher_size_source()
     if comm is None:
         if expected > 1 or "mpi4py.MPI" in sys.modules:
             try:
@@ -102,14 +124,17 @@ def bootstrap(comm: Any | None = None) -> ProcessInfo:
             except ImportError as err:
                 raise RuntimeError(
                     f"started by an MPI launcher with {expected} processes but mpi4py is not "
-                    "importable: install the 'mpi' extra (mpich, mpi4py, mpi4jax)"
+                    "importable: install the 'mpi' extra (mpich, mpi4py, mpi4jax); or, if "
+                    f"this process was not started by a launcher, {_stale_hint(source)}"
                 ) from err
             comm = MPI.COMM_WORLD
             if comm.Get_size() != expected and expected > 1:
                 raise RuntimeError(
-                    f"the launcher started {expected} processes but mpi4py's COMM_WORLD has "
-                    f"size {comm.Get_size()}: mpirun and mpi4py come from different MPI "
-                    "libraries (use the mpirun that belongs to the MPI mpi4py was built with)"
+                    f"the environment announces {expected} processes but mpi4py's COMM_WORLD "
+                    f"has size {comm.Get_size()}. Either this process was not started by that "
+                    f"launcher: {_stale_hint(source)}; or mpirun and mpi4py come from "
+                    "different MPI libraries (use the mpirun that belongs to the MPI mpi4py "
+                    "was built with)"
                 )
         else:
             return ProcessInfo(rank=0, size=1, local_device_count=n_local, comm=None)

@@ -301,6 +301,28 @@ def _allreduce_16bit_jvp(op: str, comm: Any, primals: tuple, tangents: tuple) ->
     return _allreduce_16bit(x, op, comm), dt.astype(x.dtype)
 
 
+def _spread_over_devices(tree: Any) -> str | None:
+    """Why ``tree`` cannot be all-reduced eagerly (a concrete leaf on more than one device),
+    or None. mpi4jax's collectives are ordered effects, which JAX runs only in single-device
+    programs: such a leaf gave "ordered effects are not supported for more than 1 device"."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer):
+            continue
+        n = len(leaf.sharding.device_set)
+        if n > 1:
+            name = jax.tree_util.keystr(path) or "(the tree)"
+            return (
+                f"tree_allreduce: leaf {name} lies on {n} devices ({leaf.sharding}); mpi4jax "
+                "runs only in single-device programs (eager or under jit), so it cannot be "
+                "reduced there. Reduce a copy on one device and place the result back: "
+                "one = jax.device_put(tree, jax.local_devices()[0]) (for a replicated leaf, "
+                "x.addressable_data(0) is that copy), out = jax.device_put(tree_allreduce(one), "
+                "sharding); DataParallel's step does this for its gradients. Refused without "
+                "MPI too, so that what runs in one process also runs under mpirun"
+            )
+    return None
+
+
 def tree_allreduce(
     tree: Any,
     *,
@@ -331,8 +353,9 @@ def tree_allreduce(
         the names :func:`jaxsci.parallel.get_policy` accepts (``"bf16"``, ``"fp16"``, ...).
       check: outside ``jit`` (concrete leaves) first compare the tree's signature (structure,
         shapes, dtypes) across ranks: one small host ``allgather`` of a hash (tens of
-        microseconds), so a mismatch is the same ValueError on every rank, naming the first
-        differing rank, instead of silent garbage. Ignored inside ``jit``, where the
+        microseconds; a second one shares the multi-device verdict, see Raises), so a
+        mismatch is the same ValueError on every rank, naming the first differing rank,
+        instead of silent garbage. Ignored inside ``jit``, where the
         leaves are tracers (check once outside, or call :func:`check_same_tree`). The check
         is a host collective on ``comm``, so a checked call waits for its own reduction
         before it returns; if other device collectives on ``comm`` may still be running (a
@@ -342,10 +365,23 @@ def tree_allreduce(
 
     Returns:
       A tree like ``tree`` holding the reduction; identical on every rank.
+
+    Raises:
+      ValueError: besides bad options or trees that differ between ranks, a concrete leaf
+        placed on more than one device (split or replicated over a mesh): mpi4jax's
+        collectives run only in single-device programs, eager or jitted (inside ``jit``
+        such a program fails to compile with JAX's "ordered effects are not supported for
+        more than 1 device"). Move the tree to one device, reduce, and place the result
+        back (``jax.device_put(tree, jax.local_devices()[0])``, then
+        ``jax.device_put(out, sharding)``), as :class:`DataParallel`'s hybrid step does.
+        This is refused without MPI too (where the reduction is the identity), so a script
+        that runs in one process does not fail only under ``mpirun``; under MPI with
+        ``check`` the verdict is shared, so every rank raises.
     """
     if op not in ("mean", "sum", "max", "min"):
         raise ValueError(f"op must be 'mean', 'sum', 'max' or 'min', got {op!r}")
     transfer = check_transfer(bucket_bytes, transfer_dtype)
+    spread = _spread_over_devices(tree)
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [jnp.asarray(leaf) for leaf in leaves]  # Python scalars too
     size, comm, active = _resolve_comm(comm)
@@ -355,8 +391,15 @@ def tree_allreduce(
         # first, so that the dtype checks below fail on every rank or on none
         from jaxsci.parallel.bootstrap import bootstrap
 
+        host_comm = comm if comm is not None else bootstrap().comm
+        verdicts = host_comm.allgather(spread)  # a multi-device leaf on any rank: all raise
+        bad = next(((r, v) for r, v in enumerate(verdicts) if v), None)
+        if bad is not None:
+            raise ValueError(spread or f"on rank {bad[0]}: {bad[1]}")
         signed = jax.tree.unflatten(treedef, leaves)
-        check_same_tree(signed, comm if comm is not None else bootstrap().comm, "all-reduced tree")
+        check_same_tree(signed, host_comm, "all-reduced tree")
+    elif spread:
+        raise ValueError(spread)
     if op == "mean":
         for leaf in leaves:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):

@@ -9,7 +9,7 @@ ensemble parallelises three ways without any collective during training:
   ``jax.shard_map`` (each device vmaps over its block of labels);
 * over MPI ranks: :func:`rank_labels` gives this rank its contiguous block of labels, and
   :func:`gather_over_ranks` collects the results (host arrays, mpi4py ``allgather``) at
-  the end.
+  the end (per-rank scalars are stacked into ``[size]``, in one process too).
 
 A label's model depends only on ``fold_in(key, label)`` and its own data, so all three
 give the same parameters as training each label alone.
@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxsci._checks import is_int_at_least
 from jaxsci.parallel.bootstrap import ProcessInfo
 
 __all__ = [
@@ -97,11 +98,12 @@ def split_labels(label_set: Sequence[int], n_parts: int) -> list[np.ndarray]:
     """Contiguous blocks of ``label_set`` for ``n_parts`` ranks (sizes differ by at most 1).
 
     Raises:
-      ValueError: more parts (ranks) than labels -- a rank would have nothing to train.
+      ValueError: ``n_parts`` is not an int ``>= 1`` (a bool or a float included), or there
+        are more parts (ranks) than labels -- a rank would have nothing to train.
     """
     labels = _check_label_set(label_set)
-    if n_parts < 1:
-        raise ValueError(f"n_parts must be >= 1, got {n_parts}")
+    if not is_int_at_least(n_parts, 1):
+        raise ValueError(f"split_labels: n_parts must be an int >= 1, got {n_parts!r}")
     if n_parts > labels.size:
         raise ValueError(
             f"{n_parts} ranks but only {labels.size} labels: per-label training needs at "
@@ -116,20 +118,64 @@ def rank_labels(label_set: Sequence[int], info: ProcessInfo) -> np.ndarray:
 
 
 def gather_over_ranks(tree: Any, info: ProcessInfo) -> Any:
-    """Concatenate every rank's pytree along axis 0, in rank order; the result on every rank.
+    """Every rank's pytree joined along axis 0, in rank order; the result on every rank.
+
+    A leaf with a leading axis is concatenated along it (ranks may hold different numbers
+    of rows, e.g. labels). A 0-d leaf (a per-rank scalar, such as a step count) is stacked
+    along a new leading axis: ``[info.size]``, rank ``r``'s value at index ``r``. Both rules
+    hold in one process too (``info.size == 1`` or no MPI), where a 0-d leaf comes back as
+    shape ``(1,)``: the result has the same shapes with and without MPI.
 
     Host-side (numpy, mpi4py ``allgather``): meant for the end of training, not for a step.
-    All ranks must pass trees of the same structure; without MPI it returns ``tree`` as numpy.
+    Leaves come back as numpy arrays.
+
+    Raises:
+      ValueError: (the same on every rank) the ranks sent pytrees of different structures,
+        or a leaf whose dtype, number of axes or trailing shape (all but the leading axis)
+        differs between ranks: named by its path, with the two ranks that differ. Nothing
+        is promoted: cast to one dtype on every rank first.
     """
     local = jax.tree.map(np.asarray, jax.device_get(tree))
     if info.comm is None or info.size == 1:
-        return local
+        return jax.tree.map(_stackable, local)
     parts = info.comm.allgather(local)
     structure = jax.tree.structure(parts[0])
     for rank, part in enumerate(parts):
         if jax.tree.structure(part) != structure:  # the same verdict on every rank
-            raise ValueError(f"rank {rank} sent a pytree of a different structure than rank 0")
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+            raise ValueError(
+                f"gather_over_ranks: rank {rank} sent a pytree of a different structure than "
+                f"rank 0 ({jax.tree.structure(part).num_leaves} vs {structure.num_leaves} "
+                "leaves, or the same number differently nested)"
+            )
+    paths = [
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(parts[0])[0]
+    ]
+    per_rank = [jax.tree.leaves(part) for part in parts]
+    for i, path in enumerate(paths):
+        first = per_rank[0][i]
+        for rank in range(1, len(parts)):
+            leaf = per_rank[rank][i]
+            problem = None
+            if leaf.dtype != first.dtype:
+                problem = f"dtype {first.dtype} on rank 0 but {leaf.dtype} on rank {rank}"
+            elif leaf.ndim != first.ndim or leaf.shape[1:] != first.shape[1:]:
+                problem = f"shape {first.shape} on rank 0 but {leaf.shape} on rank {rank}"
+            if problem:
+                raise ValueError(
+                    f"gather_over_ranks: leaf {path or '(the tree)'} has {problem}: the ranks' "
+                    "leaves must agree in dtype and in all but their leading axis (a 0-d "
+                    "leaf must be 0-d on every rank); cast or reshape before gathering"
+                )
+    joined = [
+        np.concatenate([_stackable(leaves[i]) for leaves in per_rank], axis=0)
+        for i in range(len(paths))
+    ]
+    return jax.tree.unflatten(structure, joined)
+
+
+def _stackable(x: np.ndarray) -> np.ndarray:
+    """``x`` with a leading axis: a 0-d leaf becomes ``[1]`` (stacked over ranks)."""
+    return x[None] if x.ndim == 0 else x
 
 
 def shard_over_labels(
