@@ -576,6 +576,8 @@ def test_fn_refuses_overlapping_atoms_and_a_cell_that_is_not_3x3():
         periodic.fn(np.array([[0.0, 0, 0], [4, 0, 0]]), np.zeros(2, int), cell=4 * np.eye(3))
     # a padding row may sit anywhere; traced inputs are not checked (jit, grad)
     masked = free.fn(x, np.zeros(3, int), mask=np.array([True, False, True]))
-    np.testing.assert_allclose(np.asarray(masked)[[0, 2]], free.fn(x[[0, 2]], np.zeros(2, int)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(masked)[[0, 2]], free.fn(x[[0, 2]], np.zeros(2, int)), rtol=1e-6
+    )
     jitted = jax.jit(lambda p: free.fn(p, np.zeros(3, int)))(x)
     assert np.all(np.isfinite(np.asarray(jitted)))

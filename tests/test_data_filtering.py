@@ -293,7 +293,7 @@ def test_n_keep_refuses_a_non_integer_count(n):
 
 def test_select_takes_the_key_forms_batches_takes():
     """select(key=0) was a JAX TypeError ("invalid PRNG key data") while batches took int
-    seeds: both now go through jaxsci.data.batching.as_key."""
+    seeds: both now go through jaxsci._keys.as_key."""
     scores = np.array([3.0, 1.0, 1.0, 1.0, 5.0, 1.0])  # ties: the key decides which go
     for drop in ("easiest", "random"):
         want = select(scores, 0.5, drop=drop, key=jax.random.key(7))

@@ -1,6 +1,7 @@
 """Process bootstrap: rank/size discovery, per-rank keys and data shards."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -121,3 +122,16 @@ def test_a_stale_launcher_variable_is_named(monkeypatch, env, named):
     assert "left over from an enclosing launcher's shell" in msg
     assert "unset " + " ".join(v.split("=")[0] for v in named.split(", ")) in msg
     assert "different MPI libraries" in msg  # the other possible cause, still said
+
+
+def test_rank_key_takes_the_seed_forms_batching_takes():
+    """s28: a 0-d integer array (a traced seed, jnp.int32(7)) was read as raw key data and
+    failed; an out-of-range seed or a float is now a named ValueError."""
+    want = jax.random.key_data(rank_key(7, _info(1, 2)))
+    for seed in (jnp.int32(7), np.array(7), np.uint8(7)):
+        np.testing.assert_array_equal(jax.random.key_data(rank_key(seed, _info(1, 2))), want)
+    traced = jax.jit(lambda s: jax.random.key_data(rank_key(s, _info(1, 2))))(jnp.int32(7))
+    np.testing.assert_array_equal(traced, want)
+    for bad in (7.0, -1, 2**40, True, None):
+        with pytest.raises(ValueError, match="rank_key"):
+            rank_key(bad, _info(0, 2))

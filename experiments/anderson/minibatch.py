@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument(
         "--scale", type=float, default=1.0, help="multiply epochs, > 0 (default: %(default)s)"
     )
-    ap.add_argument("--average", action="store_true", help="anderson(..., average=True) (default: off)")
+    ap.add_argument(
+        "--average", action="store_true", help="anderson(..., average=True) (default: off)"
+    )
     ap.add_argument(
         "--out-root",
         "--out",

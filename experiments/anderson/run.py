@@ -367,7 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=d.out,
         help="parent of the run folder (default: %(default)s)",
     )
-    ap.add_argument("--no-plots", action="store_true", help="write no <problem>.png (default: written)")
+    ap.add_argument(
+        "--no-plots", action="store_true", help="write no <problem>.png (default: written)"
+    )
     ap.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar (default: shown)"
     )

@@ -13,7 +13,6 @@ global batch never goes to a device whole. All ranks then see the same epoch ord
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci._checks import is_int_at_least
+from jaxsci._keys import as_key
 
 __all__ = ["batch_indices", "batches"]
 
@@ -50,7 +50,7 @@ def batch_indices(
     """Row indices ``[n_batches, batch_size]`` (int32) of one epoch over ``n`` rows.
 
     ``key``: a PRNG key or an int seed (a Python / NumPy int or a 0-d integer array; see
-    :func:`as_key`) for a fresh random order (``jax.random.permutation``), or None for
+    :func:`jaxsci._keys.as_key`) for a fresh random order (``jax.random.permutation``), or None for
     ``0..n-1`` in order. ``drop_remainder``:
     ``n_batches = n // batch_size`` and the last ``n % batch_size`` rows of the order sit
     out this epoch; otherwise the last batch is
@@ -65,57 +65,6 @@ def batch_indices(
     if total > n:  # complete the last batch by going round the order (more than once if
         order = jnp.tile(order, -(-total // n))  # the batch is over twice the data)
     return order[:total].reshape(n_batches, batch_size)
-
-
-def as_key(key: Any, where: str = "key") -> jax.Array | None:
-    """``key`` as a PRNG key, or None: the key forms :func:`batch_indices`, :func:`batches` and
-    :func:`jaxsci.data.select` accept (this helper is shared, so they accept the same ones).
-
-    * None stays None;
-    * a PRNG key stays a key: a typed key (``jax.random.key``) or raw key data (a uint32
-      array such as ``jax.random.PRNGKey(0)``, ``uint32[2]``);
-    * an integer seed becomes ``jax.random.key(seed)``: a Python or NumPy int, or a 0-d
-      integer array (``np.array(5)``, ``jnp.int32(5)``; traced under ``jit`` / ``vmap`` too).
-      A concrete seed must lie in ``[0, 2**32)``, or ``[0, 2**64)`` with ``jax_enable_x64``:
-      JAX uses only the low 32 bits of a seed otherwise, so ``2**32`` would silently give the
-      same order as ``0``.
-
-    ValueError (prefixed with ``where``) for anything else: bools, floats, negative or too
-    large seeds, integer arrays that are neither a scalar seed nor uint32 key data.
-    """
-    if key is None:
-        return None
-    if isinstance(key, bool | np.bool_):
-        raise ValueError(f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
-    if isinstance(key, jax.Array | np.ndarray | np.generic):
-        dtype = key.dtype
-        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-            return key  # a typed key
-        if jnp.issubdtype(dtype, jnp.integer):  # (bool is not an integer dtype here)
-            if np.ndim(key) == 0:  # a seed
-                if isinstance(key, jax.core.Tracer):
-                    return jax.random.key(key)
-                return jax.random.key(_check_seed(int(key), where))
-            if dtype == jnp.uint32:
-                return key  # raw key data (jax.random.PRNGKey)
-        got = f"{key!r}" if np.ndim(key) == 0 else f"an array of shape {np.shape(key)}"
-        raise ValueError(
-            f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {got} of dtype "
-            f"{dtype} (a key: jax.random.key(...), or uint32 key data such as "
-            "jax.random.PRNGKey(...); a seed: an int or a 0-d integer array)"
-        )
-    if isinstance(key, numbers.Integral):
-        return jax.random.key(_check_seed(int(key), where))
-    raise ValueError(f"{where}: key must be a PRNG key, an int seed >= 0 or None, got {key!r}")
-
-
-def _check_seed(seed: int, where: str) -> int | np.uint64:
-    x64 = jax.config.jax_enable_x64
-    bits = 64 if x64 else 32
-    if not 0 <= seed < 2**bits:
-        hint = "" if x64 else " (JAX uses only a seed's low 32 bits unless jax_enable_x64 is set)"
-        raise ValueError(f"{where}: an int seed must be in [0, 2**{bits}){hint}, got {seed}")
-    return np.uint64(seed) if seed >= 2**63 else seed  # jax.random.key: int64 overflows
 
 
 def batches(

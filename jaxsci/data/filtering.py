@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci._checks import is_int_at_least
-from jaxsci.data.batching import as_key
+from jaxsci._keys import as_key
 
 __all__ = [
     "DROP_MODES",
@@ -279,7 +279,7 @@ def select(
     scores depends on the key; one key gives nested kept sets across ``keep_fraction``.
     ``key`` takes the forms :func:`jaxsci.data.batches` takes: a PRNG key (typed or raw
     ``uint32`` data) or an int seed (``key=0`` is ``jax.random.key(0)``); see
-    :func:`jaxsci.data.batching.as_key`.
+    :func:`jaxsci._keys.as_key`.
 
     Scores may be any real floating (bfloat16 included) or integer dtype. Host-side
     (NumPy): ValueError for scores that are not ``[n]`` real numbers with ``n >= 1``, NaN

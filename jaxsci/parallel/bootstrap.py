@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import numpy as np
+
+from jaxsci._keys import as_key
 
 __all__ = [
     "ProcessInfo",
@@ -147,11 +148,12 @@ def rank_key(key: jax.Array | int, info: ProcessInfo) -> jax.Array:
     """A PRNG key for this rank: ``fold_in(key, rank)``; distinct per rank, reproducible.
 
     Args:
-      key: a JAX PRNG key (typed or raw uint32) or an integer seed, the same on every rank.
+      key: a JAX PRNG key (typed or raw uint32) or an integer seed (a Python or NumPy int
+        or a 0-d integer array), the same on every rank.
     """
-    if isinstance(key, int | np.integer):
-        key = jax.random.key(int(key))
-    return jax.random.fold_in(key, info.rank)
+    if key is None:
+        raise ValueError("rank_key: key must be a PRNG key or an int seed >= 0, got None")
+    return jax.random.fold_in(as_key(key, "rank_key"), info.rank)
 
 
 def rank_slice(n: int, info: ProcessInfo, *, equal: bool = True) -> slice:
