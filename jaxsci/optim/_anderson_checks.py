@@ -97,15 +97,44 @@ def check_args(
     number("loss_margin", loss_margin, "a finite number >= 0", lambda v: v >= 0)
 
 
-def check_tree(name: str, tree: PyTree, ref: PyTree) -> None:
+def check_tree(name: str, tree: PyTree, ref: PyTree, owner: str = "anderson") -> None:
+    """``ValueError`` unless ``tree`` has the structure and leaf shapes of ``ref``."""
     ts, rs = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(ref)
     if ts != rs:
-        raise ValueError(f"anderson: {name} pytree structure {ts} does not match params {rs}")
+        raise ValueError(f"{owner}: {name} pytree structure {ts} does not match params {rs}")
     for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref), strict=True):
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
-                f"anderson: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
+                f"{owner}: {name} leaf shape {jnp.shape(a)} does not match params {jnp.shape(b)}"
             )
+
+
+def check_layout(state) -> None:
+    """``ValueError`` unless the state's arrays have the layout its static spec records.
+
+    A restore that takes the arrays from a checkpoint and the spec from a target built
+    elsewhere can pair them wrongly: ``layout="auto"`` is flat on accelerators and per-leaf
+    on CPU, so the same optimizer makes states of two shapes (static shapes only: no cost
+    under ``jit``)."""
+    spec, x_prev = state.spec, state.x_prev
+    if spec.flat:
+        n = sum(math.prod(shape) for shape in spec.shapes)
+        ok = isinstance(x_prev, jax.Array | np.ndarray) and jnp.shape(x_prev) == (n,)
+        want, layout = f"one [{n}] vector", "flat"
+    else:
+        ok = jax.tree_util.tree_structure(x_prev) == spec.treedef and all(
+            jnp.shape(x) == shape
+            for x, shape in zip(jax.tree_util.tree_leaves(x_prev), spec.shapes, strict=True)
+        )
+        want, layout = "leaves shaped like the params", "tree"
+    if not ok:
+        got = jax.tree_util.tree_map(lambda x: list(jnp.shape(x)), x_prev)
+        raise ValueError(
+            f"anderson: the state's arrays do not have its {layout} layout (want {want}, "
+            f"got x_prev shaped {got!s:.200}): was it restored from a checkpoint of another "
+            "layout? layout='auto' is flat on accelerators and per-leaf on CPU; save and "
+            "restore with the same explicit layout= ('flat' or 'tree')"
+        )
 
 
 def check_update(state, updates: PyTree, params: PyTree, grad: PyTree, value: Any):
@@ -120,6 +149,7 @@ def check_update(state, updates: PyTree, params: PyTree, grad: PyTree, value: An
         raise ValueError("anderson: update needs params (Anderson mixes iterates)")
     params = _tree.as_arrays(params)
     state.spec.check(params)
+    check_layout(state)
     if not state.spec.flat:  # Explicit shardings are types: the state's must be the params'
         leaves = zip(
             jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.x_prev), strict=True
@@ -135,11 +165,23 @@ def check_update(state, updates: PyTree, params: PyTree, grad: PyTree, value: An
     if grad is not None:
         check_tree("grad", grad, params)
     if value is not None:
-        value = jnp.asarray(value)
-        if value.shape != () or not (
-            jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
-        ):
-            raise ValueError(
-                f"anderson: value must be a real scalar loss, got {value.dtype}{list(value.shape)}"
-            )
+        value = check_value(value)
     return params, value
+
+
+def check_value(value: Any) -> jax.Array:
+    """The loss ``value`` as a JAX array; ``ValueError`` unless it is a real scalar (not a
+    ``(loss, aux)`` tuple, a string, a bool or a complex number)."""
+    msg = "anderson: value must be a real scalar loss (the loss at params)"
+    if isinstance(value, tuple | list | dict | str | bytes):
+        hint = " (pass the loss alone, not (loss, aux))" if isinstance(value, tuple) else ""
+        raise ValueError(f"{msg}, got {type(value).__name__} {value!r:.80}{hint}")
+    try:
+        value = jnp.asarray(value)
+    except TypeError as err:  # not an array of a JAX type: an object, a string array
+        raise ValueError(f"{msg}, got {type(value).__name__} {value!r:.80}") from err
+    if value.shape != () or not (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        raise ValueError(f"{msg}, got {value.dtype}{list(value.shape)}")
+    return value

@@ -23,7 +23,9 @@ INTS = (
     "n_ema",  # EMA updates so far
     "n_loss",  # losses in the running loss statistics
     "n_accelerated",  # extrapolations taken
-    "n_rejected",  # extrapolations rolled back
+    # points rolled back: extrapolations, and stretched and averaged steps too (each is
+    # judged like an extrapolation), so it can exceed n_accelerated
+    "n_rejected",
     "n_averaged",  # moving-average steps taken
     "n_stretched",  # stretched inner steps taken (see `stretch`)
     "n_noisy",  # steps on which the noise test held acceleration off
@@ -50,6 +52,13 @@ FLOATS = (
 N_SCALARINTS = len(INTS) + len(BOOLS)
 
 
+def dtype_name(x: object) -> str:
+    """The name of the dtype JAX computes ``x`` in: a NumPy float64 array (or a
+    ``ShapeDtypeStruct`` saying float64) is float32 when x64 is off, as every JAX operation
+    on it, ``optax.apply_updates`` included, makes it."""
+    return jax.dtypes.canonicalize_dtype(x.dtype).name
+
+
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class ParamsSpec:
@@ -67,7 +76,7 @@ class ParamsSpec:
     def of(cls, params: PyTree, flat: bool) -> ParamsSpec:
         leaves, treedef = jax.tree_util.tree_flatten(params)
         shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
-        return cls(treedef, shapes, tuple(jnp.dtype(x.dtype).name for x in leaves), flat)
+        return cls(treedef, shapes, tuple(dtype_name(x) for x in leaves), flat)
 
     def check(self, params: PyTree) -> None:
         """Raise ``ValueError`` unless ``params`` has this structure, shapes and dtypes."""
@@ -78,7 +87,7 @@ class ParamsSpec:
                 f"state was initialised with, {self.treedef}"
             )
         for i, x in enumerate(leaves):
-            shape, dtype = tuple(jnp.shape(x)), jnp.dtype(x.dtype).name
+            shape, dtype = tuple(jnp.shape(x)), dtype_name(x)
             if shape != self.shapes[i] or dtype != self.dtypes[i]:
                 raise ValueError(
                     f"anderson: params leaf {i} is {dtype}{list(shape)} but the state was "
@@ -98,7 +107,11 @@ class ScaleByAndersonState(NamedTuple):
     ``[m, ...]`` per leaf, not shaped like the params). Checkpoint with Orbax, pickle or
     ``flax.serialization`` (the static ``spec`` comes from the target on restore; its
     handler is registered by ``init`` and ``update`` once ``flax.serialization`` is loaded:
-    import it before them).
+    import it before them). The layout shapes the state (flat: one ``[n]`` vector per
+    quantity; tree: leaves like the params), and ``layout="auto"`` picks it by backend: a
+    checkpoint restored on another backend needs an explicit ``layout=``.
+    ``n_rejected`` counts every point rolled back, stretched and averaged steps as well as
+    extrapolations, so it can exceed ``n_accelerated``.
     """
 
     ints: jax.Array  # int32 [14 + m]: INTS, BOOLS (0/1), then valid history rows (0/1)

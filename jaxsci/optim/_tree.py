@@ -32,8 +32,9 @@ _TILE = 32
 def as_arrays(tree: PyTree) -> PyTree:
     """``tree`` with its Python-number leaves as JAX arrays (as optax's own transforms
     take them) and Flax NNX variables unwrapped to their values (``nnx.Optimizer`` calls
-    ``init`` with ``Param``-wrapped leaves and ``update`` with plain ones); arrays and
-    ``jax.ShapeDtypeStruct`` leaves unchanged."""
+    ``init`` with ``Param``-wrapped leaves and ``update`` with plain ones, and keeps its
+    state in ``OptArray`` wrappers); arrays and ``jax.ShapeDtypeStruct`` leaves unchanged
+    (a NumPy float64 leaf stays one: compare dtypes through ``canonicalize_dtype``)."""
     nnx = sys.modules.get("flax.nnx")  # loaded if the caller uses NNX; never imported here
     if nnx is not None:
         tree = nnx.as_pure(tree)
@@ -232,17 +233,19 @@ def zeros_like(p: object) -> jax.Array:
 
 
 def _zeros(p: object, lead: tuple[int, ...]) -> jax.Array:
-    """Zeros of shape ``(*lead, *p.shape)``, sharded like ``p`` on its own axes."""
+    """Zeros of shape ``(*lead, *p.shape)``, sharded like ``p`` on its own axes, in the
+    dtype JAX computes ``p`` in (a NumPy float64 leaf is float32 when x64 is off)."""
     shape, free = (*lead, *p.shape), (None,) * len(lead)
+    dtype = jax.dtypes.canonicalize_dtype(p.dtype)
     if isinstance(p, jax.core.Tracer):
         spec = explicit_spec(p)
         out = None if spec is None else _named(p, PartitionSpec(*free, *spec))
-        return jnp.zeros(shape, p.dtype, out_sharding=out)
+        return jnp.zeros(shape, dtype, out_sharding=out)
     sharding = getattr(p, "sharding", None)
     if isinstance(sharding, NamedSharding):
         spec = PartitionSpec(*free, *sharding.spec)
-        return jax.device_put(jnp.zeros(shape, p.dtype), NamedSharding(sharding.mesh, spec))
-    return jnp.zeros(shape, p.dtype)
+        return jax.device_put(jnp.zeros(shape, dtype), NamedSharding(sharding.mesh, spec))
+    return jnp.zeros(shape, dtype)
 
 
 def lin(fn, *trees: PyTree) -> PyTree:

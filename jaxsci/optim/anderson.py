@@ -276,7 +276,11 @@ def scale_by_anderson(
         Explicit axes, flat otherwise. A jitted ``init`` over Auto axes cannot see the
         params' sharding, so on accelerators it picks flat (a replicated history): call
         ``init`` eagerly, or pass ``"tree"``. ``"flat"`` with leaves sharded over Explicit
-        axes raises ``ValueError``.
+        axes raises ``ValueError``. The layout shapes the state, so with ``"auto"`` a
+        checkpoint restores only on the kind of backend that wrote it: for one portable
+        across backends (trained on a GPU, resumed on CPU), pass ``layout="flat"`` or
+        ``"tree"`` explicitly. ``update`` refuses a state whose arrays have the other
+        layout (``ValueError``).
 
     Cost on small problems: an update is ~50 small kernels whatever the size, and XLA's CPU
     runtime charges a jitted call about 0.5 us per kernel, against ~0.1 us inside a loop.
@@ -369,7 +373,8 @@ def scale_by_anderson(
         if flat:  # one [n] vector, one [m, n] history per quantity
             leaves = jax.tree_util.tree_leaves(params)
             n = sum(math.prod(leaf.shape) for leaf in leaves)
-            params = jax.ShapeDtypeStruct((n,), jnp.result_type(*[x.dtype for x in leaves]))
+            dtype = jnp.result_type(*[jax.dtypes.canonicalize_dtype(x.dtype) for x in leaves])
+            params = jax.ShapeDtypeStruct((n,), dtype)
         zeros = lambda: jax.tree_util.tree_map(_tree.zeros_like, params)
         hist = lambda: jax.tree_util.tree_map(lambda p: _tree.stacked_zeros(p, m), params)
         ints, floats = pack(
@@ -757,15 +762,22 @@ def scale_by_anderson(
             yu_prev,
             dt,
         )
+        # The state keeps its leaf dtypes (a scan carry, no retrace): float32 updates of
+        # bfloat16 params (mixed precision) are stored as bfloat16, as the flat layout's
+        # ravel does (a cast fused into the select).
+        keep = lambda old, new: jax.tree_util.tree_map(  # noqa: E731
+            lambda a, b: jnp.where(reject, a, b).astype(a.dtype), old, new
+        )
+        rb = state.rollback
         new_state = ScaleByAndersonState(
             ints=ints,
             floats=floats,
             s_hist=s_h,
             y_hist=y_h,
             gram=gram,
-            x_prev=where(reject, state.x_prev, x),
-            u_prev=where(reject, state.u_prev, u),
-            rollback=jax.tree_util.tree_map(jnp.subtract, u, out),
+            x_prev=keep(state.x_prev, x),
+            u_prev=keep(state.u_prev, u),
+            rollback=jax.tree_util.tree_map(lambda r, a, o: (a - o).astype(r.dtype), rb, u, out),
             ema_step=ema_step,
             ema_x=ema_x,
             spec=state.spec,
@@ -827,6 +839,13 @@ def anderson(
     norm exceeds 10x the *smallest* seen at an accepted point, so one unusually small
     gradient (e.g. a nearly empty batch) holds acceleration off for the rest of the run:
     pass the loss where there is one.
+
+    Gradient accumulation goes outside: ``optax.MultiSteps(anderson(inner), k)`` takes one
+    Anderson step per accumulated gradient (it forwards ``value`` of the last mini-step:
+    pass the loss of the whole accumulated batch where the mini-batches differ).
+    ``anderson(optax.MultiSteps(inner, k))`` takes the mini-steps' zero updates for inner
+    steps, whose secant pairs hold no curvature (measured, ``k = 2`` on a quadratic, 80
+    steps: no extrapolation against 39 outside; 52 stretched steps, 8 of them rolled back).
     """
     aa = scale_by_anderson(
         memory,

@@ -26,19 +26,32 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxsci.optim import _tree
+from jaxsci.optim._anderson_checks import check_tree
 
 
 def step_rsd(steps: jax.Array) -> jax.Array:
     """Relative standard deviation of a window of steps ``[w, n]`` (rows: consecutive steps)."""
-    steps = jnp.asarray(steps)
-    if steps.ndim != 2 or steps.shape[0] < 2:
-        raise ValueError(f"steps must have shape [w >= 2, n], got {steps.shape}")
+    steps = _window("step_rsd", "steps", steps)
     mean = jnp.mean(steps, axis=0)
     var = jnp.mean(jnp.sum((steps - mean) ** 2, axis=1))
     return jnp.sqrt(var) / jnp.maximum(jnp.linalg.norm(mean), jnp.finfo(steps.dtype).tiny)
+
+
+def _window(fn: str, name: str, rows: Any) -> jax.Array:
+    """``rows`` as a real floating ``[w >= 2, n]`` array (integers cast to the default
+    float dtype); ``ValueError`` otherwise."""
+    rows = jnp.asarray(rows)
+    if rows.ndim != 2 or rows.shape[0] < 2:
+        raise ValueError(f"{fn}: {name} must have shape [w >= 2, n], got {list(rows.shape)}")
+    if jnp.issubdtype(rows.dtype, jnp.integer) or rows.dtype == jnp.bool_:
+        rows = rows.astype(jnp.result_type(float))
+    if not jnp.issubdtype(rows.dtype, jnp.floating):
+        raise ValueError(f"{fn}: {name} must be real, got {rows.dtype}")
+    return rows
 
 
 def aadl_statistic(iterates: jax.Array) -> jax.Array:
@@ -46,7 +59,7 @@ def aadl_statistic(iterates: jax.Array) -> jax.Array:
 
     Kept for comparison: it depends on the size of the parameters, not of their noise.
     """
-    iterates = jnp.asarray(iterates)
+    iterates = _window("aadl_statistic", "iterates", iterates)
     return jnp.max(jnp.std(iterates, axis=0)) / jnp.max(jnp.abs(jnp.mean(iterates, axis=0)))
 
 
@@ -116,14 +129,32 @@ def moving_average(
     Why not step to the average: a jump moves the iterate back by the average's lag and the
     noise returns within a window (measured: 7.7% *worse* final loss than SGD on a minibatch
     MLP, where the average itself was 7.9% better; RESULTS.md, #5).
+
+    ``window`` and ``threshold`` may be concrete 0-d NumPy / JAX numbers, and traced ones
+    too (``optax.inject_hyperparams(moving_average)(window=10)`` under ``jit``; a traced
+    value cannot be checked).
     """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+    window, threshold = _concrete(window), _concrete(threshold)
+    if not _traced(window) and (
+        not isinstance(window, int) or isinstance(window, bool) or window < 2
+    ):
         raise ValueError(f"moving_average: window must be an integer >= 2, got {window!r}")
-    thr = default_threshold(window) if threshold is None else float(threshold)
-    if not thr >= 0 or not math.isfinite(thr):
-        raise ValueError(f"moving_average: threshold must be finite and >= 0, got {threshold!r}")
-    align_max = 1.0 / math.sqrt(1.0 + thr * thr)  # a below this: rsd_dir above thr
-    decay = ema_decay(window)
+    if _traced(window) and not jnp.issubdtype(window.dtype, jnp.integer):
+        raise ValueError(f"moving_average: window must be an integer >= 2, got {window!r}")
+    if threshold is not None and not _traced(threshold):
+        real = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+        if not real or not threshold >= 0 or not math.isfinite(threshold):
+            raise ValueError(
+                f"moving_average: threshold must be a finite number >= 0 or None, got {threshold!r}"
+            )
+    if _traced(window) or _traced(threshold):  # inject_hyperparams under jit
+        decay = 1.0 - 2.0 / (window + 1.0)
+        thr = jnp.sqrt(window / 2.0) if threshold is None else threshold
+        align_max = 1.0 / jnp.sqrt(1.0 + thr * thr)
+    else:
+        thr = default_threshold(window) if threshold is None else float(threshold)
+        align_max = 1.0 / math.sqrt(1.0 + thr * thr)  # a below this: rsd_dir above thr
+        decay = ema_decay(window)
 
     def init_fn(params: Any) -> MovingAverageState:
         params = _tree.as_arrays(params)  # Python-number leaves too
@@ -148,8 +179,7 @@ def moving_average(
         if params is None:
             raise ValueError("moving_average: update needs params (it averages iterates)")
         params = _tree.as_arrays(params)
-        if jax.tree_util.tree_structure(updates) != jax.tree_util.tree_structure(params):
-            raise ValueError("moving_average: updates and params differ in structure")
+        check_tree("updates", updates, params, owner="moving_average")
         mean = jax.tree_util.tree_map(
             lambda m, u: (decay * m + (1.0 - decay) * u).astype(m.dtype), state.mean_step, updates
         )
@@ -169,13 +199,34 @@ def moving_average(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _traced(v: object) -> bool:
+    return isinstance(v, jax.core.Tracer)
+
+
+def _concrete(v: object) -> object:
+    """A concrete 0-d NumPy / JAX number as the Python scalar it holds (what
+    ``optax.inject_hyperparams`` passes at ``init``); other values unchanged."""
+    if isinstance(v, jax.Array | np.ndarray | np.generic) and not _traced(v) and np.ndim(v) == 0:
+        return np.asarray(v).item()
+    return v
+
+
+def _lead(flag: jax.Array, leaf: jax.Array) -> jax.Array:
+    """``flag`` (one per problem of a state batched by ``vmap``: the leading axes of
+    ``leaf``) shaped to broadcast over ``leaf``; a scalar ``flag`` unchanged."""
+    if jnp.ndim(flag) == 0:
+        return flag
+    return jnp.reshape(flag, jnp.shape(flag) + (1,) * (leaf.ndim - jnp.ndim(flag)))
+
+
 def _fold(state: MovingAverageState, params: Any) -> Any:
     """The EMA of the iterates with ``params`` as the newest (the first one starts it)."""
     first = state.count == 0
     d = state.decay
 
     def one(a, x):
-        return jnp.where(first, x, d * a + (1.0 - d) * x).astype(a.dtype)
+        f, dd = _lead(first, a), _lead(d, a)
+        return jnp.where(f, x, dd * a + (1.0 - dd) * x).astype(a.dtype)
 
     return jax.tree_util.tree_map(one, state.average, params)
 
@@ -184,7 +235,12 @@ def averaged_params(opt_state: Any, params: Any, *, always: bool = False) -> Any
     """The parameters to evaluate: the moving average of :func:`moving_average` (``params``
     folded in as the newest iterate) while its updates are noise-dominated, else
     ``params``. ``always=True``: the average regardless of the test. ``opt_state`` is the
-    whole optimizer state (the :class:`MovingAverageState` is found in it); jittable."""
+    whole optimizer state (the :class:`MovingAverageState` is found in it); jittable.
+
+    A state batched by ``vmap`` (independent runs) works inside ``jax.vmap`` and outside
+    it, with ``params`` batched alike (each run its own test). Flax NNX states and params
+    (``nnx.Optimizer``'s ``opt_state``) are unwrapped: the result holds plain arrays."""
+    opt_state, params = _tree.as_arrays(opt_state), _tree.as_arrays(params)
     found = [
         s
         for s in jax.tree_util.tree_leaves(
@@ -197,7 +253,29 @@ def averaged_params(opt_state: Any, params: Any, *, always: bool = False) -> Any
             f"averaged_params: opt_state must hold one moving_average state, found {len(found)}"
         )
     state = found[0]
+    ts, rs = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(state.average)
+    if ts != rs:
+        raise ValueError(
+            f"averaged_params: params pytree structure {ts} does not match the moving "
+            f"average's {rs}"
+        )
+    runs = tuple(jnp.shape(state.noisy))  # leading axes of a state batched by vmap
+    leaves = jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.average)
+    for p, a in zip(*leaves, strict=True):
+        if jnp.shape(p) != a.shape:
+            hint = (
+                f" (the state is batched over {list(runs)} runs: pass the params batched "
+                "alike, or call jax.vmap(averaged_params))"
+                if runs
+                else ""
+            )
+            raise ValueError(
+                f"averaged_params: params leaf shape {jnp.shape(p)} does not match the "
+                f"moving average's {a.shape}{hint}"
+            )
     use = jnp.asarray(True) if always else state.noisy
     return jax.tree_util.tree_map(
-        lambda a, p: jnp.where(use, a, p).astype(p.dtype), _fold(state, params), params
+        lambda a, p: jnp.where(_lead(use, a), a, p).astype(jax.dtypes.canonicalize_dtype(p.dtype)),
+        _fold(state, params),
+        params,
     )
