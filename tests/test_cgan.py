@@ -387,7 +387,7 @@ def test_resume_with_other_settings_is_refused_naming_them(digits, tmp_path):
         "model.latent_dim": dict(cgan=dc_cgan(latent_dim=4, g_features=8, d_features=8)),
         "model.generator.features": dict(cgan=dc_cgan(latent_dim=8, g_features=16, d_features=8)),
         "key": dict(key=1),
-        r"data\.label_counts\.2, .*, data\.shape": dict(n_images=-5),
+        r"data\.images_checksum, data\.label_counts\.2, .*, data\.shape": dict(n_images=-5),
         "extra": dict(settings={"note": "b"}),
     }
     for name, changes in refused.items():
@@ -471,3 +471,68 @@ def test_bench_cgan_labels_say_what_the_images_per_second_count():
     }
     assert rates["images_per_s"]["generator_images"] == {"stacked": 3200, "sequential": 1600}
     assert rates["images_per_s"]["all_images"]["stacked"] == 35200
+
+
+def _conditional_run(digits, tmp_path, n_steps, images=None, labels=None, **kw):
+    from jaxsci.train.gan import train_conditional
+
+    opt = optax.adam(1e-3, 0.5)
+    return train_conditional(
+        dc_cgan(latent_dim=4, g_features=4, d_features=4),
+        opt,
+        opt,
+        digits.train_images[:200] if images is None else images,
+        digits.train_labels[:200] if labels is None else labels,
+        key=jax.random.PRNGKey(0),
+        n_steps=n_steps,
+        batch_size=8,
+        chunk_steps=2,
+        checkpoint_dir=tmp_path / "ck",
+        progress=False,
+        **kw,
+    )
+
+
+def test_resume_on_rearranged_data_is_refused_naming_it(digits, tmp_path):
+    """The data fingerprint held only the shape, label counts, mean and mean square: a resume
+    on the images mirrored, the rows shuffled or the labels reassigned among the images
+    went on silently, mixing two runs. Now each is refused, naming the checksum that moved,
+    before anything is written; last-bit differences (data recomputed) still resume."""
+    x, y = digits.train_images[:200], digits.train_labels[:200]
+    _conditional_run(digits, tmp_path, 2)
+    before = _tree_files(tmp_path)
+    perm = np.random.default_rng(1).permutation(len(x))
+    refused = {
+        r"data\.images_checksum": (x[:, :, ::-1], y),  # mirrored left-right
+        r"data\.images_checksum, data\.labels_checksum": (x[perm], y[perm]),  # rows shuffled
+        r"data\.labels_checksum": (x, np.random.default_rng(2).permutation(y)),  # relabelled
+    }
+    for name, (images, labels) in refused.items():
+        with pytest.raises(ValueError, match=rf"other settings \({name} differ\)"):
+            _conditional_run(digits, tmp_path, 4, images=images, labels=labels)
+        assert _tree_files(tmp_path) == before, name  # nothing written
+    rounded = np.nextafter(x, np.float32(2.0))  # every value 1 ulp up (another rounding)
+    _, history = _conditional_run(digits, tmp_path, 4, images=rounded)
+    assert history["g_loss"].shape == (4,)
+
+
+def test_resume_from_a_checkpoint_without_data_checksums_warns(digits, tmp_path, monkeypatch):
+    """A checkpoint saved before the checksums were recorded resumes with a warning, its
+    shape, label counts and moments still compared (and a change in those refused)."""
+    import jaxsci.train.gan as gan
+
+    real = gan._data_fingerprint
+
+    def older(images, labels):
+        out = real(images, labels)
+        return {k: v for k, v in out.items() if k not in ("images_checksum", "labels_checksum")}
+
+    monkeypatch.setattr(gan, "_data_fingerprint", older)
+    _conditional_run(digits, tmp_path, 2)
+    monkeypatch.setattr(gan, "_data_fingerprint", real)
+    with pytest.warns(UserWarning, match="without data.images_checksum, data.labels_checksum"):
+        with pytest.raises(ValueError, match=r"other settings \(data\.mean, data\.mean_square"):
+            _conditional_run(digits, tmp_path, 4, images=digits.train_images[:200] * 0.5)
+    with pytest.warns(UserWarning, match="older jaxsci"):
+        _, history = _conditional_run(digits, tmp_path, 4)
+    assert history["g_loss"].shape == (4,)

@@ -56,6 +56,7 @@ def test_main_prints_run_folder_last(tmp_path, capsys):
             "--out-root",
             str(tmp_path),
             "--no-progress",
+            "--tiny",  # the tiny models and classifier, the flags above overriding it
         ]
     )
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -156,3 +157,101 @@ def test_models_of_an_earlier_invocation_are_rescored_at_this_runs_fid_n(tmp_pat
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["models"]) == {"baseline_dcgan"} and saved["reference_fid"]["n"] == 120
     assert "perlabel_dcgan" not in saved["equal_compute"]
+
+
+# ---- s28 probe: a rerun that cannot resume is refused before any training
+
+
+def _fake_checkpoint(folder, step):
+    """A complete checkpoint at ``step`` (all the resume check reads of it)."""
+    from jaxsci.parallel.bootstrap import ProcessInfo
+    from jaxsci.train import Checkpointer
+
+    with Checkpointer(folder, keep=None, info=ProcessInfo(0, 1, 1)) as ckpt:
+        ckpt.save(step, {"w": np.zeros(2, np.float32)}, force=True)
+
+
+def test_fewer_steps_than_a_checkpoint_holds_is_refused_before_any_training(tmp_path, capsys):
+    """A rerun asking fewer --steps than baseline_dcgan's checkpoint trained perlabel_dcgan
+    fully, then died with a traceback (status 1); now one error line, status 2, nothing
+    trained or written."""
+    run = tmp_path / "run"
+    _fake_checkpoint(run / "checkpoints" / "baseline_dcgan", 4)
+    flags = ["--batch-size", "8", "--n-critic", "2", "--samples-per-label", "2", "--no-progress"]
+    argv = [*flags, "--workdir", str(run), "--steps", "2"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--models", "perlabel_dcgan", "baseline_dcgan"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "baseline_dcgan" in errors[0] and "at step 4" in errors[0]
+    assert "--steps >= 4" in errors[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["baseline_dcgan"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # no settings file either
+    # the library says so too, in the baseline's schedule: 10 x steps generator updates
+    config = dataclasses.replace(
+        tiny(), steps=2, baseline_schedule="more_steps", models=("baseline_dcgan",)
+    )
+    _fake_checkpoint(run / "checkpoints" / "baseline_dcgan", 25)
+    with pytest.raises(ValueError, match=r"past the 20 generator updates.*--steps >= 3"):
+        train_and_evaluate(config, run, progress=False)
+
+
+class _Reached(Exception):
+    """Raised in place of training: the run got past its resume checks."""
+
+
+def test_settings_of_a_run_stopped_before_any_checkpoint_bind_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    """training_config.json was written before any training: a run stopped before its
+    first checkpoint left it, and a rerun with another batch size was refused though no
+    checkpoint existed. Once one does, other settings are refused (exit 2 from the CLI)."""
+    import experiments.cgan_digits.train as train
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    def reached(*_a, **_k):
+        raise _Reached
+
+    base = dataclasses.replace(tiny(), steps=2, models=("baseline_dcgan",))
+    run = tmp_path / "run"
+    monkeypatch.setattr(train, "_train_one", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(base, run, progress=False)
+    assert (run / "training_config.json").exists()
+    monkeypatch.setattr(train, "_train_one", reached)
+    other = dataclasses.replace(base, batch_size=base.batch_size + 1)
+    with pytest.raises(_Reached):  # no complete checkpoint: nothing to be consistent with
+        train_and_evaluate(other, run, progress=False)
+    assert json.loads((run / "training_config.json").read_text())["batch_size"] == 9
+    _fake_checkpoint(run / "checkpoints" / "baseline_dcgan", 2)
+    with pytest.raises(ValueError, match=r"holds checkpoints \(baseline_dcgan\).*batch_size"):
+        train_and_evaluate(base, run, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--tiny", "--workdir", str(run), "--models", "baseline_dcgan", "--no-progress"])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "'batch_size': (9, 8)" in errors[0]
+
+
+def test_tiny_flag_gives_the_tiny_config_and_flags_override_it(capsys):
+    """cgan_digits had no --tiny, although its config module has tiny()."""
+    from experiments.cgan_digits.config import Config
+    from experiments.cgan_digits.run import build_parser, config_from_args
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(list(argv)))
+
+    assert config() == Config()
+    assert config("--tiny") == tiny()
+    got = config("--tiny", "--steps", "3", "--models", "baseline_dcgan", "--seed", "2")
+    assert got == dataclasses.replace(tiny(), steps=3, models=("baseline_dcgan",), seed=2)
+    assert config("--steps", "3") == dataclasses.replace(Config(), steps=3)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {Config().steps}; --tiny: {tiny().steps})" in text
+    assert f"(default: {Config().batch_size}; --tiny: {tiny().batch_size})" in text

@@ -88,3 +88,74 @@ def test_fit_gan_past_n_steps_names_the_checkpoint_folder(tmp_path):
         ckpt.save(4, {"state": state, "history": {}}, force=True)
         with pytest.raises(ValueError, match=f"{tmp_path / 'ck'}.*at step 4, past n_steps=2"):
             fit_gan(lambda s, k: (s, {}), state, n_steps=2, chunk_steps=1, checkpointer=ckpt)
+
+
+# ---- s28 probe: refused before any work, naming the argument
+
+
+def test_images_outside_minus_one_one_are_refused_naming_the_range(tmp_path):
+    """Images on the raw digits scale 0..16 trained silently (the generator's tanh cannot
+    reach them); a last-bit excess (a rescaling's rounding) still passes."""
+    raw = (IMAGES + 1.0) * 8.0  # 0..16
+    lo, hi = float(raw.min()), float(raw.max())
+    want = r"images must lie in \[-1, 1\].*" + re.escape(f"values in [{lo:g}, {hi:g}], in 12")
+    for call in (
+        lambda: make_pool(raw, LABELS),
+        lambda: per_label_pools(raw, LABELS, [0, 1]),
+        _train(train_conditional, images=raw, checkpoint_dir=tmp_path / "ck"),
+        _train(train_per_label, images=raw, checkpoint_dir=tmp_path / "ck"),
+    ):
+        with pytest.raises(ValueError, match=want):
+            call()
+    one = IMAGES.copy()
+    one[3, 0, 0, 0] = -1.5
+    with pytest.raises(ValueError, match=r"values in \[-1\.5, .*in 1 images \(rows \[3\]\)"):
+        make_pool(one, LABELS)
+    assert not (tmp_path / "ck").exists()
+    edge = np.clip(IMAGES * 1.1, -1.0, 1.0) * (1.0 + 1e-6)  # rounding past +-1
+    assert make_pool(edge, LABELS).images.shape == IMAGES.shape
+
+
+@pytest.mark.parametrize(
+    ("fn", "kw", "match"),
+    [
+        (train_conditional, dict(n_steps=2.5), "n_steps must be an int >= 0, got 2.5"),
+        (train_conditional, dict(n_steps=2.0), "n_steps must be an int >= 0, got 2.0"),
+        (train_conditional, dict(chunk_steps=1.5), "chunk_steps must be an int >= 1, got 1.5"),
+        (train_per_label, dict(n_steps=2.5), "n_steps must be an int >= 0, got 2.5"),
+        (train_per_label, dict(chunk_steps=0), "chunk_steps must be an int >= 1, got 0"),
+    ],
+)
+def test_non_integer_step_counts_are_refused_before_any_work(fn, kw, match, tmp_path):
+    """n_steps=2.5 trained 2 steps (or failed at the first checkpoint, after the work)."""
+    with pytest.raises(ValueError, match=match):
+        _train(fn, checkpoint_dir=tmp_path / "ck", **kw)()
+    assert not (tmp_path / "ck").exists()
+    with pytest.raises(ValueError, match="n_steps must be an int >= 0, got 3.0"):
+        fit_gan(lambda s, k: (s, {}), {}, n_steps=3.0, chunk_steps=1)
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "WGAN-GP", "hinge", None])
+def test_unknown_loss_names_are_refused_listing_the_valid_ones(name):
+    """An unknown name silently gave the DCGAN (BCE) loss."""
+    from jaxsci.train.gan import discriminator_loss, generator_loss
+
+    d_real, d_fake = jnp.array([1.0, 2.0]), jnp.array([-1.0, 0.5])
+    want = re.escape(f"loss must be one of 'dcgan', 'wgan-gp', got {name!r}")
+    with pytest.raises(ValueError, match=want):
+        discriminator_loss(d_real, d_fake, name)
+    with pytest.raises(ValueError, match=want):
+        generator_loss(d_fake, name)
+
+
+def test_sample_images_wants_one_label_per_image():
+    """A scalar label raised a bare IndexError; 2-D labels failed inside the generator."""
+    from jaxsci.train.gan import init_gan_state, sample_images
+
+    params = init_gan_state(CGAN, OPT, OPT, jax.random.PRNGKey(0)).g_params
+    key = jax.random.PRNGKey(1)
+    with pytest.raises(ValueError, match=r"labels must be 1-D \[B\].*got a scalar 3: pass .*\[3\]"):
+        sample_images(CGAN, params, key, 3)
+    with pytest.raises(ValueError, match=r"labels must be 1-D \[B\].*got shape \(1, 2\)"):
+        sample_images(CGAN, params, key, np.array([[1, 2]]))
+    assert sample_images(CGAN, params, key, [3]).shape == (1, 8, 8, 1)

@@ -6,14 +6,16 @@ accuracy overall and per label, wall time), ``samples_<model>.npz`` (``images`` 
 on 0..16, ``labels``), ``samples_<model>.png`` (one row per label), ``losses_<model>.png``
 and Orbax checkpoints under ``checkpoints/<model>`` (a rerun with the same ``workdir``
 resumes from them; ``training_config.json`` holds the settings they were made with, and a
-rerun with other training settings is refused, while ``steps`` may grow to extend
-training). A rerun that trains some of the models keeps the others' entries in
-``metrics.json``, re-scored from their ``samples_<model>.npz`` with this invocation's
-classifier and FID ``n`` (so that every FID in the file compares with ``reference_fid``;
-their budget, timing and losses stay those of the invocation that trained them, and
-``rescored_from_samples`` is true). A model whose samples are missing or too few for that
-``n`` (an earlier run with a smaller ``samples_per_label``) is dropped from the file with a
-warning: retrain it in this workdir to get it back.
+rerun with other training settings is refused once a model holds a complete checkpoint, as
+is one asking fewer ``steps`` than a checkpoint of a model to train holds, both before any
+training (:func:`check_resume`); ``steps`` may grow to extend training). A rerun that
+trains some of the models keeps the others' entries in ``metrics.json``, re-scored from
+their ``samples_<model>.npz`` with this invocation's classifier and FID ``n`` (so that
+every FID in the file compares with ``reference_fid``; their budget, timing and losses stay
+those of the invocation that trained them, and ``rescored_from_samples`` is true). A model
+whose samples are missing or too few for that ``n`` (an earlier run with a smaller
+``samples_per_label``) is dropped from the file with a warning: retrain it in this workdir
+to get it back.
 
 FID at equal sample size: FID is biased upwards by a term shrinking like ``1/n``, so a
 model's FID and the real-vs-real floor are computed at the same ``n`` and label mix. The
@@ -57,6 +59,7 @@ from jaxsci.metrics.fid import (
 )
 from jaxsci.models.gan import CGAN, dc_cgan, w_cgan
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
+from jaxsci.train.checkpoint import Checkpointer
 from jaxsci.train.gan import (
     sample_images,
     sample_per_label,
@@ -84,20 +87,74 @@ TRAINING_FIELDS = (
 )
 
 
-def _check_resume(run_dir: Path, config: Config) -> None:
-    """Record the training settings in ``run_dir``, or refuse a mismatch with those there."""
+def _saved_steps(run_dir: Path, name: str) -> dict[Path, int]:
+    """``{checkpoint folder: its newest complete step}`` of model ``name`` in ``run_dir``
+    (a per-label model: one folder per block of labels trained together); folders with no
+    complete step (a run stopped before its first save) are left out. Reads only."""
+    root = run_dir / "checkpoints" / name
+    if not root.is_dir():
+        return {}
+    folders = [root]
+    if name.startswith("perlabel"):
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("labels-"))
+    single = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
+    steps = {}
+    for folder in folders:
+        with Checkpointer(folder, keep=None, info=single) as ckpt:
+            latest = ckpt.latest_step()
+        if latest is not None:
+            steps[folder] = latest
+    return steps
+
+
+def check_resume(run_dir: str | Path, config: Config) -> None:
+    """``ValueError``, before any work, if ``config`` cannot resume the run in ``run_dir``:
+
+    * a model holds a complete checkpoint and ``training_config.json`` records other
+      training settings (:data:`TRAINING_FIELDS`; every differing one named): the
+      settings file of a run stopped before its first checkpoint binds nothing;
+    * a model to train holds a checkpoint past the generator updates ``config.steps`` gives
+      it (a run cannot resume to fewer steps: it trained the models before it, then failed).
+
+    Reads only; a missing folder is a fresh start."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    saved = {name: _saved_steps(run_dir, name) for name in MODELS}
     path = run_dir / "training_config.json"
-    mine = {k: getattr(config, k) for k in TRAINING_FIELDS}
-    if path.exists():
+    holders = [name for name, steps in saved.items() if steps]
+    if holders and path.exists():
+        mine = {k: getattr(config, k) for k in TRAINING_FIELDS}
         theirs = json.loads(path.read_text())
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise ValueError(
-                f"{run_dir} holds checkpoints made with other settings "
-                f"(field: (theirs, yours)): {diff}; use a fresh workdir"
+                f"{run_dir} holds checkpoints ({', '.join(holders)}) made with other settings "
+                f"(field: (theirs, yours)): {diff}; rerun with theirs or use a fresh workdir"
             )
-    else:
-        path.write_text(json.dumps(mine, indent=1))
+    for name in config.models:
+        n_steps = schedule(config, name.startswith("perlabel"))[1]
+        for folder, latest in saved[name].items():
+            if latest > n_steps:
+                per_step = n_steps // config.steps
+                how = (
+                    f" ({per_step} x steps: baseline_schedule {config.baseline_schedule})"
+                    if per_step > 1
+                    else ""
+                )
+                raise ValueError(
+                    f"the checkpoint of {name} in {folder} is at step {latest}, past the "
+                    f"{n_steps} generator updates that steps={config.steps} gives it{how}: "
+                    f"rerun with --steps >= {-(-latest // per_step)} (more steps extend the "
+                    "run), or use a fresh workdir"
+                )
+
+
+def _record_settings(run_dir: Path, config: Config) -> None:
+    """Write ``training_config.json``: the training settings the checkpoints are made with
+    (after :func:`check_resume` passed: equal to those there, or none is complete)."""
+    mine = {k: getattr(config, k) for k in TRAINING_FIELDS}
+    (run_dir / "training_config.json").write_text(json.dumps(mine, indent=1))
 
 
 def build_model(config: Config, family: str) -> tuple[CGAN, optax.GradientTransformation]:
@@ -261,11 +318,13 @@ def train_and_evaluate(
         run_dir = (
             Path(workdir) if workdir is not None else make_run_dir(config.out_root, "cgan_digits")
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _check_resume(run_dir, config)  # before any training
+            check_resume(run_dir, config)  # before any training; reads only
         except ValueError as err:
             refused = str(err)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _record_settings(run_dir, config)
     if info.size > 1:  # every rank learns the folder and the verdict (no rank left waiting)
         folder, refused = info.comm.bcast((str(run_dir) if run_dir else None, refused), root=0)
         run_dir = Path(folder)

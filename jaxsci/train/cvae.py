@@ -30,6 +30,7 @@ from jaxsci.models.cvae import (
     make_eval_fn,
     with_validation,
 )
+from jaxsci.train._fingerprint import checksum
 from jaxsci.train.checkpoint import (
     Checkpointer,
     check_checkpoint_folder,
@@ -40,64 +41,19 @@ from jaxsci.train.loop import FitResult, fit
 
 __all__ = ["check_resume", "train_cvae"]
 
-_GOLDEN = 0.6180339887498949  # position weights 1 + frac(k * golden): spread over [1, 2)
-_CHUNK = 1 << 20
-
 
 def _data_fingerprint(x: Any, c: Any) -> dict[str, Any]:
     """A cheap, deterministic fingerprint of training data, as :func:`train_cvae` stores it
     with its checkpoints: the shapes of ``x`` and ``c`` and, for each, three numbers in
-    [0, 3] (:func:`_checksum`) that the 1e-5 relative tolerance of
+    [0, 3] (:func:`jaxsci.train._fingerprint.checksum`) that the 1e-5 relative tolerance of
     :func:`jaxsci.train.check_settings` compares."""
     x, c = np.asarray(x, np.float32), np.asarray(c, np.float32)
     return {
         "x_shape": list(x.shape),
         "c_shape": list(c.shape),
-        "x_checksum": _checksum(x),
-        "c_checksum": _checksum(c),
+        "x_checksum": checksum(x),
+        "c_checksum": checksum(c),
     }
-
-
-def _checksum(values: np.ndarray) -> list[float]:
-    """``[order, location, scale]`` of ``values [n, ...]`` (float64 sums), each in [0, 3]:
-
-    - order: ``1 + sum w z / sum w |z|`` with ``z`` the values standardised per column and
-      ``w`` position weights in [1, 2): another arrangement of the same values (rows
-      shuffled, columns swapped) moves it by about ``0.34 / sqrt(values.size)``, far beyond
-      1e-5 up to some 10^7 values, whatever the columns' offsets and scales;
-    - location: ``2 + tanh(mean asinh(mean_col / std_col) / 10)`` (a shifted column);
-    - scale: ``2 + arctan(mean log std_col) / pi`` (a rescaled column).
-
-    A column's spread below 1e-6 of the whole array's RMS counts as none, so last-bit
-    differences (the data recomputed on other hardware, a zero turned into -1e-8) move
-    each number by ~1e-7 or less; another data set of the same shape differs in all three
-    almost surely."""
-    v2 = values.reshape(len(values), -1) if values.ndim else values.reshape(1, 1)
-    n_rows = len(v2)
-    if v2.size == 0:
-        return [1.0, 2.0, 2.0]
-    total = np.zeros(v2.shape[1])
-    total_sq = np.zeros(v2.shape[1])
-    rows = max(1, _CHUNK // max(v2.shape[1], 1))
-    for start in range(0, n_rows, rows):
-        block = v2[start : start + rows].astype(np.float64)
-        total += block.sum(0)
-        total_sq += (block * block).sum(0)
-    mean = total / n_rows
-    std = np.sqrt(np.maximum(total_sq / n_rows - mean * mean, 0.0))
-    floor = 1e-6 * float(np.sqrt(total_sq.sum() / v2.size)) or 1e-300  # noise floor
-    unit = np.maximum(std, floor)
-    signed = absolute = 0.0
-    for start in range(0, n_rows, rows):
-        z = ((v2[start : start + rows].astype(np.float64) - mean) / unit).ravel()
-        k = np.arange(start * v2.shape[1], start * v2.shape[1] + z.size, dtype=np.float64)
-        w = 1.0 + np.modf(k * _GOLDEN)[0]
-        signed += float(w @ z)
-        absolute += float(w @ np.abs(z))
-    order = 1.0 + (signed / absolute if absolute > 0 else 0.0)
-    location = 2.0 + float(np.tanh(np.mean(np.arcsinh(mean / unit)) / 10.0))
-    scale = 2.0 + float(np.arctan(np.mean(np.log(unit)))) / np.pi
-    return [order, location, scale]
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:

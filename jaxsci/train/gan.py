@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -45,6 +46,7 @@ from jaxsci.parallel.per_label import (
     rank_labels,
     shard_over_labels,
 )
+from jaxsci.train._fingerprint import checksum  # the data checksum train_cvae stores too
 from jaxsci.train.checkpoint import Checkpointer, normalize_settings
 
 __all__ = [
@@ -112,18 +114,45 @@ def _check_image_shape(images: Any, cgan: CGAN) -> None:
         )
 
 
+#: How far past [-1, 1] an image value may lie (rounding of a rescaling such as x / 8 - 1).
+IMAGE_RANGE_TOLERANCE = 1e-4
+
+
+def _rows(bad: np.ndarray) -> tuple[int, str]:
+    """Number and first few indices of the rows (images) of ``bad`` holding a True."""
+    rows = np.unique(np.argwhere(bad)[:, 0]) if bad.ndim else np.zeros(1, int)
+    return rows.size, f"{rows[:5].tolist()}{' ...' if rows.size > 5 else ''}"
+
+
 def _host_images(images: Any) -> np.ndarray:
     """``images`` as a float32 numpy array; ValueError unless every value is finite (one NaN
-    image makes every loss NaN)."""
+    image makes every loss NaN) and on [-1, 1] (the range of the generator's tanh: images on
+    another scale, e.g. the 0..16 of the raw digits, can never be matched), up to
+    :data:`IMAGE_RANGE_TOLERANCE`."""
     images = np.asarray(images, np.float32)
     bad = ~np.isfinite(images)
     if bad.any():
-        rows = np.unique(np.argwhere(bad)[:, 0]) if images.ndim else np.zeros(1, int)
+        n, rows = _rows(bad)
+        raise ValueError(f"images hold non-finite (NaN or inf) values, in {n} images (rows {rows})")
+    outside = np.abs(images) > 1.0 + IMAGE_RANGE_TOLERANCE
+    if outside.any():
+        n, rows = _rows(outside)
+        lo, hi = float(images.min()), float(images.max())
         raise ValueError(
-            f"images hold non-finite (NaN or inf) values, in {rows.size} images (rows "
-            f"{rows[:5].tolist()}{' ...' if rows.size > 5 else ''})"
+            f"images must lie in [-1, 1] (the generator's tanh range), but hold values in "
+            f"[{lo:g}, {hi:g}], in {n} images (rows {rows}): rescale them, e.g. "
+            f"2 * (x - {lo:g}) / ({hi:g} - {lo:g}) - 1"
         )
     return images
+
+
+def _check_steps(n_steps: Any, chunk_steps: Any) -> None:
+    """ValueError unless ``n_steps`` is an int >= 0 and ``chunk_steps`` an int >= 1 (a float
+    was truncated silently, or failed at the first checkpoint, after the training)."""
+    if not is_int_at_least(n_steps, 0):
+        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+    if not is_int_at_least(chunk_steps, 1):
+        raise ValueError(f"chunk_steps must be an int >= 1, got {chunk_steps!r}")
 
 
 def _check_integer_labels(labels: np.ndarray) -> None:
@@ -154,7 +183,8 @@ def _raw_key(key: jax.Array) -> jax.Array:
 def make_pool(images: Any, labels: Any, n_labels: int | None = None) -> DataPool:
     """A :class:`DataPool` holding all of ``images [N, S, S, C]`` with integer ``labels [N]``
     (in ``0 .. n_labels - 1`` when ``n_labels`` is given: one bad label made training NaN;
-    a non-finite image value is refused for the same reason)."""
+    a non-finite image value is refused for the same reason, and so are images outside
+    [-1, 1], the generator's range, beyond :data:`IMAGE_RANGE_TOLERANCE`)."""
     images = jnp.asarray(_host_images(images))
     _check_integer_labels(np.asarray(labels))
     if n_labels is not None:
@@ -217,8 +247,9 @@ def discriminator_loss(
 
     ``"dcgan"`` (outputs are logits): ``mean softplus(-d_real) + mean softplus(d_fake)``
     (binary cross-entropy, real = 1); ``"wgan-gp"``: ``-gap`` (the gradient penalty is added
-    by the caller, :func:`gradient_penalty`).
+    by the caller, :func:`gradient_penalty`). Another ``loss`` name raises ``ValueError``.
     """
+    _check_loss_name(loss)
     gap = jnp.mean(d_real) - jnp.mean(d_fake)
     if loss == "wgan-gp":
         return -gap, gap
@@ -227,8 +258,20 @@ def discriminator_loss(
 
 def generator_loss(d_fake: jax.Array, loss: Literal["dcgan", "wgan-gp"]) -> jax.Array:
     """Generator loss from the discriminator's outputs ``[B]`` on its images: the
-    non-saturating ``mean softplus(-d_fake)`` (``"dcgan"``) or ``-mean(d_fake)`` (``"wgan-gp"``)."""
+    non-saturating ``mean softplus(-d_fake)`` (``"dcgan"``) or ``-mean(d_fake)`` (``"wgan-gp"``);
+    another ``loss`` name raises ``ValueError``."""
+    _check_loss_name(loss)
     return -jnp.mean(d_fake) if loss == "wgan-gp" else jnp.mean(jax.nn.softplus(-d_fake))
+
+
+_LOSSES = ("dcgan", "wgan-gp")
+
+
+def _check_loss_name(loss: Any) -> None:
+    """ValueError unless ``loss`` is "dcgan" or "wgan-gp" (a typo such as ``"wgan_gp"``
+    trained the DCGAN loss)."""
+    if not isinstance(loss, str) or loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, _LOSSES))}, got {loss!r}")
 
 
 def gradient_penalty(critic: Callable[[jax.Array], jax.Array], x_hat: jax.Array) -> jax.Array:
@@ -325,13 +368,26 @@ def make_gan_trainer(
     step = make_gan_step(cgan, g_opt, d_opt, batch_size)
 
     def run(state: GANState, pool: DataPool, n_steps: int) -> tuple[GANState, Metrics]:
+        if not is_int_at_least(n_steps, 0):
+            raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
         return jax.lax.scan(lambda s, _: step(s, pool), state, None, length=n_steps)
 
     return run
 
 
 def sample_images(cgan: CGAN, g_params: Any, key: jax.Array, labels: jax.Array) -> jax.Array:
-    """Generated images ``[B, S, S, C]`` on [-1, 1], conditioned on ``labels [B]``."""
+    """Generated images ``[B, S, S, C]`` on [-1, 1], conditioned on ``labels [B]``.
+
+    ``labels``: a 1-D sequence of integer labels, one per image (``[3]`` for one image of
+    label 3, ``np.full(n, 3)`` for ``n``); a scalar or a 2-D array raises ``ValueError``
+    (rather than guess whether a scalar means one image or an unbatched one).
+    """
+    if np.ndim(labels) != 1:
+        got = f"a scalar {labels!r}" if np.ndim(labels) == 0 else f"shape {np.shape(labels)}"
+        raise ValueError(
+            f"labels must be 1-D [B], one label per image, got {got}: pass e.g. [3] for one "
+            "image of label 3, np.full(n, 3) for n of them"
+        )
     check_labels(labels, cgan.n_labels)
     labels = jnp.asarray(labels, jnp.int32)
     z = jax.random.normal(key, (labels.shape[0], cgan.latent_dim))
@@ -357,8 +413,9 @@ def fit_gan(
         last, any leading model-stack axes first).
       state: initial state (single model or stacked per label); replaced by the latest
         checkpoint when ``checkpointer`` has one.
-      n_steps: total generator updates.
-      chunk_steps: steps per compiled call; a checkpoint is written after each chunk.
+      n_steps: total generator updates, an int >= 0.
+      chunk_steps: steps per compiled call, an int >= 1; a checkpoint is written after each
+        chunk.
       checkpointer: an Orbax :class:`~jaxsci.train.checkpoint.Checkpointer`; training resumes
         from its latest step (state and metric history) and saves after every chunk.
       desc: progress-bar label.
@@ -373,8 +430,7 @@ def fit_gan(
     """
     from tqdm.auto import tqdm
 
-    if n_steps < 0 or chunk_steps < 1:
-        raise ValueError(f"need n_steps >= 0 and chunk_steps >= 1, got {n_steps}, {chunk_steps}")
+    _check_steps(n_steps, chunk_steps)
     done, history = 0, {}
     if checkpointer is not None and checkpointer.latest_step() is not None:
         done = checkpointer.latest_step()
@@ -385,7 +441,7 @@ def fit_gan(
                 "start afresh in another checkpoint folder (or after deleting this one)"
             )
         if settings is not None:
-            checkpointer.check_settings(settings, done)
+            _check_saved(checkpointer, settings, done)
         shapes = jax.eval_shape(lambda s: run_chunk(s, 1)[1], state)
         target_history = {
             name: np.zeros((*v.shape[:-1], done), v.dtype) for name, v in shapes.items()
@@ -471,12 +527,14 @@ def train_per_label(
       the results are gathered (every rank returns all labels).
 
     Args:
-      images: ``[N, *cgan.image_shape]`` on [-1, 1], finite; labels: ``[N]`` ints.
+      images: ``[N, *cgan.image_shape]`` on [-1, 1] (up to :data:`IMAGE_RANGE_TOLERANCE`),
+        finite; labels: ``[N]`` ints.
       key: PRNG key, raw (``jax.random.PRNGKey``) or typed (``jax.random.key``, same run),
         the same on every rank.
       label_set: labels to train (each needs data).
-      n_steps: generator updates per label; batch_size: images per update per label.
-      chunk_steps: steps per compiled call (progress / checkpoint granularity).
+      n_steps: generator updates per label, an int >= 0; batch_size: images per update per
+        label, an int >= 1.
+      chunk_steps: steps per compiled call (progress / checkpoint granularity), an int >= 1.
       checkpoint_dir: Orbax checkpoints, resumed from if present. Each block of labels trained
         together (all labels for "vmap"/"shard", one rank's block for "mpi") writes its own
         ``labels-<l0>-<l1>-...`` sub-folder (independent, no collective), so a run resumes
@@ -489,11 +547,13 @@ def train_per_label(
         their updates on a probe gradient).
 
     Raises:
-      ValueError: a label without data, images of another shape than ``cgan.image_shape``
-        or not finite, non-integer labels, ``batch_size`` not an int >= 1, more ranks than
+      ValueError: a label without data, images of another shape than ``cgan.image_shape``,
+        not finite or outside [-1, 1], non-integer labels, ``batch_size`` or
+        ``chunk_steps`` not an int >= 1, ``n_steps`` not an int >= 0, more ranks than
         labels, unknown strategy, or a resume from checkpoints made with other settings
         (naming them; nothing written).
     """
+    _check_steps(n_steps, chunk_steps)
     _check_batch_size(batch_size)
     _check_image_shape(images, cgan)
     key = _raw_key(key)
@@ -657,7 +717,7 @@ def _assemble_from_other_blocks(
         used = sorted(set(source.values()))
         if settings is not None:
             for b in used:  # before anything is written
-                readers[b].check_settings(settings, step)
+                _check_saved(readers[b], settings, step)
         restored = {b: readers[b].restore(block_target(b, step), step) for b in used}
     finally:
         for reader in readers.values():
@@ -693,9 +753,12 @@ def train_conditional(
     ``checkpoint_dir``: Orbax checkpoints, resumed from if present; the run's settings
     (:func:`run_settings`, plus the extra ``settings``) are saved with them, and resuming
     with other settings raises ``ValueError`` naming them (before anything is written).
-    ``n_steps`` may grow on resume. ``images``: ``[N, *cgan.image_shape]``, finite;
-    ``key``: raw or typed (the same run); ``batch_size``: an int >= 1.
+    ``n_steps`` (an int >= 0) may grow on resume; ``chunk_steps``: an int >= 1.
+    ``images``: ``[N, *cgan.image_shape]``, finite, on [-1, 1]; ``key``: raw or typed (the
+    same run); ``batch_size``: an int >= 1. Bad arguments raise ``ValueError`` naming them
+    before any work.
     """
+    _check_steps(n_steps, chunk_steps)
     _check_batch_size(batch_size)
     _check_image_shape(images, cgan)
     key = _raw_key(key)
@@ -737,8 +800,10 @@ def run_settings(
     resume (see :func:`train_per_label`, :func:`train_conditional`).
 
     ``model``: the CGAN's fields (architecture, loss, latent size, n_critic, gp_weight);
-    ``batch_size``; ``key``: the key's data (the seed); ``data``: shape, label counts and
-    the first two moments of the training images; ``g_optimizer`` / ``d_optimizer``: the
+    ``batch_size``; ``key``: the key's data (the seed); ``data``: :func:`_data_fingerprint`
+    (shape, label counts, and the arrangement, offsets and scales of the images and of the
+    labels: other images, the rows shuffled, the images mirrored or the labels reassigned
+    are told apart); ``g_optimizer`` / ``d_optimizer``: the
     updates each optimizer makes from a fixed probe gradient (optax transformations hide
     their hyperparameters: a learning rate or beta shows in these); ``extra``: the
     caller's own settings (e.g. the hyperparameters by name). Not the number of steps, the
@@ -750,9 +815,6 @@ def run_settings(
     (a piecewise drop at step 1000) is not seen. Pass such hyperparameters by name in
     ``extra`` (``settings=``) to have them compared exactly.
     """
-    x = np.asarray(images, np.float64)
-    y = np.asarray(labels)
-    values, counts = np.unique(y, return_counts=True)
     key = jnp.asarray(key)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
@@ -760,18 +822,65 @@ def run_settings(
         "model": _describe(cgan),
         "batch_size": int(batch_size),
         "key": np.asarray(key).ravel().tolist(),
-        "data": {
-            "shape": list(x.shape),
-            "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
-            "mean": float(x.mean()) if x.size else 0.0,
-            "mean_square": float(np.mean(x**2)) if x.size else 0.0,
-        },
+        "data": _data_fingerprint(images, labels),
         "g_optimizer": _optimizer_probe(g_opt),
         "d_optimizer": _optimizer_probe(d_opt),
     }
     if extra:
         out["extra"] = dict(extra)
     return normalize_settings(out)
+
+
+#: Keys of the data fingerprint that older versions did not save: a checkpoint without
+#: them resumes with a warning, the rest of its fingerprint compared (:func:`_check_saved`).
+_ADDED_DATA_KEYS = ("images_checksum", "labels_checksum")
+
+
+def _data_fingerprint(images: Any, labels: Any) -> dict[str, Any]:
+    """The training data as :func:`run_settings` records them: ``shape`` and
+    ``label_counts`` (compared exactly), ``mean`` and ``mean_square`` of the images, and
+    ``images_checksum`` / ``labels_checksum``: ``[order, location, scale]`` of the images
+    (float32, as trained on) and of the labels, each column standardised (the fingerprint
+    :func:`jaxsci.train.train_cvae` stores): the rows shuffled, the images mirrored, the
+    labels reassigned among the images (same counts), other images of the same shape and
+    moments are all refused on resume (up to some 10^7 values). Last-bit differences (the
+    data recomputed on other hardware) pass the settings' 1e-5 relative tolerance, except
+    one-ulp jitter scattered over a pixel that is otherwise constant (an always-black
+    corner that is -1 in most images and -1 + 6e-8 in some): the checksum's noise floor
+    (1e-6 of the images' RMS) scales it up, and the resume may be refused."""
+    x = np.asarray(images, np.float32)
+    y = np.asarray(labels)
+    values, counts = np.unique(y, return_counts=True)
+    return {
+        "shape": list(x.shape),
+        "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+        "mean": float(np.mean(x, dtype=np.float64)) if x.size else 0.0,
+        "mean_square": float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0,
+        "images_checksum": checksum(x),
+        "labels_checksum": checksum(y),
+    }
+
+
+def _check_saved(ckpt: Checkpointer, settings: Mapping[str, Any], step: int) -> None:
+    """``ckpt.check_settings(settings, step)``, except that a checkpoint saved by an older
+    jaxsci, whose ``data`` lacks :data:`_ADDED_DATA_KEYS`, is compared without them (with a
+    warning saying so) rather than refused. Reads only."""
+    saved = ckpt.metadata(step).get("settings")
+    data = settings.get("data") if isinstance(settings, Mapping) else None
+    saved_data = saved.get("data") if isinstance(saved, Mapping) else None
+    if isinstance(data, Mapping) and isinstance(saved_data, Mapping):
+        unchecked = [k for k in _ADDED_DATA_KEYS if k in data and k not in saved_data]
+        if unchecked:
+            warnings.warn(
+                f"checkpoint step {step} in {ckpt.directory} was saved by an older jaxsci "
+                f"without data.{', data.'.join(unchecked)}: resuming without checking that "
+                "the data are arranged and labelled as they were (only their shape, label "
+                "counts and moments are compared)",
+                stacklevel=3,
+            )
+            trimmed = {k: v for k, v in data.items() if k not in unchecked}
+            settings = {**settings, "data": trimmed}
+    ckpt.check_settings(settings, step)
 
 
 def _describe(obj: Any) -> Any:
