@@ -304,3 +304,19 @@ def test_bench_update_alone_harness_accelerates_on_a_real_problem():
     assert c["accelerated"] >= steps // 2 and c["noisy"] == 0, c
     assert bench.counters(out["sgd"][1]) == {}
     assert float(loss(out["aa"][0])) < 0.1 * float(loss(out["sgd"][0])) < 0.1 * float(loss(start))
+
+
+def test_the_nonconvex_target_counts_final_iterates_and_ignores_nan():
+    """s28 probe: f_ref was min over the curves (iterates 0..N-1), so a final iterate below
+    them (Adam's 0.15902 against f_ref 0.16151) never counted; a NaN inside a curve made
+    Python's min depend on its position."""
+    from experiments.anderson.run import best_loss
+
+    runs = {
+        "adam": [{"loss": [1.0, 0.5, 0.2], "final_loss": 0.15}],
+        "aa": [{"loss": [1.0, float("nan"), 0.3], "final_loss": 0.25}],
+        "diverged": [{"loss": [float("nan"), 0.0], "final_loss": 0.0}],  # starts non-finite
+    }
+    assert best_loss(runs) == 0.15
+    runs["aa"][0]["loss"] = [1.0, 0.1, float("nan")]
+    assert best_loss(runs) == 0.1

@@ -345,3 +345,20 @@ def test_cli_tiny_is_the_tiny_config_and_flags_override_it():
     assert c.temperatures is None and c.ladder()[0] == 200.0 and len(c.ladder()) == 8
     assert c.n_cells == tiny_config().n_cells
     assert run.config_from_args(run.build_parser().parse_args([])) == Config(progress=True)
+
+
+def test_a_run_dir_holding_another_run_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    """s28 probe: --run-dir into a finished run overwrote some of its files and left others
+    (seed-0 samples.npz, another window's metrics and plot) beside the new run's."""
+    from experiments.hea_order.pipeline import check_run_dir
+
+    _, _, folder = tiny_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    with pytest.raises(ValueError, match="is not empty"):
+        train_and_evaluate(tiny_config(seed=1), folder)
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--tiny", "--seed", "1", "--run-dir", str(folder), "--no-progress"])
+    assert exc.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
+    check_run_dir(tmp_path)  # an empty folder, or a new one, is fine
+    check_run_dir(tmp_path / "new")

@@ -22,6 +22,7 @@ ratio to the inner optimizer's last iterate ("adaptive").
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import jax
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> Path:
         "--no-progress", action="store_true", help="hide the progress bar (default: shown)"
     )
     args = ap.parse_args(argv)
-    if args.seeds < 1 or not args.scale > 0:
-        ap.error(f"need --seeds >= 1 and --scale > 0, got {args.seeds} and {args.scale}")
+    if args.seeds < 1 or not 0 < args.scale < math.inf:  # inf, nan too
+        ap.error(f"need --seeds >= 1 and a finite --scale > 0, got {args.seeds} and {args.scale}")
     try:  # before any work: a run folder can be made under --out
         check_output_dir(args.out)
     except ValueError as err:

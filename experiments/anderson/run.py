@@ -16,6 +16,7 @@ and one ``<problem>.png`` per problem (median loss over seeds vs iterations or e
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -192,10 +193,7 @@ def study_problem(
             runs[m.name].append(_run(prob, m, seed))
             bar.update(1)
     # Target: f* (convex) or the best loss any method reached (nonconvex).
-    if prob.f_star is not None:
-        f_ref = prob.f_star
-    else:
-        f_ref = min(min(r["loss"]) for rs in runs.values() for r in rs if np.isfinite(r["loss"][0]))
+    f_ref = prob.f_star if prob.f_star is not None else best_loss(runs)
     f0 = float(np.median([r["loss"][0] for r in runs[methods[0].name]]))
     target = f_ref + prob.rel_target * (f0 - f_ref)
     summary = {}
@@ -232,6 +230,19 @@ def study_problem(
         "ratios": ratios(prob, summary),
         "curves": {k: [r["loss"] for r in v] for k, v in runs.items()},
     }
+
+
+def best_loss(runs: dict[str, list[dict]]) -> float:
+    """The lowest loss any run reached: its curve (iterates 0..N-1) and its final iterate N
+    (``final_loss``), NaN (a diverged stretch) ignored; runs that start non-finite left out.
+    (It was ``min`` over the curves alone: the last iterate never counted, and a NaN inside
+    a curve made Python's ``min`` depend on where it fell.)"""
+    return min(
+        float(np.nanmin([*r["loss"], r["final_loss"]]))
+        for rs in runs.values()
+        for r in rs
+        if np.isfinite(r["loss"][0])
+    )
 
 
 def _median(values):
@@ -381,8 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
         "step and its ratio need",
     )
     a = ap.parse_args(argv)
-    if a.seeds < 1 or not a.scale > 0:  # before any run folder
-        ap.error(f"need --seeds >= 1 and --scale > 0, got {a.seeds} and {a.scale}")
+    if a.seeds < 1 or not 0 < a.scale < math.inf:  # before any run folder (inf, nan too)
+        ap.error(f"need --seeds >= 1 and a finite --scale > 0, got {a.seeds} and {a.scale}")
     try:  # before any work: a run folder can be made under --out
         check_output_dir(a.out)
     except ValueError as err:

@@ -26,8 +26,9 @@ class Config:
     """All knobs of :func:`experiments.cgan_digits.train.train_and_evaluate`.
 
     Attributes:
-      image_size: 8 (native digits) or 32 (copies upscaled by pixel replication, i.e.
-        nearest-neighbour, the heavier variant: :func:`jaxsci.data.digits.upscale`);
+      image_size: 8 (native digits) or a larger power of two such as 32 (copies upscaled
+        by pixel replication, i.e. nearest-neighbour, the heavier variant:
+        :func:`jaxsci.data.digits.upscale`);
         samples are block-averaged back to 8 x 8 for the metrics and the ``.npz`` files
         (which inverts the replication exactly on the data).
       steps: generator updates per model.

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         default=None,
-        help=f"8, or 32 (upscaled) ({_default('image_size')})",
+        help="a power of two >= 8: 8 (the native digits) or larger, upscaled by pixel "
+        f"replication, e.g. 32 ({_default('image_size')})",
     )
     p.add_argument(
         "--steps",

@@ -345,14 +345,33 @@ def _structures(
 # --------------------------------------------------------------------------- main entry
 
 
+def check_run_dir(run_dir: str | Path) -> None:
+    """``ValueError`` if ``run_dir`` exists and is not an empty folder: a run writes all its
+    files afresh and does not resume, so another run's files left there (samples, a
+    window's metrics and plot) would sit beside this run's as if they were its own."""
+    path = Path(run_dir)
+    if path.is_dir():
+        held = sorted(p.name for p in path.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise ValueError(
+                f"run folder {path} is not empty (it holds {shown}): a run does not resume "
+                "and would mix its files with these; give a new or empty --run-dir"
+            )
+    elif path.exists():
+        raise ValueError(f"run folder {path} is a file, not a folder")
+
+
 def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the study; returns the results dict (also in ``<run folder>/results.json``).
 
-    ``run_dir``: folder to write into (created if absent); default a fresh
-    ``config.out_root/config.run_name-<timestamp>``. The config is validated before
-    anything is built or written.
+    ``run_dir``: folder to write into (created if absent; an existing one must be empty:
+    :func:`check_run_dir`); default a fresh ``config.out_root/config.run_name-<timestamp>``.
+    The config is validated before anything is built or written.
     """
     config.validate()
+    if run_dir is not None:
+        check_run_dir(run_dir)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     temperatures = config.ladder()

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"samples kept per temperature, >= {d.min_n_samples} (10 x the {d.n_blocks} error "
-        f"blocks) ({_default('n_samples')})",
+        f"blocks; --tiny: >= {tiny.min_n_samples}, {tiny.n_blocks} blocks) "
+        f"({_default('n_samples')})",
     )
     p.add_argument(
         "--sample-every",
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # before any work; creates nothing
         check_output_dir(config.out_root if run_dir is None else run_dir)
+        if run_dir is not None:
+            from experiments.hea_order.pipeline import check_run_dir
+
+            check_run_dir(run_dir)
     except ValueError as exc:
         parser.error(str(exc))  # exit status 2
     from experiments.hea_order.pipeline import format_summary, train_and_evaluate

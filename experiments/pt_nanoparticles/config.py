@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from jaxsci.data.pt_clusters import PtClusterConfig
@@ -92,19 +93,26 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer widths must be >= 1, got {self.hidden}")
-        if self.beta < 0 or self.learning_rate <= 0:
-            raise ValueError("beta must be >= 0 and learning_rate > 0")
+        if not (0 <= self.beta < math.inf and 0 < self.learning_rate < math.inf):  # nan too
+            raise ValueError(
+                f"beta must be a finite number >= 0 and learning_rate a finite number > 0, got "
+                f"{self.beta} and {self.learning_rate}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         lo, hi = self.target_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"target_range must be quantiles 0 <= lo <= hi <= 1, got {lo, hi}")
-        if self.reconstruct_time_limit <= 0:
+        if not 0 < self.reconstruct_time_limit < math.inf:
             raise ValueError(
-                f"reconstruct_time_limit must be > 0 s, got {self.reconstruct_time_limit}"
+                f"reconstruct_time_limit must be a finite number > 0 s, got "
+                f"{self.reconstruct_time_limit}"
             )
-        if self.relax_fmax <= 0 or self.novelty_tol <= 0:
-            raise ValueError("relax_fmax and novelty_tol must be > 0")
+        if not (0 < self.relax_fmax < math.inf and 0 < self.novelty_tol < math.inf):
+            raise ValueError(
+                f"relax_fmax and novelty_tol must be finite numbers > 0, got {self.relax_fmax} "
+                f"and {self.novelty_tol}"
+            )
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 SHAPES = ("icosahedron", "octahedron", "decahedron", "random", "complete")
@@ -46,8 +47,11 @@ class Config:
         bad = [s for s in self.shapes if s not in SHAPES]
         if bad or not self.shapes:
             raise ValueError(f"unknown shapes {bad}: choose from {SHAPES}")
-        if self.per_shape < 1 or self.n_starts < 1 or self.time_limit <= 0:
-            raise ValueError("per_shape and n_starts must be >= 1 and time_limit > 0")
+        if self.per_shape < 1 or self.n_starts < 1 or not 0 < self.time_limit < math.inf:
+            raise ValueError(
+                "per_shape and n_starts must be >= 1 and time_limit a finite number > 0 s, got "
+                f"{self.per_shape}, {self.n_starts} and {self.time_limit}"
+            )
         if self.seed < 0:  # as experiments.reconstruct_pt.labels: seeds of NumPy generators
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if set(self.shapes) == {"complete"}:  # the only shape that can give no cluster
