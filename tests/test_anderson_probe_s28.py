@@ -261,3 +261,24 @@ def test_counters_and_gradient_accumulation_are_documented_as_they_behave():
     assert "n_rejected" in ScaleByAndersonState.__doc__
     assert "exceed ``n_accelerated``" in ScaleByAndersonState.__doc__
     assert "optax.MultiSteps(anderson(inner), k)" in anderson.__doc__
+
+
+def test_an_injected_window_changed_mid_run_sets_both_averages_decay():
+    """s28 review: after the window changed, the step EMA took the new decay and the
+    average of the iterates kept the decay fixed at init."""
+    from jaxsci.optim import moving_average
+
+    tx = optax.inject_hyperparams(moving_average)(window=4)
+    p = {"w": jnp.zeros(3)}
+    s = tx.init(p)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    for k in range(3):
+        p = {"w": p["w"] + 1.0}
+        _, s = step({"w": jnp.full(3, 1.0 + k)}, s, p)
+    s.hyperparams["window"] = jnp.asarray(100)
+    before = s.inner_state.average["w"]
+    p = {"w": p["w"] + 1.0}
+    _, s = step({"w": jnp.ones(3)}, s, p)
+    d = 1.0 - 2.0 / 101.0
+    assert float(s.inner_state.decay) == pytest.approx(d)
+    np.testing.assert_allclose(s.inner_state.average["w"], d * before + (1 - d) * p["w"], rtol=1e-6)

@@ -228,13 +228,23 @@ def test_settings_of_a_run_stopped_before_any_checkpoint_bind_nothing(
         train_and_evaluate(other, run, progress=False)
     assert json.loads((run / "training_config.json").read_text())["batch_size"] == 9
     _fake_checkpoint(run / "checkpoints" / "baseline_dcgan", 2)
-    with pytest.raises(ValueError, match=r"holds checkpoints \(baseline_dcgan\).*batch_size"):
+    with pytest.raises(ValueError, match=r"holds models \(baseline_dcgan\).*batch_size"):
         train_and_evaluate(base, run, progress=False)
     with pytest.raises(SystemExit) as exc:
         main(["--tiny", "--workdir", str(run), "--models", "baseline_dcgan", "--no-progress"])
     assert exc.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "'batch_size': (9, 8)" in errors[0]
+    # s28 review: a finished run whose checkpoints were deleted still holds its samples,
+    # which a rerun re-scores into metrics.json beside models trained with other settings
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    np.savez(run / "samples_baseline_dcgan.npz", images=np.zeros((1, 8, 8)), labels=[0])
+    with pytest.raises(ValueError, match=r"holds models \(baseline_dcgan\).*batch_size"):
+        train_and_evaluate(
+            dataclasses.replace(base, models=("perlabel_dcgan",)), run, progress=False
+        )
 
 
 def test_tiny_flag_gives_the_tiny_config_and_flags_override_it(capsys):

@@ -28,11 +28,14 @@ def test_anderson_commands_refuse_a_non_finite_scale_before_any_folder(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("time_limit", [NAN, INF, 0.0])
-def test_reconstruct_pt_config_refuses_a_non_finite_time_limit(time_limit):
-    """--time-limit nan passed validate() and failed in reconstruct after the run folder."""
-    with pytest.raises(ValueError, match="time_limit a finite number > 0"):
+@pytest.mark.parametrize("time_limit", [NAN, 0.0, -1.0])
+def test_reconstruct_pt_config_refuses_a_nan_time_limit(time_limit):
+    """--time-limit nan passed validate() and failed in reconstruct after the run folder;
+    inf stays "no limit", as reconstruct defines it."""
+    with pytest.raises(ValueError, match=r"time_limit > 0 s \(inf: no limit\)"):
         dataclasses.replace(ReconstructConfig(), time_limit=time_limit).validate()
+    dataclasses.replace(ReconstructConfig(), time_limit=INF).validate()
+    pt_tiny(reconstruct_time_limit=INF).validate()
 
 
 @pytest.mark.parametrize(
@@ -41,7 +44,7 @@ def test_reconstruct_pt_config_refuses_a_non_finite_time_limit(time_limit):
         ("beta", NAN, "beta must be a finite number >= 0"),
         ("beta", INF, "beta must be a finite number >= 0"),
         ("learning_rate", NAN, "learning_rate a finite number > 0"),
-        ("reconstruct_time_limit", NAN, "reconstruct_time_limit must be a finite number"),
+        ("reconstruct_time_limit", NAN, r"reconstruct_time_limit must be > 0 s \(inf"),
         ("relax_fmax", INF, "relax_fmax and novelty_tol must be finite"),
         ("novelty_tol", NAN, "relax_fmax and novelty_tol must be finite"),
     ],

@@ -362,3 +362,14 @@ def test_a_run_dir_holding_another_run_is_refused_before_any_work(tiny_run, tmp_
     assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
     check_run_dir(tmp_path)  # an empty folder, or a new one, is fine
     check_run_dir(tmp_path / "new")
+
+
+def test_numpy_windows_are_accepted_and_a_tiny_window_error_names_the_tiny_ladder(capsys):
+    """s28 review: NumPy numbers in vae_windows were refused as not finite; with --tiny a
+    window error described the geometric ladder --tiny does not use."""
+    windows = tuple(map(tuple, np.array([[600.0, 2500.0]], np.float32)))
+    tiny_config(vae_windows=windows).validate()
+    tiny_config(vae_windows=tuple(map(tuple, np.array([[600, 2500]])))).validate()
+    rc = run.main(["--tiny", "--vae-window", "100", "200", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "of --tiny's ladder (150 300 600 900 1400 2500 K)" in err, err

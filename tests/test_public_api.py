@@ -1,5 +1,10 @@
 """The public API is re-exported explicitly by each subpackage (project rule; s28 review:
-17 names in submodules' ``__all__`` were reachable only through the submodule)."""
+17 names in submodules' ``__all__`` were reachable only through the submodule).
+
+What it checks: every name a submodule lists in its ``__all__`` is in its package's
+``__all__``, as the same object. Modules without an ``__all__`` (31, e.g. the
+``reconstruct`` internals and ``descriptors.acsf``) are not checked: which of their
+names are public is not declared."""
 
 import importlib
 import pkgutil

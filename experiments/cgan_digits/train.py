@@ -110,7 +110,8 @@ def _saved_steps(run_dir: Path, name: str) -> dict[Path, int]:
 def check_resume(run_dir: str | Path, config: Config) -> None:
     """``ValueError``, before any work, if ``config`` cannot resume the run in ``run_dir``:
 
-    * a model holds a complete checkpoint and ``training_config.json`` records other
+    * a model holds a complete checkpoint or samples (``samples_<model>.npz``, which a
+      rerun re-scores into its ``metrics.json``) and ``training_config.json`` records other
       training settings (:data:`TRAINING_FIELDS`; every differing one named): the
       settings file of a run stopped before its first checkpoint binds nothing;
     * a model to train holds a checkpoint past the generator updates ``config.steps`` gives
@@ -122,14 +123,16 @@ def check_resume(run_dir: str | Path, config: Config) -> None:
         return
     saved = {name: _saved_steps(run_dir, name) for name in MODELS}
     path = run_dir / "training_config.json"
-    holders = [name for name, steps in saved.items() if steps]
+    holders = [
+        name for name, steps in saved.items() if steps or (run_dir / f"samples_{name}.npz").exists()
+    ]
     if holders and path.exists():
         mine = {k: getattr(config, k) for k in TRAINING_FIELDS}
         theirs = json.loads(path.read_text())
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise ValueError(
-                f"{run_dir} holds checkpoints ({', '.join(holders)}) made with other settings "
+                f"{run_dir} holds models ({', '.join(holders)}) made with other settings "
                 f"(field: (theirs, yours)): {diff}; rerun with theirs or use a fresh workdir"
             )
     for name in config.models:

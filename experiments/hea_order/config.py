@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,7 +186,9 @@ class Config:
             )
         for w in self.vae_windows:
             ok = isinstance(w, tuple | list) and len(w) == 2
-            ok = ok and all(not isinstance(v, bool) and isinstance(v, int | float) for v in w)
+            ok = ok and all(  # NumPy numbers too
+                not isinstance(v, bool | np.bool_) and isinstance(v, numbers.Real) for v in w
+            )
             if not (ok and np.isfinite(w[0]) and np.isfinite(w[1]) and w[0] < w[1]):
                 raise ValueError(
                     f"vae_windows: each window is a finite (low, high) pair in K, low < high, "

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run-dir",
         default=None,
-        help=f"run folder to write (default: a fresh {d.run_name}-<UTC time> under --out-root)",
+        help="run folder to write, new or empty (a run does not resume) (default: a fresh "
+        f"{d.run_name}-<UTC time> under --out-root)",
     )
     p.add_argument(
         "--no-samples", action="store_true", help="do not write samples.npz (default: written)"
@@ -187,6 +188,13 @@ def flag_problem(config: Config, windows_given: bool) -> str | None:
                 if windows_given
                 else f"the default --vae-window {lo:g} {hi:g} (no --vae-window was given)"
             )
+            if config.temperatures is not None:  # --tiny's fixed list
+                listed = " ".join(f"{t:g}" for t in ladder)
+                return (
+                    f"{which} holds {count} of the {len(ladder)} temperatures of --tiny's "
+                    f"ladder ({listed} K); it needs >= 3: pass a wider --vae-window LOW HIGH, "
+                    "or set a geometric ladder with --t-min, --t-max and --n-temperatures"
+                )
             return (
                 f"{which} holds {count} of the {len(ladder)} ladder temperatures "
                 f"(--t-min {config.t_min:g} to --t-max {config.t_max:g} K, --n-temperatures "

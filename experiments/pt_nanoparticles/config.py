@@ -103,9 +103,9 @@ class Config:
         lo, hi = self.target_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"target_range must be quantiles 0 <= lo <= hi <= 1, got {lo, hi}")
-        if not 0 < self.reconstruct_time_limit < math.inf:
+        if not self.reconstruct_time_limit > 0:  # nan too; inf: no limit, as reconstruct's
             raise ValueError(
-                f"reconstruct_time_limit must be a finite number > 0 s, got "
+                f"reconstruct_time_limit must be > 0 s (inf: no limit), got "
                 f"{self.reconstruct_time_limit}"
             )
         if not (0 < self.relax_fmax < math.inf and 0 < self.novelty_tol < math.inf):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 SHAPES = ("icosahedron", "octahedron", "decahedron", "random", "complete")
@@ -47,9 +46,9 @@ class Config:
         bad = [s for s in self.shapes if s not in SHAPES]
         if bad or not self.shapes:
             raise ValueError(f"unknown shapes {bad}: choose from {SHAPES}")
-        if self.per_shape < 1 or self.n_starts < 1 or not 0 < self.time_limit < math.inf:
+        if self.per_shape < 1 or self.n_starts < 1 or not self.time_limit > 0:  # nan too
             raise ValueError(
-                "per_shape and n_starts must be >= 1 and time_limit a finite number > 0 s, got "
+                "per_shape and n_starts must be >= 1 and time_limit > 0 s (inf: no limit), got "
                 f"{self.per_shape}, {self.n_starts} and {self.time_limit}"
             )
         if self.seed < 0:  # as experiments.reconstruct_pt.labels: seeds of NumPy generators

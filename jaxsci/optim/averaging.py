@@ -180,6 +180,9 @@ def moving_average(
             raise ValueError("moving_average: update needs params (it averages iterates)")
         params = _tree.as_arrays(params)
         check_tree("updates", updates, params, owner="moving_average")
+        # this step's decay for both EMAs (a window injected by inject_hyperparams may change
+        # between steps; the average's decay was the one fixed at init)
+        state = state._replace(decay=jnp.asarray(decay, state.decay.dtype))
         mean = jax.tree_util.tree_map(
             lambda m, u: (decay * m + (1.0 - decay) * u).astype(m.dtype), state.mean_step, updates
         )
