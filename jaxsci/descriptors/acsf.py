@@ -397,8 +397,10 @@ class ACSF:
     def _check_concrete_sites(self, positions: Array, mask: Array, cell: object, pbc) -> None:
         """Concrete inputs (as ``create`` checks its Atoms): a cell that is not a finite 3x3
         matrix, also where a free descriptor ignores it, and two real atoms on one site
-        (their r = 0 pair was counted as a neighbour). O(N log N) on the host; traced
-        inputs are not checked."""
+        (their r = 0 pair was counted as a neighbour): free, identical positions; periodic,
+        fractional coordinates equal modulo 1 to 1e-9 (a tolerance that scales with the
+        cell: 1e-6 A in a 1000 A cell). O(N log N) on the host; traced inputs are not
+        checked."""
         if cell is not None and not isinstance(cell, jax.core.Tracer):
             validate_cell(np.asarray(cell), (False, False, False))  # shape, finite
         if isinstance(positions, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
