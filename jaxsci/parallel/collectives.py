@@ -353,7 +353,7 @@ def tree_allreduce(
         the names :func:`jaxsci.parallel.get_policy` accepts (``"bf16"``, ``"fp16"``, ...).
       check: outside ``jit`` (concrete leaves) first compare the tree's signature (structure,
         shapes, dtypes) across ranks: one small host ``allgather`` of a hash (tens of
-        microseconds; a second one shares the multi-device verdict, see Raises), so a
+        microseconds; it carries the multi-device verdict too, see Raises), so a
         mismatch is the same ValueError on every rank, naming the first differing rank,
         instead of silent garbage. Ignored inside ``jit``, where the
         leaves are tracers (check once outside, or call :func:`check_same_tree`). The check
@@ -392,12 +392,14 @@ def tree_allreduce(
         from jaxsci.parallel.bootstrap import bootstrap
 
         host_comm = comm if comm is not None else bootstrap().comm
-        verdicts = host_comm.allgather(spread)  # a multi-device leaf on any rank: all raise
-        bad = next(((r, v) for r, v in enumerate(verdicts) if v), None)
-        if bad is not None:
-            raise ValueError(spread or f"on rank {bad[0]}: {bad[1]}")
         signed = jax.tree.unflatten(treedef, leaves)
-        check_same_tree(signed, host_comm, "all-reduced tree")
+        # one host collective for both checks: the signature and the multi-device verdict
+        gathered = host_comm.allgather((tree_signature(signed)[0], spread))
+        bad = next(((r, v) for r, (_, v) in enumerate(gathered) if v), None)
+        if bad is not None:  # a multi-device leaf on any rank: all raise
+            raise ValueError(spread or f"on rank {bad[0]}: {bad[1]}")
+        if len({digest for digest, _ in gathered}) > 1:  # every rank sees it: all describe it
+            check_same_tree(signed, host_comm, "all-reduced tree")
     elif spread:
         raise ValueError(spread)
     if op == "mean":
