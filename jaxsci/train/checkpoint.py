@@ -34,7 +34,7 @@ import orbax.checkpoint as ocp
 
 from jaxsci._checks import is_int_at_least
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
-from jaxsci.train.run_dir import to_jsonable
+from jaxsci.train.run_dir import nearest_existing, to_jsonable
 
 __all__ = [
     "Checkpointer",
@@ -54,11 +54,9 @@ def check_checkpoint_folder(directory: str | os.PathLike) -> None:
     file there, or above it, ended a run at its first save (a raw ``NotADirectoryError``
     after the first epoch's work). Reads only."""
     path = os.path.abspath(os.fspath(directory))
-    probe = path
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        where = "it" if probe == path else probe
+    probe = nearest_existing(path)
+    if not probe.is_dir():
+        where = "it" if str(probe) == path else probe
         raise ValueError(f"checkpoint folder {path}: {where} is a file, not a folder")
 
 

@@ -30,6 +30,15 @@ __all__ = [
 ]
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (what a ``mkdir``
+    of ``path`` would have to create the rest under)."""
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
 def check_output_dir(path: str | Path) -> Path:
     """Check, before any work, that run folders can be written under ``path``; return it.
 
@@ -38,9 +47,7 @@ def check_output_dir(path: str | Path) -> Path:
     at once, so read-only mounts and permission rules are caught as they will be later).
     Raises ``ValueError`` with a one-line reason otherwise, for ``parser.error``."""
     path = Path(path)
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = nearest_existing(path)
     if not probe.is_dir():
         raise ValueError(f"cannot write under {path}: {probe} is not a folder")
     try:
