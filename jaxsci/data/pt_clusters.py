@@ -558,6 +558,13 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def _cache_folder(config: PtClusterConfig, cache_dir: str | Path | None, calc_name: str) -> Path:
+    """Where ``config``'s data set is cached under ``cache_dir`` (default
+    :func:`default_cache_dir`) for the calculator ``calc_name``."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / config.cache_key(calc_name)
+
+
 def _cache_write(path: Path, data: str | bytes) -> bool:
     """Write a cache file atomically; ``False``, with a ``RuntimeWarning``, when the cache
     cannot be written (a read-only or full file system, a file where the folder should
@@ -583,8 +590,7 @@ def is_cached(config: PtClusterConfig, cache_dir: str | Path | None = None) -> b
     nothing for them (fingerprints of a new descriptor aside). Command lines use it to
     accept a read-only cache that is complete."""
     config.validate()
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = root / config.cache_key(emt_calculator()[1])
+    folder = _cache_folder(config, cache_dir, emt_calculator()[1])
     return (folder / "meta.json").is_file() and (folder / "structures.extxyz").is_file()
 
 
@@ -683,8 +689,7 @@ def build_pt_clusters(
     if n_workers is not None and not is_int_at_least(n_workers, 1):
         raise ValueError(f"n_workers must be an int >= 1 or None, got {n_workers!r}")
     _, calc_name = emt_calculator()
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = root / config.cache_key(calc_name)
+    folder = _cache_folder(config, cache_dir, calc_name)
 
     dataset = None
     problem = None
