@@ -198,12 +198,8 @@ def test_rmsd_of_strongly_noisy_clusters_is_at_most_that_of_the_known_correspond
             assert rmsd <= known + 1e-9, (name, n, noise, allow_reflection, rmsd, known)
 
 
-def _brute_force_rmsd(p, q, allow_reflection, species=None) -> float:
-    """Smallest Kabsch RMSD over every (same-species) permutation of ``p``'s atoms."""
-    p, q = p - p.mean(0), q - q.mean(0)
-    perms = np.array(list(itertools.permutations(range(len(p)))))
-    if species is not None:
-        perms = perms[(species[perms] == species).all(1)]
+def _best_over(p, q, perms, allow_reflection) -> float:
+    """Smallest Kabsch RMSD of ``p[perm]`` onto ``q`` (both centred) over ``perms``."""
     best = math.inf
     for perm in perms:
         u, _, vt = np.linalg.svd(p[perm].T @ q)
@@ -211,6 +207,15 @@ def _brute_force_rmsd(p, q, allow_reflection, species=None) -> float:
         rot = u @ np.diag([1.0, 1.0, d]) @ vt
         best = min(best, float(np.sqrt(((p[perm] @ rot - q) ** 2).sum(-1).mean())))
     return best
+
+
+def _brute_force_rmsd(p, q, allow_reflection, species=None) -> float:
+    """Smallest Kabsch RMSD over every (same-species) permutation of ``p``'s atoms."""
+    p, q = p - p.mean(0), q - q.mean(0)
+    perms = np.array(list(itertools.permutations(range(len(p)))))
+    if species is not None:
+        perms = perms[(species[perms] == species).all(1)]
+    return _best_over(p, q, perms, allow_reflection)
 
 
 @pytest.mark.parametrize("allow_reflection", [True, False])
@@ -290,13 +295,7 @@ def _brute_force_rmsd_vectorised(p, q, allow_reflection) -> float:
     if not allow_reflection:
         sv[:, -1] *= np.sign(np.linalg.det(h))
     msd = ((p**2).sum() + (q**2).sum() - 2.0 * sv.sum(-1)) / len(p)
-    best = math.inf
-    for perm in perms[np.argsort(msd)[:16]]:
-        u, _, vt = np.linalg.svd(p[perm].T @ q)
-        d = 1.0 if allow_reflection else np.sign(np.linalg.det(u @ vt))
-        rot = u @ np.diag([1.0, 1.0, d]) @ vt
-        best = min(best, float(np.sqrt(((p[perm] @ rot - q) ** 2).sum(-1).mean())))
-    return best
+    return _best_over(p, q, perms[np.argsort(msd)[:16]], allow_reflection)
 
 
 @pytest.mark.parametrize("allow_reflection", [True, False])
