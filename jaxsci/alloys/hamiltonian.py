@@ -83,9 +83,17 @@ class PairHamiltonian:
         return di + dj - back
 
 
-@dataclasses.dataclass(frozen=True)
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("pair_energies",),
+    meta_fields=("species", "composition", "source"),
+)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class AlloyModel:
     """A named alloy: species, default composition and pair energies per bond (eV).
+
+    A pytree: ``pair_energies`` is its leaf (e.g. to fit or differentiate with respect to
+    them); species, composition and source are static.
 
     Attributes:
       species: chemical symbols, in the order of the species index.

@@ -12,14 +12,25 @@ site itself) raises ``ValueError``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
+import jax
 import numpy as np
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("positions", "cell", "neighbors", "shell"),
+    meta_fields=("coordination", "distances"),
+)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class Lattice:
     """A periodic lattice and its neighbour shells.
+
+    A pytree: the four arrays are its leaves, ``coordination`` and ``distances`` static
+    (hashable tuples, part of the tree structure), so it passes through ``jit``,
+    ``tree.map`` and ``device_put``; another lattice of the same size compiles nothing new.
 
     Attributes:
       positions: ``[n_sites, 3]`` site positions in units of the lattice constant.
@@ -47,10 +58,12 @@ class Lattice:
         return len(self.coordination)
 
     def shell_neighbors(self, s: int) -> np.ndarray:
-        """``[n_sites, coordination[s]]`` neighbours of every site in shell ``s``."""
+        """``[n_sites, coordination[s]]`` neighbours of every site in shell ``s`` (a copy;
+        also under ``jit``: the columns come from the static ``coordination``)."""
         if not 0 <= s < self.n_shells:
             raise ValueError(f"shell {s} out of range: the lattice has {self.n_shells} shells")
-        return self.neighbors[:, self.shell == s]
+        start = sum(self.coordination[:s])  # columns are shell by shell
+        return self.neighbors[:, np.arange(start, start + self.coordination[s])]
 
 
 def _bcc_shells(n_shells: int) -> list[tuple[int, list[tuple[int, int, int]]]]:

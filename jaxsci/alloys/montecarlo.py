@@ -15,6 +15,7 @@ the host with a progress bar and collects samples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -47,9 +48,26 @@ class PTState(NamedTuple):
     sweep: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=(
+        "temperatures",
+        "energies",
+        "samples",
+        "swap_acceptance",
+        "exchange_acceptance",
+        "timings",
+        "final_state",
+    ),
+    meta_fields=("n_sweeps", "n_burn"),
+)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class PTResult:
     """Samples of a parallel-tempering run.
+
+    A pytree: its leaves are the five arrays, the two ``timings`` values (measurements,
+    not settings: results of runs that took different times still share a structure) and
+    the arrays of ``final_state``; ``n_sweeps`` and ``n_burn`` are static (Python ints).
 
     Attributes:
       temperatures: ``[R]`` K, increasing.
@@ -333,8 +351,8 @@ def parallel_tempering(
         samples=samples,
         swap_acceptance=accepted / (n_sweeps * hamiltonian.n_sites),
         exchange_acceptance=np.where(tries > 0, exchanged / np.maximum(tries, 1), np.nan),
-        n_sweeps=n_sweeps,
-        n_burn=n_burn_calls * sample_every,
+        n_sweeps=int(n_sweeps),
+        n_burn=int(n_burn_calls * sample_every),
         timings=timings,
         final_state=state,
     )

@@ -22,11 +22,13 @@ the zone axis (only when ``zone_axis=None``), the in-plane rotation (only when
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from ase import Atoms
 from ase.build import bulk
@@ -79,9 +81,18 @@ def bulk_density(material: str) -> float:
     return len(cell) / abs(cell.get_volume())
 
 
-@dataclass(frozen=True, eq=False)
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("positions", "numbers"),
+    meta_fields=("material", "zone_axis", "rotation", "extent", "thickness"),
+)
+@dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class CrystalBlock:
     """A box of crystal, ``[0, Lx) x [0, Ly) x [0, thickness)`` Å, beam along ``+z``.
+
+    A pytree: ``positions`` and ``numbers`` are its leaves; the rest is static (hashable,
+    part of the tree structure), so ``n_atoms`` and ``volume`` stay Python numbers under
+    ``jit``.
 
     Attributes:
       positions: ``[N, 3]`` Cartesian ``(x, y, z)`` in Å, sorted by ``z`` (read-only).

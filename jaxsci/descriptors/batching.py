@@ -26,7 +26,7 @@ def bucket_size(n_atoms: int) -> int:
     data_fields=["positions", "species", "mask", "cells", "n_atoms"],
     meta_fields=["pbc", "images"],
 )
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class Batch:
     """Padded structures. positions [B, N, 3] (Angstrom), species [B, N] int32 indices,
     mask [B, N] bool (False = padding), cells [B, 3, 3] or None (free clusters),

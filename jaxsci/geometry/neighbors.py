@@ -211,7 +211,7 @@ class CellListSpec:
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: array fields do not compare
 class NeighborList:
     """Neighbour slots from a cell list.
 
