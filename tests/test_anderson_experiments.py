@@ -73,23 +73,6 @@ def test_iters_to_target():
     assert iters_to_target([5.0, 3.0], 1.0) is None
 
 
-def test_study_smoke_writes_run_folder(tmp_path):
-    from experiments.anderson.run import main
-
-    res = main(
-        ["--problems", "least_squares", "--scale", "0.05", "--seeds", "1", "--out", str(tmp_path)]
-    )
-    run_dir = res["run_dir"]
-    with open(f"{run_dir}/results.json") as fh:  # strict JSON: it held bare Infinity
-        saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
-    prob = saved["problems"]["least_squares"]
-    assert set(prob["tuned"]) == {"sgd", "nesterov", "adam", "lbfgs"}
-    assert {"aa_sgd_m5", "aa_sgd_m10", "aa_sgd_m20", "aa_adam_m5"} <= set(prob["summary"])
-    curve = prob["curves"]["aa_sgd_m5"][0]
-    assert len(curve) == 100 and curve[-1] < curve[0]
-    assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
-
-
 def _bench_anderson():
     """benchmarks/bench_anderson.py as a module (benchmarks/ is not a package)."""
     import importlib.util
@@ -320,3 +303,131 @@ def test_the_nonconvex_target_counts_final_iterates_and_ignores_nan():
     assert best_loss(runs) == 0.15
     runs["aa"][0]["loss"] = [1.0, 0.1, float("nan")]
     assert best_loss(runs) == 0.1
+
+
+# ----------------------------------------------------------------------------- config and CLI
+
+
+def _finite_numbers(tree) -> list[float]:
+    """Every number in a JSON tree (``None``, a target never reached, left out)."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _finite_numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _finite_numbers(v)]
+    return [float(tree)] if isinstance(tree, int | float) and not isinstance(tree, bool) else []
+
+
+def test_tiny_run_writes_a_run_folder_of_finite_results(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from experiments.anderson.config import METHODS, tiny_config
+    from experiments.anderson.run import main
+
+    # --out: the study's older name of --out-root
+    res = main(["--tiny", "--no-progress", "--out", str(tmp_path)])
+    run_dir = res["run_dir"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"run folder: {run_dir}"
+    assert os.listdir(tmp_path) == [os.path.basename(run_dir)]
+    assert sorted(os.listdir(run_dir)) == ["least_squares.png", "results.json"]
+    with open(f"{run_dir}/results.json") as fh:
+        saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert saved["config"] == json.loads(json.dumps(asdict(tiny_config(out=str(tmp_path)))))
+    assert set(saved) == {"config", "problems"} and list(saved["problems"]) == ["least_squares"]
+    prob = saved["problems"]["least_squares"]
+    assert set(prob) == {
+        "problem",
+        "deterministic",
+        "target",
+        "f_ref",
+        "tuned",
+        "tuning",
+        "summary",
+        "ratios",
+        "curves",
+    }
+    assert set(prob["tuned"]) == {"sgd", "nesterov", "adam", "lbfgs"}
+    # every method that runs on a deterministic problem, one seed of 100 iterations
+    assert set(prob["summary"]) == set(METHODS) - {"aa_sgd_m5_avg", "aa_adam_m5_avg"}
+    assert all(len(c) == 1 and len(c[0]) == 100 for c in prob["curves"].values())
+    numbers = _finite_numbers(prob)
+    assert len(numbers) > 1000 and np.all(np.isfinite(numbers))
+    assert 0 < prob["f_ref"] < prob["target"]
+    for name, entry in prob["summary"].items():  # every method descends
+        assert entry["seeds"][0]["final_loss"] < prob["curves"][name][0][0], name
+    with open(f"{run_dir}/least_squares.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(f"{run_dir}/least_squares.png") > 1000
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("problems", ("least_squares", "bogus")),
+        ("problems", "least_squares"),
+        ("problems", ("least_squares", "least_squares")),
+        ("seeds", 0),
+        ("seeds", 1.5),
+        ("seeds", True),
+        ("scale", 0.0),
+        ("scale", float("nan")),
+        ("scale", float("inf")),
+        ("scale", "1"),
+        ("methods", ()),
+        ("methods", ("aa_bogus",)),
+        ("out", ""),
+        ("run_name", "a/b"),
+        ("plots", "yes"),
+        ("progress", 1),
+    ],
+)
+def test_bad_config_values_raise_naming_the_field_before_any_work(field, value, tmp_path):
+    from experiments.anderson.config import Config, tiny_config
+    from experiments.anderson.run import train_and_evaluate
+
+    Config().validate()
+    tiny_config().validate()
+    config = tiny_config(**{"out": str(tmp_path / "runs"), field: value})
+    with pytest.raises(ValueError, match=field):
+        config.validate()
+    with pytest.raises(ValueError, match=field):
+        train_and_evaluate(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--tiny", "--seeds", "0"],
+        ["--tiny", "--scale", "nan"],
+        ["--tiny", "--seeds", "two"],
+        ["--tiny", "--problems", "bogus"],
+        ["--tiny", "--methods"],
+        ["--tiny", "--bogus"],
+    ],
+)
+def test_bad_flags_exit_2_before_anything_is_written(flags, tmp_path, monkeypatch, capsys):
+    from experiments.anderson import run
+
+    monkeypatch.setattr(run, "train_and_evaluate", lambda *a: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exc:
+        run.main([*flags, "--out-root", str(tmp_path / "runs")])
+    assert exc.value.code == 2 and "error:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiny_flag_gives_the_tiny_config_and_flags_override_it():
+    from experiments.anderson.config import Config, tiny_config
+    from experiments.anderson.run import build_parser, config_from_args
+
+    parse = lambda *flags: config_from_args(build_parser().parse_args(list(flags)))
+    assert parse() == Config()
+    assert parse("--tiny") == tiny_config(progress=True)  # the command line shows the bar
+    argv = ["--tiny", "--seeds", "2", "--no-plots", "--no-progress", "--methods", "adam"]
+    argv += ["--problems", "logistic_regression", "least_squares", "logistic_regression"]
+    assert parse(*argv) == tiny_config(
+        problems=("logistic_regression", "least_squares"),  # named twice: runs once
+        seeds=2,
+        methods=("adam",),
+        plots=False,
+        progress=False,
+    )

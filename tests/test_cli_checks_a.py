@@ -255,13 +255,15 @@ def test_reconstruct_help_defaults_are_configs(capsys, monkeypatch):
 
 
 def test_anderson_help_defaults_are_configs(capsys, monkeypatch):
-    from experiments.anderson.run import ALL, Config
+    from experiments.anderson.run import ALL, Config, tiny_config
 
-    d = Config()
+    d, t = Config(), tiny_config()  # "(default: 3; --tiny: 1)", as every --tiny experiment
     options = _options(_help(capsys, monkeypatch, "experiments.anderson.run"))
-    assert d.problems == ALL and _default(options, "--problems") == "all"
-    for flag, value in [("--seeds", d.seeds), ("--scale", d.scale), ("--out-root", d.out)]:
-        assert _default(options, flag) == str(value)
+    assert d.problems == ALL and t.problems == ("least_squares",)
+    assert _default(options, "--problems") == "all; --tiny: least_squares"
+    for flag, name in [("--seeds", "seeds"), ("--scale", "scale"), ("--out-root", "out")]:
+        full, tiny = str(getattr(d, name)), str(getattr(t, name))
+        assert _default(options, flag) == full + ("" if tiny == full else f"; --tiny: {tiny}")
 
 
 @pytest.mark.parametrize(

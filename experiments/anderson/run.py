@@ -1,6 +1,7 @@
 """Anderson acceleration study: every problem, tuned baselines vs Anderson, >= 3 seeds.
 
     python -m experiments.anderson.run                      # all problems, default sizes
+    python -m experiments.anderson.run --tiny               # smoke test, seconds
     python -m experiments.anderson.run --problems least_squares logistic_regression
     python -m experiments.anderson.run --scale 4 --seeds 5  # longer runs, more seeds
     python -m experiments.anderson.run --methods nesterov aa_sgd_m5  # part of the study
@@ -16,15 +17,20 @@ and one ``<problem>.png`` per problem (median loss over seeds vs iterations or e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
+from experiments._cli import config_default
 from experiments.anderson import problems as P
+from experiments.anderson.config import ALL, METHODS, Config, tiny_config
 from experiments.anderson.runner import (
     AA_COUNTERS,
     Method,
@@ -38,44 +44,8 @@ from experiments.anderson.runner import (
 )
 from jaxsci.train import check_output_dir, make_run_dir, write_json
 
-ALL = [
-    "least_squares",
-    "least_squares_large",
-    "logistic_regression",
-    "mlp_diabetes_fullbatch",
-    "mlp_diabetes_minibatch",
-    "burgers_1d_pinn",
-    "burgers_2d_pinn",
-    "cnn_digits",
-]
-# Every method the study knows: the tuned baselines, then the Anderson variants (m10 and m20
-# run on deterministic problems only, the moving-average ones on minibatch problems only).
-METHODS = (
-    "sgd",
-    "nesterov",
-    "adam",
-    "lbfgs",
-    "aa_sgd_m5",
-    "aa_sgd_m10",
-    "aa_sgd_m20",
-    "aa_momentum_m5",
-    "aa_adam_m5",
-    "aa_sgd_m5_avg",
-    "aa_adam_m5_avg",
-)
 # 1e-6 relative targets need float64
 X64 = {"least_squares", "least_squares_large", "logistic_regression"}
-
-
-@dataclass
-class Config:
-    problems: list[str] = field(default_factory=lambda: list(ALL))
-    seeds: int = 3
-    scale: float = 1.0  # multiplies iterations / epochs
-    methods: list[str] | None = None  # a subset of METHODS; None: all
-    out: str = "runs/anderson"
-    plots: bool = True
-    progress: bool = True  # the study's tqdm bar
 
 
 def build_problem(name: str, scale: float) -> P.Problem:
@@ -322,23 +292,26 @@ def print_summary(res: dict) -> None:
         print(f"  ratio {k}: {'-' if v is None else f'{v:.2f}'}")
 
 
-def train_and_evaluate(cfg: Config) -> dict:
-    """Run the study; returns the results dict that is also written to the run folder."""
-    run_dir = str(make_run_dir(cfg.out, "study"))
-    results = {"config": asdict(cfg), "problems": {}}
+def train_and_evaluate(config: Config) -> dict:
+    """Run the study ``config`` asks for (``ValueError`` before any work if it is bad);
+    returns the results dict that is also written to the run folder, with ``run_dir``."""
+    config.validate()
+    run_dir = str(make_run_dir(config.out, config.run_name))
+    results = {"config": asdict(config), "problems": {}}
     with tqdm(
-        total=0, desc="anderson study", disable=not cfg.progress
+        total=0, desc="anderson study", disable=not config.progress
     ) as bar:  # each problem adds its runs
-        for name in cfg.problems:
+        for name in config.problems:
             with jax.enable_x64(name in X64):  # data and params built in the same precision
-                p = build_problem(name, cfg.scale)
-                res = study_problem(p, cfg.seeds, bar, cfg.methods)
+                p = build_problem(name, config.scale)
+                methods = None if config.methods is None else list(config.methods)
+                res = study_problem(p, config.seeds, bar, methods)
             if res is None:
                 print(f"\n== {name}: none of --methods runs on it; skipped")
                 results.setdefault("skipped", []).append(name)
                 continue
             results["problems"][p.name] = res
-            if cfg.plots:
+            if config.plots:
                 plot_problem(res, os.path.join(run_dir, f"{p.name}.png"))
             print_summary(res)
             # strict JSON: inf and NaN (a target never reached) as null
@@ -349,34 +322,51 @@ def train_and_evaluate(cfg: Config) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    d = Config()
+def _problems(names) -> str:
+    return "all" if tuple(names) == ALL else " ".join(names)
+
+
+def _default(name: str, show: Callable[[Any], str] = str) -> str:
+    """``Config``'s default of field ``name`` for a help string, and ``--tiny``'s if other."""
+    return config_default(Config(), tiny_config(), name, show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help string shows the default (from :class:`Config`, and
+    :func:`~experiments.anderson.config.tiny_config` with ``--tiny``)."""
+    t = tiny_config()
     ap = argparse.ArgumentParser(
         description=__doc__.replace("``", ""), formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument(
-        "--problems",
-        nargs="+",
-        default=d.problems,
-        choices=ALL,
-        help=f"problems to study (default: {'all' if d.problems == ALL else ' '.join(d.problems)})",
+        "--tiny",
+        action="store_true",
+        help=f"smoke-test size, seconds: {_problems(t.problems)} at --scale {t.scale}, "
+        f"{t.seeds} seed (default: the\nfull study); the flags below override it",
     )
     ap.add_argument(
-        "--seeds", type=int, default=d.seeds, help="seeds per method, >= 1 (default: %(default)s)"
+        "--problems",
+        nargs="+",
+        default=None,
+        choices=ALL,
+        help=f"problems to study ({_default('problems', _problems)})",
+    )
+    ap.add_argument(
+        "--seeds", type=int, default=None, help=f"seeds per method, >= 1 ({_default('seeds')})"
     )
     ap.add_argument(
         "--scale",
         type=float,
-        default=d.scale,
-        help="multiply iterations/epochs, > 0 (default: %(default)s)",
+        default=None,
+        help=f"multiply iterations/epochs, > 0 ({_default('scale')})",
     )
     ap.add_argument(
         "--out-root",
         "--out",
         dest="out",
         metavar="DIR",
-        default=d.out,
-        help="parent of the run folder (default: %(default)s)",
+        default=None,
+        help=f"parent of the run folder ({_default('out')})",
     )
     ap.add_argument(
         "--no-plots", action="store_true", help="write no <problem>.png (default: written)"
@@ -391,23 +381,43 @@ def main(argv: list[str] | None = None) -> dict:
         help="run only these (default: all); an Anderson variant brings the baselines its\n"
         "step and its ratio need",
     )
-    a = ap.parse_args(argv)
-    if a.seeds < 1 or not 0 < a.scale < math.inf:  # before any run folder (inf, nan too)
-        ap.error(f"need --seeds >= 1 and a finite --scale > 0, got {a.seeds} and {a.scale}")
+    return ap
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The config the parsed flags ask for (not validated): :class:`Config`, or
+    :func:`~experiments.anderson.config.tiny_config` with ``--tiny``, with the flags given
+    replacing its fields. A problem named twice runs once."""
+    base = tiny_config() if a.tiny else Config()
+    given = {
+        "problems": None if a.problems is None else tuple(dict.fromkeys(a.problems)),
+        "seeds": a.seeds,
+        "scale": a.scale,
+        "methods": None if a.methods is None else tuple(a.methods),
+        "out": a.out,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(base, **changes, plots=not a.no_plots, progress=not a.no_progress)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the flags, check them and the output root (status 2 before any work), run
+    :func:`train_and_evaluate`; returns its results."""
+    ap = build_parser()
+    config = config_from_args(ap.parse_args(argv))
+    if config.seeds < 1 or not 0 < config.scale < math.inf:  # before any run folder (inf, nan)
+        ap.error(
+            f"need --seeds >= 1 and a finite --scale > 0, got {config.seeds} and {config.scale}"
+        )
+    try:
+        config.validate()
+    except ValueError as err:
+        ap.error(f"bad config: {err}")
     try:  # before any work: a run folder can be made under --out
-        check_output_dir(a.out)
+        check_output_dir(config.out)
     except ValueError as err:
         ap.error(str(err))
-    cfg = Config(
-        problems=a.problems,
-        seeds=a.seeds,
-        scale=a.scale,
-        methods=a.methods,
-        out=a.out,
-        plots=not a.no_plots,
-        progress=not a.no_progress,
-    )
-    return train_and_evaluate(cfg)
+    return train_and_evaluate(config)
 
 
 if __name__ == "__main__":
