@@ -16,7 +16,7 @@ def _not_json(token: str):
 
 
 def test_run_folder_holds_json_structures_rows_and_a_plot(tmp_path, capsys):
-    fps = run.main(["--out-root", str(tmp_path), "--rattle", "0.02"])
+    fps = run.main(["--tiny", "--out-root", str(tmp_path), "--rattle", "0.02"])
     folder = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
     assert sorted(p.name for p in folder.iterdir()) == [
         "fingerprints.png",
