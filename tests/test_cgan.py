@@ -1,5 +1,7 @@
 """Conditional GANs: models, per-label training (vmap == alone, resume), bad input."""
 
+import json
+import re
 import shutil
 
 import flax.linen as nn
@@ -200,7 +202,7 @@ def test_resume_with_labels_missing_from_the_checkpoints_is_an_error(digits, tmp
     train_per_label(*args, n_steps=2, label_set=[1, 2], **kw)
     with pytest.raises(ValueError, match=r"hold labels \[1, 2\] but not \[3\]"):
         train_per_label(*args, n_steps=4, label_set=[1, 2, 3], **kw)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels-1-2", "labels-1-2-3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels-1-2"]  # no empty 1-2-3
 
 
 def test_label_without_data_is_an_error(digits):
@@ -424,6 +426,47 @@ def test_per_label_resume_with_other_settings_is_refused_before_assembling(digit
     same = optax.adam(1e-3, 0.5)  # an equal optimizer, another object: resumes
     res = train_per_label(cgan, same, same, *args[1:], n_steps=4, checkpoint_dir=tmp_path, **kw)
     assert res.history["g_loss"].shape == (3, 4)
+
+
+def test_per_label_resume_with_another_learning_rate_is_refused_writing_nothing(digits, tmp_path):
+    """A per-label resume with another learning rate is refused, both optimizers' probes
+    shown, from the block's own checkpoint (fit_gan) and from blocks of another label split
+    (assembled). The latter created its block's folder first: an empty labels-1-2-3 was
+    left behind by the refusal; now nothing is written."""
+    from jaxsci.train._fingerprint import optimizer_probe
+
+    cgan, key = tiny_dcgan(), jax.random.PRNGKey(5)
+    kw = dict(key=key, label_set=[1, 2, 3], batch_size=8, chunk_steps=2, progress=False)
+
+    def run(lr, n_steps, **more):
+        opt = optax.adam(lr, 0.5)
+        return train_per_label(
+            cgan, opt, opt, digits.train_images, digits.train_labels, n_steps=n_steps,
+            checkpoint_dir=tmp_path, **kw, **more,
+        )  # fmt: skip
+
+    def rank(r):
+        return dict(strategy="mpi", info=ProcessInfo(rank=r, size=2, local_device_count=1))
+
+    for r in (0, 1):  # blocks labels-1-2 and labels-3 at step 2
+        run(1e-3, 2, **rank(r))
+    files = lambda: sorted(  # noqa: E731
+        (p.relative_to(tmp_path), p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in tmp_path.rglob("*")
+    )
+    before = files()
+    saved, now = (
+        re.escape(json.dumps(optimizer_probe(optax.adam(lr, 0.5)))) for lr in (1e-3, 3e-3)
+    )
+    for how, more, block in (("own block", rank(1), "3"), ("assembled", {}, "1-2")):
+        with pytest.raises(
+            ValueError,
+            match=rf"step 2 in .*labels-{block} was made with other settings \(d_optimizer, "
+            rf"g_optimizer differ\): d_optimizer: saved {saved}, now {now}; g_optimizer: "
+            rf"saved {saved}, now {now}\.",
+        ):
+            run(3e-3, 4, **more)
+        assert files() == before, how  # no folder, no checkpoint written
 
 
 def test_init_does_not_recompile_for_an_equal_new_optimizer():

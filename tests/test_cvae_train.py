@@ -1,5 +1,8 @@
 """jaxsci.train.train_cvae: a resumed run equals the uninterrupted one; refusals write nothing."""
 
+import json
+import re
+
 import jax
 import numpy as np
 import optax
@@ -7,6 +10,7 @@ import pytest
 
 from jaxsci.models import CVAE
 from jaxsci.train import train_cvae
+from jaxsci.train._fingerprint import optimizer_probe
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(48, 6)).astype(np.float32)
@@ -56,6 +60,31 @@ def test_other_settings_or_fewer_epochs_are_refused_before_anything_is_written(t
     with pytest.raises(ValueError, match="none were given"):
         run(tmp_path, 4, checkpoint_dir=tmp_path / "ck")
     assert snapshot(tmp_path) == before
+
+
+def test_another_optimizer_is_refused_naming_it_before_anything_is_written(tmp_path):
+    """The optimizer was not recorded: a resume with another learning rate (or betas, or
+    another optimizer) continued the checkpoint silently, a trajectory of neither run. Now
+    its updates on a probe gradient are saved and compared, both shown in the error."""
+    kw = dict(checkpoint_dir=tmp_path / "ck", metrics_path=tmp_path / "m.jsonl")
+    run(tmp_path, 2, **kw)  # optax.adam(1e-2), no settings=
+    files = lambda: sorted(  # noqa: E731
+        (p, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in tmp_path.rglob("*")
+    )
+    before = files()
+    saved = json.dumps(optimizer_probe(optax.adam(1e-2)))
+    for opt in (optax.adam(3e-2), optax.adam(1e-2, b1=0.5), optax.sgd(1e-2)):
+        now = json.dumps(optimizer_probe(opt))
+        msg = (
+            rf"at epoch 2 in .*ck was made with other settings \(optimizer differ\): "
+            rf"optimizer: saved {re.escape(saved)}, now {re.escape(now)}\."
+        )
+        with pytest.raises(ValueError, match=msg):
+            train_cvae(MODEL, opt, X, C, epochs=4, **ARGS, **kw)
+        assert files() == before  # nothing written: checkpoints, metrics file
+    # the same optimizer, another object (as a rerun makes), resumes and trains longer
+    assert run(tmp_path, 3, **kw).epochs_done == 3
 
 
 def test_validation_metrics_and_a_plain_vae():

@@ -1,10 +1,13 @@
-"""Cheap, deterministic checksums of training data, stored with checkpoints so that a
-resume on other data is refused (:func:`jaxsci.train.train_cvae`,
-:func:`jaxsci.train.train_conditional`)."""
+"""Cheap, deterministic fingerprints of training data and optimizers, stored with
+checkpoints so that a resume on other data or with another optimizer (learning rate,
+betas, schedule...) is refused (:func:`jaxsci.train.train_cvae`,
+:func:`jaxsci.train.train_conditional`, :func:`jaxsci.train.gan.train_per_label`)."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 _GOLDEN = 0.6180339887498949  # position weights 1 + frac(k * golden): spread over [1, 2)
 _CHUNK = 1 << 20
@@ -50,3 +53,28 @@ def checksum(values: np.ndarray) -> list[float]:
     location = 2.0 + float(np.tanh(np.mean(np.arcsinh(mean / unit)) / 10.0))
     scale = 2.0 + float(np.arctan(np.mean(np.log(unit)))) / np.pi
     return [order, location, scale]
+
+
+def optimizer_probe(opt: optax.GradientTransformation) -> list[float] | None:
+    """Three updates of ``opt`` on a fixed 8-vector and gradients: per update, a weighted
+    sum and the L1 norm, to 7 significant digits (an error message shows them whole).
+    Optax transformations hide their hyperparameters; these updates show them: another
+    optimizer, learning rate, betas or weight decay, or a schedule that differs within
+    its first 3 steps, gives other numbers (far beyond the settings' 1e-5 relative
+    tolerance). Run eagerly (a jit would compile once per optimizer object). ``None`` for
+    an optimizer that cannot update such a vector (e.g. masks by name)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+    weights = jnp.arange(1.0, 9.0, dtype=jnp.float32)
+    out = []
+    try:
+        state = opt.init(params)
+        for i, scale in enumerate((1.0, -0.5, 2.0)):
+            grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
+            updates, state = opt.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+            u = updates["w"]
+            out += [float(jnp.sum(u * weights)), float(jnp.sum(jnp.abs(u)))]
+        out = [float(f"{v:.7g}") for v in out]
+    except Exception:  # noqa: BLE001  any optimizer that cannot run on the probe
+        return None
+    return out

@@ -30,7 +30,7 @@ from jaxsci.models.cvae import (
     make_eval_fn,
     with_validation,
 )
-from jaxsci.train._fingerprint import checksum
+from jaxsci.train._fingerprint import checksum, optimizer_probe
 from jaxsci.train.checkpoint import (
     Checkpointer,
     check_checkpoint_folder,
@@ -164,13 +164,25 @@ def train_cvae(
         holds checkpoints, training resumes from the newest and ends with the parameters
         of the uninterrupted run; made with other ``settings`` (``None`` included, when the
         checkpoint holds some), another ``batch_size``, ``beta``, ``seed``, model shape or
-        activation (by name), other data, or past ``epochs``, it is refused
-        (``ValueError``) before anything is written. The data are recorded as their shapes
-        and three numbers each for ``x`` and ``c`` (their arrangement, offsets and scales,
-        all column-standardised): another data set, the rows shuffled (up to some 10^7
-        values) or a shifted or rescaled column is refused; last-bit differences (the
-        data recomputed on other hardware) pass. The optimizer is not recorded: put it
-        in ``settings``. ``None``: no checkpoints.
+        activation (by name), another optimizer, other data, or past ``epochs``, it is
+        refused (``ValueError`` naming what differs, both values shown) before anything
+        is written. The data are recorded as their shapes and three numbers each for
+        ``x`` and ``c`` (their arrangement, offsets and scales, all column-standardised):
+        another data set, the rows shuffled (up to some 10^7 values) or a shifted or
+        rescaled column is refused; last-bit differences (the data recomputed on other
+        hardware) pass. The optimizer is recorded as the updates it makes on a fixed
+        probe gradient (``optimizer``, as :func:`jaxsci.train.gan.run_settings` does for
+        the GANs' optimizers): another optimizer, learning rate, betas or weight decay is
+        refused, and so is a schedule tied to ``epochs`` whose first rates move when
+        ``epochs`` grows (a warm-up over a share of the steps: its learning-rate path did
+        change); one whose first rates barely move (a cosine decay over thousands of
+        updates), a change showing only after 3 updates (a step decay at update 1000)
+        and an optimizer that cannot update a plain vector (masked by parameter name) are
+        not seen: put such hyperparameters by name in ``settings`` (they are then
+        compared and named in the error). What may change on resume: ``epochs`` (to train
+        longer), ``checkpoint_every``, ``keep``, ``validation`` (it only reads the
+        parameters; the ``val_*`` metrics of the epochs after the resume then score the
+        new rows), ``metrics_path`` and the progress bar. ``None``: no checkpoints.
       settings: JSON-able description of the run to store and check on resume (e.g. the
         data, model and optimizer settings; not ``epochs``, which a resume may raise).
       metrics_path: JSON-lines file of per-epoch metrics (continued on resume; a fresh
@@ -210,7 +222,8 @@ def train_cvae(
         return fit(init, epoch_fn, **run)
     check_resume(checkpoint_dir, saved, epochs)
     # its own arguments too, whatever the caller's settings hold: a resume with another
-    # batch size, beta, seed, model or data would mix two runs
+    # batch size, beta, seed, model, optimizer (learning rate, betas...) or data would mix
+    # two runs
     own = normalize_settings(
         {
             "batch_size": batch_size,
@@ -222,6 +235,7 @@ def train_cvae(
             "hidden": model.hidden,
             "activation": _callable_name(model.activation),
             "data": _data_fingerprint(x, c),
+            "optimizer": optimizer_probe(optimizer),
         }
     )
     metadata = {"train_cvae": own, **({"settings": saved} if saved is not None else {})}

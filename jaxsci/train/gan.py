@@ -46,8 +46,8 @@ from jaxsci.parallel.per_label import (
     rank_labels,
     shard_over_labels,
 )
-from jaxsci.train._fingerprint import checksum  # the data checksum train_cvae stores too
-from jaxsci.train.checkpoint import Checkpointer, normalize_settings
+from jaxsci.train._fingerprint import checksum, optimizer_probe  # train_cvae's too
+from jaxsci.train.checkpoint import Checkpointer, check_checkpoint_folder, normalize_settings
 
 __all__ = [
     "DataPool",
@@ -580,7 +580,7 @@ def train_per_label(
     else:
         stacked = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), static_argnums=2)
         run_chunk = lambda s, k: stacked(s, pools, k)
-    ckpt, mine = None, None
+    ckpt, mine, assembled = None, None, None
     if checkpoint_dir is not None:
         mine = run_settings(cgan, g_opt, d_opt, batch_size, key, images, labels, settings)
 
@@ -601,11 +601,17 @@ def train_per_label(
                 },
             }
 
-        ckpt = Checkpointer(label_checkpoint_folder(checkpoint_dir, local), keep=2, info=single)
+        folder = label_checkpoint_folder(checkpoint_dir, local)
+        check_checkpoint_folder(folder)  # before any work
+        # reads only: a refusal (other settings, labels missing) leaves no folder behind
+        assembled = _assemble_from_other_blocks(folder, checkpoint_dir, local, block_target, mine)
+        ckpt = Checkpointer(folder, keep=2, info=single)
     is_root = info is None or info.is_root
     try:
-        if ckpt is not None:
-            _assemble_from_other_blocks(ckpt, checkpoint_dir, local, block_target, mine)
+        if assembled is not None:
+            at, models = assembled  # the models of this block cut out of others'
+            meta = {"settings": normalize_settings(mine)} if mine is not None else None
+            ckpt.save(at, models, force=True, metadata=meta)
         state, history = fit_gan(
             run_chunk,
             states,
@@ -647,19 +653,25 @@ def _saved_blocks(checkpoint_dir: str | os.PathLike) -> dict[tuple[int, ...], st
 
 
 def _assemble_from_other_blocks(
-    ckpt: Checkpointer,
+    folder: str | os.PathLike,
     checkpoint_dir: str | os.PathLike,
     labels: np.ndarray,
     block_target: Callable[[Sequence[int], int], dict[str, Any]],
     settings: Mapping[str, Any] | None = None,
-) -> None:
-    """Bring ``ckpt``, the block of ``labels``, to the newest step at which every one of
-    ``labels`` is saved by some block: its own checkpoint, or models cut out of others'.
+) -> tuple[int, dict[str, Any]] | None:
+    """What brings ``folder``, the checkpoints of the block of ``labels``, to the newest
+    step at which every one of ``labels`` is saved by some block: its own checkpoint, or
+    models cut out of others'. Reads only (the caller saves): a refusal writes nothing,
+    not even the block's folder.
 
     Lets a run resume after its labels were split differently (another rank count or
     strategy), possibly several times: each label's holders are all the saved blocks that
-    hold it, not only the first found, so the newest consistent step wins. Does nothing when
-    no saved block holds any of ``labels`` or the own checkpoint is at that step already.
+    hold it, not only the first found, so the newest consistent step wins.
+
+    Returns:
+      ``(step, {"state", "history"} stacked over labels)`` to save as ``step`` in
+      ``folder``; ``None`` when no saved block holds any of ``labels`` or the own
+      checkpoint is at that step already.
 
     Args:
       block_target: ``(labels, step) -> {"state", "history"}`` of ``jax.ShapeDtypeStruct``
@@ -672,24 +684,28 @@ def _assemble_from_other_blocks(
         them, or a block used was saved with other settings (nothing is written then).
     """
     mine = tuple(int(lab) for lab in labels.tolist())
-    own = ckpt.latest_step()
     single = ProcessInfo(rank=0, size=1, local_device_count=jax.local_device_count())
+    own, own_steps = None, set()
+    if os.path.isdir(folder):
+        with Checkpointer(folder, keep=None, info=single) as ckpt:
+            own_steps = set(ckpt.all_steps())
+            own = ckpt.latest_step()
     readers: dict[tuple[int, ...], Checkpointer] = {}
     try:
-        for block, folder in _saved_blocks(checkpoint_dir).items():
+        for block, path in _saved_blocks(checkpoint_dir).items():
             if block != mine and set(mine) & set(block):
-                reader = Checkpointer(folder, keep=None, info=single)
+                reader = Checkpointer(path, keep=None, info=single)
                 if reader.latest_step() is None:  # stopped before its first save
                     reader.close()
                 else:
                     readers[block] = reader
         steps = {b: set(r.all_steps()) for b, r in readers.items()}
         if own is not None:
-            steps[mine] = set(ckpt.all_steps())
+            steps[mine] = own_steps
         held = {lab: set().union(*(s for b, s in steps.items() if lab in b)) for lab in mine}
         saved = sorted(lab for lab in mine if held[lab])
         if not saved:
-            return
+            return None
         missing = sorted(lab for lab in mine if not held[lab])
         if missing:
             raise ValueError(
@@ -709,7 +725,7 @@ def _assemble_from_other_blocks(
             )
         step = max(common)  # >= own: the own block holds all of mine at its latest step
         if own is not None and step == own:
-            return
+            return None
         source = {}
         for lab in mine:  # a block holding lab at step; the one covering most of mine
             options = [b for b in sorted(readers) if lab in b and step in steps[b]]
@@ -729,8 +745,7 @@ def _assemble_from_other_blocks(
         ),
         *[r for r, _ in rows],
     )
-    meta = {"settings": normalize_settings(settings)} if settings is not None else None
-    ckpt.save(step, stacked, force=True, metadata=meta)
+    return step, stacked
 
 
 def train_conditional(
@@ -809,11 +824,13 @@ def run_settings(
     caller's own settings (e.g. the hyperparameters by name). Not the number of steps, the
     chunking, the strategy or the label split: those may change on resume.
 
-    The probe takes 3 updates: a schedule tied to the total step count (cosine decay or a
-    warm-up over a share of the steps) changes them when the steps grow, and the resume is
-    refused (its learning-rate path did change); a change that shows only after step 3
-    (a piecewise drop at step 1000) is not seen. Pass such hyperparameters by name in
-    ``extra`` (``settings=``) to have them compared exactly.
+    The probe takes 3 updates: a schedule tied to the total step count whose first rates
+    move when the steps grow (a warm-up over a share of the steps; a cosine decay over
+    fewer than some 500 steps) changes them, and the resume is refused (its learning-rate
+    path did change); one whose first rates barely move (a cosine decay over thousands of
+    steps) and a change that shows only after step 3 (a piecewise drop at step 1000) are
+    not seen. Pass such hyperparameters by name in ``extra`` (``settings=``) to have them
+    compared exactly.
     """
     key = jnp.asarray(key)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -823,8 +840,8 @@ def run_settings(
         "batch_size": int(batch_size),
         "key": np.asarray(key).ravel().tolist(),
         "data": _data_fingerprint(images, labels),
-        "g_optimizer": _optimizer_probe(g_opt),
-        "d_optimizer": _optimizer_probe(d_opt),
+        "g_optimizer": optimizer_probe(g_opt),
+        "d_optimizer": optimizer_probe(d_opt),
     }
     if extra:
         out["extra"] = dict(extra)
@@ -896,26 +913,6 @@ def _describe(obj: Any) -> Any:
     if callable(obj):
         return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
     return obj
-
-
-def _optimizer_probe(opt: optax.GradientTransformation) -> list[float] | None:
-    """Three updates of ``opt`` on a fixed 8-vector and gradients: per update, a weighted
-    sum and the L1 norm. Run eagerly (a jit would compile once per optimizer object).
-    ``None`` for an optimizer that cannot update such a vector (e.g. masks by name)."""
-    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
-    weights = jnp.arange(1.0, 9.0, dtype=jnp.float32)
-    out = []
-    try:
-        state = opt.init(params)
-        for i, scale in enumerate((1.0, -0.5, 2.0)):
-            grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
-            updates, state = opt.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            u = updates["w"]
-            out += [float(jnp.sum(u * weights)), float(jnp.sum(jnp.abs(u)))]
-    except Exception:  # noqa: BLE001  any optimizer that cannot run on the probe
-        return None
-    return out
 
 
 def sample_per_label(
