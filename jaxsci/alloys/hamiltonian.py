@@ -22,6 +22,15 @@ import numpy as np
 
 from jaxsci.alloys.lattice import Lattice
 
+__all__ = [
+    "AlloyModel",
+    "MONBTAW",
+    "PairHamiltonian",
+    "RYDBERG_EV",
+    "epi_from_rydberg",
+    "pair_hamiltonian",
+]
+
 RYDBERG_EV = 13.605693122994  # eV per Rydberg
 
 

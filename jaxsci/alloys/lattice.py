@@ -18,6 +18,8 @@ import itertools
 import jax
 import numpy as np
 
+__all__ = ["Lattice", "bcc_lattice"]
+
 
 @functools.partial(
     jax.tree_util.register_dataclass,

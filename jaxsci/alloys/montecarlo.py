@@ -27,6 +27,17 @@ import numpy as np
 from jaxsci._checks import is_int_at_least
 from jaxsci.alloys.hamiltonian import PairHamiltonian
 
+__all__ = [
+    "K_B",
+    "PTResult",
+    "PTState",
+    "parallel_tempering",
+    "pt_init",
+    "pt_sweeps",
+    "random_occupation",
+    "site_counts",
+]
+
 K_B = 8.617333262e-5  # Boltzmann constant, eV/K
 
 

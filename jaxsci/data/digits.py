@@ -15,6 +15,15 @@ import numpy as np
 
 from jaxsci._checks import is_int_at_least
 
+__all__ = [
+    "DigitsSplit",
+    "downscale",
+    "from_digits_scale",
+    "load_digits_split",
+    "to_digits_scale",
+    "upscale",
+]
+
 DIGITS_MAX = 16.0  # sklearn digits pixel values are integers 0..16
 
 

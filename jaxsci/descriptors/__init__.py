@@ -1,7 +1,7 @@
 """jaxsci.descriptors: DScribe-compatible, differentiable ACSF and fingerprint pooling."""
 
 from jaxsci.descriptors.acsf import ACSF
-from jaxsci.descriptors.acsf_kernel import KernelConfig, acsf_from_slots
+from jaxsci.descriptors.acsf_kernel import KernelConfig, acsf_from_slots, validate_params
 from jaxsci.descriptors.batching import Batch, bucket_size
 from jaxsci.descriptors.cutoff import cosine_cutoff, polynomial_cutoff
 from jaxsci.descriptors.pooling import POOL_OPS, pool
@@ -16,4 +16,5 @@ __all__ = [
     "polynomial_cutoff",
     "POOL_OPS",
     "pool",
+    "validate_params",
 ]

@@ -46,6 +46,8 @@ from jaxsci.geometry.neighbors import (
     prune_slots,
 )
 
+__all__ = ["ACSF"]
+
 Array = jnp.ndarray
 #: Symmetry-function parameters: rows of numbers (array-like), or None for none.
 Params = Sequence[Sequence[float]] | np.ndarray | None

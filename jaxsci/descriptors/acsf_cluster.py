@@ -3,6 +3,9 @@
 Radial terms come from [N, N] pair tables; G4 and G5 with integer zeta use the moment
 expansion (``acsf_moments``) so the triplet sum becomes matrix products on the shared pair
 table E_jk. Other zetas fall back to the per-triplet kernel of ``acsf_kernel``.
+
+Internal: the free-cluster path of :class:`jaxsci.descriptors.ACSF`, not public API
+(empty ``__all__``); tests import :func:`acsf_cluster` from this module.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from jaxsci.descriptors.acsf_moments import (
 )
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import dense_slots
+
+__all__ = []
 
 Array = jnp.ndarray
 

@@ -32,6 +32,8 @@ from jaxsci.descriptors.acsf_moments import (
 from jaxsci.descriptors.cutoff import CUTOFFS
 from jaxsci.geometry.neighbors import Slots
 
+__all__ = ["KernelConfig", "acsf_from_slots", "validate_params"]
+
 Array = jnp.ndarray
 
 

@@ -10,6 +10,9 @@ G5 (no E_jk factor) needs only the per-atom moments sum_j V_lm[i, j]: O(N K) wor
 free cluster uses the shared pair table E (diagonal zero, so j = k drops out): one matrix
 product per harmonic component (sum_l (2l+1) = (L+1)^2 of them) and eta instead of a loop
 over triplets.
+
+Internal: used by ``acsf_kernel`` and ``acsf_cluster``, not public API (empty
+``__all__``); tests import its names from this module.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre
+
+__all__ = []
 
 Array = jnp.ndarray
 

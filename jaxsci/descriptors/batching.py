@@ -8,6 +8,8 @@ import functools
 import jax
 import numpy as np
 
+__all__ = ["Batch", "bucket_size"]
+
 #: padded sizes; a jitted function compiles once per bucket, not once per atom count.
 BUCKETS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 # (steps of at most 1/7 of the size: the O(N^3) cluster path pays for every padded atom)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+__all__ = ["cosine_cutoff", "polynomial_cutoff"]
+
 Array = jnp.ndarray
 
 

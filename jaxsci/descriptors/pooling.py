@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
+__all__ = ["POOL_OPS", "pool"]
+
 Array = jnp.ndarray
 #: The pooling operations :func:`pool` knows.
 POOL_OPS = ("max", "min", "mean", "sum")

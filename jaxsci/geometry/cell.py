@@ -10,6 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "complete_nonperiodic",
+    "image_multipliers",
+    "image_shifts",
+    "lattice_shifts",
+    "perpendicular_widths",
+    "validate_cell",
+    "wrap_positions",
+]
+
 
 def validate_cell(cell: object, pbc: object = (True, True, True)) -> np.ndarray:
     """Return ``cell`` as a float64 [3, 3] array, raising ``ValueError`` when it is unusable.

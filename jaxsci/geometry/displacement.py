@@ -21,6 +21,8 @@ from jaxsci.geometry.cell import (
     validate_cell,
 )
 
+__all__ = ["free_displacement", "minimum_image", "periodic_displacement", "safe_norm"]
+
 Array = jnp.ndarray
 DisplacementFn = Callable[[Array, Array], Array]
 MinimumImageFn = Callable[[Array], Array]

@@ -21,6 +21,8 @@ import numpy as np
 
 from jaxsci._checks import is_int_at_least
 
+__all__ = ["MOTIFS", "complete_motifs", "motif_cuts", "motif_positions"]
+
 #: shapes :func:`motif_positions` builds.
 MOTIFS = ("icosahedron", "decahedron", "octahedron", "wulff", "fcc_ball")
 

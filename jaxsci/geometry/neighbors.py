@@ -39,6 +39,23 @@ from jaxsci.geometry.cell import (
     wrap_positions,
 )
 
+__all__ = [
+    "CellListSpec",
+    "NeighborList",
+    "Slots",
+    "cell_list_allocate",
+    "cell_list_spec",
+    "cell_list_update",
+    "cell_list_usable",
+    "count_within",
+    "dense_slots",
+    "image_slots",
+    "max_neighbor_count",
+    "neighbor_capacity",
+    "neighbor_list_slots",
+    "prune_slots",
+]
+
 Array = jnp.ndarray
 
 _OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.int32)

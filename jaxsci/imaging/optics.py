@@ -31,6 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+__all__ = [
+    "BOHR_A",
+    "COULOMB_VA",
+    "Grid",
+    "band_limit_mask",
+    "fourier_shift",
+    "interaction_constant",
+    "probe",
+    "propagate",
+    "propagator",
+    "shift_phase",
+    "transmission",
+    "wavelength",
+]
+
 # CODATA 2018 (scipy.constants), in units that stay well inside float32's range.
 _HC_EV_A = 12398.419843320026  # h c, eV·Å
 _MC2_EV = 510998.95000  # m0 c^2, eV

@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+__all__ = ["scaling_efficiency"]
+
 
 def scaling_efficiency(
     times_s: Mapping[int, float], mode: Literal["strong", "weak"]

@@ -139,6 +139,8 @@ from jaxsci.optim._anderson_state import (
     register_flax_serialization,
 )
 
+__all__ = ["AndersonState", "ScaleByAndersonState", "anderson", "scale_by_anderson"]
+
 PyTree = Any
 _TRUST_INIT = 4.0  # first extrapolation may be 4x the inner step; x2 per accepted, /4 per rejected
 _RESIDUAL_SLACK = math.log(10.0)  # no loss passed: an extrapolation may grow ||g|| 10x at most

@@ -32,6 +32,8 @@ import optax
 from jaxsci.optim import _tree
 from jaxsci.optim._anderson_checks import check_tree
 
+__all__ = ["MovingAverageState", "aadl_statistic", "averaged_params", "moving_average", "step_rsd"]
+
 
 def step_rsd(steps: jax.Array) -> jax.Array:
     """Relative standard deviation of a window of steps ``[w, n]`` (rows: consecutive steps)."""

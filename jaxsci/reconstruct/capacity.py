@@ -12,6 +12,9 @@ search runs with it, and the host checks the structures it keeps
 (:func:`most_neighbors`) and answers an overflow with a larger K (:func:`grown`) and a
 recompilation. K never exceeds every atom of every image (:func:`all_slots`), so it
 grows a few times at most.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxsci.geometry import image_shifts, max_neighbor_count, neighbor_capacity, wrap_positions
+
+__all__ = []
 
 #: Slots for ``count`` neighbours: ``MULTIPLIER x count + EXTRA``, rounded up to 8 (as
 #: :func:`jaxsci.geometry.neighbor_capacity`).

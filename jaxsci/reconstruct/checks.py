@@ -2,6 +2,9 @@
 
 Each check raises ``ValueError`` naming the argument and what it must be, before the
 search compiles or allocates anything.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci.descriptors import POOL_OPS
+
+__all__ = []
 
 
 def check_inputs(target, species, descriptor, cell, loss, pool_ops):

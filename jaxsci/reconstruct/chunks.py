@@ -6,6 +6,9 @@ CPU it is long: a start costs about ``N x K^2`` per step (K neighbour slots per 
 Cu cell's round of 64 starts took 55 s of the 58 s default limit (66 s with compilation).
 Split into chunks, the host checks the clock between them and skips the chunks that would
 end past the search's deadline.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsci.geometry import neighbor_capacity
+
+__all__ = []
 
 #: Slot pairs (``n_atoms x K^2`` per start) in one chunk of a periodic round on a CPU:
 #: about 4 s per chunk of 60 steps on the 2-core CPU (measured: 16 starts of a 32-atom Cu

@@ -5,6 +5,9 @@ by the plane z = 0; the child takes the atoms above the plane from one parent an
 lowest atoms of the other, species by species, so the composition is kept. Children are
 relaxed by the search like any start. Host-side NumPy: a generation is a few
 ``[n_atoms, 3]`` arrays, negligible next to a search round.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxsci.metrics.structure import sorted_distance_difference, sorted_pair_distances
+
+__all__ = []
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:

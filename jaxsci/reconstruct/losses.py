@@ -13,6 +13,11 @@ shape).
   column holds the same multiset of values; independent of atom order.
 - ``"pooled"``: L1 between pooled fingerprints (``pool(F, ops)``), the seed
   paper's structure-level fingerprint, scaled entry-wise by the target.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
+``experiments/reconstruct_pt/labels.py`` (a study of the solver's labelings) uses
+:func:`feature_scales` from here.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 
 from jaxsci.descriptors import pool
 from jaxsci.geometry.displacement import minimum_image
+
+__all__ = []
 
 Array = jax.Array
 

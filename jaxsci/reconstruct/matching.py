@@ -16,6 +16,9 @@ nonlinear matched descent then finishes.
 Measured on the rattled Pt19 octahedron (0.05 A rattle) from the ideal octahedron, 8 trials
 of 4 Gauss-Newton steps: 5 of 8 end below a fingerprint error of 1e-3 after the matched
 descent (2.6e-5 to 1.1e-4), where the alternating matching stalls at ~5e-3.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+__all__ = []
 
 
 def similar_pairs(t: np.ndarray, species_idx: np.ndarray, k: int) -> np.ndarray:

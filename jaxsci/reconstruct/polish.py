@@ -23,6 +23,11 @@ point). This polish runs in float64 with scipy's L-BFGS-B (a real line search):
    positions by Gaussian noise of 0.03-0.2 A, repeat 1-3 and keep the best (monotonic
    basin hopping at fine scale; measured on an EMT-relaxed Pt20, about one hop in five
    reaches ~2e-4).
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
+``experiments/reconstruct_pt/labels.py`` (a study of the solver's labelings) uses
+:func:`matched_descent` from here.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from scipy.optimize import minimize
 from jaxsci.geometry import neighbor_capacity
 from jaxsci.metrics.structure import match_rows
 from jaxsci.reconstruct.matching import gauss_newton_matchings
+
+__all__ = []
 
 Array = jax.Array
 

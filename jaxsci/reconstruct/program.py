@@ -29,6 +29,8 @@ from jaxsci.reconstruct.losses import (
 )
 from jaxsci.reconstruct.polish import fingerprint_fn
 
+__all__ = ["default_optimizer"]
+
 Array = jax.Array
 
 #: Free clusters: an atom whose nearest neighbour is farther than this many bond lengths

@@ -8,11 +8,16 @@ misplaced atom to the free site does: the polish then reaches 8e-4 and 3e-5. The
 site is not known, so every atom is moved to every hollow site (a point at bond length
 from three mutually bonded atoms, clear of all others), and the moves are ranked by the
 search loss.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+__all__ = []
 
 #: Hollow sites: three atoms are mutually bonded when closer than this many bond lengths.
 BONDED = 1.35

@@ -92,6 +92,8 @@ from jaxsci.reconstruct.program import (
 from jaxsci.reconstruct.relocate import relocations
 from jaxsci.reconstruct.starts import EMT_ELEMENTS, RELAX_SECONDS, MotifQueue, emt_relax
 
+__all__ = ["ReconstructResult", "reconstruct"]
+
 Array = jax.Array
 
 #: Atomic volume used for random compact starts when no cell is given (Angstrom^3 per atom);

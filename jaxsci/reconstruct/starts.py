@@ -7,6 +7,9 @@ most promising ones, ranked by their fingerprint error against the target. The s
 takes motif starts from its front and gives back the ones it did not use (a start takes a
 motif only when it begins again), so every candidate is tried once, the most promising
 first, before the queue begins again.
+
+Internal: a stage of :func:`jaxsci.reconstruct.reconstruct`, not public API (empty
+``__all__``); its names may change with the solver. Tests import them from this module.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
 from jaxsci.data.pt_clusters import EMT_FCC_ELEMENTS, lattice_constant, relax
 from jaxsci.geometry.motifs import complete_motifs, motif_cuts
+
+__all__ = []
 
 #: Gaussian noise (Angstrom per coordinate) added to motif starts.
 MOTIF_JITTER = 0.05

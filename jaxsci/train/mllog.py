@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+__all__ = ["MLLogger", "TimeToTrain", "read_mllog", "time_to_train"]
+
 PREFIX = ":::MLLOG "
 EVENT_TYPES = ("POINT_IN_TIME", "INTERVAL_START", "INTERVAL_END")
 
