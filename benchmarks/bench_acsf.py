@@ -344,4 +344,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    main()
+    from experiments._cli import interruptible
+
+    interruptible(main)

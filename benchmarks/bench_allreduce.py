@@ -355,4 +355,6 @@ def _print(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments._cli import interruptible
+
+    interruptible(main)

@@ -481,4 +481,6 @@ def main(argv: list[str] | None = None) -> list | dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments._cli import interruptible
+
+    interruptible(main)

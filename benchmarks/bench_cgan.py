@@ -328,4 +328,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments._cli import interruptible
+
+    interruptible(main)

@@ -150,4 +150,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from pathlib import Path
+
+    # the repository root, for experiments._cli when run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiments._cli import interruptible
+
+    interruptible(main)

@@ -27,11 +27,41 @@ def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys):
         assert r["rmsd"] >= 0 and r["rmsd_after_relax"] >= 0
     assert saved["config"]["sizes"] == [10] and saved["summary"]["exact_set"]["n"] == 1
     assert (run_dir / "representations.png").stat().st_size > 1000
+    check_structures(run_dir, saved["rows"])
     # a size with too few relaxed clusters is refused once the (cached) data set is read
     args = ["--tiny", "--per-size", "50", "--cache-dir", str(cache), "--out-root", str(out)]
     assert cr.main(args) == 2
     assert "fewer than per_size=50" in capsys.readouterr().err
     assert list(out.iterdir()) == [run_dir]
+
+
+def check_structures(run_dir, rows):
+    """``reconstructed.extxyz`` and ``relaxed.extxyz`` read back with ase: one structure
+    per row of ``results.json``, in its order, with the row's values in ``info``."""
+    from ase.io import read
+
+    rec = read(run_dir / "reconstructed.extxyz", index=":")
+    relaxed = read(run_dir / "relaxed.extxyz", index=":")
+    assert len(rec) == len(relaxed) == len(rows)
+    for a, b, r in zip(rec, relaxed, rows, strict=True):
+        for atoms in (a, b):
+            assert len(atoms) == atoms.info["n_atoms"] == r["n"]
+            assert set(atoms.get_chemical_symbols()) == {"Pt"}
+            assert np.isfinite(atoms.positions).all()
+            assert atoms.info["representation"] == r["representation"]
+            assert atoms.info["index"] == r["index"]
+            assert atoms.info["reference_energy_per_atom"] == pytest.approx(
+                r["reference_energy_per_atom"]
+            )
+        assert a.info["rmsd"] == pytest.approx(r["rmsd"])
+        assert a.info["fingerprint_error"] == pytest.approx(r["fingerprint_error"])
+        assert b.info["rmsd"] == pytest.approx(r["rmsd_after_relax"])
+        assert b.info["energy_per_atom"] == pytest.approx(r["energy_per_atom_after_relax"])
+        assert b.info["relax_converged"] is r["relax_converged"]
+        # EMT energies relative to bulk, as the data set's: positive for a cluster
+        assert 0 < r["energy_per_atom_after_relax"] < 5 and np.isfinite(
+            r["reference_energy_per_atom"]
+        )
 
 
 @pytest.mark.parametrize(

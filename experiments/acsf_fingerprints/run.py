@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._cli import config_default
+from experiments._cli import config_default, interruptible, note_run_folder
 from experiments.acsf_fingerprints.config import (
     ELEMENT,
     Config,
@@ -102,6 +102,7 @@ def write_run_folder(config: Config, shapes: dict, per_atom: list, fingerprints:
     from jaxsci.train import make_run_dir, write_json
 
     run_dir = make_run_dir(config.out_root, config.run_name)
+    note_run_folder(run_dir)
     write_json(
         run_dir / "results.json",
         {
@@ -205,4 +206,4 @@ def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

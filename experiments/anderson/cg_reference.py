@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from experiments._cli import interruptible
 from experiments.anderson.problems import Problem
 from experiments.anderson.run import build_problem
 
@@ -60,4 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments._cli import interruptible, note_run_folder
 from experiments.anderson.run import build_problem
 from experiments.anderson.runner import AA_COUNTERS, Method, run_minibatch
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> Path:
         ap.error(str(err))
     problems = list(dict.fromkeys(args.problems))  # a problem named twice runs once
     run_dir = make_run_dir(args.out, "minibatch")  # a fresh folder: never an earlier run's
+    note_run_folder(run_dir)
     total = sum(2 * args.seeds * len(TUNED[p]) for p in problems)
     with tqdm(total=total, desc="minibatch check", disable=args.no_progress) as bar:
         res = {p: check(p, args.seeds, args.scale, args.average, bar) for p in problems}
@@ -167,4 +169,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

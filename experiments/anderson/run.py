@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from experiments._cli import config_default
+from experiments._cli import config_default, interruptible, note_run_folder
 from experiments.anderson import problems as P
 from experiments.anderson.config import ALL, METHODS, Config, tiny_config
 from experiments.anderson.runner import (
@@ -297,6 +297,7 @@ def train_and_evaluate(config: Config) -> dict:
     returns the results dict that is also written to the run folder, with ``run_dir``."""
     config.validate()
     run_dir = str(make_run_dir(config.out, config.run_name))
+    note_run_folder(run_dir)
     results = {"config": asdict(config), "problems": {}}
     with tqdm(
         total=0, desc="anderson study", disable=not config.progress
@@ -421,4 +422,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

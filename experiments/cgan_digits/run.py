@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from experiments._cli import config_default, root_check
+from experiments._cli import config_default, interruptible, root_check
 from experiments.cgan_digits.config import MODELS, Config, tiny
 from experiments.cgan_digits.train import check_resume, train_and_evaluate
 from jaxsci.parallel import ProcessInfo, bootstrap
@@ -181,4 +181,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interruptible(main, resume_flag="--workdir"))

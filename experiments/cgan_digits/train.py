@@ -47,6 +47,7 @@ import jax
 import numpy as np
 import optax
 
+from experiments._cli import note_run_folder
 from experiments.cgan_digits import plots
 from experiments.cgan_digits.config import MODELS, Config
 from jaxsci.data.digits import downscale, from_digits_scale, load_digits_split, to_digits_scale
@@ -333,6 +334,7 @@ def train_and_evaluate(
         run_dir = Path(folder)
     if refused is not None:
         raise ValueError(refused)
+    note_run_folder(run_dir)  # every rank: the one that reports Ctrl-C names it
     data = load_digits_split(
         image_size=config.image_size, test_fraction=config.test_fraction, seed=config.seed
     )

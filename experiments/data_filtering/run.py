@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from experiments._cli import config_default
+from experiments._cli import config_default, interruptible, note_run_folder
 from experiments.data_filtering.config import Config, tiny_config
 from experiments.data_filtering.train import (
     batch_stream,
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as exc:
         parser.error(str(exc))  # exit status 2
     run_dir = make_run_dir(config.out_root, config.run_name)
+    note_run_folder(run_dir)
     t0 = time.perf_counter()
     results = train_and_evaluate(config, run_dir)
     print(format_table(results["summary"], len(config.seeds)))
@@ -244,4 +245,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._cli import root_check
+from experiments._cli import QUIET_INTERRUPT_ENV, interruptible, note_run_folder, root_check
 from experiments.data_parallel.config import Config, tiny
 
 LAYOUTS = [(1, 1), (1, 4), (2, 1), (2, 4)]  # (processes, devices per process)
@@ -80,6 +80,7 @@ def run_all(args: argparse.Namespace) -> Path:
 
     # absolute: the child processes run in the repository root
     run_dir = make_run_dir(args.root or ROOT, "data_parallel").resolve()
+    note_run_folder(run_dir)
     root = Path(__file__).resolve().parents[2]
     mpirun = str(Path(sys.executable).with_name("mpirun"))
     curves = {}
@@ -88,6 +89,7 @@ def run_all(args: argparse.Namespace) -> Path:
         out = run_dir / f"{name}.json"
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devs}")
         env["JAX_PLATFORMS"] = "cpu"
+        env[QUIET_INTERRUPT_ENV] = "1"  # on Ctrl-C this process prints the one line
         cmd = [sys.executable, "-m", "experiments.data_parallel.run", "--out", str(out)]
         cmd += ["--steps", str(_config(args).steps)] + (["--tiny"] if args.tiny else [])
         cmd += ["--no-progress"] if args.no_progress else []
@@ -283,4 +285,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments._cli import note_run_folder
 from experiments.hea_order import plots
 from experiments.hea_order.config import ANCHORS, Config, window_tag
 from jaxsci.alloys import (
@@ -382,6 +383,7 @@ def train_and_evaluate(config: Config, run_dir: str | Path | None = None) -> dic
     else:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+    note_run_folder(run_dir)
     write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     # ---- parallel tempering

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from experiments._cli import config_default
+from experiments._cli import config_default, interruptible
 from experiments.hea_order.config import Config, min_n_cells, tiny_config
 from jaxsci.train import check_output_dir
 
@@ -235,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interruptible(main))

@@ -36,7 +36,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments._cli import config_default, exit_2_on_every_rank, root_check
+from experiments._cli import (
+    config_default,
+    exit_2_on_every_rank,
+    interruptible,
+    note_run_folder,
+    root_check,
+)
 from experiments.inverse_imaging.config import Config, tiny_config
 from experiments.inverse_imaging.data import TEST_SEED_OFFSET, ImagingSet, lowpass, simulate
 from experiments.inverse_imaging.plots import (
@@ -378,6 +384,7 @@ def main(argv: list[str] | None = None) -> Path:
     if info.size > 1:  # one folder, rank 0's
         run_dir = info.comm.bcast(run_dir, root=0)
     run_dir = Path(run_dir)
+    note_run_folder(run_dir)  # every rank: the one that reports Ctrl-C names it
     t0 = time.perf_counter()
     results = train_and_evaluate(config, run_dir, info=info)
     if not info.is_root:
@@ -405,4 +412,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -17,8 +17,21 @@ Clusters come from the experiment's data set (``Config().data``: Pt10-60, built 
 cached under ``--cache-dir``); ``--tiny`` uses the smoke-test data set (Pt10-12) and a
 seconds-scale budget. Writes a run folder ``<out-root>/compare_representations-<timestamp>``
 with ``results.json`` (settings, one row per cluster and representation, the summary per
-representation) and ``representations.png`` (RMSD per representation, before and after
-relaxation); prints the summary and, as its last line, the run folder's path.
+representation), ``representations.png`` (RMSD per representation, before and after
+relaxation) and the structures, one per row of ``results.json`` and in its order, as extxyz
+(``ase.io.read(path, index=":")``), written as ``experiments.pt_nanoparticles.pipeline``
+writes its own:
+
+- ``reconstructed.extxyz``: the coordinates reconstructed from each representation
+  (``info``: ``representation``, ``index`` (the original's in the data set), ``n_atoms``,
+  ``rmsd`` to the original in Angstrom, ``fingerprint_error``, and
+  ``reference_energy_per_atom``: the original's energy);
+- ``relaxed.extxyz``: the same after EMT relaxation (``info``: ``representation``, ``index``,
+  ``n_atoms``, ``rmsd`` to the original, ``energy_per_atom``, ``relax_converged``,
+  ``reference_energy_per_atom``).
+
+Energies are EMT's, in eV/atom relative to bulk, as the data set's. Prints the summary and,
+as its last line, the run folder's path.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._cli import config_default
+from experiments._cli import config_default, interruptible, note_run_folder
 from experiments.pt_nanoparticles.config import Config, tiny_config
 from jaxsci.data.pt_clusters import PtClusterConfig
 
@@ -185,10 +198,11 @@ def compare(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
     relaxed clusters of every size, before the run folder is created.
     """
     import jax
+    from ase.io import write
     from tqdm.auto import tqdm
 
-    from experiments.pt_nanoparticles.pipeline import make_descriptor
-    from jaxsci.data.pt_clusters import build_pt_clusters, relax
+    from experiments.pt_nanoparticles.pipeline import _atoms, make_descriptor
+    from jaxsci.data.pt_clusters import build_pt_clusters, relax_many
     from jaxsci.metrics import structure_rmsd
     from jaxsci.reconstruct import reconstruct
     from jaxsci.train import make_run_dir, write_json
@@ -212,10 +226,12 @@ def compare(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
             f"some sizes (size: count): {short}"
         )
     run_dir = make_run_dir(config.out_root, "compare_representations")
+    note_run_folder(run_dir)
     t_start = time.perf_counter()
     indices = [int(i) for n in config.sizes for i in chosen[n]]
     n_reps = 2 + len(config.n_quantiles) * len(config.methods)
-    rows = []
+    element = config.data.element
+    rows, reconstructed, relaxed_frames = [], [], []
     with tqdm(total=len(indices) * n_reps, desc="reconstruct", disable=not config.progress) as bar:
         for i in indices:
             ref = data.structures[i]
@@ -225,7 +241,7 @@ def compare(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
                 t0 = time.perf_counter()
                 res = reconstruct(
                     target,
-                    [config.data.element] * n,
+                    [element] * n,
                     descriptor,
                     key=jax.random.key(i),
                     n_starts=config.starts,
@@ -235,17 +251,49 @@ def compare(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
                 wall = time.perf_counter() - t0
                 rec = ref.copy()
                 rec.positions = res.positions
-                relaxed, _, _ = relax(rec)
-                rows.append(
-                    {
-                        "n": n,
-                        "index": i,
-                        "representation": name,
-                        "rmsd": structure_rmsd(res.positions, ref.positions),
-                        "rmsd_after_relax": structure_rmsd(relaxed.positions, ref.positions),
-                        "fingerprint_error": float(res.error),
-                        "wall_s": wall,
-                    }
+                (relaxed,), energy, converged = relax_many(
+                    [rec],
+                    element=element,
+                    bulk_energy=data.bulk_energy,
+                    n_workers=1,
+                    progress=False,
+                )
+                row = {
+                    "n": n,
+                    "index": i,
+                    "representation": name,
+                    "rmsd": structure_rmsd(res.positions, ref.positions),
+                    "rmsd_after_relax": structure_rmsd(relaxed.positions, ref.positions),
+                    "fingerprint_error": float(res.error),
+                    "energy_per_atom_after_relax": float(energy[0]),
+                    "relax_converged": bool(converged[0]),
+                    "reference_energy_per_atom": float(ref.info["energy_per_atom"]),
+                    "wall_s": wall,
+                }
+                rows.append(row)
+                same = {k: row[k] for k in ("representation", "index")}
+                reconstructed.append(
+                    _atoms(
+                        element,
+                        res.positions,
+                        **same,
+                        n_atoms=n,
+                        rmsd=row["rmsd"],
+                        fingerprint_error=row["fingerprint_error"],
+                        reference_energy_per_atom=row["reference_energy_per_atom"],
+                    )
+                )
+                relaxed_frames.append(
+                    _atoms(
+                        element,
+                        relaxed.positions,
+                        **same,
+                        n_atoms=n,
+                        rmsd=row["rmsd_after_relax"],
+                        energy_per_atom=row["energy_per_atom_after_relax"],
+                        relax_converged=row["relax_converged"],
+                        reference_energy_per_atom=row["reference_energy_per_atom"],
+                    )
                 )
                 bar.update(1)
     results = {
@@ -255,6 +303,8 @@ def compare(config: CompareConfig) -> tuple[Path, dict[str, Any]]:
         "wall_s": time.perf_counter() - t_start,
     }
     write_json(run_dir / "results.json", results)
+    write(run_dir / "reconstructed.extxyz", reconstructed, format="extxyz")
+    write(run_dir / "relaxed.extxyz", relaxed_frames, format="extxyz")
     plot(rows, run_dir / "representations.png")
     return run_dir, results
 
@@ -386,4 +436,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interruptible(main))

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from ase import Atoms
 
+from experiments._cli import note_run_folder
 from experiments.pt_nanoparticles import plots
 from experiments.pt_nanoparticles.config import Config
 from experiments.pt_nanoparticles.representation import from_quantiles, to_quantiles
@@ -285,6 +286,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
     else:
         run_dir = Path(workdir)
         run_dir.mkdir(parents=True, exist_ok=True)
+    note_run_folder(run_dir)
     write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     # ---- representation, split, standardisation

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 
+from experiments._cli import interruptible, note_run_folder
 from experiments.pt_nanoparticles.config import Config
 from jaxsci.data.pt_clusters import default_cache_dir, is_cached
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))  # exit status 2
     from experiments.pt_nanoparticles.pipeline import format_summary, train_and_evaluate
 
+    if workdir is not None:  # named on Ctrl-C from the start if it exists (a resume)
+        note_run_folder(workdir)
     metrics = train_and_evaluate(config, workdir)
     print()
     print(format_summary(metrics))
@@ -129,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interruptible(main, resume_flag="--workdir"))

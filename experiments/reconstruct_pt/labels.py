@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments._cli import interruptible, note_run_folder
 from experiments.reconstruct_pt.config import Config
 from experiments.reconstruct_pt.run import descriptor
 
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     out["wall_time_s"] = time.perf_counter() - t0
     run_dir = make_run_dir(args.out_dir, "reconstruct_labels")
+    note_run_folder(run_dir)
     write_json(run_dir / "labels.json", out)
     plot(out, run_dir / "labels.png")
     summary = {k: v for k, v in out.items() if k != "per_start"}
@@ -230,4 +232,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments._cli import interruptible, note_run_folder
 from experiments.reconstruct_pt.config import SHAPES, Config
 
 
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> Path:
     from jaxsci.train.run_dir import make_run_dir
 
     run_dir = make_run_dir(config.out_dir, "reconstruct_pt")
+    note_run_folder(run_dir)
     results = train_and_evaluate(config, run_dir)
     for n, s in results["per_size"].items():
         print(
@@ -236,4 +238,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main)

@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import numbers
 import os
+import signal
 import uuid
 import warnings
 import zipfile
@@ -72,6 +73,12 @@ __all__ = [
 SHAPES = ("icosahedron", "decahedron", "octahedron", "wulff", "fcc_ball", "random")
 EMT_FCC_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")  # fcc metals ase's EMT supports
 _CACHE_VERSION = 1
+
+
+def _ignore_sigint() -> None:
+    """Pool worker initializer: Ctrl-C goes to the parent, which ends the pool; a worker
+    taking it too printed its own traceback beside the command's one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -342,7 +349,7 @@ def relax_many(
             results.append(_relax_task(t))
             bar.update()
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, _ignore_sigint) as pool:
             for r in pool.imap(_relax_task, todo, chunksize=1):
                 results.append(r)
                 bar.update()
@@ -750,7 +757,7 @@ def _build(
     else:
         # spawn: safe after JAX (multithreaded) has been imported in the parent
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, _ignore_sigint) as pool:
             for r in pool.imap(_run_task, tasks, chunksize=1):
                 results.append(r)
                 bar.update()
