@@ -579,3 +579,32 @@ def test_resume_from_a_checkpoint_without_data_checksums_warns(digits, tmp_path,
     with pytest.warns(UserWarning, match="older jaxsci"):
         _, history = _conditional_run(digits, tmp_path, 4)
     assert history["g_loss"].shape == (4,)
+
+
+def test_resume_from_a_checkpoint_with_the_older_optimizer_probe_warns(
+    digits, tmp_path, monkeypatch
+):
+    """Checkpoints saved up to session 28 hold the older probe (per update a signed weighted
+    sum and the L1 norm, 6 values): they resume with a warning, the optimizers not compared,
+    everything else still compared."""
+    import jaxsci.train.gan as gan
+
+    def older(opt):  # the earlier probe's form: 2 values per update
+        params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+        state, out = opt.init(params), []
+        for i, scale in enumerate((1.0, -0.5, 2.0)):
+            grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
+            u, state = opt.update(grads, state, params)
+            params = optax.apply_updates(params, u)
+            out += [float(jnp.sum(u["w"] * jnp.arange(1.0, 9.0))), float(jnp.sum(jnp.abs(u["w"])))]
+        return out
+
+    monkeypatch.setattr(gan, "optimizer_probe", older)
+    _conditional_run(digits, tmp_path, 2)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="g_optimizer and d_optimizer probe"):
+        with pytest.raises(ValueError, match=r"other settings \(data\.images_checksum"):
+            _conditional_run(digits, tmp_path, 4, images=digits.train_images[:200] * 0.5)
+    with pytest.warns(UserWarning, match="without checking that the optimizers are the same"):
+        _, history = _conditional_run(digits, tmp_path, 4)
+    assert history["g_loss"].shape == (4,)

@@ -5,6 +5,7 @@ betas, schedule...) is refused (:func:`jaxsci.train.train_cvae`,
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -55,25 +56,37 @@ def checksum(values: np.ndarray) -> list[float]:
     return [order, location, scale]
 
 
+#: Length of :func:`optimizer_probe` as jaxsci 0.1 up to session 28 stored it (per update a
+#: signed weighted sum and the L1 norm, summed on the device): a GAN checkpoint holding such a
+#: probe resumes without its optimizers compared (:func:`jaxsci.train.gan._check_saved`).
+LEGACY_PROBE_LENGTH = 6
+
+
 def optimizer_probe(opt: optax.GradientTransformation) -> list[float] | None:
-    """Three updates of ``opt`` on a fixed 8-vector and gradients: per update, a weighted
-    sum and the L1 norm, to 7 significant digits (an error message shows them whole).
-    Optax transformations hide their hyperparameters; these updates show them: another
-    optimizer, learning rate, betas or weight decay, or a schedule that differs within
-    its first 3 steps, gives other numbers (far beyond the settings' 1e-5 relative
-    tolerance). Run eagerly (a jit would compile once per optimizer object). ``None`` for
-    an optimizer that cannot update such a vector (e.g. masks by name)."""
-    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
-    weights = jnp.arange(1.0, 9.0, dtype=jnp.float32)
+    """Three updates ``u`` of ``opt`` on a fixed 8-vector and gradients: per update
+    ``sum |u|``, ``sum w |u|`` (position weights ``w = 1..8``) and ``sum u^2``, to 7
+    significant digits (an error message shows them whole). Optax transformations hide
+    their hyperparameters; these updates show them: another optimizer, learning rate,
+    betas or weight decay, or a schedule that differs within its first 3 steps, gives
+    other numbers (far beyond the settings' 1e-5 relative tolerance). The same optimizer
+    gives the same numbers to ~1e-7 wherever it runs: the updates are computed with x64
+    off (x64 on moved Adam's by 1e-5) and summed on the host in float64, over positive
+    terms only (a signed sum that nearly cancelled moved by more than its 1e-9 absolute
+    tolerance with the order of its float32 additions). Not seen: a change of sign of
+    every update. Run eagerly (a jit would compile once per optimizer object). ``None``
+    for an optimizer that cannot update such a vector (e.g. masks by name)."""
+    weights = np.arange(1.0, 9.0)
     out = []
     try:
-        state = opt.init(params)
-        for i, scale in enumerate((1.0, -0.5, 2.0)):
-            grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
-            updates, state = opt.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            u = updates["w"]
-            out += [float(jnp.sum(u * weights)), float(jnp.sum(jnp.abs(u)))]
+        with jax.enable_x64(False):
+            params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+            state = opt.init(params)
+            for i, scale in enumerate((1.0, -0.5, 2.0)):
+                grads = {"w": scale * jnp.cos(3.0 * params["w"] + 0.5 + i)}
+                updates, state = opt.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+                a = np.abs(np.asarray(updates["w"], np.float64))
+                out += [a.sum(), (weights * a).sum(), (a * a).sum()]
         out = [float(f"{v:.7g}") for v in out]
     except Exception:  # noqa: BLE001  any optimizer that cannot run on the probe
         return None

@@ -46,7 +46,11 @@ from jaxsci.parallel.per_label import (
     rank_labels,
     shard_over_labels,
 )
-from jaxsci.train._fingerprint import checksum, optimizer_probe  # train_cvae's too
+from jaxsci.train._fingerprint import (  # train_cvae's too
+    LEGACY_PROBE_LENGTH,
+    checksum,
+    optimizer_probe,
+)
 from jaxsci.train.checkpoint import Checkpointer, check_checkpoint_folder, normalize_settings
 
 __all__ = [
@@ -880,8 +884,9 @@ def _data_fingerprint(images: Any, labels: Any) -> dict[str, Any]:
 
 def _check_saved(ckpt: Checkpointer, settings: Mapping[str, Any], step: int) -> None:
     """``ckpt.check_settings(settings, step)``, except that a checkpoint saved by an older
-    jaxsci, whose ``data`` lacks :data:`_ADDED_DATA_KEYS`, is compared without them (with a
-    warning saying so) rather than refused. Reads only."""
+    jaxsci, whose ``data`` lacks :data:`_ADDED_DATA_KEYS` or whose optimizer probes have the
+    older form (:data:`~jaxsci.train._fingerprint.LEGACY_PROBE_LENGTH` values), is compared
+    without them (with a warning saying so) rather than refused. Reads only."""
     saved = ckpt.metadata(step).get("settings")
     data = settings.get("data") if isinstance(settings, Mapping) else None
     saved_data = saved.get("data") if isinstance(saved, Mapping) else None
@@ -897,6 +902,20 @@ def _check_saved(ckpt: Checkpointer, settings: Mapping[str, Any], step: int) -> 
             )
             trimmed = {k: v for k, v in data.items() if k not in unchecked}
             settings = {**settings, "data": trimmed}
+    if isinstance(settings, Mapping) and isinstance(saved, Mapping):
+        old = [
+            k
+            for k in ("g_optimizer", "d_optimizer")
+            if isinstance(saved.get(k), list) and len(saved[k]) == LEGACY_PROBE_LENGTH
+        ]
+        if old:
+            warnings.warn(
+                f"checkpoint step {step} in {ckpt.directory} was saved by an older jaxsci "
+                f"whose {' and '.join(old)} probe this one does not compute: resuming without "
+                "checking that the optimizers are the same",
+                stacklevel=3,
+            )
+            settings = {**settings, **{k: saved[k] for k in old}}
     ckpt.check_settings(settings, step)
 
 
