@@ -59,6 +59,8 @@ MPI_REPORT_GRACE_S = 3.0
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 _run_folder: list[Path] = []  # the run folder of this invocation, once made (at most one)
+# redeliveries of a swallowed Ctrl-C, and whether each was sent (see interruptible)
+_pending: list[tuple[threading.Timer, threading.Event]] = []
 
 
 def exit_2_on_every_rank(
@@ -177,8 +179,17 @@ def _redeliver_interrupt(hook: Callable[[Any], object], unraisable: Any) -> None
     delivered to the main thread again; anything else goes to ``hook``."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         # from another thread, once this hook (and the callback) has returned: raised now,
-        # it would be reported here again
-        threading.Timer(0.01, _thread.interrupt_main).start()
+        # it would be reported here again. Recorded, so that a main returning before the
+        # timer fires still ends as interrupted (and the timer is cancelled).
+        fired = threading.Event()
+
+        def fire() -> None:
+            fired.set()
+            _thread.interrupt_main()
+
+        timer = threading.Timer(0.01, fire)
+        _pending.append((timer, fired))
+        timer.start()
     else:
         hook(unraisable)
 
@@ -227,14 +238,23 @@ def interruptible(
     ``resume_flag``: see :func:`interrupt_message` (``None``: the command does not resume).
     """
     _run_folder.clear()
+    _pending.clear()
     hook = sys.unraisablehook
     sys.unraisablehook = functools.partial(_redeliver_interrupt, hook)
     try:
-        return main(*args, **kwargs)
+        result = main(*args, **kwargs)
+        for timer, _ in _pending:  # a redelivery not sent yet: main finished first
+            timer.cancel()
+            timer.join()
+        if any(fired.is_set() for _, fired in _pending):
+            time.sleep(1.0)  # one already sent arrives here (and ends as interrupted)
+        return result
     except KeyboardInterrupt:
         pass
     finally:
         sys.unraisablehook = hook
+        for timer, _ in _pending:
+            timer.cancel()
     # out of the except block: the traceback and its frames are gone (bars close now)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
