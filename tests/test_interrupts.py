@@ -34,6 +34,9 @@ def cli_state(monkeypatch):
     interruption changes for the rest of the process restored afterwards (the SIGINT
     handler, the hooks of unraisable and thread exceptions, absl's log level)."""
     handler = signal.getsignal(signal.SIGINT)
+    # as in a terminal: a test run started in the background (nohup, `cmd &` in a script)
+    # inherits SIGINT ignored, and Python then installs no handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)
     absl = logging.getLogger("absl")
@@ -209,15 +212,21 @@ def _start(args: list[str]) -> subprocess.Popen:
     )
     for var in (*_cli._RANK_VARS, *_cli._SIZE_VARS):
         env.pop(var, None)
-    return subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal job has
-    )
+    # SIGINT as a terminal gives it: a test run started in the background inherits it
+    # ignored and would pass that on; a handler (unlike "ignored") is reset by exec
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal job has
+        )
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _ctrl_c_when(proc: subprocess.Popen, ready, timeout: float = 240) -> tuple[str, str]:
