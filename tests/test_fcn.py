@@ -124,12 +124,13 @@ def test_dense_bottleneck_size():
 
 def test_dense_bottleneck_refuses_another_input_size():
     model = UNet(features=(8, 16), bottleneck="dense")
-    params = model.init(jax.random.key(0), EQ_X[:, :16, :16])
+    params = jax.jit(model.init)(jax.random.key(0), EQ_X[:, :16, :16])
+    apply = jax.jit(model.apply)  # the shape checks run while tracing (one compile, not op by op)
     with pytest.raises(ValueError, match="initialised for inputs of H x W = 16 x 16"):
-        model.apply(params, EQ_X[:, :16, :8])
+        apply(params, EQ_X[:, :16, :8])
     with pytest.raises(ValueError, match="got H=8, W=32"):  # as many pixels, another shape
-        model.apply(params, jnp.zeros((1, 8, 32, EQ_X.shape[-1])))
-    model.apply(params, EQ_X[:1, :16, :16])  # same size, any batch: fine
+        apply(params, jnp.zeros((1, 8, 32, EQ_X.shape[-1])))
+    apply(params, EQ_X[:1, :16, :16])  # same size, any batch: fine
 
 
 @pytest.mark.parametrize("bottleneck", ["conv", "dense"])
