@@ -15,30 +15,6 @@ def _not_json(token: str):
     raise AssertionError(f"{token} is not strict JSON")
 
 
-def test_run_folder_holds_json_structures_rows_and_a_plot(tmp_path, capsys):
-    fps = run.main(["--tiny", "--out-root", str(tmp_path), "--rattle", "0.02"])
-    folder = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "fingerprints.png",
-        "particles.extxyz",
-        "per_atom.npz",
-        "results.json",
-    ]
-    res = json.loads((folder / "results.json").read_text(), parse_constant=_not_json)
-    assert res["r_cut_A"] == 6.0 and res["rattle_A"] == 0.02
-    structures = ase.io.read(folder / "particles.extxyz", index=":")
-    assert [len(a) for a in structures] == [p["n_atoms"] for p in res["particles"].values()]
-    with np.load(folder / "per_atom.npz") as z:
-        for (name, entry), atoms in zip(res["particles"].items(), structures, strict=True):
-            rows = z[name.replace(" ", "_")]
-            assert rows.shape[0] == len(atoms)
-            pooled = np.concatenate([rows.max(0), rows.min(0)])
-            np.testing.assert_allclose(entry["fingerprint_max_min"], pooled, rtol=1e-6)
-            np.testing.assert_allclose(fps[name], pooled, rtol=1e-6)
-    image = imread(folder / "fingerprints.png")
-    assert image.shape[0] > 100 and image.std() > 0.01
-
-
 @pytest.mark.parametrize(
     "flags, says",
     [
@@ -62,7 +38,7 @@ def test_tiny_run_writes_a_run_folder_of_finite_fingerprints(tmp_path, capsys):
 
     from experiments.acsf_fingerprints.config import tiny_config
 
-    fps = run.main(["--tiny", "--out-root", str(tmp_path)])
+    fps = run.main(["--tiny", "--out-root", str(tmp_path), "--rattle", "0.02"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     (folder,) = tmp_path.iterdir()
     assert last == str(folder) and folder.name.startswith("acsf_fingerprints-")
@@ -74,9 +50,9 @@ def test_tiny_run_writes_a_run_folder_of_finite_fingerprints(tmp_path, capsys):
     ]
     res = json.loads((folder / "results.json").read_text(), parse_constant=_not_json)
     assert set(res) == {"r_cut_A", "rattle_A", "g2_params", "g4_params", "particles", "config"}
-    config = tiny_config(out_root=str(tmp_path))
+    config = tiny_config(out_root=str(tmp_path), rattle=0.02)
     assert res["config"] == json.loads(json.dumps(asdict(config)))
-    assert res["r_cut_A"] == config.r_cut and res["rattle_A"] == config.rattle
+    assert res["r_cut_A"] == config.r_cut == 6.0 and res["rattle_A"] == config.rattle == 0.02
     names = ["Pt13 icosahedron", "Pt7 decahedron", "Pt6 octahedron"]
     assert list(res["particles"]) == names and list(fps) == names
     n_features = 1 + len(config.g2_params) + len(config.g4_params)  # G1, G2s, G4s (one species)
@@ -85,8 +61,17 @@ def test_tiny_run_writes_a_run_folder_of_finite_fingerprints(tmp_path, capsys):
         assert fp.shape == (2 * n_features,) and np.all(np.isfinite(fp))
         np.testing.assert_allclose(fps[name], fp, rtol=1e-6)
         assert entry["n_atoms"] == int(name.split()[0][2:])
+    structures = ase.io.read(folder / "particles.extxyz", index=":")
+    assert [len(a) for a in structures] == [p["n_atoms"] for p in res["particles"].values()]
+    with np.load(folder / "per_atom.npz") as z:
+        for (name, entry), atoms in zip(res["particles"].items(), structures, strict=True):
+            rows = z[name.replace(" ", "_")]
+            assert rows.shape[0] == len(atoms)
+            pooled = np.concatenate([rows.max(0), rows.min(0)])
+            np.testing.assert_allclose(entry["fingerprint_max_min"], pooled, rtol=1e-6)
     assert (folder / "fingerprints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert imread(folder / "fingerprints.png").std() > 0.01
+    image = imread(folder / "fingerprints.png")
+    assert image.shape[0] > 100 and image.std() > 0.01
 
 
 @pytest.mark.parametrize(
