@@ -233,13 +233,12 @@ def _nearest_scores(
     return score
 
 
-def _assignment_costs(
+def _assignments(
     p: np.ndarray, q: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]], rots: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each ``R`` in ``rots``, ``min_perm sum_i |R p_perm(i) - q_i|^2`` (same species;
-    Hungarian), the objective of the search at a fixed rotation (Angstrom^2), and that
-    ``perm`` (``[k]`` and ``[k, n]``)."""
-    cost = np.zeros(len(rots))
+) -> np.ndarray:
+    """For each ``R`` in ``rots`` the same-species ``perm`` minimising
+    ``sum_i |R p_perm(i) - q_i|^2`` (Hungarian), the objective of the search at a fixed
+    rotation (``[k, n]``)."""
     perms = np.empty((len(rots), len(q)), dtype=np.int64)
     for ip, iq in groups:
         pp, qq = p[ip], q[iq]
@@ -249,9 +248,8 @@ def _assignment_costs(
         for lo in range(0, len(rots), 256):  # cost matrices [256, n_p, n_q] at a time
             c = norms - 2.0 * (pp @ rots[lo : lo + 256].transpose(0, 2, 1)) @ qq.T
             cols = np.stack([linear_sum_assignment(ck)[1] for ck in c])  # row i -> column
-            cost[lo : lo + len(c)] += np.take_along_axis(c, cols[:, :, None], 2).sum((1, 2))
             np.put_along_axis(perms[lo : lo + len(c)], iq[cols], ip[None, :], axis=1)
-    return cost, perms
+    return perms
 
 
 def _distinct_best(rots: np.ndarray, score: np.ndarray, k: int, min_angle: float) -> np.ndarray:
@@ -556,7 +554,7 @@ def _search(
         m = min(len(rots), _RERANK_WORK // (len(p0) ** 2 + 400), _RERANK_MAX * n_starts)
         if m > n_starts:
             cands = np.concatenate([starts, rots[np.argsort(score, kind="stable")[:m]]])
-            _, perms = _assignment_costs(p0, q0, groups, cands)
+            perms = _assignments(p0, q0, groups, cands)
             # The descent from a rotation depends only on its assignment: one start for each,
             # ranked by its Kabsch RMSD (the first step of the descent).
             uniq, first = np.unique(perms, axis=0, return_index=True)
