@@ -30,6 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+# MPI launchers' variables for this process's rank and the job's size (bootstrap's lists)
+from jaxsci.parallel.bootstrap import _RANK_VARS, _SIZE_VARS
+
 __all__ = [
     "INTERRUPTED",
     "MPI_REPORT_GRACE_S",
@@ -55,9 +58,6 @@ QUIET_INTERRUPT_ENV = "JAXSCI_INTERRUPT_QUIET"
 #: (mpirun then ends this rank) before it reports it itself: rank 0 may never see its own.
 MPI_REPORT_GRACE_S = 3.0
 
-# MPI launchers' variables for this process's rank and the job's size
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 _run_folder: list[Path] = []  # the run folder of this invocation, once made (at most one)
 # redeliveries of a swallowed Ctrl-C, and whether each was sent (see interruptible)
 _pending: list[tuple[threading.Timer, threading.Event]] = []

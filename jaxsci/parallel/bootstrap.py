@@ -35,6 +35,8 @@ _SIZE_VARS = (
     "PMIX_SIZE",  # PMIx launchers
     "MV2_COMM_WORLD_SIZE",  # MVAPICH2
 )
+# ... and the rank of this process, in the same order (``experiments._cli`` reads both).
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 
 
 @dataclass(frozen=True)
