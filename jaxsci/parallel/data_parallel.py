@@ -162,6 +162,9 @@ def _per_leaf_difference(tx: optax.GradientTransformation, params: Any):
             ],
         )
 
+    # One program rather than op by op: a first trainer's check of a (16, 32, 64) UNet took
+    # 3.0 s against 6.5 s (2-core CPU; eager ops compile once per primitive and shape).
+    @jax.jit
     def two_updates(p: Any, g1: Any, g2: Any) -> Any:
         state = tx.init(p)
         u, state = tx.update(g1, state, p, value=jnp.float32(1.0))
