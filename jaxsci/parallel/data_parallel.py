@@ -162,9 +162,10 @@ def _per_leaf_difference(tx: optax.GradientTransformation, params: Any):
             ],
         )
 
-    # One program rather than op by op: a first trainer's check of a (16, 32, 64) UNet took
-    # 3.0 s against 6.5 s (2-core CPU; eager ops compile once per primitive and shape).
-    @jax.jit
+    # Op by op, not jitted: the ops' compilations are cached per primitive and shape, so
+    # every later trainer's check is cheap (a (16, 32, 64) UNet: 0.09 s against 0.55 s
+    # jitted, which compiles anew for each transformation object; a first check 6.5 s
+    # against 3.0 s). 2,100 trainers in one process: 5.4 s op by op, 166 s jitted.
     def two_updates(p: Any, g1: Any, g2: Any) -> Any:
         state = tx.init(p)
         u, state = tx.update(g1, state, p, value=jnp.float32(1.0))
