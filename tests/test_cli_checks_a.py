@@ -1,4 +1,4 @@
-"""Command-line checks of reconstruct_pt, anderson and six benchmarks (a CLI probe's findings).
+"""Command-line checks of reconstruct_pt, anderson and six benchmarks.
 
 Output roots that cannot be written end in argparse's one-line ``error:`` (status 2) before
 any work; ``--no-progress`` reaches the config; ``--help`` shows every default (the real

@@ -1,4 +1,4 @@
-"""Command-line checks of the experiments (probe of session 26, part b).
+"""Command-line checks of the experiments.
 
 * An output folder that cannot be written (a regular file in the way, or a mount such as
   /sys) ends the command with argparse's one ``error:`` line and exit status 2, before any

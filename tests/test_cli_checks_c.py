@@ -1,4 +1,4 @@
-"""Command lines and run folders (probe of session 28): non-finite numbers that passed the
+"""Command lines and run folders: non-finite numbers that passed the
 checks and failed after the run folder was made, and anderson's nonconvex target."""
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Anderson and the moving average where an optax user meets them: NumPy float64 params with
 x64 off, mixed precision in ``lax.scan``, vmapped and Flax NNX states in
-``averaged_params``, checkpoints across layouts, misused arguments (each case was a bug
-found by a probe)."""
+``averaged_params``, checkpoints across layouts, misused arguments (each case was a bug)."""
 
 import warnings
 

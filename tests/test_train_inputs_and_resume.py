@@ -1,4 +1,4 @@
-"""Fixes from a user probe of jaxsci.train / jaxsci.models.cvae: resume checks (activation,
+"""jaxsci.train and jaxsci.models.cvae where users went wrong: resume checks (activation,
 settings=None, data), validation and condition widths, x64 hints, plot_curves keys, the
 warning when a fresh run drops a metrics file's records, and the settings helpers' export."""
 
