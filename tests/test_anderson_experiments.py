@@ -102,9 +102,7 @@ def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path, monkeypatch)
         return {**{f: g[:1] for f, g in grids.items()}, "nesterov": nes, "adam": adam}
 
     monkeypatch.setattr(run, "tuning_grids", picked)
-    main = run.main
-
-    res = main(
+    res = run.main(
         [
             "--problems",
             "least_squares_large",

@@ -198,11 +198,10 @@ def test_tether_keeps_clusters_whole_but_their_shape_free():
 def test_periodic_cell_is_recovered(monkeypatch):
     """A rattled 8-atom fcc cell (two cubes, 7.8 x 3.9 x 3.9 A) is recovered from its
     periodic fingerprint, and the reported error is the exact one of the returned positions.
-    r_cut 4.5 A (18 neighbours, three shells) keeps the test at ~16 s on the 2-core CPU: at
-    6 A (54-57 neighbours, 88 slots kept per atom) the same search takes ~60 s, and a
-    round's cost grows as the slots squared. Its rounds run in two chunks of 4 starts (the
-    work of a chunk set down to 4 starts; 8 starts: 15 s, 16: 21 s, 2 and 3 of them
-    recover it)."""
+    Its round runs in two chunks of 4 starts (the work of a chunk set down to 4 starts).
+    r_cut 4.5 A (18 neighbours, two shells; 40 slots kept per atom) and 8 starts keep it at
+    ~15 s on the 2-core CPU, 2 of the 8 starts recovering the cell: at r_cut 6 A (54-57
+    neighbours, 88 slots; a round costs the slots squared) with 16 starts it took ~60 s."""
     acsf_p = ACSF(["Pt"], 4.5, g2_params=G2, g4_params=G4, periodic=True)
     atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat((2, 1, 1))
     atoms.rattle(0.1, seed=4)
