@@ -32,6 +32,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs mpirun -n 2: run via `make test`"))
 
 
+def _memory_maps() -> int | None:
+    """Memory mappings of this process (Linux), or None where /proc cannot tell."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def _max_map_count() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 65530  # Linux's default
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After a test file, drop JAX's compiled programs once this process holds over half of
+    the kernel's memory mappings. Every loaded XLA CPU executable maps some 9 regions and
+    JAX's caches keep them, so a test worker that ran half of the suite reached 60,000 of
+    the 65,530 allowed, and XLA aborted when a compilation or a compile-cache write could
+    map no more ("Fatal Python error: Aborted"). Programs are shared within a file; a
+    later file compiles what it needs again, or reads it from the persistent cache."""
+    yield
+    count = _memory_maps()
+    if count is not None and count > _max_map_count() // 2:
+        import jax
+
+        jax.clear_caches()
+
+
 @pytest.fixture
 def read_only():
     """``read_only(folder)`` makes ``folder`` unwritable for this process, or skips the test
