@@ -31,6 +31,15 @@ TEST_WORKERS ?= 2
 # (2-core box, cold compile cache, all passing both ways). `make demo` and the benchmarks
 # keep the default level; `make test TEST_XLA_FLAGS=` tests at it.
 TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
+# One BLAS/OpenMP thread per test process: the workers, and the two MPI ranks, already fill
+# the cores, and more threads per process only contend. SciPy's L-BFGS-B and numpy's linear
+# algebra spin-waited on each other: 6 heavy test files took 4 min 50 s with one thread
+# against 5 min 23-44 s with the defaults (2-core box, 2 workers, cold compile cache).
+# XLA's kernels kept their threads: --xla_cpu_multi_thread_eigen=false gained little, and
+# one run with it aborted a worker while serialising an executable for the compile cache.
+# `make test TEST_THREADS=` keeps the libraries' defaults.
+TEST_THREADS ?= 1
+test_env = $(if $(TEST_THREADS),OMP_NUM_THREADS=$(TEST_THREADS) OPENBLAS_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS))
 # The unit pass prints its 25 slowest steps (set-ups included): what to trim when the suite
 # nears the CI budget of 15 minutes.
 # Every pass fails on any non-zero exit, 5 ("no tests ran") included: each marker selects
@@ -62,13 +71,13 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory test-unit test-multidevice test-mpi
 
 test-unit: $(STAMP)
-	$(call xla_flags,$(TEST_XLA_FLAGS)) $(PYTEST) -m "not multidevice and not mpi" -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(test_env) $(call xla_flags,$(TEST_XLA_FLAGS)) $(PYTEST) -m "not multidevice and not mpi" -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-multidevice: $(STAMP)
-	$(call xla_flags,--xla_force_host_platform_device_count=4 $(TEST_XLA_FLAGS)) $(PYTEST) -m multidevice $(MULTIDEVICE_FILES)
+	$(test_env) $(call xla_flags,--xla_force_host_platform_device_count=4 $(TEST_XLA_FLAGS)) $(PYTEST) -m multidevice $(MULTIDEVICE_FILES)
 
 test-mpi: $(STAMP)
-	$(call xla_flags,$(TEST_XLA_FLAGS)) timeout 900 $(MPIRUN) -n 2 $(PYTEST) -m mpi -q $(MPI_FILES)
+	$(test_env) $(call xla_flags,$(TEST_XLA_FLAGS)) timeout 900 $(MPIRUN) -n 2 $(PYTEST) -m mpi -q $(MPI_FILES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
