@@ -494,6 +494,44 @@ def test_init_does_not_recompile_for_an_equal_new_optimizer():
     assert compiles == []
 
 
+def test_a_rerun_with_the_same_objects_compiles_no_training_program(digits):
+    """train_conditional and train_per_label jitted a new closure on every call: a rerun or a
+    resume in the same process with the same model and optimizer compiled its training
+    chunks again. An optimizer that cannot be hashed still trains, the same way."""
+    from jaxsci.train.gan import train_conditional
+
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    cgan, opt = tiny_dcgan(), optax.adam(1e-3, 0.5)
+    kw = dict(key=jax.random.PRNGKey(0), n_steps=2, batch_size=8, chunk_steps=2, progress=False)
+    args = (digits.train_images, digits.train_labels)
+    runs = lambda o: (  # noqa: E731
+        train_conditional(cgan, o, o, *args, **kw)[1],
+        train_per_label(cgan, o, o, *args, label_set=[1, 2], **kw).history,
+    )
+    first = runs(opt)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        again = runs(opt)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+
+    class Unhashable(optax.GradientTransformation):
+        __hash__ = None
+
+    odd = Unhashable(*opt)
+    with pytest.raises(TypeError):
+        hash(odd)
+    for history in (again, runs(odd)):
+        for a, b in zip(first, history, strict=True):
+            np.testing.assert_array_equal(a["g_loss"], b["g_loss"])
+
+
 def test_bench_cgan_labels_say_what_the_images_per_second_count():
     """bench_cgan reported labels * steps * batch / s as "img/s": the generator updates'
     images only, while each step also pushes 2 * n_critic * batch images through the critic."""
