@@ -287,6 +287,11 @@ def test_split_and_group():
     assert counts.tolist() == [3, 2]
     assert grouped[0, :, 0].tolist() == [0, 2, 3]
     assert grouped[1, :, 0].tolist() == [1, 4, 0]
+    padded, _ = group_by_label(data, np.array([2, 0, 2, 2, 0, 1]), [0], rows=3)
+    assert padded.shape == (1, 3, 1) and padded[0, :, 0].tolist() == [1, 4, 0]
+    for bad in (1, 2.5, True):  # below the largest group, not an int
+        with pytest.raises(ValueError, match="rows must be an int >= 3"):
+            group_by_label(data, np.array([2, 0, 2, 2, 0, 1]), [2, 0], rows=bad)
     with pytest.raises(ValueError, match="repeated"):
         split_labels([1, 1], 1)
     with pytest.raises(ValueError, match="fit in int32"):  # 2**33 wrapped to label 0

@@ -55,21 +55,25 @@ def _check_label_set(label_set: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def group_by_label(
-    data: np.ndarray, labels: np.ndarray, label_set: Sequence[int]
+    data: np.ndarray, labels: np.ndarray, label_set: Sequence[int], rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the rows of each label, padded to the largest group.
+    """Stack the rows of each label, padded to the largest group (or to ``rows``).
 
     Args:
       data: ``[N, ...]`` rows (e.g. images).
       labels: ``[N]`` integer label of each row.
       label_set: the labels to keep, in output order (``[L]``).
+      rows: pad every group to this many rows (an int at least the largest group's count;
+        None: the largest group's count), so that blocks of labels cut out of one label
+        set have the same shape.
 
     Returns:
       ``(grouped [L, n_max, ...], counts [L])``: ``grouped[i, :counts[i]]`` are the rows of
       ``label_set[i]`` in their original order; the rest is zero padding.
 
     Raises:
-      ValueError: a label in ``label_set`` has no rows, or shapes disagree.
+      ValueError: a label in ``label_set`` has no rows, shapes disagree, or ``rows`` is
+        smaller than the largest group.
     """
     data = np.asarray(data)
     labels = np.asarray(labels)
@@ -82,7 +86,14 @@ def group_by_label(
         raise ValueError(
             f"labels {empty.tolist()} have no data (present labels: {np.unique(labels).tolist()})"
         )
-    grouped = np.zeros((label_set.size, counts.max(), *data.shape[1:]), data.dtype)
+    n_max = int(counts.max())
+    if rows is not None:
+        if not is_int_at_least(rows, n_max):
+            raise ValueError(
+                f"rows must be an int >= {n_max}, the largest group's count, got {rows!r}"
+            )
+        n_max = int(rows)
+    grouped = np.zeros((label_set.size, n_max, *data.shape[1:]), data.dtype)
     for i, lab in enumerate(label_set):
         grouped[i, : counts[i]] = data[labels == lab]
     return grouped, counts

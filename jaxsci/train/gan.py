@@ -529,16 +529,20 @@ class PerLabelResult(NamedTuple):
     history: dict[str, np.ndarray]
 
 
-def per_label_pools(images: Any, labels: Any, label_set: Sequence[int]) -> DataPool:
-    """Stacked :class:`DataPool` ``[L, n_max, ...]``, one per label.
+def per_label_pools(
+    images: Any, labels: Any, label_set: Sequence[int], rows: int | None = None
+) -> DataPool:
+    """Stacked :class:`DataPool` ``[L, n_max, ...]``, one per label; ``n_max`` is the
+    largest label's count, or ``rows`` when given (see
+    :func:`~jaxsci.parallel.group_by_label`).
 
     ValueError if a label of ``label_set`` has no rows, ``labels`` are not integers (a row
-    whose label is no integer would otherwise be dropped from every pool) or an image holds
-    a non-finite value.
+    whose label is no integer would otherwise be dropped from every pool), an image holds
+    a non-finite value or ``rows`` is below the largest count.
     """
     labels = np.asarray(labels)
     _check_integer_labels(labels)
-    grouped, counts = group_by_label(_host_images(images), labels, label_set)
+    grouped, counts = group_by_label(_host_images(images), labels, label_set, rows)
     lab = np.broadcast_to(np.asarray(label_set, np.int32)[:, None], grouped.shape[:2])
     return DataPool(jnp.asarray(grouped), jnp.asarray(lab), jnp.asarray(counts))
 
@@ -613,7 +617,10 @@ def train_per_label(
     if strategy == "mpi":
         info = info if info is not None else bootstrap()
         local = rank_labels(label_set, info)
-    pools = per_label_pools(images, labels, local)
+    # every block padded to the largest label of the whole set: blocks of as many labels
+    # (ranks, resumes after another split) share one training program
+    rows = max((int(np.sum(np.asarray(labels) == lab)) for lab in label_set.tolist()), default=0)
+    pools = per_label_pools(images, labels, local, rows or None)
     states = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))(label_keys(key, local))
     run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
     if strategy == "shard":
