@@ -379,8 +379,7 @@ def make_gan_trainer(
     return run
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _chunk_program(
+def _chunk(
     cgan: CGAN,
     g_opt: optax.GradientTransformation,
     d_opt: optax.GradientTransformation,
@@ -391,12 +390,15 @@ def _chunk_program(
     pool: DataPool,
 ) -> tuple[GANState, Metrics]:
     """``n_steps`` steps of one model (``stacked=False``) or of a stack of them, one per
-    pool (vmapped); compiled once per model, optimizer objects, batch size, chunk and
-    shapes, and shared by every call with them."""
+    pool (vmapped). :data:`_chunk_program` jits it once per model, optimizer objects, batch
+    size, chunk and shapes, shared by every call with them."""
     run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
     if stacked:
         return jax.vmap(run, in_axes=(0, 0, None))(state, pool, n_steps)
     return run(state, pool, n_steps)
+
+
+_chunk_program = jax.jit(_chunk, static_argnums=(0, 1, 2, 3, 4, 5))
 
 
 def _chunk_runner(
@@ -414,9 +416,10 @@ def _chunk_runner(
     try:
         hash((cgan, g_opt, d_opt))
     except TypeError:
-        run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
-        fn = jax.vmap(run, in_axes=(0, 0, None)) if stacked else run
-        return jax.jit(fn, static_argnums=2)
+        return jax.jit(
+            lambda state, pool, k: _chunk(cgan, g_opt, d_opt, batch_size, k, stacked, state, pool),
+            static_argnums=2,
+        )
     return lambda state, pool, k: _chunk_program(
         cgan, g_opt, d_opt, batch_size, k, stacked, state, pool
     )
@@ -619,7 +622,8 @@ def train_per_label(
         local = rank_labels(label_set, info)
     # every block padded to the largest label of the whole set: blocks of as many labels
     # (ranks, resumes after another split) share one training program
-    rows = max((int(np.sum(np.asarray(labels) == lab)) for lab in label_set.tolist()), default=0)
+    labels_np = np.asarray(labels)
+    rows = max((int(np.sum(labels_np == lab)) for lab in label_set.tolist()), default=0)
     pools = per_label_pools(images, labels, local, rows or None)
     states = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))(label_keys(key, local))
     run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
