@@ -136,9 +136,11 @@ def test_cbed_stack_compiles_once_and_runs_under_vmap():
 def test_epie_constrains_band_limited_patterns_inside_the_band_only(ptycho_data):
     """Patterns from the default (band-limited) cbed_stack are 0 beyond the band limit by
     anti-aliasing. ePIE with the data's band limit recovers the band-limited transmission
-    the simulation used (measured 0.022 relative error in the lit region, Fourier error
-    2e-4 -> 3e-9, 2.5e-8 at XLA level 0); forcing the modulus to 0 beyond the band
-    (band_limit=None) gives 0.143."""
+    the simulation used; forcing the modulus to 0 beyond the band (band_limit=None) gives
+    0.142 in every setting. The approach is slow and its pace depends on rounding: relative
+    error in the lit region after 100 / 200 / 400 sweeps, measured, 0.022 / 0.0097 / 0.0040
+    with XLA's defaults, 0.049 / 0.014 / 0.0043 at XLA level 0, 0.062 / 0.032 / 0.0083 at
+    level 0 with the legacy CPU emitters (`make test`'s flags); hence 200 sweeps."""
     v, xy, _, _, mask = ptycho_data
     patterns = cbed_stack(v[None], xy, GRID, E, dz=1.0, **OPTICS)  # band limit 2/3
     probe0 = probe(GRID, E, **OPTICS)
@@ -150,10 +152,10 @@ def test_epie_constrains_band_limited_patterns_inside_the_band_only(ptycho_data)
         spread = jnp.linalg.norm((want - want[mask].mean())[mask])
         return float(jnp.linalg.norm((aligned - want)[mask]) / spread)
 
-    inside = epie(patterns, xy, probe0, GRID, n_iter=100)
+    inside = epie(patterns, xy, probe0, GRID, n_iter=200)
     assert error(inside.object) < 0.05
     assert float(inside.errors[-1]) < 1e-3 * float(inside.errors[0])
-    everywhere = epie(patterns, xy, probe0, GRID, n_iter=100, band_limit=None)
+    everywhere = epie(patterns, xy, probe0, GRID, n_iter=200, band_limit=None)
     assert error(everywhere.object) > 0.1
 
 

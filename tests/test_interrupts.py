@@ -2,8 +2,8 @@
 
 ``experiments._cli.interruptible`` runs every command's ``main``; the subprocess tests send
 a real SIGINT to the command's process group (what a terminal's Ctrl-C does) once its run
-folder exists, and run the resume command the line prints. They take tens of seconds at
-XLA optimisation level 0, most of it start-up and compiling.
+folder exists, and run the resume command the line prints. They take tens of seconds with
+`make test`'s XLA flags, most of it start-up and compiling.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def _start(args: list[str]) -> subprocess.Popen:
     env = dict(
         os.environ,
         PYTHONPATH=".",
-        XLA_FLAGS="--xla_backend_optimization_level=0",
+        XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
         JAX_PLATFORMS="cpu",
     )
     for var in (*_cli._RANK_VARS, *_cli._SIZE_VARS):
