@@ -14,8 +14,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _mpi_size() -> int:
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
-        if var in os.environ:
+    """The launcher's job size (1 without one), from the variables ``bootstrap`` reads."""
+    from jaxsci.parallel.bootstrap import _SIZE_VARS
+
+    for var in _SIZE_VARS:
+        if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 1
 
