@@ -54,6 +54,11 @@ def _check_label_set(label_set: Sequence[int] | np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def _label_counts(labels: np.ndarray, label_set: np.ndarray) -> np.ndarray:
+    """``[L]`` int32: how many of ``labels`` equal each of ``label_set``."""
+    return np.array([np.sum(labels == lab) for lab in label_set], np.int32)
+
+
 def group_by_label(
     data: np.ndarray, labels: np.ndarray, label_set: Sequence[int], rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +85,7 @@ def group_by_label(
     label_set = _check_label_set(label_set)
     if labels.shape != data.shape[:1]:
         raise ValueError(f"labels {labels.shape} do not match data rows {data.shape[:1]}")
-    counts = np.array([np.sum(labels == lab) for lab in label_set], np.int32)
+    counts = _label_counts(labels, label_set)
     empty = label_set[counts == 0]
     if empty.size:
         raise ValueError(

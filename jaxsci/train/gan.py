@@ -40,6 +40,7 @@ from jaxsci.models.gan import CGAN, check_labels
 from jaxsci.parallel.bootstrap import ProcessInfo, bootstrap
 from jaxsci.parallel.mesh import make_mesh
 from jaxsci.parallel.per_label import (
+    _label_counts,
     gather_over_ranks,
     group_by_label,
     label_keys,
@@ -622,8 +623,7 @@ def train_per_label(
         local = rank_labels(label_set, info)
     # every block padded to the largest label of the whole set: blocks of as many labels
     # (ranks, resumes after another split) share one training program
-    labels_np = np.asarray(labels)
-    rows = max((int(np.sum(labels_np == lab)) for lab in label_set.tolist()), default=0)
+    rows = int(_label_counts(np.asarray(labels), label_set).max(initial=0))
     pools = per_label_pools(images, labels, local, rows or None)
     states = jax.vmap(lambda k: init_gan_state(cgan, g_opt, d_opt, k))(label_keys(key, local))
     run = make_gan_trainer(cgan, g_opt, d_opt, batch_size)
