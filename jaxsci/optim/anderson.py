@@ -290,7 +290,10 @@ def scale_by_anderson(
     clocks differed ~2x): a step costs 2.1-2.8x Nesterov's in a ``lax.scan`` (5.5-6.0 us
     against 2.6; 10-13 against 4.8) and 2.5-4.3x from a Python loop of jitted steps (23-30
     us against 5.6; 40-71 against 17-30) (RESULTS.md, #5). For problems of a few thousand
-    weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``.
+    weights or fewer, run the steps inside ``lax.scan`` / ``fori_loop``. Next to a costly
+    gradient the small kernels cost more: they run one after another between two gradients,
+    at several microseconds each on CPU. A 2-D Burgers PINN (642 weights, a 10 ms step) took
+    1.11x the SGD step with ``"tree"`` and 1.24x with ``"flat"`` (RESULTS.md, session 33).
     """
     options = python_scalars(
         memory=memory,
