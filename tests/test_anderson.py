@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from anderson_steps import descend
 
 from jaxsci.optim import (
     aadl_statistic,
@@ -164,14 +165,7 @@ def train(opt, loss, params, steps, with_value=True):
 
 def loss_curve(opt, loss, params, steps, with_value=True):
     """The loss at each of ``steps`` iterates of ``opt`` from ``params`` (one lax.scan)."""
-
-    def step(carry, _):
-        p, s = carry
-        v, g = jax.value_and_grad(loss)(p)
-        upd, s = opt.update(g, s, p, **({"value": v} if with_value else {}))
-        return (optax.apply_updates(p, upd), s), v
-
-    return np.asarray(jax.lax.scan(step, (params, opt.init(params)), None, steps)[1])
+    return np.asarray(descend(opt, loss, params, steps, with_value=with_value)[2])
 
 
 @pytest.mark.parametrize("x64", [False, True])
@@ -737,13 +731,7 @@ def test_vmapped_problems_over_an_explicit_mesh_and_a_state_sharded_otherwise():
     batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, x + 1.0, x - 1.0, x * 2.0]), params)
 
     def run(p):
-        def body(c, _):
-            p, s = c
-            v, g = jax.value_and_grad(loss)(p)
-            u, s = opt.update(g, s, p, value=v)
-            return (optax.apply_updates(p, u), s), None
-
-        return jax.lax.scan(body, (p, opt.init(p)), None, 6)[0]
+        return descend(opt, loss, p, 6)[:2]
 
     ref, ref_state = jax.jit(jax.vmap(run))(batch)
     assert int(jnp.sum(ref_state.anderson_state.n_accelerated)) > 0
@@ -947,13 +935,7 @@ def test_without_a_loss_anderson_on_adam_does_not_blow_up():
         f_star = float(f(jnp.linalg.solve(a, b)))
         opt = anderson(optax.adam(1e-2), 5)
 
-        def step(carry, _):
-            x, s = carry
-            u, s = opt.update(jax.grad(f)(x), s, x)
-            return (x + u, s), None
-
-        x0 = jnp.zeros(10)
-        (x, s), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=1500)
+        x, s, _ = descend(opt, f, jnp.zeros(10), 1500, with_value=False)
         assert abs(float(f(x)) - f_star) < 1e-8 * abs(f_star)
         assert int(s.anderson_state.n_accelerated) > 0  # it did extrapolate
 
@@ -967,15 +949,7 @@ def test_named_state_fields_of_a_vmapped_state_read_one_value_per_problem():
 
     def solve(a):
         f = lambda x: 0.5 * x @ a @ x - jnp.sum(x)
-
-        def step(carry, _):
-            x, s = carry
-            v, g = jax.value_and_grad(f)(x)
-            u, s = opt.update(g, s, x, value=v)
-            return (x + u, s), None
-
-        x0 = jnp.zeros(n)
-        return jax.lax.scan(step, (x0, opt.init(x0)), None, length=7)[0][1].anderson_state
+        return descend(opt, f, jnp.zeros(n), 7)[1].anderson_state
 
     batched = jax.vmap(solve)(mats)
     alone = [solve(mats[k]) for k in range(b)]

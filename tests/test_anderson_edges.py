@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from anderson_steps import descend
 
 from jaxsci.optim import anderson, moving_average
 
@@ -18,24 +19,9 @@ def quadratic(p):
     return 0.5 * jnp.sum(A * (p - C) ** 2)
 
 
-def descend(tx, f, p0, n, scales=None, with_value=True):
-    """``n`` scanned steps of ``tx`` on ``f`` from ``p0`` (the gradient times ``scales[i]``
-    at step ``i``); returns the final params and state."""
-
-    def body(carry, scale):
-        p, s = carry
-        v, g = jax.value_and_grad(f)(p)
-        g = g if scale is None else g * scale
-        u, s = tx.update(g, s, p, value=v) if with_value else tx.update(g, s, p)
-        return (optax.apply_updates(p, u), s), None
-
-    (p, s), _ = jax.lax.scan(body, (p0, tx.init(p0)), scales, length=n)
-    return p, s
-
-
 def run(tx, n, scales):
     """``n`` steps on the quadratic from zero; returns the final loss and state."""
-    p, s = descend(tx, quadratic, jnp.zeros(20), n, scales)
+    p, s, _ = descend(tx, quadratic, jnp.zeros(20), n, scales)
     return float(quadratic(p)), s
 
 
@@ -66,7 +52,7 @@ def test_a_learning_rate_of_zero_at_warm_restarts_does_not_freeze_the_iterate():
 def test_sixteen_bit_params_are_still_accelerated(dtype):
     """The no-step bar is capped at 1e-3 of the inner step: 1000 eps is ~1 in 16 bits."""
     f = lambda p: quadratic(p.astype(jnp.float32))  # noqa: E731
-    p, s = descend(anderson(optax.sgd(1.0)), f, jnp.zeros(20, dtype), 60)
+    p, s, _ = descend(anderson(optax.sgd(1.0)), f, jnp.zeros(20, dtype), 60)
     plain = run(optax.sgd(1.0), 60, jnp.ones(60))[0]
     assert p.dtype == dtype
     assert int(s.anderson_state.n_accelerated) >= 20

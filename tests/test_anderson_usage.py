@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from anderson_steps import descend
 
 from jaxsci.optim import (
     ScaleByAndersonState,
@@ -243,17 +244,8 @@ def test_counters_and_gradient_accumulation_are_documented_as_they_behave():
     MultiSteps belongs outside anderson: inside, its zero mini-steps give no secant pairs."""
     p0 = {"w": jnp.zeros(20)}
 
-    def run(tx):
-        def body(c, _):
-            p, s = c
-            v, g = jax.value_and_grad(quad)(p)
-            u, s = tx.update(g, s, p, value=v)
-            return (optax.apply_updates(p, u), s), None
-
-        return jax.lax.scan(body, (p0, tx.init(p0)), None, 80)[0]
-
-    _, outer = run(optax.MultiSteps(anderson(optax.sgd(1.0)), 2))
-    _, inner = run(anderson(optax.MultiSteps(optax.sgd(1.0), 2)))
+    _, outer, _ = descend(optax.MultiSteps(anderson(optax.sgd(1.0)), 2), quad, p0, 80)
+    _, inner, _ = descend(anderson(optax.MultiSteps(optax.sgd(1.0), 2)), quad, p0, 80)
     assert int(outer.inner_opt_state.anderson_state.n_accelerated) > 0
     a = inner.anderson_state
     assert int(a.n_accelerated) == 0 < int(a.n_rejected)
