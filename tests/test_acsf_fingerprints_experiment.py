@@ -9,6 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from experiments.acsf_fingerprints import run
+from jaxsci.descriptors import ACSF
 
 
 def _not_json(token: str):
@@ -62,11 +63,15 @@ def test_tiny_run_writes_a_run_folder_of_finite_fingerprints(tmp_path, capsys):
         np.testing.assert_allclose(fps[name], fp, rtol=1e-6)
         assert entry["n_atoms"] == int(name.split()[0][2:])
     structures = ase.io.read(folder / "particles.extxyz", index=":")
+    g2, g4 = [list(p) for p in config.g2_params], [list(p) for p in config.g4_params]
+    oracle = ACSF(["Pt"], config.r_cut, g2_params=g2, g4_params=g4)
     assert [len(a) for a in structures] == [p["n_atoms"] for p in res["particles"].values()]
     with np.load(folder / "per_atom.npz") as z:
         for (name, entry), atoms in zip(res["particles"].items(), structures, strict=True):
             rows = z[name.replace(" ", "_")]
             assert rows.shape[0] == len(atoms)
+            # the rows are the config's ACSF of the structure written beside them
+            np.testing.assert_allclose(rows, oracle.create(atoms), rtol=1e-5, atol=1e-6)
             pooled = np.concatenate([rows.max(0), rows.min(0)])
             np.testing.assert_allclose(entry["fingerprint_max_min"], pooled, rtol=1e-6)
     assert (folder / "fingerprints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

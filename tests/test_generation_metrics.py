@@ -40,6 +40,14 @@ def test_validity_of_a_cluster_a_close_pair_and_two_fragments():
         check_validity(np.zeros((0, 3)))
 
 
+def _rmsd_by_scipy(positions: np.ndarray, reference: np.ndarray) -> float:
+    """Oracle: the best proper rotation by scipy's ``Rotation.align_vectors`` (not an SVD
+    of the covariance as in jaxsci), on centred coordinates."""
+    p, q = positions - positions.mean(0), reference - reference.mean(0)
+    _, rssd = Rotation.align_vectors(q, p)
+    return float(rssd) / np.sqrt(len(p))
+
+
 def test_kabsch_rmsd_rotation_free_but_not_mirror_free():
     rng = np.random.default_rng(0)
     pos = _pt13() + rng.normal(scale=0.1, size=(13, 3))
@@ -47,8 +55,12 @@ def test_kabsch_rmsd_rotation_free_but_not_mirror_free():
     assert kabsch_rmsd(pos @ rot.T + [1.0, -2.0, 0.5], pos) < 1e-10
     shifted = pos.copy()
     shifted[0] += [0.0, 0.0, 1.3]  # known RMSD before alignment: 1.3 / sqrt(13)
-    assert 0 < kabsch_rmsd(shifted, pos) <= 1.3 / np.sqrt(13) + 1e-12
-    assert kabsch_rmsd(-pos, pos) > 0.5  # a chiral (rattled) cluster's mirror image
+    got = kabsch_rmsd(shifted, pos)
+    assert 0 < got <= 1.3 / np.sqrt(13) + 1e-12
+    assert got == pytest.approx(_rmsd_by_scipy(shifted, pos), rel=1e-9)
+    mirror = kabsch_rmsd(-pos, pos)  # a chiral (rattled) cluster's mirror image
+    assert mirror > 0.5
+    assert mirror == pytest.approx(_rmsd_by_scipy(-pos, pos), rel=1e-9)
     with pytest.raises(ValueError, match="shapes differ"):
         kabsch_rmsd(pos, pos[:5])
 

@@ -37,9 +37,17 @@ def test_cut_and_splice_keeps_composition_and_takes_halves_of_each_parent():
 
 
 def test_cut_and_splice_of_a_structure_with_itself_rotated_is_plausible():
+    """Two rotated copies of Pt13 cut at a plane through the centre: every atom of the
+    child is an atom of one copy, the centre exactly once (an icosahedron has 6 shell atoms
+    on either side of any plane through its centre), so the child has the parent's radii."""
     x = Icosahedron("Pt", 2).positions
     child = cut_and_splice(x, x, np.zeros(13, int), np.random.default_rng(3))
     assert child.shape == (13, 3)
+    np.testing.assert_allclose(
+        np.sort(np.linalg.norm(child, axis=1)),
+        np.sort(np.linalg.norm(x - x.mean(0), axis=1)),
+        atol=1e-9,
+    )
     d = np.linalg.norm(child[:, None] - child[None], axis=-1)[np.triu_indices(13, 1)]
     assert d.min() > 0.0
 
@@ -95,11 +103,20 @@ def test_bad_crossover_options_raise(bad):
         reconstruct(acsf.create(atoms), ["Pt"] * 13, acsf, key=jax.random.key(0), **bad)
 
 
-def test_crossover_search_runs_and_is_deterministic():
+def test_crossover_search_runs_and_is_deterministic(monkeypatch):
     import jax
 
     from jaxsci.descriptors import ACSF
-    from jaxsci.reconstruct import reconstruct
+    from jaxsci.reconstruct import reconstruct, solver
+
+    made = []  # every child the search bred from its population
+
+    def counted(*args):
+        made.append(breed(*args))
+        return made[-1]
+
+    breed = solver.child
+    monkeypatch.setattr(solver, "child", counted)
 
     acsf = ACSF(["Pt"], 6.0, g2_params=[[0.1, 0.0], [1.0, 0.0]], g4_params=[[0.01, 1.0, 1.0]])
     atoms = Icosahedron("Pt", 2)
@@ -117,8 +134,13 @@ def test_crossover_search_runs_and_is_deterministic():
         twist=0.5,
     )
     a = reconstruct(target, ["Pt"] * 13, acsf, **opts)
+    assert len(made) >= 4 and all(k.shape == (13, 3) for k in made)  # the population is used
     b = reconstruct(target, ["Pt"] * 13, acsf, **opts)
     assert a.n_rounds == 5 and a.history.shape == (50, 8)
     assert np.all(np.isfinite(a.start_positions)) and np.all(np.isfinite(a.history))
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_array_equal(a.history, b.history)
+    # the children change the search: the same call without crossover takes other steps
+    plain = reconstruct(target, ["Pt"] * 13, acsf, **{**opts, "crossover": 0.0, "twist": 0.0})
+    assert plain.history.shape == a.history.shape
+    assert not np.array_equal(plain.history, a.history)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase.data import covalent_radii
 
 from jaxsci.descriptors import ACSF
 from jaxsci.geometry.motifs import complete_motifs, motif_cuts
@@ -40,8 +41,11 @@ def setup():
 
 def test_motif_lattice_constant():
     assert motif_lattice_constant(np.full(5, 78)) == pytest.approx(3.92)  # Pt reference state
-    # No single fcc element: twice the mean covalent radius is the bond length.
-    assert motif_lattice_constant(np.array([78, 79])) > 0
+    # No single fcc element: twice the mean covalent radius is the bond length d, and the
+    # fcc lattice constant is sqrt(2) d (Pt + Au; silicon, which has no fcc reference).
+    r = covalent_radii
+    assert motif_lattice_constant(np.array([78, 79])) == pytest.approx(np.sqrt(2) * (r[78] + r[79]))
+    assert motif_lattice_constant(np.array([14, 14])) == pytest.approx(np.sqrt(2) * 2 * r[14])
 
 
 def test_queue_ranks_the_target_cut_first_at_its_scaling(setup):

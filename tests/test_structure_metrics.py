@@ -165,7 +165,13 @@ def test_rmsd_with_a_minority_species_finds_the_known_correspondence():
         noisy = base @ rot.T + rng.normal(0.0, 0.02, (n, 3))
         perm = rng.permutation(n)
         known = _kabsch_rmsd(noisy, base)
-        assert structure_rmsd(noisy[perm], base, sq[perm], sq) <= known + 1e-9
+        res = align(noisy[perm], base, sq[perm], sq)
+        assert res.rmsd == structure_rmsd(noisy[perm], base, sq[perm], sq)
+        assert res.rmsd <= known + 1e-9
+        # species are matched only to their own kind, and the minority atoms land on theirs
+        np.testing.assert_array_equal(sq[perm][res.permutation], sq)
+        minority = sq == 1
+        assert np.linalg.norm(res.aligned[minority] - base[minority], axis=1).max() < 0.1
 
 
 def _core(positions: np.ndarray, n: int) -> np.ndarray:
