@@ -57,6 +57,26 @@ def test_cvae_learns_the_conditional_mean():
     assert mean.shape == logvar.shape == (5, 2)
 
 
+def test_the_loss_is_reconstruction_plus_beta_times_kl():
+    """loss = recon + beta * KL, KL that of the encoder's Gaussians (computed here from
+    ``encode``); the reconstruction term does not depend on beta (same fixed noise)."""
+    x, c = _toy(64)
+    model = CVAE(data_dim=3, latent_dim=2, hidden=(16,))
+    state = init_cvae_state(model, optax.adam(1e-3), cond_dim=1, key=jax.random.key(2))
+    kl = float(jnp.mean(kl_divergence(*encode(model, state.params, x, c))))
+    assert kl > 0.01
+    recon = None
+    for beta in (0.0, 0.5, 2.0):
+        out = {
+            k: float(v)
+            for k, v in make_eval_fn(model, beta=beta, seed=0)(state.params, x, c).items()
+        }
+        recon = out["recon"] if recon is None else recon
+        assert out["kl"] == pytest.approx(kl, rel=1e-5)
+        assert out["recon"] == pytest.approx(recon, rel=1e-6)
+        assert out["loss"] == pytest.approx(recon + beta * kl, rel=1e-5)
+
+
 def test_hidden_widths_may_be_a_list():
     """The model is a static (hashed) jit argument: a list of widths could not be hashed."""
     model = CVAE(data_dim=4, latent_dim=2, hidden=[8, 8])

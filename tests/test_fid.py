@@ -84,6 +84,14 @@ def test_evaluate_samples_on_real_images(digits, classifier):
     assert out["inception_score"] > 8.0
     assert sorted(out["per_label"]) == list(range(10))
     assert min(v["accuracy"] for v in out["per_label"].values()) > 0.75
+    # FIDs: of all samples against the whole reference, of each label against its own rows
+    f_gen = classifier.features(digits.test_images)
+    f_ref = classifier.features(digits.train_images)
+    assert out["fid"] == pytest.approx(frechet_distance(f_gen, f_ref), rel=1e-9)
+    for lab, v in out["per_label"].items():
+        g, r = digits.test_labels == lab, digits.train_labels == lab
+        assert v["fid"] == pytest.approx(frechet_distance(f_gen[g], f_ref[r]), rel=1e-9)
+        assert v["fid"] > 0 and v["n"] == g.sum()
     # conditioning on the wrong label shows up as low accuracy
     wrong = evaluate_samples(
         classifier,
@@ -188,6 +196,10 @@ def test_evaluate_samples_at_equal_n(digits, classifier):
     )
     assert out["fid_n"] == 200 and out["fid_subsets"] == 2 and out["n"] == len(digits.test_labels)
     assert out["fid"] > out["fid_all_samples"]  # fewer samples, larger bias
+    all_samples = frechet_distance(
+        classifier.features(digits.test_images), classifier.features(digits.train_images)
+    )
+    assert out["fid_all_samples"] == pytest.approx(all_samples, rel=1e-9)
 
 
 def test_evaluate_samples_refuses_fewer_than_two_images(digits, classifier):
