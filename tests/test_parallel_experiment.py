@@ -19,7 +19,10 @@ def test_tiny_run_trains_and_reports():
     assert losses.shape == (30,) and np.isfinite(losses).all()
     assert losses[-5:].mean() < losses[:5].mean()
     assert [e["step"] for e in out["evals"]] == [15, 30]
-    assert 0.0 <= out["final_test_accuracy"] <= 1.0
+    # the reported accuracy is the last evaluation's, and training lifted it above chance
+    # (digits: 10 classes; measured 0.15 at step 15, 0.42 at step 30)
+    assert out["final_test_accuracy"] == out["evals"][-1]["test_accuracy"]
+    assert out["evals"][-1]["test_accuracy"] > max(0.2, out["evals"][0]["test_accuracy"])
 
 
 def test_batch_order_is_a_permutation_per_epoch():

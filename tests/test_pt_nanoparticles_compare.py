@@ -28,11 +28,42 @@ def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys):
     assert saved["config"]["sizes"] == [10] and saved["summary"]["exact_set"]["n"] == 1
     assert (run_dir / "representations.png").stat().st_size > 1000
     check_structures(run_dir, saved["rows"])
+    check_numbers(saved, cache)
     # a size with too few relaxed clusters is refused once the (cached) data set is read
     args = ["--tiny", "--per-size", "50", "--cache-dir", str(cache), "--out-root", str(out)]
     assert cr.main(args) == 2
     assert "fewer than per_size=50" in capsys.readouterr().err
     assert list(out.iterdir()) == [run_dir]
+
+
+def check_numbers(saved, cache):
+    """The RMSDs recomputed against the data set's cluster (before and after relaxation, from
+    the written structures), and the summary recomputed from the rows."""
+    from ase.io import read
+
+    from experiments.pt_nanoparticles.config import Config
+    from experiments.pt_nanoparticles.pipeline import make_descriptor
+    from jaxsci.data.pt_clusters import build_pt_clusters
+    from jaxsci.metrics import structure_rmsd
+
+    config = cr.tiny_compare_config(cache_dir=str(cache))
+    data = build_pt_clusters(
+        config.data, cache_dir=cache, descriptor=make_descriptor(Config(data=config.data))
+    )
+    run_dir = next((cache.parent / "runs").iterdir())
+    rec = read(run_dir / "reconstructed.extxyz", index=":")
+    relaxed = read(run_dir / "relaxed.extxyz", index=":")
+    for a, b, r in zip(rec, relaxed, saved["rows"], strict=True):
+        ref = data.structures[r["index"]].positions
+        assert r["rmsd"] == pytest.approx(structure_rmsd(a.positions, ref), abs=1e-6)
+        assert r["rmsd_after_relax"] == pytest.approx(structure_rmsd(b.positions, ref), abs=1e-6)
+    for name, s in saved["summary"].items():
+        rows = [r for r in saved["rows"] if r["representation"] == name]
+        after = [r["rmsd_after_relax"] for r in rows]
+        assert s["n"] == len(rows)
+        assert s["median_rmsd"] == pytest.approx(np.median([r["rmsd"] for r in rows]))
+        assert s["median_rmsd_after_relax"] == pytest.approx(np.median(after))
+        assert s["recovered_lt_0.1A_after_relax"] == pytest.approx(np.mean(np.less(after, 0.1)))
 
 
 def check_structures(run_dir, rows):
