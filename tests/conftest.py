@@ -70,9 +70,9 @@ def _release_compiled_programs():
 
 @pytest.fixture
 def read_only():
-    """``read_only(folder)`` makes ``folder`` unwritable for this process, or skips the test
-    where it cannot: mode 0o555 stops a normal user; root ignores modes, so there the
-    immutable flag (``chattr +i``) is tried. Undone at teardown."""
+    """``read_only(path)`` makes the folder or file ``path`` unwritable for this process, or
+    skips the test where it cannot: mode 0o555 stops a normal user; root ignores modes, so
+    there the immutable flag (``chattr +i``) is tried. Undone at teardown."""
     import shutil
     import subprocess
     import tempfile
@@ -80,9 +80,12 @@ def read_only():
 
     done: list[tuple[Path, bool]] = []
 
-    def writable(folder: Path) -> bool:
+    def writable(path: Path) -> bool:
         try:
-            os.rmdir(tempfile.mkdtemp(dir=folder))
+            if path.is_dir():
+                os.rmdir(tempfile.mkdtemp(dir=path))
+            else:
+                open(path, "a").close()  # noqa: SIM115 (a probe: opened and closed)
         except OSError:
             return False
         return True

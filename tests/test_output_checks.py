@@ -1,6 +1,5 @@
 """Output-folder checks that the experiments and benchmarks run before any work."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -40,16 +39,12 @@ def test_a_folder_given_as_an_output_file_is_refused(tmp_path):
         check_output_file(tmp_path)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
-def test_a_read_only_folder_is_refused(tmp_path):
+def test_a_read_only_folder_is_refused(tmp_path, read_only):
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="cannot write under"):
-            check_output_dir(ro / "runs")
-    finally:
-        ro.chmod(0o700)
+    read_only(ro)  # (as root: the immutable flag)
+    with pytest.raises(ValueError, match="cannot write under"):
+        check_output_dir(ro / "runs")
 
 
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
@@ -59,10 +54,9 @@ def test_a_mount_that_refuses_folders_is_refused_even_for_root():
         check_output_dir("/sys/jaxsci-x/runs")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
-def test_an_existing_read_only_file_is_refused(tmp_path):
+def test_an_existing_read_only_file_is_refused(tmp_path, read_only):
     target = tmp_path / "r.json"
     target.write_text("{}")
-    target.chmod(0o400)
+    read_only(target)
     with pytest.raises(ValueError, match="the file is read-only"):
         check_output_file(target)

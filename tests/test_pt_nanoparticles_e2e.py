@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 from ase.io import read
+from scipy.stats import spearmanr
 
 from experiments.pt_nanoparticles.config import tiny_config
 from experiments.pt_nanoparticles.pipeline import train_and_evaluate
@@ -55,6 +56,20 @@ def test_tiny_end_to_end_run_writes_a_complete_run_folder(tmp_path):
         e = atoms.get_potential_energy() / len(atoms) - e_bulk
         assert abs(e - atoms.info["energy_per_atom"]) < 5e-3
         assert check_validity(atoms).valid == bool(atoms.info["valid"])
+    # the scores recomputed from the structures' own records: validity against the
+    # independent check above, the rest from their flags and energies (scipy's Spearman)
+    info = {k: np.array([a.info[k] for a in generated]) for k in ("valid", "unique", "novel")}
+    assert on_disk["validity"] == pytest.approx(info["valid"].mean())
+    assert on_disk["uniqueness"] == pytest.approx(info["unique"].mean())
+    assert on_disk["novelty"] == pytest.approx(info["novel"].mean())
+    assert on_disk["unique_and_novel"] == pytest.approx((info["unique"] & info["novel"]).mean())
+    got = np.array([a.info["energy_per_atom"] for a in generated], float)
+    want = np.array([a.info["target_energy"] for a in generated], float)
+    ok = np.isfinite(got)
+    assert on_disk["energy_mae"] == pytest.approx(np.abs(got - want)[ok].mean(), rel=1e-6)
+    rho = spearmanr(want[ok], got[ok]).statistic
+    if np.isfinite(on_disk["energy_spearman"]) or np.isfinite(rho):
+        assert on_disk["energy_spearman"] == pytest.approx(rho, abs=1e-9)
     targets = np.array([a.info["target_energy"] for a in generated])
     lo, hi = (
         min(a.info["energy_per_atom"] for a in train),
