@@ -160,10 +160,25 @@ def test_tiny_run_writes_its_folder(tiny_run):
     assert len(res["history"]["train_loss"]) == config.epochs
     assert np.all(np.isfinite(res["history"]["train_loss"]))
     saved = np.load(folder / "test_predictions.npz")
+    errors = {}
     for name in ("FCN(ePIE)", "ePIE", "ePIE+MS"):
-        err = relative_errors(saved[name], saved["truth"])
-        assert res["summary"][name]["all"]["median"] == pytest.approx(float(np.median(err)))
-        assert res["summary"][name]["all"]["n"] == config.n_test
+        err = errors[name] = relative_errors(saved[name], saved["truth"])
+        summary = res["summary"][name]
+        assert summary["all"]["median"] == pytest.approx(float(np.median(err)))
+        assert summary["all"]["n"] == config.n_test
+        # per thickness and per material: the specimens of that thickness / material only
+        for key, column, names in (
+            ("by_thickness", saved["thickness"], lambda v: f"{v:g}"),
+            ("by_material", saved["material"], lambda v: config.materials[int(v)]),
+        ):
+            values = np.unique(column)
+            assert sorted(summary[key]) == sorted(names(v) for v in values)
+            for v in values:
+                part = summary[key][names(v)]
+                assert part["n"] == int(np.sum(column == v))
+                assert part["median"] == pytest.approx(float(np.median(err[column == v])))
+    better = float(np.mean(errors["FCN(ePIE)"] < errors["ePIE"]))
+    assert res["fcn_better_fraction"] == pytest.approx(better)
     assert "median relative error" in format_table(res)
     # the last epoch's score is the final answer's: same residual form, same low-pass
     assert res["history"]["test_median_error"][-1] == pytest.approx(
