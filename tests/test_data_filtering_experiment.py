@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.data_filtering import run as run_module
 from experiments.data_filtering.config import Config, tiny_config
 from experiments.data_filtering.run import (
     REFERENCE,
@@ -22,7 +23,19 @@ from experiments.data_filtering.train import TrainState, train_run
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("filtering") / "run"
     config = tiny_config()
-    return config, train_and_evaluate(config, folder), folder
+    with pytest.MonkeyPatch.context() as mp:  # record the examples each run is fed from
+        real = run_module.batch_stream
+
+        def recorded(indices, *args, **kwargs):
+            STREAMS.append(np.asarray(indices).copy())
+            return real(indices, *args, **kwargs)
+
+        mp.setattr(run_module, "batch_stream", recorded)
+        results = train_and_evaluate(config, folder)
+    return config, results, folder
+
+
+STREAMS: list[np.ndarray] = []  # the index sets of tiny_run's training streams, in order
 
 
 def test_run_folder_has_every_file(tiny_run):
@@ -54,6 +67,26 @@ def test_results_are_finite_and_shaped(tiny_run):
     for s in res["summary"].values():
         assert all(np.isfinite(v) for v in s.values())
     assert res["summary"]["full"]["diff_vs_full_mean"] == 0.0
+    # the summary recomputed from the runs: mean accuracy, paired difference to full
+    full = res["runs"]["full"]
+    for label, per_seed in res["runs"].items():
+        acc = [r["final_test_accuracy"] for r in per_seed.values()]
+        diff = [
+            r["final_test_accuracy"] - full[k]["final_test_accuracy"] for k, r in per_seed.items()
+        ]
+        assert res["summary"][label]["mean"] == pytest.approx(np.mean(acc))
+        assert res["summary"][label]["diff_vs_full_mean"] == pytest.approx(np.mean(diff))
+    # each pruned run was fed from its own kept examples only (seed by seed, labels in order)
+    streams = iter(STREAMS)
+    for seed in config.seeds:
+        for label in labels:
+            fed = next(streams)
+            assert len(fed) == res["runs"][label][str(seed)]["n_train_used"]
+            assert len(np.unique(fed)) == len(fed) and fed.min() >= 0
+            assert (len(fed) == res["n_train"]) is (label == "full")
+        if REFERENCE in res["runs"]:  # the small-batch reference: every example
+            assert len(next(streams)) == res["n_train"]
+    assert next(streams, None) is None
     assert "final test acc" in format_table(res["summary"], len(config.seeds))
 
 
