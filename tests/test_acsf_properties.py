@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.cluster import Icosahedron
 
-from jaxsci.descriptors import ACSF, pool
+from jaxsci.descriptors import ACSF, bucket_size, cosine_cutoff, polynomial_cutoff, pool
 from jaxsci.geometry import cell_list_allocate, cell_list_update
 
 G2 = [[0.1, 1.0], [0.5, 2.5]]
@@ -581,3 +581,25 @@ def test_fn_refuses_overlapping_atoms_and_a_cell_that_is_not_3x3():
     )
     jitted = jax.jit(lambda p: free.fn(p, np.zeros(3, int)))(x)
     assert np.all(np.isfinite(np.asarray(jitted)))
+
+
+def test_cutoff_functions_have_their_closed_forms_and_vanish_from_r_cut_on():
+    """Public helpers (used beyond ACSF, whose pair mask would hide an error past r_cut)."""
+    rc = 5.0
+    r = np.array([0.0, 1.0, 2.5, 4.0, 4.999, 5.0, 6.0, 7.5, 10.0, 12.5])
+    x = r / rc
+    inside = r < rc
+    cosine = np.where(inside, 0.5 * (np.cos(np.pi * x) + 1.0), 0.0)
+    poly = np.where(inside, 1.0 - 10.0 * x**3 + 15.0 * x**4 - 6.0 * x**5, 0.0)
+    np.testing.assert_allclose(cosine_cutoff(jnp.asarray(r), rc), cosine, atol=1e-6)  # float32
+    np.testing.assert_allclose(polynomial_cutoff(jnp.asarray(r), rc), poly, atol=1e-6)
+    assert np.all(np.asarray(cosine_cutoff(jnp.asarray(r[~inside]), rc)) == 0.0)
+    assert np.all(np.asarray(polynomial_cutoff(jnp.asarray(r[~inside]), rc)) == 0.0)
+
+
+def test_bucket_size_is_the_smallest_bucket_that_holds_the_atoms():
+    from jaxsci.descriptors.batching import BUCKETS
+
+    for n in range(1, 1100):
+        want = min((b for b in BUCKETS if b >= n), default=-(-n // 128) * 128)
+        assert bucket_size(n) == want, n

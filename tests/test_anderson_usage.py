@@ -273,3 +273,26 @@ def test_an_injected_window_changed_mid_run_sets_both_averages_decay():
     d = 1.0 - 2.0 / 101.0
     assert float(s.inner_state.decay) == pytest.approx(d)
     np.testing.assert_allclose(s.inner_state.average["w"], d * before + (1 - d) * p["w"], rtol=1e-6)
+
+
+def test_the_moving_average_is_the_ema_of_the_iterates_started_at_the_first():
+    """average_k = d average_{k-1} + (1 - d) x_k with average_1 = x_1 (a NumPy oracle); a
+    constant iterate is its own average (an EMA seeded at zero shrank it by 1 - d^k)."""
+    tx = moving_average(3, threshold=0.0)
+    xs = [np.array([1.0, 2.0]), np.array([3.0, -1.0]), np.array([0.5, 0.5]), np.array([2.0, 0.0])]
+    state = tx.init(jnp.asarray(xs[0]))
+    d = float(state.decay)
+    assert 0.0 < d < 1.0
+    want = None
+    for x in xs:
+        _, state = tx.update(jnp.zeros(2), state, jnp.asarray(x))
+        want = x if want is None else d * want + (1.0 - d) * x
+        np.testing.assert_allclose(state.average, want, rtol=1e-6)
+    newest = np.array([-1.0, 1.0])  # averaged_params folds the params it is given in
+    got = averaged_params(state, jnp.asarray(newest), always=True)
+    np.testing.assert_allclose(got, d * want + (1.0 - d) * newest, rtol=1e-6)
+    p = jnp.array([1.0, 2.0])
+    state = tx.init(p)
+    for _ in range(3):
+        _, state = tx.update(jnp.zeros(2), state, p)
+        np.testing.assert_allclose(averaged_params(state, p, always=True), p, rtol=1e-6)

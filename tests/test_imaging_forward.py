@@ -91,6 +91,24 @@ def test_vacuum_cbed_is_the_uniform_aperture_disk(defocus, cs):
     assert pattern.sum() == pytest.approx(1.0, rel=1e-5)
 
 
+def test_probe_aberration_phase_is_defocus_plus_spherical_aberration():
+    """Inside the aperture, the aberrated probe's spectrum over the ideal one's is
+    exp(-i chi), chi = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4 (flat-disk tests cannot
+    see a wrong phase: aberrations do not change |psi_hat|)."""
+    df, cs, semiangle = -120.0, 1e6, 30.0
+    ideal = np.fft.fft2(np.asarray(probe(GRID, E, semiangle=semiangle), np.complex128))
+    aberrated = np.fft.fft2(
+        np.asarray(probe(GRID, E, semiangle=semiangle, defocus=df, cs=cs), np.complex128)
+    )
+    lam, k2 = float(wavelength(E)), np.asarray(GRID.k2(), np.float64)
+    inside = np.abs(ideal) > 0.5 * np.abs(ideal).max()
+    assert inside.sum() > 50
+    chi = np.pi * lam * df * k2 + 0.5 * np.pi * cs * lam**3 * k2**2
+    assert np.ptp(chi[inside]) > 2 * np.pi  # the phase varies over the aperture
+    ratio = aberrated[inside] / ideal[inside]
+    np.testing.assert_allclose(ratio, np.exp(-1j * chi[inside]), atol=2e-3)
+
+
 # odd sizes (fftshift != ifftshift) and non-square pixels (dy = 0.2 Å, dx = 0.3 Å), so
 # mixing up the shifts or the pixel sizes of the two axes fails
 ODD = Grid((45, 57), (9.0, 17.1))
