@@ -119,6 +119,17 @@ def test_bench_retimes_a_study_problem_built_by_the_study(tmp_path, monkeypatch)
     )
     summary = res["problems"]["least_squares_large"]["summary"]
     assert set(summary) == {"nesterov", "adam", "aa_sgd_m5"}
+    # the study's iterations, gradient evaluations and speedup, recomputed from its curves
+    prob = res["problems"]["least_squares_large"]
+    iters = {n: iters_to_target(prob["curves"][n][0], prob["target"]) for n in summary}
+    for n, it in iters.items():
+        assert summary[n]["seeds"][0]["iters"] == it, n
+        if it is not None:  # one gradient per iteration, the first point's included
+            assert summary[n]["seeds"][0]["grad_evals"] == it + 1, n
+    best = min(iters[b] for b in ("nesterov", "adam") if iters[b] is not None)
+    speedup = prob["ratios"]["aa_sgd_m5:iters_speedup"]
+    assert speedup == pytest.approx(best / iters["aa_sgd_m5"])
+    assert speedup > 1.5  # Anderson's ~110 iterations against Nesterov's ~210
     bench = _bench_anderson()
     out = bench.time_to_target(f"{res['run_dir']}/results.json", 1)
     timed = out["least_squares_large"]["ms"]
