@@ -132,6 +132,9 @@ def test_energy_scores():
         energy_spearman(target, target[:3])
     # W1 between point masses shifted by 0.05 eV/atom is 0.05; NaNs are dropped.
     assert energy_wasserstein(target + 0.05, np.append(target, np.nan)) == pytest.approx(0.05)
+    # so are infinities (a failed relaxation's energy), on either side
+    assert energy_wasserstein(np.append(target, np.inf), target) == pytest.approx(0.0)
+    assert energy_wasserstein(target, np.append(target, -np.inf)) == pytest.approx(0.0)
 
 
 def test_non_finite_structures_earn_no_credit_and_bad_tolerances_are_refused():

@@ -168,6 +168,9 @@ def test_scaling_efficiency_strong_and_weak():
     assert weak == pytest.approx({2: 1.0, 4: 0.8})
     perfect = scaling_efficiency({1: 8.0, 2: 4.0, 8: 1.0}, "strong")
     assert perfect == pytest.approx({1: 1.0, 2: 1.0, 8: 1.0})
+    # a base of 2 workers: ideal time halves again at 4 (t_base * base / (t_n * n))
+    assert scaling_efficiency({2: 10.0, 4: 5.0}, "strong") == pytest.approx({2: 1.0, 4: 1.0})
+    assert scaling_efficiency({2: 10.0, 8: 5.0}, "strong") == pytest.approx({2: 1.0, 8: 0.5})
     for bad, match in (
         ({}, "no times"),
         ({0: 1.0}, "integers >= 1"),

@@ -408,6 +408,12 @@ def test_bad_input_raises_value_error(acsf, pt13):
     _bad(acsf, target, species, "numeric", initial_positions=[np.zeros((13, 3)), np.zeros(3)])
     pooled = np.asarray(pool(target, ops=("mean",)))
     _bad(acsf, pooled, species, "pool_ops must be a non-empty", pool_ops=("median",))
+    # above the top of their ranges; a set loss asked of a pooled target; a flat cell
+    _bad(acsf, target, species, r"kick_fraction .*<= 1", kick_fraction=1.5)
+    _bad(acsf, target, species, r"crossover .*<= 1", crossover=2.0)
+    _bad(acsf, np.asarray(pool(target)), species, "needs loss='pooled'", loss="sorted")
+    flat = np.diag([10.0, 10.0, 0.0])
+    _bad(periodic, target, species, "cell is singular", cell=flat)
 
 
 def test_feature_etas_follow_the_descriptor_layout(acsf):
@@ -418,6 +424,17 @@ def test_feature_etas_follow_the_descriptor_layout(acsf):
     # [G1, G2...] then G4 with three squared distances in its Gaussian.
     np.testing.assert_allclose(etas[: 1 + len(G2)], [0.0] + [p[0] for p in G2])
     np.testing.assert_allclose(etas[1 + len(G2) :], [3.0 * p[0] for p in G4])
+    # two species, with G3 (no Gaussian: 0) and G5 (two squared distances: 2 eta): per
+    # neighbour species [G1, G2, G3], then per species pair [G4, G5]
+    full = ACSF(
+        ["Pt", "Cu"],
+        6.0,
+        g2_params=[[0.1, 0.0]],
+        g3_params=[1.5],
+        g4_params=[[0.01, 1.0, 1.0]],
+        g5_params=[[0.02, 1.0, -1.0]],
+    )
+    np.testing.assert_allclose(feature_etas(full), [0, 0.1, 0, 0, 0.1, 0] + [0.03, 0.04] * 3)
 
 
 def test_ot_loss_is_a_set_loss(acsf, pt13):

@@ -48,6 +48,9 @@ def test_capacity_covers_the_initial_positions_and_grows_within_all_slots(slab):
     assert neighbor_capacity(4, cell, R_CUT) == 24
     assert most_neighbors(pos[None], cell, R_CUT) == 36
     assert most_neighbors(pos[None] + cell[0] + 2 * cell[2], cell, R_CUT) == 36  # wrapped
+    one_out = pos.copy()  # one atom moved by lattice vectors: the same crystal, wrapped
+    one_out[1] += 2 * cell[0] - cell[1] + 3 * cell[2]
+    assert most_neighbors(one_out[None], cell, R_CUT) == 36
     assert slots_for(36) == neighbor_capacity(4, cell, R_CUT, positions=pos) == 56
     assert initial_capacity(4, cell, R_CUT) == 24
     assert initial_capacity(4, cell, R_CUT, pos[None]) == 56

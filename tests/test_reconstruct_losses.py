@@ -100,3 +100,59 @@ def test_an_all_zero_target_missed_reports_inf_not_1e300():
         relative_error(1e-3, 0.0) == np.inf == fingerprint_error(np.ones((2, 1)), np.zeros((2, 1)))
     )
     assert relative_error(1.0, 4.0) == 0.25
+
+
+def test_per_atom_sorted_error_compares_each_species_with_its_own_target_rows():
+    """Zero on the target itself, whatever the atom order within a species; moving one
+    species' atoms leaves the other's errors at zero (the second group was compared with
+    the first group's target ranks before)."""
+    from jaxsci.reconstruct.losses import per_atom_sorted_error, sort_by_species, species_groups
+
+    rng = np.random.default_rng(0)
+    species = np.array([0, 1, 0, 1, 1, 0, 1])
+    t = rng.normal(size=(7, 3))
+    t[species == 1] += 5.0  # the species differ, so a mix-up of their ranks shows
+    groups = species_groups(species)
+    scale = feature_scales(t)
+    t_sorted = sort_by_species(jnp.asarray(t / scale, jnp.float32), groups)
+    feats = jnp.asarray(t, jnp.float32)
+    err = np.asarray(
+        per_atom_sorted_error(feats, t_sorted, jnp.asarray(scale, jnp.float32), groups)
+    )
+    np.testing.assert_allclose(err, 0.0, atol=1e-10)
+    within = np.arange(7)
+    within[[1, 3]] = within[[3, 1]]  # two atoms of species 1 trade places
+    swapped = per_atom_sorted_error(
+        feats[within], t_sorted, jnp.asarray(scale, jnp.float32), groups
+    )
+    np.testing.assert_allclose(swapped, 0.0, atol=1e-10)
+    moved = feats.at[species == 1].add(0.5)
+    err = np.asarray(
+        per_atom_sorted_error(moved, t_sorted, jnp.asarray(scale, jnp.float32), groups)
+    )
+    assert np.all(err[species == 0] < 1e-10) and np.all(err[species == 1] > 1e-3)
+
+
+def test_repulsion_scale_reaches_the_search_loss():
+    """The same call with and without the repulsion: a start with two atoms 0.5 A apart
+    ends with another loss (the option was read, not ignored)."""
+    from ase.cluster import Icosahedron
+
+    acsf = ACSF(["Pt"], 6.0, g2_params=[[0.1, 0.0], [1.0, 0.0]], g4_params=[[0.01, 1.0, 1.0]])
+    atoms = Icosahedron("Pt", 2)
+    start = atoms.positions.copy()
+    start[1] = start[0] + [0.5, 0.0, 0.0]
+    kw = dict(
+        key=jax.random.key(0),
+        n_starts=2,
+        max_rounds=1,
+        time_limit=None,
+        motif_starts=0,
+        polish_below=0.0,
+        initial_positions=start,
+    )
+    runs = [
+        reconstruct(acsf.create(atoms), ["Pt"] * 13, acsf, repulsion_scale=s, **kw)
+        for s in (0.0, 1.0)
+    ]
+    assert runs[0].start_losses[0] != runs[1].start_losses[0]

@@ -287,6 +287,13 @@ def test_warren_cowley_validates_its_input():
         warren_cowley(occ, nb, 0)
 
 
+def test_drift_z_by_hand():
+    """x = 0..39, first 1/4 and last 1/2 in 2 batches each: batch means 2, 7 and 24.5, 34.5;
+    standard errors (sample std, ddof 1, over sqrt 2) 2.5 and 5: z = -25 / sqrt(31.25)."""
+    z = drift_z(np.arange(40.0)[:, None], first=0.25, last=0.5, n_batches=2)
+    np.testing.assert_allclose(z, [-25.0 / np.sqrt(31.25)], rtol=1e-12)
+
+
 def test_drift_z_is_standard_normal_on_stationary_chains_and_flags_a_drift():
     rng = np.random.default_rng(0)
     # AR(1) chains (correlation time ~10 samples): stationary, so z ~ N(0, 1) if the batch
