@@ -135,3 +135,23 @@ def test_with_validation_adds_the_eval_metrics_after_each_epoch():
     state, metrics = run(S(4), 7)
     assert state == 5
     assert metrics == {"loss": 7.0, "val_loss": 52.0, "val_kl": 3.0}
+
+
+def test_sampling_temperature_and_the_reparameterisation_by_hand():
+    """``sample`` decodes temperature * N(0, I); the model's forward pass decodes
+    mean + exp(logvar / 2) * N(0, I) (the standard deviation, as the KL term assumes)."""
+    from jaxsci.models.cvae import CVAE as Model
+
+    x, c = _toy(8)
+    model = CVAE(data_dim=3, latent_dim=2, hidden=(16,))
+    params = init_cvae_state(model, optax.adam(1e-3), cond_dim=1, key=jax.random.key(4)).params
+    key = jax.random.key(5)
+    decode = lambda z: model.apply({"params": params}, z, jnp.asarray(c), method=Model.decode)  # noqa: E731
+    for t in (0.0, 0.5, 2.0):
+        z = t * jax.random.normal(key, (8, 2))
+        got = sample(model, params, c, key, temperature=t)
+        np.testing.assert_allclose(got, decode(z), rtol=1e-5, atol=1e-6)
+    x_hat, mean, logvar = model.apply({"params": params}, jnp.asarray(x), jnp.asarray(c), key)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+    np.testing.assert_allclose(x_hat, decode(z), rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(logvar))) > 1e-3  # the test can tell std from variance

@@ -117,3 +117,23 @@ def test_unet_receptive_field_is_the_documented_one():
 
     assert sorted(set(np.asarray(widths(x)).tolist())) == [48, 52]
     assert "48 or 52 for three" in " ".join(fcn.__doc__.split())
+
+
+def test_mlp_activate_final_applies_the_activation_to_the_output():
+    from jaxsci.models.mlp import MLP
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 5))
+    for final in (False, True):
+        model = MLP((4, 3), jax.nn.relu, activate_final=final)
+        params = model.init(jax.random.PRNGKey(1), x)
+        out = model.apply(params, x)
+        assert bool(jnp.all(out >= 0)) is final  # (16 x 3 linear outputs: some negative)
+
+
+def test_make_mesh_refuses_more_devices_than_there_are():
+    from jaxsci.parallel import make_mesh
+
+    n = jax.local_device_count()
+    assert make_mesh(n).devices.size == n
+    with pytest.raises(ValueError, match="local devices are available"):
+        make_mesh(n + 1)
