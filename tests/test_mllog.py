@@ -226,3 +226,25 @@ def test_data_parallel_experiment_logs_its_time_to_train(tmp_path, target, succe
     # 12 steps (the aborted run_stop carries epoch_num too, not the epoch_stop count)
     assert ttt.epochs == pytest.approx((6 if success else 12) / per_epoch)
     assert keys.count("epoch_start") == keys.count("epoch_stop")  # balanced, also at the end
+
+
+def test_intervals_are_clipped_to_the_run():
+    """Only the part of an eval or staging interval inside [run_start, run_stop] counts:
+    an eval running past run_stop, and staging begun before run_start."""
+    ok = {"status": "success"}
+    past = [
+        {"key": "run_start", "time_ms": 0},
+        {"key": "eval_start", "time_ms": 500},
+        {"key": "run_stop", "time_ms": 1000, "metadata": ok},
+        {"key": "eval_stop", "time_ms": 2000},
+    ]
+    ttt = time_to_train(past)
+    assert (ttt.time_to_train_s, ttt.eval_s, ttt.train_s) == pytest.approx((1.0, 0.5, 0.5))
+    before = [
+        {"key": "staging_start", "time_ms": -300},
+        {"key": "run_start", "time_ms": 0},
+        {"key": "staging_stop", "time_ms": 200},
+        {"key": "run_stop", "time_ms": 1000, "metadata": ok},
+    ]
+    ttt = time_to_train(before)
+    assert (ttt.staging_s, ttt.train_s) == pytest.approx((0.2, 0.8))

@@ -402,3 +402,26 @@ def test_a_complete_read_only_cache_is_read_and_new_fingerprints_still_returned(
     for a, b in zip(third.fingerprints, other.create(ds.structures), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert sorted(p.name for p in ds.cache_dir.iterdir()) == listing  # nothing left behind
+
+
+def test_cache_keys_tell_calculators_and_descriptors_apart():
+    """A cache shared by two calculators, or fingerprints by two descriptors that differ in
+    one setting, would hand one the other's data."""
+    from jaxsci.data.pt_clusters import _descriptor_key
+    from jaxsci.descriptors import ACSF
+
+    cfg = PtClusterConfig()
+    assert cfg.cache_key("asap3.EMT") != cfg.cache_key("ase.EMT")
+    base = dict(g2_params=[[0.1, 0.0]], g4_params=[[0.01, 1.0, 1.0]])
+    variants = [
+        ACSF(["Pt"], 6.0, **base),
+        ACSF(["Pt"], 5.0, **base),
+        ACSF(["Pt"], 6.0, g2_params=[[0.2, 0.0]], g4_params=base["g4_params"]),
+        ACSF(["Pt"], 6.0, g2_params=base["g2_params"], g4_params=[[0.01, 4.0, 1.0]]),
+        ACSF(["Pt"], 6.0, **base, g3_params=[1.0]),
+        ACSF(["Pt"], 6.0, **base, g5_params=[[0.01, 1.0, 1.0]]),
+        ACSF(["Pt", "Au"], 6.0, **base),
+    ]
+    keys = [_descriptor_key(d) for d in variants]
+    assert len(set(keys)) == len(keys)
+    assert _descriptor_key(ACSF(["Pt"], 6.0, **base)) == keys[0]  # and equal ones agree
