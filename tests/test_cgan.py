@@ -691,3 +691,21 @@ def test_resume_from_a_checkpoint_with_the_older_optimizer_probe_warns(
     with pytest.warns(UserWarning, match="without checking that the optimizers are the same"):
         _, history = _conditional_run(digits, tmp_path, 4)
     assert history["g_loss"].shape == (4,)
+
+
+def test_the_discriminator_scores_with_its_label_projection():
+    """D(x, y) = dense(h) + <embed(y), h> (the projection discriminator): the label
+    embedding reaches the score (it has a gradient)."""
+    cgan = tiny_wgan()
+    state = init_gan_state(cgan, optax.sgd(0.0), optax.sgd(0.0), jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    labels = jnp.array([0, 3, 7, 9])
+    D = cgan.discriminator
+
+    def score(params):
+        return jnp.sum(D.apply(params, x, labels))
+
+    grads = jax.grad(score)(state.d_params)
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    embed = [g for path, g in flat if "Embed" in jax.tree_util.keystr(path)]
+    assert embed and max(float(jnp.abs(g).max()) for g in embed) > 0

@@ -82,3 +82,13 @@ def test_load_digits_split_accepts_numpy_integers():
     b = load_digits_split(image_size=16, seed=1)
     assert a.train_images.shape[1:] == (16, 16, 1)
     np.testing.assert_array_equal(a.test_labels, b.test_labels)
+
+
+def test_the_split_is_stratified_by_label():
+    """Each label's share of the test split is test_fraction of its images (within one)."""
+    for fraction in (0.25, 0.4):
+        split = load_digits_split(test_fraction=fraction, seed=3)
+        labels = np.concatenate([split.train_labels, split.test_labels])
+        for k in range(10):
+            total = int(np.sum(labels == k))
+            assert abs(int(np.sum(split.test_labels == k)) - fraction * total) <= 1.0, (fraction, k)

@@ -277,3 +277,8 @@ def test_evaluate_samples_and_the_classifier_share_one_label_rule(digits, classi
                 call(bad)
         with pytest.raises(ValueError, match=rf"{fn}: labels must be \[{n}\] class indices, one"):
             call(base[:-1])
+
+
+def test_features_are_the_last_hidden_layer_after_its_relu(digits, classifier):
+    feats = np.asarray(classifier.features(digits.test_images[:64]))
+    assert feats.min() >= 0.0 and np.mean(feats == 0.0) > 0.05  # rectified: some units off
