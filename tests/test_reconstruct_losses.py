@@ -156,3 +156,17 @@ def test_repulsion_scale_reaches_the_search_loss():
         for s in (0.0, 1.0)
     ]
     assert runs[0].start_losses[0] != runs[1].start_losses[0]
+
+
+def test_the_ot_loss_pairs_rows_of_the_same_species_only():
+    """Two atoms whose rows are each other's targets but of the other species: pairing
+    across species would cost nothing; within species it costs the rows' difference."""
+    from jaxsci.reconstruct.losses import ot_loss
+
+    target = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+    feats = target[::-1]
+    scale = jnp.ones(2)
+    loss = ot_loss(feats, target, scale, np.array([0, 1]), jnp.asarray(0.01), iters=100)
+    assert float(loss) == pytest.approx(1.0, rel=1e-3)
+    same = ot_loss(feats, target, scale, np.array([0, 0]), jnp.asarray(0.01), iters=100)
+    assert float(same) < 0.05  # one species: the swap is free (up to the entropic bias)

@@ -131,3 +131,17 @@ def test_worst_pairs_pair_the_worst_rows_of_a_species():
     # rows 1, 3, 4 are the worst three; 4 is of another species than 1 and 3
     assert _worst_pairs(residual, species, 3) == [(1, 3)]
     assert _worst_pairs(residual, species, 5)[0] == (1, 3)
+
+
+def test_the_matching_ridge_is_relative_to_the_jacobian():
+    """The least-squares step's ridge scales with the Jacobian (trace of J^T J), so a
+    matching's residual does not depend on the units of the fingerprint's derivatives."""
+    from jaxsci.reconstruct.matching import _Linear
+
+    rng = np.random.default_rng(0)
+    n, nf = 5, 4
+    f0, t = rng.normal(size=(n, nf)), rng.normal(size=(n, nf))
+    jac = rng.normal(size=(n, nf, 3 * n))
+    perm = np.array([1, 0, 3, 2, 4])
+    res = [_Linear(f0, c * jac, 1e-4).step(perm, t)[0] for c in (1.0, 1e-3, 1e3)]
+    np.testing.assert_allclose(res, res[0], rtol=1e-6)
