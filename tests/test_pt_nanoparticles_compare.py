@@ -28,7 +28,7 @@ def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys):
     assert saved["config"]["sizes"] == [10] and saved["summary"]["exact_set"]["n"] == 1
     assert (run_dir / "representations.png").stat().st_size > 1000
     check_structures(run_dir, saved["rows"])
-    check_numbers(saved, cache)
+    check_numbers(run_dir, saved, cache)
     # a size with too few relaxed clusters is refused once the (cached) data set is read
     args = ["--tiny", "--per-size", "50", "--cache-dir", str(cache), "--out-root", str(out)]
     assert cr.main(args) == 2
@@ -36,7 +36,7 @@ def test_tiny_comparison_writes_a_run_folder(tmp_path, capsys):
     assert list(out.iterdir()) == [run_dir]
 
 
-def check_numbers(saved, cache):
+def check_numbers(run_dir, saved, cache):
     """The RMSDs recomputed against the data set's cluster (before and after relaxation, from
     the written structures), and the summary recomputed from the rows."""
     from ase.io import read
@@ -50,7 +50,6 @@ def check_numbers(saved, cache):
     data = build_pt_clusters(
         config.data, cache_dir=cache, descriptor=make_descriptor(Config(data=config.data))
     )
-    run_dir = next((cache.parent / "runs").iterdir())
     rec = read(run_dir / "reconstructed.extxyz", index=":")
     relaxed = read(run_dir / "relaxed.extxyz", index=":")
     for a, b, r in zip(rec, relaxed, saved["rows"], strict=True):
