@@ -234,10 +234,14 @@ def test_refinement_starts_from_epie_and_keeps_the_best_fitting_thickness(tiny_r
         )  # fmt: skip
         want = np.asarray(lowpass(free.potential, config)) / 1000.0
         np.testing.assert_allclose(saved["ePIE+MS"][i], want, rtol=1e-4, atol=1e-6)
+        assert int(saved["ePIE+MS_slices"][i]) == k  # the saved choice is the best fit's
     res = json.loads((folder / "results.json").read_text())
     assert res["refine"]["iters_per_thickness"] == config.refine_iters
     assert res["refine"]["per_slice"] is True
-    assert 0.0 <= res["refine"]["thickness_right_fraction"] <= 1.0
+    off = saved["ePIE+MS_slices"] * config.dz - saved["thickness"]
+    right, within = np.mean(np.abs(off) < 1e-3), np.mean(np.abs(off) < config.dz + 1e-3)
+    assert res["refine"]["thickness_right_fraction"] == pytest.approx(right)
+    assert res["refine"]["thickness_within_one_slice_fraction"] == pytest.approx(within)
     assert res["timings"]["refine_s_per_specimen"] > 0
 
 
@@ -245,7 +249,8 @@ def test_refinement_off_leaves_two_methods(tmp_path):
     config = dataclasses.replace(tiny_config(), refine_iters=0, epochs=1)
     res = train_and_evaluate(config, tmp_path / "run")
     assert set(res["summary"]) == {"FCN(ePIE)", "ePIE"} and res["refine"] == {}
-    assert "ePIE+MS" not in np.load(tmp_path / "run" / "test_predictions.npz")
+    saved = np.load(tmp_path / "run" / "test_predictions.npz")
+    assert "ePIE+MS" not in saved and "ePIE+MS_slices" not in saved
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,9 @@ low-passed to the same resolution as the truth:
   formulation, which at this size and training budget does not learn the global
   diffraction-to-real-space map.
 
-Writes ``results.json``, ``config.json``, ``test_predictions.npz`` and PNGs (training
-curve, examples, error against thickness) to a run folder.
+Writes ``results.json``, ``config.json``, ``test_predictions.npz`` (the truth, each
+method's predictions and, with the refinement, the slice count each fit chose) and PNGs
+(training curve, examples, error against thickness) to a run folder.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def train_and_evaluate(
     )
     label = "FCN(ePIE)" if config.fcn_input == "epie" else "FCN(CBED)"
     predictions = {label: fcn, "ePIE": epie_test}
-    refine = {}
+    refine, chosen_slices = {}, {}
     if config.refine_iters:  # each rank refines its block of the specimens
         share = rank_slice(config.n_test, info, equal=False)
         refined, chosen, timings["refine_s_per_specimen"] = refine_potentials(
@@ -206,6 +207,7 @@ def train_and_evaluate(
             refined = np.concatenate([b[0] for b in blocks])
             chosen = np.concatenate([b[1] for b in blocks])
         predictions["ePIE+MS"] = refined
+        chosen_slices["ePIE+MS_slices"] = chosen  # the thickness each fit chose, in slices
         off = chosen * config.dz - test.thickness
         refine = {
             "iters_per_thickness": config.refine_iters,
@@ -238,6 +240,7 @@ def train_and_evaluate(
         thickness=test.thickness,
         material=test.material,
         **predictions,
+        **chosen_slices,
     )
     plot_training(history, run_dir / "training.png")
     k = config.n_examples
