@@ -598,6 +598,7 @@ def test_auto_mixing_takes_fewer_iterations_than_fixed_on_logistic_regression():
         ({"safeguard_memory": 0}, "safeguard_memory"),
         ({"safeguard_memory": True}, "safeguard_memory"),
         ({"max_backoff": True}, "max_backoff"),
+        ({"max_backoff": 0}, "max_backoff must be an integer >= 1"),
         ({"average_window": 1}, "average_window"),
         ({"average_threshold": float("inf")}, "average_threshold"),
         ({"average_threshold": "2"}, "average_threshold"),

@@ -183,7 +183,9 @@ def test_a_state_of_the_other_layout_is_refused_with_the_reason():
     assert "portable" in scale_by_anderson.__doc__
 
 
-@pytest.mark.parametrize("value", [(1.0, {"acc": 2.0}), "1.0", [1.0], np.array(["a"])])
+@pytest.mark.parametrize(
+    "value", [(1.0, {"acc": 2.0}), "1.0", [1.0], np.array(["a"]), True, jnp.asarray(1.0 + 2.0j)]
+)
 def test_value_that_is_not_a_scalar_loss_gets_the_library_message(value):
     """A (loss, aux) tuple or a string gave a raw JAX TypeError from jnp.asarray."""
     tx = anderson(optax.sgd(0.1))

@@ -72,6 +72,7 @@ def test_complete_motifs_are_every_ase_shape_of_that_size():
         names = [k for k, _ in complete_motifs(n, A)]
         assert any(k.startswith("decahedron") for k in names) == (n in brute), n
     assert complete_motifs(14, A) == []
+    assert complete_motifs(1, A) == []  # one atom is no cluster (not a one-shell icosahedron)
 
 
 def test_motif_cuts_are_the_distinct_cuts_of_the_generator():

@@ -679,3 +679,12 @@ def test_make_mesh_refuses_a_count_that_is_not_an_int(n):
     with pytest.raises(ValueError, match=r"make_mesh: n_devices must be an int >= 1 or None"):
         make_mesh(n)
     assert make_mesh(np.int64(1)).devices.size == 1
+
+
+def test_flat_layout_refuses_a_tree_of_other_leaf_shapes():
+    """Params restored from another model: the buffer would hold the wrong entries."""
+    from jaxsci.parallel.flat import FlatLayout
+
+    layout = FlatLayout.from_tree({"a": jnp.zeros((2, 3)), "b": jnp.zeros(4)})
+    with pytest.raises(ValueError, match="shape"):
+        layout.flatten({"a": jnp.zeros((3, 3)), "b": jnp.zeros(4)})
