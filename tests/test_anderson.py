@@ -271,6 +271,8 @@ def test_safeguard_rolls_back_a_bad_extrapolation():
     assert bool(a.rejected) and int(a.n_rejected) == 1 and not bool(a.pending)
     assert int(a.next_try) > int(a.count)  # acceleration pauses (back-off)
     assert not bool(jnp.any(a.valid))  # history reset
+    trust = float(before.anderson_state.trust)  # the trust region is quartered (floor 1)
+    assert float(a.trust) == pytest.approx(max(trust / 4.0, 1.0)) and trust / 4.0 >= 1.0
     for x, y in zip(
         jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(expected), strict=True
     ):
