@@ -90,24 +90,24 @@ def read_only():
             return False
         return True
 
-    def make(folder) -> None:
-        folder = Path(folder)
-        folder.chmod(0o555)
-        done.append((folder, False))
-        if writable(folder) and shutil.which("chattr"):
-            run = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    def make(path) -> None:
+        path = Path(path)
+        path.chmod(0o555)
+        done.append((path, False))
+        if writable(path) and shutil.which("chattr"):
+            run = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
             if run.returncode == 0:
-                done.append((folder, True))
-        if writable(folder):  # root, and chattr missing or refused (no CAP_LINUX_IMMUTABLE,
+                done.append((path, True))
+        if writable(path):  # root, and chattr missing or refused (no CAP_LINUX_IMMUTABLE,
             # tmpfs/overlay): the test cannot show what it checks here
             pytest.skip(
-                "cannot make a folder read-only here: root ignores modes, and chattr +i "
-                "is missing or was refused"
+                "cannot make a folder or file read-only here: root ignores modes, and "
+                "chattr +i is missing or was refused"
             )
 
     yield make
-    for folder, immutable in reversed(done):
+    for path, immutable in reversed(done):
         if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
         else:
-            folder.chmod(0o755)
+            path.chmod(0o755)

@@ -140,13 +140,11 @@ def test_with_validation_adds_the_eval_metrics_after_each_epoch():
 def test_sampling_temperature_and_the_reparameterisation_by_hand():
     """``sample`` decodes temperature * N(0, I); the model's forward pass decodes
     mean + exp(logvar / 2) * N(0, I) (the standard deviation, as the KL term assumes)."""
-    from jaxsci.models.cvae import CVAE as Model
-
     x, c = _toy(8)
     model = CVAE(data_dim=3, latent_dim=2, hidden=(16,))
     params = init_cvae_state(model, optax.adam(1e-3), cond_dim=1, key=jax.random.key(4)).params
     key = jax.random.key(5)
-    decode = lambda z: model.apply({"params": params}, z, jnp.asarray(c), method=Model.decode)  # noqa: E731
+    decode = lambda z: model.apply({"params": params}, z, jnp.asarray(c), method=CVAE.decode)  # noqa: E731
     for t in (0.0, 0.5, 2.0):
         z = t * jax.random.normal(key, (8, 2))
         got = sample(model, params, c, key, temperature=t)

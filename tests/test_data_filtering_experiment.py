@@ -18,6 +18,8 @@ from experiments.data_filtering.run import (
 )
 from experiments.data_filtering.train import TrainState, train_run
 
+STREAMS: list[np.ndarray] = []  # the index sets of tiny_run's training streams, in order
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -33,9 +35,6 @@ def tiny_run(tmp_path_factory):
         mp.setattr(run_module, "batch_stream", recorded)
         results = train_and_evaluate(config, folder)
     return config, results, folder
-
-
-STREAMS: list[np.ndarray] = []  # the index sets of tiny_run's training streams, in order
 
 
 def test_run_folder_has_every_file(tiny_run):

@@ -129,6 +129,7 @@ def test_results_json_recomputes_from_the_saved_samples(tiny_run):
     with np.load(folder / "samples.npz") as npz:
         np.testing.assert_array_equal(npz["temperatures"], t)
         energies, m, mu = npz["energies"], npz["order_parameter"], npz["latent_means"]
+        occupations = npz["occupations"]
     n_blocks = config.n_blocks
 
     def close(key, want):
@@ -154,8 +155,6 @@ def test_results_json_recomputes_from_the_saved_samples(tiny_run):
     close("order_parameter_from_hot_centroid_mean", m_hot.mean(0))
     close("susceptibility_from_hot_centroid", susceptibility(m_hot, t, n_sites))
     # the B2 order's susceptibility, from the saved occupations
-    with np.load(folder / "samples.npz") as npz:
-        occupations = npz["occupations"]
     eta = b2_order(occupations, bcc_lattice(config.n_cells, 1).positions, 4)
     close("b2_order_mean", eta.mean(0))
     close("b2_susceptibility", susceptibility(eta, t, n_sites))

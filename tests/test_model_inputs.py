@@ -128,12 +128,3 @@ def test_mlp_activate_final_applies_the_activation_to_the_output():
         params = model.init(jax.random.PRNGKey(1), x)
         out = model.apply(params, x)
         assert bool(jnp.all(out >= 0)) is final  # (16 x 3 linear outputs: some negative)
-
-
-def test_make_mesh_refuses_more_devices_than_there_are():
-    from jaxsci.parallel import make_mesh
-
-    n = jax.local_device_count()
-    assert make_mesh(n).devices.size == n
-    with pytest.raises(ValueError, match="local devices are available"):
-        make_mesh(n + 1)

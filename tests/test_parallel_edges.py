@@ -681,6 +681,13 @@ def test_make_mesh_refuses_a_count_that_is_not_an_int(n):
     assert make_mesh(np.int64(1)).devices.size == 1
 
 
+def test_make_mesh_refuses_more_devices_than_there_are():
+    n = jax.local_device_count()
+    assert make_mesh(n).devices.size == n
+    with pytest.raises(ValueError, match="local devices are available"):
+        make_mesh(n + 1)
+
+
 def test_flat_layout_refuses_a_tree_of_other_leaf_shapes():
     """Params restored from another model: the buffer would hold the wrong entries."""
     from jaxsci.parallel.flat import FlatLayout

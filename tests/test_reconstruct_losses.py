@@ -115,21 +115,16 @@ def test_per_atom_sorted_error_compares_each_species_with_its_own_target_rows():
     groups = species_groups(species)
     scale = feature_scales(t)
     t_sorted = sort_by_species(jnp.asarray(t / scale, jnp.float32), groups)
+    scale = jnp.asarray(scale, jnp.float32)
     feats = jnp.asarray(t, jnp.float32)
-    err = np.asarray(
-        per_atom_sorted_error(feats, t_sorted, jnp.asarray(scale, jnp.float32), groups)
-    )
+    err = np.asarray(per_atom_sorted_error(feats, t_sorted, scale, groups))
     np.testing.assert_allclose(err, 0.0, atol=1e-10)
     within = np.arange(7)
     within[[1, 3]] = within[[3, 1]]  # two atoms of species 1 trade places
-    swapped = per_atom_sorted_error(
-        feats[within], t_sorted, jnp.asarray(scale, jnp.float32), groups
-    )
+    swapped = per_atom_sorted_error(feats[within], t_sorted, scale, groups)
     np.testing.assert_allclose(swapped, 0.0, atol=1e-10)
     moved = feats.at[species == 1].add(0.5)
-    err = np.asarray(
-        per_atom_sorted_error(moved, t_sorted, jnp.asarray(scale, jnp.float32), groups)
-    )
+    err = np.asarray(per_atom_sorted_error(moved, t_sorted, scale, groups))
     assert np.all(err[species == 0] < 1e-10) and np.all(err[species == 1] > 1e-3)
 
 
